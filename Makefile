@@ -1,0 +1,34 @@
+# lifecycled — every target creates .venv and installs the project on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint demo sim bench chaos wheel-check clean fmt
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check lifecycled tests bench
+	$(BIN)/ruff format --check lifecycled tests bench
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format lifecycled tests bench
+	$(BIN)/ruff check --fix lifecycled tests bench
+
+demo: $(STAMP)
+	$(BIN)/lifecycled demo
+
+sim: $(STAMP)
+	$(BIN)/lifecycled sim --guests 20
+
+clean:
+	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis

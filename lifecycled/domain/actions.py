@@ -1,0 +1,448 @@
+"""The action catalogue: how each lifecycle action maps onto the Proxmox API.
+
+For every (kind, action) pair the catalogue says which endpoint and method to call, whether
+the call is synchronous or forks a worker (and which UPID worker type it gets), whether the
+action is convergent (has an observable target, checked before dispatch) or one-shot (never
+dispatched twice for one op), whether it is destructive, and what its target predicate is.
+Source: reference/proxmox-api.md §1 and §3.2.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from lifecycled.domain.op import GuestKind
+
+
+class Action(enum.StrEnum):
+    """Lifecycle actions of v1 (SPEC §1)."""
+
+    START = "start"
+    STOP = "stop"
+    SHUTDOWN = "shutdown"
+    REBOOT = "reboot"
+    RESET = "reset"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    RESIZE = "resize"
+    CONFIGURE = "configure"
+    MIGRATE = "migrate"
+    TERMINATE = "terminate"
+    CREATE = "create"
+    CLONE = "clone"
+
+
+@attrs.frozen(kw_only=True)
+class GuestView:
+    """What a read of Proxmox says about one guest: the input of every target predicate.
+
+    ``exists`` is False when the guest's config is absent on the node read. ``config`` is
+    the ``GET …/config`` answer (pending values merged in, as Proxmox returns it).
+    """
+
+    exists: bool
+    node: str | None = None
+    status: str | None = None
+    qmpstatus: str | None = None
+    lock: str | None = None
+    ha_managed: bool = False
+    template: bool = False
+    config: Mapping[str, Any] = attrs.field(factory=dict)
+    digest: str | None = None
+
+    @classmethod
+    def absent(cls) -> GuestView:
+        return cls(exists=False)
+
+
+TargetFn = Callable[[GuestView, Mapping[str, Any]], bool]
+
+
+@attrs.frozen(kw_only=True)
+class ActionSpec:
+    """How one action is carried out for one guest kind."""
+
+    action: Action
+    kind: GuestKind
+    method: str
+    #: Path below ``/nodes/{node}``; ``{vmid}`` is substituted (the *source* vmid for clone).
+    path: str
+    #: UPID worker type(s) this call produces (the HA variant is listed separately).
+    worker_types: tuple[str, ...]
+    ha_worker_type: str | None = None
+    #: The endpoint answers ``null`` after doing the work (no task to track).
+    sync: bool = False
+    destructive: bool = False
+    #: None for one-shot actions; otherwise the target predicate.
+    target: TargetFn | None = None
+
+    @property
+    def convergent(self) -> bool:
+        return self.target is not None
+
+    @property
+    def one_shot(self) -> bool:
+        return self.target is None
+
+    def endpoint(self, vmid: int, params: Mapping[str, Any]) -> str:
+        """The path below ``/nodes/{node}`` for a guest."""
+        path_vmid = params.get("source_vmid", vmid) if self.action is Action.CLONE else vmid
+        return self.path.format(vmid=path_vmid)
+
+    def task_vmid(self, vmid: int, params: Mapping[str, Any]) -> int:
+        """The vmid Proxmox writes into the UPID ``id`` (the *source* vmid for clone)."""
+        if self.action is Action.CLONE:
+            return int(params.get("source_vmid", vmid))
+        return vmid
+
+    def holds(self, view: GuestView, params: Mapping[str, Any]) -> bool:
+        """Whether the action's target already holds (always False for one-shot actions)."""
+        return self.target is not None and self.target(view, params)
+
+
+# --- target predicates -------------------------------------------------------------------
+
+_SIZE_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)(?P<unit>[KMGT]?)$")
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes for a Proxmox size (``32G``, ``512M``, ``1.5T``, a bare number is bytes)."""
+    m = _SIZE_RE.match(text.strip())
+    if m is None:
+        raise ValueError(f"invalid size {text!r}: expected a number with an optional K/M/G/T")
+    return int(float(m["num"]) * _UNITS[m["unit"]])
+
+
+def disk_size(config: Mapping[str, Any], disk: str) -> int | None:
+    """The ``size=`` of a disk entry in a guest config, in bytes, if present."""
+    entry = config.get(disk)
+    if not isinstance(entry, str):
+        return None
+    for part in entry.split(","):
+        key, _, value = part.partition("=")
+        if key == "size":
+            try:
+                return parse_size(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _running(view: GuestView, _params: Mapping[str, Any]) -> bool:
+    if not view.exists or view.status != "running":
+        return False
+    return view.qmpstatus in (None, "running")
+
+
+def _stopped(view: GuestView, _params: Mapping[str, Any]) -> bool:
+    return view.exists and view.status == "stopped"
+
+
+def _paused(view: GuestView, _params: Mapping[str, Any]) -> bool:
+    if not view.exists:
+        return False
+    if view.status == "running" and view.qmpstatus in ("paused", "suspended"):
+        return True
+    return view.status == "stopped" and view.lock == "suspended"  # hibernated to disk
+
+
+def _resized(view: GuestView, params: Mapping[str, Any]) -> bool:
+    if not view.exists:
+        return False
+    current = disk_size(view.config, str(params.get("disk", "")))
+    try:
+        wanted = parse_size(str(params.get("size", "")))
+    except ValueError:
+        return False
+    return current is not None and current >= wanted
+
+
+CONFIG_CONTROL_KEYS = frozenset({"digest", "delete", "revert", "background_delay", "force"})
+
+
+def _configured(view: GuestView, params: Mapping[str, Any]) -> bool:
+    if not view.exists:
+        return False
+    for key, value in params.items():
+        if key in CONFIG_CONTROL_KEYS:
+            continue
+        if str(view.config.get(key)) != _wire_value(value):
+            return False
+    deleted = params.get("delete")
+    if deleted:
+        keys = deleted if isinstance(deleted, list) else str(deleted).split(",")
+        if any(k.strip() in view.config for k in keys):
+            return False
+    return True
+
+
+def _wire_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def _migrated(view: GuestView, params: Mapping[str, Any]) -> bool:
+    return view.exists and view.node == params.get("target") and view.lock != "migrate"
+
+
+def _absent(view: GuestView, _params: Mapping[str, Any]) -> bool:
+    return not view.exists
+
+
+def fingerprint_of(kind: GuestKind, config: Mapping[str, Any]) -> dict[str, str]:
+    """The identity fingerprint of a guest config (SPEC §1 "Guest").
+
+    QEMU: the ``smbios1`` uuid and the ``meta`` ctime when present, and the name.
+    LXC: the hostname.
+    """
+    fp: dict[str, str] = {}
+    if kind is GuestKind.QEMU:
+        smbios = str(config.get("smbios1", ""))
+        for part in smbios.split(","):
+            key, _, value = part.partition("=")
+            if key == "uuid" and value:
+                fp["uuid"] = value.lower()
+        meta = str(config.get("meta", ""))
+        for part in meta.split(","):
+            key, _, value = part.partition("=")
+            if key == "ctime" and value:
+                fp["ctime"] = value
+        if "name" in config:
+            fp["name"] = str(config["name"])
+    elif "hostname" in config:
+        fp["name"] = str(config["hostname"])
+    return fp
+
+
+def fingerprint_matches(recorded: Mapping[str, str], current: Mapping[str, str]) -> bool:
+    """Whether ``current`` names the same guest as ``recorded``.
+
+    Every field both sides have must agree, and at least one must be shared; a uuid, when
+    both have one, decides alone.
+    """
+    if "uuid" in recorded and "uuid" in current:
+        return recorded["uuid"] == current["uuid"] and (
+            "ctime" not in recorded
+            or "ctime" not in current
+            or recorded["ctime"] == current["ctime"]
+        )
+    shared = set(recorded) & set(current)
+    return bool(shared) and all(recorded[k] == current[k] for k in shared)
+
+
+def expected_fingerprint(kind: GuestKind, params: Mapping[str, Any]) -> dict[str, str]:
+    """The fingerprint a create/clone op's guest will have, from the op's params."""
+    return fingerprint_of(kind, params)
+
+
+def _created(kind: GuestKind) -> TargetFn:
+    def target(view: GuestView, params: Mapping[str, Any]) -> bool:
+        if not view.exists or view.lock in ("create", "clone"):
+            return False
+        wanted = expected_fingerprint(kind, params)
+        if not wanted:
+            return True
+        return fingerprint_matches(wanted, fingerprint_of(kind, view.config))
+
+    return target
+
+
+# --- the catalogue -------------------------------------------------------------------------
+
+_Q = GuestKind.QEMU
+_L = GuestKind.LXC
+
+
+def _spec(
+    action: Action, kind: GuestKind, method: str, path: str, *types: str, **kw: Any
+) -> ActionSpec:
+    return ActionSpec(action=action, kind=kind, method=method, path=path, worker_types=types, **kw)
+
+
+_CATALOGUE: dict[tuple[GuestKind, Action], ActionSpec] = {
+    (s.kind, s.action): s
+    for s in (
+        # QEMU (reference §1.1)
+        _spec(
+            Action.START,
+            _Q,
+            "POST",
+            "/qemu/{vmid}/status/start",
+            "qmstart",
+            ha_worker_type="hastart",
+            target=_running,
+        ),
+        _spec(
+            Action.STOP,
+            _Q,
+            "POST",
+            "/qemu/{vmid}/status/stop",
+            "qmstop",
+            ha_worker_type="hastop",
+            destructive=True,
+            target=_stopped,
+        ),
+        _spec(
+            Action.SHUTDOWN,
+            _Q,
+            "POST",
+            "/qemu/{vmid}/status/shutdown",
+            "qmshutdown",
+            ha_worker_type="hastop",
+            target=_stopped,
+        ),
+        _spec(Action.REBOOT, _Q, "POST", "/qemu/{vmid}/status/reboot", "qmreboot"),
+        _spec(Action.RESET, _Q, "POST", "/qemu/{vmid}/status/reset", "qmreset", destructive=True),
+        _spec(
+            Action.SUSPEND,
+            _Q,
+            "POST",
+            "/qemu/{vmid}/status/suspend",
+            "qmpause",
+            "qmsuspend",
+            target=_paused,
+        ),
+        _spec(Action.RESUME, _Q, "POST", "/qemu/{vmid}/status/resume", "qmresume", target=_running),
+        _spec(Action.RESIZE, _Q, "PUT", "/qemu/{vmid}/resize", "resize", target=_resized),
+        _spec(Action.CONFIGURE, _Q, "POST", "/qemu/{vmid}/config", "qmconfig", target=_configured),
+        _spec(
+            Action.MIGRATE,
+            _Q,
+            "POST",
+            "/qemu/{vmid}/migrate",
+            "qmigrate",
+            ha_worker_type="hamigrate",
+            target=_migrated,
+        ),
+        _spec(
+            Action.TERMINATE,
+            _Q,
+            "DELETE",
+            "/qemu/{vmid}",
+            "qmdestroy",
+            destructive=True,
+            target=_absent,
+        ),
+        _spec(Action.CREATE, _Q, "POST", "/qemu", "qmcreate", target=_created(_Q)),
+        _spec(Action.CLONE, _Q, "POST", "/qemu/{vmid}/clone", "qmclone", target=_created(_Q)),
+        # LXC (reference §1.2): no reset, config is synchronous only, suspend is one-shot.
+        _spec(
+            Action.START,
+            _L,
+            "POST",
+            "/lxc/{vmid}/status/start",
+            "vzstart",
+            ha_worker_type="hastart",
+            target=_running,
+        ),
+        _spec(
+            Action.STOP,
+            _L,
+            "POST",
+            "/lxc/{vmid}/status/stop",
+            "vzstop",
+            ha_worker_type="hastop",
+            destructive=True,
+            target=_stopped,
+        ),
+        _spec(
+            Action.SHUTDOWN,
+            _L,
+            "POST",
+            "/lxc/{vmid}/status/shutdown",
+            "vzshutdown",
+            ha_worker_type="hastop",
+            target=_stopped,
+        ),
+        _spec(Action.REBOOT, _L, "POST", "/lxc/{vmid}/status/reboot", "vzreboot"),
+        _spec(Action.SUSPEND, _L, "POST", "/lxc/{vmid}/status/suspend", "vzsuspend"),
+        _spec(Action.RESUME, _L, "POST", "/lxc/{vmid}/status/resume", "vzresume", target=_running),
+        _spec(Action.RESIZE, _L, "PUT", "/lxc/{vmid}/resize", "resize", target=_resized),
+        _spec(Action.CONFIGURE, _L, "PUT", "/lxc/{vmid}/config", sync=True, target=_configured),
+        _spec(
+            Action.MIGRATE,
+            _L,
+            "POST",
+            "/lxc/{vmid}/migrate",
+            "vzmigrate",
+            ha_worker_type="hamigrate",
+            target=_migrated,
+        ),
+        _spec(
+            Action.TERMINATE,
+            _L,
+            "DELETE",
+            "/lxc/{vmid}",
+            "vzdestroy",
+            destructive=True,
+            target=_absent,
+        ),
+        _spec(Action.CREATE, _L, "POST", "/lxc", "vzcreate", target=_created(_L)),
+        _spec(Action.CLONE, _L, "POST", "/lxc/{vmid}/clone", "vzclone", target=_created(_L)),
+    )
+}
+
+#: Actions whose HA-managed variant is routed through the HA manager (reference §1.3).
+HA_ROUTED = frozenset({Action.START, Action.STOP, Action.SHUTDOWN, Action.MIGRATE})
+
+
+class UnsupportedAction(ValueError):
+    """The action does not exist for this guest kind (e.g. ``reset`` for LXC)."""
+
+
+def spec_for(kind: GuestKind, action: Action | str) -> ActionSpec:
+    """The catalogue entry, or :class:`UnsupportedAction`."""
+    try:
+        act = Action(action)
+    except ValueError:
+        raise UnsupportedAction(f"unknown action {action!r}") from None
+    spec = _CATALOGUE.get((kind, act))
+    if spec is None:
+        raise UnsupportedAction(f"action {act} is not available for {kind} guests")
+    return spec
+
+
+def all_specs() -> list[ActionSpec]:
+    """Every catalogue entry, in a stable order."""
+    return list(_CATALOGUE.values())
+
+
+def is_destructive(spec: ActionSpec, params: Mapping[str, Any]) -> bool:
+    """Destructive per SPEC §1: terminate, stop, reset, and migrate with local disks."""
+    if spec.action is Action.MIGRATE:
+        return bool(params.get("with-local-disks") or params.get("with_local_disks"))
+    return spec.destructive
+
+
+def wire_params(spec: ActionSpec, vmid: int, params: Mapping[str, Any]) -> dict[str, str]:
+    """The form fields Proxmox expects for this action, from an op's params.
+
+    lifecycled-level params (``force_stop``, ``source_vmid``) are translated; booleans become
+    ``0``/``1``; everything else is passed through as text.
+    """
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if key == "force_stop":
+            out["forceStop"] = _wire_value(bool(value))
+        elif key == "source_vmid":
+            continue
+        elif key == "with_local_disks":
+            out["with-local-disks"] = _wire_value(bool(value))
+        elif isinstance(value, list):
+            out[key] = ",".join(str(v) for v in value)
+        else:
+            out[key] = _wire_value(value)
+    if spec.action is Action.CREATE:
+        out["vmid"] = str(vmid)
+    elif spec.action is Action.CLONE:
+        out["newid"] = str(vmid)
+    return out

@@ -1,0 +1,175 @@
+"""Error classification: what to do about a Proxmox failure (SPEC §2, reference §11).
+
+Two entry points, both pure:
+
+* :func:`classify_http` — a failed HTTP call: status code (``None`` when no answer came),
+  the reason phrase (the first line of the error text), the body ``errors``, the method,
+  and whether the request had been sent.
+* :func:`classify_exitstatus` — a stopped task's ``exitstatus``: ``None`` for success
+  (``OK`` or ``WARNINGS: n``), otherwise a class.
+
+Both take the op's action and guest kind so that "already satisfied" answers (``CT 100 already
+running`` for a start) are recognised per action.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+
+import attrs
+
+
+class ErrorClass(enum.StrEnum):
+    """What the engine does with a failure."""
+
+    TRANSIENT = "transient"  # retry with backoff; nothing happened
+    LOCKED = "locked"  # retry after the guest lock clears
+    AMBIGUOUS = (
+        "ambiguous"  # may have started a task: search, adopt, re-check; never re-POST blindly
+    )
+    SATISFIED = "satisfied"  # the intent already holds: confirm by state, then succeed
+    PERMANENT = "permanent"  # fail at once, no retry
+
+
+_WARNINGS_RE = re.compile(r"^WARNINGS: \d+$")
+
+
+def is_success_exitstatus(exitstatus: str) -> bool:
+    """``OK`` and ``WARNINGS: n`` are success (reference §4.1)."""
+    return exitstatus == "OK" or _WARNINGS_RE.match(exitstatus) is not None
+
+
+def warnings_count(exitstatus: str) -> int:
+    """The ``n`` of ``WARNINGS: n``, else 0."""
+    if _WARNINGS_RE.match(exitstatus):
+        return int(exitstatus.split(":", 1)[1])
+    return 0
+
+
+@attrs.frozen
+class _Rule:
+    pattern: re.Pattern[str]
+    error_class: ErrorClass
+    #: When set, the rule only applies to these actions.
+    actions: frozenset[str] | None = None
+
+
+def _r(pattern: str, cls: ErrorClass, *actions: str) -> _Rule:
+    return _Rule(re.compile(pattern), cls, frozenset(actions) if actions else None)
+
+
+_T, _L, _A, _S, _P = (
+    ErrorClass.TRANSIENT,
+    ErrorClass.LOCKED,
+    ErrorClass.AMBIGUOUS,
+    ErrorClass.SATISFIED,
+    ErrorClass.PERMANENT,
+)
+
+# Ordered: the first matching rule wins. Texts are Proxmox's own (reference §2.3, §1.3, §12).
+_TEXT_RULES: tuple[_Rule, ...] = (
+    # Already satisfied, per action.
+    _r(r"^(CT|VM) \d+ already running$", _S, "start", "resume"),
+    _r(r"^(CT|VM) \d+ not running$", _S, "stop", "shutdown", "suspend"),
+    _r(r"^Configuration file '[^']*' does not exist$", _S, "terminate"),
+    _r(r"^unable to find configuration file for VM \d+ on node '[^']*'$", _S, "terminate"),
+    _r(r"already exists on node '[^']*'$", _S, "create", "clone"),
+    # Lock contention: the flock timed out (retry), the config lock is held (wait), digest.
+    _r(r"^can't lock file '[^']*' - got timeout$", _T),
+    _r(r"^(VM|CT) is locked \([^)]*\)$", _L),
+    _r(r"^checksum mismatch \(file change by other user\?\)$", _L),
+    _r(r"^detected modified configuration - file changed by other user\? Try again\.$", _L),
+    # The worker could not be forked: no task exists.
+    _r(r"^got no worker upid", _T),
+    _r(r"^starting worker failed", _T),
+    _r(r"^got strange worker upid", _T),
+    _r(r"no quorum", _T),
+    # A destroy refused because the guest still runs: the stop step will be redone.
+    _r(r"^VM \d+ is running - destroy failed$", _T, "terminate"),
+    _r(r"container is running$", _T, "terminate"),
+    # ACPI shutdown ran out of time; the guest may still power off. Re-check, then retry.
+    _r(r"^VM quit/powerdown failed - got timeout$", _T, "shutdown"),
+    # The worker was killed (signal) before it finished: nothing to trust; re-check.
+    _r(r"^received interrupt$", _T),
+    # The worker died without a final line (node crash): outcome unknown.
+    _r(r"^unexpected status$", _A),
+    # Permanent refusals.
+    _r(r"^(CT|VM) \d+ already running$", _P),
+    _r(r"^(CT|VM) \d+ not running$", _P),
+    _r(r"^VM is paused - cannot shutdown$", _P),
+    _r(r"^shrinking disks is not supported", _P),
+    _r(r"protection mode enabled$", _P),
+    _r(r"used in HA resources and purge parameter not set", _P),
+    _r(r"^you can't start a (vm|CT) if it's a template$", _P),
+    _r(r"^Configuration file '[^']*' does not exist$", _P),
+    _r(r"^unable to find configuration file for VM \d+ on node '[^']*'$", _P),
+    _r(r"already exists on node '[^']*'$", _P),
+    _r(r"^can't migrate running (VM|container) without", _P),
+    _r(r"^Cannot suspend HA managed VM to disk$", _P),
+    _r(r"^Parameter verification failed", _P),
+    _r(r"^no options specified$", _P),
+)
+
+_WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
+
+
+def classify_text(text: str, *, action: str | None = None) -> ErrorClass | None:
+    """The class of a known Proxmox error text, or ``None`` when the text is not known."""
+    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    for rule in _TEXT_RULES:
+        if rule.actions is not None and (action is None or action not in rule.actions):
+            continue
+        if rule.pattern.search(first):
+            return rule.error_class
+    return None
+
+
+def classify_http(
+    status: int | None,
+    reason: str,
+    *,
+    method: str = "GET",
+    errors: Mapping[str, str] | None = None,
+    sent: bool = True,
+    action: str | None = None,
+) -> ErrorClass:
+    """Classify a failed HTTP call (reference §11 "Error classification").
+
+    ``status is None`` means no answer arrived: a timeout or a dropped connection. That is
+    ambiguous for a write that was sent, and transient otherwise.
+    """
+    is_write = method.upper() in _WRITE_METHODS
+    if status is None:
+        return _A if (is_write and sent) else _T
+    if status in (596, 597, 598, 599):
+        return _A if is_write else _T
+    if status == 595:
+        return _T  # pveproxy could not reach the node: nothing was started
+    if status == 401:
+        return _T  # credentials renewed or fixed by the operator; no side effect happened
+    if status == 400 and errors:
+        return _P
+    known = classify_text(reason, action=action)
+    if known is not None:
+        return known
+    if status in (400, 403, 404, 405, 409, 413, 422, 501) or 400 <= status < 500:
+        return _P
+    if status == 504 and is_write:
+        return _A  # a gateway timed out after forwarding: the request may have run
+    if status >= 500:
+        return _T  # a 5xx with no evidence of a side effect
+    return _P
+
+
+def classify_exitstatus(exitstatus: str, *, action: str | None = None) -> ErrorClass | None:
+    """Classify a stopped task's exit status: ``None`` for success, else a class.
+
+    Unknown task errors are permanent: the task ran and failed for a reason we cannot judge,
+    and retrying blindly is how duplicate work happens.
+    """
+    if is_success_exitstatus(exitstatus):
+        return None
+    known = classify_text(exitstatus, action=action)
+    return known if known is not None else _P

@@ -1,0 +1,106 @@
+"""The op record and the small value types around it."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from lifecycled.domain.classify import ErrorClass
+from lifecycled.domain.states import OpState
+
+
+class GuestKind(enum.StrEnum):
+    """Proxmox guest types."""
+
+    QEMU = "qemu"
+    LXC = "lxc"
+
+
+class Origin(enum.StrEnum):
+    """Who submitted an op."""
+
+    API = "api"
+    CLI = "cli"
+    RECONCILE = "reconcile"
+
+
+@attrs.frozen(kw_only=True, order=True)
+class GuestRef:
+    """A guest as Proxmox addresses it: node, kind and vmid."""
+
+    node: str
+    kind: GuestKind
+    vmid: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "kind": str(self.kind), "vmid": self.vmid}
+
+
+@attrs.frozen(kw_only=True)
+class OpError:
+    """The last error of an op: its class and the Proxmox (or policy) text."""
+
+    error_class: ErrorClass
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"class": str(self.error_class), "message": self.message}
+
+
+def _freeze_params(value: Mapping[str, Any]) -> dict[str, Any]:
+    # A private copy: the record must not change when the caller's dict does.
+    return dict(value)
+
+
+@attrs.frozen(kw_only=True)
+class Op:
+    """One lifecycle command as the journal holds it."""
+
+    id: int
+    idempotency_key: str
+    action: str
+    guest: GuestRef
+    params: dict[str, Any] = attrs.field(converter=_freeze_params, factory=dict)
+    origin: Origin = Origin.API
+    state: OpState = OpState.PENDING
+    attempts: int = 0
+    next_attempt_at: float | None = None
+    upid: str | None = None
+    exitstatus: str | None = None
+    error: OpError | None = None
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+    #: When the current attempt was claimed: task-list searches look only after it.
+    claimed_at: float | None = None
+    #: Set when an attempt ended ambiguously: the next attempt searches tasks since then.
+    ambiguous_since: float | None = None
+    #: Whether a task was ever started for this op (a one-shot op is never dispatched twice).
+    dispatched: bool = False
+
+    @property
+    def params_json(self) -> str:
+        """The params as canonical JSON (sorted keys): what idempotency compares."""
+        return canonical_json(self.params)
+
+
+@attrs.frozen(kw_only=True)
+class HistoryEntry:
+    """One transition of an op, as appended to its history."""
+
+    op_id: int
+    at: float
+    from_state: OpState | None
+    to_state: OpState
+    reason: str
+    attempt: int = 0
+    upid: str | None = None
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces: stable for hashing and comparison."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

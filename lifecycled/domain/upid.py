@@ -1,0 +1,78 @@
+"""Proxmox task ids (UPIDs), parsed and formatted exactly as pve-common ``UPID.pm`` does.
+
+Layout: ``UPID:{node}:{pid:08X}:{pstart:08X}:{starttime:08X}:{type}:{id}:{user}:`` with a
+trailing colon. ``pstart`` may have 9 hex digits (long uptimes); ``id`` may be empty; ``user``
+may be a token user ``user@realm!tokenid``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+
+_UPID_RE = re.compile(
+    r"^UPID:(?P<node>[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):"
+    r"(?P<pid>[0-9A-Fa-f]{8}):(?P<pstart>[0-9A-Fa-f]{8,9}):(?P<starttime>[0-9A-Fa-f]{8}):"
+    r"(?P<type>[^:\s/]+):(?P<id>[^:\s/]*):(?P<user>[^:\s/]+):$"
+)
+
+
+class UpidError(ValueError):
+    """The text is not a valid UPID."""
+
+
+@attrs.frozen(kw_only=True)
+class Upid:
+    """One Proxmox task id."""
+
+    node: str
+    pid: int
+    pstart: int
+    starttime: int
+    type: str
+    id: str
+    user: str
+
+    @classmethod
+    def parse(cls, text: str) -> Upid:
+        """Parse ``text`` or raise :class:`UpidError` with Proxmox's own wording."""
+        m = _UPID_RE.match(text)
+        if m is None:
+            raise UpidError(f"unable to parse worker upid '{text}'")
+        return cls(
+            node=m["node"],
+            pid=int(m["pid"], 16),
+            pstart=int(m["pstart"], 16),
+            starttime=int(m["starttime"], 16),
+            type=m["type"],
+            id=m["id"],
+            user=m["user"],
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"UPID:{self.node}:{self.pid:08X}:{self.pstart:08X}:{self.starttime:08X}:"
+            f"{self.type}:{self.id}:{self.user}:"
+        )
+
+    @property
+    def bare_user(self) -> str:
+        """The user without the token id (``root@pam`` for ``root@pam!ci``)."""
+        return self.user.split("!", 1)[0]
+
+    @property
+    def tokenid(self) -> str | None:
+        """The token id, when the task was started by an API token."""
+        _, sep, token = self.user.partition("!")
+        return token if sep else None
+
+    @property
+    def log_bucket(self) -> str:
+        """The task-log directory: the last hex digit of ``starttime`` (``0``-``F``)."""
+        return f"{self.starttime:08X}"[-1]
+
+
+def is_upid(text: str) -> bool:
+    """Whether ``text`` is a well-formed UPID."""
+    return _UPID_RE.match(text) is not None

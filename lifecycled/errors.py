@@ -1,0 +1,102 @@
+"""The one small error tree of lifecycled.
+
+Every failure a user can meet is a :class:`LifecycledError`. Proxmox failures carry the
+wire facts (status code, reason phrase, body message and ``errors``) *and* the error class
+the domain classifier gave them, so callers can branch on the class without re-parsing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lifecycled.domain.classify import ErrorClass
+
+
+class LifecycledError(Exception):
+    """Base of every error lifecycled raises on purpose."""
+
+
+class ConfigError(LifecycledError):
+    """The configuration is invalid; the message says which option and why."""
+
+
+class JournalError(LifecycledError):
+    """The journal cannot be opened, migrated, read or written."""
+
+
+class JournalUnavailable(JournalError):
+    """The journal cannot write right now (disk full, read-only); try again later."""
+
+
+class JournalTooNew(JournalError):
+    """The journal was written by a newer lifecycled than this one."""
+
+
+class NotFound(LifecycledError):
+    """A named object (op, guest, dead letter) does not exist."""
+
+
+class Conflict(LifecycledError):
+    """A request conflicts with what the journal already holds (e.g. an idempotency key)."""
+
+
+class InvalidTransition(JournalError):
+    """A state change the op state machine does not allow."""
+
+
+class ValidationError(LifecycledError):
+    """A request is malformed; ``details`` maps field names to what is wrong."""
+
+    def __init__(self, message: str, details: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
+
+class PolicyRefused(LifecycledError):
+    """A safety policy refused the op; nothing was sent to Proxmox."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PveError(LifecycledError):
+    """A Proxmox call failed.
+
+    ``status`` is the HTTP status (or ``None`` when no answer came: a timeout or a dropped
+    connection), ``reason`` the first line of the error text, ``sent`` whether the request
+    had been sent when the failure happened.
+    """
+
+    error_class: ErrorClass
+
+    def __init__(
+        self,
+        error_class: ErrorClass,
+        reason: str,
+        *,
+        status: int | None = None,
+        method: str = "GET",
+        path: str = "",
+        errors: dict[str, str] | None = None,
+        sent: bool = True,
+    ) -> None:
+        where = f"{method} {path}".strip()
+        code = f"HTTP {status}" if status is not None else "no answer"
+        super().__init__(f"{where}: {code}: {reason}" if where else f"{code}: {reason}")
+        self.error_class = error_class
+        self.status = status
+        self.reason = reason
+        self.method = method
+        self.path = path
+        self.errors = dict(errors or {})
+        self.sent = sent
+
+    @property
+    def text(self) -> str:
+        """The Proxmox error text, with per-parameter errors appended when present."""
+        if not self.errors:
+            return self.reason
+        detail = "; ".join(f"{k}: {v}" for k, v in sorted(self.errors.items()))
+        return f"{self.reason} ({detail})"

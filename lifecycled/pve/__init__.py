@@ -1,0 +1,1 @@
+"""The Proxmox port (a Protocol) and its adapters."""

@@ -1,0 +1,213 @@
+"""What the engine needs from Proxmox: the :class:`PveClient` Protocol and its records.
+
+Adapters (the aiohttp client, the proxmoxer backend) satisfy the Protocol structurally.
+Every method raises :class:`lifecycled.errors.PveError` (with its ``error_class`` set by
+:func:`lifecycled.domain.classify.classify_http`) on failure; nothing else escapes except
+cancellation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import attrs
+
+from lifecycled.domain.actions import Action, GuestView
+from lifecycled.domain.op import GuestKind
+from lifecycled.domain.upid import Upid
+from lifecycled.errors import PveError
+
+#: Called once per HTTP request: (method, endpoint template, status code or "error", seconds).
+RequestHook = Callable[[str, str, str, float], None]
+
+
+@attrs.frozen(kw_only=True)
+class TaskStatus:
+    """``GET /nodes/{node}/tasks/{upid}/status`` (reference §4.1)."""
+
+    upid: Upid
+    status: str  # "running" | "stopped"
+    exitstatus: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+@attrs.frozen(kw_only=True)
+class TaskEntry:
+    """One item of ``GET /nodes/{node}/tasks`` (reference §4.3)."""
+
+    upid: Upid
+    starttime: int
+    endtime: int | None = None
+    #: ``RUNNING`` for active tasks, else the exit status text; None if absent.
+    status: str | None = None
+
+    @property
+    def type(self) -> str:
+        return self.upid.type
+
+    @property
+    def id(self) -> str:
+        return self.upid.id
+
+    @property
+    def user(self) -> str:
+        return self.upid.user
+
+
+@attrs.frozen(kw_only=True)
+class TaskList:
+    items: tuple[TaskEntry, ...]
+    total: int
+
+
+@attrs.frozen(kw_only=True)
+class GuestStatus:
+    """``GET …/{vmid}/status/current`` (reference §5.1–5.2)."""
+
+    vmid: int
+    status: str
+    qmpstatus: str | None = None
+    name: str | None = None
+    lock: str | None = None
+    template: bool = False
+    ha_managed: bool = False
+    ha_state: str | None = None
+    cpus: float | None = None
+    maxmem: int | None = None
+    maxdisk: int | None = None
+    uptime: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class GuestConfig:
+    """``GET …/{vmid}/config``: the key/values and the config ``digest``."""
+
+    values: Mapping[str, Any]
+    digest: str
+
+
+@attrs.frozen(kw_only=True)
+class ClusterResource:
+    """One ``/cluster/resources?type=vm`` item (reference §5.4)."""
+
+    vmid: int
+    kind: GuestKind
+    node: str
+    status: str
+    name: str | None = None
+    lock: str | None = None
+    template: bool = False
+    hastate: str | None = None
+    maxcpu: float | None = None
+    maxmem: int | None = None
+    maxdisk: int | None = None
+
+
+class PveClient(Protocol):
+    """The Proxmox operations lifecycled uses. All are coroutines; all raise ``PveError``."""
+
+    @property
+    def user(self) -> str:
+        """The effective Proxmox user, as it appears in UPIDs (``user@realm!tokenid``)."""
+        ...
+
+    async def dispatch(
+        self,
+        node: str,
+        kind: GuestKind,
+        action: Action,
+        vmid: int,
+        params: Mapping[str, Any],
+    ) -> Upid | None:
+        """Call the catalogued endpoint; the UPID, or ``None`` when the endpoint was sync."""
+        ...
+
+    async def task_status(self, upid: Upid) -> TaskStatus:
+        """Status of a task, read on the UPID's own node."""
+        ...
+
+    async def task_log(self, upid: Upid, *, start: int = 0, limit: int = 50) -> list[str]:
+        """Lines of a task log (line ``start`` onwards)."""
+        ...
+
+    async def tasks(
+        self,
+        node: str,
+        *,
+        source: str = "all",
+        vmid: int | None = None,
+        typefilter: str | None = None,
+        since: int | None = None,
+        userfilter: str | None = None,
+        start: int = 0,
+        limit: int = 50,
+    ) -> TaskList:
+        """The node's task list with Proxmox's own filters."""
+        ...
+
+    async def stop_task(self, upid: Upid) -> None:
+        """``DELETE /nodes/{node}/tasks/{upid}``."""
+        ...
+
+    async def guest_status(self, node: str, kind: GuestKind, vmid: int) -> GuestStatus: ...
+
+    async def guest_config(
+        self, node: str, kind: GuestKind, vmid: int, *, current: bool = False
+    ) -> GuestConfig: ...
+
+    async def cluster_resources(self) -> list[ClusterResource]:
+        """``GET /cluster/resources?type=vm``."""
+        ...
+
+    async def node_status(self, node: str) -> Mapping[str, Any]: ...
+
+    async def ha_resource(self, sid: str) -> Mapping[str, Any] | None:
+        """``GET /cluster/ha/resources/{sid}``; ``None`` when the guest is not HA-managed."""
+        ...
+
+    async def ha_set_state(self, sid: str, state: str) -> None:
+        """``PUT /cluster/ha/resources/{sid}`` with ``state`` (started/stopped/…)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def is_no_such_task(err: PveError) -> bool:
+    """Whether a task read failed because the node has no such task (reference §4.1, §4.5)."""
+    if err.status != 400:
+        return False
+    return err.errors.get("upid") == "no such task" or "no such task" in err.reason
+
+
+_MISSING_MARKERS = ("does not exist", "unable to find configuration file")
+
+
+def is_guest_missing(err: PveError) -> bool:
+    """Whether a guest read failed because the guest's config is not on that node."""
+    return err.status == 500 and any(m in err.reason for m in _MISSING_MARKERS)
+
+
+async def read_guest(client: PveClient, node: str, kind: GuestKind, vmid: int) -> GuestView:
+    """Status and config of a guest as one :class:`GuestView`; absent when it is missing."""
+    try:
+        status = await client.guest_status(node, kind, vmid)
+        config = await client.guest_config(node, kind, vmid)
+    except PveError as err:
+        if is_guest_missing(err):
+            return GuestView.absent()
+        raise
+    return GuestView(
+        exists=True,
+        node=node,
+        status=status.status,
+        qmpstatus=status.qmpstatus,
+        lock=status.lock if status.lock is not None else config.values.get("lock"),
+        ha_managed=status.ha_managed,
+        template=status.template,
+        config=dict(config.values),
+        digest=config.digest,
+    )
