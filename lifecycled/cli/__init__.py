@@ -7,7 +7,6 @@ module only assembles them and maps errors to one line and an exit code.
 from __future__ import annotations
 
 import importlib
-import sys
 
 from lifecycled.cli._app import app
 
@@ -35,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
