@@ -1,0 +1,322 @@
+"""``lifecycled run``, ``submit`` and ``recover --dry-run``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from typing import Annotated, Any
+
+import typer
+
+from lifecycled.cli._app import EXIT_FAILED, app, fail, handle_errors, print_json, print_table
+from lifecycled.cli.options import (
+    ApiTokenFileOpt,
+    ConfigOpt,
+    DbOpt,
+    ListenOpt,
+    LogFormatOpt,
+    LogLevelOpt,
+    MaxBackoffOpt,
+    MaxRetriesOpt,
+    NodeCapOpt,
+    NodeOpt,
+    PollIntervalOpt,
+    PveBackendOpt,
+    PveCaFileOpt,
+    PveFingerprintOpt,
+    PveInsecureOpt,
+    PvePasswordFileOpt,
+    PveTokenFileOpt,
+    PveUrlOpt,
+    PveUserOpt,
+    ReconcileIntervalOpt,
+    ReconcileOnStartOpt,
+    RetryBackoffOpt,
+    StaleAfterOpt,
+    StartupJitterOpt,
+    SynchronousOpt,
+    WorkersOpt,
+    settings_from,
+)
+from lifecycled.config import Settings
+from lifecycled.domain.op import Origin
+from lifecycled.domain.serialize import op_to_dict
+from lifecycled.logs import configure_logging
+
+
+@app.command()
+@handle_errors
+def run(
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    listen: ListenOpt = None,
+    node: NodeOpt = None,
+    pve_url: PveUrlOpt = None,
+    pve_backend: PveBackendOpt = None,
+    pve_token_file: PveTokenFileOpt = None,
+    pve_user: PveUserOpt = None,
+    pve_password_file: PvePasswordFileOpt = None,
+    pve_ca_file: PveCaFileOpt = None,
+    pve_fingerprint: PveFingerprintOpt = None,
+    pve_insecure: PveInsecureOpt = None,
+    api_token_file: ApiTokenFileOpt = None,
+    workers: WorkersOpt = None,
+    node_cap: NodeCapOpt = None,
+    max_retries: MaxRetriesOpt = None,
+    retry_backoff: RetryBackoffOpt = None,
+    max_backoff: MaxBackoffOpt = None,
+    poll_interval: PollIntervalOpt = None,
+    reconcile_interval: ReconcileIntervalOpt = None,
+    reconcile_on_start: ReconcileOnStartOpt = None,
+    stale_after: StaleAfterOpt = None,
+    startup_jitter: StartupJitterOpt = None,
+    synchronous: SynchronousOpt = None,
+    log_format: LogFormatOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Run the daemon: Recover, then dispatch, track and serve HTTP until SIGTERM."""
+    flags = {k: v for k, v in locals().items() if k != "config"}
+    settings = settings_from(config, **flags)
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(_run_daemon(settings))
+
+
+async def _run_daemon(settings: Settings) -> None:
+    from lifecycled.engine.runtime import Runtime
+    from lifecycled.web.app import start_web
+
+    runtime = await Runtime.build(settings)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            runtime.request_stop()
+        elif main is not None:
+            main.cancel()  # a second signal forces the exit; durable writes still finish
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await runtime.run(web=start_web)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runtime.close()
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"{text!r}: expected KEY=VALUE")
+    value: Any = raw
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(raw)
+        if isinstance(parsed, int | float | bool | list):
+            value = parsed
+    return key, value
+
+
+@app.command()
+@handle_errors
+def submit(
+    action: Annotated[
+        str,
+        typer.Argument(
+            help="start, stop, shutdown, reboot, reset, suspend, resume, resize, configure, migrate, terminate, create, clone."
+        ),
+    ],
+    vmid: Annotated[
+        int, typer.Argument(help="The guest's VMID (the new VMID for create and clone).")
+    ],
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="qemu or lxc (resolved from Proxmox if omitted).")
+    ] = None,
+    guest_node: Annotated[
+        str | None,
+        typer.Option("--guest-node", help="The guest's node (resolved from Proxmox if omitted)."),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Action parameter KEY=VALUE (repeatable)."),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="Idempotency key (resubmitting it never runs the op twice)."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until the op is terminal (needs a running daemon).")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait with --wait.")
+    ] = 300.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    node: NodeOpt = None,
+    pve_url: PveUrlOpt = None,
+    pve_token_file: PveTokenFileOpt = None,
+    pve_ca_file: PveCaFileOpt = None,
+    pve_fingerprint: PveFingerprintOpt = None,
+    pve_insecure: PveInsecureOpt = None,
+) -> None:
+    """Journal an op directly (works while the daemon is down; it runs when the daemon does)."""
+    settings = settings_from(
+        config,
+        db=db,
+        node=node,
+        pve_url=pve_url,
+        pve_token_file=pve_token_file,
+        pve_ca_file=pve_ca_file,
+        pve_fingerprint=pve_fingerprint,
+        pve_insecure=pve_insecure,
+    )
+    params = dict(_parse_param(p) for p in (param or []))
+    out = asyncio.run(_submit(settings, action, vmid, kind, guest_node, params, key, wait, timeout))
+    if as_json:
+        print_json(out)
+    else:
+        verb = "deduplicated" if out.get("deduplicated") else "accepted"
+        typer.echo(
+            f"op {out['id']} {verb}: {out['action']} {out['guest']['kind']}/{out['guest']['vmid']} "
+            f"on {out['guest']['node']} — {out['state']}"
+        )
+    if wait and out["state"] in ("failed", "dead_lettered", "cancelled"):
+        raise typer.Exit(EXIT_FAILED)
+
+
+async def _submit(
+    settings: Settings,
+    action: str,
+    vmid: int,
+    kind: str | None,
+    guest_node: str | None,
+    params: dict[str, Any],
+    key: str | None,
+    wait: bool,
+    wait_seconds: float,
+) -> dict[str, Any]:
+    from lifecycled.engine.runtime import build_pve_client
+    from lifecycled.engine.submit import Submission, submit
+    from lifecycled.journal import Journal
+    from lifecycled.metrics import Metrics
+
+    sub = Submission(
+        action=action,
+        vmid=vmid,
+        kind=kind,
+        node=guest_node,
+        params=params,
+        idempotency_key=key,
+        origin=Origin.CLI,
+        actor="cli",
+    )
+    pve = None
+    if kind is None or (guest_node is None and action != "create"):
+        pve = build_pve_client(settings, Metrics())
+    async with await Journal.open(settings.db, synchronous=settings.synchronous) as journal:
+        try:
+            result = await submit(
+                journal, sub, pve=pve, default_node=settings.node, now=time.time()
+            )
+        finally:
+            if pve is not None:
+                await pve.close()
+        op = result.op
+        deadline = time.monotonic() + wait_seconds
+        while wait and not op.state.is_terminal and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            op = await journal.get(op.id)
+        if wait and not op.state.is_terminal:
+            fail(f"op {op.id} is still {op.state} after {wait_seconds:g}s")
+        return op_to_dict(op, deduplicated=result.deduplicated)
+
+
+@app.command()
+@handle_errors
+def recover(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what Recover would do; change nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    node: NodeOpt = None,
+    pve_url: PveUrlOpt = None,
+    pve_token_file: PveTokenFileOpt = None,
+    pve_ca_file: PveCaFileOpt = None,
+    pve_fingerprint: PveFingerprintOpt = None,
+    pve_insecure: PveInsecureOpt = None,
+) -> None:
+    """Show how Recover would resolve the in-flight ops (the daemon runs it at start)."""
+    if not dry_run:
+        fail("only --dry-run is supported here: the daemon runs Recover itself at start", 2)
+    settings = settings_from(
+        config,
+        db=db,
+        node=node,
+        pve_url=pve_url,
+        pve_token_file=pve_token_file,
+        pve_ca_file=pve_ca_file,
+        pve_fingerprint=pve_fingerprint,
+        pve_insecure=pve_insecure,
+    )
+    rows = asyncio.run(_recover_plan(settings))
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("nothing in flight: Recover has nothing to do")
+        return
+    print_table(
+        "Recover plan (dry run)",
+        ["op", "action", "vmid", "state", "upid", "result", "why"],
+        [
+            [
+                r["op_id"],
+                r["action"],
+                r["vmid"],
+                r["state"],
+                r["upid"] or "-",
+                r["result"],
+                r["reason"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+async def _recover_plan(settings: Settings) -> list[dict[str, Any]]:
+    from lifecycled.engine.runtime import Runtime
+
+    runtime = await Runtime.build(settings)
+    try:
+        rows = []
+        for op in await runtime.journal.in_flight():
+            label, decision = await runtime.recoverer.plan(op)
+            rows.append(
+                {
+                    "op_id": op.id,
+                    "action": op.action,
+                    "vmid": op.guest.vmid,
+                    "state": str(op.state),
+                    "upid": op.upid,
+                    "result": label,
+                    "reason": decision.reason
+                    if decision is not None
+                    else (
+                        "task still running: tracking resumes"
+                        if label == "resumed"
+                        else "Proxmox unreadable"
+                    ),
+                }
+            )
+        return rows
+    finally:
+        await runtime.close()

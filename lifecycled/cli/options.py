@@ -1,0 +1,126 @@
+"""Typer options shared by the commands that need :class:`Settings` (defined once here).
+
+Every option defaults to ``None`` so that :func:`lifecycled.config.load_settings` can tell a
+flag that was given from one that was not (precedence flag > env > file > default).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lifecycled.config import Settings, load_settings
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML config file.", envvar="LIFECYCLED_CONFIG")
+]
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", help="Journal file [env LIFECYCLED_DB; default data/lifecycled.sqlite3]."),
+]
+ListenOpt = Annotated[
+    str | None, typer.Option("--listen", help="HTTP HOST:PORT [default 127.0.0.1:8090].")
+]
+NodeOpt = Annotated[
+    str | None, typer.Option("--node", help="The Proxmox node served [default: this host's name].")
+]
+PveUrlOpt = Annotated[
+    str | None,
+    typer.Option("--pve-url", help="Proxmox API origin [default https://127.0.0.1:8006]."),
+]
+PveBackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pve-backend", help="http (default), proxmoxer-local, proxmoxer-ssh or proxmoxer-https."
+    ),
+]
+PveTokenFileOpt = Annotated[
+    Path | None,
+    typer.Option("--pve-token-file", help="File with one line USER@REALM!TOKENID=SECRET."),
+]
+PveUserOpt = Annotated[
+    str | None, typer.Option("--pve-user", help="User for ticket (password) or ssh access.")
+]
+PvePasswordFileOpt = Annotated[
+    Path | None, typer.Option("--pve-password-file", help="File with the Proxmox password.")
+]
+PveCaFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pve-ca-file", help="CA file to verify pveproxy (e.g. /etc/pve/pve-root-ca.pem)."
+    ),
+]
+PveFingerprintOpt = Annotated[
+    str | None,
+    typer.Option("--pve-fingerprint", help="Pin pveproxy's SHA-256 certificate fingerprint."),
+]
+PveInsecureOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--pve-insecure/--pve-verify",
+        help="Skip TLS verification (warned in the log).",
+        show_default=False,
+    ),
+]
+ApiTokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--api-token-file", help="File of API tokens (one per line, optionally name:token)."
+    ),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="Dispatcher coroutines [default 2].")
+]
+NodeCapOpt = Annotated[
+    int | None, typer.Option("--node-cap", help="In-flight ops per node [default 3].")
+]
+MaxRetriesOpt = Annotated[
+    int | None,
+    typer.Option("--max-retries", help="Transient attempts before dead-lettering [default 5]."),
+]
+RetryBackoffOpt = Annotated[
+    str | None, typer.Option("--retry-backoff", help="Backoff base, e.g. 10s [default 10s].")
+]
+MaxBackoffOpt = Annotated[
+    str | None, typer.Option("--max-backoff", help="Backoff cap [default 5m].")
+]
+PollIntervalOpt = Annotated[
+    str | None, typer.Option("--poll-interval", help="Task poll interval [default 2s].")
+]
+ReconcileIntervalOpt = Annotated[
+    str | None, typer.Option("--reconcile-interval", help="Reconcile period [default 5m].")
+]
+ReconcileOnStartOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--reconcile-on-start/--no-reconcile-on-start",
+        help="Reconcile once at start [default on].",
+        show_default=False,
+    ),
+]
+StaleAfterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--stale-after", help="In flight longer than this → the janitor looks [default 20m]."
+    ),
+]
+StartupJitterOpt = Annotated[
+    str | None,
+    typer.Option("--startup-jitter", help="Random delay before the first reconcile [default 10s]."),
+]
+SynchronousOpt = Annotated[
+    str | None,
+    typer.Option("--synchronous", help="SQLite durability: FULL (default), NORMAL or EXTRA."),
+]
+LogFormatOpt = Annotated[str | None, typer.Option("--log-format", help="text (default) or json.")]
+LogLevelOpt = Annotated[
+    str | None, typer.Option("--log-level", help="debug, info (default), warning, error.")
+]
+
+
+def settings_from(config: Path | None, **flags: Any) -> Settings:
+    """Settings from the given flags, the environment and the config file."""
+    return load_settings(flags, env=os.environ, config_file=config)

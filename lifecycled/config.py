@@ -1,0 +1,246 @@
+"""Settings and how they are loaded: flag > environment (``LIFECYCLED_*``) > TOML file > default.
+
+Nothing else in lifecycled reads ``os.environ``. Secrets are never settings values: the
+settings hold the *paths* of the files that contain them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lifecycled.domain.durations import parse_duration
+from lifecycled.errors import ConfigError
+
+ENV_PREFIX = "LIFECYCLED_"
+
+_BACKENDS = ("http", "proxmoxer-local", "proxmoxer-ssh", "proxmoxer-https")
+_SYNC_MODES = ("NORMAL", "FULL", "EXTRA")
+_LOG_FORMATS = ("text", "json")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_MANAGE_DISCOVERED = ("off", "native", "adopted")
+
+
+def _default_node() -> str:
+    return socket.gethostname().split(".", 1)[0] or "localhost"
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Every option of lifecycled (SPEC §5 "Configuration"), validated."""
+
+    db: Path = Path("data/lifecycled.sqlite3")
+    listen: str = "127.0.0.1:8090"
+    node: str = attrs.field(factory=_default_node)
+    pve_url: str = "https://127.0.0.1:8006"
+    pve_backend: str = "http"
+    pve_token_file: Path | None = None
+    pve_user: str | None = None
+    pve_password_file: Path | None = None
+    pve_ca_file: Path | None = None
+    pve_fingerprint: str | None = None
+    pve_insecure: bool = False
+    api_token_file: Path | None = None
+    workers: int = 2
+    node_cap: int = 3
+    max_retries: int = 5
+    retry_backoff: float = 10.0
+    max_backoff: float = 300.0
+    lock_wait_max: float = 3600.0
+    poll_interval: float = 2.0
+    reconcile_interval: float = 300.0
+    reconcile_on_start: bool = True
+    reconcile_max_commands: int = 20
+    manage_discovered: str = "off"
+    stale_after: float = 1200.0
+    startup_jitter: float = 10.0
+    task_search_skew: float = 5.0
+    ha_confirm_timeout: float = 300.0
+    synchronous: str = "FULL"
+    log_format: str = "text"
+    log_level: str = "info"
+    notify_url: str | None = None
+    max_body_bytes: int = 64 * 1024
+
+    @property
+    def listen_host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+
+def _split_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8090")
+    host = host.strip("[]")
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise ConfigError(f"--listen {value!r}: the port must be a number") from None
+    if not 0 <= port_no <= 65535:
+        raise ConfigError(f"--listen {value!r}: the port must be 0-65535")
+    return host, port_no
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_FIELDS = {f.name: f for f in attrs.fields(Settings)}
+_DURATIONS = {
+    "retry_backoff",
+    "max_backoff",
+    "lock_wait_max",
+    "poll_interval",
+    "reconcile_interval",
+    "stale_after",
+    "startup_jitter",
+    "task_search_skew",
+    "ha_confirm_timeout",
+}
+_BOOLS = {"pve_insecure", "reconcile_on_start"}
+_INTS = {"workers", "node_cap", "max_retries", "reconcile_max_commands", "max_body_bytes"}
+_PATHS = {
+    "db",
+    "pve_token_file",
+    "pve_password_file",
+    "pve_ca_file",
+    "api_token_file",
+}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    try:
+        if value is None:
+            return None
+        if name in _DURATIONS:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            return parse_duration(str(value))
+        if name in _BOOLS:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true or false, got {value!r}")
+        if name in _INTS:
+            if isinstance(value, bool):
+                raise ValueError(f"expected a whole number, got {value!r}")
+            return int(value)
+        if name in _PATHS:
+            return Path(str(value)).expanduser()
+        return str(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _validate(s: Settings) -> Settings:
+    _split_listen(s.listen)
+    checks: list[tuple[bool, str]] = [
+        (s.workers >= 1, "workers must be at least 1"),
+        (s.node_cap >= 1, "node_cap must be at least 1"),
+        (s.max_retries >= 1, "max_retries must be at least 1"),
+        (s.retry_backoff > 0, "retry_backoff must be positive"),
+        (s.max_backoff >= s.retry_backoff, "max_backoff must be at least retry_backoff"),
+        (s.poll_interval > 0, "poll_interval must be positive"),
+        (s.reconcile_interval > 0, "reconcile_interval must be positive"),
+        (s.stale_after > 0, "stale_after must be positive"),
+        (s.startup_jitter >= 0, "startup_jitter must not be negative"),
+        (s.reconcile_max_commands >= 0, "reconcile_max_commands must not be negative"),
+        (s.pve_backend in _BACKENDS, f"pve_backend must be one of {', '.join(_BACKENDS)}"),
+        (s.synchronous in _SYNC_MODES, f"synchronous must be one of {', '.join(_SYNC_MODES)}"),
+        (s.log_format in _LOG_FORMATS, "log_format must be text or json"),
+        (s.log_level in _LOG_LEVELS, f"log_level must be one of {', '.join(_LOG_LEVELS)}"),
+        (
+            s.manage_discovered in _MANAGE_DISCOVERED,
+            "manage_discovered must be off, native or adopted",
+        ),
+        (s.pve_url.startswith(("http://", "https://")), "pve_url must start with https://"),
+        (bool(s.node), "node must not be empty"),
+        (s.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return s
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    # Accept a top-level table or a [lifecycled] section; keys with dashes or underscores.
+    section = data.get("lifecycled", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [lifecycled] must be a table")
+    return {str(k).replace("-", "_"): v for k, v in section.items()}
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Build :class:`Settings` with precedence flag > env > file > default.
+
+    ``flags`` holds only the options given on the command line (``None`` means not given).
+    ``env`` is the process environment (passed in by the entry point).
+    """
+    values: dict[str, Any] = {}
+    if config_file is None and env is not None and env.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[ENV_PREFIX + "CONFIG"])
+    if config_file is not None:
+        for key, value in _read_toml(config_file).items():
+            if key not in _FIELDS:
+                raise ConfigError(f"config file {config_file}: unknown option {key!r}")
+            values[key] = _coerce(key, value, f"config file {config_file}: {key}")
+    for name in _FIELDS:
+        raw = (env or {}).get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw, ENV_PREFIX + name.upper())
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown option --{name.replace('_', '-')}")
+        values[name] = _coerce(name, value, "--" + name.replace("_", "-"))
+    return _validate(Settings(**values))
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The first non-empty line of a secret file; clear errors that never echo the content."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} file {path} cannot be read: {exc.strerror}") from None
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            return line.strip()
+    raise ConfigError(f"{what} file {path} is empty")

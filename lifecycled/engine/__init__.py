@@ -1,0 +1,1 @@
+"""The imperative shell: runtime (composition root), dispatcher, tracker, Recover, janitor."""

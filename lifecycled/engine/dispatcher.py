@@ -1,0 +1,202 @@
+"""Workers: claim → policy → check → dispatch → journal the UPID (SPEC §2 steps 1–4)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from lifecycled.domain.actions import Action, GuestView, UnsupportedAction, spec_for
+from lifecycled.domain.classify import ErrorClass, classify_http
+from lifecycled.domain.op import Op, OpError
+from lifecycled.domain.outcome import (
+    Decision,
+    Verdict,
+    after_call_error,
+    after_search,
+    fail,
+    retry,
+    succeed,
+)
+from lifecycled.engine.clock import Clock
+from lifecycled.engine.durable import durable
+from lifecycled.engine.executor import Executor, op_fields
+from lifecycled.engine.tracker import Tracker
+from lifecycled.errors import PveError
+from lifecycled.journal import Journal
+from lifecycled.policy import Policy
+
+log = logging.getLogger("lifecycled.engine")
+
+#: Config locks that do not block an action (reference §1.2, §5.5).
+_HARMLESS_LOCKS: dict[Action, frozenset[str]] = {
+    Action.START: frozenset({"mounted", "suspended"}),
+    Action.RESUME: frozenset({"suspended"}),
+    Action.STOP: frozenset({"mounted"}),
+    Action.SHUTDOWN: frozenset({"mounted"}),
+}
+
+#: Actions that need the guest to exist before they are sent.
+_NEEDS_GUEST = frozenset(set(Action) - {Action.CREATE, Action.CLONE, Action.TERMINATE})
+
+
+class Dispatcher:
+    """``workers`` coroutines that claim and dispatch ops."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        executor: Executor,
+        tracker: Tracker,
+        policy: Policy,
+        clock: Clock,
+        node_cap: int,
+        idle_poll: float,
+    ) -> None:
+        self.journal = journal
+        self.executor = executor
+        self.tracker = tracker
+        self.policy = policy
+        self.clock = clock
+        self.node_cap = node_cap
+        self.idle_poll = idle_poll
+        self.stopping = asyncio.Event()
+        self.work = asyncio.Event()
+        #: Ops a worker of this process is handling right now (the janitor skips them).
+        self.busy: set[int] = set()
+
+    def notify(self) -> None:
+        """New work may be due (a submission, a retry becoming due)."""
+        self.work.set()
+
+    async def worker(self, index: int) -> None:
+        log.debug("dispatcher.worker_started", extra={"worker": index})
+        while not self.stopping.is_set():
+            op = await self.journal.claim_next(now=self.clock.now(), node_cap=self.node_cap)
+            if op is None:
+                await self._idle()
+                continue
+            self.busy.add(op.id)
+            try:
+                await self.process(op)
+            except PveError as err:  # a read that was not expected to fail here
+                log.warning("op.process_error", extra={**op_fields(op), "error": err.text})
+                await self.executor.apply(
+                    op, retry("unexpected Proxmox error", err.error_class, err.text)
+                )
+            finally:
+                self.busy.discard(op.id)
+
+    async def _idle(self) -> None:
+        self.work.clear()
+        stop = asyncio.ensure_future(self.stopping.wait())
+        work = asyncio.ensure_future(self.work.wait())
+        try:
+            await asyncio.wait(
+                {stop, work}, timeout=self.idle_poll, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+            work.cancel()
+
+    async def process(self, op: Op) -> None:
+        """One claimed op, from policy to a journaled UPID (or a terminal state)."""
+        log.info("op.claimed", extra={**op_fields(op), "attempt": op.attempts})
+        try:
+            spec = spec_for(op.guest.kind, op.action)
+        except UnsupportedAction as exc:
+            await self.executor.apply(
+                op, fail("unsupported action", ErrorClass.PERMANENT, str(exc))
+            )
+            return
+        # An earlier attempt ended ambiguously: its task may exist. Never POST twice blindly.
+        if op.ambiguous_since is not None:
+            try:
+                matches = await self.executor.search_tasks(op, spec, since=op.ambiguous_since)
+            except PveError as err:
+                await self.executor.apply(
+                    op,
+                    retry("task list unreadable", ErrorClass.TRANSIENT, err.text, ambiguous=True),
+                )
+                return
+            if matches:
+                await self.executor.apply(op, after_search(op, spec, matches, recovering=False))
+                return
+        try:
+            view = await self.executor.observe(op, spec)
+        except PveError as err:
+            cls = (
+                err.error_class
+                if err.error_class is not ErrorClass.AMBIGUOUS
+                else ErrorClass.TRANSIENT
+            )
+            await self.executor.apply(op, retry("guest read failed", cls, err.text))
+            return
+        pre = self._precheck(op, view)
+        if pre is not None:
+            await self.executor.apply(op, pre)
+            return
+        refusal = await self.policy.check(op, spec, view)
+        if refusal is not None:
+            await self.executor.apply(
+                op, fail(f"refused by policy: {refusal.code}", ErrorClass.PERMANENT, str(refusal))
+            )
+            return
+        try:
+            upid = await self.executor.pve.dispatch(
+                op.guest.node, op.guest.kind, spec.action, op.guest.vmid, op.params
+            )
+        except PveError as err:
+            cls = classify_http(
+                err.status,
+                err.reason,
+                method=err.method,
+                errors=err.errors,
+                sent=err.sent,
+                action=str(spec.action),
+            )
+            if err.status is None and not err.sent:
+                cls = ErrorClass.TRANSIENT
+            log.info(
+                "op.dispatch_error",
+                extra={**op_fields(op), "error": err.text, "error_class": str(cls)},
+            )
+            await self.executor.apply(op, after_call_error(op, spec, cls, err.text))
+            return
+        if upid is None:
+            await self.executor.apply(op, succeed("synchronous endpoint finished"))
+            return
+        op = await durable(self.journal.record_upid(op.id, str(upid), now=self.clock.now()))
+        log.info("op.dispatched", extra=op_fields(op))
+        self.tracker.track(op)
+
+    def _precheck(self, op: Op, view: GuestView) -> Decision | None:
+        """Step 3 "Check" of SPEC §2: target held, guest missing, config lock."""
+        spec = spec_for(op.guest.kind, op.action)
+        if spec.holds(view, op.params):
+            return succeed("target already held; nothing sent")
+        if not view.exists and spec.action in _NEEDS_GUEST:
+            return fail(
+                "guest does not exist",
+                ErrorClass.PERMANENT,
+                f"{op.guest.kind} {op.guest.vmid} does not exist on node {op.guest.node}",
+            )
+        if (
+            view.exists
+            and spec.action in (Action.CREATE, Action.CLONE)
+            and view.lock not in ("create", "clone")
+        ):
+            return fail(
+                "vmid already taken",
+                ErrorClass.PERMANENT,
+                f"vmid {op.guest.vmid} already exists with a different identity",
+            )
+        lock = view.lock
+        if lock and lock not in _HARMLESS_LOCKS.get(spec.action, frozenset()):
+            kind = "CT" if op.guest.kind == "lxc" else "VM"
+            return Decision(
+                verdict=Verdict.RETRY,
+                reason=f"guest locked ({lock}); waiting",
+                error=OpError(error_class=ErrorClass.LOCKED, message=f"{kind} is locked ({lock})"),
+            )
+        return None

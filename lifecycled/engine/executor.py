@@ -1,0 +1,267 @@
+"""Applies :mod:`lifecycled.domain.outcome` decisions to the journal.
+
+The only engine code that changes an op's state after it was claimed. ``CHECK`` and
+``SEARCH`` decisions read Proxmox (never a mutating call) and are resolved here, so the
+dispatcher, the tracker, Recover and the janitor share one set of rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from typing import Protocol
+
+from lifecycled.domain.actions import Action, ActionSpec, GuestView, spec_for
+from lifecycled.domain.classify import ErrorClass
+from lifecycled.domain.op import Op
+from lifecycled.domain.outcome import (
+    Decision,
+    RetryBudget,
+    Verdict,
+    after_search,
+    next_attempt,
+    succeed,
+)
+from lifecycled.domain.states import OpState
+from lifecycled.domain.upid import Upid, UpidError
+from lifecycled.engine.clock import Clock
+from lifecycled.engine.durable import durable
+from lifecycled.errors import PveError
+from lifecycled.journal import Journal
+from lifecycled.metrics import Metrics
+from lifecycled.pve.port import PveClient, read_guest
+
+log = logging.getLogger("lifecycled.engine")
+
+
+class TrackSink(Protocol):
+    """Where ops with a running task go (the tracker)."""
+
+    def track(self, op: Op, *, confirm_by_state: bool = False) -> None: ...
+
+
+def op_fields(op: Op) -> dict[str, object]:
+    """The stable log keys of SPEC §5 "Logs"."""
+    return {
+        "op_id": op.id,
+        "upid": op.upid,
+        "vmid": op.guest.vmid,
+        "node": op.guest.node,
+        "action": op.action,
+    }
+
+
+class Executor:
+    """Turns decisions into journal transitions, metrics and log events."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        pve: PveClient,
+        clock: Clock,
+        metrics: Metrics,
+        budget: RetryBudget,
+        task_search_skew: float,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.journal = journal
+        self.pve = pve
+        self.clock = clock
+        self.metrics = metrics
+        self.budget = budget
+        self.skew = task_search_skew
+        self.rand = rand
+        self.tracker: TrackSink | None = None
+
+    # --- reads ------------------------------------------------------------------------
+
+    async def observe(self, op: Op, spec: ActionSpec) -> GuestView:
+        """Read the guest an op is about. Migrate looks on the target node first."""
+        kind, vmid = op.guest.kind, op.guest.vmid
+        if spec.action is Action.MIGRATE and op.params.get("target"):
+            target = str(op.params["target"])
+            view = await read_guest(self.pve, target, kind, vmid)
+            if view.exists:
+                return view
+        return await read_guest(self.pve, op.guest.node, kind, vmid)
+
+    async def search_tasks(self, op: Op, spec: ActionSpec, *, since: float) -> list[str]:
+        """UPIDs in the node's task list that may be this op's task (SPEC §2 "ambiguous").
+
+        Matches: a worker type of the action, the task vmid, our own user, started no
+        earlier than ``since`` (less the clock-skew allowance), and not a UPID this op
+        already journaled in an earlier attempt.
+        """
+        types = set(spec.worker_types)
+        if spec.ha_worker_type:
+            types.add(spec.ha_worker_type)
+        vmid = spec.task_vmid(op.guest.vmid, op.params)
+        floor_start = math.floor(since - self.skew)
+        listing = await self.pve.tasks(
+            op.guest.node, source="all", vmid=vmid, since=floor_start - 60, limit=500
+        )
+        known = {h.upid for h in await self.journal.history(op.id) if h.upid}
+        user = self.pve.user
+        matches = [
+            str(t.upid)
+            for t in listing.items
+            if t.upid.type in types
+            and t.upid.id == str(vmid)
+            and t.upid.user == user
+            and t.starttime >= floor_start
+            and str(t.upid) not in known
+        ]
+        return sorted(set(matches))
+
+    # --- applying decisions --------------------------------------------------------------
+
+    async def resolve(self, op: Op, decision: Decision) -> Decision | None:
+        """Resolve ``CHECK`` and ``SEARCH`` by reading Proxmox (never writing), until a decision
+        that changes the journal remains. ``None``: a read failed, nothing can be decided now."""
+        spec = spec_for(op.guest.kind, op.action)
+        while decision.verdict in (Verdict.CHECK, Verdict.SEARCH):
+            if decision.verdict is Verdict.CHECK:
+                assert decision.otherwise is not None
+                try:
+                    view = await self.observe(op, spec)
+                except PveError as err:
+                    log.warning("op.check_failed", extra={**op_fields(op), "error": err.text})
+                    return None
+                if spec.holds(view, op.params):
+                    decision = succeed(f"{decision.reason}: target holds", decision.exitstatus)
+                else:
+                    decision = decision.otherwise
+                continue
+            since = op.ambiguous_since or op.claimed_at or op.created_at
+            try:
+                matches = await self.search_tasks(op, spec, since=since)
+            except PveError as err:
+                log.warning("op.search_failed", extra={**op_fields(op), "error": err.text})
+                return Decision(
+                    verdict=Verdict.RETRY,
+                    reason="call outcome unknown; task list unreadable",
+                    error=decision.error,
+                    ambiguous=True,
+                )
+            decision = after_search(op, spec, matches, recovering=False)
+        return decision
+
+    async def apply(self, op: Op, decision: Decision, *, confirm_by_state: bool = False) -> bool:
+        """Carry out ``decision`` for ``op``. Returns False when nothing could be decided now
+        (a Proxmox read failed): the caller keeps the op where it is and looks again later."""
+        resolved = await self.resolve(op, decision)
+        if resolved is None:
+            return False
+        decision = resolved
+        verdict = decision.verdict
+        if verdict is Verdict.ADOPT:
+            assert decision.upid is not None
+            await self._adopt(op, decision.upid, decision.reason, confirm_by_state=confirm_by_state)
+            return True
+        if verdict is Verdict.TRACK:
+            if self.tracker is not None:
+                self.tracker.track(op, confirm_by_state=confirm_by_state)
+            return True
+        if verdict is Verdict.LEAVE:
+            return False
+        if verdict is Verdict.SUCCEED:
+            return await self._succeed(op, decision.reason, decision.exitstatus)
+        if verdict is Verdict.FAIL:
+            now = self.clock.now()
+            done = await durable(
+                self.journal.finish(
+                    op.id,
+                    OpState.FAILED,
+                    now=now,
+                    reason=decision.reason,
+                    exitstatus=decision.exitstatus,
+                    error=decision.error,
+                )
+            )
+            self._finished(done, "failed")
+            log.warning(
+                "op.failed",
+                extra={
+                    **op_fields(done),
+                    "reason": decision.reason,
+                    "error": decision.error.message if decision.error else None,
+                },
+            )
+            return True
+        return await self._retry(op, decision)
+
+    async def _succeed(self, op: Op, reason: str, exitstatus: str | None) -> bool:
+        done = await durable(
+            self.journal.finish(
+                op.id, OpState.SUCCEEDED, now=self.clock.now(), reason=reason, exitstatus=exitstatus
+            )
+        )
+        self._finished(done, "succeeded")
+        log.info(
+            "op.succeeded", extra={**op_fields(done), "reason": reason, "exitstatus": exitstatus}
+        )
+        return True
+
+    async def _retry(self, op: Op, decision: Decision) -> bool:
+        cls = decision.error.error_class if decision.error else ErrorClass.TRANSIENT
+        now = self.clock.now()
+        when = next_attempt(op, cls, now=now, budget=self.budget, rand=self.rand)
+        self.metrics.retry(op.action, str(cls))
+        if when is None:
+            done = await durable(
+                self.journal.dead_letter(
+                    op.id,
+                    now=now,
+                    reason=f"{decision.reason}; retry budget spent",
+                    error=decision.error,
+                )
+            )
+            self._finished(done, "dead_lettered")
+            log.error("op.dead_lettered", extra={**op_fields(done), "reason": decision.reason})
+            return True
+        await durable(
+            self.journal.requeue(
+                op.id,
+                now=now,
+                next_attempt_at=when,
+                reason=decision.reason,
+                error=decision.error,
+                ambiguous=decision.ambiguous,
+            )
+        )
+        self.metrics.command(op.action, "retried")
+        log.info(
+            "op.requeued",
+            extra={
+                **op_fields(op),
+                "reason": decision.reason,
+                "error_class": str(cls),
+                "retry_in": round(when - now, 3),
+            },
+        )
+        return True
+
+    async def _adopt(self, op: Op, upid_text: str, reason: str, *, confirm_by_state: bool) -> None:
+        try:
+            Upid.parse(upid_text)
+        except UpidError:
+            log.error("op.adopt_invalid_upid", extra={**op_fields(op), "found": upid_text})
+            return
+        now = self.clock.now()
+        if op.state is OpState.DISPATCHING:
+            op = await durable(self.journal.record_upid(op.id, upid_text, now=now, reason=reason))
+        else:
+            op = await durable(
+                self.journal.set_upid_in_flight(op.id, upid_text, now=now, reason=reason)
+            )
+        log.info("op.adopted", extra=op_fields(op))
+        if self.tracker is not None:
+            self.tracker.track(op, confirm_by_state=confirm_by_state)
+
+    def _finished(self, op: Op, outcome: str) -> None:
+        self.metrics.command(op.action, outcome)
+        if op.finished_at is not None:
+            self.metrics.op_finished(op.action, op.finished_at - op.created_at)

@@ -1,0 +1,236 @@
+"""The composition root: one function builds the whole object graph from :class:`Settings`.
+
+The CLI, the HTTP server and the tests all build through :meth:`Runtime.build`; nothing else
+creates sessions, connections or registries. :meth:`Runtime.run` owns one root TaskGroup
+with named tasks (tracker, dispatchers, janitor, gauges, web).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+
+from lifecycled.config import Settings, read_secret_file
+from lifecycled.domain.outcome import RetryBudget
+from lifecycled.domain.states import OpState
+from lifecycled.engine.clock import Clock, SystemClock
+from lifecycled.engine.dispatcher import Dispatcher
+from lifecycled.engine.executor import Executor
+from lifecycled.engine.gate import Policy
+from lifecycled.engine.recover import Recoverer, RecoverReport
+from lifecycled.engine.submit import Submission, submit
+from lifecycled.engine.tracker import Tracker
+from lifecycled.errors import ConfigError
+from lifecycled.journal import Journal, SubmitResult
+from lifecycled.metrics import Metrics
+from lifecycled.pve.port import PveClient
+
+log = logging.getLogger("lifecycled.runtime")
+
+#: A web slot: started with the runtime, returns a coroutine function that stops it.
+WebStarter = Callable[["Runtime"], Awaitable[Callable[[], Awaitable[None]]]]
+
+
+def build_pve_client(settings: Settings, metrics: Metrics) -> PveClient:
+    """The Proxmox adapter the settings ask for (aiohttp by default)."""
+    if settings.pve_backend == "http":
+        from lifecycled.pve.auth import TicketAuth, load_token_file
+        from lifecycled.pve.http import HttpPveClient
+        from lifecycled.pve.tls import TlsOptions
+
+        auth: Any
+        if settings.pve_token_file is not None:
+            auth = load_token_file(settings.pve_token_file)
+        elif settings.pve_user and settings.pve_password_file is not None:
+            auth = TicketAuth(
+                username=settings.pve_user,
+                password=read_secret_file(settings.pve_password_file, "Proxmox password"),
+            )
+        else:
+            raise ConfigError(
+                "no Proxmox credentials: give --pve-token-file (USER@REALM!TOKENID=SECRET), "
+                "or --pve-user with --pve-password-file"
+            )
+        tls = TlsOptions(
+            ca_file=str(settings.pve_ca_file) if settings.pve_ca_file else None,
+            fingerprint=settings.pve_fingerprint,
+            insecure=settings.pve_insecure,
+        )
+        return HttpPveClient(settings.pve_url, auth=auth, tls=tls, on_request=metrics.pve_request)
+    from lifecycled.pve.proxmoxer_backend import build_proxmoxer_client
+
+    return build_proxmoxer_client(settings)  # type: ignore[no-any-return]
+
+
+@attrs.define(kw_only=True)
+class Runtime:
+    """Everything a running lifecycled holds."""
+
+    settings: Settings
+    journal: Journal
+    pve: PveClient
+    metrics: Metrics
+    clock: Clock
+    executor: Executor
+    tracker: Tracker
+    dispatcher: Dispatcher
+    recoverer: Recoverer
+    ready: asyncio.Event = attrs.field(factory=asyncio.Event)
+    stopping: asyncio.Event = attrs.field(factory=asyncio.Event)
+    started_at: float = 0.0
+    web_url: str | None = None
+
+    @classmethod
+    async def build(
+        cls,
+        settings: Settings,
+        *,
+        pve: PveClient | None = None,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> Runtime:
+        """Open the journal and build every component; the caller must ``await close()``."""
+        metrics = metrics or Metrics()
+        clock = clock or SystemClock()
+        journal = await Journal.open(
+            settings.db, synchronous=settings.synchronous, on_commit=metrics.journal_committed
+        )
+        try:
+            pve = pve or build_pve_client(settings, metrics)
+        except BaseException:
+            await journal.close()
+            raise
+        budget = RetryBudget(
+            max_retries=settings.max_retries,
+            base=settings.retry_backoff,
+            maximum=settings.max_backoff,
+            lock_wait_max=settings.lock_wait_max,
+        )
+        executor = Executor(
+            journal=journal,
+            pve=pve,
+            clock=clock,
+            metrics=metrics,
+            budget=budget,
+            task_search_skew=settings.task_search_skew,
+            rand=rand,
+        )
+        tracker = Tracker(executor=executor, clock=clock, poll_interval=settings.poll_interval)
+        executor.tracker = tracker
+        dispatcher = Dispatcher(
+            journal=journal,
+            executor=executor,
+            tracker=tracker,
+            policy=Policy(),
+            clock=clock,
+            node_cap=settings.node_cap,
+            idle_poll=min(1.0, settings.poll_interval),
+        )
+        recoverer = Recoverer(
+            journal=journal, executor=executor, tracker=tracker, clock=clock, metrics=metrics
+        )
+        return cls(
+            settings=settings,
+            journal=journal,
+            pve=pve,
+            metrics=metrics,
+            clock=clock,
+            executor=executor,
+            tracker=tracker,
+            dispatcher=dispatcher,
+            recoverer=recoverer,
+        )
+
+    async def close(self) -> None:
+        try:
+            await self.pve.close()
+        finally:
+            await self.journal.close()
+
+    # --- running ----------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Graceful stop: stop claiming; dispatches in progress journal their UPID first."""
+        if not self.stopping.is_set():
+            log.info("runtime.stopping")
+        self.stopping.set()
+        self.dispatcher.stopping.set()
+        self.tracker.stopping.set()
+
+    async def run(self, *, web: WebStarter | None = None) -> None:
+        """Recover, then serve until :meth:`request_stop`."""
+        self.started_at = self.clock.now()
+        stop_web: Callable[[], Awaitable[None]] | None = None
+        if web is not None:
+            stop_web = await web(self)
+        try:
+            report = await self.recoverer.recover()
+            log.info("runtime.ready", extra={"recovered": report.counts.get("examined", 0)})
+            self.ready.set()
+            if self.stopping.is_set():
+                return
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.tracker.run(), name="tracker")
+                for i in range(self.settings.workers):
+                    tg.create_task(self.dispatcher.worker(i), name=f"dispatcher-{i}")
+                tg.create_task(self._janitor(), name="janitor")
+                tg.create_task(self._gauges(), name="gauges")
+        finally:
+            self.ready.clear()
+            if stop_web is not None:
+                await stop_web()
+
+    async def _sleep_or_stop(self, seconds: float) -> bool:
+        """Sleep; True when a stop was requested meanwhile."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _janitor(self) -> None:
+        interval = max(1.0, min(60.0, self.settings.stale_after / 4))
+        while not await self._sleep_or_stop(interval):
+            counts = await self.recoverer.janitor_pass(
+                stale_after=self.settings.stale_after, busy=self.dispatcher.busy
+            )
+            if counts:
+                log.warning("janitor.pass", extra=counts)
+
+    async def _gauges(self) -> None:
+        while True:
+            await self.refresh_gauges()
+            if await self._sleep_or_stop(2.0):
+                return
+
+    async def refresh_gauges(self) -> None:
+        counts = await self.journal.counts_by_state()
+        self.metrics.set_queue_depth(counts)
+        self.metrics.dead_letters.set(counts.get(OpState.DEAD_LETTERED, 0))
+
+    # --- services used by the CLI and the HTTP API --------------------------------------
+
+    async def submit(self, sub: Submission) -> SubmitResult:
+        result = await submit(
+            self.journal, sub, pve=self.pve, default_node=self.settings.node, now=self.clock.now()
+        )
+        if not result.deduplicated:
+            self.dispatcher.notify()
+        return result
+
+    def status(self) -> dict[str, Any]:
+        report: RecoverReport | None = self.recoverer.last_report
+        return {
+            "node": self.settings.node,
+            "ready": self.ready.is_set(),
+            "stopping": self.stopping.is_set(),
+            "started_at": self.started_at,
+            "tracked_tasks": len(self.tracker),
+            "recover": report.to_dict() if report is not None else None,
+        }

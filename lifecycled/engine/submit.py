@@ -1,0 +1,181 @@
+"""Submissions: validate, resolve the guest, journal (SPEC §1 "Idempotency", §5 "HTTP")."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from lifecycled.domain.actions import Action, UnsupportedAction, parse_size, spec_for
+from lifecycled.domain.op import GuestKind, GuestRef, Origin
+from lifecycled.errors import NotFound, PveError, ValidationError
+from lifecycled.journal import Journal, SubmitRequest, SubmitResult
+from lifecycled.pve.port import PveClient
+
+VMID_MIN, VMID_MAX = 100, 999_999_999
+_KEY_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,200}$")
+_NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$")
+_PARAM_KEY_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+#: Namespace for deterministic smbios1 uuids of created VMs (identity fingerprint).
+_FINGERPRINT_NS = uuid.UUID("6f1c3c9e-6a39-4f55-9d0e-6c1f3f2a7b11")
+
+
+@attrs.frozen(kw_only=True)
+class Submission:
+    """A validated-to-be submission as a user sent it (kind and node may be missing)."""
+
+    action: str
+    vmid: int
+    kind: str | None = None
+    node: str | None = None
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    idempotency_key: str | None = None
+    origin: Origin = Origin.API
+    actor: str = "api"
+
+
+def validate(sub: Submission) -> None:
+    """Raise :class:`ValidationError` (with per-field details) for a malformed submission."""
+    details: dict[str, str] = {}
+    try:
+        action = Action(sub.action)
+    except ValueError:
+        details["action"] = (
+            f"unknown action {sub.action!r}; one of {', '.join(a.value for a in Action)}"
+        )
+        action = None
+    if (
+        isinstance(sub.vmid, bool)
+        or not isinstance(sub.vmid, int)
+        or not VMID_MIN <= sub.vmid <= VMID_MAX
+    ):
+        details["vmid"] = f"must be an integer from {VMID_MIN} to {VMID_MAX}"
+    if sub.kind is not None and sub.kind not in (k.value for k in GuestKind):
+        details["kind"] = "must be qemu or lxc"
+    if sub.node is not None and not _NODE_RE.match(sub.node):
+        details["node"] = "not a valid Proxmox node name"
+    if sub.idempotency_key is not None and not _KEY_RE.match(sub.idempotency_key):
+        details["idempotency_key"] = "1-200 characters of letters, digits and . _ : -"
+    for key, value in sub.params.items():
+        if not _PARAM_KEY_RE.match(key):
+            details[f"params.{key}"] = "not a valid parameter name"
+        elif not _param_value_ok(value):
+            details[f"params.{key}"] = "must be a string, number, boolean or list of strings"
+    if action is not None:
+        details.update(_action_params(action, sub.params))
+    if sub.kind is not None and action is not None and "kind" not in details:
+        try:
+            spec_for(GuestKind(sub.kind), action)
+        except UnsupportedAction as exc:
+            details["action"] = str(exc)
+    if details:
+        raise ValidationError("invalid submission", details)
+
+
+def _param_value_ok(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(v, str | int) for v in value)
+    return isinstance(value, str | int | float | bool)
+
+
+def _action_params(action: Action, params: Mapping[str, Any]) -> dict[str, str]:
+    d: dict[str, str] = {}
+    if action is Action.RESIZE:
+        if not params.get("disk"):
+            d["params.disk"] = "required: the disk to grow (e.g. scsi0, rootfs)"
+        size = str(params.get("size", ""))
+        if size.startswith("+"):
+            d["params.size"] = (
+                "must be an absolute size (e.g. 40G); relative growth is not idempotent"
+            )
+        else:
+            try:
+                parse_size(size)
+            except ValueError:
+                d["params.size"] = "required: an absolute size such as 40G"
+    elif action is Action.MIGRATE:
+        target = params.get("target")
+        if not isinstance(target, str) or not _NODE_RE.match(target):
+            d["params.target"] = "required: the target node"
+    elif action is Action.CONFIGURE:
+        if not any(k not in ("digest", "background_delay") for k in params):
+            d["params"] = "configure needs at least one config key"
+    elif action is Action.CLONE:
+        src = params.get("source_vmid")
+        if isinstance(src, bool) or not isinstance(src, int) or not VMID_MIN <= src <= VMID_MAX:
+            d["params.source_vmid"] = "required: the vmid to clone from"
+    return d
+
+
+async def resolve_guest(sub: Submission, pve: PveClient | None, *, default_node: str) -> GuestRef:
+    """Fill in kind and node from ``/cluster/resources`` when the submission omits them."""
+    action = Action(sub.action)
+    if sub.kind is not None and sub.node is not None:
+        return GuestRef(node=sub.node, kind=GuestKind(sub.kind), vmid=sub.vmid)
+    if action is Action.CREATE:
+        if sub.kind is None:
+            raise ValidationError("invalid submission", {"kind": "required for create"})
+        return GuestRef(node=sub.node or default_node, kind=GuestKind(sub.kind), vmid=sub.vmid)
+    if pve is None:
+        raise ValidationError(
+            "invalid submission", {"kind": "give kind and node (Proxmox is not reachable here)"}
+        )
+    lookup_vmid = sub.vmid
+    if action is Action.CLONE:
+        lookup_vmid = int(sub.params["source_vmid"])
+    try:
+        resources = await pve.cluster_resources()
+    except PveError as err:
+        raise ValidationError(
+            "cannot resolve the guest",
+            {"kind": f"Proxmox is unreachable ({err.reason}); give kind and node"},
+        ) from None
+    for res in resources:
+        if res.vmid == lookup_vmid:
+            return GuestRef(
+                node=sub.node or res.node, kind=GuestKind(sub.kind or res.kind), vmid=sub.vmid
+            )
+    raise NotFound(f"guest {lookup_vmid} not found in the cluster; give kind and node")
+
+
+def with_fingerprint(
+    action: Action, kind: GuestKind, key: str, params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Params for create/clone of a VM carry a deterministic ``smbios1`` uuid (its identity)."""
+    out = dict(params)
+    if action in (Action.CREATE,) and kind is GuestKind.QEMU and "smbios1" not in out:
+        out["smbios1"] = f"uuid={uuid.uuid5(_FINGERPRINT_NS, key)}"
+    return out
+
+
+async def submit(
+    journal: Journal,
+    sub: Submission,
+    *,
+    pve: PveClient | None,
+    default_node: str,
+    now: float,
+) -> SubmitResult:
+    """Validate, resolve and journal one submission. Nothing is written on any error."""
+    validate(sub)
+    guest = await resolve_guest(sub, pve, default_node=default_node)
+    try:
+        spec_for(guest.kind, sub.action)  # the kind resolved from Proxmox may not support it
+    except UnsupportedAction as exc:
+        raise ValidationError("invalid submission", {"action": str(exc)}) from None
+    key = sub.idempotency_key
+    params = dict(sub.params)
+    if key is not None:
+        params = with_fingerprint(Action(sub.action), guest.kind, key, params)
+    req = SubmitRequest(
+        idempotency_key=key,
+        action=sub.action,
+        guest=guest,
+        params=params,
+        origin=sub.origin,
+        actor=sub.actor,
+    )
+    return await journal.submit(req, now=now)

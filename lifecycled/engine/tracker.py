@@ -1,0 +1,178 @@
+"""Batched task tracking (SPEC §2 step 5).
+
+Running tasks are tracked without holding a worker. All tracked tasks of one node are
+resolved together: one ``GET /nodes/{node}/tasks?source=all`` per node per tick lists the
+running ones (``RUNNING``) and the archived ones with their exit status; only tasks missing
+from that list get an individual status read. The cadence is fast for young tasks and
+slower for long ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import attrs
+
+from lifecycled.domain.actions import spec_for
+from lifecycled.domain.op import Op
+from lifecycled.domain.outcome import Decision, after_exit, after_no_such_task
+from lifecycled.domain.upid import Upid, UpidError
+from lifecycled.engine.clock import Clock
+from lifecycled.engine.executor import Executor, op_fields
+from lifecycled.errors import PveError
+from lifecycled.pve.port import TaskEntry, is_no_such_task
+
+log = logging.getLogger("lifecycled.engine")
+
+
+@attrs.define(kw_only=True)
+class _Tracked:
+    op: Op
+    upid: Upid
+    confirm_by_state: bool
+    added: float
+    next_check: float
+    failures: int = 0
+
+
+def poll_delay(age: float, poll_interval: float) -> float:
+    """Seconds until the next look at a task that has been running for ``age`` seconds."""
+    if age < 10:
+        return max(0.1, min(0.5, poll_interval / 4))
+    if age < 60:
+        return poll_interval
+    return min(poll_interval * 5, 30.0)
+
+
+class Tracker:
+    """Tracks running tasks and hands their outcome to the executor."""
+
+    def __init__(self, *, executor: Executor, clock: Clock, poll_interval: float) -> None:
+        self.executor = executor
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self._entries: dict[int, _Tracked] = {}
+        self._wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def tracked_ids(self) -> set[int]:
+        return set(self._entries)
+
+    def track(self, op: Op, *, confirm_by_state: bool = False) -> None:
+        """Follow ``op``'s task (the op must carry a UPID) until it stops."""
+        if op.upid is None:
+            raise ValueError(f"op {op.id} has no UPID to track")
+        try:
+            upid = Upid.parse(op.upid)
+        except UpidError:
+            log.error("tracker.invalid_upid", extra=op_fields(op))
+            return
+        now = self.clock.monotonic()
+        self._entries[op.id] = _Tracked(
+            op=op,
+            upid=upid,
+            confirm_by_state=confirm_by_state or upid.type.startswith("ha"),
+            added=now,
+            next_check=now + poll_delay(0, self.poll_interval),
+        )
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Poll until stopped. Tasks still running at stop are resolved by the next Recover."""
+        while not self.stopping.is_set():
+            now = self.clock.monotonic()
+            due_nodes = {e.upid.node for e in self._entries.values() if e.next_check <= now}
+            for node in sorted(due_nodes):
+                if self.stopping.is_set():
+                    break
+                await self._tick_node(node)
+            await self._sleep_until_due()
+
+    async def _sleep_until_due(self) -> None:
+        now = self.clock.monotonic()
+        timeout = min((e.next_check for e in self._entries.values()), default=now + 60) - now
+        if timeout <= 0:
+            await asyncio.sleep(0)
+            return
+        self._wake.clear()
+        wake = asyncio.ensure_future(self._wake.wait())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({wake, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            stop.cancel()
+
+    async def _tick_node(self, node: str) -> None:
+        entries = [e for e in self._entries.values() if e.upid.node == node]
+        since = min(e.upid.starttime for e in entries) - 1
+        try:
+            listing = await self.executor.pve.tasks(
+                node,
+                source="all",
+                since=since,
+                userfilter=self.executor.pve.user.split("!", 1)[0],
+                limit=max(500, 4 * len(entries)),
+            )
+        except PveError as err:
+            log.warning("tracker.list_failed", extra={"node": node, "error": err.text})
+            for entry in entries:
+                self._reschedule(entry, failed=True)
+            return
+        by_upid: dict[str, TaskEntry] = {str(item.upid): item for item in listing.items}
+        now = self.clock.monotonic()
+        for entry in entries:
+            item = by_upid.get(str(entry.upid))
+            if item is not None and item.status not in (None, "RUNNING"):
+                await self._resolve(entry, item.status)
+            elif item is None and entry.next_check <= now:
+                await self._read_status(entry)
+            elif entry.next_check <= now:
+                self._reschedule(entry)
+
+    async def _read_status(self, entry: _Tracked) -> None:
+        try:
+            status = await self.executor.pve.task_status(entry.upid)
+        except PveError as err:
+            if is_no_such_task(err):
+                await self._decide(
+                    entry,
+                    after_no_such_task(entry.op, spec_for(entry.op.guest.kind, entry.op.action)),
+                )
+                return
+            log.warning("tracker.status_failed", extra={**op_fields(entry.op), "error": err.text})
+            self._reschedule(entry, failed=True)
+            return
+        if status.running:
+            self._reschedule(entry)
+        else:
+            await self._resolve(entry, status.exitstatus or "unexpected status")
+
+    async def _resolve(self, entry: _Tracked, exitstatus: str) -> None:
+        op = entry.op
+        spec = spec_for(op.guest.kind, op.action)
+        log.info("task.stopped", extra={**op_fields(op), "exitstatus": exitstatus})
+        await self._decide(
+            entry, after_exit(op, spec, exitstatus, confirm_by_state=entry.confirm_by_state)
+        )
+
+    async def _decide(self, entry: _Tracked, decision: Decision) -> None:
+        done = await self.executor.apply(
+            entry.op, decision, confirm_by_state=entry.confirm_by_state
+        )
+        if done:
+            self._entries.pop(entry.op.id, None)
+        else:
+            self._reschedule(entry, failed=True)
+
+    def _reschedule(self, entry: _Tracked, *, failed: bool = False) -> None:
+        now = self.clock.monotonic()
+        entry.failures = entry.failures + 1 if failed else 0
+        delay = poll_delay(now - entry.added, self.poll_interval)
+        if failed:
+            delay = min(max(delay, self.poll_interval) * (2 ** min(entry.failures, 5)), 60.0)
+        entry.next_check = now + delay
