@@ -1,0 +1,387 @@
+"""The journal: every op, its history and its state changes, in one SQLite file.
+
+This is the only code that speaks SQL (with the modules beside it). Verbs take the current
+time from the caller (``now``, epoch seconds) so tests and plans control time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Collection, Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from lifecycled.domain.op import Op, OpError, canonical_json
+from lifecycled.domain.states import REARMABLE, OpState
+from lifecycled.errors import JournalError
+from lifecycled.journal import migrations, writes
+from lifecycled.journal.db import DEFAULT_BUSY_TIMEOUT_MS, Database, one, translated
+from lifecycled.journal.queries import ReadVerbs
+from lifecycled.journal.records import SubmitRequest, SubmitResult
+from lifecycled.journal.rules import Verb
+
+logger = logging.getLogger("lifecycled.journal")
+
+T = TypeVar("T")
+
+_DELETE_BATCH = 500
+
+
+class Journal(ReadVerbs):
+    """The op journal on one SQLite file (one connection, one write lock)."""
+
+    def __init__(
+        self, db: Database, *, schema_version: int, applied: tuple[str, ...], known: int
+    ) -> None:
+        self._db = db
+        self._schema_version = schema_version
+        self._applied = applied
+        self._known = known
+        self._durable: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        migrate: bool = True,
+        create: bool = True,
+        readonly: bool = False,
+        on_commit: Callable[[float], None] | None = None,
+        migrations_dir: str | os.PathLike[str] | None = None,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    ) -> Journal:
+        """Open the journal at ``path``, creating (mode 0600) and migrating it as asked.
+
+        ``migrate=False`` refuses a journal older than this lifecycled instead of upgrading
+        it; ``readonly`` never writes (and so never migrates). ``migrations_dir`` replaces
+        the packaged migrations (tests, tooling).
+        """
+        source = Path(migrations_dir) if migrations_dir is not None else None
+        known_migrations = await asyncio.to_thread(migrations.load_migrations, source)
+        known = known_migrations[-1].version
+        db = await Database.connect(
+            path,
+            synchronous=synchronous,
+            create=create,
+            readonly=readonly,
+            busy_timeout_ms=busy_timeout_ms,
+            on_commit=on_commit,
+        )
+        try:
+            conn = db.connection
+            with translated(db.path):
+                version = await migrations.check_identity(conn, db.path, known)
+                applied: list[migrations.Migration] = []
+                if version < known and migrate and not readonly:
+                    applied = await migrations.apply_migrations(conn, known_migrations)
+                    version = await migrations.read_version(conn)
+            if version < known:
+                raise JournalError(
+                    f"journal schema version {version} is older than this lifecycled "
+                    f"(knows {known}): run lifecycled db migrate --db {db.path}"
+                )
+        except BaseException:
+            await db.close()
+            raise
+        logger.info("journal.opened", extra={"path": str(db.path), "schema_version": version})
+        return cls(db, schema_version=version, applied=tuple(m.label for m in applied), known=known)
+
+    async def close(self) -> None:
+        """Finish durable writes still in progress, then close the connection."""
+        if self._durable:
+            await asyncio.wait(set(self._durable))
+        await self._db.close()
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    @property
+    def schema_version(self) -> int:
+        """The journal file's schema version (``PRAGMA user_version``)."""
+        return self._schema_version
+
+    @property
+    def known_schema_version(self) -> int:
+        """The newest schema version this lifecycled knows."""
+        return self._known
+
+    @property
+    def applied_migrations(self) -> tuple[str, ...]:
+        """Migrations applied by this :meth:`open` (``("0001_initial",)`` on a new file)."""
+        return self._applied
+
+    async def _shielded(self, coro: Coroutine[Any, Any, T]) -> T:
+        # A durable write (task id received, op finished) completes even when the caller
+        # is cancelled meanwhile; the cancellation is re-raised once it is on disk.
+        task = asyncio.ensure_future(coro)
+        self._durable.add(task)
+        task.add_done_callback(self._durable.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            while not task.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({task})
+            if not task.cancelled() and task.exception() is not None:
+                logger.warning("journal.durable_write_failed", exc_info=task.exception())
+            raise
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def submit(self, req: SubmitRequest, *, now: float) -> SubmitResult:
+        """Journal a new op, or deduplicate / re-arm by idempotency key (SPEC §1)."""
+        if req.idempotency_key is not None:
+            existing = await self.by_key(req.idempotency_key)
+            if existing is not None and existing.state not in REARMABLE:
+                # The common retry of a client: answer without taking the write lock.
+                if not writes.same_request(existing, req, canonical_json(req.params)):
+                    raise writes.conflict(existing)
+                return SubmitResult(op=existing, deduplicated=True, rearmed=False)
+        return await self._db.write(lambda c: writes.submit(c, req, now=now))
+
+    async def claim_next(
+        self,
+        *,
+        now: float,
+        node_cap: int | None = None,
+        nodes: Collection[str] | None = None,
+    ) -> Op | None:
+        """Claim the oldest due pending op (→ dispatching, attempts + 1), or ``None``.
+
+        Skips ops whose guest already has an op in flight and, with ``node_cap``, ops on a
+        node with that many ops in flight; with ``nodes``, only ops on those nodes. Safe
+        across OS processes: the pick and the update are one ``BEGIN IMMEDIATE``.
+        """
+        if nodes is not None and not nodes:
+            return None
+        return await self._db.write(
+            lambda c: writes.claim(c, now=now, node_cap=node_cap, nodes=nodes)
+        )
+
+    async def record_upid(
+        self, op_id: int, upid: str, *, now: float, reason: str = "task started"
+    ) -> Op:
+        """Journal the task id Proxmox returned: dispatching → running (survives cancellation)."""
+        changes = {"upid": upid, "dispatched": 1, "ambiguous_since": None}
+        return await self._shielded(
+            self._db.write(
+                lambda c: writes.transition(
+                    c,
+                    op_id,
+                    Verb.RECORD_UPID,
+                    OpState.RUNNING,
+                    now=now,
+                    reason=reason,
+                    changes=changes,
+                )
+            )
+        )
+
+    async def set_upid_in_flight(self, op_id: int, upid: str, *, now: float, reason: str) -> Op:
+        """Adopt a task id for an in-flight op (recover/janitor); a dispatching op → running."""
+        changes = {"upid": upid, "dispatched": 1, "ambiguous_since": None}
+        return await self._shielded(
+            self._db.write(
+                lambda c: writes.transition(
+                    c,
+                    op_id,
+                    Verb.SET_UPID,
+                    OpState.RUNNING,
+                    now=now,
+                    reason=reason,
+                    changes=changes,
+                )
+            )
+        )
+
+    async def finish(
+        self,
+        op_id: int,
+        state: OpState,
+        *,
+        now: float,
+        reason: str,
+        exitstatus: str | None = None,
+        error: OpError | None = None,
+    ) -> Op:
+        """End an in-flight op (succeeded / failed); survives cancellation.
+
+        ``error`` becomes the op's error; without one a success clears it and a failure
+        keeps the last error recorded (e.g. by a requeue).
+        """
+
+        async def unit(conn: aiosqlite.Connection) -> Op:
+            op = await writes.load(conn, op_id)
+            writes.check(op, Verb.FINISH, state)
+            changes: dict[str, Any] = {
+                "finished_at": now,
+                "next_attempt_at": None,
+                "exitstatus": exitstatus if exitstatus is not None else op.exitstatus,
+            }
+            if error is not None or state is OpState.SUCCEEDED:
+                changes.update(writes.error_columns(error))
+            return await writes.apply(
+                conn, op, state, now=now, reason=reason, changes=changes, history_error=error
+            )
+
+        return await self._shielded(self._db.write(unit))
+
+    async def requeue(
+        self,
+        op_id: int,
+        *,
+        now: float,
+        next_attempt_at: float,
+        reason: str,
+        error: OpError | None = None,
+        ambiguous: bool = False,
+    ) -> Op:
+        """Back to pending after a transient failure, due at ``next_attempt_at``.
+
+        The task id is cleared (it stays in the history). ``ambiguous`` records when the
+        failed attempt was claimed, so the next attempt searches the task list since then.
+        """
+
+        async def unit(conn: aiosqlite.Connection) -> Op:
+            op = await writes.load(conn, op_id)
+            writes.check(op, Verb.REQUEUE, OpState.PENDING)
+            changes: dict[str, Any] = {
+                "next_attempt_at": next_attempt_at,
+                "due_at": next_attempt_at,
+                "upid": None,
+            }
+            if error is not None:
+                changes.update(writes.error_columns(error))
+            if ambiguous and op.ambiguous_since is None:
+                changes["ambiguous_since"] = op.claimed_at if op.claimed_at is not None else now
+            return await writes.apply(
+                conn,
+                op,
+                OpState.PENDING,
+                now=now,
+                reason=reason,
+                changes=changes,
+                history_error=error,
+            )
+
+        return await self._shielded(self._db.write(unit))
+
+    async def dead_letter(
+        self, op_id: int, *, now: float, reason: str, error: OpError | None = None
+    ) -> Op:
+        """An in-flight op gives up (retries exhausted): → dead_lettered; survives cancellation."""
+        changes: dict[str, Any] = {"finished_at": now, "next_attempt_at": None}
+        if error is not None:
+            changes.update(writes.error_columns(error))
+        return await self._shielded(
+            self._db.write(
+                lambda c: writes.transition(
+                    c,
+                    op_id,
+                    Verb.DEAD_LETTER,
+                    OpState.DEAD_LETTERED,
+                    now=now,
+                    reason=reason,
+                    changes=changes,
+                    history_error=error,
+                )
+            )
+        )
+
+    async def cancel(self, op_id: int, *, now: float, reason: str) -> Op:
+        """Cancel a pending op (any other state: :class:`InvalidTransition`)."""
+        changes = {"finished_at": now, "next_attempt_at": None}
+        return await self._db.write(
+            lambda c: writes.transition(
+                c, op_id, Verb.CANCEL, OpState.CANCELLED, now=now, reason=reason, changes=changes
+            )
+        )
+
+    async def retry(self, op_id: int, *, now: float, reason: str) -> Op:
+        """An operator's retry: failed / dead_lettered / cancelled → pending, fresh attempts."""
+
+        async def unit(conn: aiosqlite.Connection) -> Op:
+            op = await writes.load(conn, op_id)
+            return await writes.rearm(conn, op, Verb.RETRY, now=now, reason=reason)
+
+        return await self._db.write(unit)
+
+    async def discard(self, op_id: int, *, now: float, reason: str) -> Op:
+        """Take a dead letter out of the DLQ listing (state unchanged). Idempotent."""
+
+        async def unit(conn: aiosqlite.Connection) -> Op:
+            op = await writes.load(conn, op_id)
+            writes.check(op, Verb.DISCARD, OpState.DEAD_LETTERED)
+            if await self._discarded_at(conn, op_id) is not None:
+                return op
+            return await writes.apply(
+                conn,
+                op,
+                OpState.DEAD_LETTERED,
+                now=now,
+                reason=reason,
+                changes={"discarded_at": now},
+            )
+
+        return await self._db.write(unit)
+
+    @staticmethod
+    async def _discarded_at(conn: aiosqlite.Connection, op_id: int) -> float | None:
+        row = await one(conn, "SELECT discarded_at FROM ops WHERE id = ?", (op_id,))
+        return None if row is None else row["discarded_at"]
+
+    async def _delete_in_batches(self, sql: str, params: list[Any]) -> int:
+        # Short transactions: a big prune never holds the write lock for long.
+        total = 0
+        while True:
+            n = await self._db.write(lambda c: writes.delete_returning(c, sql, params))
+            total += n
+            if n < _DELETE_BATCH:
+                return total
+
+    async def purge_discarded(self, *, before: float | None = None) -> int:
+        """Delete discarded dead letters (and their history); with ``before``, only older."""
+        cond = "state = 'dead_lettered' AND discarded_at IS NOT NULL"
+        params: list[Any] = []
+        if before is not None:
+            cond += " AND discarded_at < ?"
+            params.append(before)
+        sql = (
+            f"DELETE FROM ops WHERE id IN (SELECT id FROM ops WHERE {cond} LIMIT {_DELETE_BATCH})"
+            " RETURNING id"
+        )
+        return await self._delete_in_batches(sql, params)
+
+    async def prune(self, *, before: float) -> int:
+        """Delete terminal ops finished before ``before`` (and their history).
+
+        Never touches open ops nor dead letters an operator has not discarded.
+        """
+        sql = (
+            "DELETE FROM ops WHERE id IN (SELECT id FROM ops WHERE phase = 0 AND finished_at < ?"
+            " AND (state <> 'dead_lettered' OR discarded_at IS NOT NULL)"
+            f" LIMIT {_DELETE_BATCH}) RETURNING id"
+        )
+        return await self._delete_in_batches(sql, [before])

@@ -1,0 +1,186 @@
+"""The journal's read verbs and maintenance (integrity check, online backup).
+
+Reads run under the same lock as writes so they never observe half of a transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from lifecycled.domain.op import HistoryEntry, Op
+from lifecycled.domain.states import OpState
+from lifecycled.errors import JournalError, NotFound, ValidationError
+from lifecycled.journal.db import Database, one, rows, translate
+from lifecycled.journal.records import OpPage
+from lifecycled.journal.rows import HISTORY_COLUMNS, OP_COLUMNS, history_from_row, op_from_row
+
+MAX_PAGE = 1000
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationError(
+            f"limit must be between 1 and {MAX_PAGE}, not {limit}", {"limit": "out of range"}
+        )
+    return limit
+
+
+def _page(found: list[sqlite3.Row], limit: int) -> OpPage:
+    items = [op_from_row(r) for r in found[:limit]]
+    more = len(found) > limit
+    return OpPage(items=items, next_cursor=items[-1].id if more and items else None)
+
+
+def _backup_file(source: Path, dest: Path) -> None:
+    fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.close(fd)
+    try:
+        src = sqlite3.connect(f"file:{source.absolute()}?mode=ro", uri=True)
+        try:
+            dst = sqlite3.connect(dest)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            dest.unlink()
+        raise
+
+
+class ReadVerbs:
+    """Queries over ops and their history; mixed into :class:`~lifecycled.journal.Journal`."""
+
+    _db: Database
+
+    async def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return await self._db.read(lambda c: rows(c, sql, params))
+
+    async def get(self, op_id: int) -> Op:
+        """The op with ``op_id``; :class:`~lifecycled.errors.NotFound` if there is none."""
+        found = await self._rows(f"SELECT {OP_COLUMNS} FROM ops WHERE id = ?", (op_id,))
+        if not found:
+            raise NotFound(f"op {op_id} not found")
+        return op_from_row(found[0])
+
+    async def get_dead_letter(self, op_id: int) -> Op:
+        """A dead letter not yet discarded; NotFound if missing, JournalError if not a dead letter."""
+        found = await self._rows(
+            f"SELECT {OP_COLUMNS}, discarded_at FROM ops WHERE id = ?", (op_id,)
+        )
+        if not found:
+            raise NotFound(f"op {op_id} not found")
+        op = op_from_row(found[0])
+        if op.state is not OpState.DEAD_LETTERED:
+            raise NotFound(f"op {op_id} is not a dead letter (it is {op.state})")
+        if found[0]["discarded_at"] is not None:
+            raise NotFound(f"dead letter {op_id} was discarded")
+        return op
+
+    async def history(self, op_id: int) -> list[HistoryEntry]:
+        """Every transition of the op, oldest first; NotFound if the op does not exist."""
+
+        async def unit(conn: Any) -> list[HistoryEntry]:
+            found = await rows(
+                conn,
+                f"SELECT {HISTORY_COLUMNS} FROM op_history WHERE op_id = ? ORDER BY id",
+                (op_id,),
+            )
+            if not found and await one(conn, "SELECT 1 FROM ops WHERE id = ?", (op_id,)) is None:
+                raise NotFound(f"op {op_id} not found")
+            return [history_from_row(r) for r in found]
+
+        return await self._db.read(unit)
+
+    async def by_key(self, key: str) -> Op | None:
+        """The op holding idempotency key ``key``, if any."""
+        found = await self._rows(f"SELECT {OP_COLUMNS} FROM ops WHERE idempotency_key = ?", (key,))
+        return op_from_row(found[0]) if found else None
+
+    async def in_flight(self, *, node: str | None = None) -> list[Op]:
+        """Ops in dispatching or running (optionally on ``node``), oldest first."""
+        sql = f"SELECT {OP_COLUMNS} FROM ops WHERE phase = 2"
+        params: list[Any] = []
+        if node is not None:
+            sql += " AND node = ?"
+            params.append(node)
+        return [op_from_row(r) for r in await self._rows(sql + " ORDER BY id", params)]
+
+    async def stale_in_flight(self, *, older_than: float) -> list[Op]:
+        """In-flight ops not updated since ``older_than`` (janitor candidates), oldest first."""
+        found = await self._rows(
+            f"SELECT {OP_COLUMNS} FROM ops WHERE phase = 2 AND updated_at < ? ORDER BY id",
+            (older_than,),
+        )
+        return [op_from_row(r) for r in found]
+
+    async def list_ops(
+        self,
+        *,
+        state: OpState | None = None,
+        vmid: int | None = None,
+        action: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> OpPage:
+        """Ops newest first, filtered; ``cursor`` is the last id of the previous page."""
+        limit = _limit(limit)
+        conds: list[str] = []
+        params: list[Any] = []
+        for column, value in (("state", state), ("vmid", vmid), ("action", action)):
+            if value is not None:
+                conds.append(f"{column} = ?")
+                params.append(str(value) if column == "state" else value)
+        if cursor is not None:
+            conds.append("id < ?")
+            params.append(cursor)
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        params.append(limit + 1)
+        sql = f"SELECT {OP_COLUMNS} FROM ops{where} ORDER BY id DESC LIMIT ?"
+        return _page(await self._rows(sql, params), limit)
+
+    async def list_dead_letters(
+        self, *, action: str | None = None, limit: int = 50, cursor: int | None = None
+    ) -> OpPage:
+        """Dead letters not discarded, newest first."""
+        limit = _limit(limit)
+        sql = f"SELECT {OP_COLUMNS} FROM ops WHERE state = 'dead_lettered' AND discarded_at IS NULL"
+        params: list[Any] = []
+        if action is not None:
+            sql += " AND action = ?"
+            params.append(action)
+        if cursor is not None:
+            sql += " AND id < ?"
+            params.append(cursor)
+        params.append(limit + 1)
+        return _page(await self._rows(sql + " ORDER BY id DESC LIMIT ?", params), limit)
+
+    async def counts_by_state(self) -> dict[OpState, int]:
+        """How many ops are in each state (every state present, zeros included)."""
+        counts = dict.fromkeys(OpState, 0)
+        for row in await self._rows("SELECT state, count(*) AS n FROM ops GROUP BY state"):
+            counts[OpState(row["state"])] = int(row["n"])
+        return counts
+
+    async def integrity_check(self) -> list[str]:
+        """``PRAGMA integrity_check`` rows (``["ok"]`` when the file is sound)."""
+        return [str(r[0]) for r in await self._rows("PRAGMA integrity_check")]
+
+    async def backup(self, dest: str | os.PathLike[str]) -> None:
+        """Copy the journal online to ``dest`` (mode 0600); refuses to overwrite a file."""
+        target = Path(dest)
+        try:
+            await asyncio.to_thread(_backup_file, self._db.path, target)
+        except FileExistsError as exc:
+            raise JournalError(
+                f"backup destination {target} already exists; not overwriting it"
+            ) from exc
+        except sqlite3.Error as exc:
+            raise translate(exc, self._db.path) from exc
