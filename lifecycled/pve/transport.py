@@ -1,0 +1,190 @@
+"""One HTTP exchange with pveproxy: the session, timeouts, the envelope, failure mapping.
+
+Owned by :class:`lifecycled.pve.http.HttpPveClient`; knows nothing of credentials except
+the secrets it must keep out of error texts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import aiohttp
+import attrs
+
+from lifecycled.errors import PveError
+from lifecycled.pve import wire
+from lifecycled.pve.port import RequestHook
+from lifecycled.pve.timeouts import Timeouts
+
+logger = logging.getLogger("lifecycled.pve.http")
+
+_REDACTED = "***"
+
+
+@attrs.frozen(kw_only=True)
+class Reply:
+    """A status line and body, before any interpretation."""
+
+    status: int
+    reason: str
+    body: bytes
+
+
+class Transport:
+    """One lazily created :class:`aiohttp.ClientSession` and the request/answer mapping."""
+
+    def __init__(
+        self,
+        api: str,
+        *,
+        ssl: Any,
+        timeouts: Timeouts,
+        on_request: RequestHook | None,
+        secrets: Callable[[], Iterable[str]],
+    ) -> None:
+        self._api = api
+        self._ssl = ssl
+        self._timeouts = timeouts
+        self._on_request = on_request
+        self._secrets = secrets
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """The session, created on first use inside the running loop."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"Accept": "application/json"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session (idempotent)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        template: str,
+        *,
+        params: Mapping[str, Any] | None,
+        data: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+        seconds: float,
+    ) -> Reply:
+        """One HTTP exchange; no answer → :class:`PveError` (status ``None``)."""
+        session = self.session()
+        code = "error"
+        started = time.perf_counter()
+        try:
+            async with session.request(
+                method,
+                self._api + path,
+                params=dict(params) if params else None,
+                data=dict(data) if data is not None else None,
+                headers=dict(headers),
+                timeout=aiohttp.ClientTimeout(total=seconds, sock_connect=self._timeouts.connect),
+                allow_redirects=False,
+            ) as resp:
+                code = str(resp.status)
+                body = await resp.read()
+                return Reply(status=resp.status, reason=resp.reason or "", body=body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            code = "error"
+            raise self.no_answer(exc, method, path, template, seconds) from None
+        finally:
+            self.observe(method, template, code, time.perf_counter() - started)
+
+    def observe(self, method: str, template: str, code: str, seconds: float) -> None:
+        logger.debug(
+            "pve.request",
+            extra={"method": method, "endpoint": template, "code": code, "seconds": seconds},
+        )
+        if self._on_request is None:
+            return
+        try:
+            self._on_request(method, template, code, seconds)
+        except Exception:
+            # A broken metrics hook must not turn an answered call (maybe a UPID) into a failure.
+            logger.exception("pve.request_hook_failed", extra={"endpoint": template})
+
+    def no_answer(
+        self, exc: BaseException, method: str, path: str, template: str, seconds: float
+    ) -> PveError:
+        sent = True
+        if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+            reason, sent = (
+                "TLS: the server certificate does not match the pinned fingerprint",
+                False,
+            )
+        elif isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            reason, sent = f"TLS: certificate verification failed: {exc.certificate_error}", False
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            reason, sent = f"cannot connect: {exc.strerror or exc}", False
+        elif isinstance(exc, aiohttp.ConnectionTimeoutError):
+            reason, sent = f"connect timed out after {self._timeouts.connect:g} s", False
+        elif isinstance(exc, TimeoutError):
+            reason = f"no answer within {seconds:g} s"
+        elif isinstance(exc, aiohttp.ServerDisconnectedError):
+            reason = "the server closed the connection before answering"
+        else:
+            reason = f"connection lost: {type(exc).__name__}: {exc}"
+        err = wire.http_error(None, self.redact(reason), method=method, path=path, sent=sent)
+        logger.info(
+            "pve.no_answer",
+            extra={
+                "method": method,
+                "endpoint": template,
+                "sent": sent,
+                "error_class": str(err.error_class),
+                "reason": err.reason,
+            },
+        )
+        return err
+
+    def envelope(self, reply: Reply, method: str, path: str) -> Mapping[str, Any]:
+        body: Any = None
+        readable = True
+        if reply.body:
+            try:
+                body = json.loads(reply.body)
+            except (ValueError, UnicodeDecodeError):
+                readable = False
+        if not 200 <= reply.status < 300:
+            obj = body if isinstance(body, Mapping) else {}
+            reason = self.redact(wire.error_text(reply.status, reply.reason, obj.get("message")))
+            errors = {k: self.redact(v) for k, v in wire.errors_of(obj.get("errors")).items()}
+            err = wire.http_error(reply.status, reason, method=method, path=path, errors=errors)
+            logger.debug(
+                "pve.http_error",
+                extra={
+                    "method": method,
+                    "status": reply.status,
+                    "error_class": str(err.error_class),
+                    "reason": reason,
+                },
+            )
+            raise err
+        if not readable or not isinstance(body, Mapping) or "data" not in body:
+            raise wire.protocol_error(
+                'the answer is not a Proxmox JSON envelope {"data": …}',
+                method=method,
+                path=path,
+                status=reply.status,
+            )
+        return body
+
+    def redact(self, text: str) -> str:
+        """``text`` with every current secret replaced by ``***``."""
+        for secret in self._secrets():
+            if secret and secret in text:
+                text = text.replace(secret, _REDACTED)
+        return text

@@ -1,0 +1,345 @@
+"""Wire facts shared by both adapters: paths, endpoint labels, answer decoding, error texts.
+
+Everything here is pure: JSON in, port records or :class:`PveError` out (reference §2–§5).
+"""
+
+from __future__ import annotations
+
+import http
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from lifecycled.domain.actions import ActionSpec
+from lifecycled.domain.classify import ErrorClass, classify_http
+from lifecycled.domain.op import GuestKind
+from lifecycled.domain.upid import Upid, UpidError, is_upid
+from lifecycled.errors import PveError
+from lifecycled.pve.port import (
+    ClusterResource,
+    GuestConfig,
+    GuestStatus,
+    TaskEntry,
+    TaskList,
+    TaskStatus,
+)
+
+WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
+
+#: Reason texts of AnyEvent::HTTP's pseudo-statuses (proxmoxer ``ANYEVENT_HTTP_STATUS_CODES``).
+ANYEVENT_REASONS = {
+    595: "Errors during connection establishment, proxy handshake",
+    596: "Errors during TLS negotiation, request sending and header processing",
+    597: "Errors during body receiving or processing",
+    598: "User aborted request via on_header or on_body",
+    599: "Other, usually nonretryable, errors (garbled URL etc.)",
+}
+
+# --- endpoint labels (low cardinality: never a vmid, a UPID or a node name) ---------------
+
+EP_TICKET = "/access/ticket"
+EP_TASK_STATUS = "/nodes/{node}/tasks/{upid}/status"
+EP_TASK_LOG = "/nodes/{node}/tasks/{upid}/log"
+EP_TASK = "/nodes/{node}/tasks/{upid}"
+EP_TASKS = "/nodes/{node}/tasks"
+EP_GUEST_STATUS = "/nodes/{node}/{kind}/{vmid}/status/current"
+EP_GUEST_CONFIG = "/nodes/{node}/{kind}/{vmid}/config"
+EP_RESOURCES = "/cluster/resources"
+EP_NODE_STATUS = "/nodes/{node}/status"
+EP_HA_RESOURCE = "/cluster/ha/resources/{sid}"
+
+_KIND_PREFIX_RE = re.compile(r"^/(qemu|lxc)(?=/|$)")
+_STATUS_ACTION_RE = re.compile(r"/status/[a-z]+$")
+
+
+def dispatch_template(spec: ActionSpec) -> str:
+    """The label of a lifecycle endpoint: ``/nodes/{node}/{kind}/{vmid}/status/{action}``…"""
+    path = _KIND_PREFIX_RE.sub("/{kind}", spec.path)
+    path = _STATUS_ACTION_RE.sub("/status/{action}", path)
+    return "/nodes/{node}" + path
+
+
+def dispatch_path(node: str, spec: ActionSpec, vmid: int, params: Mapping[str, Any]) -> str:
+    """The real path of a lifecycle call below ``/api2/json``."""
+    return f"/nodes/{node}{spec.endpoint(vmid, params)}"
+
+
+def guest_path(node: str, kind: GuestKind, vmid: int, tail: str) -> str:
+    return f"/nodes/{node}/{kind}/{vmid}/{tail}"
+
+
+def task_path(upid: Upid, tail: str = "") -> str:
+    """A task endpoint, always on the UPID's own node (reference §4.1)."""
+    suffix = f"/{tail}" if tail else ""
+    return f"/nodes/{upid.node}/tasks/{upid}{suffix}"
+
+
+# --- error texts ---------------------------------------------------------------------------
+
+
+def first_line(text: str | None) -> str:
+    """The first non-empty line of ``text``, stripped (Proxmox uses only that line)."""
+    if not text:
+        return ""
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def default_reason(status: int) -> str:
+    """The standard phrase of a status code (or AnyEvent's text for 59x)."""
+    if status in ANYEVENT_REASONS:
+        return ANYEVENT_REASONS[status]
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def error_text(status: int, reason: str | None, message: Any) -> str:
+    """The Proxmox error text: the body ``message`` (new servers) else the reason phrase."""
+    if isinstance(message, str) and first_line(message):
+        return first_line(message)
+    return first_line(reason) or default_reason(status)
+
+
+def errors_of(value: Any) -> dict[str, str]:
+    """The ``errors`` object of an error body as text per parameter."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): first_line(str(v)) or str(v) for k, v in value.items()}
+
+
+def http_error(
+    status: int | None,
+    reason: str,
+    *,
+    method: str,
+    path: str,
+    errors: Mapping[str, str] | None = None,
+    sent: bool = True,
+) -> PveError:
+    """A :class:`PveError` classified by the domain classifier (no action: the caller's)."""
+    errs = dict(errors or {})
+    return PveError(
+        classify_http(status, reason, method=method, errors=errs, sent=sent, action=None),
+        reason,
+        status=status,
+        method=method,
+        path=path,
+        errors=errs,
+        sent=sent,
+    )
+
+
+def protocol_error(reason: str, *, method: str, path: str, status: int | None) -> PveError:
+    """A 2xx answer we cannot read.
+
+    For a write the server accepted the request, so a task may exist: ambiguous. For a read
+    it is a transient oddity (a proxy in the way, a truncated answer).
+    """
+    cls = ErrorClass.AMBIGUOUS if method in WRITE_METHODS else ErrorClass.TRANSIENT
+    return PveError(cls, reason, status=status, method=method, path=path, sent=True)
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+def dispatch_result(data: Any, *, method: str, path: str) -> Upid | None:
+    """A lifecycle call's ``data``: a UPID, or ``None`` (sync endpoints, ``background_delay``).
+
+    Anything else is a permanent error: the answer cannot be tracked.
+    """
+    if data is None:
+        return None
+    if isinstance(data, str) and is_upid(data):
+        return Upid.parse(data)
+    shown = data if isinstance(data, str) else type(data).__name__
+    raise PveError(
+        ErrorClass.PERMANENT,
+        f"unexpected answer instead of a task id: {shown[:200]!r}",
+        status=200,
+        method=method,
+        path=path,
+    )
+
+
+def _int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return int(value) if isinstance(value, bool) else None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        try:
+            return int(float(value))
+        except (TypeError, ValueError):
+            return None
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value)
+
+
+def _flag(value: Any) -> bool:
+    """Proxmox booleans: ``1``/``0``, ``"1"``/``"0"``, or JSON booleans."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _object(data: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{what}: expected an object, got {type(data).__name__}")
+    return data
+
+
+def _list(data: Any, what: str) -> list[Any]:
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise TypeError(f"{what}: expected a list, got {type(data).__name__}")
+    return data
+
+
+def task_status_from(data: Any, upid: Upid) -> TaskStatus:
+    """``tasks/{upid}/status`` (reference §4.1): ``status`` plus ``exitstatus`` once stopped."""
+    obj = _object(data, "task status")
+    status = _str(obj.get("status"))
+    if status is None:
+        raise ValueError("task status: no 'status' field")
+    return TaskStatus(upid=upid, status=status, exitstatus=_str(obj.get("exitstatus")))
+
+
+def task_log_from(data: Any) -> list[str]:
+    """``tasks/{upid}/log``: ``[{"n": 1, "t": "…"}, …]`` in line order."""
+    lines: list[tuple[int, str]] = []
+    for i, item in enumerate(_list(data, "task log")):
+        if isinstance(item, Mapping):
+            n = _int(item.get("n"))
+            lines.append((n if n is not None else i + 1, str(item.get("t", ""))))
+        else:
+            lines.append((i + 1, str(item)))
+    lines.sort(key=lambda pair: pair[0])
+    return [text for _, text in lines]
+
+
+def task_list_from(data: Any, total: Any) -> TaskList:
+    """``GET /nodes/{node}/tasks``; ``total`` is absent for an empty list (reference §12.2)."""
+    items: list[TaskEntry] = []
+    for raw in _list(data, "task list"):
+        if not isinstance(raw, Mapping):
+            continue
+        text = raw.get("upid")
+        if not isinstance(text, str):
+            continue
+        try:
+            upid = Upid.parse(text)
+        except UpidError:
+            continue  # a task we could never address; it cannot be ours either
+        start = _int(raw.get("starttime"))
+        items.append(
+            TaskEntry(
+                upid=upid,
+                starttime=start if start is not None else upid.starttime,
+                endtime=_int(raw.get("endtime")),
+                status=_str(raw.get("status")),
+            )
+        )
+    count = _int(total)
+    return TaskList(items=tuple(items), total=count if count is not None else len(items))
+
+
+def guest_status_from(data: Any, vmid: int) -> GuestStatus:
+    """``…/status/current`` (reference §5.1–5.2)."""
+    obj = _object(data, "guest status")
+    status = _str(obj.get("status"))
+    if status is None:
+        raise ValueError("guest status: no 'status' field")
+    ha = obj.get("ha")
+    ha_managed = False
+    ha_state: str | None = None
+    if isinstance(ha, Mapping):
+        ha_managed = _flag(ha.get("managed", 0))
+        ha_state = _str(ha.get("state")) if ha_managed else None
+    got_vmid = _int(obj.get("vmid"))
+    return GuestStatus(
+        vmid=got_vmid if got_vmid is not None else vmid,
+        status=status,
+        qmpstatus=_str(obj.get("qmpstatus")),
+        name=_str(obj.get("name")),
+        lock=_str(obj.get("lock")) or None,
+        template=_flag(obj.get("template", 0)),
+        ha_managed=ha_managed,
+        ha_state=ha_state,
+        cpus=_float(obj.get("cpus")),
+        maxmem=_int(obj.get("maxmem")),
+        maxdisk=_int(obj.get("maxdisk")),
+        uptime=_int(obj.get("uptime")),
+    )
+
+
+def guest_config_from(data: Any) -> GuestConfig:
+    """``…/config``: the key/values and the ``digest`` (reference §5.3)."""
+    obj = _object(data, "guest config")
+    values = {str(k): v for k, v in obj.items() if k != "digest"}
+    return GuestConfig(values=values, digest=str(obj.get("digest") or ""))
+
+
+def cluster_resources_from(data: Any) -> list[ClusterResource]:
+    """``/cluster/resources?type=vm`` (reference §5.4); other resource types are skipped."""
+    out: list[ClusterResource] = []
+    for raw in _list(data, "cluster resources"):
+        if not isinstance(raw, Mapping):
+            continue
+        kind_text = raw.get("type")
+        if kind_text not in ("qemu", "lxc"):
+            continue
+        vmid = _int(raw.get("vmid"))
+        if vmid is None:
+            ident = str(raw.get("id", ""))
+            vmid = _int(ident.rpartition("/")[2])
+        node = _str(raw.get("node"))
+        if vmid is None or node is None:
+            continue
+        out.append(
+            ClusterResource(
+                vmid=vmid,
+                kind=GuestKind(kind_text),
+                node=node,
+                status=_str(raw.get("status")) or "unknown",
+                name=_str(raw.get("name")),
+                lock=_str(raw.get("lock")) or None,
+                template=_flag(raw.get("template", 0)),
+                hastate=_str(raw.get("hastate")) or None,
+                maxcpu=_float(raw.get("maxcpu")),
+                maxmem=_int(raw.get("maxmem")),
+                maxdisk=_int(raw.get("maxdisk")),
+            )
+        )
+    return out
+
+
+def mapping_from(data: Any, what: str) -> Mapping[str, Any]:
+    return dict(_object(data, what))
+
+
+_NO_SUCH_RESOURCE_RE = re.compile(r"no such (ha )?(resource|service)|does not exist", re.I)
+
+
+def is_no_such_ha_resource(err: PveError) -> bool:
+    """Whether an HA resource read failed because the guest is not HA-managed."""
+    if err.status == 404:
+        return True
+    return err.status in (400, 500) and _NO_SUCH_RESOURCE_RE.search(err.text) is not None
