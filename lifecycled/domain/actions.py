@@ -163,29 +163,48 @@ def _resized(view: GuestView, params: Mapping[str, Any]) -> bool:
     return current is not None and current >= wanted
 
 
-CONFIG_CONTROL_KEYS = frozenset({"digest", "delete", "revert", "background_delay", "force"})
+#: Parameters of the config endpoints that are not config keys (reference §1.1).
+CONFIG_CONTROL_KEYS = frozenset(
+    {"digest", "delete", "revert", "background_delay", "force", "skiplock"}
+)
 
 
 def _configured(view: GuestView, params: Mapping[str, Any]) -> bool:
     if not view.exists:
         return False
     for key, value in params.items():
-        if key in CONFIG_CONTROL_KEYS:
+        if key in CONFIG_CONTROL_KEYS or value is None:  # None is not sent (wire_params)
             continue
-        if str(view.config.get(key)) != _wire_value(value):
+        current = view.config.get(key)
+        # Both sides in wire form: Proxmox returns some numbers as strings (§12.10).
+        if current is None or _wire_value(current) != _wire_value(value):
             return False
     deleted = params.get("delete")
     if deleted:
-        keys = deleted if isinstance(deleted, list) else str(deleted).split(",")
+        keys = _wire_value(deleted).split(",")
         if any(k.strip() in view.config for k in keys):
             return False
     return True
 
 
 def _wire_value(value: Any) -> str:
+    """A param value as a form field: booleans ``0``/``1``, lists comma-joined."""
     if isinstance(value, bool):
         return "1" if value else "0"
+    if isinstance(value, list | tuple):
+        return ",".join(_wire_value(v) for v in value)
     return str(value)
+
+
+_FALSE_TEXTS = frozenset({"", "0", "false", "no", "off"})
+
+
+def _as_bool(value: Any) -> bool:
+    """A boolean param as the user meant it: the text ``"0"`` (or ``false``/``no``/``off``) is
+    false, not a non-empty (hence true) string."""
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSE_TEXTS
+    return bool(value)
 
 
 def _migrated(view: GuestView, params: Mapping[str, Any]) -> bool:
@@ -225,7 +244,8 @@ def fingerprint_matches(recorded: Mapping[str, str], current: Mapping[str, str])
     """Whether ``current`` names the same guest as ``recorded``.
 
     Every field both sides have must agree, and at least one must be shared; a uuid, when
-    both have one, decides alone.
+    both have one, decides (with the ctime when both have that too): the name is then not
+    compared, so a renamed guest is still the same guest.
     """
     if "uuid" in recorded and "uuid" in current:
         return recorded["uuid"] == current["uuid"] and (
@@ -246,9 +266,9 @@ def _created(kind: GuestKind) -> TargetFn:
     def target(view: GuestView, params: Mapping[str, Any]) -> bool:
         if not view.exists or view.lock in ("create", "clone"):
             return False
+        # "Exists with our fingerprint" (SPEC §1): without an expected fingerprint nothing
+        # proves that a guest found at this VMID is ours, so the target does not hold.
         wanted = expected_fingerprint(kind, params)
-        if not wanted:
-            return True
         return fingerprint_matches(wanted, fingerprint_of(kind, view.config))
 
     return target
@@ -330,7 +350,7 @@ _CATALOGUE: dict[tuple[GuestKind, Action], ActionSpec] = {
             destructive=True,
             target=_absent,
         ),
-        _spec(Action.CREATE, _Q, "POST", "/qemu", "qmcreate", target=_created(_Q)),
+        _spec(Action.CREATE, _Q, "POST", "/qemu", "qmcreate", "qmrestore", target=_created(_Q)),
         _spec(Action.CLONE, _Q, "POST", "/qemu/{vmid}/clone", "qmclone", target=_created(_Q)),
         # LXC (reference §1.2): no reset, config is synchronous only, suspend is one-shot.
         _spec(
@@ -384,7 +404,7 @@ _CATALOGUE: dict[tuple[GuestKind, Action], ActionSpec] = {
             destructive=True,
             target=_absent,
         ),
-        _spec(Action.CREATE, _L, "POST", "/lxc", "vzcreate", target=_created(_L)),
+        _spec(Action.CREATE, _L, "POST", "/lxc", "vzcreate", "vzrestore", target=_created(_L)),
         _spec(Action.CLONE, _L, "POST", "/lxc/{vmid}/clone", "vzclone", target=_created(_L)),
     )
 }
@@ -417,28 +437,27 @@ def all_specs() -> list[ActionSpec]:
 def is_destructive(spec: ActionSpec, params: Mapping[str, Any]) -> bool:
     """Destructive per SPEC §1: terminate, stop, reset, and migrate with local disks."""
     if spec.action is Action.MIGRATE:
-        return bool(params.get("with-local-disks") or params.get("with_local_disks"))
+        return _as_bool(params.get("with-local-disks")) or _as_bool(params.get("with_local_disks"))
     return spec.destructive
 
 
 def wire_params(spec: ActionSpec, vmid: int, params: Mapping[str, Any]) -> dict[str, str]:
     """The form fields Proxmox expects for this action, from an op's params.
 
-    lifecycled-level params (``force_stop``, ``source_vmid``) are translated; booleans become
-    ``0``/``1``; everything else is passed through as text.
+    lifecycled-level params (``force_stop``, ``with_local_disks``, ``source_vmid``) are
+    translated; booleans become ``0``/``1``; lists are comma-joined; everything else is passed
+    through as text.
     """
     out: dict[str, str] = {}
     for key, value in params.items():
         if value is None:
             continue
         if key == "force_stop":
-            out["forceStop"] = _wire_value(bool(value))
+            out["forceStop"] = _wire_value(_as_bool(value))
         elif key == "source_vmid":
             continue
         elif key == "with_local_disks":
-            out["with-local-disks"] = _wire_value(bool(value))
-        elif isinstance(value, list):
-            out[key] = ",".join(str(v) for v in value)
+            out["with-local-disks"] = _wire_value(_as_bool(value))
         else:
             out[key] = _wire_value(value)
     if spec.action is Action.CREATE:

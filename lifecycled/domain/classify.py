@@ -33,17 +33,18 @@ class ErrorClass(enum.StrEnum):
     PERMANENT = "permanent"  # fail at once, no retry
 
 
-_WARNINGS_RE = re.compile(r"^WARNINGS: \d+$")
+# Used with ``fullmatch``: exactly ``WARNINGS: n`` (ASCII digits), no trailing newline.
+_WARNINGS_RE = re.compile(r"WARNINGS: [0-9]+")
 
 
 def is_success_exitstatus(exitstatus: str) -> bool:
     """``OK`` and ``WARNINGS: n`` are success (reference §4.1)."""
-    return exitstatus == "OK" or _WARNINGS_RE.match(exitstatus) is not None
+    return exitstatus == "OK" or _WARNINGS_RE.fullmatch(exitstatus) is not None
 
 
 def warnings_count(exitstatus: str) -> int:
     """The ``n`` of ``WARNINGS: n``, else 0."""
-    if _WARNINGS_RE.match(exitstatus):
+    if _WARNINGS_RE.fullmatch(exitstatus):
         return int(exitstatus.split(":", 1)[1])
     return 0
 
@@ -77,7 +78,9 @@ _TEXT_RULES: tuple[_Rule, ...] = (
     _r(r"^unable to find configuration file for VM \d+ on node '[^']*'$", _S, "terminate"),
     _r(r"already exists on node '[^']*'$", _S, "create", "clone"),
     # Lock contention: the flock timed out (retry), the config lock is held (wait), digest.
-    _r(r"^can't lock file '[^']*' - got timeout$", _T),
+    # The flock text may carry the task's own prefix (``clone failed: can't lock file …``,
+    # reference §10), so it is not anchored at the start.
+    _r(r"can't lock file '[^']*' - got timeout$", _T),
     _r(r"^(VM|CT) is locked \([^)]*\)$", _L),
     _r(r"^checksum mismatch \(file change by other user\?\)$", _L),
     _r(r"^detected modified configuration - file changed by other user\? Try again\.$", _L),
@@ -150,6 +153,10 @@ def classify_http(
     if status == 401:
         return _T  # credentials renewed or fixed by the operator; no side effect happened
     if status == 400 and errors:
+        if errors.get("upid") == "no such task":
+            # The task log was rotated away (reference §4.5, §11 "already satisfied" row):
+            # never failure or success by itself; the guest's state decides.
+            return _S
         return _P
     known = classify_text(reason, action=action)
     if known is not None:

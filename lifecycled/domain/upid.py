@@ -11,10 +11,12 @@ import re
 
 import attrs
 
+# Always used with ``fullmatch``: a ``$`` would also accept a trailing newline, which is not
+# part of any UPID (the task log file name would not match).
 _UPID_RE = re.compile(
-    r"^UPID:(?P<node>[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):"
+    r"UPID:(?P<node>[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):"
     r"(?P<pid>[0-9A-Fa-f]{8}):(?P<pstart>[0-9A-Fa-f]{8,9}):(?P<starttime>[0-9A-Fa-f]{8}):"
-    r"(?P<type>[^:\s/]+):(?P<id>[^:\s/]*):(?P<user>[^:\s/]+):$"
+    r"(?P<type>[^:\s/]+):(?P<id>[^:\s/]*):(?P<user>[^:\s/]+):"
 )
 
 
@@ -24,7 +26,12 @@ class UpidError(ValueError):
 
 @attrs.frozen(kw_only=True)
 class Upid:
-    """One Proxmox task id."""
+    """One Proxmox task id.
+
+    Constructing one with field values that would not format to a parseable UPID (a pid
+    beyond 8 hex digits, a node name with ``_``, a ``:`` in a field, …) raises
+    :class:`UpidError`, so ``Upid.parse(str(upid)) == upid`` always holds.
+    """
 
     node: str
     pid: int
@@ -34,10 +41,14 @@ class Upid:
     id: str
     user: str
 
+    def __attrs_post_init__(self) -> None:
+        if _UPID_RE.fullmatch(str(self)) is None:
+            raise UpidError(f"fields do not form a valid UPID: {self!r}")
+
     @classmethod
     def parse(cls, text: str) -> Upid:
         """Parse ``text`` or raise :class:`UpidError` with Proxmox's own wording."""
-        m = _UPID_RE.match(text)
+        m = _UPID_RE.fullmatch(text)
         if m is None:
             raise UpidError(f"unable to parse worker upid '{text}'")
         return cls(
@@ -75,4 +86,4 @@ class Upid:
 
 def is_upid(text: str) -> bool:
     """Whether ``text`` is a well-formed UPID."""
-    return _UPID_RE.match(text) is not None
+    return _UPID_RE.fullmatch(text) is not None
