@@ -15,6 +15,7 @@ _COMMAND_MODULES = (
     "lifecycled.cli.admin",
     "lifecycled.cli.daemon",
     "lifecycled.cli.simcmd",
+    "lifecycled.cli.democmd",
 )
 
 

@@ -23,7 +23,7 @@ from lifecycled.engine.executor import Executor, op_fields
 from lifecycled.engine.tracker import Tracker
 from lifecycled.errors import PveError
 from lifecycled.journal import Journal
-from lifecycled.policy import Policy
+from lifecycled.engine.gate import Policy
 
 log = logging.getLogger("lifecycled.engine")
 
@@ -125,12 +125,12 @@ class Dispatcher:
         try:
             view = await self.executor.observe(op, spec)
         except PveError as err:
-            cls = (
+            read_cls = (
                 err.error_class
                 if err.error_class is not ErrorClass.AMBIGUOUS
                 else ErrorClass.TRANSIENT
             )
-            await self.executor.apply(op, retry("guest read failed", cls, err.text))
+            await self.executor.apply(op, retry("guest read failed", read_cls, err.text))
             return
         pre = self._precheck(op, view)
         if pre is not None:
@@ -155,8 +155,6 @@ class Dispatcher:
                 sent=err.sent,
                 action=str(spec.action),
             )
-            if err.status is None and not err.sent:
-                cls = ErrorClass.TRANSIENT
             log.info(
                 "op.dispatch_error",
                 extra={**op_fields(op), "error": err.text, "error_class": str(cls)},

@@ -1,0 +1,5 @@
+"""``python -m lifecycled`` runs the command line."""
+
+from lifecycled.cli import main
+
+main()
