@@ -20,10 +20,10 @@ from lifecycled.domain.outcome import (
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.durable import durable
 from lifecycled.engine.executor import Executor, op_fields
+from lifecycled.engine.gate import Policy
 from lifecycled.engine.tracker import Tracker
 from lifecycled.errors import PveError
 from lifecycled.journal import Journal
-from lifecycled.engine.gate import Policy
 
 log = logging.getLogger("lifecycled.engine")
 

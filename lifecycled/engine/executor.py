@@ -124,7 +124,8 @@ class Executor:
         spec = spec_for(op.guest.kind, op.action)
         while decision.verdict in (Verdict.CHECK, Verdict.SEARCH):
             if decision.verdict is Verdict.CHECK:
-                assert decision.otherwise is not None
+                otherwise = decision.otherwise
+                assert otherwise is not None
                 try:
                     view = await self.observe(op, spec)
                 except PveError as err:
@@ -133,7 +134,7 @@ class Executor:
                 if spec.holds(view, op.params):
                     decision = succeed(f"{decision.reason}: target holds", decision.exitstatus)
                 else:
-                    decision = decision.otherwise
+                    decision = otherwise
                 continue
             since = op.ambiguous_since or op.claimed_at or op.created_at
             try:

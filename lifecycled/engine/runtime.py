@@ -38,33 +38,53 @@ WebStarter = Callable[["Runtime"], Awaitable[Callable[[], Awaitable[None]]]]
 
 def build_pve_client(settings: Settings, metrics: Metrics) -> PveClient:
     """The Proxmox adapter the settings ask for (aiohttp by default)."""
-    if settings.pve_backend == "http":
-        from lifecycled.pve.auth import TicketAuth, load_token_file
-        from lifecycled.pve.http import HttpPveClient
-        from lifecycled.pve.tls import TlsOptions
+    from lifecycled.pve.auth import TicketAuth, TokenAuth, load_token_file
+    from lifecycled.pve.tls import TlsOptions
 
-        auth: Any
-        if settings.pve_token_file is not None:
-            auth = load_token_file(settings.pve_token_file)
-        elif settings.pve_user and settings.pve_password_file is not None:
-            auth = TicketAuth(
-                username=settings.pve_user,
-                password=read_secret_file(settings.pve_password_file, "Proxmox password"),
-            )
+    token: TokenAuth | None = None
+    if settings.pve_token_file is not None:
+        token = load_token_file(settings.pve_token_file)
+    password = (
+        read_secret_file(settings.pve_password_file, "Proxmox password")
+        if settings.pve_password_file is not None
+        else None
+    )
+    tls = TlsOptions(
+        ca_file=str(settings.pve_ca_file) if settings.pve_ca_file else None,
+        fingerprint=settings.pve_fingerprint,
+        insecure=settings.pve_insecure,
+    )
+    if settings.pve_backend == "http":
+        from lifecycled.pve.http import HttpPveClient
+
+        auth: TokenAuth | TicketAuth
+        if token is not None:
+            auth = token
+        elif settings.pve_user and password is not None:
+            auth = TicketAuth(username=settings.pve_user, password=password)
         else:
             raise ConfigError(
                 "no Proxmox credentials: give --pve-token-file (USER@REALM!TOKENID=SECRET), "
                 "or --pve-user with --pve-password-file"
             )
-        tls = TlsOptions(
-            ca_file=str(settings.pve_ca_file) if settings.pve_ca_file else None,
-            fingerprint=settings.pve_fingerprint,
-            insecure=settings.pve_insecure,
-        )
         return HttpPveClient(settings.pve_url, auth=auth, tls=tls, on_request=metrics.pve_request)
+
+    from urllib.parse import urlsplit
+
     from lifecycled.pve.proxmoxer_backend import build_proxmoxer_client
 
-    return build_proxmoxer_client(settings)  # type: ignore[no-any-return]
+    backend = settings.pve_backend.removeprefix("proxmoxer-")
+    backend = {"ssh": "ssh_paramiko"}.get(backend, backend)
+    host = urlsplit(settings.pve_url).netloc or None
+    return build_proxmoxer_client(
+        backend,
+        None if backend == "local" else host,
+        user=settings.pve_user,
+        password=password,
+        token=token,
+        tls=tls if backend == "https" else None,
+        on_request=metrics.pve_request,
+    )
 
 
 @attrs.define(kw_only=True)

@@ -1,0 +1,104 @@
+"""Helpers for engine tests: a running Runtime against an in-process simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from lifecycled.config import Settings
+from lifecycled.domain.op import Op
+from lifecycled.engine.runtime import Runtime
+from lifecycled.engine.submit import Submission
+from lifecycled.pve.auth import TokenAuth
+from lifecycled.pve.http import HttpPveClient
+from lifecycled.sim import SimServer
+from lifecycled.sim.model import Guest
+
+WRITES = ("POST", "PUT", "DELETE")
+
+
+def client_for(server: SimServer) -> HttpPveClient:
+    user, _, secret = server.sim.cfg.token.partition("=")
+    return HttpPveClient(server.url, auth=TokenAuth(user=user, secret=secret))
+
+
+def fast_settings(tmp_path: Path, server: SimServer, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "db": tmp_path / "journal.sqlite3",
+        "node": server.sim.cfg.nodes[0],
+        "pve_url": server.url,
+        "workers": 2,
+        "node_cap": 4,
+        "max_retries": 3,
+        "retry_backoff": 0.05,
+        "max_backoff": 0.2,
+        "lock_wait_max": 20.0,
+        "poll_interval": 0.2,
+        "stale_after": 120.0,
+        "reconcile_on_start": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running(server: SimServer, tmp_path: Path, **overrides: Any) -> AsyncIterator[Runtime]:
+    """A Runtime (Recover done, dispatchers and tracker running) on a fresh journal."""
+    runtime = await Runtime.build(fast_settings(tmp_path, server, **overrides), pve=client_for(server))
+    task = asyncio.create_task(runtime.run(), name="runtime")
+    try:
+        await asyncio.wait_for(runtime.ready.wait(), 10)
+        yield runtime
+    finally:
+        runtime.request_stop()
+        try:
+            await asyncio.wait_for(task, 15)
+        finally:
+            await runtime.close()
+
+
+async def submit(runtime: Runtime, action: str, guest: Guest, key: str | None = None, **params: Any) -> Op:
+    result = await runtime.submit(
+        Submission(action=action, vmid=guest.vmid, kind=guest.kind, node=guest.node,
+                   params=params, idempotency_key=key)
+    )
+    return result.op
+
+
+async def wait_terminal(runtime: Runtime, op_id: int, within: float = 20.0) -> Op:
+    async with asyncio.timeout(within):
+        while True:
+            op = await runtime.journal.get(op_id)
+            if op.state.is_terminal:
+                return op
+            await asyncio.sleep(0.05)
+
+
+def pick(server: SimServer, kind: str, running: bool, *, avoid: set[int] | None = None,
+         where: Callable[[Guest], bool] | None = None) -> Guest:
+    """A plain guest (no HA, no protection, not a template) of that kind and power state."""
+    for guest in sorted(server.sim.guests.values(), key=lambda g: g.vmid):
+        if guest.kind != kind or guest.running != running or guest.ha is not None:
+            continue
+        if guest.template or str(guest.config.get("protection", 0)) == "1" or guest.lock:
+            continue
+        if avoid and guest.vmid in avoid:
+            continue
+        if where is not None and not where(guest):
+            continue
+        if avoid is not None:
+            avoid.add(guest.vmid)
+        return guest
+    raise LookupError(f"no spare {'running' if running else 'stopped'} {kind} guest in the simulator")
+
+
+def writes_to(server: SimServer, vmid: int, suffix: str = "") -> list[str]:
+    """Mutating requests the simulator received for one guest (method + path)."""
+    out = []
+    for r in server.sim.requests:
+        if r.method in WRITES and f"/{vmid}" in r.path and r.path.endswith(suffix):
+            out.append(f"{r.method} {r.path}")
+    return out
