@@ -107,6 +107,20 @@ async def one(conn: aiosqlite.Connection, sql: str, params: Params = ()) -> sqli
     return found[0] if found else None
 
 
+async def rollback(conn: aiosqlite.Connection) -> None:
+    """Roll back whatever transaction is open once every queued statement has run.
+
+    Not ``if conn.in_transaction``: when a caller is cancelled while its ``BEGIN`` is still
+    queued, the flag is not set yet but the ``BEGIN`` runs later. aiosqlite runs statements
+    in order, so an unconditional ``ROLLBACK`` queued now lands after it.
+    """
+    try:
+        await conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "no transaction is active" not in str(exc):
+            logger.warning("journal.rollback_failed", exc_info=exc)
+
+
 class Database:
     """One aiosqlite connection with its pragmas and the lock every statement runs under."""
 
@@ -201,8 +215,7 @@ class Database:
                     result = await unit(self._conn)
                     await self._conn.execute("COMMIT")
                 except BaseException:
-                    if self._conn.in_transaction:
-                        await self._conn.execute("ROLLBACK")
+                    await rollback(self._conn)
                     raise
             elapsed = time.perf_counter() - started
         if self._on_commit is not None:

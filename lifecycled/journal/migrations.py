@@ -24,6 +24,7 @@ import aiosqlite
 import attrs
 
 from lifecycled.errors import JournalError, JournalTooNew
+from lifecycled.journal.db import rollback
 
 logger = logging.getLogger("lifecycled.journal")
 
@@ -152,7 +153,7 @@ async def apply_migrations(
             # Re-read under the write lock: another process may have migrated meanwhile.
             current = await read_version(conn)
             if current >= migration.version:
-                await conn.execute("ROLLBACK")
+                await conn.execute("COMMIT")
                 continue
             if current != migration.version - 1:
                 raise JournalError(
@@ -163,8 +164,7 @@ async def apply_migrations(
             await conn.execute(f"PRAGMA user_version = {int(migration.version)}")
             await conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
+            await rollback(conn)
             raise
         logger.info(
             "journal.migrated", extra={"version": migration.version, "migration": migration.label}

@@ -84,6 +84,14 @@ class ReadVerbs:
             raise NotFound(f"dead letter {op_id} was discarded")
         return op
 
+    async def discarded_at(self, op_id: int) -> float | None:
+        """When an operator discarded this dead letter (``None``: not discarded); NotFound."""
+        found = await self._rows("SELECT discarded_at FROM ops WHERE id = ?", (op_id,))
+        if not found:
+            raise NotFound(f"op {op_id} not found")
+        value = found[0]["discarded_at"]
+        return None if value is None else float(value)
+
     async def history(self, op_id: int) -> list[HistoryEntry]:
         """Every transition of the op, oldest first; NotFound if the op does not exist."""
 
