@@ -1,0 +1,125 @@
+"""Settings of the Proxmox VE API simulator (one frozen record) and token parsing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+#: ``USER@REALM!TOKENID=SECRET`` (pve-access-control token syntax).
+_TOKEN_RE = re.compile(
+    r"^(?P<user>[^\s@!:=]+@[A-Za-z][A-Za-z0-9.\-_]*)!(?P<tokenid>[A-Za-z][A-Za-z0-9.\-_]*)=(?P<secret>\S+)$"
+)
+_NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$")
+
+#: Worker types that end "almost at once" whatever ``task_seconds`` says (reference §1.3).
+HA_WORKER_TYPES = frozenset({"hastart", "hastop", "hamigrate"})
+_HA_TASK_SECONDS = 0.02
+
+
+class SimConfigError(ValueError):
+    """A simulator setting is invalid; the message says which and why."""
+
+
+@attrs.frozen(kw_only=True)
+class ApiToken:
+    """A parsed API token: ``user@realm!tokenid`` plus its secret."""
+
+    user: str
+    tokenid: str
+    secret: str
+
+    @property
+    def full_user(self) -> str:
+        """The token user as Proxmox writes it into UPIDs (``root@pam!lifecycled``)."""
+        return f"{self.user}!{self.tokenid}"
+
+    @classmethod
+    def parse(cls, text: str) -> ApiToken:
+        m = _TOKEN_RE.match(text.strip())
+        if m is None:
+            raise SimConfigError("token must look like USER@REALM!TOKENID=SECRET")
+        return cls(user=m["user"], tokenid=m["tokenid"], secret=m["secret"])
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"ApiToken(user={self.user!r}, tokenid={self.tokenid!r}, secret='***')"
+
+
+def _freeze_durations(value: Mapping[str, float] | None) -> Mapping[str, float]:
+    return MappingProxyType(dict(value or {}))
+
+
+def _check_nodes(_inst: Any, _attr: Any, value: tuple[str, ...]) -> None:
+    if not value:
+        raise SimConfigError("at least one node is needed")
+    for node in value:
+        if not _NODE_RE.match(node):
+            raise SimConfigError(f"invalid node name {node!r}")
+    if len(set(value)) != len(value):
+        raise SimConfigError("node names must be unique")
+
+
+def _non_negative(_inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise SimConfigError(f"{attr.name} must not be negative")
+
+
+def _check_token(_inst: Any, _attr: Any, value: str) -> None:
+    ApiToken.parse(value)
+
+
+@attrs.frozen(kw_only=True)
+class SimConfig:
+    """Everything that shapes one simulated cluster. All durations are seconds."""
+
+    nodes: tuple[str, ...] = attrs.field(default=("pve1",), converter=tuple, validator=_check_nodes)
+    #: Number of seeded guests (vmids from 100; every 4th is a container).
+    guests: int = attrs.field(default=20, validator=_non_negative)
+    #: The API token the simulator accepts (``USER@REALM!TOKENID=SECRET``).
+    token: str = attrs.field(
+        default="root@pam!lifecycled=lifecycled-sim", validator=_check_token, repr=False
+    )
+    #: How long a task runs (0 = it finishes on the next loop iteration).
+    task_seconds: float = attrs.field(default=0.2, validator=_non_negative)
+    #: Per-worker-type overrides of ``task_seconds`` (e.g. ``{"qmclone": 2.0}``).
+    task_durations: Mapping[str, float] = attrs.field(
+        factory=dict, converter=_freeze_durations, eq=False
+    )
+    seed: int = 1
+    #: Wait for a guest's lock file before ``can't lock file … got timeout`` (PVE: 10 s).
+    lock_timeout: float = attrs.field(default=10.0, validator=_non_negative)
+    #: Delay of every 401 answer (PVE: about 3 s).
+    auth_delay: float = attrs.field(default=3.0, validator=_non_negative)
+    #: Finished tasks kept per node before the oldest are rotated away (``no such task``).
+    archive_max: int = attrs.field(default=1000, validator=_non_negative)
+    #: pvestatd's loop: how often finished tasks are archived and ``/cluster/tasks`` refreshed.
+    archive_interval: float = attrs.field(default=10.0, validator=_non_negative)
+    #: Delay between an HA request (``hastart`` …) and the guest's state change.
+    ha_delay: float = attrs.field(default=2.0, validator=_non_negative)
+    #: Serve HTTPS with a generated self-signed certificate.
+    tls: bool = False
+    #: Password of ``root@pam`` for ticket logins (``POST /access/ticket``); None disables it.
+    password: str | None = attrs.field(default=None, repr=False)
+    #: Lifetime of a login ticket (PVE: 2 h).
+    ticket_lifetime: float = attrs.field(default=7200.0, validator=_non_negative)
+    #: Requests kept in the request log (the oldest are dropped beyond this).
+    request_log_max: int = attrs.field(default=100_000, validator=_non_negative)
+
+    @property
+    def api_token(self) -> ApiToken:
+        return ApiToken.parse(self.token)
+
+    def duration(self, worker_type: str) -> float:
+        """How long a task of ``worker_type`` runs."""
+        if worker_type in self.task_durations:
+            return float(self.task_durations[worker_type])
+        if worker_type in HA_WORKER_TYPES:
+            return min(self.task_seconds, _HA_TASK_SECONDS)
+        return self.task_seconds
+
+    def lock_wait(self, cap: float | None = None) -> float:
+        """The lock-file wait, capped (create waits at most 5 s and clone 1 s in PVE)."""
+        return self.lock_timeout if cap is None else min(self.lock_timeout, cap)

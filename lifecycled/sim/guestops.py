@@ -1,0 +1,318 @@
+"""Migrate, create and clone (reference §1.1, §1.2, §2.3, §12.10)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from lifecycled.sim import errors as txt
+from lifecycled.sim import params as pp
+from lifecycled.sim.configops import validate_config
+from lifecycled.sim.errors import SimError, TaskFailed, param_error
+from lifecycled.sim.ha import ha_request
+from lifecycled.sim.model import Guest, coerce_value, is_disk_key, random_mac, random_uuid
+from lifecycled.sim.power import check_lock, status_action
+from lifecycled.sim.records import Caller, FlockSpec
+from lifecycled.sim.simulator import Simulator
+from lifecycled.sim.tasks import TaskRun
+
+Params = Mapping[str, Any]
+
+#: Storages that are node-local (disks must be copied, live migration needs with-local-disks).
+LOCAL_STORAGES = frozenset({"local", "local-lvm", "local-zfs"})
+_NEW_DISK_RE = re.compile(r"^(?:(?P<storage>[^/:\s,]+):)?(?P<size>\d+(?:\.\d+)?)(?P<rest>,.*)?$")
+_MAC_RE = re.compile(r"([0-9A-F]{2}:){5}[0-9A-F]{2}", re.IGNORECASE)
+
+
+def _has_local_disks(guest: Guest) -> bool:
+    return any(
+        is_disk_key(guest.kind, key)
+        and isinstance(value, str)
+        and "media=cdrom" not in value
+        and value.split(":", 1)[0] in LOCAL_STORAGES
+        for key, value in guest.config.items()
+    )
+
+
+# --- migrate -----------------------------------------------------------------------------------
+
+_QEMU_MIGRATE: pp.Schema = {
+    "target": "node",
+    "online": "bool",
+    "force": "bool",
+    "migration_type": "string",
+    "migration_network": "string",
+    "with-local-disks": "bool",
+    "targetstorage": "string",
+    "bwlimit": "int",
+    "with-conntrack-state": "bool",
+}
+_LXC_MIGRATE: pp.Schema = {
+    "target": "node",
+    "online": "bool",
+    "restart": "bool",
+    "timeout": "int",
+    "bwlimit": "int",
+    "target-storage": "string",
+}
+
+
+def migrate(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, params: Params) -> str:
+    """``POST …/{vmid}/migrate``."""
+    schema = _QEMU_MIGRATE if kind == "qemu" else _LXC_MIGRATE
+    pp.check(
+        params,
+        schema,
+        required=("target",),
+        root_only=("force", "migration_type", "migration_network"),
+        is_root=caller.is_root,
+    )
+    target = str(params["target"])
+    if target == node:
+        raise param_error({"target": "target is local node."})
+    if target not in sim.nodes:
+        raise SimError(500, f"no such cluster node '{target}'")
+    guest = sim.require_guest(node, kind, vmid)
+    if guest.lock:
+        raise SimError(500, txt.locked(kind, guest.lock))
+    online, restart = pp.flag(params, "online"), pp.flag(params, "restart")
+    if guest.running and not online:
+        if kind == "qemu":
+            raise SimError(500, "can't migrate running VM without --online")
+        if not restart:
+            raise SimError(500, "can't migrate running container without --online or --restart")
+    if guest.ha is not None:
+        return ha_request(sim, caller, guest, "migrate", params)
+    local_ok = pp.flag(params, "with-local-disks")
+
+    async def body(run: TaskRun) -> None:
+        g = sim.guest_on(node, kind, vmid)
+        if g is None:
+            raise TaskFailed(txt.no_config(kind, node, vmid))
+        check_lock(g, params, caller)
+        word = "VM" if kind == "qemu" else "CT"
+        run.log(f"starting migration of {word} {vmid} to node '{target}' ({sim.nodes[target].ip})")
+        if not sim.nodes[target].online:
+            raise TaskFailed(
+                f"migration aborted: node '{target}' is not reachable (No route to host)"
+            )
+        live = g.running and online
+        if kind == "qemu" and live and _has_local_disks(g) and not local_ok:
+            raise TaskFailed(
+                "can't live migrate attached local disks without with-local-disks option"
+            )
+        if kind == "lxc" and live:
+            raise TaskFailed("lxc live migration is currently not implemented")
+        g.config["lock"] = "migrate"
+        try:
+            await run.work()
+        finally:
+            g.config.pop("lock", None)
+        was_running = g.running
+        g.node = target
+        if was_running:
+            g.set_running(sim.new_pid(target))
+        run.log("migration finished successfully")
+
+    worker = "qmigrate" if kind == "qemu" else "vzmigrate"
+    flock = FlockSpec(kind=kind, vmid=vmid, wait=sim.cfg.lock_wait())
+    return str(sim.fork(node, worker, vmid, caller, body, flock=flock))
+
+
+# --- create ------------------------------------------------------------------------------------
+
+_CREATE_EXTRA: dict[str, str] = {
+    "vmid": "vmid",
+    "archive": "string",
+    "storage": "string",
+    "force": "bool",
+    "unique": "bool",
+    "pool": "string",
+    "start": "bool",
+    "bwlimit": "int",
+    "live-restore": "bool",
+    "ha-managed": "bool",
+    "ostemplate": "string",
+    "password": "string",
+    "ssh-public-keys": "string",
+    "restore": "bool",
+    "ignore-unpack-errors": "bool",
+}
+
+
+def _allocate_disks(kind: str, vmid: int, config: dict[str, Any]) -> None:
+    """``local-lvm:32`` → ``local-lvm:vm-100-disk-0,size=32G`` (NEW_DISK_RE allocation)."""
+    n = 0
+    for key in sorted(config):
+        value = config[key]
+        if not is_disk_key(kind, key) or not isinstance(value, str):
+            continue
+        m = _NEW_DISK_RE.match(value)
+        if m is None:
+            continue
+        storage = m["storage"] or "local-lvm"
+        size = m["size"]
+        config[key] = f"{storage}:vm-{vmid}-disk-{n},size={size}G{m['rest'] or ''}"
+        n += 1
+
+
+def _vmid_taken(sim: Simulator, vmid: int, kind: str) -> str | None:
+    existing = sim.guests.get(vmid)
+    if existing is None:
+        return None
+    word = txt.guest_word(kind)
+    inner = f"{txt.guest_word(existing.kind)} {vmid} already exists on node '{existing.node}'"
+    return f"unable to create {word} {vmid} - {inner}"
+
+
+async def create(sim: Simulator, caller: Caller, node: str, kind: str, params: Params) -> str:
+    """``POST /nodes/{node}/{kind}``: config written with ``lock: create`` before the fork."""
+    settings = {k: v for k, v in params.items() if k not in _CREATE_EXTRA}
+    pp.check(
+        {k: v for k, v in params.items() if k in _CREATE_EXTRA}, _CREATE_EXTRA, required=("vmid",)
+    )
+    validate_config(kind, settings, caller, post=False)
+    restore = bool(params.get("archive")) and (kind == "qemu" or pp.flag(params, "restore"))
+    if kind == "lxc" and not params.get("ostemplate"):
+        raise param_error({"ostemplate": pp.MISSING})
+    vmid = int(str(params["vmid"]))
+    taken = _vmid_taken(sim, vmid, kind)
+    if taken:
+        raise SimError(500, taken)
+    if not await sim.locks.acquire(vmid, sim.cfg.lock_wait(5.0)):
+        raise SimError(500, txt.lock_timeout(kind, vmid))
+    taken = _vmid_taken(sim, vmid, kind)
+    if taken:
+        sim.locks.release(vmid)
+        raise SimError(500, taken)
+    config = {k: coerce_value(kind, k, v) for k, v in settings.items()}
+    if kind == "qemu":
+        if "memory" in config:
+            config["memory"] = str(config["memory"]).removeprefix("current=")
+        config.setdefault("smbios1", f"uuid={random_uuid(sim.rng)}")
+        config.setdefault("vmgenid", random_uuid(sim.rng))
+        config.setdefault("meta", f"creation-qemu=9.0.2,ctime={int(time.time())}")
+    else:
+        config.setdefault("hostname", f"CT{vmid}")
+        config.setdefault("arch", "amd64")
+        config.setdefault("rootfs", "local-lvm:4")
+    _allocate_disks(kind, vmid, config)
+    config["lock"] = "create"
+    guest = Guest(vmid=vmid, kind=kind, node=node, config=config)
+    sim.guests[vmid] = guest
+    start_after = pp.flag(params, "start")
+
+    async def body(run: TaskRun) -> None:
+        try:
+            await run.work()
+        except BaseException:
+            if sim.guests.get(vmid) is guest:
+                del sim.guests[vmid]  # a failed create removes what it allocated
+            raise
+        guest.config.pop("lock", None)
+        if start_after and sim.guests.get(vmid) is guest:
+            run.log(f"starting {txt.guest_word(kind)} {vmid}")
+            status_action(sim, Caller(user=caller.user), node, kind, vmid, "start", {})
+
+    prefix = "qm" if kind == "qemu" else "vz"
+    worker = f"{prefix}{'restore' if restore else 'create'}"
+    flock = FlockSpec(kind=kind, vmid=vmid, wait=0.0, held=True)
+    return str(sim.fork(node, worker, vmid, caller, body, flock=flock))
+
+
+# --- clone -------------------------------------------------------------------------------------
+
+_CLONE: pp.Schema = {
+    "newid": "vmid",
+    "name": "string",
+    "hostname": "string",
+    "description": "string",
+    "pool": "string",
+    "snapname": "string",
+    "storage": "string",
+    "format": "string",
+    "full": "bool",
+    "target": "node",
+    "bwlimit": "int",
+}
+
+
+def _clone_config(sim: Simulator, source: Guest, newid: int, params: Params) -> dict[str, Any]:
+    config = {
+        k: v
+        for k, v in source.config.items()
+        if k not in ("lock", "template", "parent", "snaptime", "vmstate")
+        and not k.startswith("unused")
+    }
+    for key, value in list(config.items()):
+        if key.startswith("net") and isinstance(value, str):
+            config[key] = _MAC_RE.sub(random_mac(sim.rng), value, count=1)
+        elif is_disk_key(source.kind, key) and isinstance(value, str):
+            config[key] = re.sub(r"(base|vm)-\d+-disk", f"vm-{newid}-disk", value)
+    if source.kind == "qemu":
+        config["name"] = str(params.get("name") or f"Copy-of-VM-{source.name}")
+        smbios = [
+            p for p in str(config.get("smbios1", "")).split(",") if p and not p.startswith("uuid=")
+        ]
+        config["smbios1"] = ",".join([f"uuid={random_uuid(sim.rng)}", *smbios])
+        config["vmgenid"] = random_uuid(sim.rng)
+        config["meta"] = f"creation-qemu=9.0.2,ctime={int(time.time())}"
+    elif params.get("hostname"):
+        config["hostname"] = str(params["hostname"])
+    if params.get("description"):
+        config["description"] = str(params["description"])
+    config["lock"] = "clone"
+    return config
+
+
+def clone(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, params: Params) -> str:
+    """``POST …/{vmid}/clone``; the UPID ``id`` is the *source* vmid (§1.1)."""
+    pp.check(params, _CLONE, required=("newid",))
+    newid = int(str(params["newid"]))
+    source = sim.require_guest(node, kind, vmid)
+    if source.lock:
+        raise SimError(500, txt.locked(kind, source.lock))
+    target = str(params.get("target") or node)
+    if target not in sim.nodes:
+        raise SimError(500, f"no such cluster node '{target}'")
+    existing = sim.guests.get(newid)
+    word = txt.guest_word(kind)
+    if existing is not None:
+        if existing.node == node:
+            raise SimError(500, f"unable to create {word} {newid}: config file already exists")
+        raise SimError(
+            500, f"{txt.guest_word(existing.kind)} {newid} already exists on node '{existing.node}'"
+        )
+    wait = sim.cfg.lock_wait(1.0)
+
+    async def body(run: TaskRun) -> None:
+        src = sim.guest_on(node, kind, vmid)
+        if src is None:
+            raise TaskFailed(txt.no_config(kind, node, vmid))
+        if not await sim.locks.acquire(newid, wait):
+            raise TaskFailed(txt.lock_timeout(kind, newid))
+        new: Guest | None = None
+        try:
+            if newid in sim.guests:
+                raise TaskFailed(f"unable to create {word} {newid}: config file already exists")
+            run.log(
+                f"create {'full ' if pp.flag(params, 'full') or not src.template else 'linked '}clone of drive(s)"
+            )
+            new = Guest(
+                vmid=newid, kind=kind, node=target, config=_clone_config(sim, src, newid, params)
+            )
+            sim.guests[newid] = new
+            await run.work()
+            new.config.pop("lock", None)
+        except BaseException:
+            if new is not None and sim.guests.get(newid) is new:
+                del sim.guests[newid]
+            raise
+        finally:
+            sim.locks.release(newid)
+
+    worker = "qmclone" if kind == "qemu" else "vzclone"
+    flock = FlockSpec(kind=kind, vmid=vmid, wait=wait)
+    return str(sim.fork(node, worker, vmid, caller, body, flock=flock))

@@ -1,0 +1,365 @@
+"""The in-memory simulated cluster: nodes, guests, tasks, faults and the request log.
+
+:class:`Simulator` owns all state and the background work (running tasks, the archiver
+loop, delayed HA effects). The HTTP layer (:mod:`lifecycled.sim.api`) and the action
+implementations (:mod:`lifecycled.sim.power`, :mod:`lifecycled.sim.guestops`) act on it;
+tests use it directly for assertions and fault injection (:mod:`lifecycled.sim.outofband`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any
+
+from lifecycled.domain.upid import Upid
+from lifecycled.sim import errors as txt
+from lifecycled.sim import outofband
+from lifecycled.sim.config import SimConfig
+from lifecycled.sim.errors import SimError, TaskFailed, TaskKilled
+from lifecycled.sim.faults import Fault, validate
+from lifecycled.sim.model import Guest, Node, seed_guests
+from lifecycled.sim.records import Caller, FlockSpec, RequestRecord
+from lifecycled.sim.tasks import OK, FileLocks, Task, TaskBook, TaskRun, final_line
+
+logger = logging.getLogger("lifecycled.sim")
+
+TaskBody = Callable[[TaskRun], Awaitable[None]]
+
+
+class Simulator:
+    """All state of one simulated Proxmox VE cluster (single event loop, no threads)."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        now = time.time()
+        self.nodes: dict[str, Node] = {
+            name: Node(
+                name=name,
+                boot_time=now - self.rng.randint(3600, 40 * 86400),
+                next_pid=self.rng.randint(0x1000, 0x8000),
+                ip=f"10.0.0.{i + 1}",
+            )
+            for i, name in enumerate(cfg.nodes)
+        }
+        self.guests: dict[int, Guest] = seed_guests(cfg, self.rng)
+        for guest in self.guests.values():
+            if guest.running:
+                guest.pid = self.nodes[guest.node].new_pid(self.rng)
+        self.books: dict[str, TaskBook] = {n: TaskBook(node=n) for n in cfg.nodes}
+        self.locks = FileLocks()
+        self.faults: list[Fault] = []
+        self.requests: list[RequestRecord] = []
+        self.cluster_tasks: list[Task] = []
+        self._fault_seq = 0
+        self._request_seq = 0
+        self._task_seq = 0
+        self._background: set[asyncio.Task[Any]] = set()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.refresh_cluster_tasks()
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._archiver(), name="sim-archiver")
+
+    async def close(self) -> None:
+        """Stop the archiver, the delayed HA work and every running task (they die mid-task)."""
+        self._closing = True
+        pending = [t for t in (self._loop_task, *self._background, *self._workers) if t]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._loop_task = None
+
+    async def _archiver(self) -> None:
+        """pvestatd's loop: archive finished tasks, refresh ``/cluster/tasks`` (§4.3, §4.4)."""
+        while True:
+            await asyncio.sleep(max(self.cfg.archive_interval, 0.01))
+            self.archive_now()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run background work owned by the simulator (kept referenced, cancelled on close)."""
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    def guest_on(self, node: str, kind: str, vmid: int) -> Guest | None:
+        """The guest whose config lives in this node's directory for this kind, if any."""
+        guest = self.guests.get(vmid)
+        if guest is None or guest.node != node or guest.kind != kind:
+            return None
+        return guest
+
+    def require_guest(self, node: str, kind: str, vmid: int) -> Guest:
+        """``load_config``: the guest, or 500 ``Configuration file … does not exist``."""
+        guest = self.guest_on(node, kind, vmid)
+        if guest is None:
+            raise SimError(500, txt.no_config(kind, node, vmid))
+        return guest
+
+    def find_task(self, upid: str) -> Task | None:
+        for book in self.books.values():
+            task = book.get(upid)
+            if task is not None:
+                return task
+        return None
+
+    def running_tasks(self) -> list[Task]:
+        return [t for book in self.books.values() for t in book.running()]
+
+    def new_pid(self, node: str) -> int:
+        return self.nodes[node].new_pid(self.rng)
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    def fork(
+        self,
+        node: str,
+        worker_type: str,
+        task_id: int | str,
+        caller: Caller,
+        body: TaskBody,
+        *,
+        flock: FlockSpec | None = None,
+    ) -> Upid:
+        """``fork_worker``: create the task (its log exists at once) and start its worker."""
+        book = self.books[node]
+        book.archive_finished(self.cfg.archive_max)  # the archiver also runs on every fork
+        host = self.nodes[node]
+        upid = Upid(
+            node=node,
+            pid=host.new_pid(self.rng),
+            pstart=host.pstart_now(),
+            starttime=int(time.time()),
+            type=worker_type,
+            id=str(task_id),
+            user=caller.user,
+        )
+        self._task_seq += 1
+        task = Task(upid=upid, seq=self._task_seq)
+        book.add(task)
+        duration = caller.task_seconds
+        run = TaskRun(
+            task=task,
+            duration=self.cfg.duration(worker_type) if duration is None else duration,
+            forced_exit=caller.exitstatus,
+            forced_effect=caller.effect,
+        )
+        handle = asyncio.create_task(self._run(run, body, flock), name=f"sim-task {upid}")
+        task.handle = handle
+        self._workers.add(handle)
+        self._idle.clear()
+        handle.add_done_callback(self._worker_done)
+        caller.upids.append(str(upid))
+        logger.debug("sim.task.started upid=%s", upid)
+        return upid
+
+    def _worker_done(self, handle: asyncio.Task[None]) -> None:
+        self._workers.discard(handle)
+        if not self._workers:
+            self._idle.set()
+
+    async def _run(self, run: TaskRun, body: TaskBody, flock: FlockSpec | None) -> None:
+        task = run.task
+        final: str | None
+        taken = False
+        try:
+            try:
+                if flock is not None:
+                    taken = flock.held or await self.locks.acquire(flock.vmid, flock.wait)
+                    if not taken:
+                        raise TaskFailed(txt.lock_timeout(flock.kind, flock.vmid))
+                await body(run)
+            finally:
+                if taken and flock is not None:
+                    self.locks.release(flock.vmid)
+        except TaskFailed as exc:
+            final = final_line(exc.text)
+        except TaskKilled:
+            final = None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            final = final_line(txt.INTERRUPTED) if task.interrupted else None
+        else:
+            final = f"TASK WARNINGS: {task.warnings}" if task.warnings else final_line(OK)
+        if run.forced_exit is not None:
+            final = final_line(run.forced_exit)
+        task.finish(final)
+        logger.debug("sim.task.finished upid=%s exitstatus=%s", task.upid, task.exitstatus)
+        if self.cfg.archive_interval == 0 and not self._closing:
+            self.archive_now()
+
+    def stop_task(self, task: Task) -> None:
+        """``DELETE …/tasks/{upid}``: the worker gets SIGTERM (no-op when finished)."""
+        if task.running and task.handle is not None:
+            task.interrupted = True
+            task.handle.cancel()
+
+    def archive_now(self) -> None:
+        for book in self.books.values():
+            if self.nodes[book.node].online:
+                book.archive_finished(self.cfg.archive_max)
+        self.refresh_cluster_tasks()
+
+    def refresh_cluster_tasks(self) -> None:
+        """``/cluster/tasks``: running tasks plus the 25 newest finished per node (§4.4)."""
+        snapshot: list[Task] = []
+        for book in self.books.values():
+            snapshot.extend(book.running())
+            finished = [t for t in book.active if not t.running] + book.archive[-25:]
+            finished.sort(key=lambda t: t.seq)
+            snapshot.extend(finished[-25:])
+        snapshot.sort(key=lambda t: t.seq, reverse=True)
+        self.cluster_tasks = snapshot
+
+    async def settle(self, within: float = 10.0) -> None:
+        """Wait until no task is running (a test helper); TimeoutError after ``within``."""
+        async with asyncio.timeout(within):
+            await self._idle.wait()
+
+    # --- faults and the request log --------------------------------------------------------
+
+    def add_fault(self, **spec: Any) -> Fault:
+        """Script a fault (fields of :class:`~lifecycled.sim.faults.Fault`); returns it."""
+        self._fault_seq += 1
+        fault = Fault(id=self._fault_seq, **spec)
+        validate(fault)
+        self.faults.append(fault)
+        return fault
+
+    def add_fault_obj(self, fault: Fault) -> Fault:
+        self.faults.append(fault)
+        return fault
+
+    def next_fault_id(self) -> int:
+        self._fault_seq += 1
+        return self._fault_seq
+
+    def remove_fault(self, fault_id: int) -> bool:
+        before = len(self.faults)
+        self.faults = [f for f in self.faults if f.id != fault_id]
+        return len(self.faults) != before
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        """The first fault matching this request, consumed once."""
+        for fault in self.faults:
+            if fault.matches(method, path):
+                fault.consume()
+                if fault.exhausted:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def record_request(self, method: str, path: str, params: dict[str, Any]) -> RequestRecord:
+        self._request_seq += 1
+        record = RequestRecord(
+            seq=self._request_seq, time=time.time(), method=method, path=path, params=params
+        )
+        self.requests.append(record)
+        limit = self.cfg.request_log_max
+        if len(self.requests) > limit:
+            del self.requests[: len(self.requests) - limit]
+        return record
+
+    def requests_since(self, seq: int) -> list[RequestRecord]:
+        return [r for r in self.requests if r.seq > seq]
+
+    def reset_requests(self) -> None:
+        self.requests.clear()
+
+    # --- out-of-band changes (see lifecycled.sim.outofband) --------------------------------
+
+    def hold_lock(
+        self, vmid: int, lock: str = "backup", seconds: float | None = 5.0
+    ) -> Upid | None:
+        """Set a config ``lock`` for ``seconds`` (a ``backup`` lock runs a ``vzdump`` task)."""
+        return outofband.hold_lock(self, vmid, lock, seconds)
+
+    def release_lock(self, vmid: int) -> None:
+        outofband.release_lock(self, vmid)
+
+    async def hold_lock_file(self, vmid: int, seconds: float) -> None:
+        """Hold the guest's lock file for ``seconds`` (returns once it is held)."""
+        await outofband.hold_lock_file(self, vmid, seconds)
+
+    def delete_guest(self, vmid: int) -> None:
+        outofband.delete_guest(self, vmid)
+
+    def set_guest_status(self, vmid: int, status: str) -> None:
+        outofband.set_guest_status(self, vmid, status)
+
+    def create_guest(
+        self,
+        vmid: int,
+        kind: str = "qemu",
+        node: str | None = None,
+        status: str = "stopped",
+        config: Mapping[str, Any] | None = None,
+    ) -> Guest:
+        return outofband.create_guest(self, vmid, kind, node, status, config)
+
+    def update_config(
+        self, vmid: int, values: Mapping[str, Any] | None = None, delete: Iterable[str] = ()
+    ) -> None:
+        outofband.update_config(self, vmid, values, delete)
+
+    def move_guest(self, vmid: int, node: str) -> None:
+        outofband.move_guest(self, vmid, node)
+
+    def set_ha(self, vmid: int, state: str | None) -> None:
+        outofband.set_ha(self, vmid, state)
+
+    def set_acpi(self, vmid: int, responds: bool) -> None:
+        outofband.set_acpi(self, vmid, responds)
+
+    def rotate_tasks(self, node: str | None = None, keep: int = 0) -> int:
+        return outofband.rotate_tasks(self, node, keep)
+
+    def kill_task(self, upid: str) -> bool:
+        return outofband.kill_task(self, upid)
+
+    def state(self) -> dict[str, Any]:
+        """Everything the simulator holds, as ``GET /_sim/state`` returns it."""
+        from lifecycled.sim.views import state
+
+        return state(self)
+
+    # --- node state ------------------------------------------------------------------------
+
+    def set_node_offline(self, node: str, offline: bool = True, *, crash: bool = False) -> None:
+        """Take a node off the network (its API answers 595) or bring it back.
+
+        ``crash=True`` also kills its running tasks (``unexpected status``) and stops its
+        guests, as a node reset would.
+        """
+        host = self.nodes.get(node)
+        if host is None:
+            raise KeyError(node)
+        host.online = not offline
+        if offline and crash:
+            for task in self.books[node].running():
+                if task.handle is not None:
+                    task.handle.cancel()
+            for guest in self.guests.values():
+                if guest.node == node:
+                    guest.set_stopped()
+            host.boot_time = time.time()
+        logger.info("sim.node.%s node=%s", "offline" if offline else "online", node)
