@@ -1,0 +1,118 @@
+"""The aiohttp application and its embedding (``AppRunner``/``TCPSite``, never ``run_app``).
+
+:func:`start_web` is the runtime's :data:`~lifecycled.engine.runtime.WebStarter`: it binds
+``settings.listen``, records the real URL on ``runtime.web_url`` (port 0 included) and
+returns the coroutine function that stops the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+import lifecycled
+from lifecycled.engine.runtime import Runtime
+from lifecycled.web import handlers_ops, handlers_system
+from lifecycled.web.auth import AUTH_GATE_KEY, AuthGate, auth_middleware
+from lifecycled.web.errors import error_middleware
+from lifecycled.web.handlers_system import OPENAPI_KEY
+from lifecycled.web.openapi import build_document
+from lifecycled.web.routes import RUNTIME_KEY, Route
+
+log = logging.getLogger("lifecycled.web")
+
+#: Every route table the app serves; guests, audit and node routes join here.
+ROUTE_TABLES: tuple[tuple[Route, ...], ...] = (handlers_ops.ROUTES, handlers_system.ROUTES)
+
+#: Seconds given to open connections to finish when the server stops.
+SHUTDOWN_TIMEOUT = 5.0
+
+
+def all_routes() -> Iterable[Route]:
+    for table in ROUTE_TABLES:
+        yield from table
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One ``http.request`` event per request: method, path template, status, duration."""
+    started = time.perf_counter()
+    status = 499  # the client went away before an answer was made
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        resource = request.match_info.route.resource
+        log.info(
+            "http.request",
+            extra={
+                "method": request.method,
+                "path": resource.canonical if resource is not None else "<unmatched>",
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+
+
+def build_app(runtime: Runtime) -> web.Application:
+    """The application: middlewares, every route, the OpenAPI document, auth set-up."""
+    app = web.Application(
+        middlewares=[access_log_middleware, error_middleware, auth_middleware],
+        # aiohttp refuses larger bodies itself (413); the handlers check again.
+        client_max_size=runtime.settings.max_body_bytes,
+    )
+    app[RUNTIME_KEY] = runtime
+    gate = AuthGate(runtime.settings.api_token_file)
+    app[AUTH_GATE_KEY] = gate
+    app.on_startup.append(gate.load)
+    routes = list(all_routes())
+    for route in routes:
+        app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)
+    app[OPENAPI_KEY] = build_document(routes, version=lifecycled.__version__)
+    return app
+
+
+def _url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+async def start_web(runtime: Runtime) -> Callable[[], Awaitable[None]]:
+    """Serve the API on ``settings.listen``; return the coroutine function that stops it."""
+    settings = runtime.settings
+    runner = web.AppRunner(
+        build_app(runtime),
+        access_log=None,  # our middleware logs one event per request
+        handle_signals=False,  # signals belong to the ``run`` entry point
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
+    try:
+        await runner.setup()  # runs the start-up hooks: the token file is read here
+        site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = settings.listen_port
+    for address in runner.addresses:
+        port = int(address[1])
+        break
+    runtime.web_url = _url(settings.listen_host, port)
+    log.info("web.listening", extra={"url": runtime.web_url})
+
+    stopped = False
+
+    async def stop() -> None:
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        await runner.cleanup()
+        log.info("web.stopped", extra={"url": runtime.web_url})
+
+    return stop

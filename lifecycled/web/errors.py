@@ -1,0 +1,167 @@
+"""The one error shape of the HTTP API and the middleware that guarantees it.
+
+Every non-2xx answer is ``{"error": {"code": "<stable_snake_case>", "message": "...",
+"details": {...}}}`` with ``Content-Type: application/json``: routing errors (404, 405),
+aiohttp's own refusals (413), domain errors and unexpected failures alike. A traceback or an
+HTML page never reaches a client; unexpected failures are logged with their traceback and
+answered with ``internal_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from lifecycled.errors import (
+    InvalidTransition,
+    JournalError,
+    JournalUnavailable,
+    NotFound,
+    ValidationError,
+)
+
+log = logging.getLogger("lifecycled.web")
+
+#: Seconds a client should wait before retrying a 503.
+RETRY_AFTER_SECONDS = 5
+
+#: Codes for statuses aiohttp raises on its own (routing, body size, …).
+_HTTP_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    411: "length_required",
+    413: "body_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+}
+
+
+class ApiError(Exception):
+    """An HTTP error answer: raised by handlers, turned into JSON by :func:`error_middleware`."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = dict(details or {})
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        return error_response(
+            self.status, self.code, self.message, details=self.details, headers=self.headers
+        )
+
+
+def error_body(code: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON body of every error answer."""
+    return {"error": {"code": code, "message": message, "details": dict(details or {})}}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    return web.json_response(
+        error_body(code, message, details), status=status, headers=dict(headers or {})
+    )
+
+
+def unavailable(code: str, message: str, **details: Any) -> ApiError:
+    """A 503 with ``Retry-After``."""
+    return ApiError(
+        503,
+        code,
+        message,
+        details=details,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def from_http_exception(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own HTTP errors (unknown route, wrong method, body too large) as JSON."""
+    status = exc.status
+    code = _HTTP_CODES.get(status, "http_error")
+    headers: dict[str, str] = {}
+    details: dict[str, Any] = {}
+    message = exc.reason
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = sorted(exc.allowed_methods)
+        headers["Allow"] = ", ".join(allowed)
+        details["allowed_methods"] = allowed
+        message = f"method {exc.method} is not allowed here; use {', '.join(allowed)}"
+    elif status == 404:
+        message = "no such endpoint; see /openapi.json for the routes"
+    elif status == 413:
+        message = "the request body is too large"
+    return error_response(status, code, message, details=details, headers=headers)
+
+
+def from_domain_error(exc: Exception) -> web.Response | None:
+    """The answer for a domain error a handler did not map itself; ``None`` if not one."""
+    if isinstance(exc, ValidationError):
+        return error_response(422, "validation_failed", str(exc), details=exc.details)
+    if isinstance(exc, NotFound):
+        return error_response(404, "not_found", str(exc))
+    if isinstance(exc, InvalidTransition):
+        return error_response(409, "invalid_state", str(exc))
+    if isinstance(exc, JournalUnavailable):
+        log.warning("web.journal_unavailable", extra={"error": str(exc)})
+        return unavailable(
+            "journal_unavailable", "the journal cannot write right now; retry later"
+        ).response()
+    if isinstance(exc, JournalError):
+        log.error("web.journal_error", extra={"error": str(exc)})
+        return error_response(500, "journal_error", "the journal failed; see the daemon log")
+    return None
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure of ``handler`` into the JSON error shape."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return from_http_exception(exc)
+    except Exception as exc:
+        mapped = from_domain_error(exc)
+        if mapped is not None:
+            return mapped
+        log.exception(
+            "http.unhandled_error", extra={"method": request.method, "path": _template(request)}
+        )
+        return error_response(500, "internal_error", "internal error; see the daemon log")
+
+
+def _template(request: web.Request) -> str:
+    """The matched route's path template (never the raw path, which holds ids)."""
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None:
+        return "<unmatched>"
+    return resource.canonical

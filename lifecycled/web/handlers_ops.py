@@ -1,0 +1,366 @@
+"""``/v1/ops`` and ``/v1/dead-letters``: thin handlers over the submission service and journal.
+
+Every check that can reject a request (auth, shape, validation, guest resolution) runs before
+the journal is written, so no 4xx answer ever leaves a row behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from lifecycled.domain.op import Op
+from lifecycled.domain.serialize import op_to_dict
+from lifecycled.domain.states import OpState
+from lifecycled.engine.runtime import Runtime
+from lifecycled.engine.submit import VMID_MAX, VMID_MIN
+from lifecycled.errors import Conflict, InvalidTransition, NotFound, ValidationError
+from lifecycled.journal import OpPage
+from lifecycled.web.auth import request_actor
+from lifecycled.web.errors import ApiError, unavailable
+from lifecycled.web.inputs import (
+    ACTION_VALUES,
+    DEFAULT_LIMIT,
+    IDEMPOTENCY_HEADER,
+    MAX_ID,
+    MAX_LIMIT,
+    STATE_VALUES,
+    parse_action,
+    parse_cursor,
+    parse_limit,
+    parse_query,
+    parse_state,
+    parse_submission,
+    parse_vmid,
+    path_id,
+    read_json_object,
+)
+from lifecycled.web.routes import Route, error, ok, path_param, query, ref, runtime_of
+
+log = logging.getLogger("lifecycled.web")
+
+
+def _refuse_when_stopping(runtime: Runtime) -> None:
+    if runtime.stopping.is_set():
+        raise unavailable("shutting_down", "lifecycled is shutting down; retry on the next start")
+
+
+def _page_body(page: OpPage) -> dict[str, Any]:
+    return {"items": [op_to_dict(op) for op in page.items], "next_cursor": page.next_cursor}
+
+
+def _op_response(op: Op, *, status: int = 200, **extra: Any) -> web.Response:
+    return web.json_response(op_to_dict(op, **extra), status=status)
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+async def submit_op(request: web.Request) -> web.Response:
+    """``POST /v1/ops``: 202 for a new (or re-armed) op, 200 for a deduplicated one."""
+    runtime = runtime_of(request)
+    _refuse_when_stopping(runtime)
+    body = await read_json_object(request, runtime.settings.max_body_bytes)
+    sub = parse_submission(body, request.headers.get(IDEMPOTENCY_HEADER), request_actor(request))
+    try:
+        result = await runtime.submit(sub)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_failed", str(exc), details=exc.details) from None
+    except NotFound as exc:
+        raise ApiError(422, "guest_not_found", str(exc), details={"vmid": str(exc)}) from None
+    except Conflict as exc:
+        raise ApiError(409, "idempotency_conflict", str(exc)) from None
+    op = result.op
+    log.info(
+        "http.op_submitted",
+        extra={
+            "op_id": op.id,
+            "action": op.action,
+            "vmid": op.guest.vmid,
+            "node": op.guest.node,
+            "actor": sub.actor,
+            "deduplicated": result.deduplicated,
+            "rearmed": result.rearmed,
+        },
+    )
+    if result.deduplicated:
+        return _op_response(op, deduplicated=True)
+    response = _op_response(op, status=202, deduplicated=False)
+    response.headers["Location"] = f"/v1/ops/{op.id}"
+    return response
+
+
+async def list_ops(request: web.Request) -> web.Response:
+    """``GET /v1/ops``: newest first, filtered, cursor-paginated."""
+    q = parse_query(
+        request,
+        {
+            "state": parse_state,
+            "vmid": parse_vmid,
+            "action": parse_action,
+            "limit": parse_limit,
+            "cursor": parse_cursor,
+        },
+    )
+    state = q.get("state")
+    page = await runtime_of(request).journal.list_ops(
+        state=OpState(state) if state is not None else None,
+        vmid=q.get("vmid"),
+        action=q.get("action"),
+        limit=q.get("limit", DEFAULT_LIMIT),
+        cursor=q.get("cursor"),
+    )
+    return web.json_response(_page_body(page))
+
+
+async def get_op(request: web.Request) -> web.Response:
+    """``GET /v1/ops/{id}``: the op with its history."""
+    op_id = path_id(request)
+    journal = runtime_of(request).journal
+    op = await journal.get(op_id)
+    history = await journal.history(op_id)
+    return _op_response(op, history=history)
+
+
+async def cancel_op(request: web.Request) -> web.Response:
+    """``POST /v1/ops/{id}/cancel``: pending → cancelled; 409 in any other state."""
+    op_id = path_id(request)
+    runtime = runtime_of(request)
+    actor = request_actor(request)
+    op = await runtime.journal.get(op_id)
+    if op.state is OpState.CANCELLED:
+        return _op_response(op)  # cancelling twice is not an error
+    if op.state is not OpState.PENDING:
+        raise _not_cancellable(op)
+    try:
+        op = await runtime.journal.cancel(
+            op_id, now=runtime.clock.now(), reason=f"cancelled by {actor}"
+        )
+    except InvalidTransition:
+        raise _not_cancellable(await runtime.journal.get(op_id)) from None
+    log.info("http.op_cancelled", extra=_op_fields(op, actor))
+    return _op_response(op)
+
+
+def _not_cancellable(op: Op) -> ApiError:
+    return ApiError(
+        409,
+        "invalid_state",
+        f"op {op.id} is {op.state}: only a pending op can be cancelled",
+        details={"state": str(op.state)},
+    )
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    """``GET /v1/dead-letters``: dead letters not yet discarded, newest first."""
+    q = parse_query(request, {"action": parse_action, "limit": parse_limit, "cursor": parse_cursor})
+    page = await runtime_of(request).journal.list_dead_letters(
+        action=q.get("action"), limit=q.get("limit", DEFAULT_LIMIT), cursor=q.get("cursor")
+    )
+    return web.json_response(_page_body(page))
+
+
+async def retry_dead_letter(request: web.Request) -> web.Response:
+    """``POST /v1/dead-letters/{id}/retry``: back to pending; repeating it changes nothing."""
+    op_id = path_id(request)
+    runtime = runtime_of(request)
+    _refuse_when_stopping(runtime)
+    actor = request_actor(request)
+    journal = runtime.journal
+    op = await journal.get(op_id)
+    if op.state is OpState.DEAD_LETTERED:
+        if await journal.discarded_at(op_id) is not None:
+            raise ApiError(404, "not_found", f"dead letter {op_id} was discarded")
+        try:
+            op = await journal.retry(op_id, now=runtime.clock.now(), reason=f"retried by {actor}")
+        except InvalidTransition:
+            op = await journal.get(op_id)  # a concurrent retry won; answer as a repeat below
+        else:
+            runtime.dispatcher.notify()
+            log.info("http.dead_letter_retried", extra=_op_fields(op, actor))
+            return _op_response(op)
+    if await _was_retried_from_dead_letter(runtime, op):
+        return _op_response(op)
+    raise ApiError(404, "not_found", f"op {op_id} is {op.state}, not a dead letter")
+
+
+async def _was_retried_from_dead_letter(runtime: Runtime, op: Op) -> bool:
+    """Whether ``op``'s latest attempt series started with a retry out of the dead letters."""
+    if op.state not in (OpState.PENDING, OpState.DISPATCHING, OpState.RUNNING, OpState.SUCCEEDED):
+        return False
+    for entry in reversed(await runtime.journal.history(op.id)):
+        if entry.to_state is OpState.PENDING and entry.from_state is not None:
+            return entry.from_state is OpState.DEAD_LETTERED
+    return False
+
+
+async def discard_dead_letter(request: web.Request) -> web.Response:
+    """``DELETE /v1/dead-letters/{id}``: leave the dead-letter listing (idempotent)."""
+    op_id = path_id(request)
+    runtime = runtime_of(request)
+    actor = request_actor(request)
+    op = await runtime.journal.get(op_id)
+    if op.state is not OpState.DEAD_LETTERED:
+        raise ApiError(404, "not_found", f"op {op_id} is {op.state}, not a dead letter")
+    op = await runtime.journal.discard(
+        op_id, now=runtime.clock.now(), reason=f"discarded by {actor}"
+    )
+    log.info("http.dead_letter_discarded", extra=_op_fields(op, actor))
+    return _op_response(op)
+
+
+def _op_fields(op: Op, actor: str) -> dict[str, Any]:
+    return {
+        "op_id": op.id,
+        "action": op.action,
+        "vmid": op.guest.vmid,
+        "node": op.guest.node,
+        "actor": actor,
+    }
+
+
+# --- routes and their OpenAPI description ----------------------------------------------------
+
+_ID = path_param("id", "The op id.", {"type": "integer", "minimum": 1, "maximum": MAX_ID})
+_LIMIT = query(
+    "limit",
+    f"Page size (default {DEFAULT_LIMIT}).",
+    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+)
+_CURSOR = query(
+    "cursor",
+    "The next_cursor of the previous page.",
+    {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+)
+_ACTION = query("action", "Only ops of this action.", {"type": "string", "enum": ACTION_VALUES})
+_STATE = query("state", "Only ops in this state.", {"type": "string", "enum": STATE_VALUES})
+_VMID = query(
+    "vmid", "Only ops of this guest.", {"type": "integer", "minimum": VMID_MIN, "maximum": VMID_MAX}
+)
+_KEY_HEADER = {
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "The idempotency key, instead of the body field (both given must agree).",
+    "schema": ref("IdempotencyKey"),
+}
+_UNAVAILABLE = error("lifecycled is shutting down or the journal cannot write.", retry_after=True)
+_NOT_FOUND = error("No such op (or it is not a dead letter).")
+_BAD_QUERY = error("Unknown, repeated or malformed query parameter (`invalid_query`).")
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        method="POST",
+        path="/v1/ops",
+        handler=submit_op,
+        operation_id="submitOp",
+        summary="Submit a lifecycle op",
+        tag="ops",
+        description=(
+            "Journals the op before anything is sent to Proxmox. Resubmitting an "
+            "idempotency key whose op is in flight or succeeded returns that op (200, "
+            "`deduplicated: true`); resubmitting one whose op failed, was dead-lettered or "
+            "cancelled re-arms it (202)."
+        ),
+        parameters=(_KEY_HEADER,),
+        request_body={
+            "required": True,
+            "content": {"application/json": {"schema": ref("Submission")}},
+        },
+        responses={
+            200: ok("Deduplicated: the op already holding this idempotency key.", "SubmittedOp"),
+            202: ok(
+                "Accepted: a new (or re-armed) op.",
+                "SubmittedOp",
+                headers={
+                    "Location": {"description": "The op's URL.", "schema": {"type": "string"}}
+                },
+            ),
+            400: error(
+                "Malformed JSON (`malformed_json`), wrong types (`invalid_request`), unknown "
+                "fields (`unknown_field`), header and body keys differ "
+                "(`idempotency_key_mismatch`)."
+            ),
+            409: error("The idempotency key is used by a different op (`idempotency_conflict`)."),
+            413: error("The body is larger than max_body_bytes (`body_too_large`)."),
+            422: error(
+                "Invalid submission (`validation_failed`, details per field) or unknown guest "
+                "(`guest_not_found`)."
+            ),
+            503: _UNAVAILABLE,
+        },
+    ),
+    Route(
+        method="GET",
+        path="/v1/ops",
+        handler=list_ops,
+        operation_id="listOps",
+        summary="List ops, newest first",
+        tag="ops",
+        parameters=(_STATE, _VMID, _ACTION, _LIMIT, _CURSOR),
+        responses={200: ok("One page of ops.", "OpPage"), 400: _BAD_QUERY},
+    ),
+    Route(
+        method="GET",
+        path="/v1/ops/{id}",
+        handler=get_op,
+        operation_id="getOp",
+        summary="One op with its history",
+        tag="ops",
+        parameters=(_ID,),
+        responses={200: ok("The op.", "OpWithHistory"), 404: _NOT_FOUND},
+    ),
+    Route(
+        method="POST",
+        path="/v1/ops/{id}/cancel",
+        handler=cancel_op,
+        operation_id="cancelOp",
+        summary="Cancel a pending op",
+        tag="ops",
+        description="Cancelling an already cancelled op answers 200 and changes nothing.",
+        parameters=(_ID,),
+        responses={
+            200: ok("The cancelled op.", "Op"),
+            404: _NOT_FOUND,
+            409: error("The op is not pending (`invalid_state`)."),
+            503: _UNAVAILABLE,
+        },
+    ),
+    Route(
+        method="GET",
+        path="/v1/dead-letters",
+        handler=list_dead_letters,
+        operation_id="listDeadLetters",
+        summary="List dead letters awaiting an operator",
+        tag="dead-letters",
+        parameters=(_ACTION, _LIMIT, _CURSOR),
+        responses={200: ok("One page of dead letters.", "OpPage"), 400: _BAD_QUERY},
+    ),
+    Route(
+        method="POST",
+        path="/v1/dead-letters/{id}/retry",
+        handler=retry_dead_letter,
+        operation_id="retryDeadLetter",
+        summary="Retry a dead letter (idempotent)",
+        tag="dead-letters",
+        description=(
+            "Takes the dead letter back to pending with a fresh attempt count. Repeating "
+            "the call answers the op again and changes nothing."
+        ),
+        parameters=(_ID,),
+        responses={200: ok("The op.", "Op"), 404: _NOT_FOUND, 503: _UNAVAILABLE},
+    ),
+    Route(
+        method="DELETE",
+        path="/v1/dead-letters/{id}",
+        handler=discard_dead_letter,
+        operation_id="discardDeadLetter",
+        summary="Discard a dead letter (idempotent)",
+        tag="dead-letters",
+        description="The op stays in the journal (state dead_lettered) but leaves the listing.",
+        parameters=(_ID,),
+        responses={200: ok("The discarded dead letter.", "Op"), 404: _NOT_FOUND, 503: _UNAVAILABLE},
+    ),
+)

@@ -1,0 +1,93 @@
+"""Route declarations: one record per endpoint, read by both the router and the OpenAPI document.
+
+A handler module exports ``ROUTES``: each :class:`Route` names its method, path template,
+handler and the OpenAPI fragments (parameters, request body, responses). :func:`build_app`
+adds them to the router and :mod:`lifecycled.web.openapi` documents the same records, so a
+new module (guests, audit, node) is one more tuple in :data:`lifecycled.web.app.ROUTE_TABLES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from lifecycled.engine.runtime import Runtime
+
+RUNTIME_KEY = web.AppKey("runtime", Runtime)
+
+JSON = "application/json"
+
+
+@attrs.frozen(kw_only=True)
+class Route:
+    """One endpoint and its OpenAPI description."""
+
+    method: str
+    path: str
+    handler: Handler
+    operation_id: str
+    summary: str
+    tag: str
+    #: No bearer token needed (health, readiness, metrics, the OpenAPI document).
+    public: bool = False
+    description: str = ""
+    parameters: tuple[Mapping[str, Any], ...] = ()
+    request_body: Mapping[str, Any] | None = None
+    #: Status code → OpenAPI response object (see :func:`ok` and :func:`error`).
+    responses: Mapping[int, Mapping[str, Any]] = attrs.field(factory=dict)
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to a schema of ``components.schemas``."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def ok(
+    description: str, schema: str, *, headers: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A JSON success response with a component schema."""
+    out: dict[str, Any] = {"description": description, "content": {JSON: {"schema": ref(schema)}}}
+    if headers:
+        out["headers"] = dict(headers)
+    return out
+
+
+def error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    """An error response: always the ``Error`` schema (with ``Retry-After`` for 503)."""
+    out: dict[str, Any] = {"description": description, "content": {JSON: {"schema": ref("Error")}}}
+    if retry_after:
+        out["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        }
+    return out
+
+
+def query(name: str, description: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": dict(schema),
+    }
+
+
+def path_param(name: str, description: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": dict(schema),
+    }
+
+
+def runtime_of(request: web.Request) -> Runtime:
+    return request.app[RUNTIME_KEY]
