@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -52,6 +52,10 @@ def _freeze_durations(value: Mapping[str, float] | None) -> Mapping[str, float]:
     return MappingProxyType(dict(value or {}))
 
 
+def _to_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def _check_nodes(_inst: Any, _attr: Any, value: tuple[str, ...]) -> None:
     if not value:
         raise SimConfigError("at least one node is needed")
@@ -75,7 +79,9 @@ def _check_token(_inst: Any, _attr: Any, value: str) -> None:
 class SimConfig:
     """Everything that shapes one simulated cluster. All durations are seconds."""
 
-    nodes: tuple[str, ...] = attrs.field(default=("pve1",), converter=tuple, validator=_check_nodes)
+    nodes: tuple[str, ...] = attrs.field(
+        default=("pve1",), converter=_to_tuple, validator=_check_nodes
+    )
     #: Number of seeded guests (vmids from 100; every 4th is a container).
     guests: int = attrs.field(default=20, validator=_non_negative)
     #: The API token the simulator accepts (``USER@REALM!TOKENID=SECRET``).

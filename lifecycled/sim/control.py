@@ -6,7 +6,7 @@ guest/node/fault/route).
 ==========================================  =====================================================
 ``GET    /_sim/state``                       nodes, guests (status, config, lock, node, ha …),
                                              tasks (with logs), faults, held lock files
-``GET    /_sim/requests?since=SEQ``          ``{"requests": [...], "last_seq": N}``: every
+``GET    /_sim/requests?since=SEQ``          ``{"items": [...], "last_seq": N}``: every
                                              non-control API request after SEQ (seq, time,
                                              method, path, params, user, status, reason, upid,
                                              fault)
@@ -115,7 +115,7 @@ async def _state(sim: Simulator, args: dict[str, str], body: Json, req: web.Requ
 async def _requests(sim: Simulator, args: dict[str, str], body: Json, req: web.Request) -> Any:
     since = int(req.query.get("since", "0"))
     records = [r.to_dict() for r in sim.requests_since(since)]
-    return {"requests": records, "last_seq": sim.requests[-1].seq if sim.requests else since}
+    return {"items": records, "last_seq": sim.requests[-1].seq if sim.requests else since}
 
 
 @_route("DELETE", "/requests")
