@@ -204,7 +204,8 @@ class Database:
     async def write(self, unit: Unit[T]) -> T:
         """Run ``unit`` in one ``BEGIN IMMEDIATE … COMMIT`` under the write lock.
 
-        Any exception (including cancellation) rolls the whole unit back.
+        Any exception (including cancellation) rolls back whatever did not commit: the unit
+        is all or nothing.
         """
         self._check_open()
         async with self._lock:

@@ -119,14 +119,16 @@ async def read_version(conn: aiosqlite.Connection) -> int:
 
 async def check_identity(conn: aiosqlite.Connection, path: Path, known: int) -> int:
     """Refuse files that are not lifecycled journals or are newer than ``known``; the version."""
-    version = await read_version(conn)
-    app_id = await _pragma_int(conn, "application_id")
+    # One statement, so one snapshot: another process may be migrating the file right now.
     rows = list(
         await conn.execute_fetchall(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            "SELECT (SELECT user_version FROM pragma_user_version),"
+            " (SELECT application_id FROM pragma_application_id),"
+            " (SELECT count(*) FROM sqlite_master"
+            "  WHERE type = 'table' AND name NOT LIKE 'sqlite_%')"
         )
     )
-    tables = int(rows[0][0])
+    version, app_id, tables = (int(v) for v in rows[0])
     if (version == 0 and tables > 0) or (version > 0 and app_id != APPLICATION_ID):
         raise JournalError(
             f"{path} is an SQLite database but not a lifecycled journal: "

@@ -9,8 +9,11 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import urllib.parse
 from pathlib import Path
 from typing import Any
+
+import aiosqlite
 
 from lifecycled.domain.op import HistoryEntry, Op
 from lifecycled.domain.states import OpState
@@ -40,7 +43,9 @@ def _backup_file(source: Path, dest: Path) -> None:
     fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     os.close(fd)
     try:
-        src = sqlite3.connect(f"file:{source.absolute()}?mode=ro", uri=True)
+        src = sqlite3.connect(
+            f"file:{urllib.parse.quote(str(source.absolute()))}?mode=ro", uri=True
+        )
         try:
             dst = sqlite3.connect(dest)
             try:
@@ -95,7 +100,7 @@ class ReadVerbs:
     async def history(self, op_id: int) -> list[HistoryEntry]:
         """Every transition of the op, oldest first; NotFound if the op does not exist."""
 
-        async def unit(conn: Any) -> list[HistoryEntry]:
+        async def unit(conn: aiosqlite.Connection) -> list[HistoryEntry]:
             found = await rows(
                 conn,
                 f"SELECT {HISTORY_COLUMNS} FROM op_history WHERE op_id = ? ORDER BY id",

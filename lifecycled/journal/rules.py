@@ -102,8 +102,10 @@ RULES: dict[Verb, Rule] = {
 def refusal(verb: Verb, src: OpState, dst: OpState) -> str | None:
     """Why ``verb`` may not take an op from ``src`` to ``dst``; ``None`` when it may."""
     rule = RULES[verb]
-    if src not in rule.sources or dst not in rule.targets:
+    if src not in rule.sources:
         return rule.requirement
+    if dst not in rule.targets:
+        return f"{verb} cannot take an op to {dst}"
     if src == dst:
         return None if rule.annotates else f"{src} → {dst} is not a state change"
     if not is_legal(src, dst):

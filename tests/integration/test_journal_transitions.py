@@ -216,6 +216,14 @@ async def test_each_verb_accepts_exactly_its_source_states(
         assert await journal.history(op.id) == history_before
 
 
+async def test_finish_refuses_a_non_terminal_target(journal: Journal) -> None:
+    """finish to pending (or any state it cannot set) is refused and names the problem."""
+    op = await to_state(journal, OpState.RUNNING)
+    with pytest.raises(InvalidTransition, match="finish cannot take an op to pending"):
+        await journal.finish(op.id, OpState.PENDING, now=T0 + 5, reason="x")
+    assert (await journal.get(op.id)).state is OpState.RUNNING
+
+
 async def test_unknown_op_is_not_found(journal: Journal) -> None:
     """Verbs and reads on a missing id raise NotFound('op N not found')."""
     with pytest.raises(NotFound, match=r"^op 42 not found$"):
