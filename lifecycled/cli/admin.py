@@ -8,6 +8,7 @@ empty journal lists nothing); every other command refuses a missing file.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -105,11 +106,9 @@ def _print_op(op: Op, history: Iterable[HistoryEntry], as_json: bool) -> None:
         print_json(op_to_dict(op, history=entries))
         return
     shown = op_to_dict(op)
-    guest = shown.pop("guest")
-    error = shown.pop("error")
-    shown["guest"] = f"{guest['node']}/{guest['kind']}/{guest['vmid']}"
-    shown["error"] = f"{error['class']}: {error['message']}" if error else None
-    shown["params"] = str(op.params)
+    shown["guest"] = f"{op.guest.node}/{op.guest.kind}/{op.guest.vmid}"
+    shown["error"] = _error_text(op) or None
+    shown["params"] = json.dumps(op.params, sort_keys=True)
     print_table(f"op {op.id}", ["FIELD", "VALUE"], shown.items())
     print_table(
         "history",
