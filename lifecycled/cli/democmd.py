@@ -22,5 +22,8 @@ def demo(
     """Start the simulator and the daemon, submit a mixed batch, SIGKILL, recover, verify."""
     from lifecycled.demo.scenario import run_demo
 
-    code = asyncio.run(run_demo(Console(), workdir))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)  # a log or CI: room for the whole table
+    code = asyncio.run(run_demo(console, workdir))
     raise typer.Exit(code)

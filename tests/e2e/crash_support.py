@@ -36,8 +36,13 @@ def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def wait_for(predicate: Any, within: float, what: str, proc: subprocess.Popen[bytes] | None = None,
-             log: Path | None = None) -> None:
+def wait_for(
+    predicate: Any,
+    within: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if predicate():
@@ -54,9 +59,11 @@ def _tail(log: Path | None) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-30:])
 
 
-def http_json(url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None) -> Any:
+def http_json(
+    url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
+) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))  # noqa: S310 - loopback test URL
     if data is not None:
         req.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback test URL
@@ -78,17 +85,42 @@ class Sim:
         self.ready = tmp / "sim.url"
         self.log = tmp / "sim.log"
         self.proc = spawn(
-            ["sim", "--listen", "127.0.0.1:0", "--ready-file", str(self.ready), "--nodes", nodes,
-             "--guests", str(guests), "--token", TOKEN, "--task-seconds", str(task_seconds),
-             "--seed", "3", "--auth-delay", "0", "--lock-timeout", "1"],
+            [
+                "sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--ready-file",
+                str(self.ready),
+                "--nodes",
+                nodes,
+                "--guests",
+                str(guests),
+                "--token",
+                TOKEN,
+                "--task-seconds",
+                str(task_seconds),
+                "--seed",
+                "3",
+                "--auth-delay",
+                "0",
+                "--lock-timeout",
+                "1",
+            ],
             self.log,
         )
-        wait_for(lambda: self.ready.exists() and self.ready.read_text().strip(), 20, "simulator", self.proc,
-                 self.log)
+        wait_for(
+            lambda: self.ready.exists() and self.ready.read_text().strip(),
+            20,
+            "simulator",
+            self.proc,
+            self.log,
+        )
         self.url = self.ready.read_text().strip().splitlines()[0]
 
     def api(self, path: str) -> Any:
-        return http_json(f"{self.url}/api2/json{path}", headers={"Authorization": f"PVEAPIToken={TOKEN}"})["data"]
+        return http_json(
+            f"{self.url}/api2/json{path}", headers={"Authorization": f"PVEAPIToken={TOKEN}"}
+        )["data"]
 
     def control(self, path: str, method: str = "GET", body: Any = None) -> Any:
         return http_json(f"{self.url}/_sim{path}", method=method, body=body)
@@ -122,10 +154,35 @@ class Daemon:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.proc = spawn(
-            ["run", "--db", str(self.db), "--listen", f"127.0.0.1:{port}", "--node", "pve1",
-             "--pve-url", self.sim.url, "--pve-token-file", str(self.token_file), "--workers", "3",
-             "--node-cap", "6", "--max-retries", "4", "--retry-backoff", "0.2s", "--max-backoff", "1s",
-             "--poll-interval", "0.5s", "--no-reconcile-on-start", "--log-format", "json", *self.extra],
+            [
+                "run",
+                "--db",
+                str(self.db),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--node",
+                "pve1",
+                "--pve-url",
+                self.sim.url,
+                "--pve-token-file",
+                str(self.token_file),
+                "--workers",
+                "3",
+                "--node-cap",
+                "6",
+                "--max-retries",
+                "4",
+                "--retry-backoff",
+                "0.2s",
+                "--max-backoff",
+                "1s",
+                "--poll-interval",
+                "0.5s",
+                "--no-reconcile-on-start",
+                "--log-format",
+                "json",
+                *self.extra,
+            ],
             self.log,
         )
         if wait_ready:

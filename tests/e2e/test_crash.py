@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from crash_support import TOKEN_USER, Daemon, Sim, wait_for
+
 from lifecycled.domain.actions import Action, spec_for
 from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.journal import Journal, SubmitRequest
@@ -51,8 +51,14 @@ async def submit_all(db: Path, plan: list[tuple[str, dict[str, Any], dict[str, A
         for i, (action, res, params) in enumerate(plan):
             guest = GuestRef(node=res["node"], kind=GuestKind(res["type"]), vmid=int(res["vmid"]))
             await journal.submit(
-                SubmitRequest(idempotency_key=f"crash-{i}", action=action, guest=guest, params=params,
-                              origin=Origin.CLI, actor="cli"),
+                SubmitRequest(
+                    idempotency_key=f"crash-{i}",
+                    action=action,
+                    guest=guest,
+                    params=params,
+                    origin=Origin.CLI,
+                    actor="cli",
+                ),
                 now=time.time(),
             )
 
@@ -65,8 +71,16 @@ async def read_ops(db: Path) -> tuple[list[Op], dict[int, set[str]], list[str]]:
     return ops, upids, check
 
 
-def target_holds(sim: Sim, op: Op) -> bool:
-    state = {g["vmid"]: g for g in sim.api("/cluster/resources?type=vm")}
+def proxmox_state(sim: Sim) -> dict[int, dict[str, Any]]:
+    """Every guest as Proxmox shows it, with its config (read before the simulator stops)."""
+    state = {}
+    for g in sim.api("/cluster/resources?type=vm"):
+        g["config"] = sim.api(f"/nodes/{g['node']}/{g['type']}/{g['vmid']}/config")
+        state[int(g["vmid"])] = g
+    return state
+
+
+def target_holds(state: dict[int, dict[str, Any]], op: Op) -> bool:
     guest = state.get(op.guest.vmid)
     if op.action == "terminate":
         return guest is None
@@ -77,8 +91,7 @@ def target_holds(sim: Sim, op: Op) -> bool:
     if op.action in ("stop", "shutdown"):
         return bool(guest["status"] == "stopped")
     if op.action == "configure":
-        config = sim.api(f"/nodes/{guest['node']}/{guest['type']}/{op.guest.vmid}/config")
-        return str(config.get("cores")) == str(op.params["cores"])
+        return str(guest["config"].get("cores")) == str(op.params["cores"])
     return True
 
 
@@ -100,11 +113,17 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path: Path) -> 
             daemon.kill()
             kills += 1
         daemon.start()
-        wait_for(lambda: all(op.state.is_terminal for op in asyncio.run(read_ops(db))[0]), 90,
-                 "all ops terminal", daemon.proc, daemon.log)
+        wait_for(
+            lambda: all(op.state.is_terminal for op in asyncio.run(read_ops(db))[0]),
+            90,
+            "all ops terminal",
+            daemon.proc,
+            daemon.log,
+        )
         assert daemon.stop() == 0
         ops, upids, check = asyncio.run(read_ops(db))
         requests = sim.control("/requests")
+        state = proxmox_state(sim)
     finally:
         daemon.stop() if daemon.proc is not None and daemon.proc.poll() is None else None
         sim.stop()
@@ -115,8 +134,10 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path: Path) -> 
     items = requests["items"] if isinstance(requests, dict) else requests
     created = [r["upid"] for r in items if r.get("upid") and f":{TOKEN_USER}:" in r["upid"]]
     journaled = set().union(*upids.values())
-    assert set(created) <= journaled, f"tasks Proxmox ran that the journal never recorded: {set(created) - journaled}"
-    per_op = Counter()
+    assert set(created) <= journaled, (
+        f"tasks Proxmox ran that the journal never recorded: {set(created) - journaled}"
+    )
+    per_op: Counter[int] = Counter()
     for op in ops:
         spec = spec_for(op.guest.kind, Action(op.action))
         tasks = {u for u in created if u in upids[op.id]}
@@ -124,8 +145,12 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path: Path) -> 
         if op.action in ONE_SHOT:
             assert len(tasks) <= 1, f"one-shot op {op.id} dispatched {len(tasks)} times"
         if op.state.value == "succeeded" and spec.convergent:
-            assert target_holds(sim, op), f"op {op.id} {op.action} succeeded but Proxmox disagrees"
+            assert target_holds(state, op), (
+                f"op {op.id} {op.action} succeeded but Proxmox disagrees"
+            )
     # No faults were injected: no op needed a second task.
     assert max(per_op.values()) <= 1, per_op.most_common(3)
-    print(f"crash campaign: {len(ops)} ops, {kills} kills, {len(created)} tasks, 0 lost, 0 duplicated; "
-          f"{Counter(op.state.value for op in ops)}")
+    print(
+        f"crash campaign: {len(ops)} ops, {kills} kills, {len(created)} tasks, 0 lost, 0 duplicated; "
+        f"{Counter(op.state.value for op in ops)}"
+    )

@@ -47,7 +47,9 @@ def fast_settings(tmp_path: Path, server: SimServer, **overrides: Any) -> Settin
 @contextlib.asynccontextmanager
 async def running(server: SimServer, tmp_path: Path, **overrides: Any) -> AsyncIterator[Runtime]:
     """A Runtime (Recover done, dispatchers and tracker running) on a fresh journal."""
-    runtime = await Runtime.build(fast_settings(tmp_path, server, **overrides), pve=client_for(server))
+    runtime = await Runtime.build(
+        fast_settings(tmp_path, server, **overrides), pve=client_for(server)
+    )
     task = asyncio.create_task(runtime.run(), name="runtime")
     try:
         await asyncio.wait_for(runtime.ready.wait(), 10)
@@ -60,10 +62,18 @@ async def running(server: SimServer, tmp_path: Path, **overrides: Any) -> AsyncI
             await runtime.close()
 
 
-async def submit(runtime: Runtime, action: str, guest: Guest, key: str | None = None, **params: Any) -> Op:
+async def submit(
+    runtime: Runtime, action: str, guest: Guest, key: str | None = None, **params: Any
+) -> Op:
     result = await runtime.submit(
-        Submission(action=action, vmid=guest.vmid, kind=guest.kind, node=guest.node,
-                   params=params, idempotency_key=key)
+        Submission(
+            action=action,
+            vmid=guest.vmid,
+            kind=guest.kind,
+            node=guest.node,
+            params=params,
+            idempotency_key=key,
+        )
     )
     return result.op
 
@@ -77,8 +87,14 @@ async def wait_terminal(runtime: Runtime, op_id: int, within: float = 20.0) -> O
             await asyncio.sleep(0.05)
 
 
-def pick(server: SimServer, kind: str, running: bool, *, avoid: set[int] | None = None,
-         where: Callable[[Guest], bool] | None = None) -> Guest:
+def pick(
+    server: SimServer,
+    kind: str,
+    running: bool,
+    *,
+    avoid: set[int] | None = None,
+    where: Callable[[Guest], bool] | None = None,
+) -> Guest:
     """A plain guest (no HA, no protection, not a template) of that kind and power state."""
     for guest in sorted(server.sim.guests.values(), key=lambda g: g.vmid):
         if guest.kind != kind or guest.running != running or guest.ha is not None:
@@ -92,13 +108,15 @@ def pick(server: SimServer, kind: str, running: bool, *, avoid: set[int] | None 
         if avoid is not None:
             avoid.add(guest.vmid)
         return guest
-    raise LookupError(f"no spare {'running' if running else 'stopped'} {kind} guest in the simulator")
+    raise LookupError(
+        f"no spare {'running' if running else 'stopped'} {kind} guest in the simulator"
+    )
 
 
 def writes_to(server: SimServer, vmid: int, suffix: str = "") -> list[str]:
     """Mutating requests the simulator received for one guest (method + path)."""
-    out = []
-    for r in server.sim.requests:
-        if r.method in WRITES and f"/{vmid}" in r.path and r.path.endswith(suffix):
-            out.append(f"{r.method} {r.path}")
-    return out
+    return [
+        f"{r.method} {r.path}"
+        for r in server.sim.requests
+        if r.method in WRITES and f"/{vmid}" in r.path and r.path.endswith(suffix)
+    ]

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from engine_support import pick, running, submit, wait_terminal, writes_to
+
 from lifecycled.domain.states import OpState
 from lifecycled.sim import SimServer
 
@@ -34,8 +34,13 @@ from lifecycled.sim import SimServer
     ],
 )
 async def test_each_action_reaches_its_target_with_one_post(
-    sim: SimServer, tmp_path: Path, action: str, kind: str, start_running: bool,
-    params: dict[str, Any], suffix: str,
+    sim: SimServer,
+    tmp_path: Path,
+    action: str,
+    kind: str,
+    start_running: bool,
+    params: dict[str, Any],
+    suffix: str,
 ) -> None:
     """Every action kind succeeds with exactly one mutating request to Proxmox."""
     guest = pick(sim, kind, start_running)
@@ -83,7 +88,9 @@ async def test_target_already_held_sends_nothing(sim: SimServer, tmp_path: Path)
     assert writes_to(sim, guest.vmid) == []
 
 
-async def test_dropped_connection_after_post_is_adopted_not_reposted(sim: SimServer, tmp_path: Path) -> None:
+async def test_dropped_connection_after_post_is_adopted_not_reposted(
+    sim: SimServer, tmp_path: Path
+) -> None:
     """A POST whose answer is lost (the task started) is resolved by adopting the task: one POST."""
     guest = pick(sim, "qemu", False)
     sim.sim.add_fault(method="POST", path=f"/qemu/{guest.vmid}/status/start$", drop=True, count=1)
@@ -100,8 +107,13 @@ async def test_dropped_connection_after_post_is_adopted_not_reposted(sim: SimSer
 async def test_sync_lock_timeout_is_retried(sim: SimServer, tmp_path: Path) -> None:
     """A transient sync error (`can't lock file … got timeout`) is retried and then succeeds."""
     guest = pick(sim, "qemu", False)
-    sim.sim.add_fault(method="POST", path=f"/qemu/{guest.vmid}/status/start$", count=1, status=500,
-                      reason=f"can't lock file '/var/lock/qemu-server/lock-{guest.vmid}.conf' - got timeout")
+    sim.sim.add_fault(
+        method="POST",
+        path=f"/qemu/{guest.vmid}/status/start$",
+        count=1,
+        status=500,
+        reason=f"can't lock file '/var/lock/qemu-server/lock-{guest.vmid}.conf' - got timeout",
+    )
     async with running(sim, tmp_path) as rt:
         op = await submit(rt, "start", guest, key="flock")
         done = await wait_terminal(rt, op.id)
@@ -113,8 +125,13 @@ async def test_sync_lock_timeout_is_retried(sim: SimServer, tmp_path: Path) -> N
 async def test_persistent_5xx_dead_letters(sim: SimServer, tmp_path: Path) -> None:
     """A 5xx on every attempt ends dead-lettered after max_retries, with the error kept."""
     guest = pick(sim, "qemu", False)
-    sim.sim.add_fault(method="POST", path=f"/qemu/{guest.vmid}/status/start$", count=None, status=500,
-                      reason="internal error")
+    sim.sim.add_fault(
+        method="POST",
+        path=f"/qemu/{guest.vmid}/status/start$",
+        count=None,
+        status=500,
+        reason="internal error",
+    )
     async with running(sim, tmp_path, max_retries=3) as rt:
         op = await submit(rt, "start", guest, key="5xx")
         done = await wait_terminal(rt, op.id)
@@ -152,8 +169,12 @@ async def test_template_start_fails_permanently(sim: SimServer, tmp_path: Path) 
 async def test_one_shot_task_failure_is_not_redispatched(sim: SimServer, tmp_path: Path) -> None:
     """A reboot whose task fails transiently is failed, never dispatched a second time."""
     guest = pick(sim, "qemu", True)
-    sim.sim.add_fault(method="POST", path=f"/qemu/{guest.vmid}/status/reboot$", count=1,
-                      exitstatus=f"can't lock file '/var/lock/qemu-server/lock-{guest.vmid}.conf' - got timeout")
+    sim.sim.add_fault(
+        method="POST",
+        path=f"/qemu/{guest.vmid}/status/reboot$",
+        count=1,
+        exitstatus=f"can't lock file '/var/lock/qemu-server/lock-{guest.vmid}.conf' - got timeout",
+    )
     async with running(sim, tmp_path) as rt:
         op = await submit(rt, "reboot", guest, key="rb")
         done = await wait_terminal(rt, op.id)
@@ -164,8 +185,13 @@ async def test_one_shot_task_failure_is_not_redispatched(sim: SimServer, tmp_pat
 async def test_warnings_exit_status_is_success(sim: SimServer, tmp_path: Path) -> None:
     """A task ending `WARNINGS: 2` is success, with the warnings kept (SPEC §2 step 5)."""
     guest = pick(sim, "qemu", False)
-    sim.sim.add_fault(method="POST", path=f"/qemu/{guest.vmid}/status/start$", count=1,
-                      exitstatus="WARNINGS: 2", effect=True)
+    sim.sim.add_fault(
+        method="POST",
+        path=f"/qemu/{guest.vmid}/status/start$",
+        count=1,
+        exitstatus="WARNINGS: 2",
+        effect=True,
+    )
     async with running(sim, tmp_path) as rt:
         op = await submit(rt, "start", guest, key="warn")
         done = await wait_terminal(rt, op.id)
