@@ -153,10 +153,10 @@ async def _serve(cfg: SimConfig, host: str, port: int, ready_file: Path | None) 
         async with SimServer(cfg, host=host, port=port) as server:
             if server.fingerprint:
                 logger.info("sim.tls fingerprint=%s", server.fingerprint)
-            sys.stdout.write(f"lifecycled sim listening on {server.url}\n")
-            sys.stdout.flush()
             if ready_file is not None:
                 await asyncio.to_thread(_write_ready, ready_file, server.url)
+            sys.stdout.write(f"lifecycled sim listening on {server.url}\n")
+            sys.stdout.flush()
             await stop.wait()
             logger.info("sim.stopping")
     finally:

@@ -3,6 +3,7 @@
 Kinds (combinable):
 
 * ``status`` (+ ``reason``, ``errors``): answer this status instead of handling the request
+  (``reason`` is the message: its first line goes into the status line)
   (with ``execute=True`` the request is handled first, then the fault status is answered —
   e.g. a 596 after the task was started); a status ≥ 500 other than 500 gets an empty body
   like pveproxy's 59x pseudo-statuses;
@@ -126,5 +127,3 @@ def validate(fault: Fault) -> None:
         raise ValueError("delay must not be negative")
     if fault.count is not None and fault.count < 0:
         raise ValueError("count must not be negative")
-    if fault.reason is not None and ("\n" in fault.reason or "\r" in fault.reason):
-        raise ValueError("reason must be one line")

@@ -5,6 +5,7 @@ Unlike lifecycled's Proxmox client it interprets nothing, so tests can pin the w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from collections.abc import Mapping
@@ -102,6 +103,19 @@ class RawClient:
 
     async def delete(self, path: str, params: Mapping[str, Any] | None = None) -> RawAnswer:
         return await self.call("DELETE", path, params)
+
+    async def wait_task(self, upid: str, within: float = 5.0) -> dict[str, Any]:
+        """Poll the task's status on its own node until it has stopped; the status ``data``."""
+        node = upid.split(":")[1]
+        async with asyncio.timeout(within):
+            while True:
+                answer = await self.get(f"/nodes/{node}/tasks/{upid}/status")
+                data = answer.data
+                if answer.status != 200 or not isinstance(data, dict):
+                    raise RuntimeError(f"task status: {answer.status} {answer.reason}")
+                if data.get("status") == "stopped":
+                    return data
+                await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         await self.session.close()

@@ -110,6 +110,21 @@ class Simulator:
             raise SimError(500, txt.no_config(kind, node, vmid))
         return guest
 
+    def pick_guest(
+        self, kind: str, running: bool, *, node: str | None = None, exclude: Iterable[int] = ()
+    ) -> Guest:
+        """A plain guest (no HA, no protection, not a template, no lock) in that state."""
+        skip = set(exclude)
+        for guest in sorted(self.guests.values(), key=lambda g: g.vmid):
+            if guest.kind != kind or guest.running != running or guest.vmid in skip:
+                continue
+            if node is not None and guest.node != node:
+                continue
+            if guest.ha or guest.template or guest.lock or guest.config.get("protection") == 1:
+                continue
+            return guest
+        raise LookupError(f"no plain {'running' if running else 'stopped'} {kind} guest")
+
     def find_task(self, upid: str) -> Task | None:
         for book in self.books.values():
             task = book.get(upid)

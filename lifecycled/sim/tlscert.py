@@ -29,14 +29,8 @@ def make_self_signed(nodes: Iterable[str]) -> SelfSigned:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PVE Cluster Node"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PVE Cluster Node (lifecycled sim)"),
             x509.NameAttribute(NameOID.COMMON_NAME, f"{names[0]}.lifecycled.invalid"),
-        ]
-    )
-    issuer = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PVE Cluster Manager CA"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "Proxmox Virtual Environment (simulated)"),
         ]
     )
     sans: list[x509.GeneralName] = [
@@ -49,7 +43,7 @@ def make_self_signed(nodes: Iterable[str]) -> SelfSigned:
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(issuer)
+        .issuer_name(subject)  # self-signed: its own issuer
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
