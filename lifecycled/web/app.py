@@ -28,6 +28,9 @@ log = logging.getLogger("lifecycled.web")
 #: Every route table the app serves; guests, audit and node routes join here.
 ROUTE_TABLES: tuple[tuple[Route, ...], ...] = (handlers_ops.ROUTES, handlers_system.ROUTES)
 
+#: Paths polled by probes and scrapers: their successful requests are logged at debug level.
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
 #: Seconds given to open connections to finish when the server stops.
 SHUTDOWN_TIMEOUT = 5.0
 
@@ -39,7 +42,11 @@ def all_routes() -> Iterable[Route]:
 
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One ``http.request`` event per request: method, path template, status, duration."""
+    """One ``http.request`` event per request: method, path template, status, duration.
+
+    Successful probe and scrape requests (``/healthz``, ``/readyz``, ``/metrics``) are logged
+    at debug level so that a probe every few seconds does not drown the log.
+    """
     started = time.perf_counter()
     status = 499  # the client went away before an answer was made
     try:
@@ -48,7 +55,8 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         return response
     finally:
         resource = request.match_info.route.resource
-        log.info(
+        log.log(
+            logging.DEBUG if request.path in _PROBES and status < 400 else logging.INFO,
             "http.request",
             extra={
                 "method": request.method,

@@ -221,6 +221,12 @@ def _operation(route: Route) -> dict[str, Any]:
     if not route.public:
         responses.setdefault("401", error("Missing or invalid bearer token (`unauthorized`)."))
         responses.setdefault(
+            "503",
+            error(
+                "The journal cannot be used right now (`journal_unavailable`).", retry_after=True
+            ),
+        )
+        responses.setdefault(
             "403",
             error("No token file is configured and the client is not loopback (`loopback_only`)."),
         )

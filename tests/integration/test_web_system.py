@@ -219,7 +219,7 @@ async def test_openapi_documents_every_route(sim: SimServer, tmp_path: Path) -> 
                 for response in op["responses"].values():
                     assert "content" in response, (method, path)
                 if path.startswith("/v1/"):
-                    assert {"401", "403"} <= set(op["responses"]), (method, path)
+                    assert {"401", "403", "503"} <= set(op["responses"]), (method, path)
                     assert op["security"] == [{"bearer": []}]
                 else:
                     assert op["security"] == []
