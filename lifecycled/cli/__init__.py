@@ -7,6 +7,9 @@ module only assembles them and maps errors to one line and an exit code.
 from __future__ import annotations
 
 import importlib
+import sys
+
+import typer
 
 from lifecycled.cli._app import app
 
@@ -29,9 +32,28 @@ def _load_commands() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: usage errors are one line and exit 2 (SPEC §5)."""
     _load_commands()
-    app(prog_name="lifecycled")
+    try:
+        code = app(prog_name="lifecycled", standalone_mode=False)
+    except typer.Abort:
+        sys.stderr.write("lifecycled: interrupted\n")
+        code = 130
+    except typer.TyperException as exc:  # typer's (vendored click) usage and parameter errors
+        code = _report(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report(exc: typer.TyperException) -> int:
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        sys.stdout.write(ctx.get_help() + "\n")
+        return 0
+    fmt = getattr(exc, "format_message", None)
+    message = fmt() if callable(fmt) else str(exc)
+    hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    sys.stderr.write(f"lifecycled: error: {message}{hint}\n")
+    return int(getattr(exc, "exit_code", 2))
 
 
 if __name__ == "__main__":  # pragma: no cover
