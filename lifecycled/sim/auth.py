@@ -68,7 +68,7 @@ class Authenticator:
         parts = plain.split(":")
         if not sep or len(parts) != 3 or parts[0] != "PVE":
             return None
-        if not hmac.compare_digest(self._sign(plain), sig) or not self._fresh(parts[2]):
+        if not _same(self._sign(plain), sig) or not self._fresh(parts[2]):
             return None
         return parts[1]
 
@@ -76,7 +76,7 @@ class Authenticator:
         if not token:
             return False
         stamp, _, sig = token.partition(":")
-        return self._fresh(stamp) and hmac.compare_digest(self._sign(f"{stamp}:{user}"), sig)
+        return self._fresh(stamp) and _same(self._sign(f"{stamp}:{user}"), sig)
 
     def login(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /access/ticket``; raises :class:`AuthError` on bad credentials."""
@@ -85,7 +85,7 @@ class Authenticator:
         if username and self.ticket_user(password) == username:
             return self._issue(username)  # renewal: the current ticket as the password
         expected = self._cfg.password
-        if expected is not None and username == ROOT and hmac.compare_digest(password, expected):
+        if expected is not None and username == ROOT and _same(password, expected):
             return self._issue(ROOT)
         raise AuthError(LOGIN_FAILED)
 
@@ -116,6 +116,11 @@ class Authenticator:
     def _check_token(self, value: str) -> str:
         ident, sep, secret = value.partition("=")
         token = self._token
-        if sep and ident == token.full_user and hmac.compare_digest(secret, token.secret):
+        if sep and ident == token.full_user and _same(secret, token.secret):
             return token.full_user
         raise AuthError(AUTH_FAILED)
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison that also copes with non-ASCII input."""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))

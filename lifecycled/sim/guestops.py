@@ -277,6 +277,11 @@ def clone(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, param
     target = str(params.get("target") or node)
     if target not in sim.nodes:
         raise SimError(500, f"no such cluster node '{target}'")
+    if target != node and _has_local_disks(source):
+        word_lc = "VM" if kind == "qemu" else "CT"
+        raise SimError(
+            500, f"can't clone {word_lc} to node '{target}' ({word_lc} uses local storage)"
+        )
     existing = sim.guests.get(newid)
     word = txt.guest_word(kind)
     if existing is not None:

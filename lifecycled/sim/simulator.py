@@ -69,7 +69,7 @@ class Simulator:
 
     async def start(self) -> None:
         self.refresh_cluster_tasks()
-        if self._loop_task is None:
+        if self._loop_task is None and self.cfg.archive_interval > 0:  # 0: archived on finish
             self._loop_task = asyncio.create_task(self._archiver(), name="sim-archiver")
 
     async def close(self) -> None:
@@ -84,7 +84,7 @@ class Simulator:
     async def _archiver(self) -> None:
         """pvestatd's loop: archive finished tasks, refresh ``/cluster/tasks`` (§4.3, §4.4)."""
         while True:
-            await asyncio.sleep(max(self.cfg.archive_interval, 0.01))
+            await asyncio.sleep(self.cfg.archive_interval)
             self.archive_now()
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -290,7 +290,7 @@ class Simulator:
         )
         self.requests.append(record)
         limit = self.cfg.request_log_max
-        if len(self.requests) > limit:
+        if len(self.requests) > limit + max(limit // 10, 1):  # trim in batches, not per request
             del self.requests[: len(self.requests) - limit]
         return record
 

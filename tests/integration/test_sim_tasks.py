@@ -255,3 +255,28 @@ async def test_log_path_bucket(sim: SimServer, sim_api: RawClient) -> None:
     task = sim.sim.find_task(upid)
     assert task is not None
     assert task.log_path == f"/var/log/pve/tasks/{upid.split(':')[4][-1]}/{upid}"
+
+
+async def test_zero_task_seconds_finishes_next_iteration(sim_factory: SimFactory) -> None:
+    """task_seconds=0: the task ends as soon as the loop runs it (no wall-clock wait)."""
+    server = await sim_factory(task_seconds=0.0)
+    async with RawClient(server.url, token=server.cfg.token) as api:
+        guest = server.sim.pick_guest("qemu", running=False)
+        upid = await _start(api, server, guest.vmid)
+        await server.sim.settle(0.5)
+        assert (await api.wait_task(upid))["exitstatus"] == "OK"
+    assert guest.running
+
+
+async def test_per_type_task_durations(sim_factory: SimFactory) -> None:
+    """task_durations overrides task_seconds for one worker type."""
+    server = await sim_factory(task_durations={"qmstart": 0.3})
+    async with RawClient(server.url, token=server.cfg.token) as api:
+        started = time.monotonic()
+        await api.wait_task(await _start(api, server))
+        assert time.monotonic() - started >= 0.29
+        guest = server.sim.pick_guest("qemu", running=True)
+        started = time.monotonic()
+        stop = await api.post(f"/nodes/{guest.node}/qemu/{guest.vmid}/status/stop")
+        await api.wait_task(stop.data)
+        assert time.monotonic() - started < 0.25
