@@ -22,6 +22,7 @@ from lifecycled.domain.states import REARMABLE, OpState
 from lifecycled.errors import JournalError
 from lifecycled.journal import migrations, writes
 from lifecycled.journal.db import DEFAULT_BUSY_TIMEOUT_MS, Database, one, translated
+from lifecycled.journal.audit import AuditVerbs
 from lifecycled.journal.queries import ReadVerbs
 from lifecycled.journal.records import SubmitRequest, SubmitResult
 from lifecycled.journal.rules import Verb
@@ -33,7 +34,7 @@ T = TypeVar("T")
 _DELETE_BATCH = 500
 
 
-class Journal(ReadVerbs):
+class Journal(ReadVerbs, AuditVerbs):
     """The op journal on one SQLite file (one connection, one write lock)."""
 
     def __init__(

@@ -1,0 +1,111 @@
+"""Audit verbs of the journal: append (alone or inside another write) and query."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import aiosqlite
+import attrs
+
+from lifecycled.audit import AuditPage, AuditRecord, Decision
+from lifecycled.errors import ValidationError
+from lifecycled.journal.db import Database, rows
+
+_COLUMNS = "id, at, actor, action, decision, vmid, node, reason, snapshot"
+
+
+async def insert_audit(conn: aiosqlite.Connection, rec: AuditRecord) -> int:
+    """Append ``rec`` inside the caller's transaction; its new id."""
+    cursor = await conn.execute(
+        "INSERT INTO audit (at, actor, action, decision, vmid, node, reason, snapshot) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            rec.at,
+            rec.actor,
+            rec.action,
+            str(rec.decision),
+            rec.vmid,
+            rec.node,
+            rec.reason,
+            json.dumps(rec.snapshot, sort_keys=True, default=str)
+            if rec.snapshot is not None
+            else None,
+        ),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def audit_from_row(row: sqlite3.Row) -> AuditRecord:
+    return AuditRecord(
+        id=int(row["id"]),
+        at=float(row["at"]),
+        actor=str(row["actor"]),
+        action=str(row["action"]),
+        decision=Decision(row["decision"]),
+        vmid=row["vmid"],
+        node=row["node"],
+        reason=str(row["reason"]),
+        snapshot=json.loads(row["snapshot"]) if row["snapshot"] else None,
+    )
+
+
+class AuditVerbs:
+    """Mixed into :class:`~lifecycled.journal.Journal`."""
+
+    _db: Database
+
+    async def append_audit(self, rec: AuditRecord) -> AuditRecord:
+        """Append one audit record in its own transaction; the record with its id."""
+
+        async def unit(conn: aiosqlite.Connection) -> int:
+            return await insert_audit(conn, rec)
+
+        new_id = await self._db.write(unit)
+        return attrs.evolve(rec, id=new_id)
+
+    async def list_audit(
+        self,
+        *,
+        vmid: int | None = None,
+        action: str | None = None,
+        decision: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> AuditPage:
+        """Newest first; ``cursor`` is the last id seen. Filters combine with AND."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError(
+                f"limit must be between 1 and 1000, not {limit}", {"limit": "out of range"}
+            )
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("vmid", vmid), ("action", action), ("decision", decision)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("at < ?")
+            params.append(until)
+        if cursor is not None:
+            where.append("id < ?")
+            params.append(cursor)
+        sql = f"SELECT {_COLUMNS} FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit + 1)
+
+        async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
+            return await rows(conn, sql, tuple(params))
+
+        found = await self._db.read(unit)
+        items = [audit_from_row(r) for r in found[:limit]]
+        more = len(found) > limit
+        return AuditPage(items=items, next_cursor=items[-1].id if more and items else None)
