@@ -203,14 +203,16 @@ async def test_journal_unavailable_anywhere_is_503(
         assert await env.op_count() == 0
 
 
-async def test_errors_never_leak_a_traceback(sim: SimServer, tmp_path: Path) -> None:
+async def test_errors_never_leak_a_traceback(
+    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An unexpected failure in a handler answers 500 internal_error without internals."""
+
+    async def boom(**_kw: Any) -> Any:
+        raise RuntimeError("secret internals /etc/passwd")
+
     async with serving(sim, tmp_path, run=False) as env:
-
-        async def boom(**_kw: Any) -> Any:
-            raise RuntimeError("secret internals /etc/passwd")
-
-        env.runtime.journal.list_ops = boom  # type: ignore[method-assign]
+        monkeypatch.setattr(env.runtime.journal, "list_ops", boom)
         async with env.http.get("/v1/ops") as resp:
             assert resp.status == 500
             text = await resp.text()
