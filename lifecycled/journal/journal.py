@@ -21,8 +21,9 @@ from lifecycled.domain.op import Op, OpError, canonical_json
 from lifecycled.domain.states import REARMABLE, OpState
 from lifecycled.errors import JournalError
 from lifecycled.journal import migrations, writes
-from lifecycled.journal.db import DEFAULT_BUSY_TIMEOUT_MS, Database, one, translated
 from lifecycled.journal.audit import AuditVerbs
+from lifecycled.journal.db import DEFAULT_BUSY_TIMEOUT_MS, Database, one, translated
+from lifecycled.journal.outbox import OutboxVerbs
 from lifecycled.journal.queries import ReadVerbs
 from lifecycled.journal.records import SubmitRequest, SubmitResult
 from lifecycled.journal.rules import Verb
@@ -34,7 +35,7 @@ T = TypeVar("T")
 _DELETE_BATCH = 500
 
 
-class Journal(ReadVerbs, AuditVerbs):
+class Journal(ReadVerbs, AuditVerbs, OutboxVerbs):
     """The op journal on one SQLite file (one connection, one write lock)."""
 
     def __init__(

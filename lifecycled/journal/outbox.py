@@ -1,0 +1,110 @@
+"""Outbox verbs: the push sender reads unsent events in order and marks them sent.
+
+Events are written by triggers (see the migrations) in the same transaction as the change
+they describe, so a committed change always has its event and vice versa.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+
+from lifecycled.domain.events import OutboxEvent
+from lifecycled.journal.db import Database, one, rows
+
+_GUEST_COLUMNS = (
+    "vmid, node, kind, origin, name, desired_state, desired_generation, observed_state, "
+    "observed_at, lock, ha_managed, protected, config_digest, updated_at, lost_at"
+)
+
+
+def _event(row: sqlite3.Row) -> OutboxEvent:
+    return OutboxEvent(
+        seq=int(row["seq"]),
+        type=str(row["kind"]),
+        vmid=row["vmid"],
+        payload=json.loads(row["payload"]),
+        created_at=float(row["created_at"]),
+        attempts=int(row["attempts"]),
+    )
+
+
+class OutboxVerbs:
+    """Mixed into :class:`~lifecycled.journal.Journal`."""
+
+    _db: Database
+
+    async def unsent_events(self, *, limit: int = 100) -> list[OutboxEvent]:
+        """The oldest unsent events, in sequence order."""
+
+        async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
+            return await rows(
+                conn,
+                "SELECT seq, vmid, kind, payload, created_at, attempts FROM outbox "
+                "WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
+                (limit,),
+            )
+
+        return [_event(r) for r in await self._db.read(unit)]
+
+    async def mark_sent(self, seqs: Sequence[int], *, now: float) -> None:
+        """Record that the receiver acknowledged these events."""
+        if not seqs:
+            return
+
+        async def unit(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                "UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE seq = ? AND sent_at IS NULL",
+                [(now, s) for s in seqs],
+            )
+
+        await self._db.write(unit)
+
+    async def note_attempt(self, seqs: Sequence[int]) -> None:
+        """Count a failed delivery of these events (they stay unsent)."""
+        if not seqs:
+            return
+
+        async def unit(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                "UPDATE outbox SET attempts = attempts + 1 WHERE seq = ? AND sent_at IS NULL",
+                [(s,) for s in seqs],
+            )
+
+        await self._db.write(unit)
+
+    async def outbox_position(self) -> tuple[int, int]:
+        """``(last_seq, unsent)``: the newest sequence number and how many await delivery."""
+
+        async def unit(conn: aiosqlite.Connection) -> sqlite3.Row | None:
+            return await one(
+                conn,
+                "SELECT (SELECT COALESCE(MAX(seq), 0) FROM outbox) AS last_seq, "
+                "(SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL) AS unsent",
+            )
+
+        row = await self._db.read(unit)
+        return (int(row["last_seq"]), int(row["unsent"])) if row is not None else (0, 0)
+
+    async def prune_outbox(self, *, before: float) -> int:
+        """Delete delivered events older than ``before``; how many were deleted."""
+
+        async def unit(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(
+                "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (before,)
+            )
+            return int(cursor.rowcount)
+
+        return await self._db.write(unit)
+
+    async def guest_table(self) -> list[dict[str, Any]]:
+        """Every guest row, for a full sync (ordered by vmid)."""
+
+        async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
+            return await rows(conn, f"SELECT {_GUEST_COLUMNS} FROM guests ORDER BY vmid")
+
+        return [dict(r) for r in await self._db.read(unit)]
