@@ -66,6 +66,8 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     notify_url: str | None = None
+    notify_token_file: Path | None = None
+    notify_heartbeat: float = 30.0
     max_body_bytes: int = 64 * 1024
 
     @property
@@ -112,6 +114,7 @@ _DURATIONS = {
     "startup_jitter",
     "task_search_skew",
     "ha_confirm_timeout",
+    "notify_heartbeat",
 }
 _BOOLS = {"pve_insecure", "reconcile_on_start"}
 _INTS = {"workers", "node_cap", "max_retries", "reconcile_max_commands", "max_body_bytes"}
@@ -121,6 +124,7 @@ _PATHS = {
     "pve_password_file",
     "pve_ca_file",
     "api_token_file",
+    "notify_token_file",
 }
 
 
@@ -176,6 +180,11 @@ def _validate(s: Settings) -> Settings:
         (s.pve_url.startswith(("http://", "https://")), "pve_url must start with https://"),
         (bool(s.node), "node must not be empty"),
         (s.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
+        (s.notify_heartbeat > 0, "notify_heartbeat must be positive"),
+        (
+            s.notify_url is None or s.notify_url.startswith(("http://", "https://")),
+            "notify_url must be an http:// or https:// URL",
+        ),
     ]
     for ok, message in checks:
         if not ok:
