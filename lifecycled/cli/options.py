@@ -115,6 +115,17 @@ SynchronousOpt = Annotated[
     str | None,
     typer.Option("--synchronous", help="SQLite durability: FULL (default), NORMAL or EXTRA."),
 ]
+NotifyUrlOpt = Annotated[
+    str | None,
+    typer.Option("--notify-url", help="Push op and guest events to this control-plane URL."),
+]
+NotifyTokenFileOpt = Annotated[
+    Path | None, typer.Option("--notify-token-file", help="Bearer token file for --notify-url.")
+]
+NotifyHeartbeatOpt = Annotated[
+    str | None,
+    typer.Option("--notify-heartbeat", help="Heartbeat period for --notify-url [default 30s]."),
+]
 LogFormatOpt = Annotated[str | None, typer.Option("--log-format", help="text (default) or json.")]
 LogLevelOpt = Annotated[
     str | None, typer.Option("--log-level", help="debug, info (default), warning, error.")

@@ -201,6 +201,8 @@ class Runtime:
                     tg.create_task(self.dispatcher.worker(i), name=f"dispatcher-{i}")
                 tg.create_task(self._janitor(), name="janitor")
                 tg.create_task(self._gauges(), name="gauges")
+                if self.settings.notify_url:
+                    tg.create_task(self._push(self.settings.notify_url), name="push")
         finally:
             self.ready.clear()
             if stop_web is not None:
@@ -228,6 +230,33 @@ class Runtime:
             await self.refresh_gauges()
             if await self._sleep_or_stop(2.0):
                 return
+
+    async def _push(self, url: str) -> None:
+        from lifecycled.engine.push import Pusher
+
+        token = (
+            read_secret_file(self.settings.notify_token_file, "notify token")
+            if self.settings.notify_token_file is not None
+            else None
+        )
+        pusher = Pusher(
+            journal=self.journal,
+            url=url,
+            node=self.settings.node,
+            clock=self.clock,
+            state_hash=self.observed_state_hash,
+            token=token,
+            heartbeat=self.settings.notify_heartbeat,
+        )
+        await pusher.run(self.stopping)
+
+    async def observed_state_hash(self) -> str:
+        """A hash of the observed guest set (``vmid:observed:lock``), as sent in heartbeats."""
+        import hashlib
+
+        rows = await self.journal.guest_table()
+        text = "\n".join(f"{g['vmid']}:{g['observed_state']}:{g['lock'] or ''}" for g in rows)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     async def refresh_gauges(self) -> None:
         counts = await self.journal.counts_by_state()
