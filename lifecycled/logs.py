@@ -20,14 +20,15 @@ _STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) 
 }
 
 _SECRET_PATTERNS = (
+    # Header values: everything after the header name up to the end of the value.
+    re.compile(
+        r"((?:Authorization|CSRFPreventionToken)[\"']?\s*[:=]\s*[\"']?)[^\"',}\r\n]+", re.IGNORECASE
+    ),
+    re.compile(r"(Bearer\s+)[^\s\"',]+"),
     re.compile(r"(PVEAPIToken[= ][^=\s]+=)[^\s\"',]+"),
     re.compile(r"(PVEAuthCookie=)[^\s;\"',]+"),
     re.compile(r"(PVE:[^:\s]+:[0-9A-F]{8}::)[^\s\"',]+"),
-    re.compile(
-        r"((?:CSRFPreventionToken|Authorization|password|secret|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+",
-        re.IGNORECASE,
-    ),
-    re.compile(r"(Bearer\s+)[^\s\"',]+"),
+    re.compile(r"((?:password|secret|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+", re.IGNORECASE),
 )
 
 
@@ -65,11 +66,15 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
         parts = [ts, f"{record.levelname.lower():7}", record.getMessage()]
-        parts += [f"{k}={v}" for k, v in _extras(record).items() if v is not None]
+        parts += [f"{k}={_one_line(v)}" for k, v in _extras(record).items() if v is not None]
         line = " ".join(str(p) for p in parts)
         if record.exc_info:
             line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
         return redact(line)
+
+
+def _one_line(value: object) -> str:
+    return str(value).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def configure_logging(fmt: str = "text", level: str = "info", stream: TextIO | None = None) -> None:
