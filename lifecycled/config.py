@@ -69,6 +69,12 @@ class Settings:
     notify_token_file: Path | None = None
     notify_heartbeat: float = 30.0
     max_body_bytes: int = 64 * 1024
+    #: Node lifecycle (SPEC §4): a younger node is never decommissioned; a system node never is.
+    node_min_age: float = 7 * 86400.0
+    system_node: bool = False
+    #: Signed destructive ops (SPEC §4): trusted ed25519 keys; absent → no signature needed.
+    trusted_keys_file: Path | None = None
+    signature_skew: float = 300.0
 
     @property
     def listen_host(self) -> str:
@@ -115,8 +121,10 @@ _DURATIONS = {
     "task_search_skew",
     "ha_confirm_timeout",
     "notify_heartbeat",
+    "node_min_age",
+    "signature_skew",
 }
-_BOOLS = {"pve_insecure", "reconcile_on_start"}
+_BOOLS = {"pve_insecure", "reconcile_on_start", "system_node"}
 _INTS = {"workers", "node_cap", "max_retries", "reconcile_max_commands", "max_body_bytes"}
 _PATHS = {
     "db",
@@ -125,6 +133,7 @@ _PATHS = {
     "pve_ca_file",
     "api_token_file",
     "notify_token_file",
+    "trusted_keys_file",
 }
 
 
@@ -181,6 +190,8 @@ def _validate(s: Settings) -> Settings:
         (bool(s.node), "node must not be empty"),
         (s.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
         (s.notify_heartbeat > 0, "notify_heartbeat must be positive"),
+        (s.node_min_age >= 0, "node_min_age must not be negative"),
+        (s.signature_skew > 0, "signature_skew must be positive"),
         (
             s.notify_url is None or s.notify_url.startswith(("http://", "https://")),
             "notify_url must be an http:// or https:// URL",

@@ -126,6 +126,29 @@ NotifyHeartbeatOpt = Annotated[
     str | None,
     typer.Option("--notify-heartbeat", help="Heartbeat period for --notify-url [default 30s]."),
 ]
+NodeMinAgeOpt = Annotated[
+    str | None,
+    typer.Option("--node-min-age", help="A younger node is never decommissioned [default 7d]."),
+]
+SystemNodeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--system-node/--no-system-node",
+        help="This node is a system node: never decommissioned [default off].",
+        show_default=False,
+    ),
+]
+TrustedKeysFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--trusted-keys-file",
+        help="Trusted ed25519 keys (KEYID ed25519 BASE64 per line): destructive ops must be signed.",
+    ),
+]
+SignatureSkewOpt = Annotated[
+    str | None,
+    typer.Option("--signature-skew", help="Accepted signature clock skew [default 5m]."),
+]
 LogFormatOpt = Annotated[str | None, typer.Option("--log-format", help="text (default) or json.")]
 LogLevelOpt = Annotated[
     str | None, typer.Option("--log-level", help="debug, info (default), warning, error.")

@@ -16,12 +16,14 @@ from typing import Any
 import attrs
 
 from lifecycled.config import Settings, read_secret_file
+from lifecycled.domain.node import NodeRecord
 from lifecycled.domain.outcome import RetryBudget
 from lifecycled.domain.states import OpState
 from lifecycled.engine.clock import Clock, SystemClock
 from lifecycled.engine.dispatcher import Dispatcher
 from lifecycled.engine.executor import Executor
 from lifecycled.engine.gate import Policy
+from lifecycled.engine.node import activate as activate_node
 from lifecycled.engine.recover import Recoverer, RecoverReport
 from lifecycled.engine.submit import Submission, submit
 from lifecycled.engine.tracker import Tracker
@@ -104,6 +106,8 @@ class Runtime:
     stopping: asyncio.Event = attrs.field(factory=asyncio.Event)
     started_at: float = 0.0
     web_url: str | None = None
+    #: The served node's lifecycle row as last read (refreshed with the gauges).
+    node_record: NodeRecord | None = None
 
     @classmethod
     async def build(
@@ -190,6 +194,12 @@ class Runtime:
         if web is not None:
             stop_web = await web(self)
         try:
+            self.node_record = await activate_node(
+                self.journal,
+                self.settings.node,
+                system=self.settings.system_node,
+                now=self.started_at,
+            )
             report = await self.recoverer.recover()
             log.info("runtime.ready", extra={"recovered": report.counts.get("examined", 0)})
             self.ready.set()
@@ -262,6 +272,7 @@ class Runtime:
         counts = await self.journal.counts_by_state()
         self.metrics.set_queue_depth(counts)
         self.metrics.dead_letters.set(counts.get(OpState.DEAD_LETTERED, 0))
+        self.node_record = await self.journal.get_node(self.settings.node)
 
     # --- services used by the CLI and the HTTP API --------------------------------------
 
@@ -277,6 +288,7 @@ class Runtime:
         report: RecoverReport | None = self.recoverer.last_report
         return {
             "node": self.settings.node,
+            "node_state": str(self.node_record.state) if self.node_record is not None else None,
             "ready": self.ready.is_set(),
             "stopping": self.stopping.is_set(),
             "started_at": self.started_at,

@@ -11,6 +11,7 @@ import attrs
 
 from lifecycled.domain.actions import Action, UnsupportedAction, parse_size, spec_for
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
+from lifecycled.engine import node
 from lifecycled.errors import NotFound, PveError, ValidationError
 from lifecycled.journal import Journal, SubmitRequest, SubmitResult
 from lifecycled.pve.port import PveClient
@@ -159,13 +160,24 @@ async def submit(
     default_node: str,
     now: float,
 ) -> SubmitResult:
-    """Validate, resolve and journal one submission. Nothing is written on any error."""
+    """Validate, resolve and journal one submission. Nothing is written on any error, except
+    the audit record of a refusal by the served node's state (draining: :class:`NodeRefused`)."""
     validate(sub)
     guest = await resolve_guest(sub, pve, default_node=default_node)
     try:
         spec_for(guest.kind, sub.action)  # the kind resolved from Proxmox may not support it
     except UnsupportedAction as exc:
         raise ValidationError("invalid submission", {"action": str(exc)}) from None
+    await node.admit(
+        journal,
+        served=default_node,
+        action=sub.action,
+        guest=guest,
+        params=sub.params,
+        idempotency_key=sub.idempotency_key,
+        actor=sub.actor,
+        now=now,
+    )
     key = sub.idempotency_key
     params = dict(sub.params)
     if key is not None:

@@ -1,0 +1,148 @@
+"""The served node's lifecycle, as the CLI, the HTTP API and the runtime use it (SPEC §4).
+
+Thin: the decisions are :mod:`lifecycled.domain.node`'s and every write is one journal verb
+(validated and audited in one transaction). What lives here is the gathering: the node's
+state before admitting an op, and the guests Proxmox still shows on a node to decommission.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from lifecycled.audit import AuditRecord, Decision
+from lifecycled.domain.node import (
+    ACTIVATABLE,
+    NodeRecord,
+    NodeRefused,
+    NodeState,
+    admission_refusal,
+)
+from lifecycled.domain.op import GuestRef
+from lifecycled.domain.states import REARMABLE
+from lifecycled.errors import PveError
+from lifecycled.journal import Journal
+from lifecycled.journal.nodes import NodeChange
+from lifecycled.pve.port import PveClient
+
+log = logging.getLogger("lifecycled.node")
+
+
+async def admit(
+    journal: Journal,
+    *,
+    served: str,
+    action: str,
+    guest: GuestRef,
+    params: Mapping[str, Any],
+    idempotency_key: str | None,
+    actor: str,
+    now: float,
+) -> None:
+    """Raise :class:`NodeRefused` (audited) when the served node's state refuses a new op.
+
+    A resubmitted key whose op is in flight or succeeded is not a new op: it is answered by
+    deduplication, so the node's state does not refuse it.
+    """
+    record = await journal.get_node(served)
+    if record is None:
+        return
+    refusal = admission_refusal(
+        record.state, served=served, action=action, guest_node=guest.node, params=params
+    )
+    if refusal is None:
+        return
+    if idempotency_key is not None:
+        existing = await journal.by_key(idempotency_key)
+        if existing is not None and existing.state not in REARMABLE:
+            return
+    await journal.append_audit(
+        AuditRecord(
+            at=now,
+            actor=actor,
+            action=action,
+            decision=Decision.REFUSED,
+            reason=f"{refusal.code}: {refusal.reason}",
+            vmid=guest.vmid,
+            node=guest.node,
+            snapshot={
+                "node_state": str(record.state),
+                "served_node": served,
+                "guest": {"node": guest.node, "kind": str(guest.kind), "vmid": guest.vmid},
+                "params": dict(params),
+            },
+        )
+    )
+    log.warning(
+        "node.op_refused",
+        extra={
+            "action": action,
+            "vmid": guest.vmid,
+            "node": served,
+            "code": refusal.code,
+            "actor": actor,
+        },
+    )
+    raise NodeRefused(refusal, state=record.state)
+
+
+async def activate(journal: Journal, node: str, *, system: bool, now: float) -> NodeRecord:
+    """At start: register the node (first seen now), sync its system mark, and move a
+    ``ready`` or ``idle`` node to ``active``. A draining, decommissioned or unhealthy node
+    keeps its state."""
+    record = await journal.ensure_node(node, now=now, actor="runtime")
+    if record.is_system != system:
+        record = await journal.mark_system_node(node, system, now=now, actor="runtime")
+    if record.state in ACTIVATABLE:
+        change = await journal.transition_node(
+            node,
+            NodeState.ACTIVE,
+            now=now,
+            actor="runtime",
+            action="activate",
+            reason="lifecycled started",
+        )
+        record = change.record
+    if record.state is not NodeState.ACTIVE:
+        log.warning("node.not_active", extra={"node": node, "state": str(record.state)})
+    else:
+        log.info("node.active", extra={"node": node})
+    return record
+
+
+async def live_guests(pve: PveClient, node: str) -> list[int]:
+    """The vmids Proxmox shows on ``node`` (``/cluster/resources``); raises :class:`PveError`."""
+    resources = await pve.cluster_resources()
+    return sorted(res.vmid for res in resources if res.node == node)
+
+
+async def decommission(
+    journal: Journal,
+    node: str,
+    *,
+    pve: PveClient | None,
+    actor: str,
+    min_age: float,
+    system: bool,
+    now: float,
+) -> tuple[NodeChange, str | None]:
+    """Decommission the node (audited, refused while guests remain, …).
+
+    Guests Proxmox shows on the node count when it can be read; when it cannot, only the
+    journal's managed guests count and the second value says why Proxmox was not read.
+    """
+    seen: list[int] = []
+    unread: str | None = None
+    if pve is None:
+        unread = "Proxmox was not asked (no connection options given)"
+    else:
+        try:
+            seen = await live_guests(pve, node)
+        except PveError as exc:
+            unread = f"Proxmox could not be read: {exc.reason}"
+            log.warning("node.decommission_pve_unreadable", extra={"node": node, "error": unread})
+    change = await journal.decommission_node(
+        node, now=now, actor=actor, min_age=min_age, system=system, live_guests=seen
+    )
+    return change, unread
