@@ -152,7 +152,7 @@ async def _serve(cfg: SimConfig, host: str, port: int, ready_file: Path | None) 
     try:
         async with SimServer(cfg, host=host, port=port) as server:
             if server.fingerprint:
-                logger.info("sim.tls fingerprint=%s", server.fingerprint)
+                logger.info("sim.tls", extra={"fingerprint": server.fingerprint})
             if ready_file is not None:
                 await asyncio.to_thread(_write_ready, ready_file, server.url)
             sys.stdout.write(f"lifecycled sim listening on {server.url}\n")

@@ -261,7 +261,7 @@ async def _guest_index(ctx: Ctx) -> Reply:
 
 @route("DELETE", "/nodes/{node}/{kind}/{vmid}")
 async def _destroy(ctx: Ctx) -> Reply:
-    upid = configops.destroy(ctx.sim, ctx.caller, ctx.node, ctx.kind, ctx.vmid, ctx.params)
+    upid = guestops.destroy(ctx.sim, ctx.caller, ctx.node, ctx.kind, ctx.vmid, ctx.params)
     return Reply(data=upid)
 
 

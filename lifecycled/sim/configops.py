@@ -1,4 +1,4 @@
-"""Config updates, disk resize and destroy (reference §1.1, §1.2, §1.4, §5.3, §12.4–12.5).
+"""Config updates and disk resize (reference §1.1, §1.2, §1.4, §5.3, §12.5).
 
 QEMU ``POST …/config`` is async (``qmconfig``), ``PUT …/config`` sync; LXC has only the sync
 PUT. On a running QEMU guest, options that cannot be hot-plugged go to ``[PENDING]``.
@@ -350,61 +350,3 @@ def resize(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, para
 
     flock = FlockSpec(kind=kind, vmid=vmid, wait=sim.cfg.lock_wait())
     return str(sim.fork(node, "resize", vmid, caller, body, flock=flock))
-
-
-# --- destroy -----------------------------------------------------------------------------------
-
-
-def destroy(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, params: Params) -> str:
-    """``DELETE /nodes/{node}/{kind}/{vmid}`` (§1.1, §1.2, §12.4)."""
-    schema: pp.Schema = {
-        "purge": "bool",
-        "destroy-unreferenced-disks": "bool",
-        "skiplock": "bool",
-        "force": "bool",
-    }
-    if kind == "qemu":
-        schema = {k: v for k, v in schema.items() if k != "force"}
-    pp.check(params, schema, root_only=("skiplock",), is_root=caller.is_root)
-    guest = sim.require_guest(node, kind, vmid)
-    word = txt.guest_word(kind)
-    if guest.config.get("protection") == 1:
-        raise SimError(500, f"can't remove {word} {vmid} - protection mode enabled")
-    if guest.ha is not None and not pp.flag(params, "purge"):
-        raise SimError(
-            500,
-            f"unable to remove {word} {vmid} - used in HA resources and purge parameter not set.",
-        )
-    force = pp.flag(params, "force")
-    if kind == "qemu" and guest.running:
-        raise SimError(500, f"VM {vmid} is running - destroy failed")
-    if kind == "lxc":
-        if guest.lock and not (caller.is_root and pp.flag(params, "skiplock")):
-            raise SimError(500, txt.locked(kind, guest.lock))  # LXC checks before forking
-        if guest.running and not force:
-            raise SimError(500, f"unable to destroy CT {vmid} - container is running")
-
-    async def body(run: TaskRun) -> None:
-        g = sim.guest_on(node, kind, vmid)
-        if g is None:
-            raise TaskFailed(txt.no_config(kind, node, vmid))
-        check_lock(g, params, caller)  # QEMU checks the lock inside the task
-        if g.running:
-            if kind == "qemu":
-                raise TaskFailed(f"VM {vmid} is running - destroy failed")
-            run.warn(f"container {vmid} is running - stopping it before destroying")
-            g.set_stopped()
-        g.config["lock"] = "destroyed"
-        try:
-            await run.work()
-        except BaseException:
-            g.config.pop("lock", None)
-            raise
-        for key in sorted(k for k in g.config if is_disk_key(kind, k)):
-            run.log(f"Removing volume of {key}")
-        if sim.guests.get(vmid) is g:
-            del sim.guests[vmid]
-
-    worker = "qmdestroy" if kind == "qemu" else "vzdestroy"
-    flock = FlockSpec(kind=kind, vmid=vmid, wait=sim.cfg.lock_wait())
-    return str(sim.fork(node, worker, vmid, caller, body, flock=flock))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from aiohttp import web
@@ -14,8 +13,6 @@ from lifecycled.sim.errors import SimError
 from lifecycled.sim.faults import Fault
 from lifecycled.sim.records import Caller, RequestRecord
 from lifecycled.sim.simulator import Simulator
-
-logger = logging.getLogger("lifecycled.sim")
 
 PREFIX = "/api2/json"
 _SECRET_PARAMS = frozenset({"password", "cipassword", "new-password"})

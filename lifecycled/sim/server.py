@@ -99,10 +99,12 @@ class SimServer:
         if self._ssl is not None and self.fingerprint is None:
             self.fingerprint = await self._peer_fingerprint()
         logger.info(
-            "sim.listening url=%s nodes=%s guests=%d",
-            self.url,
-            ",".join(self.cfg.nodes),
-            len(self.sim.guests),
+            "sim.listening",
+            extra={
+                "url": self.url,
+                "nodes": ",".join(self.cfg.nodes),
+                "guests": len(self.sim.guests),
+            },
         )
         return self
 
@@ -131,7 +133,7 @@ class SimServer:
             return
         await self.sim.close()
         await runner.cleanup()
-        logger.info("sim.stopped url=%s", self.url)
+        logger.info("sim.stopped", extra={"url": self.url})
 
     async def __aenter__(self) -> SimServer:
         return await self.start()

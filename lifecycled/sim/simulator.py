@@ -179,7 +179,7 @@ class Simulator:
         self._idle.clear()
         handle.add_done_callback(self._worker_done)
         caller.upids.append(str(upid))
-        logger.debug("sim.task.started upid=%s", upid)
+        logger.debug("sim.task.started", extra={"upid": str(upid)})
         return upid
 
     def _worker_done(self, handle: asyncio.Task[None]) -> None:
@@ -215,7 +215,7 @@ class Simulator:
         if run.forced_exit is not None:
             final = final_line(run.forced_exit)
         task.finish(final)
-        logger.debug("sim.task.finished upid=%s exitstatus=%s", task.upid, task.exitstatus)
+        logger.debug("sim.task.finished", extra={"upid": task.text, "exitstatus": task.exitstatus})
         if self.cfg.archive_interval == 0 and not self._closing:
             self.archive_now()
 
@@ -377,4 +377,7 @@ class Simulator:
                 if guest.node == node:
                     guest.set_stopped()
             host.boot_time = time.time()
-        logger.info("sim.node.%s node=%s", "offline" if offline else "online", node)
+        logger.info(
+            "sim.node.offline" if offline else "sim.node.online",
+            extra={"node": node, "crash": crash},
+        )
