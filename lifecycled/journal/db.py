@@ -121,6 +121,25 @@ async def rollback(conn: aiosqlite.Connection) -> None:
             logger.warning("journal.rollback_failed", exc_info=exc)
 
 
+async def _enable_wal(conn: aiosqlite.Connection, within: float) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another opener holds the new file.
+
+    SQLite does not call the busy handler for this pragma, so two processes opening a new
+    journal at once can see ``database is locked`` while the other one migrates it.
+    """
+    deadline = time.monotonic() + within
+    delay = 0.005
+    while True:
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 class Database:
     """One aiosqlite connection with its pragmas and the lock every statement runs under."""
 
@@ -168,7 +187,7 @@ class Database:
                 conn.row_factory = sqlite3.Row
                 await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
                 if not readonly:
-                    await conn.execute("PRAGMA journal_mode = WAL")
+                    await _enable_wal(conn, busy_timeout_ms / 1000)
                 await conn.execute(f"PRAGMA synchronous = {sync}")
                 await conn.execute("PRAGMA foreign_keys = ON")
                 await conn.execute("PRAGMA temp_store = MEMORY")
