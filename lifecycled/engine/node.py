@@ -17,6 +17,7 @@ from lifecycled.domain.node import (
     NodeRecord,
     NodeRefused,
     NodeState,
+    Refusal,
     admission_refusal,
 )
 from lifecycled.domain.op import GuestRef
@@ -146,3 +147,37 @@ async def decommission(
         node, now=now, actor=actor, min_age=min_age, system=system, live_guests=seen
     )
     return change, unread
+
+
+async def drain(journal: Journal, node: str, *, actor: str, reason: str, now: float) -> NodeChange:
+    """Stop taking new guests on the node (idempotent; refused from decommissioned)."""
+    return await journal.transition_node(
+        node, NodeState.DRAINING, now=now, actor=actor, action="drain", reason=reason
+    )
+
+
+async def undrain(
+    journal: Journal, node: str, *, actor: str, reason: str, now: float
+) -> NodeChange:
+    """A draining node takes guests again (→ active); an active or idle node is left as is.
+
+    From any other state (ready, unhealthy, decommissioned) it is refused, and audited.
+    """
+    record = await journal.ensure_node(node, now=now, actor=actor)
+    if record.state in (NodeState.ACTIVE, NodeState.IDLE):
+        return NodeChange(record=record, previous=record.state)
+    if record.state is not NodeState.DRAINING:
+        return await journal.refuse_node_change(
+            node,
+            NodeState.ACTIVE,
+            Refusal(
+                code="node_not_draining",
+                reason=f"node {node} is {record.state}, not draining: nothing to undrain",
+            ),
+            now=now,
+            actor=actor,
+            action="undrain",
+        )
+    return await journal.transition_node(
+        node, NodeState.ACTIVE, now=now, actor=actor, action="undrain", reason=reason
+    )

@@ -37,6 +37,8 @@ class NodeChange:
     previous: NodeState
     refusal: Refusal | None = None
     changed: bool = False
+    #: Decommission only: the guests found on the node (managed ones and those Proxmox shows).
+    guests: tuple[int, ...] = ()
 
 
 def node_from_row(row: sqlite3.Row) -> NodeRecord:
@@ -226,6 +228,33 @@ class NodeVerbs:
 
         return await self._db.write(unit)
 
+    async def refuse_node_change(
+        self,
+        node: str,
+        target: NodeState,
+        refusal: Refusal,
+        *,
+        now: float,
+        actor: str,
+        action: str,
+    ) -> NodeChange:
+        """Audit a node change refused by a rule outside the state machine; nothing else."""
+
+        async def unit(conn: aiosqlite.Connection) -> NodeChange:
+            record = await _ensure(conn, node, now=now, actor=actor)
+            return await _move(
+                conn,
+                record,
+                target,
+                now=now,
+                actor=actor,
+                action=action,
+                reason="",
+                refusal=refusal,
+            )
+
+        return await self._db.write(unit)
+
     async def decommission_node(
         self,
         node: str,
@@ -257,7 +286,7 @@ class NodeVerbs:
             refusal = decommission_refusal(
                 record, now=now, min_age=min_age, system=system, guests_remaining=len(remaining)
             )
-            return await _move(
+            change = await _move(
                 conn,
                 record,
                 NodeState.DECOMMISSIONED,
@@ -268,6 +297,7 @@ class NodeVerbs:
                 refusal=refusal,
                 extra={"guests": remaining[:100], "guests_remaining": len(remaining)},
             )
+            return attrs.evolve(change, guests=tuple(remaining))
 
         return await self._db.write(unit)
 

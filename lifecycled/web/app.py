@@ -16,17 +16,22 @@ from aiohttp.typedefs import Handler
 
 import lifecycled
 from lifecycled.engine.runtime import Runtime
-from lifecycled.web import handlers_ops, handlers_system
+from lifecycled.web import handlers_node, handlers_ops, handlers_system
 from lifecycled.web.auth import AUTH_GATE_KEY, AuthGate, auth_middleware
 from lifecycled.web.errors import error_middleware
 from lifecycled.web.handlers_system import OPENAPI_KEY
 from lifecycled.web.openapi import build_document
 from lifecycled.web.routes import RUNTIME_KEY, Route
+from lifecycled.web.signing import SIGNATURE_GATE_KEY, SignatureGate
 
 log = logging.getLogger("lifecycled.web")
 
 #: Every route table the app serves; guests, audit and node routes join here.
-ROUTE_TABLES: tuple[tuple[Route, ...], ...] = (handlers_ops.ROUTES, handlers_system.ROUTES)
+ROUTE_TABLES: tuple[tuple[Route, ...], ...] = (
+    handlers_ops.ROUTES,
+    handlers_system.ROUTES,
+    handlers_node.ROUTES,
+)
 
 #: Paths polled by probes and scrapers: their successful requests are logged at debug level.
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -78,6 +83,9 @@ def build_app(runtime: Runtime) -> web.Application:
     gate = AuthGate(runtime.settings.api_token_file)
     app[AUTH_GATE_KEY] = gate
     app.on_startup.append(gate.load)
+    signatures = SignatureGate(runtime.settings.trusted_keys_file)
+    app[SIGNATURE_GATE_KEY] = signatures
+    app.on_startup.append(signatures.load)
     routes = list(all_routes())
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)

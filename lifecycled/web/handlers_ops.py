@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lifecycled.domain.node import NodeRefused
 from lifecycled.domain.op import Op
 from lifecycled.domain.serialize import op_to_dict
 from lifecycled.domain.states import OpState
@@ -20,6 +21,7 @@ from lifecycled.errors import Conflict, InvalidTransition, NotFound, ValidationE
 from lifecycled.journal import OpPage
 from lifecycled.web.auth import request_actor
 from lifecycled.web.errors import ApiError, unavailable
+from lifecycled.web.handlers_node import node_refusal
 from lifecycled.web.inputs import (
     ACTION_VALUES,
     DEFAULT_LIMIT,
@@ -38,6 +40,7 @@ from lifecycled.web.inputs import (
     read_json_object,
 )
 from lifecycled.web.routes import Route, error, ok, path_param, query, ref, runtime_of
+from lifecycled.web.signing import require_signature
 
 log = logging.getLogger("lifecycled.web")
 
@@ -64,8 +67,11 @@ async def submit_op(request: web.Request) -> web.Response:
     _refuse_when_stopping(runtime)
     body = await read_json_object(request, runtime.settings.max_body_bytes)
     sub = parse_submission(body, request.headers.get(IDEMPOTENCY_HEADER), request_actor(request))
+    await require_signature(request, runtime, sub, sub.actor)
     try:
         result = await runtime.submit(sub)
+    except NodeRefused as exc:
+        raise node_refusal(exc) from None
     except ValidationError as exc:
         raise ApiError(422, "validation_failed", str(exc), details=exc.details) from None
     except NotFound as exc:
@@ -283,13 +289,27 @@ ROUTES: tuple[Route, ...] = (
                 "fields (`unknown_field`), header and body keys differ "
                 "(`idempotency_key_mismatch`)."
             ),
-            409: error("The idempotency key is used by a different op (`idempotency_conflict`)."),
+            401: error(
+                "Missing or invalid bearer token (`unauthorized`); with trusted keys "
+                "configured, a destructive op without a valid fresh signature "
+                "(`signature_required`, `signature_invalid`, `signature_expired`, "
+                "`unknown_key`, `nonce_replayed`)."
+            ),
+            409: error(
+                "The idempotency key is used by a different op (`idempotency_conflict`); the "
+                "node is decommissioned (`node_decommissioned`)."
+            ),
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
             422: error(
                 "Invalid submission (`validation_failed`, details per field) or unknown guest "
                 "(`guest_not_found`)."
             ),
-            503: _UNAVAILABLE,
+            503: error(
+                "lifecycled is shutting down or the journal cannot write; or the node is "
+                "draining and refuses new start/create/clone and inbound migrate "
+                "(`node_draining`).",
+                retry_after=True,
+            ),
         },
     ),
     Route(

@@ -12,10 +12,12 @@ from typing import Any
 
 from lifecycled.domain.actions import Action
 from lifecycled.domain.classify import ErrorClass
+from lifecycled.domain.node import NodeState
 from lifecycled.domain.op import GuestKind, Origin
 from lifecycled.domain.states import OpState
 from lifecycled.engine.recover import RESULTS
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
+from lifecycled.web.handlers_node import SCHEMAS as NODE_SCHEMAS
 from lifecycled.web.routes import Route, error, ref
 
 OPENAPI_VERSION = "3.1.0"
@@ -30,6 +32,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 _TIMESTAMP = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC."}
 _STATES = [str(s) for s in OpState]
+NODE_STATES = tuple(str(s) for s in NodeState)
 
 
 def schemas() -> dict[str, Any]:
@@ -142,6 +145,7 @@ def schemas() -> dict[str, Any]:
         "type": "object",
         "required": [
             "node",
+            "node_state",
             "ready",
             "stopping",
             "started_at",
@@ -153,6 +157,10 @@ def schemas() -> dict[str, Any]:
         ],
         "properties": {
             "node": {"type": "string"},
+            "node_state": {
+                "anyOf": [{"type": "string", "enum": list(NODE_STATES)}, {"type": "null"}],
+                "description": "The served node's lifecycle state (null before the first start).",
+            },
             "ready": {"type": "boolean"},
             "stopping": {"type": "boolean"},
             "started_at": _nullable(_TIMESTAMP),
@@ -213,6 +221,7 @@ def schemas() -> dict[str, Any]:
             "properties": {"status": {"type": "string", "enum": ["ok", "ready"]}},
         },
         "Error": err,
+        **NODE_SCHEMAS,
     }
 
 
