@@ -23,8 +23,10 @@ from lifecycled.errors import JournalError
 from lifecycled.journal import migrations, writes
 from lifecycled.journal.audit import AuditVerbs
 from lifecycled.journal.db import DEFAULT_BUSY_TIMEOUT_MS, Database, one, translated
+from lifecycled.journal.guests import GuestVerbs
 from lifecycled.journal.nodes import NodeVerbs
 from lifecycled.journal.nonces import NonceVerbs
+from lifecycled.journal.opguards import OpGuardVerbs
 from lifecycled.journal.outbox import OutboxVerbs
 from lifecycled.journal.queries import ReadVerbs
 from lifecycled.journal.records import SubmitRequest, SubmitResult
@@ -37,7 +39,7 @@ T = TypeVar("T")
 _DELETE_BATCH = 500
 
 
-class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs):
+class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVerbs, OpGuardVerbs):
     """The op journal on one SQLite file (one connection, one write lock)."""
 
     def __init__(

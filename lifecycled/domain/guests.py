@@ -1,0 +1,230 @@
+"""Guests as the journal knows them (SPEC §1 "Guest", "Ownership", "Desired state") — pure.
+
+A :class:`GuestRecord` is one row of the guests table: who owns the guest (``origin``), what
+lifecycled wants of it (``desired_state`` with its ``desired_generation``), and what the last
+Proxmox read showed (``observed_state``). Observed state is only ever written from Proxmox
+reads; it never overwrites desired state.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from lifecycled.domain.actions import Action, disk_size
+from lifecycled.domain.op import GuestKind
+
+
+class GuestOrigin(enum.StrEnum):
+    """Ownership of a guest."""
+
+    NATIVE = "native"  # created by lifecycled, or handed to it with ``manage``: full lifecycle
+    ADOPTED = "adopted"  # pre-existing, taken under management: never hard-deleted
+    DISCOVERED = "discovered"  # seen on the node, unmanaged: observed only
+    RELEASED = "released"  # was managed, released (or soft-deleted): observed only
+
+    @property
+    def managed(self) -> bool:
+        return self in (GuestOrigin.NATIVE, GuestOrigin.ADOPTED)
+
+
+class DesiredState(enum.StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    ABSENT = "absent"
+
+
+class ObservedState(enum.StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    SUSPENDED = "suspended"
+    UNKNOWN = "unknown"
+    MISSING = "missing"
+    LOST = "LOST"
+
+
+#: Locks during which a guest may legitimately vanish (or appear) — reference §5.5.
+TRANSIENT_LOCKS = frozenset({"migrate", "destroyed", "create", "clone"})
+
+#: Convergent power actions and the desired state accepting them sets (SPEC §1).
+DESIRED_BY_ACTION: dict[Action, DesiredState] = {
+    Action.START: DesiredState.RUNNING,
+    Action.RESUME: DesiredState.RUNNING,
+    Action.STOP: DesiredState.STOPPED,
+    Action.SHUTDOWN: DesiredState.STOPPED,
+    Action.TERMINATE: DesiredState.ABSENT,
+}
+
+
+def desired_for(action: str) -> DesiredState | None:
+    """The desired state an accepted op of ``action`` sets, if it is a power action."""
+    try:
+        return DESIRED_BY_ACTION.get(Action(action))
+    except ValueError:
+        return None
+
+
+def observed_from(status: str | None, lock: str | None) -> ObservedState:
+    """The observed state for a Proxmox ``status`` (``qmpstatus || status`` in
+    ``/cluster/resources``) and config ``lock``."""
+    if status == "running":
+        return ObservedState.RUNNING
+    if status == "stopped":
+        return ObservedState.SUSPENDED if lock == "suspended" else ObservedState.STOPPED
+    if status == "paused":
+        return ObservedState.PAUSED
+    if status in ("suspended", "prelaunch"):
+        return ObservedState.SUSPENDED if status == "suspended" else ObservedState.UNKNOWN
+    return ObservedState.UNKNOWN
+
+
+def _dict_or_none(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return dict(value) if value is not None else None
+
+
+def _str_dict(value: Mapping[str, str]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()}
+
+
+@attrs.frozen(kw_only=True)
+class GuestRecord:
+    """One row of the guests table."""
+
+    vmid: int
+    node: str
+    kind: GuestKind
+    origin: GuestOrigin
+    name: str | None = None
+    desired_state: DesiredState | None = None
+    desired_generation: int = 0
+    observed_state: ObservedState | None = None
+    observed_at: float | None = None
+    lock: str | None = None
+    ha_managed: bool = False
+    template: bool = False
+    protected: bool = False
+    fingerprint: dict[str, str] = attrs.field(factory=dict, converter=_str_dict)
+    config_snapshot: dict[str, Any] | None = attrs.field(default=None, converter=_dict_or_none)
+    config_digest: str | None = None
+    snapshot_at: float | None = None
+    observed_digest: str | None = None
+    digest_checked_at: float | None = None
+    resources: dict[str, Any] | None = attrs.field(default=None, converter=_dict_or_none)
+    created_at: float
+    updated_at: float
+    adopted_at: float | None = None
+    released_at: float | None = None
+    lost_at: float | None = None
+
+    @property
+    def managed(self) -> bool:
+        return self.origin.managed
+
+    @property
+    def drifted(self) -> bool:
+        """The config changed behind lifecycled's back (managed guests with a snapshot)."""
+        return (
+            self.managed
+            and self.config_digest is not None
+            and self.observed_digest is not None
+            and self.observed_digest != self.config_digest
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Observation:
+    """One guest as a ``/cluster/resources?type=vm`` read shows it."""
+
+    vmid: int
+    node: str
+    kind: GuestKind
+    status: str
+    name: str | None = None
+    lock: str | None = None
+    template: bool = False
+    hastate: str | None = None
+
+    @property
+    def observed(self) -> ObservedState:
+        return observed_from(self.status, self.lock)
+
+    @property
+    def ha_managed(self) -> bool:
+        return bool(self.hastate) and self.hastate != "ignored"
+
+
+_QEMU_DISK_RE = re.compile(r"^(ide|sata|scsi|virtio|efidisk|tpmstate)\d+$")
+_LXC_DISK_RE = re.compile(r"^(rootfs|mp\d+)$")
+
+
+def resources_of(
+    kind: GuestKind, config: Mapping[str, Any], *, cpus: float | None, maxmem: int | None
+) -> dict[str, Any]:
+    """The resources captured at adoption: CPUs, memory (bytes) and every disk's size."""
+    pattern = _QEMU_DISK_RE if kind is GuestKind.QEMU else _LXC_DISK_RE
+    disks = {
+        key: size
+        for key in sorted(config)
+        if pattern.match(key)
+        and "media=cdrom" not in str(config[key])
+        and (size := disk_size(config, key)) is not None
+    }
+    memory = maxmem
+    if memory is None and str(config.get("memory", "")).isdigit():
+        memory = int(str(config["memory"])) * 1024 * 1024
+    return {
+        "cpus": cpus,
+        "cores": config.get("cores"),
+        "sockets": config.get("sockets"),
+        "memory": memory,
+        "disks": disks,
+    }
+
+
+def guest_name(kind: GuestKind, config: Mapping[str, Any]) -> str | None:
+    key = "name" if kind is GuestKind.QEMU else "hostname"
+    value = config.get(key)
+    return str(value) if value is not None else None
+
+
+def observed_hash(records: Iterable[GuestRecord]) -> str:
+    """The observed-state hash (``vmid:observed:lock`` sorted by vmid), as in heartbeats."""
+    lines = sorted(
+        (r.vmid, f"{r.vmid}:{r.observed_state or 'None'}:{r.lock or ''}") for r in records
+    )
+    text = "\n".join(line for _, line in lines)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def listing_hash(records: Iterable[GuestRecord]) -> str:
+    """A hash of everything ``GET /v1/guests`` shows of the guest set: the observed state and
+    lock of each guest, plus its node, ownership, desired state and drift (the ETag)."""
+    lines = sorted(
+        (
+            r.vmid,
+            ":".join(
+                str(v)
+                for v in (
+                    r.vmid,
+                    r.observed_state,
+                    r.lock or "",
+                    r.node,
+                    r.origin,
+                    r.desired_state,
+                    r.desired_generation,
+                    int(r.drifted),
+                    int(r.ha_managed),
+                    int(r.protected),
+                )
+            ),
+        )
+        for r in records
+    )
+    text = "\n".join(line for _, line in lines)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -1,0 +1,344 @@
+"""Guest verbs of the journal: ownership, desired state, observations, drift (SPEC §1, §3).
+
+Ownership changes only through :meth:`GuestVerbs.take_guest` (manage, adopt, or
+``--manage-discovered``) and :meth:`GuestVerbs.release_guest`, each audited in the same
+transaction. Observed state is only written by :meth:`GuestVerbs.apply_observations` and the
+digest verbs, from Proxmox reads; they never touch the desired state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiosqlite
+import attrs
+
+from lifecycled.audit import AuditRecord
+from lifecycled.domain.guests import (
+    DesiredState,
+    GuestOrigin,
+    GuestRecord,
+    Observation,
+    ObservedState,
+    listing_hash,
+    observed_hash,
+)
+from lifecycled.errors import InvalidTransition, PolicyRefused, ValidationError
+from lifecycled.journal.audit import insert_audit
+from lifecycled.journal.db import Database, rows
+from lifecycled.journal.guest_rows import (
+    GUEST_COLUMNS,
+    cancel_superseded,
+    guest_from_row,
+    insert_guest,
+    load_guest,
+    require_guest,
+    update_guest,
+)
+
+MAX_PAGE = 1000
+
+
+@attrs.frozen(kw_only=True)
+class GuestPage:
+    """One page of guests in vmid order; pass ``next_cursor`` (a vmid) for the next page."""
+
+    items: list[GuestRecord]
+    next_cursor: int | None
+
+
+@attrs.frozen(kw_only=True)
+class Ownership:
+    """What an ownership request did: the guest after it, and whether anything changed."""
+
+    guest: GuestRecord
+    changed: bool
+
+
+def not_managed(vmid: int, origin: GuestOrigin | None) -> PolicyRefused:
+    what = "unknown to lifecycled" if origin is None else f"{origin}, not managed"
+    return PolicyRefused(
+        "guest_not_managed",
+        f"guest {vmid} is {what}: manage or adopt it first (lifecycled guests manage|adopt {vmid})",
+    )
+
+
+class GuestVerbs:
+    """Mixed into :class:`~lifecycled.journal.Journal`."""
+
+    _db: Database
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def find_guest(self, vmid: int) -> GuestRecord | None:
+        return await self._db.read(lambda c: load_guest(c, vmid))
+
+    async def get_guest(self, vmid: int) -> GuestRecord:
+        """The guest's row; :class:`~lifecycled.errors.NotFound` when lifecycled never saw it."""
+        return await self._db.read(lambda c: require_guest(c, vmid))
+
+    async def all_guests(self) -> list[GuestRecord]:
+        async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
+            return await rows(conn, f"SELECT {GUEST_COLUMNS} FROM guests ORDER BY vmid")
+
+        return [guest_from_row(r) for r in await self._db.read(unit)]
+
+    async def list_guests(
+        self,
+        *,
+        origin: GuestOrigin | None = None,
+        observed: ObservedState | None = None,
+        node: str | None = None,
+        drifted: bool | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> GuestPage:
+        """Guests in vmid order, filtered; ``cursor`` is the last vmid of the previous page."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationError(
+                f"limit must be between 1 and {MAX_PAGE}, not {limit}", {"limit": "out of range"}
+            )
+        conds: list[str] = []
+        params: list[Any] = []
+        for column, value in (("origin", origin), ("observed_state", observed), ("node", node)):
+            if value is not None:
+                conds.append(f"{column} = ?")
+                params.append(str(value))
+        if drifted is not None:
+            test = (
+                "origin IN ('native', 'adopted') AND config_digest IS NOT NULL "
+                "AND observed_digest IS NOT NULL AND observed_digest <> config_digest"
+            )
+            conds.append(f"({test})" if drifted else f"NOT ({test})")
+        if cursor is not None:
+            conds.append("vmid > ?")
+            params.append(cursor)
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        sql = f"SELECT {GUEST_COLUMNS} FROM guests{where} ORDER BY vmid LIMIT ?"
+        params.append(limit + 1)
+        found = await self._db.read(lambda c: rows(c, sql, params))
+        items = [guest_from_row(r) for r in found[:limit]]
+        more = len(found) > limit
+        return GuestPage(items=items, next_cursor=items[-1].vmid if more and items else None)
+
+    async def guest_hashes(self) -> tuple[str, str]:
+        """``(observed_hash, listing_hash)`` of the whole guest set (heartbeat, ETag)."""
+        guests = await self.all_guests()
+        return observed_hash(guests), listing_hash(guests)
+
+    async def guest_counts(self) -> dict[tuple[str, str], int]:
+        """How many guests per (origin, observed state); never-observed rows count as unknown."""
+
+        async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
+            return await rows(
+                conn,
+                "SELECT origin, COALESCE(observed_state, 'unknown') AS observed, count(*) AS n "
+                "FROM guests GROUP BY 1, 2",
+            )
+
+        return {(r["origin"], r["observed"]): int(r["n"]) for r in await self._db.read(unit)}
+
+    # --- ownership --------------------------------------------------------------------------
+
+    async def take_guest(self, rec: GuestRecord, *, audit: AuditRecord, now: float) -> Ownership:
+        """Manage (native) or adopt a guest: record its identity, snapshot and status.
+
+        Taking a guest that already has this origin changes nothing (its snapshot is kept,
+        so drift stays visible). Any other existing row changes ownership, audited.
+        """
+        if not rec.origin.managed:
+            raise ValueError("take_guest records a native or adopted guest")
+
+        async def unit(conn: aiosqlite.Connection) -> Ownership:
+            existing = await load_guest(conn, rec.vmid)
+            if existing is not None and existing.origin is rec.origin:
+                return Ownership(guest=existing, changed=False)
+            if existing is None:
+                guest = await insert_guest(conn, rec)
+            else:
+                changes = {
+                    c: getattr(rec, c)
+                    for c in (
+                        "node",
+                        "kind",
+                        "origin",
+                        "name",
+                        "observed_state",
+                        "observed_at",
+                        "lock",
+                        "ha_managed",
+                        "template",
+                        "fingerprint",
+                        "config_snapshot",
+                        "config_digest",
+                        "snapshot_at",
+                        "observed_digest",
+                        "digest_checked_at",
+                        "resources",
+                        "adopted_at",
+                    )
+                }
+                changes.update(released_at=None, lost_at=None)
+                if existing.desired_state != rec.desired_state:
+                    changes["desired_state"] = rec.desired_state
+                    changes["desired_generation"] = existing.desired_generation + 1
+                guest = await update_guest(conn, rec.vmid, changes, now=now)
+                await cancel_superseded(conn, rec.vmid, guest.desired_state, now=now)
+            await insert_audit(conn, audit)
+            return Ownership(guest=guest, changed=True)
+
+        return await self._db.write(unit)
+
+    async def release_guest(self, vmid: int, *, audit: AuditRecord, now: float) -> Ownership:
+        """Release a managed guest: kept as ``released``, observed only, never acted on.
+
+        Pending reconcile ops of the guest are cancelled; any other pending op is refused by
+        the policy when it is claimed. Releasing a released guest changes nothing.
+        """
+
+        async def unit(conn: aiosqlite.Connection) -> Ownership:
+            guest = await require_guest(conn, vmid)
+            if guest.origin is GuestOrigin.RELEASED:
+                return Ownership(guest=guest, changed=False)
+            if not guest.managed:
+                raise InvalidTransition(
+                    f"guest {vmid} is {guest.origin}: only a managed guest can be released"
+                )
+            guest = await update_guest(
+                conn,
+                vmid,
+                {"origin": GuestOrigin.RELEASED, "released_at": now, "desired_state": None},
+                now=now,
+            )
+            await cancel_superseded(conn, vmid, None, now=now)
+            await insert_audit(conn, audit)
+            return Ownership(guest=guest, changed=True)
+
+        return await self._db.write(unit)
+
+    async def set_desired(self, vmid: int, state: DesiredState, *, now: float) -> GuestRecord:
+        """Set a managed guest's desired power state; a change bumps ``desired_generation``
+        and cancels pending reconcile ops aiming elsewhere."""
+
+        async def unit(conn: aiosqlite.Connection) -> GuestRecord:
+            guest = await require_guest(conn, vmid)
+            if not guest.managed:
+                raise not_managed(vmid, guest.origin)
+            if guest.desired_state is state:
+                return guest
+            guest = await update_guest(
+                conn,
+                vmid,
+                {"desired_state": state, "desired_generation": guest.desired_generation + 1},
+                now=now,
+            )
+            await cancel_superseded(conn, vmid, state, now=now)
+            return guest
+
+        return await self._db.write(unit)
+
+    # --- observations (Proxmox reads only) -------------------------------------------------
+
+    async def apply_observations(
+        self,
+        *,
+        now: float,
+        seen: Sequence[Observation] = (),
+        discovered: Sequence[Observation] = (),
+        missing: Sequence[int] = (),
+        lost: Sequence[AuditRecord] = (),
+        found: Sequence[tuple[Observation, AuditRecord]] = (),
+    ) -> None:
+        """Write one reconcile pass's observations in one transaction.
+
+        ``seen``: known guests as Proxmox shows them; ``discovered``: new unmanaged rows;
+        ``missing``: gone as expected; ``lost``: managed guests gone unexpectedly (audited,
+        never deleted); ``found``: LOST guests back with their fingerprint (audited).
+        """
+
+        async def unit(conn: aiosqlite.Connection) -> None:
+            for obs in seen:
+                await update_guest(conn, obs.vmid, _observed_columns(obs, now), now=now)
+            for obs in discovered:
+                if await load_guest(conn, obs.vmid) is None:
+                    await insert_guest(conn, discovered_record(obs, now))
+            for vmid in missing:
+                await update_guest(
+                    conn,
+                    vmid,
+                    {"observed_state": ObservedState.MISSING, "observed_at": now, "lock": None},
+                    now=now,
+                )
+            for rec in lost:
+                assert rec.vmid is not None
+                await update_guest(
+                    conn,
+                    rec.vmid,
+                    {"observed_state": ObservedState.LOST, "observed_at": now, "lost_at": now},
+                    now=now,
+                )
+                await insert_audit(conn, rec)
+            for obs, rec in found:
+                changes = {**_observed_columns(obs, now), "lost_at": None}
+                await update_guest(conn, obs.vmid, changes, now=now)
+                await insert_audit(conn, rec)
+
+        await self._db.write(unit)
+
+    async def record_digests(self, digests: Mapping[int, str], *, now: float) -> None:
+        """The config digest each guest's latest config read returned."""
+
+        async def unit(conn: aiosqlite.Connection) -> None:
+            for vmid, digest in digests.items():
+                await update_guest(
+                    conn, vmid, {"observed_digest": digest, "digest_checked_at": now}, now=now
+                )
+
+        await self._db.write(unit)
+
+    async def rebaseline(
+        self, vmid: int, config: Mapping[str, Any], digest: str, *, now: float
+    ) -> GuestRecord:
+        """A new config snapshot after lifecycled's own config change (not drift)."""
+        from lifecycled.journal.guest_rows import snapshot_json
+
+        changes = {
+            "config_snapshot": snapshot_json(config),
+            "config_digest": digest,
+            "snapshot_at": now,
+            "observed_digest": digest,
+            "digest_checked_at": now,
+        }
+        return await self._db.write(lambda c: update_guest(c, vmid, changes, now=now))
+
+
+def _observed_columns(obs: Observation, now: float) -> dict[str, Any]:
+    return {
+        "node": obs.node,
+        "name": obs.name,
+        "observed_state": obs.observed,
+        "observed_at": now,
+        "lock": obs.lock,
+        "ha_managed": obs.ha_managed,
+        "template": obs.template,
+    }
+
+
+def discovered_record(obs: Observation, now: float) -> GuestRecord:
+    """The row of an unmanaged guest seen for the first time."""
+    return GuestRecord(
+        vmid=obs.vmid,
+        node=obs.node,
+        kind=obs.kind,
+        origin=GuestOrigin.DISCOVERED,
+        name=obs.name,
+        observed_state=obs.observed,
+        observed_at=now,
+        lock=obs.lock,
+        ha_managed=obs.ha_managed,
+        template=obs.template,
+        created_at=now,
+        updated_at=now,
+    )
