@@ -205,6 +205,9 @@ class Simulator:
             final = final_line(exc.text)
         except TaskKilled:
             final = None
+        except Exception as exc:  # a simulator bug must not leave the task running forever
+            logger.exception("sim.task.crashed", extra={"upid": task.text})
+            final = final_line(f"simulator error: {exc}")
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
