@@ -19,6 +19,8 @@ _COMMAND_MODULES = (
     "lifecycled.cli.daemon",
     "lifecycled.cli.simcmd",
     "lifecycled.cli.democmd",
+    "lifecycled.cli.node",
+    "lifecycled.cli.keys",
 )
 
 

@@ -127,6 +127,7 @@ async def decommission(
     min_age: float,
     system: bool,
     now: float,
+    reason: str = "decommissioned",
 ) -> tuple[NodeChange, str | None]:
     """Decommission the node (audited, refused while guests remain, …).
 
@@ -144,7 +145,13 @@ async def decommission(
             unread = f"Proxmox could not be read: {exc.reason}"
             log.warning("node.decommission_pve_unreadable", extra={"node": node, "error": unread})
     change = await journal.decommission_node(
-        node, now=now, actor=actor, min_age=min_age, system=system, live_guests=seen
+        node,
+        now=now,
+        actor=actor,
+        min_age=min_age,
+        system=system,
+        live_guests=seen,
+        reason=reason,
     )
     return change, unread
 

@@ -128,7 +128,7 @@ async def decommission_node(request: web.Request) -> web.Response:
     """``POST /v1/node/decommission``: take a drained, empty node out of service for good."""
     runtime = runtime_of(request)
     actor = request_actor(request)
-    await _reason(request, "")  # validates the body; the audit names the rule
+    reason = await _reason(request, f"decommissioned by {actor}")
     change, unread = await node_service.decommission(
         runtime.journal,
         runtime.settings.node,
@@ -137,6 +137,7 @@ async def decommission_node(request: web.Request) -> web.Response:
         min_age=runtime.settings.node_min_age,
         system=runtime.settings.system_node,
         now=runtime.clock.now(),
+        reason=reason,
     )
     details: dict[str, Any] = {"proxmox_checked": unread is None, "guests": list(change.guests)}
     if unread is not None:

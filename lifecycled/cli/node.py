@@ -1,0 +1,245 @@
+"""``lifecycled node status|drain|undrain|decommission`` (SPEC §4 "Node lifecycle").
+
+They work directly on the journal file, so they work while the daemon is down; a running
+daemon sees the change at once (every submission reads the node's state). ``decommission``
+also asks Proxmox which guests live on the node when Proxmox options are given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from lifecycled.cli._app import EXIT_FAILED, app, fail, handle_errors, print_json, print_table
+from lifecycled.cli.options import (
+    ConfigOpt,
+    DbOpt,
+    NodeMinAgeOpt,
+    NodeOpt,
+    PveBackendOpt,
+    PveCaFileOpt,
+    PveFingerprintOpt,
+    PveInsecureOpt,
+    PvePasswordFileOpt,
+    PveTokenFileOpt,
+    PveUrlOpt,
+    PveUserOpt,
+    SystemNodeOpt,
+    settings_from,
+)
+from lifecycled.config import Settings
+from lifecycled.domain.node import NodeRecord
+from lifecycled.journal import Journal
+from lifecycled.journal.nodes import NodeChange
+from lifecycled.pve.port import PveClient
+
+T = TypeVar("T")
+
+node_app = typer.Typer(
+    help="The served node's lifecycle: status, drain, undrain, decommission.",
+    no_args_is_help=True,
+)
+app.add_typer(node_app, name="node")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the audit log).")]
+ACTOR = "cli"
+
+
+def _with_journal(settings: Settings, work: Callable[[Journal], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with await Journal.open(
+            settings.db, synchronous=settings.synchronous, create=False
+        ) as journal:
+            return await work(journal)
+
+    return asyncio.run(main())
+
+
+def _record_dict(record: NodeRecord, settings: Settings) -> dict[str, Any]:
+    out = record.to_dict(now=time.time())
+    out["is_system"] = record.is_system or settings.system_node
+    out["node_min_age_seconds"] = settings.node_min_age
+    return out
+
+
+def _print_record(record: NodeRecord, settings: Settings, title: str) -> None:
+    shown = _record_dict(record, settings)
+    print_table(title, ["FIELD", "VALUE"], ([k, v] for k, v in shown.items()))
+
+
+def _report(change: NodeChange, settings: Settings, as_json: bool, **extra: Any) -> None:
+    """Print the outcome; a refusal is one error line and exit code 1."""
+    if change.refusal is not None:
+        if as_json:
+            print_json(
+                {
+                    "error": {
+                        "code": change.refusal.code,
+                        "message": change.refusal.reason,
+                        "details": {"state": str(change.record.state), **extra},
+                    }
+                }
+            )
+        fail(f"{change.refusal.code}: {change.refusal.reason}", EXIT_FAILED)
+    if as_json:
+        print_json(
+            {
+                "node": _record_dict(change.record, settings),
+                "previous": str(change.previous),
+                "changed": change.changed,
+                **extra,
+            }
+        )
+        return
+    record = change.record
+    if change.changed:
+        typer.echo(f"node {record.node}: {change.previous} → {record.state}")
+    else:
+        typer.echo(f"node {record.node}: already {record.state}, nothing changed")
+    warning = extra.get("proxmox_warning")
+    if warning:
+        typer.echo(f"warning: {warning}; only the journal's managed guests were counted")
+
+
+@node_app.command("status")
+@handle_errors
+def status(
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    node: NodeOpt = None,
+) -> None:
+    """Show the served node's lifecycle state."""
+    settings = settings_from(config, db=db, node=node)
+
+    async def work(journal: Journal) -> NodeRecord | None:
+        return await journal.get_node(settings.node)
+
+    record = _with_journal(settings, work)
+    if record is None:
+        if as_json:
+            print_json({"node": settings.node, "state": None})
+        else:
+            typer.echo(f"node {settings.node}: not registered yet (lifecycled never ran for it)")
+        return
+    if as_json:
+        print_json(_record_dict(record, settings))
+    else:
+        _print_record(record, settings, f"node {record.node}")
+
+
+@node_app.command("drain")
+@handle_errors
+def drain(
+    reason: ReasonOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    node: NodeOpt = None,
+) -> None:
+    """Drain the node: new start/create/clone and inbound migrate are refused (503)."""
+    from lifecycled.engine import node as service
+
+    settings = settings_from(config, db=db, node=node)
+
+    async def work(journal: Journal) -> NodeChange:
+        return await service.drain(
+            journal, settings.node, actor=ACTOR, reason=reason or "drained by cli", now=time.time()
+        )
+
+    _report(_with_journal(settings, work), settings, as_json)
+
+
+@node_app.command("undrain")
+@handle_errors
+def undrain(
+    reason: ReasonOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    node: NodeOpt = None,
+) -> None:
+    """Undrain a draining node: it takes new guests again (→ active)."""
+    from lifecycled.engine import node as service
+
+    settings = settings_from(config, db=db, node=node)
+
+    async def work(journal: Journal) -> NodeChange:
+        return await service.undrain(
+            journal,
+            settings.node,
+            actor=ACTOR,
+            reason=reason or "undrained by cli",
+            now=time.time(),
+        )
+
+    _report(_with_journal(settings, work), settings, as_json)
+
+
+def _pve_or_none(settings: Settings) -> PveClient | None:
+    """A Proxmox client when Proxmox options were given, else ``None``."""
+    from lifecycled.engine.runtime import build_pve_client
+    from lifecycled.metrics import Metrics
+
+    given = (
+        settings.pve_token_file is not None
+        or settings.pve_user is not None
+        or settings.pve_backend == "proxmoxer-local"
+    )
+    return build_pve_client(settings, Metrics()) if given else None
+
+
+@node_app.command("decommission")
+@handle_errors
+def decommission(
+    reason: ReasonOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    node: NodeOpt = None,
+    node_min_age: NodeMinAgeOpt = None,
+    system_node: SystemNodeOpt = None,
+    pve_url: PveUrlOpt = None,
+    pve_backend: PveBackendOpt = None,
+    pve_token_file: PveTokenFileOpt = None,
+    pve_user: PveUserOpt = None,
+    pve_password_file: PvePasswordFileOpt = None,
+    pve_ca_file: PveCaFileOpt = None,
+    pve_fingerprint: PveFingerprintOpt = None,
+    pve_insecure: PveInsecureOpt = None,
+) -> None:
+    """Decommission a drained node (final). Refused for a system node, a node younger than
+    --node-min-age, or while guests remain (journal's managed guests, and Proxmox's when the
+    Proxmox options are given)."""
+    flags = {k: v for k, v in locals().items() if k not in ("reason", "as_json", "config")}
+    from lifecycled.engine import node as service
+
+    settings = settings_from(config, **flags)
+
+    async def work(journal: Journal) -> tuple[NodeChange, str | None]:
+        pve = _pve_or_none(settings)
+        try:
+            return await service.decommission(
+                journal,
+                settings.node,
+                pve=pve,
+                actor=ACTOR,
+                min_age=settings.node_min_age,
+                system=settings.system_node,
+                now=time.time(),
+                reason=reason or "decommissioned by cli",
+            )
+        finally:
+            if pve is not None:
+                await pve.close()
+
+    change, unread = _with_journal(settings, work)
+    extra: dict[str, Any] = {"proxmox_checked": unread is None, "guests": list(change.guests)}
+    if unread is not None:
+        extra["proxmox_warning"] = unread
+    _report(change, settings, as_json, **extra)
