@@ -30,8 +30,9 @@ TERMINAL = {"succeeded", "failed", "dead_lettered", "cancelled"}
 class Demo:
     """Runs the story once; :meth:`run` returns the process exit code."""
 
-    def __init__(self, console: Console, workdir: Path) -> None:
+    def __init__(self, console: Console, workdir: Path, *, keep: bool = False) -> None:
         self.console = console
+        self.keep = keep
         self.dir = workdir
         self.db = workdir / "journal.sqlite3"
         self.events: list[str] = []
@@ -405,9 +406,14 @@ class Demo:
             ),
         ]
         self.console.print(summary_table(rows))
-        self.console.print(
-            f"journal: {self.db}  ·  logs: {self.dir}/daemon.log, {self.dir}/sim.log"
-        )
+        if self.keep:
+            self.console.print(
+                f"journal: {self.db}  ·  logs: {self.dir}/daemon.log, {self.dir}/sim.log"
+            )
+        else:
+            self.console.print(
+                "the journal and logs were in a temporary folder; keep them with --workdir DIR"
+            )
         return 0 if all(ok for _, _, ok in rows) else 1
 
 
@@ -424,6 +430,6 @@ async def run_demo(console: Console, workdir: Path | None = None) -> int:
     """Run the demo in ``workdir`` (a fresh temporary folder by default)."""
     if workdir is not None:
         await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
-        return await Demo(console, workdir).run()
+        return await Demo(console, workdir, keep=True).run()
     with tempfile.TemporaryDirectory(prefix="lifecycled-demo-") as tmp:
         return await Demo(console, Path(tmp)).run()
