@@ -233,10 +233,16 @@ class ProxmoxerPveClient:
             ) from None
 
     async def _call(self, method: str, path: str, template: str, params: Mapping[str, Any]) -> Any:
-        """Run one proxmoxer call in the pool; map every failure to :class:`PveError`."""
+        """Run one proxmoxer call in the pool; map every failure to :class:`PveError`.
+
+        The error is raised outside the ``except`` blocks on purpose: a proxmoxer or requests
+        exception's traceback holds the HTTP response and its socket, and an error kept as
+        ``__context__`` would keep that connection open for as long as the error lives.
+        """
         loop = asyncio.get_running_loop()
         code = "error"
         started = time.perf_counter()
+        error: PveError
         try:
             async with asyncio.timeout(self._timeout + _GRACE):
                 result = await loop.run_in_executor(
@@ -246,15 +252,16 @@ class ProxmoxerPveClient:
             return result
         except ResourceException as exc:
             code = str(exc.status_code)
-            raise self._resource_error(exc, method, path) from None
+            error = self._resource_error(exc, method, path)
         except ConnectFailed as exc:
-            raise self._failure(exc.cause, method, path, sent=False) from None
+            error = self._failure(exc.cause, method, path, sent=False)
         except TimeoutError as exc:
-            raise self._failure(exc, method, path, sent=True) from None
+            error = self._failure(exc, method, path, sent=True)
         except Exception as exc:  # noqa: BLE001 — proxmoxer and its transports raise anything
-            raise self._failure(exc, method, path, sent=True) from None
+            error = self._failure(exc, method, path, sent=True)
         finally:
             self._observe(method, template, code, time.perf_counter() - started)
+        raise error
 
     def _blocking(self, method: str, path: str, params: dict[str, Any]) -> Any:
         """In a pool thread: connect on first use, then one proxmoxer request."""

@@ -84,6 +84,7 @@ class Transport:
         session = self.session()
         code = "error"
         started = time.perf_counter()
+        error: PveError
         try:
             async with session.request(
                 method,
@@ -99,9 +100,11 @@ class Transport:
                 return Reply(status=resp.status, reason=resp.reason or "", body=body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             code = "error"
-            raise self.no_answer(exc, method, path, template, seconds) from None
+            error = self.no_answer(exc, method, path, template, seconds)
         finally:
             self.observe(method, template, code, time.perf_counter() - started)
+        # Raised outside the except block: no __context__ keeping aiohttp's connection objects.
+        raise error
 
     def observe(self, method: str, template: str, code: str, seconds: float) -> None:
         logger.debug(

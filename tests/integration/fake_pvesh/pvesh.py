@@ -65,8 +65,8 @@ class Api:
         else:
             body = urllib.parse.urlencode(params).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-            if self.csrf:
-                headers["CSRFPreventionToken"] = self.csrf
+        if method != "GET" and self.csrf:
+            headers["CSRFPreventionToken"] = self.csrf
         request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310 — loopback test server
         try:
             with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310
