@@ -22,10 +22,13 @@ deduplicated into the old op and silently do nothing.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import http.client
 import json
 import os
 import random
+import secrets
 import ssl
 import sys
 import time
@@ -108,19 +111,81 @@ def idempotency_key(args: argparse.Namespace) -> str:
 # --- signing (the one place a request is prepared for destructive ops) ------------------------
 
 
-def sign_request(method: str, path: str, body: bytes, headers: Mapping[str, str]) -> dict[str, str]:
-    """Extra headers that authorise a destructive submission; none yet.
+class Signer:
+    """Signs destructive submissions with an ed25519 private key (SPEC §4).
+
+    The key file is a PEM private key (``lifecycled keys generate``, or ``openssl genpkey
+    -algorithm ed25519``) or its 32 raw bytes. ``cryptography`` is imported only here: the
+    script needs it only when ``--signing-key`` is given.
+    """
+
+    def __init__(self, key_file: Path, key_id: str) -> None:
+        try:
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        except ImportError:
+            raise SystemExit(
+                f"{PROG}: error: --signing-key needs the 'cryptography' package (pip install "
+                "cryptography)"
+            ) from None
+        try:
+            data = key_file.expanduser().read_bytes()
+        except OSError as exc:
+            raise SystemExit(f"{PROG}: error: signing key {key_file}: {exc.strerror}") from None
+        key: object
+        try:
+            if len(data) == 32:
+                key = Ed25519PrivateKey.from_private_bytes(data)
+            else:
+                key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            key = None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SystemExit(
+                f"{PROG}: error: signing key {key_file}: not an unencrypted ed25519 PEM key "
+                "or 32 raw bytes"
+            )
+        self._key = key
+        self.key_id = key_id
+
+    def headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        """The four signature headers; a fresh timestamp and nonce on every call."""
+        timestamp = str(int(time.time()))
+        nonce = secrets.token_urlsafe(18)
+        canonical = "\n".join(
+            (method.upper(), path, timestamp, nonce, hashlib.sha256(body).hexdigest())
+        )
+        signature = self._key.sign(canonical.encode("utf-8"))
+        return {
+            "X-Lifecycled-Key-Id": self.key_id,
+            "X-Lifecycled-Timestamp": timestamp,
+            "X-Lifecycled-Nonce": nonce,
+            "X-Lifecycled-Signature": base64.b64encode(signature).decode("ascii"),
+        }
+
+
+def sign_request(
+    method: str,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    signer: Signer | None = None,
+) -> dict[str, str]:
+    """Extra headers that authorise a destructive submission (none without a signer).
 
     SPEC §4 "signed destructive ops": when the daemon is configured with trusted ed25519
     public keys, a destructive submission must carry a signature over the method, the path,
-    a timestamp, a nonce and the SHA-256 of the body. That signing goes here, and only here
-    (load the private key from a file given on the command line, never from an argument).
-    It is called for every attempt of a submission, not once: the nonce is recorded by the
-    daemon and a replayed one is refused, so each retry must be signed afresh even though it
-    carries the same body and the same idempotency key.
+    a timestamp, a nonce and the SHA-256 of the body, as the canonical string
+    ``METHOD\\nPATH\\nTIMESTAMP\\nNONCE\\nHEX_SHA256(BODY)``. The private key comes from
+    a file given on the command line (``--signing-key``), never from an argument.
+    This is called for every attempt of a submission, not once: the nonce is recorded by
+    the daemon and a replayed one is refused (401 ``nonce_replayed``), so each retry is
+    signed afresh even though it carries the same body and the same idempotency key.
     """
-    del method, path, body, headers  # unused until signing is added
-    return {}
+    del headers  # the signature covers the body, not other headers
+    if signer is None:
+        return {}
+    return signer.headers(method, path, body)
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -210,7 +275,13 @@ def _api_error(exc: urllib.error.HTTPError) -> ApiError:
 # --- the flow ---------------------------------------------------------------------------------
 
 
-def submit(client: Client, payload: Mapping[str, Any], *, attempts: int) -> dict[str, Any]:
+def submit(
+    client: Client,
+    payload: Mapping[str, Any],
+    *,
+    attempts: int,
+    signer: Signer | None = None,
+) -> dict[str, Any]:
     """POST /v1/ops, retrying what cannot have done harm twice — always with the SAME key.
 
     Why re-sending is safe: the daemon journals the op under its idempotency key before it
@@ -227,7 +298,7 @@ def submit(client: Client, payload: Mapping[str, Any], *, attempts: int) -> dict
     for attempt in range(1, attempts + 1):
         headers: dict[str, str] = {}
         if payload["action"] in DESTRUCTIVE_ACTIONS:
-            headers.update(sign_request("POST", path, body, headers))  # afresh per attempt
+            headers.update(sign_request("POST", path, body, headers, signer))  # afresh
         try:
             status, op = client.request("POST", path, body, headers=headers)
         except Unreachable as exc:
@@ -334,6 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ca-file", type=Path, help="CA bundle for an https:// URL (e.g. a TLS proxy)"
     )
+    parser.add_argument(
+        "--signing-key",
+        type=Path,
+        metavar="FILE",
+        help="ed25519 private key (PEM or 32 raw bytes) to sign destructive ops (terminate, "
+        "stop, reset, migrate) when the daemon has --trusted-keys-file; needs 'cryptography'",
+    )
+    parser.add_argument(
+        "--key-id", help="the id of --signing-key in the daemon's trusted keys file"
+    )
     parser.add_argument("--attempts", type=int, default=6, help="submission attempts [%(default)s]")
     parser.add_argument(
         "--request-timeout", type=float, default=10.0, help="seconds per HTTP request [%(default)s]"
@@ -355,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.attempts < 1:
         parser.error("--attempts must be at least 1")
+    if (args.signing_key is None) != (args.key_id is None):
+        parser.error("--signing-key and --key-id go together")
     token = read_token(args.token_file) if args.token_file is not None else None
     client = Client(args.url, token, timeout=args.request_timeout, ca_file=args.ca_file)
     payload: dict[str, Any] = {
@@ -367,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload["kind"] = args.kind
     if args.node is not None:
         payload["node"] = args.node
-    op = submit(client, payload, attempts=args.attempts)
+    signer = Signer(args.signing_key, args.key_id) if args.signing_key is not None else None
+    op = submit(client, payload, attempts=args.attempts, signer=signer)
     if args.no_wait:
         print_op(op)
         return 0

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import secrets
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import pytest
 from conftest_web import WebEnv, serving
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from node_support import manage, pick_on
 
@@ -190,3 +195,54 @@ async def test_two_trusted_keys_allow_rotation(sim: SimServer, tmp_path: Path) -
             status, answer = await post_raw(env, body, signature(private, key_id, body))
             assert status == 202, answer
         assert await env.op_count() == 2
+
+
+def load_client() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "examples" / "client.py"
+    spec = importlib.util.spec_from_file_location("lifecycled_example_client_signing", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_example_client_signs_what_the_daemon_verifies(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """examples/client.py --signing-key/--key-id gets a terminate accepted; without them the
+    daemon refuses it (signature_required) and the client exits with one error line."""
+    guest = pick_on(sim, "pve1", "qemu", running=False)
+    await manage(tmp_path / "journal.sqlite3", guest)
+    private = Ed25519PrivateKey.generate()
+    pem = tmp_path / "ops.pem"
+    pem.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    keys = write_keys(tmp_path, ops=private)
+    client = load_client()
+    async with serving(sim, tmp_path, run=False, trusted_keys_file=keys) as env:
+        common = [
+            "terminate",
+            str(guest.vmid),
+            "--kind",
+            "qemu",
+            "--node",
+            "pve1",
+            "--url",
+            env.url,
+            "--token-file",
+            str(tmp_path / "api-tokens"),
+            "--attempts",
+            "1",
+            "--no-wait",
+        ]
+        with pytest.raises(SystemExit, match="signature_required"):
+            await asyncio.to_thread(client.main, [*common, "--key", "unsigned-1"])
+        signed_argv = [*common, "--key", "signed-1", "--signing-key", str(pem), "--key-id", "ops"]
+        assert await asyncio.to_thread(client.main, signed_argv) == 0
+        assert await env.op_count() == 1
+        assert await env.runtime.journal.nonce_count() == 1
