@@ -93,6 +93,7 @@ class ProxmoxerPveClient:
         )
         self._api: Any = None
         self._api_lock = threading.Lock()
+        self._closed = False
 
     @property
     def user(self) -> str:
@@ -114,12 +115,19 @@ class ProxmoxerPveClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the proxmoxer session and the pool; running calls are not waited for."""
+        """Close proxmoxer's session and the pool (idempotent); running calls are not awaited.
+
+        Later calls fail with a transient error (nothing is sent).
+        """
+        self._closed = True
         api, self._api = self._api, None
+        self._pool.shutdown(wait=False, cancel_futures=True)
         session = getattr(api, "_store", {}).get("session") if api is not None else None
         if isinstance(session, requests.Session):
-            await asyncio.get_running_loop().run_in_executor(self._pool, session.close)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(session.close)
+        ssh = getattr(session, "ssh_client", None)
+        if ssh is not None and callable(getattr(ssh, "close", None)):
+            await asyncio.to_thread(ssh.close)
 
     # --- the port ----------------------------------------------------------------------------
 
@@ -239,6 +247,14 @@ class ProxmoxerPveClient:
         exception's traceback holds the HTTP response and its socket, and an error kept as
         ``__context__`` would keep that connection open for as long as the error lives.
         """
+        if self._closed:
+            raise PveError(
+                ErrorClass.TRANSIENT,
+                "the Proxmox client is closed",
+                method=method,
+                path=path,
+                sent=False,
+            )
         loop = asyncio.get_running_loop()
         code = "error"
         started = time.perf_counter()

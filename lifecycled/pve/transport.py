@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import attrs
 
+from lifecycled.domain.classify import ErrorClass
 from lifecycled.errors import PveError
 from lifecycled.pve import wire
 from lifecycled.pve.port import RequestHook
@@ -52,9 +53,15 @@ class Transport:
         self._on_request = on_request
         self._secrets = secrets
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def session(self) -> aiohttp.ClientSession:
         """The session, created on first use inside the running loop."""
+        if self._closed:
+            # A late call during shutdown must not open a session nobody will close.
+            raise PveError(
+                ErrorClass.TRANSIENT, "the Proxmox client is closed", method="", sent=False
+            )
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl),
@@ -64,7 +71,8 @@ class Transport:
         return self._session
 
     async def close(self) -> None:
-        """Close the session (idempotent)."""
+        """Close the session (idempotent); later calls fail with a transient error."""
+        self._closed = True
         session, self._session = self._session, None
         if session is not None:
             await session.close()

@@ -85,6 +85,8 @@ async def test_start_returns_our_upid_and_the_guest_runs(pve: Harness) -> None:
         "101",
         pve.client.user,
     )
+    if pve.waits_for_tasks:  # pvesh answers only once the task has ended
+        assert pve.sim.guests[101].running
     status = await wait_task(pve.client, upid)
     assert (status.running, status.exitstatus) == (False, "OK")
     assert pve.sim.guests[101].running

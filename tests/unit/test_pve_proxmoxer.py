@@ -106,6 +106,15 @@ async def test_client_satisfies_the_port() -> None:
     await port.close()
 
 
+async def test_calls_after_close_fail_without_sending() -> None:
+    """A closed client refuses calls: transient, nothing sent."""
+    client, api = client_for(lambda m, p, d: UPID_TEXT)
+    await client.close()
+    err = await failed(client)
+    assert (err.error_class, err.sent) == (ErrorClass.TRANSIENT, False)
+    assert not api.calls
+
+
 async def test_calls_run_in_the_pool_with_form_fields() -> None:
     """A lifecycle call runs in a pool thread with the catalogued path and wire fields."""
     client, api = client_for(lambda m, p, d: UPID_TEXT)

@@ -131,6 +131,16 @@ async def test_client_satisfies_the_port() -> None:
     await port.close()
 
 
+async def test_calls_after_close_fail_without_sending(mocked: Any) -> None:
+    """A closed client opens no new session: a transient error, nothing sent."""
+    client = HttpPveClient(ORIGIN, auth=TOKEN)
+    await client.close()
+    await client.close()
+    err = await raised(start(client))
+    assert (err.error_class, err.sent) == (ErrorClass.TRANSIENT, False)
+    assert not mocked.requests
+
+
 # --- §11 transient -------------------------------------------------------------------------
 
 
