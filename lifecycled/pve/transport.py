@@ -24,6 +24,8 @@ from lifecycled.pve.timeouts import Timeouts
 logger = logging.getLogger("lifecycled.pve.http")
 
 _REDACTED = "***"
+#: Seconds an idle connection is kept for reuse.
+_KEEPALIVE = 4.0
 
 
 @attrs.frozen(kw_only=True)
@@ -64,7 +66,10 @@ class Transport:
             )
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl),
+                # Idle connections are dropped after a few seconds, so a write rarely meets a
+                # connection the server closed meanwhile (that reads as "no answer after
+                # sending": ambiguous, and costs a task-list reconciliation).
+                connector=aiohttp.TCPConnector(ssl=self._ssl, keepalive_timeout=_KEEPALIVE),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 headers={"Accept": "application/json"},
             )
