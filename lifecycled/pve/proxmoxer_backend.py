@@ -11,6 +11,10 @@ crash while such a call is in flight leaves an op journaled without a UPID; the 
 "no UPID yet" recovery (a task-list search by type, vmid, user and start time) is what keeps
 this backend crash-safe. Lifecycle calls therefore use the (long) ``timeout`` of the backend,
 and a timeout after sending is ambiguous: ``pvesh`` may still be running the task.
+
+A pool thread cannot be interrupted: cancelling a call (or closing the client) abandons its
+result, but the thread, and pvesh, run on until the call ends; Python joins pool threads at
+interpreter exit, so a process exit can wait for pvesh calls still in flight.
 """
 
 from __future__ import annotations
@@ -362,7 +366,7 @@ def build_proxmoxer_client(
 
     * ``local``: ``pvesh`` on this node, as root (no host, no credentials);
     * ``ssh_paramiko`` / ``openssh``: ``pvesh`` over ssh to ``host`` as ``user`` (default
-      ``root``); other ``kwargs`` (``password``, ``private_key_file``, ``port``, ``sudo``…)
+      ``root``; ``root@pam`` logs in as ``root``); other ``kwargs`` (``password``, ``private_key_file``, ``port``, ``sudo``…)
       go to proxmoxer;
     * ``https``: ``host`` (``HOST[:PORT]``) with a ``token`` (:class:`TokenAuth`) or
       ``user`` + ``password`` (ticket); ``tls`` maps to ``verify_ssl`` (a CA file, or
@@ -394,7 +398,8 @@ def build_proxmoxer_client(
         module = "paramiko" if backend == "ssh_paramiko" else "openssh_wrapper"
         if importlib.util.find_spec(module) is None:
             raise ConfigError(f"the {backend} backend needs the {module} package installed")
-        options["user"] = user or "root"
+        # The ssh login: a Proxmox user id (root@pam) names the system user before the "@".
+        options["user"] = (user or "root").split("@", 1)[0]
         if password is not None:
             options["password"] = password
             secrets.append(password)
