@@ -5,9 +5,12 @@ Every statement goes through :meth:`Database.write` (``BEGIN IMMEDIATE … COMMI
 aiosqlite orders statements but does not isolate a transaction that spans awaits: without
 the lock another coroutine's statement could land inside ours.
 
-A unit of work is an ``async`` function of the connection. Keeping writes in that shape is
-what lets a later change run many callers' units inside one transaction (group commit)
-without touching the verbs.
+Writes are **group-committed** (:mod:`lifecycled.journal.groupcommit`): concurrent callers'
+units run in one transaction, each under its own savepoint, and every caller is answered
+once the commit holding its unit is durable. A unit is either a plain function of the
+``sqlite3`` connection (:meth:`Database.write_sync`: the whole batch crosses into SQLite's
+thread in one hop) or an ``async`` function of the aiosqlite connection
+(:meth:`Database.write`: one await per statement).
 """
 
 from __future__ import annotations
@@ -19,18 +22,22 @@ import os
 import sqlite3
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
 from lifecycled.errors import ConfigError, JournalError, JournalUnavailable
+from lifecycled.journal import groupcommit
+from lifecycled.journal.groupcommit import MAX_BATCH, Job, TransactionLost
 
 logger = logging.getLogger("lifecycled.journal")
 
 T = TypeVar("T")
 Unit = Callable[[aiosqlite.Connection], Awaitable[T]]
+SyncUnit = Callable[[sqlite3.Connection], T]
 Params = Sequence[Any]
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
@@ -96,6 +103,17 @@ def _restrict_sidecars(path: Path) -> None:
                 side.chmod(0o600)
 
 
+async def in_thread(conn: aiosqlite.Connection, fn: SyncUnit[T]) -> T:
+    """Run ``fn`` on the underlying ``sqlite3`` connection in aiosqlite's thread: one hop.
+
+    aiosqlite owns that connection and runs everything queued to it in order on its one
+    thread; ``Connection._execute`` is how it queues a callable (private, but stable since
+    aiosqlite 0.17; ``tests/integration/test_journal_groupcommit.py`` pins it).
+    """
+    execute = cast(Callable[[Callable[[], T]], Awaitable[T]], conn._execute)
+    return await execute(lambda: fn(conn._conn))
+
+
 async def rows(conn: aiosqlite.Connection, sql: str, params: Params = ()) -> list[sqlite3.Row]:
     """Run one statement and fetch all its rows in one thread hop."""
     return list(await conn.execute_fetchall(sql, params))
@@ -155,6 +173,8 @@ class Database:
         self._on_commit = on_commit
         self._lock = asyncio.Lock()
         self._closed = False
+        self._queue: deque[Job[Any]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(
@@ -206,10 +226,12 @@ class Database:
         return self._conn
 
     async def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Commit what is queued, then close the connection (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        if self._flusher is not None:
+            await asyncio.wait({self._flusher})
         async with self._lock:
             with contextlib.suppress(sqlite3.Error):
                 # Keep the planner's statistics fresh (SQLite recommends it before closing).
@@ -221,29 +243,108 @@ class Database:
             raise JournalError(f"journal {self.path} is closed")
 
     async def write(self, unit: Unit[T]) -> T:
-        """Run ``unit`` in one ``BEGIN IMMEDIATE … COMMIT`` under the write lock.
+        """Run the ``async`` unit in the next group commit; its result once that is durable.
 
-        Any exception (including cancellation) rolls back whatever did not commit: the unit
-        is all or nothing.
+        The unit runs under its own savepoint inside the batch's ``BEGIN IMMEDIATE …
+        COMMIT``: an exception rolls back only this unit and is raised here. A caller
+        cancelled meanwhile leaves the unit all or nothing (withdrawn, or committed).
         """
+        return await self._enqueue(Job(self._new_future(), async_unit=unit))
+
+    async def write_sync(self, unit: SyncUnit[T]) -> T:
+        """Run the synchronous unit in the next group commit; its result once durable.
+
+        ``unit`` is a plain function of the ``sqlite3`` connection; it runs in SQLite's own
+        thread together with the other units of its batch, in one thread hop. It must not
+        block on anything but SQLite. Same all-or-nothing guarantees as :meth:`write`.
+        """
+        return await self._enqueue(Job(self._new_future(), sync_unit=unit))
+
+    def _new_future(self) -> asyncio.Future[Any]:
         self._check_open()
-        async with self._lock:
-            started = time.perf_counter()
-            with translated(self.path):
-                try:
-                    await self._conn.execute("BEGIN IMMEDIATE")
-                    result = await unit(self._conn)
-                    await self._conn.execute("COMMIT")
-                except BaseException:
-                    await rollback(self._conn)
-                    raise
-            elapsed = time.perf_counter() - started
-        if self._on_commit is not None:
-            try:
-                self._on_commit(elapsed)
-            except Exception:  # a metrics hook must never turn a committed write into an error
-                logger.exception("journal.on_commit_failed")
+        return asyncio.get_running_loop().create_future()
+
+    async def _enqueue(self, job: Job[T]) -> T:
+        self._queue.append(job)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name="journal-group-commit"
+            )
+        # Cancelling this await cancels the future: a unit not taken yet is then skipped.
+        result: T = await job.future
         return result
+
+    async def _flush(self) -> None:
+        """Commit batches until the queue is empty (no waiting for more writers)."""
+        try:
+            while self._queue:
+                batch: list[Job[Any]] = []
+                while self._queue and len(batch) < MAX_BATCH:
+                    job = self._queue.popleft()
+                    if not job.withdrawn:
+                        batch.append(job)
+                if batch:
+                    await self._commit(batch)
+        finally:
+            self._flusher = None
+            while self._queue:  # only when the flusher itself was cancelled (loop teardown)
+                self._queue.popleft().future.cancel()
+
+    async def _commit(self, batch: list[Job[Any]]) -> None:
+        sync_jobs = [j for j in batch if j.sync_unit is not None]
+        async_jobs = [j for j in batch if j.async_unit is not None]
+        conn = self._conn
+        try:
+            async with self._lock:
+                started = time.perf_counter()
+                try:
+                    await in_thread(
+                        conn,
+                        lambda c: groupcommit.run_sync_units(
+                            c, sync_jobs, begin=True, commit=not async_jobs
+                        ),
+                    )
+                    if async_jobs:
+                        for job in async_jobs:
+                            await groupcommit.run_async_unit(conn, job)
+                        await in_thread(conn, groupcommit.commit_now)
+                except BaseException:
+                    if async_jobs:  # an async unit may have left the transaction open
+                        await in_thread(conn, groupcommit.rollback_now)
+                    raise
+                elapsed = time.perf_counter() - started
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled (loop teardown): outcome unknown
+                for job in batch:
+                    job.future.cancel()
+                raise
+            error = exc.cause if isinstance(exc, TransactionLost) else exc
+            for job in batch:
+                self._answer(job, error)
+            return
+        self._committed(elapsed)
+        for job in batch:
+            self._answer(job, job.error if job.ran else JournalError("unit did not run"))
+
+    def _answer(self, job: Job[Any], error: BaseException | None) -> None:
+        if job.future.done():
+            return
+        if error is None:
+            job.future.set_result(job.value)
+            return
+        if isinstance(error, sqlite3.Error):
+            mapped = translate(error, self.path)
+            mapped.__cause__ = error
+            error = mapped
+        job.future.set_exception(error)
+
+    def _committed(self, elapsed: float) -> None:
+        if self._on_commit is None:
+            return
+        try:
+            self._on_commit(elapsed)
+        except Exception:  # a metrics hook must never turn a committed write into an error
+            logger.exception("journal.on_commit_failed")
 
     async def read(self, unit: Unit[T]) -> T:
         """Run ``unit`` (reads only) under the lock, outside any write transaction."""

@@ -15,14 +15,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-import aiosqlite
-
 from lifecycled.domain.op import Op, OpError, canonical_json
 from lifecycled.domain.states import REARMABLE, OpState
 from lifecycled.errors import JournalError
-from lifecycled.journal import migrations, writes
+from lifecycled.journal import migrations, units
 from lifecycled.journal.audit import AuditVerbs
-from lifecycled.journal.db import DEFAULT_BUSY_TIMEOUT_MS, Database, one, translated
+from lifecycled.journal.db import DEFAULT_BUSY_TIMEOUT_MS, Database, translated
 from lifecycled.journal.guests import GuestVerbs
 from lifecycled.journal.nodes import NodeVerbs
 from lifecycled.journal.nonces import NonceVerbs
@@ -161,11 +159,11 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         if req.idempotency_key is not None:
             existing = await self.by_key(req.idempotency_key)
             if existing is not None and existing.state not in REARMABLE:
-                # The common retry of a client: answer without taking the write lock.
-                if not writes.same_request(existing, req, canonical_json(req.params)):
-                    raise writes.conflict(existing)
+                # The common retry of a client: answer without a write.
+                if not units.same_request(existing, req, canonical_json(req.params)):
+                    raise units.conflict(existing)
                 return SubmitResult(op=existing, deduplicated=True, rearmed=False)
-        return await self._db.write(lambda c: writes.submit(c, req, now=now))
+        return await self._db.write_sync(lambda c: units.submit(c, req, now=now))
 
     async def claim_next(
         self,
@@ -182,8 +180,8 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         """
         if nodes is not None and not nodes:
             return None
-        return await self._db.write(
-            lambda c: writes.claim(c, now=now, node_cap=node_cap, nodes=nodes)
+        return await self._db.write_sync(
+            lambda c: units.claim(c, now=now, node_cap=node_cap, nodes=nodes)
         )
 
     async def record_upid(
@@ -192,8 +190,8 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         """Journal the task id Proxmox returned: dispatching → running (survives cancellation)."""
         changes = {"upid": upid, "dispatched": 1, "ambiguous_since": None}
         return await self._shielded(
-            self._db.write(
-                lambda c: writes.transition(
+            self._db.write_sync(
+                lambda c: units.transition(
                     c,
                     op_id,
                     Verb.RECORD_UPID,
@@ -209,8 +207,8 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         """Adopt a task id for an in-flight op (recover/janitor); a dispatching op → running."""
         changes = {"upid": upid, "dispatched": 1, "ambiguous_since": None}
         return await self._shielded(
-            self._db.write(
-                lambda c: writes.transition(
+            self._db.write_sync(
+                lambda c: units.transition(
                     c,
                     op_id,
                     Verb.SET_UPID,
@@ -237,22 +235,13 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         ``error`` becomes the op's error; without one a success clears it and a failure
         keeps the last error recorded (e.g. by a requeue).
         """
-
-        async def unit(conn: aiosqlite.Connection) -> Op:
-            op = await writes.load(conn, op_id)
-            writes.check(op, Verb.FINISH, state)
-            changes: dict[str, Any] = {
-                "finished_at": now,
-                "next_attempt_at": None,
-                "exitstatus": exitstatus if exitstatus is not None else op.exitstatus,
-            }
-            if error is not None or state is OpState.SUCCEEDED:
-                changes.update(writes.error_columns(error))
-            return await writes.apply(
-                conn, op, state, now=now, reason=reason, changes=changes, history_error=error
+        return await self._shielded(
+            self._db.write_sync(
+                lambda c: units.finish(
+                    c, op_id, state, now=now, reason=reason, exitstatus=exitstatus, error=error
+                )
             )
-
-        return await self._shielded(self._db.write(unit))
+        )
 
     async def requeue(
         self,
@@ -269,30 +258,19 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         The task id is cleared (it stays in the history). ``ambiguous`` records when the
         failed attempt was claimed, so the next attempt searches the task list since then.
         """
-
-        async def unit(conn: aiosqlite.Connection) -> Op:
-            op = await writes.load(conn, op_id)
-            writes.check(op, Verb.REQUEUE, OpState.PENDING)
-            changes: dict[str, Any] = {
-                "next_attempt_at": next_attempt_at,
-                "due_at": next_attempt_at,
-                "upid": None,
-            }
-            if error is not None:
-                changes.update(writes.error_columns(error))
-            if ambiguous and op.ambiguous_since is None:
-                changes["ambiguous_since"] = op.claimed_at if op.claimed_at is not None else now
-            return await writes.apply(
-                conn,
-                op,
-                OpState.PENDING,
-                now=now,
-                reason=reason,
-                changes=changes,
-                history_error=error,
+        return await self._shielded(
+            self._db.write_sync(
+                lambda c: units.requeue(
+                    c,
+                    op_id,
+                    now=now,
+                    next_attempt_at=next_attempt_at,
+                    reason=reason,
+                    error=error,
+                    ambiguous=ambiguous,
+                )
             )
-
-        return await self._shielded(self._db.write(unit))
+        )
 
     async def dead_letter(
         self, op_id: int, *, now: float, reason: str, error: OpError | None = None
@@ -300,10 +278,10 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         """An in-flight op gives up (retries exhausted): → dead_lettered; survives cancellation."""
         changes: dict[str, Any] = {"finished_at": now, "next_attempt_at": None}
         if error is not None:
-            changes.update(writes.error_columns(error))
+            changes.update(units.error_columns(error))
         return await self._shielded(
-            self._db.write(
-                lambda c: writes.transition(
+            self._db.write_sync(
+                lambda c: units.transition(
                     c,
                     op_id,
                     Verb.DEAD_LETTER,
@@ -319,50 +297,27 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
     async def cancel(self, op_id: int, *, now: float, reason: str) -> Op:
         """Cancel a pending op (any other state: :class:`InvalidTransition`)."""
         changes = {"finished_at": now, "next_attempt_at": None}
-        return await self._db.write(
-            lambda c: writes.transition(
+        return await self._db.write_sync(
+            lambda c: units.transition(
                 c, op_id, Verb.CANCEL, OpState.CANCELLED, now=now, reason=reason, changes=changes
             )
         )
 
     async def retry(self, op_id: int, *, now: float, reason: str) -> Op:
         """An operator's retry: failed / dead_lettered / cancelled → pending, fresh attempts."""
-
-        async def unit(conn: aiosqlite.Connection) -> Op:
-            op = await writes.load(conn, op_id)
-            return await writes.rearm(conn, op, Verb.RETRY, now=now, reason=reason)
-
-        return await self._db.write(unit)
+        return await self._db.write_sync(
+            lambda c: units.rearm(c, units.load(c, op_id), Verb.RETRY, now=now, reason=reason)
+        )
 
     async def discard(self, op_id: int, *, now: float, reason: str) -> Op:
         """Take a dead letter out of the DLQ listing (state unchanged). Idempotent."""
-
-        async def unit(conn: aiosqlite.Connection) -> Op:
-            op = await writes.load(conn, op_id)
-            writes.check(op, Verb.DISCARD, OpState.DEAD_LETTERED)
-            if await self._discarded_at(conn, op_id) is not None:
-                return op
-            return await writes.apply(
-                conn,
-                op,
-                OpState.DEAD_LETTERED,
-                now=now,
-                reason=reason,
-                changes={"discarded_at": now},
-            )
-
-        return await self._db.write(unit)
-
-    @staticmethod
-    async def _discarded_at(conn: aiosqlite.Connection, op_id: int) -> float | None:
-        row = await one(conn, "SELECT discarded_at FROM ops WHERE id = ?", (op_id,))
-        return None if row is None else row["discarded_at"]
+        return await self._db.write_sync(lambda c: units.discard(c, op_id, now=now, reason=reason))
 
     async def _delete_in_batches(self, sql: str, params: list[Any]) -> int:
-        # Short transactions: a big prune never holds the write lock for long.
+        # Short transactions: a big prune never holds up other writers for long.
         total = 0
         while True:
-            n = await self._db.write(lambda c: writes.delete_returning(c, sql, params))
+            n = await self._db.write_sync(lambda c: units.delete_returning(c, sql, params))
             total += n
             if n < _DELETE_BATCH:
                 return total

@@ -1,106 +1,51 @@
-"""Units of work for the journal's writes; each runs inside one write transaction.
+"""The op units of :mod:`lifecycled.journal.units` for ``async`` units of work.
 
-Every state change reads the op, checks the verb's rule and the state machine, updates the
-row guarded by its current state (``WHERE id = ? AND state = ?``) and appends the history
-row — all in the caller's transaction, so a crash leaves either both or neither.
+An ``async`` unit (a :meth:`Database.write` unit: guests, nodes, outbox, …) runs inside the
+group commit's transaction with the aiosqlite connection; each function here runs its
+synchronous counterpart in SQLite's thread in **one** hop instead of one await per
+statement. The pure helpers are the same objects as in :mod:`~lifecycled.journal.units`.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
 import aiosqlite
 
-from lifecycled.domain.op import Op, OpError, canonical_json
-from lifecycled.domain.states import REARMABLE, OpState
-from lifecycled.errors import Conflict, InvalidTransition, NotFound
-from lifecycled.journal.db import one, rows
+from lifecycled.domain.op import Op, OpError
+from lifecycled.domain.states import OpState
+from lifecycled.journal import units
+from lifecycled.journal.db import in_thread
 from lifecycled.journal.records import SubmitRequest, SubmitResult
-from lifecycled.journal.rows import OP_COLUMNS, op_from_row
-from lifecycled.journal.rules import PHASE, Verb, refusal
-
-_HISTORY_INSERT = (
-    "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid, "
-    "error_class, error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+from lifecycled.journal.rules import Verb
+from lifecycled.journal.units import (
+    check,
+    conflict,
+    error_columns,
+    fresh_series,
+    same_request,
 )
 
-_INSERT_OP = (
-    "INSERT INTO ops (idempotency_key, action, node, kind, vmid, params, origin, actor, "
-    "state, phase, attempts, due_at, created_at, updated_at) "
-    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, 0, ?, ?, ?) RETURNING {OP_COLUMNS}"
-)
-
-#: Columns a transition may set; anything else is a programming error.
-_SETTABLE = frozenset(
-    {
-        "state",
-        "phase",
-        "updated_at",
-        "attempts",
-        "next_attempt_at",
-        "due_at",
-        "upid",
-        "exitstatus",
-        "error_class",
-        "error_message",
-        "finished_at",
-        "claimed_at",
-        "ambiguous_since",
-        "dispatched",
-        "discarded_at",
-        "actor",
-    }
-)
-
-# `phase = 1` / `phase = 2` are written literally: the partial indexes need the same
-# constant in the query (reference/sqlite-performance.md §5).
-_CLAIM_HEAD = f"SELECT {OP_COLUMNS} FROM ops AS o WHERE o.phase = 1 AND o.due_at <= ?"
-_CLAIM_NODES = " AND o.node IN (SELECT value FROM json_each(?))"
-_CLAIM_GUEST_FREE = " AND NOT EXISTS (SELECT 1 FROM ops AS f WHERE f.phase = 2 AND f.vmid = o.vmid)"
-_CLAIM_NODE_CAP = " AND (SELECT count(*) FROM ops AS f WHERE f.phase = 2 AND f.node = o.node) < ?"
-_CLAIM_TAIL = " ORDER BY o.due_at, o.id LIMIT 1"
-
-
-def error_columns(error: OpError | None) -> dict[str, Any]:
-    """The ops/history columns for ``error`` (``None`` clears them)."""
-    if error is None:
-        return {"error_class": None, "error_message": None}
-    return {"error_class": str(error.error_class), "error_message": error.message}
-
-
-def fresh_series(now: float) -> dict[str, Any]:
-    """The column values of an op re-armed as a new attempt series (retry or resubmission)."""
-    return {
-        "attempts": 0,
-        "next_attempt_at": None,
-        "due_at": now,
-        "upid": None,
-        "exitstatus": None,
-        "finished_at": None,
-        "claimed_at": None,
-        "ambiguous_since": None,
-        "dispatched": 0,
-        "discarded_at": None,
-        **error_columns(None),
-    }
+__all__ = [
+    "apply",
+    "check",
+    "claim",
+    "conflict",
+    "delete_returning",
+    "error_columns",
+    "fresh_series",
+    "load",
+    "rearm",
+    "same_request",
+    "submit",
+    "transition",
+]
 
 
 async def load(conn: aiosqlite.Connection, op_id: int) -> Op:
-    """The op with ``op_id``; :class:`NotFound` if there is none."""
-    row = await one(conn, f"SELECT {OP_COLUMNS} FROM ops WHERE id = ?", (op_id,))
-    if row is None:
-        raise NotFound(f"op {op_id} not found")
-    return op_from_row(row)
-
-
-def check(op: Op, verb: Verb, dst: OpState) -> None:
-    """Raise :class:`InvalidTransition` unless ``verb`` may take ``op`` to ``dst``."""
-    why = refusal(verb, op.state, dst)
-    if why is not None:
-        raise InvalidTransition(f"op {op.id} is {op.state}: {why}")
+    """The op with ``op_id``; :class:`~lifecycled.errors.NotFound` if there is none."""
+    return await in_thread(conn, lambda c: units.load(c, op_id))
 
 
 async def apply(
@@ -114,35 +59,12 @@ async def apply(
     history_error: OpError | None = None,
 ) -> Op:
     """Update ``op`` to ``dst`` (guarded by its current state) and append its history row."""
-    sets: dict[str, Any] = {"state": str(dst), "phase": PHASE[dst], "updated_at": now, **changes}
-    unknown = set(sets) - _SETTABLE
-    if unknown:
-        raise ValueError(f"not a settable ops column: {sorted(unknown)}")
-    assignments = ", ".join(f"{column} = ?" for column in sets)
-    row = await one(
+    return await in_thread(
         conn,
-        f"UPDATE ops SET {assignments} WHERE id = ? AND state = ? RETURNING {OP_COLUMNS}",
-        (*sets.values(), op.id, str(op.state)),
-    )
-    if row is None:  # only possible if something wrote outside the journal's lock
-        raise InvalidTransition(f"op {op.id} is no longer {op.state}; nothing changed")
-    new = op_from_row(row)
-    err = error_columns(history_error)
-    await conn.execute(
-        _HISTORY_INSERT,
-        (
-            op.id,
-            now,
-            str(op.state),
-            str(dst),
-            reason,
-            new.attempts,
-            new.upid if new.upid is not None else op.upid,
-            err["error_class"],
-            err["error_message"],
+        lambda c: units.apply(
+            c, op, dst, now=now, reason=reason, changes=changes, history_error=history_error
         ),
     )
-    return new
 
 
 async def transition(
@@ -157,86 +79,29 @@ async def transition(
     history_error: OpError | None = None,
 ) -> Op:
     """Load, check and apply one state change."""
-    op = await load(conn, op_id)
-    check(op, verb, dst)
-    return await apply(
-        conn, op, dst, now=now, reason=reason, changes=changes, history_error=history_error
+    return await in_thread(
+        conn,
+        lambda c: units.transition(
+            c,
+            op_id,
+            verb,
+            dst,
+            now=now,
+            reason=reason,
+            changes=changes,
+            history_error=history_error,
+        ),
     )
 
 
 async def rearm(conn: aiosqlite.Connection, op: Op, verb: Verb, *, now: float, reason: str) -> Op:
-    """Take a failed/dead-lettered/cancelled op back to pending as a new attempt series.
-
-    The error it ended with is kept in the history row of the re-arm.
-    """
-    check(op, verb, OpState.PENDING)
-    return await apply(
-        conn,
-        op,
-        OpState.PENDING,
-        now=now,
-        reason=reason,
-        changes=fresh_series(now),
-        history_error=op.error,
-    )
-
-
-def same_request(op: Op, req: SubmitRequest, params_json: str) -> bool:
-    """Whether ``req`` asks for exactly what ``op`` is (action, guest, canonical params)."""
-    return op.action == req.action and op.guest == req.guest and op.params_json == params_json
-
-
-def conflict(op: Op) -> Conflict:
-    return Conflict(
-        f"idempotency key {op.idempotency_key!r} is already used by op {op.id} "
-        f"({op.action} {op.guest.vmid} on {op.guest.node}) with a different action, guest "
-        "or params: use a new key"
-    )
+    """Take a failed/dead-lettered/cancelled op back to pending as a new attempt series."""
+    return await in_thread(conn, lambda c: units.rearm(c, op, verb, now=now, reason=reason))
 
 
 async def submit(conn: aiosqlite.Connection, req: SubmitRequest, *, now: float) -> SubmitResult:
     """Insert a new op, or deduplicate / re-arm the op holding the same idempotency key."""
-    params_json = canonical_json(req.params)
-    key = req.idempotency_key
-    if key is None:
-        key = uuid.uuid4().hex
-    else:
-        row = await one(conn, f"SELECT {OP_COLUMNS} FROM ops WHERE idempotency_key = ?", (key,))
-        if row is not None:
-            existing = op_from_row(row)
-            if not same_request(existing, req, params_json):
-                raise conflict(existing)
-            if existing.state in REARMABLE:
-                op = await rearm(
-                    conn, existing, Verb.REARM, now=now, reason="re-armed by resubmission"
-                )
-                return SubmitResult(op=op, deduplicated=False, rearmed=True)
-            return SubmitResult(op=existing, deduplicated=True, rearmed=False)
-    guest = req.guest
-    row = await one(
-        conn,
-        _INSERT_OP,
-        (
-            key,
-            req.action,
-            guest.node,
-            str(guest.kind),
-            guest.vmid,
-            params_json,
-            str(req.origin),
-            req.actor,
-            now,
-            now,
-            now,
-        ),
-    )
-    assert row is not None
-    op = op_from_row(row)
-    await conn.execute(
-        _HISTORY_INSERT,
-        (op.id, now, None, str(OpState.PENDING), f"submitted by {req.actor}", 0, None, None, None),
-    )
-    return SubmitResult(op=op, deduplicated=False, rearmed=False)
+    return await in_thread(conn, lambda c: units.submit(c, req, now=now))
 
 
 async def claim(
@@ -247,30 +112,9 @@ async def claim(
     nodes: Collection[str] | None,
 ) -> Op | None:
     """Claim the oldest due pending op whose guest is free and whose node is under its cap."""
-    sql = _CLAIM_HEAD
-    params: list[Any] = [now]
-    if nodes is not None:
-        sql += _CLAIM_NODES
-        params.append(json.dumps(sorted(nodes)))
-    sql += _CLAIM_GUEST_FREE
-    if node_cap is not None:
-        sql += _CLAIM_NODE_CAP
-        params.append(node_cap)
-    row = await one(conn, sql + _CLAIM_TAIL, params)
-    if row is None:
-        return None
-    op = op_from_row(row)
-    check(op, Verb.CLAIM, OpState.DISPATCHING)
-    return await apply(
-        conn,
-        op,
-        OpState.DISPATCHING,
-        now=now,
-        reason=f"claimed (attempt {op.attempts + 1})",
-        changes={"attempts": op.attempts + 1, "claimed_at": now, "next_attempt_at": None},
-    )
+    return await in_thread(conn, lambda c: units.claim(c, now=now, node_cap=node_cap, nodes=nodes))
 
 
 async def delete_returning(conn: aiosqlite.Connection, sql: str, params: list[Any]) -> int:
     """Run a ``DELETE … RETURNING id`` and count the deleted ops (history cascades)."""
-    return len(await rows(conn, sql, params))
+    return await in_thread(conn, lambda c: units.delete_returning(c, sql, params))

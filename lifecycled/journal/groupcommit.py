@@ -1,0 +1,154 @@
+"""Group commit: many callers' units of work in one durable transaction.
+
+Callers queue a unit and wait on a future; one flusher task takes *whatever is queued* (no
+fixed delay: a lone write is committed at once), runs the batch in one
+``BEGIN IMMEDIATE … COMMIT`` and answers every caller only after that commit is on disk.
+A durable commit costs one fdatasync whatever it holds, so batching is what moves the
+journal's ceiling (reference/sqlite-performance.md §1).
+
+* Synchronous units (functions of the ``sqlite3`` connection) of a batch run in SQLite's
+  thread in **one** hop, ``BEGIN`` and ``COMMIT`` included (§2).
+* ``async`` units (functions of the aiosqlite connection) join the same transaction after
+  them, one await per statement, as they always did.
+* Each unit runs under its own ``SAVEPOINT``: a unit that raises rolls back only its own
+  changes and its error goes to its own caller; the others commit.
+* An error of the transaction itself (``BEGIN``/``COMMIT`` failing, or SQLite rolling the
+  whole transaction back on a full disk or an I/O error) fails every unit of the batch:
+  none of them committed.
+* A caller cancelled before its unit was taken withdraws it (it never runs); once taken, the
+  unit commits with its batch or not at all — all or nothing either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import aiosqlite
+
+T = TypeVar("T")
+
+SyncUnit = Callable[[sqlite3.Connection], T]
+AsyncUnit = Callable[[aiosqlite.Connection], Awaitable[T]]
+
+#: Units per transaction at most: bounds a batch's latency under a flood of writers.
+MAX_BATCH = 256
+
+_SAVEPOINT = "SAVEPOINT lifecycled_unit"
+_RELEASE = "RELEASE lifecycled_unit"
+_ROLLBACK_TO = "ROLLBACK TO lifecycled_unit"
+
+
+class TransactionLost(Exception):
+    """SQLite rolled the whole transaction back (full disk, I/O error): nothing committed."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class Job(Generic[T]):
+    """One queued unit, its caller's future, and what it produced."""
+
+    __slots__ = ("async_unit", "error", "future", "ran", "sync_unit", "value")
+
+    def __init__(
+        self,
+        future: asyncio.Future[T],
+        *,
+        sync_unit: SyncUnit[T] | None = None,
+        async_unit: AsyncUnit[T] | None = None,
+    ) -> None:
+        self.future = future
+        self.sync_unit = sync_unit
+        self.async_unit = async_unit
+        self.ran = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    @property
+    def withdrawn(self) -> bool:
+        """The caller gave up (was cancelled) before the unit was taken."""
+        return self.future.done()
+
+    def succeeded(self, value: T) -> None:
+        self.ran, self.value, self.error = True, value, None
+
+    def failed(self, error: BaseException) -> None:
+        self.ran, self.value, self.error = True, None, error
+
+
+def _undo_unit(conn: sqlite3.Connection, exc: BaseException) -> None:
+    """Roll back the failed unit's savepoint; TransactionLost if SQLite dropped it all."""
+    if not conn.in_transaction:
+        raise TransactionLost(exc)
+    conn.execute(_ROLLBACK_TO)
+    conn.execute(_RELEASE)
+
+
+def run_sync_units(
+    conn: sqlite3.Connection, jobs: Sequence[Job[Any]], *, begin: bool, commit: bool
+) -> None:
+    """In SQLite's thread: (``BEGIN IMMEDIATE``,) every unit under a savepoint, (``COMMIT``).
+
+    Unit errors are recorded on their job. A transaction-level error rolls back (if SQLite
+    has not already) and is raised: the caller fails the whole batch.
+    """
+    try:
+        if begin:
+            conn.execute("BEGIN IMMEDIATE")
+        for job in jobs:
+            unit = job.sync_unit
+            assert unit is not None
+            conn.execute(_SAVEPOINT)
+            try:
+                value = unit(conn)
+            except Exception as exc:  # noqa: BLE001 - the error goes to its own caller
+                _undo_unit(conn, exc)
+                job.failed(exc)
+                continue
+            conn.execute(_RELEASE)
+            job.succeeded(value)
+        if commit:
+            conn.execute("COMMIT")
+    except BaseException:
+        rollback_now(conn)
+        raise
+
+
+def rollback_now(conn: sqlite3.Connection) -> None:
+    """In SQLite's thread: roll back whatever transaction is still open."""
+    if conn.in_transaction:
+        # Nothing left to roll back, or the file is gone: either way nothing committed.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def commit_now(conn: sqlite3.Connection) -> None:
+    """In SQLite's thread: ``COMMIT`` (rolling back if it fails)."""
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback_now(conn)
+        raise
+
+
+async def run_async_unit(conn: aiosqlite.Connection, job: Job[Any]) -> None:
+    """Run one ``async`` unit under its savepoint inside the open batch transaction."""
+    unit = job.async_unit
+    assert unit is not None
+    await conn.execute(_SAVEPOINT)
+    try:
+        value = await unit(conn)
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise TransactionLost(exc) from exc
+        await conn.execute(_ROLLBACK_TO)
+        await conn.execute(_RELEASE)
+        job.failed(exc)
+        return
+    await conn.execute(_RELEASE)
+    job.succeeded(value)

@@ -1,0 +1,369 @@
+"""Units of work for the journal's op writes: plain functions of the ``sqlite3`` connection.
+
+Each runs in SQLite's own thread inside a transaction the caller does not see: the group
+commit of :meth:`~lifecycled.journal.db.Database.write_sync` runs many callers' units in one
+``BEGIN IMMEDIATE … COMMIT``, each under its own ``SAVEPOINT``, in one thread hop
+(reference/sqlite-performance.md §1–2). A unit that raises rolls back only its own changes.
+
+Every state change reads the op, checks the verb's rule and the state machine, updates the
+row guarded by its current state (``WHERE id = ? AND state = ?``) and appends the history
+row — in the same transaction, so a crash leaves either both or neither.
+
+:mod:`lifecycled.journal.writes` exposes the same units to ``async`` units (one hop each).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from lifecycled.domain.op import Op, OpError, canonical_json
+from lifecycled.domain.states import REARMABLE, OpState
+from lifecycled.errors import Conflict, InvalidTransition, NotFound
+from lifecycled.journal.records import SubmitRequest, SubmitResult
+from lifecycled.journal.rows import OP_COLUMNS, op_from_row
+from lifecycled.journal.rules import PHASE, Verb, refusal
+
+HISTORY_INSERT = (
+    "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid, "
+    "error_class, error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_INSERT_OP = (
+    "INSERT INTO ops (idempotency_key, action, node, kind, vmid, params, origin, actor, "
+    "state, phase, attempts, due_at, created_at, updated_at) "
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, 0, ?, ?, ?) RETURNING {OP_COLUMNS}"
+)
+
+_SELECT_OP = f"SELECT {OP_COLUMNS} FROM ops WHERE id = ?"
+_SELECT_BY_KEY = f"SELECT {OP_COLUMNS} FROM ops WHERE idempotency_key = ?"
+
+#: Columns a transition may set; anything else is a programming error.
+_SETTABLE = frozenset(
+    {
+        "state",
+        "phase",
+        "updated_at",
+        "attempts",
+        "next_attempt_at",
+        "due_at",
+        "upid",
+        "exitstatus",
+        "error_class",
+        "error_message",
+        "finished_at",
+        "claimed_at",
+        "ambiguous_since",
+        "dispatched",
+        "discarded_at",
+        "actor",
+    }
+)
+
+# `phase = 1` / `phase = 2` are written literally: the partial indexes need the same
+# constant in the query (reference/sqlite-performance.md §5).
+CLAIM_HEAD = f"SELECT {OP_COLUMNS} FROM ops AS o WHERE o.phase = 1 AND o.due_at <= ?"
+CLAIM_NODES = " AND o.node IN (SELECT value FROM json_each(?))"
+CLAIM_GUEST_FREE = " AND NOT EXISTS (SELECT 1 FROM ops AS f WHERE f.phase = 2 AND f.vmid = o.vmid)"
+CLAIM_NODE_CAP = " AND (SELECT count(*) FROM ops AS f WHERE f.phase = 2 AND f.node = o.node) < ?"
+CLAIM_TAIL = " ORDER BY o.due_at, o.id LIMIT 1"
+
+
+def fetch_one(conn: sqlite3.Connection, sql: str, params: Any = ()) -> sqlite3.Row | None:
+    """Run one statement to completion; its first row or ``None``."""
+    found: list[sqlite3.Row] = conn.execute(sql, params).fetchall()
+    return found[0] if found else None
+
+
+def fetch_all(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+    """Run one statement to completion; all its rows."""
+    found: list[sqlite3.Row] = conn.execute(sql, params).fetchall()
+    return found
+
+
+def error_columns(error: OpError | None) -> dict[str, Any]:
+    """The ops/history columns for ``error`` (``None`` clears them)."""
+    if error is None:
+        return {"error_class": None, "error_message": None}
+    return {"error_class": str(error.error_class), "error_message": error.message}
+
+
+def fresh_series(now: float) -> dict[str, Any]:
+    """The column values of an op re-armed as a new attempt series (retry or resubmission)."""
+    return {
+        "attempts": 0,
+        "next_attempt_at": None,
+        "due_at": now,
+        "upid": None,
+        "exitstatus": None,
+        "finished_at": None,
+        "claimed_at": None,
+        "ambiguous_since": None,
+        "dispatched": 0,
+        "discarded_at": None,
+        **error_columns(None),
+    }
+
+
+def load(conn: sqlite3.Connection, op_id: int) -> Op:
+    """The op with ``op_id``; :class:`NotFound` if there is none."""
+    row = fetch_one(conn, _SELECT_OP, (op_id,))
+    if row is None:
+        raise NotFound(f"op {op_id} not found")
+    return op_from_row(row)
+
+
+def check(op: Op, verb: Verb, dst: OpState) -> None:
+    """Raise :class:`InvalidTransition` unless ``verb`` may take ``op`` to ``dst``."""
+    why = refusal(verb, op.state, dst)
+    if why is not None:
+        raise InvalidTransition(f"op {op.id} is {op.state}: {why}")
+
+
+def apply(
+    conn: sqlite3.Connection,
+    op: Op,
+    dst: OpState,
+    *,
+    now: float,
+    reason: str,
+    changes: Mapping[str, Any],
+    history_error: OpError | None = None,
+) -> Op:
+    """Update ``op`` to ``dst`` (guarded by its current state) and append its history row."""
+    sets: dict[str, Any] = {"state": str(dst), "phase": PHASE[dst], "updated_at": now, **changes}
+    unknown = set(sets) - _SETTABLE
+    if unknown:
+        raise ValueError(f"not a settable ops column: {sorted(unknown)}")
+    assignments = ", ".join(f"{column} = ?" for column in sets)
+    row = fetch_one(
+        conn,
+        f"UPDATE ops SET {assignments} WHERE id = ? AND state = ? RETURNING {OP_COLUMNS}",
+        (*sets.values(), op.id, str(op.state)),
+    )
+    if row is None:  # only possible if something wrote outside the journal's transaction
+        raise InvalidTransition(f"op {op.id} is no longer {op.state}; nothing changed")
+    new = op_from_row(row)
+    err = error_columns(history_error)
+    conn.execute(
+        HISTORY_INSERT,
+        (
+            op.id,
+            now,
+            str(op.state),
+            str(dst),
+            reason,
+            new.attempts,
+            new.upid if new.upid is not None else op.upid,
+            err["error_class"],
+            err["error_message"],
+        ),
+    )
+    return new
+
+
+def transition(
+    conn: sqlite3.Connection,
+    op_id: int,
+    verb: Verb,
+    dst: OpState,
+    *,
+    now: float,
+    reason: str,
+    changes: Mapping[str, Any],
+    history_error: OpError | None = None,
+) -> Op:
+    """Load, check and apply one state change."""
+    op = load(conn, op_id)
+    check(op, verb, dst)
+    return apply(
+        conn, op, dst, now=now, reason=reason, changes=changes, history_error=history_error
+    )
+
+
+def rearm(conn: sqlite3.Connection, op: Op, verb: Verb, *, now: float, reason: str) -> Op:
+    """Take a failed/dead-lettered/cancelled op back to pending as a new attempt series.
+
+    The error it ended with is kept in the history row of the re-arm.
+    """
+    check(op, verb, OpState.PENDING)
+    return apply(
+        conn,
+        op,
+        OpState.PENDING,
+        now=now,
+        reason=reason,
+        changes=fresh_series(now),
+        history_error=op.error,
+    )
+
+
+def same_request(op: Op, req: SubmitRequest, params_json: str) -> bool:
+    """Whether ``req`` asks for exactly what ``op`` is (action, guest, canonical params)."""
+    return op.action == req.action and op.guest == req.guest and op.params_json == params_json
+
+
+def conflict(op: Op) -> Conflict:
+    return Conflict(
+        f"idempotency key {op.idempotency_key!r} is already used by op {op.id} "
+        f"({op.action} {op.guest.vmid} on {op.guest.node}) with a different action, guest "
+        "or params: use a new key"
+    )
+
+
+def by_key(conn: sqlite3.Connection, key: str) -> Op | None:
+    """The op holding idempotency key ``key``, if any."""
+    row = fetch_one(conn, _SELECT_BY_KEY, (key,))
+    return op_from_row(row) if row is not None else None
+
+
+def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> SubmitResult:
+    """Insert a new op, or deduplicate / re-arm the op holding the same idempotency key."""
+    params_json = canonical_json(req.params)
+    key = req.idempotency_key
+    if key is None:
+        key = uuid.uuid4().hex
+    else:
+        existing = by_key(conn, key)
+        if existing is not None:
+            if not same_request(existing, req, params_json):
+                raise conflict(existing)
+            if existing.state in REARMABLE:
+                op = rearm(conn, existing, Verb.REARM, now=now, reason="re-armed by resubmission")
+                return SubmitResult(op=op, deduplicated=False, rearmed=True)
+            return SubmitResult(op=existing, deduplicated=True, rearmed=False)
+    guest = req.guest
+    row = fetch_one(
+        conn,
+        _INSERT_OP,
+        (
+            key,
+            req.action,
+            guest.node,
+            str(guest.kind),
+            guest.vmid,
+            params_json,
+            str(req.origin),
+            req.actor,
+            now,
+            now,
+            now,
+        ),
+    )
+    assert row is not None
+    op = op_from_row(row)
+    conn.execute(
+        HISTORY_INSERT,
+        (op.id, now, None, str(OpState.PENDING), f"submitted by {req.actor}", 0, None, None, None),
+    )
+    return SubmitResult(op=op, deduplicated=False, rearmed=False)
+
+
+def claim_query(
+    *, now: float, node_cap: int | None, nodes: Collection[str] | None
+) -> tuple[str, list[Any]]:
+    """The claim's SELECT and its parameters (also used by the query-plan test)."""
+    sql = CLAIM_HEAD
+    params: list[Any] = [now]
+    if nodes is not None:
+        sql += CLAIM_NODES
+        params.append(json.dumps(sorted(nodes)))
+    sql += CLAIM_GUEST_FREE
+    if node_cap is not None:
+        sql += CLAIM_NODE_CAP
+        params.append(node_cap)
+    return sql + CLAIM_TAIL, params
+
+
+def claim(
+    conn: sqlite3.Connection,
+    *,
+    now: float,
+    node_cap: int | None,
+    nodes: Collection[str] | None,
+) -> Op | None:
+    """Claim the oldest due pending op whose guest is free and whose node is under its cap."""
+    sql, params = claim_query(now=now, node_cap=node_cap, nodes=nodes)
+    row = fetch_one(conn, sql, params)
+    if row is None:
+        return None
+    op = op_from_row(row)
+    check(op, Verb.CLAIM, OpState.DISPATCHING)
+    return apply(
+        conn,
+        op,
+        OpState.DISPATCHING,
+        now=now,
+        reason=f"claimed (attempt {op.attempts + 1})",
+        changes={"attempts": op.attempts + 1, "claimed_at": now, "next_attempt_at": None},
+    )
+
+
+def finish(
+    conn: sqlite3.Connection,
+    op_id: int,
+    state: OpState,
+    *,
+    now: float,
+    reason: str,
+    exitstatus: str | None,
+    error: OpError | None,
+) -> Op:
+    """End an in-flight op (see :meth:`Journal.finish`)."""
+    op = load(conn, op_id)
+    check(op, Verb.FINISH, state)
+    changes: dict[str, Any] = {
+        "finished_at": now,
+        "next_attempt_at": None,
+        "exitstatus": exitstatus if exitstatus is not None else op.exitstatus,
+    }
+    if error is not None or state is OpState.SUCCEEDED:
+        changes.update(error_columns(error))
+    return apply(conn, op, state, now=now, reason=reason, changes=changes, history_error=error)
+
+
+def requeue(
+    conn: sqlite3.Connection,
+    op_id: int,
+    *,
+    now: float,
+    next_attempt_at: float,
+    reason: str,
+    error: OpError | None,
+    ambiguous: bool,
+) -> Op:
+    """Back to pending after a transient failure (see :meth:`Journal.requeue`)."""
+    op = load(conn, op_id)
+    check(op, Verb.REQUEUE, OpState.PENDING)
+    changes: dict[str, Any] = {
+        "next_attempt_at": next_attempt_at,
+        "due_at": next_attempt_at,
+        "upid": None,
+    }
+    if error is not None:
+        changes.update(error_columns(error))
+    if ambiguous and op.ambiguous_since is None:
+        changes["ambiguous_since"] = op.claimed_at if op.claimed_at is not None else now
+    return apply(
+        conn, op, OpState.PENDING, now=now, reason=reason, changes=changes, history_error=error
+    )
+
+
+def discard(conn: sqlite3.Connection, op_id: int, *, now: float, reason: str) -> Op:
+    """Mark a dead letter discarded (idempotent; see :meth:`Journal.discard`)."""
+    op = load(conn, op_id)
+    check(op, Verb.DISCARD, OpState.DEAD_LETTERED)
+    row = fetch_one(conn, "SELECT discarded_at FROM ops WHERE id = ?", (op_id,))
+    if row is not None and row["discarded_at"] is not None:
+        return op
+    return apply(
+        conn, op, OpState.DEAD_LETTERED, now=now, reason=reason, changes={"discarded_at": now}
+    )
+
+
+def delete_returning(conn: sqlite3.Connection, sql: str, params: Any) -> int:
+    """Run a ``DELETE … RETURNING id`` and count the deleted ops (history cascades)."""
+    return len(fetch_all(conn, sql, params))
