@@ -12,6 +12,7 @@ HA-managed and started, 106 is a template. Owning nodes are read from the simula
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -377,8 +378,9 @@ async def test_hook_labels_are_templates(pve: Harness) -> None:
 # --- aiohttp-only: ticket auth, TLS, timeouts --------------------------------------------------
 
 
-async def test_ticket_auth_against_the_simulator() -> None:
-    """A password login works for reads and writes (CSRF), and renews its ticket."""
+async def test_ticket_auth_against_the_simulator(caplog: pytest.LogCaptureFixture) -> None:
+    """A password login works for reads and writes (CSRF), renews its ticket, logs no secret."""
+    caplog.set_level(logging.DEBUG)
     now = [0.0]
     async with running_sim(sim_config()) as server:
         auth = TicketAuth(username="root@pam", password=PASSWORD)
@@ -392,6 +394,8 @@ async def test_ticket_auth_against_the_simulator() -> None:
             assert (await client.guest_status(node, Q, 101)).status == "running"
         logins = [r for r in server.sim.requests if r.path.endswith("/access/ticket")]
         assert len(logins) == 2
+    assert PASSWORD not in caplog.text
+    assert "PVE:root@pam:" not in caplog.text  # no ticket
 
 
 async def test_wrong_password_is_refused() -> None:
