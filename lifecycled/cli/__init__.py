@@ -16,6 +16,7 @@ from lifecycled.cli._app import app
 #: Command modules; each registers its commands on ``app`` when imported.
 _COMMAND_MODULES = (
     "lifecycled.cli.admin",
+    "lifecycled.cli.dlq",
     "lifecycled.cli.daemon",
     "lifecycled.cli.simcmd",
     "lifecycled.cli.democmd",

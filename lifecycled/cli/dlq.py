@@ -1,0 +1,191 @@
+"""``lifecycled dlq``: dead letters, on the journal file (works while the daemon is down)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from lifecycled.cli._app import EXIT_USAGE, app, fail, handle_errors, print_json
+from lifecycled.cli._journal import (
+    DEFAULT_DB,
+    ActionOpt,
+    CursorOpt,
+    DbOpt,
+    JsonOpt,
+    LimitOpt,
+    duration_option,
+    listing_may_create,
+    print_op,
+    print_ops,
+    with_journal,
+)
+from lifecycled.domain.op import HistoryEntry, Op
+from lifecycled.domain.serialize import op_to_dict
+from lifecycled.domain.states import OpState
+from lifecycled.errors import InvalidTransition, NotFound
+from lifecycled.journal import Journal, OpPage
+
+dlq_app = typer.Typer(help="Dead letters: list, show, retry, discard, purge.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+@handle_errors
+def dlq_list(
+    action: ActionOpt = None,
+    limit: LimitOpt = 50,
+    cursor: CursorOpt = None,
+    db: DbOpt = DEFAULT_DB,
+    as_json: JsonOpt = False,
+) -> None:
+    """List dead letters (not discarded), newest first."""
+
+    async def work(journal: Journal) -> OpPage:
+        return await journal.list_dead_letters(action=action, limit=limit, cursor=cursor)
+
+    page = with_journal(db, work, create=listing_may_create(db))
+    print_ops(page, as_json, "dead letters")
+
+
+@dlq_app.command("show")
+@handle_errors
+def dlq_show(
+    op_id: Annotated[int, typer.Argument(metavar="ID", help="Dead letter (op) id.")],
+    db: DbOpt = DEFAULT_DB,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one dead letter with its history."""
+
+    async def work(journal: Journal) -> tuple[Op, list[HistoryEntry]]:
+        return await journal.get_dead_letter(op_id), await journal.history(op_id)
+
+    op, history = with_journal(db, work)
+    print_op(op, history, as_json)
+
+
+async def _all_dead_letters(journal: Journal, action: str | None) -> list[int]:
+    ids: list[int] = []
+    cursor: int | None = None
+    while True:
+        page = await journal.list_dead_letters(action=action, limit=1000, cursor=cursor)
+        ids.extend(op.id for op in page.items)
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
+
+
+def _report(results: list[dict[str, Any]], as_json: bool) -> None:
+    """Print per-op outcomes; exit 1 if any of them is an error."""
+    if as_json:
+        print_json(results)
+    errors = [r for r in results if r["outcome"] == "error"]
+    if not as_json:
+        for r in results:
+            if r["outcome"] != "error":
+                typer.echo(r["message"])
+    for r in errors[:-1]:
+        typer.echo(f"lifecycled: error: {r['message']}", err=True)
+    if errors:
+        fail(errors[-1]["message"])
+
+
+def _result(op_id: int, outcome: str, message: str, op: Op | None) -> dict[str, Any]:
+    return {
+        "id": op_id,
+        "outcome": outcome,
+        "message": message,
+        "op": op_to_dict(op) if op else None,
+    }
+
+
+def _check_selection(ids: list[int] | None, all_: bool, action: str | None) -> None:
+    if ids and all_:
+        fail("give op ids or --all, not both", EXIT_USAGE)
+    if not ids and not all_:
+        fail("give one or more op ids, or --all", EXIT_USAGE)
+    if action is not None and not all_:
+        fail("--action only applies with --all", EXIT_USAGE)
+
+
+IdsArg = Annotated[list[int] | None, typer.Argument(metavar="[ID]...", help="Op ids.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every dead letter (see --action).")]
+
+
+@dlq_app.command("retry")
+@handle_errors
+def dlq_retry(
+    ids: IdsArg = None,
+    all_: AllOpt = False,
+    action: ActionOpt = None,
+    db: DbOpt = DEFAULT_DB,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-queue dead letters (or failed/cancelled ops) as new attempt series. Idempotent."""
+    _check_selection(ids, all_, action)
+
+    async def one(journal: Journal, op_id: int) -> dict[str, Any]:
+        try:
+            op = await journal.get(op_id)
+            if op.state.is_open:
+                return _result(op_id, "unchanged", f"op {op_id} is already {op.state}", op)
+            op = await journal.retry(op_id, now=time.time(), reason="retried by operator (cli)")
+            return _result(op_id, "retried", f"op {op_id} re-queued (pending)", op)
+        except (NotFound, InvalidTransition) as exc:
+            return _result(op_id, "error", str(exc), None)
+
+    async def work(journal: Journal) -> list[dict[str, Any]]:
+        targets = ids or await _all_dead_letters(journal, action)
+        return [await one(journal, op_id) for op_id in targets]
+
+    results = with_journal(db, work)
+    if not results and not as_json:
+        typer.echo("no dead letters to retry")
+    _report(results, as_json)
+
+
+@dlq_app.command("discard")
+@handle_errors
+def dlq_discard(
+    ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Dead letter ids.")],
+    db: DbOpt = DEFAULT_DB,
+    as_json: JsonOpt = False,
+) -> None:
+    """Discard dead letters: they leave the listing (kept until `dlq purge`). Idempotent."""
+
+    async def one(journal: Journal, op_id: int) -> dict[str, Any]:
+        try:
+            op = await journal.get(op_id)
+            if op.state is OpState.DEAD_LETTERED and await journal.discarded_at(op_id) is not None:
+                return _result(op_id, "unchanged", f"op {op_id} is already discarded", op)
+            op = await journal.discard(op_id, now=time.time(), reason="discarded by operator (cli)")
+            return _result(op_id, "discarded", f"op {op_id} discarded", op)
+        except (NotFound, InvalidTransition) as exc:
+            return _result(op_id, "error", str(exc), None)
+
+    async def work(journal: Journal) -> list[dict[str, Any]]:
+        return [await one(journal, op_id) for op_id in ids]
+
+    _report(with_journal(db, work), as_json)
+
+
+@dlq_app.command("purge")
+@handle_errors
+def dlq_purge(
+    older_than: Annotated[
+        str | None,
+        typer.Option("--older-than", help="Only dead letters discarded longer ago, e.g. 7d."),
+    ] = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Delete discarded dead letters (and their history) for good."""
+    before = (
+        None if older_than is None else time.time() - duration_option(older_than, "--older-than")
+    )
+
+    async def work(journal: Journal) -> int:
+        return await journal.purge_discarded(before=before)
+
+    count = with_journal(db, work)
+    typer.echo(f"purged {count} discarded dead letters")
