@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -21,10 +22,21 @@ from lifecycled.cli._journal import (
     print_ops,
     with_journal,
 )
+from lifecycled.cli.options import (
+    ConfigOpt,
+    PveCaFileOpt,
+    PveFingerprintOpt,
+    PveInsecureOpt,
+    PveTokenFileOpt,
+    PveUrlOpt,
+    settings_from,
+)
+from lifecycled.config import Settings
 from lifecycled.domain.op import HistoryEntry, Op
 from lifecycled.domain.serialize import op_to_dict
 from lifecycled.domain.states import OpState
-from lifecycled.errors import InvalidTransition, NotFound
+from lifecycled.domain.upid import Upid, UpidError
+from lifecycled.errors import InvalidTransition, LifecycledError, NotFound
 from lifecycled.journal import Journal, OpPage
 
 dlq_app = typer.Typer(help="Dead letters: list, show, retry, discard, purge.", no_args_is_help=True)
@@ -55,14 +67,74 @@ def dlq_show(
     op_id: Annotated[int, typer.Argument(metavar="ID", help="Dead letter (op) id.")],
     db: DbOpt = DEFAULT_DB,
     as_json: JsonOpt = False,
+    log_lines: Annotated[
+        int, typer.Option("--log-lines", min=1, max=1000, help="Task-log lines to show.")
+    ] = 20,
+    config: ConfigOpt = None,
+    pve_url: PveUrlOpt = None,
+    pve_token_file: PveTokenFileOpt = None,
+    pve_ca_file: PveCaFileOpt = None,
+    pve_fingerprint: PveFingerprintOpt = None,
+    pve_insecure: PveInsecureOpt = None,
 ) -> None:
-    """Show one dead letter with its history."""
+    """Show one dead letter: the op, its full history, its last error and UPID, and — when
+    Proxmox is reachable (a --pve-token-file, flag/env/config) — the tail of its task log."""
 
     async def work(journal: Journal) -> tuple[Op, list[HistoryEntry]]:
         return await journal.get_dead_letter(op_id), await journal.history(op_id)
 
     op, history = with_journal(db, work)
-    print_op(op, history, as_json)
+    upid = op.upid or next((h.upid for h in reversed(history) if h.upid), None)
+    settings = settings_from(
+        config,
+        db=db,
+        pve_url=pve_url,
+        pve_token_file=pve_token_file,
+        pve_ca_file=pve_ca_file,
+        pve_fingerprint=pve_fingerprint,
+        pve_insecure=pve_insecure,
+    )
+    log, why = (
+        (None, "the op never got a task (no UPID)")
+        if upid is None
+        else _task_log(settings, upid, log_lines)
+    )
+    if as_json:
+        out = op_to_dict(op, history=history)
+        out["last_upid"] = upid
+        out["task_log"] = log
+        out["task_log_unavailable"] = why
+        print_json(out)
+        return
+    print_op(op, history, as_json=False)
+    if log is not None:
+        typer.echo(f"task log of {upid} (last {len(log)} lines):")
+        for line in log:
+            typer.echo(f"  {line}")
+    else:
+        typer.echo(f"task log: {why}")
+
+
+def _task_log(settings: Settings, upid: str, lines: int) -> tuple[list[str] | None, str | None]:
+    """The tail of a task log, or why it could not be read (never fails the command)."""
+    if settings.pve_token_file is None and not (settings.pve_user and settings.pve_password_file):
+        return None, "give --pve-token-file (or set it in the config) to fetch it from Proxmox"
+
+    async def fetch() -> list[str]:
+        from lifecycled.engine.runtime import build_pve_client
+        from lifecycled.metrics import Metrics
+
+        client = build_pve_client(settings, Metrics())
+        try:
+            async with asyncio.timeout(15):
+                return (await client.task_log(Upid.parse(upid), start=0, limit=5000))[-lines:]
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(fetch()), None
+    except (LifecycledError, UpidError, TimeoutError) as exc:
+        return None, f"Proxmox could not be read: {exc}"
 
 
 async def _all_dead_letters(journal: Journal, action: str | None) -> list[int]:
