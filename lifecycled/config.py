@@ -75,6 +75,10 @@ class Settings:
     #: Signed destructive ops (SPEC §4): trusted ed25519 keys; absent → no signature needed.
     trusted_keys_file: Path | None = None
     signature_skew: float = 300.0
+    #: Guests never destroyed whatever the request (SPEC §4); a comma list or a TOML array.
+    protected_vmids: frozenset[int] = frozenset()
+    #: How long a native terminate waits for its stop op before it fails (guest kept).
+    terminate_stop_timeout: float = 300.0
 
     @property
     def listen_host(self) -> str:
@@ -123,6 +127,7 @@ _DURATIONS = {
     "notify_heartbeat",
     "node_min_age",
     "signature_skew",
+    "terminate_stop_timeout",
 }
 _BOOLS = {"pve_insecure", "reconcile_on_start", "system_node"}
 _INTS = {"workers", "node_cap", "max_retries", "reconcile_max_commands", "max_body_bytes"}
@@ -137,10 +142,28 @@ _PATHS = {
 }
 
 
+def _vmid_set(value: Any) -> frozenset[int]:
+    """VMIDs from a comma list (``"100,101"``), a TOML array or a single number."""
+    if isinstance(value, frozenset | set | list | tuple):
+        items = list(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    else:
+        items = [part for part in str(value).replace(" ", "").split(",") if part]
+    out: set[int] = set()
+    for item in items:
+        if isinstance(item, bool) or not str(item).isdigit() or not 100 <= int(item) <= 999_999_999:
+            raise ValueError(f"{item!r} is not a VMID (an integer from 100 to 999999999)")
+        out.add(int(item))
+    return frozenset(out)
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
     try:
         if value is None:
             return None
+        if name == "protected_vmids":
+            return _vmid_set(value)
         if name in _DURATIONS:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return float(value)
@@ -192,6 +215,7 @@ def _validate(s: Settings) -> Settings:
         (s.notify_heartbeat > 0, "notify_heartbeat must be positive"),
         (s.node_min_age >= 0, "node_min_age must not be negative"),
         (s.signature_skew > 0, "signature_skew must be positive"),
+        (s.terminate_stop_timeout > 0, "terminate_stop_timeout must be positive"),
         (
             s.notify_url is None or s.notify_url.startswith(("http://", "https://")),
             "notify_url must be an http:// or https:// URL",

@@ -93,6 +93,12 @@ class Metrics:
             ["origin", "observed"],
             registry=r,
         )
+        self.config_drift = Gauge(
+            "lifecycled_config_drift",
+            "Managed guests whose Proxmox config differs from their snapshot (reported, never "
+            "corrected).",
+            registry=r,
+        )
         self.dead_letters = Gauge(
             "lifecycled_dead_letters", "Dead letters awaiting an operator.", registry=r
         )

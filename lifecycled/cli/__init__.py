@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "lifecycled.cli.democmd",
     "lifecycled.cli.node",
     "lifecycled.cli.keys",
+    "lifecycled.cli.guests",
 )
 
 

@@ -111,6 +111,28 @@ StartupJitterOpt = Annotated[
     str | None,
     typer.Option("--startup-jitter", help="Random delay before the first reconcile [default 10s]."),
 ]
+ReconcileMaxCommandsOpt = Annotated[
+    int | None,
+    typer.Option("--reconcile-max-commands", help="Most ops one reconcile pass enqueues [20]."),
+]
+ManageDiscoveredOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--manage-discovered",
+        help="Unmanaged guests reconcile first finds: off (default), native or adopted.",
+    ),
+]
+ProtectedOpt = Annotated[
+    str | None,
+    typer.Option("--protected", help="VMIDs never destroyed, comma-separated (e.g. 100,101)."),
+]
+TerminateStopTimeoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--terminate-stop-timeout",
+        help="How long a terminate waits for its guest to stop [default 5m].",
+    ),
+]
 SynchronousOpt = Annotated[
     str | None,
     typer.Option("--synchronous", help="SQLite durability: FULL (default), NORMAL or EXTRA."),

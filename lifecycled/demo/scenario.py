@@ -245,8 +245,19 @@ class Demo:
             f"a persistent 500 on {flaky['vmid']}'s reboot"
         )
 
+    async def manage_all(self) -> None:
+        """lifecycled only acts on guests it manages: take the batch's guests under it."""
+        assert self.session is not None
+        vmids = sorted({int(str(p.body["vmid"])) for p in self.planned})
+        for vmid in vmids:
+            async with self.session.post(f"{self.api}/v1/guests/{vmid}/manage") as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"manage {vmid} refused: {resp.status} {await resp.text()}")
+        self.say(f"took {len(vmids)} guests under management (native), fingerprints recorded")
+
     async def submit_all(self) -> None:
         assert self.session is not None
+        await self.manage_all()
         for p in self.planned:
             async with self.session.post(f"{self.api}/v1/ops", json=p.body) as resp:
                 if resp.status not in (200, 202):

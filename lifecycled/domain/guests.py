@@ -228,3 +228,38 @@ def listing_hash(records: Iterable[GuestRecord]) -> str:
     )
     text = "\n".join(line for _, line in lines)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def guest_to_dict(guest: GuestRecord, *, detail: bool = False) -> dict[str, Any]:
+    """A guest as the HTTP API and ``--json`` show it; ``detail`` adds the config snapshot."""
+    from lifecycled.domain.serialize import rfc3339
+
+    out: dict[str, Any] = {
+        "vmid": guest.vmid,
+        "node": guest.node,
+        "kind": str(guest.kind),
+        "origin": str(guest.origin),
+        "name": guest.name,
+        "desired_state": str(guest.desired_state) if guest.desired_state else None,
+        "desired_generation": guest.desired_generation,
+        "observed_state": str(guest.observed_state) if guest.observed_state else None,
+        "observed_at": rfc3339(guest.observed_at),
+        "lock": guest.lock,
+        "ha_managed": guest.ha_managed,
+        "template": guest.template,
+        "protected": guest.protected,
+        "fingerprint": dict(guest.fingerprint),
+        "config_digest": guest.config_digest,
+        "observed_digest": guest.observed_digest,
+        "drifted": guest.drifted,
+        "resources": guest.resources,
+        "snapshot_at": rfc3339(guest.snapshot_at),
+        "created_at": rfc3339(guest.created_at),
+        "updated_at": rfc3339(guest.updated_at),
+        "adopted_at": rfc3339(guest.adopted_at),
+        "released_at": rfc3339(guest.released_at),
+        "lost_at": rfc3339(guest.lost_at),
+    }
+    if detail:
+        out["config_snapshot"] = guest.config_snapshot
+    return out

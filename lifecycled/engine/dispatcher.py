@@ -21,9 +21,11 @@ from lifecycled.engine.clock import Clock
 from lifecycled.engine.durable import durable
 from lifecycled.engine.executor import Executor, op_fields
 from lifecycled.engine.gate import Policy
+from lifecycled.engine.terminate import Terminator, runs
 from lifecycled.engine.tracker import Tracker
 from lifecycled.errors import PveError
 from lifecycled.journal import Journal
+from lifecycled.policy import Verdict as PolicyOutcome
 
 log = logging.getLogger("lifecycled.engine")
 
@@ -52,6 +54,7 @@ class Dispatcher:
         clock: Clock,
         node_cap: int,
         idle_poll: float,
+        terminate_stop_timeout: float = 300.0,
     ) -> None:
         self.journal = journal
         self.executor = executor
@@ -60,6 +63,14 @@ class Dispatcher:
         self.clock = clock
         self.node_cap = node_cap
         self.idle_poll = idle_poll
+        self.terminator = Terminator(
+            journal=journal,
+            executor=executor,
+            policy=policy,
+            clock=clock,
+            stop_timeout=terminate_stop_timeout,
+            recheck=min(1.0, idle_poll),
+        )
         self.stopping = asyncio.Event()
         self.work = asyncio.Event()
         #: Ops a worker of this process is handling right now (the janitor skips them).
@@ -132,16 +143,23 @@ class Dispatcher:
             )
             await self.executor.apply(op, retry("guest read failed", read_cls, err.text))
             return
+        verdict = await self.policy.check(op, spec, view)
+        if verdict.verdict is PolicyOutcome.REFUSE:
+            await self.executor.apply(
+                op, fail(f"refused by policy: {verdict.code}", ErrorClass.PERMANENT, verdict.reason)
+            )
+            return
+        if verdict.verdict is PolicyOutcome.SOFT_DELETE:
+            await self.terminator.soft_delete(op, view, verdict)
+            return
         pre = self._precheck(op, view)
         if pre is not None:
             await self.executor.apply(op, pre)
             return
-        refusal = await self.policy.check(op, spec, view)
-        if refusal is not None:
-            await self.executor.apply(
-                op, fail(f"refused by policy: {refusal.code}", ErrorClass.PERMANENT, str(refusal))
-            )
+        if spec.action is Action.TERMINATE and runs(view):
+            await self.terminator.stop_first(op)
             return
+        await self.policy.audit_allowed(op, spec, view)
         try:
             upid = await self.executor.pve.dispatch(
                 op.guest.node, op.guest.kind, spec.action, op.guest.vmid, op.params

@@ -1,22 +1,114 @@
-"""The policy gate: gathers what :func:`lifecycled.policy.evaluate` needs, then asks it."""
+"""The policy gate: gathers what :func:`lifecycled.policy.decide` needs, asks it, and audits
+every destructive decision (allowed, refused and why, soft-deleted) with the op's actor, the
+reason and a snapshot of the guest as Proxmox and the journal show it (SPEC §4)."""
 
 from __future__ import annotations
 
-from lifecycled.domain.actions import ActionSpec, GuestView
+import logging
+from typing import Any
+
+from lifecycled.audit import AuditRecord, Decision
+from lifecycled.domain.actions import ActionSpec, GuestView, fingerprint_of, is_destructive
+from lifecycled.domain.guests import GuestRecord
 from lifecycled.domain.op import Op
-from lifecycled.errors import PolicyRefused
-from lifecycled.policy import GuestFacts, evaluate
+from lifecycled.engine.clock import Clock
+from lifecycled.journal import Journal
+from lifecycled.policy import GuestFacts, PolicyVerdict, Verdict, decide
+
+log = logging.getLogger("lifecycled.policy")
+
+
+def guest_snapshot(op: Op, view: GuestView, guest: GuestRecord | None) -> dict[str, Any]:
+    """What an audit record keeps of the guest at the moment of a decision."""
+    return {
+        "proxmox": {
+            "exists": view.exists,
+            "node": view.node,
+            "status": view.status,
+            "qmpstatus": view.qmpstatus,
+            "lock": view.lock,
+            "ha_managed": view.ha_managed,
+            "protection": str(view.config.get("protection", "0")) == "1",
+            "digest": view.digest,
+            "fingerprint": fingerprint_of(op.guest.kind, view.config) if view.exists else {},
+        },
+        "journal": None
+        if guest is None
+        else {
+            "origin": str(guest.origin),
+            "desired_state": guest.desired_state,
+            "observed_state": guest.observed_state,
+            "fingerprint": guest.fingerprint,
+            "protected": guest.protected,
+        },
+        "op": {"id": op.id, "action": op.action, "params": op.params, "attempt": op.attempts},
+    }
 
 
 class Policy:
     """Safety checks run before anything is sent (SPEC §2 step 2)."""
 
-    def __init__(self, *, protected_vmids: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        *,
+        journal: Journal | None = None,
+        clock: Clock | None = None,
+        protected_vmids: frozenset[int] = frozenset(),
+    ) -> None:
+        self.journal = journal
+        self.clock = clock
         self.protected_vmids = protected_vmids
+
+    async def _guest(self, op: Op) -> GuestRecord | None:
+        return await self.journal.find_guest(op.guest.vmid) if self.journal is not None else None
 
     async def facts(self, op: Op) -> GuestFacts:
         """What the journal knows about the guest (ownership, fingerprint, protection)."""
-        return GuestFacts()
+        guest = await self._guest(op)
+        if guest is None:
+            return GuestFacts()
+        return GuestFacts(
+            origin=str(guest.origin), fingerprint=guest.fingerprint, protected=guest.protected
+        )
 
-    async def check(self, op: Op, spec: ActionSpec, view: GuestView) -> PolicyRefused | None:
-        return evaluate(op, spec, view, await self.facts(op), protected_vmids=self.protected_vmids)
+    async def check(self, op: Op, spec: ActionSpec, view: GuestView) -> PolicyVerdict:
+        """The verdict for ``op``; a refusal is audited here."""
+        verdict = decide(op, spec, view, await self.facts(op), protected_vmids=self.protected_vmids)
+        if verdict.verdict is Verdict.REFUSE:
+            await self.audit(op, view, Decision.REFUSED, f"{verdict.code}: {verdict.reason}")
+            log.warning(
+                "policy.refused",
+                extra={
+                    "op_id": op.id,
+                    "vmid": op.guest.vmid,
+                    "node": op.guest.node,
+                    "action": op.action,
+                    "code": verdict.code,
+                },
+            )
+        return verdict
+
+    async def audit_allowed(self, op: Op, spec: ActionSpec, view: GuestView) -> None:
+        """Audit a destructive op the moment before it is sent."""
+        if is_destructive(spec, op.params):
+            await self.audit(op, view, Decision.ALLOWED, "destructive op allowed by policy")
+
+    async def record(self, op: Op, view: GuestView, decision: Decision, reason: str) -> AuditRecord:
+        """The audit record of a decision about ``op`` (not yet written)."""
+        assert self.journal is not None and self.clock is not None
+        actor = await self.journal.op_actor(op.id)
+        return AuditRecord(
+            at=self.clock.now(),
+            actor=actor,
+            action=op.action,
+            decision=decision,
+            reason=reason,
+            vmid=op.guest.vmid,
+            node=op.guest.node,
+            snapshot=guest_snapshot(op, view, await self._guest(op)),
+        )
+
+    async def audit(self, op: Op, view: GuestView, decision: Decision, reason: str) -> None:
+        if self.journal is None:
+            return
+        await self.journal.append_audit(await self.record(op, view, decision, reason))

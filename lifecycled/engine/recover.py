@@ -24,6 +24,7 @@ from lifecycled.domain.outcome import (
     after_search,
     fail,
 )
+from lifecycled.domain.serialize import rfc3339
 from lifecycled.domain.states import OpState
 from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.engine.clock import Clock
@@ -83,6 +84,8 @@ class Recoverer:
         self.metrics = metrics
         self.concurrency = concurrency
         self.last_report: RecoverReport | None = None
+        #: Why the last janitor pass could not resolve an op (the Proxmox error), by op id.
+        self.unresolved_why: dict[int, str] = {}
 
     async def recover(self) -> RecoverReport:
         """The startup pass: every ``dispatching``/``running`` op, resolved once."""
@@ -105,7 +108,31 @@ class Recoverer:
             return {}
         for op in ops:
             log.warning("janitor.stale_op", extra={**op_fields(op), "state": str(op.state)})
-        return await self._examine_all(ops)
+        self.unresolved_why.clear()
+        counts = await self._examine_all(ops)
+        await self._mark_stuck(ops)
+        return counts
+
+    async def _mark_stuck(self, ops: list[Op]) -> None:
+        """Say in each still-stuck op's history why it is stuck (its state is unchanged)."""
+        now = self.clock.now()
+        for op in ops:
+            current = await self.journal.get(op.id)
+            if not current.state.is_in_flight or current.updated_at != op.updated_at:
+                continue  # resolved (or moved on) by this pass
+            age = now - op.updated_at
+            if op.id in self.unresolved_why:
+                why = f"Proxmox unreadable ({self.unresolved_why[op.id]}); left in flight"
+            elif op.upid:
+                why = f"task {op.upid} still running on Proxmox; tracking resumed"
+            else:
+                why = "outcome undecided; left in flight"
+            reason = (
+                f"janitor: stuck in {op.state} for {age:.0f}s (no change since "
+                f"{rfc3339(op.updated_at)}): {why}"
+            )
+            if await self.journal.note_stuck(op.id, now=now, reason=reason):
+                log.warning("janitor.stuck", extra={**op_fields(op), "reason": why})
 
     async def _examine_all(self, ops: list[Op]) -> dict[str, int]:
         counts: Counter[str] = Counter()
@@ -144,6 +171,7 @@ class Recoverer:
             except PveError as err:
                 if not is_no_such_task(err):
                     log.warning("recover.unresolved", extra={**op_fields(op), "error": err.text})
+                    self.unresolved_why[op.id] = err.text
                     return "unresolved", None
                 decision = after_no_such_task(op, spec)
             else:
@@ -162,6 +190,7 @@ class Recoverer:
                 )
             except PveError as err:
                 log.warning("recover.unresolved", extra={**op_fields(op), "error": err.text})
+                self.unresolved_why[op.id] = err.text
                 return "unresolved", None
             decision = after_search(op, spec, matches, recovering=True)
         resolved = await self.executor.resolve(op, decision)

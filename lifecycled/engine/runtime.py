@@ -18,16 +18,19 @@ import attrs
 from lifecycled.config import Settings, read_secret_file
 from lifecycled.domain.node import NodeRecord
 from lifecycled.domain.outcome import RetryBudget
+from lifecycled.domain.serialize import rfc3339
 from lifecycled.domain.states import OpState
 from lifecycled.engine.clock import Clock, SystemClock
 from lifecycled.engine.dispatcher import Dispatcher
 from lifecycled.engine.executor import Executor
 from lifecycled.engine.gate import Policy
+from lifecycled.engine.guests import GuestService
 from lifecycled.engine.node import activate as activate_node
+from lifecycled.engine.reconcile import Reconciler, first_delay
 from lifecycled.engine.recover import Recoverer, RecoverReport
 from lifecycled.engine.submit import Submission, submit
 from lifecycled.engine.tracker import Tracker
-from lifecycled.errors import ConfigError
+from lifecycled.errors import ConfigError, JournalError
 from lifecycled.journal import Journal, SubmitResult
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import PveClient
@@ -102,6 +105,9 @@ class Runtime:
     tracker: Tracker
     dispatcher: Dispatcher
     recoverer: Recoverer
+    guests: GuestService
+    reconciler: Reconciler
+    rand: Callable[[], float] = random.random
     ready: asyncio.Event = attrs.field(factory=asyncio.Event)
     stopping: asyncio.Event = attrs.field(factory=asyncio.Event)
     started_at: float = 0.0
@@ -151,10 +157,25 @@ class Runtime:
             journal=journal,
             executor=executor,
             tracker=tracker,
-            policy=Policy(),
+            policy=Policy(journal=journal, clock=clock, protected_vmids=settings.protected_vmids),
             clock=clock,
             node_cap=settings.node_cap,
             idle_poll=min(1.0, settings.poll_interval),
+            terminate_stop_timeout=settings.terminate_stop_timeout,
+        )
+        guests = GuestService(
+            journal=journal, pve=pve, clock=clock, protected_vmids=settings.protected_vmids
+        )
+        reconciler = Reconciler(
+            journal=journal,
+            pve=pve,
+            guests=guests,
+            clock=clock,
+            metrics=metrics,
+            node=settings.node,
+            max_commands=settings.reconcile_max_commands,
+            manage_discovered=settings.manage_discovered,
+            notify=dispatcher.notify,
         )
         recoverer = Recoverer(
             journal=journal, executor=executor, tracker=tracker, clock=clock, metrics=metrics
@@ -169,6 +190,9 @@ class Runtime:
             tracker=tracker,
             dispatcher=dispatcher,
             recoverer=recoverer,
+            guests=guests,
+            reconciler=reconciler,
+            rand=rand,
         )
 
     async def close(self) -> None:
@@ -211,6 +235,7 @@ class Runtime:
                     tg.create_task(self.dispatcher.worker(i), name=f"dispatcher-{i}")
                 tg.create_task(self._janitor(), name="janitor")
                 tg.create_task(self._gauges(), name="gauges")
+                tg.create_task(self._reconcile(), name="reconcile")
                 if self.settings.notify_url:
                     tg.create_task(self._push(self.settings.notify_url), name="push")
         finally:
@@ -235,9 +260,21 @@ class Runtime:
             if counts:
                 log.warning("janitor.pass", extra=counts)
 
+    async def _reconcile(self) -> None:
+        settings = self.settings
+        start = (
+            first_delay(settings.startup_jitter, self.rand) if settings.reconcile_on_start else None
+        )
+        await self.reconciler.run(
+            self.stopping, interval=settings.reconcile_interval, first_delay=start
+        )
+
     async def _gauges(self) -> None:
         while True:
-            await self.refresh_gauges()
+            try:
+                await self.refresh_gauges()
+            except JournalError as exc:  # a gauge must never stop the daemon
+                log.warning("gauges.refresh_failed", extra={"error": str(exc)})
             if await self._sleep_or_stop(2.0):
                 return
 
@@ -273,6 +310,7 @@ class Runtime:
         self.metrics.set_queue_depth(counts)
         self.metrics.dead_letters.set(counts.get(OpState.DEAD_LETTERED, 0))
         self.node_record = await self.journal.get_node(self.settings.node)
+        await self.reconciler.refresh_gauges()
 
     # --- services used by the CLI and the HTTP API --------------------------------------
 
@@ -294,4 +332,21 @@ class Runtime:
             "started_at": self.started_at,
             "tracked_tasks": len(self.tracker),
             "recover": report.to_dict() if report is not None else None,
+            "reconcile": self.reconcile_status(),
+        }
+
+    def reconcile_status(self) -> dict[str, Any] | None:
+        """The last reconcile pass in ``/v1/status``: outcome, counts, LOST and drifted guests."""
+        last = self.reconciler.last_report
+        if last is None:
+            return None
+        return {
+            "outcome": last.outcome,
+            "at": rfc3339(last.finished_at),
+            "enqueued": len(last.enqueued),
+            "cancelled": len(last.cancelled),
+            "discovered": len(last.discovered),
+            "lost": last.lost,
+            "drifted": last.drifted,
+            "error": last.error,
         }

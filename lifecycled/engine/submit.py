@@ -9,7 +9,14 @@ from typing import Any
 
 import attrs
 
-from lifecycled.domain.actions import Action, UnsupportedAction, parse_size, spec_for
+from lifecycled.domain.actions import (
+    Action,
+    UnsupportedAction,
+    expected_fingerprint,
+    parse_size,
+    spec_for,
+)
+from lifecycled.domain.guests import desired_for
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
 from lifecycled.engine import node
 from lifecycled.errors import NotFound, PveError, ValidationError
@@ -161,7 +168,13 @@ async def submit(
     now: float,
 ) -> SubmitResult:
     """Validate, resolve and journal one submission. Nothing is written on any error, except
-    the audit record of a refusal by the served node's state (draining: :class:`NodeRefused`)."""
+    the audit record of a refusal by the served node's state (draining: :class:`NodeRefused`).
+
+    Ownership rule (SPEC §1): create/clone records the guest as ``native``; any other action
+    needs a managed guest (``native`` or ``adopted``) — an unknown, discovered or released
+    guest is refused with ``guest_not_managed`` (:class:`PolicyRefused`). Accepting a power
+    action sets the guest's desired state in the same transaction.
+    """
     validate(sub)
     guest = await resolve_guest(sub, pve, default_node=default_node)
     try:
@@ -190,4 +203,12 @@ async def submit(
         origin=sub.origin,
         actor=sub.actor,
     )
-    return await journal.submit(req, now=now)
+    action = Action(sub.action)
+    return await journal.submit_guest_op(
+        req,
+        now=now,
+        desired=desired_for(action),
+        create_fingerprint=expected_fingerprint(guest.kind, params)
+        if action in (Action.CREATE, Action.CLONE)
+        else None,
+    )

@@ -299,18 +299,28 @@ class GuestVerbs:
         await self._db.write(unit)
 
     async def rebaseline(
-        self, vmid: int, config: Mapping[str, Any], digest: str, *, now: float
+        self,
+        vmid: int,
+        config: Mapping[str, Any],
+        digest: str,
+        *,
+        now: float,
+        fingerprint: Mapping[str, str] | None = None,
     ) -> GuestRecord:
-        """A new config snapshot after lifecycled's own config change (not drift)."""
+        """A new config snapshot: the first one of a guest lifecycled created, or one after
+        lifecycled's own config change (neither is drift). ``fingerprint`` completes the
+        identity recorded at creation (a VM's ``meta`` ctime is only known afterwards)."""
         from lifecycled.journal.guest_rows import snapshot_json
 
-        changes = {
+        changes: dict[str, Any] = {
             "config_snapshot": snapshot_json(config),
             "config_digest": digest,
             "snapshot_at": now,
             "observed_digest": digest,
             "digest_checked_at": now,
         }
+        if fingerprint:
+            changes["fingerprint"] = dict(fingerprint)
         return await self._db.write(lambda c: update_guest(c, vmid, changes, now=now))
 
 

@@ -16,7 +16,7 @@ from aiohttp.typedefs import Handler
 
 import lifecycled
 from lifecycled.engine.runtime import Runtime
-from lifecycled.web import handlers_node, handlers_ops, handlers_system
+from lifecycled.web import handlers_guests, handlers_node, handlers_ops, handlers_system
 from lifecycled.web.auth import AUTH_GATE_KEY, AuthGate, auth_middleware
 from lifecycled.web.errors import error_middleware
 from lifecycled.web.handlers_system import OPENAPI_KEY
@@ -31,6 +31,7 @@ ROUTE_TABLES: tuple[tuple[Route, ...], ...] = (
     handlers_ops.ROUTES,
     handlers_system.ROUTES,
     handlers_node.ROUTES,
+    handlers_guests.ROUTES,
 )
 
 #: Paths polled by probes and scrapers: their successful requests are logged at debug level.

@@ -21,6 +21,7 @@ from lifecycled.errors import (
     JournalError,
     JournalUnavailable,
     NotFound,
+    PolicyRefused,
     ValidationError,
 )
 
@@ -124,6 +125,8 @@ def from_domain_error(exc: Exception) -> web.Response | None:
         return error_response(422, "validation_failed", str(exc), details=exc.details)
     if isinstance(exc, NotFound):
         return error_response(404, "not_found", str(exc))
+    if isinstance(exc, PolicyRefused):  # e.g. guest_not_managed: nothing was written
+        return error_response(422, exc.code, str(exc))
     if isinstance(exc, InvalidTransition):
         return error_response(409, "invalid_state", str(exc))
     if isinstance(exc, JournalUnavailable):

@@ -301,8 +301,10 @@ ROUTES: tuple[Route, ...] = (
             ),
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
             422: error(
-                "Invalid submission (`validation_failed`, details per field) or unknown guest "
-                "(`guest_not_found`)."
+                "Invalid submission (`validation_failed`, details per field), unknown guest "
+                "(`guest_not_found`), a guest lifecycled does not manage "
+                "(`guest_not_managed`: manage or adopt it first) or a create/clone on a vmid "
+                "owned by another guest (`vmid_in_use`)."
             ),
             503: error(
                 "lifecycled is shutting down or the journal cannot write; or the node is "

@@ -17,6 +17,7 @@ from lifecycled.domain.op import GuestKind, Origin
 from lifecycled.domain.states import OpState
 from lifecycled.engine.recover import RESULTS
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
+from lifecycled.web.guest_schemas import SCHEMAS as GUEST_SCHEMAS
 from lifecycled.web.handlers_node import SCHEMAS as NODE_SCHEMAS
 from lifecycled.web.routes import Route, error, ref
 
@@ -222,6 +223,7 @@ def schemas() -> dict[str, Any]:
         },
         "Error": err,
         **NODE_SCHEMAS,
+        **GUEST_SCHEMAS,
     }
 
 

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from crash_support import TOKEN_USER, Daemon, Sim, wait_for
 
-from lifecycled.domain.actions import Action, spec_for
+from lifecycled.audit import AuditRecord, Decision
+from lifecycled.domain.actions import Action, fingerprint_of, spec_for
+from lifecycled.domain.guests import GuestOrigin, GuestRecord
 from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.journal import Journal, SubmitRequest
 
@@ -30,6 +32,7 @@ def plan_workload(sim: Sim, rng: random.Random) -> list[tuple[str, dict[str, Any
         config = sim.api(f"/nodes/{res['node']}/{res['type']}/{res['vmid']}/config")
         if str(config.get("protection", 0)) == "1":
             continue
+        res["config"] = config
         qemu = res["type"] == "qemu"
         if res["status"] == "running":
             choices = ["shutdown", "stop", "reboot", "configure"] + (["reset"] if qemu else [])
@@ -46,10 +49,29 @@ def plan_workload(sim: Sim, rng: random.Random) -> list[tuple[str, dict[str, Any
     return plan
 
 
+async def manage(journal: Journal, guest: GuestRef, config: dict[str, Any]) -> None:
+    """Take the guest under management (lifecycled only acts on managed guests)."""
+    now = time.time()
+    rec = GuestRecord(
+        vmid=guest.vmid,
+        node=guest.node,
+        kind=guest.kind,
+        origin=GuestOrigin.NATIVE,
+        fingerprint=fingerprint_of(guest.kind, config),
+        created_at=now,
+        updated_at=now,
+    )
+    audit = AuditRecord(
+        at=now, actor="cli", action="manage", decision=Decision.MANAGED, reason="crash test"
+    )
+    await journal.take_guest(rec, audit=audit, now=now)
+
+
 async def submit_all(db: Path, plan: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
     async with await Journal.open(db) as journal:
         for i, (action, res, params) in enumerate(plan):
             guest = GuestRef(node=res["node"], kind=GuestKind(res["type"]), vmid=int(res["vmid"]))
+            await manage(journal, guest, res["config"])
             await journal.submit(
                 SubmitRequest(
                     idempotency_key=f"crash-{i}",

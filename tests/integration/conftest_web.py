@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import attrs
+from engine_support import seed_guests
 
 from lifecycled.config import Settings
 from lifecycled.domain.states import OpState
@@ -107,14 +108,19 @@ async def serving(
     run: bool = True,
     tokens: str | None = TOKEN_FILE_TEXT,
     headers: Mapping[str, str] | None = None,
+    manage_guests: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[WebEnv]:
     """A Runtime serving its API on port 0.
 
     ``run``: the whole runtime runs (Recover, dispatchers, tracker; the API comes up first,
     ``ready`` once Recover finished). Otherwise only the web server runs: ops stay pending.
+    ``manage_guests``: every simulator guest is recorded as ``native`` first (lifecycled
+    only acts on managed guests).
     """
     settings = web_settings(tmp_path, server, tokens=tokens, **overrides)
+    if manage_guests:
+        await seed_guests(settings.db, server.sim.guests.values())
     runtime = await Runtime.build(settings, pve=pve_client(server))
     task: asyncio.Task[None] | None = None
     stop_web: Callable[[], Awaitable[None]] | None = None

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from lifecycled.config import Settings
-from lifecycled.domain.op import Op
+from lifecycled.domain.actions import fingerprint_of
+from lifecycled.domain.guests import (
+    DesiredState,
+    GuestOrigin,
+    GuestRecord,
+    guest_name,
+    observed_from,
+)
+from lifecycled.domain.op import GuestKind, Op
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import Submission
+from lifecycled.journal import Journal
+from lifecycled.journal.guest_rows import insert_guest
 from lifecycled.pve.auth import TokenAuth
 from lifecycled.pve.http import HttpPveClient
 from lifecycled.sim import SimServer
@@ -44,12 +56,64 @@ def fast_settings(tmp_path: Path, server: SimServer, **overrides: Any) -> Settin
     return Settings(**values)
 
 
-@contextlib.asynccontextmanager
-async def running(server: SimServer, tmp_path: Path, **overrides: Any) -> AsyncIterator[Runtime]:
-    """A Runtime (Recover done, dispatchers and tracker running) on a fresh journal."""
-    runtime = await Runtime.build(
-        fast_settings(tmp_path, server, **overrides), pve=client_for(server)
+def record_of(guest: Guest, origin: str = "native", *, now: float = 0.0) -> GuestRecord:
+    """The guests row ``manage``/``adopt`` would record, built from the simulator's state
+    (no Proxmox read, so it works with a node offline)."""
+    kind = GuestKind(guest.kind)
+    observed = observed_from(guest.qmpstatus if guest.running else "stopped", guest.lock)
+    return GuestRecord(
+        vmid=guest.vmid,
+        node=guest.node,
+        kind=kind,
+        origin=GuestOrigin(origin),
+        name=guest_name(kind, guest.config),
+        desired_state={"running": DesiredState.RUNNING, "stopped": DesiredState.STOPPED}.get(
+            str(observed)
+        ),
+        observed_state=observed,
+        observed_at=now,
+        lock=guest.lock,
+        fingerprint=fingerprint_of(kind, guest.config),
+        config_snapshot=dict(guest.config),
+        config_digest=guest.digest(),
+        snapshot_at=now,
+        created_at=now,
+        updated_at=now,
     )
+
+
+async def seed_guests(db: Path, guests: Iterable[Guest], origin: str = "native") -> None:
+    """Write managed rows for ``guests`` straight into the journal at ``db`` (test set-up: no
+    audit records, no Proxmox reads). lifecycled only acts on managed guests."""
+    now = time.time()
+    async with await Journal.open(db) as journal:
+        for guest in guests:
+            if await journal.find_guest(guest.vmid) is None:
+                await journal._db.write(
+                    partial(insert_guest, rec=record_of(guest, origin, now=now))
+                )
+
+
+async def manage(runtime: Runtime, guest: Guest, origin: str = "native") -> GuestRecord:
+    """Take one simulator guest under management the way ``lifecycled guests manage|adopt``
+    does (a Proxmox read, an audit record)."""
+    result = await runtime.guests.take(guest.vmid, GuestOrigin(origin), actor="test")
+    return result.guest
+
+
+@contextlib.asynccontextmanager
+async def running(
+    server: SimServer, tmp_path: Path, *, manage_guests: bool = True, **overrides: Any
+) -> AsyncIterator[Runtime]:
+    """A Runtime (Recover done, dispatchers and tracker running) on a fresh journal.
+
+    ``manage_guests``: every simulator guest is recorded as ``native`` first (see
+    :func:`seed_guests`).
+    """
+    settings = fast_settings(tmp_path, server, **overrides)
+    if manage_guests:
+        await seed_guests(settings.db, server.sim.guests.values())
+    runtime = await Runtime.build(settings, pve=client_for(server))
     task = asyncio.create_task(runtime.run(), name="runtime")
     try:
         await asyncio.wait_for(runtime.ready.wait(), 10)

@@ -189,12 +189,13 @@ async def test_journal_unavailable_anywhere_is_503(
 ) -> None:
     """JournalUnavailable from the journal (e.g. a full disk) maps to 503 journal_unavailable."""
 
-    async def full_disk(_req: SubmitRequest, *, now: float) -> SubmitResult:
+    async def full_disk(_req: SubmitRequest, *, now: float, **_kw: object) -> SubmitResult:
         raise JournalUnavailable("journal is unavailable: database or disk is full")
 
     guest = pick(sim, "qemu", running=False)
     async with serving(sim, tmp_path, run=False) as env:
         monkeypatch.setattr(env.runtime.journal, "submit", full_disk)
+        monkeypatch.setattr(env.runtime.journal, "submit_guest_op", full_disk)
         status, body = await env.submit(
             {"action": "start", "vmid": guest.vmid, "kind": "qemu", "node": guest.node}
         )

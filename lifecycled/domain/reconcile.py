@@ -1,0 +1,297 @@
+"""The reconcile plan (SPEC §3) — pure: one cluster read, the journal's view, ``now`` in;
+what to write, what to enqueue, what to cancel and what to look at more closely out.
+
+The shell (:mod:`lifecycled.engine.reconcile`) carries the plan out; ``lifecycled reconcile
+--dry-run`` prints it. Rules:
+
+* only guests on the served node are acted on; known guests seen anywhere are observed;
+* a managed guest whose observed power state differs from its desired state, with no op
+  open, no lock, not HA-managed and not a template, gets one convergent op (``start``,
+  ``resume`` or ``shutdown`` — never a destructive one), at most ``max_commands`` per pass,
+  keyed ``reconcile:{vmid}:{generation}:{action}:{n}``;
+* a pending reconcile op whose target is no longer desired is cancelled (superseded);
+* a managed guest gone from the cluster is an *expected* orphan (desired absent, a
+  terminate/migrate/create/clone open, a transient lock) or *anomalous*: LOST;
+* an unknown guest on the node becomes ``discovered`` (or managed, with
+  ``--manage-discovered``); a LOST guest that reappears is re-checked by its fingerprint;
+* config drift is looked for by reading a few managed guests' configs per pass.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from lifecycled.domain.actions import Action
+from lifecycled.domain.guests import (
+    TRANSIENT_LOCKS,
+    DesiredState,
+    GuestOrigin,
+    GuestRecord,
+    Observation,
+    ObservedState,
+    desired_for,
+)
+from lifecycled.domain.op import GuestRef, Op
+from lifecycled.domain.states import OpState
+
+#: Failed reconcile ops block the same desired generation until an operator acts.
+_BLOCKING = frozenset({OpState.FAILED, OpState.DEAD_LETTERED, OpState.CANCELLED})
+#: Open ops under which a guest may vanish without alarm.
+_VANISHING = frozenset({Action.TERMINATE, Action.MIGRATE, Action.CREATE, Action.CLONE})
+#: Reconcile never sends anything but these.
+RECONCILE_ACTIONS = frozenset({Action.START, Action.RESUME, Action.SHUTDOWN})
+
+
+class OrphanKind(enum.StrEnum):
+    EXPECTED = "expected"
+    ANOMALOUS = "anomalous"
+
+
+@attrs.frozen(kw_only=True)
+class ReconcileInput:
+    """Everything one pass decides from."""
+
+    node: str
+    now: float
+    observations: Sequence[Observation]
+    guests: Mapping[int, GuestRecord]
+    open_ops: Mapping[int, Sequence[Op]] = attrs.field(factory=dict)
+    latest_reconcile: Mapping[int, Op] = attrs.field(factory=dict)
+    config_changes: Mapping[int, float] = attrs.field(factory=dict)
+    max_commands: int = 20
+    manage_discovered: str = "off"
+    drift_checks: int = 10
+
+
+@attrs.frozen(kw_only=True)
+class Command:
+    """One convergent op to enqueue."""
+
+    guest: GuestRef
+    action: Action
+    key: str
+    generation: int
+    #: The guest's latest reconcile op when planned (the enqueue re-checks it).
+    after: int | None
+    params: dict[str, object] = attrs.field(factory=dict)
+    reason: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Orphan:
+    vmid: int
+    kind: OrphanKind
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    """What one pass does (empty lists: nothing to do)."""
+
+    seen: list[Observation] = attrs.field(factory=list)
+    discovered: list[Observation] = attrs.field(factory=list)
+    to_manage: list[tuple[Observation, GuestOrigin]] = attrs.field(factory=list)
+    orphans: list[Orphan] = attrs.field(factory=list)
+    recheck_lost: list[Observation] = attrs.field(factory=list)
+    commands: list[Command] = attrs.field(factory=list)
+    cancels: list[tuple[int, str]] = attrs.field(factory=list)
+    skipped: list[tuple[int, str]] = attrs.field(factory=list)
+    digest_checks: list[int] = attrs.field(factory=list)
+    rebaseline: list[int] = attrs.field(factory=list)
+    drifted: list[int] = attrs.field(factory=list)
+    #: Unmanaged (or never observed) rows gone from the cluster: simply ``missing``.
+    vanished: list[int] = attrs.field(factory=list)
+
+    @property
+    def missing(self) -> list[int]:
+        """Rows to mark ``missing``: expected orphans and vanished unmanaged guests."""
+        return [o.vmid for o in self.orphans if o.kind is OrphanKind.EXPECTED] + self.vanished
+
+    @property
+    def lost(self) -> list[Orphan]:
+        return [o for o in self.orphans if o.kind is OrphanKind.ANOMALOUS]
+
+
+def reconcile_key(vmid: int, generation: int, action: Action, seq: int) -> str:
+    return f"reconcile:{vmid}:{generation}:{action}:{seq}"
+
+
+def parse_key(key: str) -> tuple[int, int] | None:
+    """``(generation, seq)`` of a reconcile key, or ``None`` for any other key."""
+    parts = key.split(":")
+    if len(parts) != 5 or parts[0] != "reconcile":
+        return None
+    try:
+        return int(parts[2]), int(parts[4])
+    except ValueError:
+        return None
+
+
+def convergence(guest: GuestRecord, observed: ObservedState) -> tuple[Action | None, str]:
+    """The op that takes ``guest`` from ``observed`` to its desired state (or why none)."""
+    desired = guest.desired_state
+    if desired is None:
+        return None, "no desired state"
+    if desired is DesiredState.ABSENT:
+        return None, "desired absent: reconcile never destroys; the terminate op decides"
+    if observed is ObservedState.UNKNOWN:
+        return None, "observed state unknown (node unreadable?)"
+    if desired is DesiredState.RUNNING:
+        if observed is ObservedState.RUNNING:
+            return None, "converged"
+        if observed is ObservedState.PAUSED:
+            return Action.RESUME, "paused, desired running"
+        return Action.START, f"{observed}, desired running"
+    if observed is ObservedState.STOPPED:
+        return None, "converged"
+    if observed in (ObservedState.PAUSED, ObservedState.SUSPENDED):
+        return None, f"{observed}: not shut down by reconcile (stop it explicitly)"
+    return Action.SHUTDOWN, f"{observed}, desired stopped"
+
+
+def plan(inp: ReconcileInput) -> Plan:
+    """The pass's decisions."""
+    out = Plan()
+    by_vmid = {o.vmid: o for o in inp.observations}
+    budget = inp.max_commands
+    for obs in sorted(inp.observations, key=lambda o: o.vmid):
+        guest = inp.guests.get(obs.vmid)
+        if guest is None:
+            if obs.node == inp.node:
+                if inp.manage_discovered in ("native", "adopted"):
+                    out.to_manage.append((obs, GuestOrigin(inp.manage_discovered)))
+                else:
+                    out.discovered.append(obs)
+            continue
+        if guest.observed_state is ObservedState.LOST:
+            out.recheck_lost.append(obs)
+            continue
+        out.seen.append(obs)
+        if obs.node != inp.node or not guest.managed:
+            continue
+        budget = _converge(inp, guest, obs, out, budget)
+        _drift(inp, guest, obs, out)
+    for guest in sorted(inp.guests.values(), key=lambda g: g.vmid):
+        if guest.vmid not in by_vmid and guest.node == inp.node:
+            _gone(inp, guest, out)
+    out.digest_checks.sort(key=lambda v: (inp.guests[v].digest_checked_at or 0.0, v))
+    del out.digest_checks[max(inp.drift_checks, 0) :]
+    return out
+
+
+def _converge(
+    inp: ReconcileInput, guest: GuestRecord, obs: Observation, out: Plan, budget: int
+) -> int:
+    vmid = guest.vmid
+    if obs.template:
+        out.skipped.append((vmid, "template"))
+        return budget
+    if obs.ha_managed:
+        out.skipped.append((vmid, f"HA-managed ({obs.hastate}): left to the HA manager"))
+        return budget
+    open_ops = inp.open_ops.get(vmid, ())
+    if open_ops:
+        for op in open_ops:
+            if (
+                op.state is OpState.PENDING
+                and op.origin == "reconcile"
+                and desired_for(op.action) != guest.desired_state
+            ):
+                out.cancels.append((op.id, f"superseded: desired is now {guest.desired_state}"))
+        out.skipped.append((vmid, f"op {open_ops[0].id} ({open_ops[0].action}) is open"))
+        return budget
+    if obs.lock:
+        out.skipped.append((vmid, f"locked ({obs.lock})"))
+        return budget
+    action, why = convergence(guest, obs.observed)
+    if action is None:
+        if why != "converged" and guest.desired_state is not None:
+            out.skipped.append((vmid, why))
+        return budget
+    latest = inp.latest_reconcile.get(vmid)
+    seq = 1
+    if latest is not None:
+        parsed = parse_key(latest.idempotency_key)
+        if parsed is not None and parsed[0] == guest.desired_generation:
+            if latest.state in _BLOCKING:
+                out.skipped.append(
+                    (
+                        vmid,
+                        f"reconcile op {latest.id} ended {latest.state}; waiting for an operator",
+                    )
+                )
+                return budget
+            seq = parsed[1] + 1
+    if budget <= 0:
+        out.skipped.append((vmid, "reconcile_max_commands reached for this pass"))
+        return budget
+    params: dict[str, object] = {}
+    if action is Action.SHUTDOWN and guest.origin is GuestOrigin.NATIVE:
+        params["force_stop"] = True
+    out.commands.append(
+        Command(
+            guest=GuestRef(node=obs.node, kind=obs.kind, vmid=vmid),
+            action=action,
+            key=reconcile_key(vmid, guest.desired_generation, action, seq),
+            generation=guest.desired_generation,
+            after=latest.id if latest is not None else None,
+            params=params,
+            reason=why,
+        )
+    )
+    return budget - 1
+
+
+def _drift(inp: ReconcileInput, guest: GuestRecord, obs: Observation, out: Plan) -> None:
+    if obs.lock or inp.open_ops.get(guest.vmid):
+        return  # a task holds the config: its digest is in flux
+    changed = inp.config_changes.get(guest.vmid)
+    if guest.config_digest is None or (
+        changed is not None and changed > (guest.snapshot_at or 0.0)
+    ):
+        out.rebaseline.append(guest.vmid)  # first snapshot, or after lifecycled's own change
+        return
+    if guest.drifted:
+        out.drifted.append(guest.vmid)
+    out.digest_checks.append(guest.vmid)
+
+
+def _gone(inp: ReconcileInput, guest: GuestRecord, out: Plan) -> None:
+    if guest.observed_state in (ObservedState.LOST, ObservedState.MISSING):
+        return
+    vmid = guest.vmid
+    if not guest.managed or guest.observed_state is None:
+        out.vanished.append(vmid)
+        return
+    why = _expected_absence(inp, guest)
+    if why is not None:
+        out.orphans.append(Orphan(vmid=vmid, kind=OrphanKind.EXPECTED, reason=why))
+        return
+    out.orphans.append(
+        Orphan(
+            vmid=vmid,
+            kind=OrphanKind.ANOMALOUS,
+            reason=(
+                f"managed guest {vmid} ({guest.origin}, last seen {guest.observed_state}) is "
+                "missing from the cluster with no terminate in flight"
+            ),
+        )
+    )
+
+
+def _expected_absence(inp: ReconcileInput, guest: GuestRecord) -> str | None:
+    if guest.desired_state is DesiredState.ABSENT:
+        return "desired absent"
+    for op in inp.open_ops.get(guest.vmid, ()):
+        try:
+            action = Action(op.action)
+        except ValueError:
+            continue
+        if action in _VANISHING:
+            return f"{action} op {op.id} is open"
+    if guest.lock in TRANSIENT_LOCKS:
+        return f"was in a transient state (lock {guest.lock})"
+    return None

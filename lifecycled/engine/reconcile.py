@@ -1,0 +1,410 @@
+"""The reconcile loop (SPEC §3): read, plan (:mod:`lifecycled.domain.reconcile`), apply.
+
+Each pass makes ONE ``/cluster/resources?type=vm`` read for the power states; config reads
+are bounded (a few drift checks, LOST guests that reappear, newly found guests with
+``--manage-discovered``). It never calls a mutating Proxmox endpoint itself: convergent work
+is journaled as ops (``origin: reconcile``) that the dispatcher carries out like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from lifecycled.audit import AuditRecord, Decision
+from lifecycled.domain.actions import fingerprint_matches, fingerprint_of
+from lifecycled.domain.guests import GuestRecord, Observation
+from lifecycled.domain.op import Origin
+from lifecycled.domain.reconcile import OrphanKind, Plan, ReconcileInput, plan
+from lifecycled.engine.clock import Clock
+from lifecycled.engine.guests import GuestService
+from lifecycled.errors import InvalidTransition, LifecycledError, PveError
+from lifecycled.journal import Journal, SubmitRequest
+from lifecycled.metrics import Metrics
+from lifecycled.pve.port import PveClient
+
+log = logging.getLogger("lifecycled.reconcile")
+
+#: Config reads per pass looking for drift (oldest check first).
+DRIFT_CHECKS_PER_PASS = 10
+
+
+@attrs.frozen(kw_only=True)
+class ReconcileReport:
+    """What one pass did (also the body of ``reconcile --dry-run``)."""
+
+    outcome: str  # ok | error
+    started_at: float
+    finished_at: float
+    dry_run: bool = False
+    enqueued: list[dict[str, Any]] = attrs.field(factory=list)
+    cancelled: list[int] = attrs.field(factory=list)
+    lost: list[int] = attrs.field(factory=list)
+    found: list[int] = attrs.field(factory=list)
+    missing: list[int] = attrs.field(factory=list)
+    discovered: list[int] = attrs.field(factory=list)
+    managed: list[int] = attrs.field(factory=list)
+    drifted: list[int] = attrs.field(factory=list)
+    skipped: list[dict[str, Any]] = attrs.field(factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from lifecycled.domain.serialize import rfc3339
+
+        out = attrs.asdict(self)
+        out["started_at"] = rfc3339(self.started_at)
+        out["finished_at"] = rfc3339(self.finished_at)
+        return out
+
+
+def observations_from(resources: list[Any]) -> list[Observation]:
+    return [
+        Observation(
+            vmid=r.vmid,
+            node=r.node,
+            kind=r.kind,
+            status=r.status,
+            name=r.name,
+            lock=r.lock,
+            template=r.template,
+            hastate=r.hastate,
+        )
+        for r in resources
+    ]
+
+
+class Reconciler:
+    """Runs reconcile passes on the served node."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        pve: PveClient,
+        guests: GuestService,
+        clock: Clock,
+        metrics: Metrics,
+        node: str,
+        max_commands: int,
+        manage_discovered: str,
+        notify: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.journal = journal
+        self.pve = pve
+        self.guests = guests
+        self.clock = clock
+        self.metrics = metrics
+        self.node = node
+        self.max_commands = max_commands
+        self.manage_discovered = manage_discovered
+        self.notify = notify
+        self.last_report: ReconcileReport | None = None
+
+    async def gather(self) -> ReconcileInput:
+        """One cluster read and the journal's view: the plan's input."""
+        observations = observations_from(await self.pve.cluster_resources())
+        return ReconcileInput(
+            node=self.node,
+            now=self.clock.now(),
+            observations=observations,
+            guests={g.vmid: g for g in await self.journal.all_guests()},
+            open_ops=await self.journal.open_ops_by_vmid(),
+            latest_reconcile=await self.journal.latest_reconcile_ops(),
+            config_changes=await self.journal.config_changes(),
+            max_commands=self.max_commands,
+            manage_discovered=self.manage_discovered,
+            drift_checks=DRIFT_CHECKS_PER_PASS,
+        )
+
+    async def pass_once(self, *, dry_run: bool = False) -> ReconcileReport:
+        """One pass; ``dry_run`` reads Proxmox and the journal and changes nothing."""
+        started = self.clock.now()
+        try:
+            inp = await self.gather()
+            the_plan = plan(inp)
+            report = _report(the_plan, started, dry_run=dry_run)
+            if not dry_run:
+                report = await self._apply(inp, the_plan, report)
+        except (PveError, LifecycledError) as err:
+            log.warning("reconcile.failed", extra={"node": self.node, "error": str(err)})
+            report = ReconcileReport(
+                outcome="error", started_at=started, finished_at=self.clock.now(), error=str(err)
+            )
+        report = attrs.evolve(report, finished_at=self.clock.now())
+        if not dry_run:
+            self.metrics.reconcile_run(report.outcome)
+            self.last_report = report
+            await self.refresh_gauges()
+            log.info(
+                "reconcile.pass",
+                extra={
+                    "node": self.node,
+                    "outcome": report.outcome,
+                    "enqueued": len(report.enqueued),
+                    "cancelled": len(report.cancelled),
+                    "lost": len(report.lost),
+                    "drifted": len(report.drifted),
+                },
+            )
+        return report
+
+    async def refresh_gauges(self) -> None:
+        self.metrics.set_guests(await self.journal.guest_counts())
+        drifted = await self.journal.list_guests(drifted=True, limit=1000)
+        self.metrics.config_drift.set(len(drifted.items))
+
+    async def run(
+        self, stopping: asyncio.Event, *, interval: float, first_delay: float | None
+    ) -> None:
+        """Passes every ``interval`` until ``stopping``; the first after ``first_delay``
+        (``None``: no pass at start)."""
+        delay = first_delay if first_delay is not None else interval
+        while not await _sleep_or_stop(stopping, delay):
+            await self.pass_once()
+            delay = interval
+
+    # --- applying a plan ---------------------------------------------------------------
+
+    async def _apply(
+        self, inp: ReconcileInput, p: Plan, report: ReconcileReport
+    ) -> ReconcileReport:
+        now = self.clock.now()
+        found, still_lost = await self._recheck_lost(inp, p.recheck_lost)
+        lost = [self._audit(inp.guests[o.vmid], Decision.LOST, o.reason) for o in p.lost]
+        await self.journal.apply_observations(
+            now=now,
+            seen=p.seen,
+            discovered=p.discovered,
+            missing=p.missing,
+            lost=lost,
+            found=found,
+        )
+        for orphan in p.orphans:
+            if orphan.kind is OrphanKind.ANOMALOUS:
+                self.metrics.orphan("anomalous")
+                log.critical(
+                    "guest.lost",
+                    extra={"vmid": orphan.vmid, "node": self.node, "reason": orphan.reason},
+                )
+            else:
+                self.metrics.orphan("expected")
+                log.info(
+                    "guest.orphan_expected", extra={"vmid": orphan.vmid, "reason": orphan.reason}
+                )
+        managed = await self._manage_new(p)
+        cancelled = await self._cancel(p.cancels)
+        enqueued = await self._enqueue(p)
+        drifted = await self._drift(inp, p)
+        return attrs.evolve(
+            report,
+            found=[obs.vmid for obs, _ in found],
+            lost=[o.vmid for o in p.lost] + still_lost,
+            managed=managed,
+            cancelled=cancelled,
+            enqueued=enqueued,
+            drifted=drifted,
+        )
+
+    def _audit(self, guest: GuestRecord, decision: Decision, reason: str) -> AuditRecord:
+        return AuditRecord(
+            at=self.clock.now(),
+            actor="reconcile",
+            action="reconcile",
+            decision=decision,
+            reason=reason,
+            vmid=guest.vmid,
+            node=guest.node,
+            snapshot={
+                "origin": str(guest.origin),
+                "observed_state": guest.observed_state,
+                "desired_state": guest.desired_state,
+                "lock": guest.lock,
+                "fingerprint": guest.fingerprint,
+                "observed_at": guest.observed_at,
+            },
+        )
+
+    async def _recheck_lost(
+        self, inp: ReconcileInput, back: list[Observation]
+    ) -> tuple[list[tuple[Observation, AuditRecord]], list[int]]:
+        """LOST guests seen again leave LOST only with the same fingerprint."""
+        found: list[tuple[Observation, AuditRecord]] = []
+        still: list[int] = []
+        for obs in back:
+            guest = inp.guests[obs.vmid]
+            try:
+                config = await self.pve.guest_config(obs.node, obs.kind, obs.vmid)
+            except PveError as err:
+                log.warning(
+                    "guest.lost_recheck_failed", extra={"vmid": obs.vmid, "error": err.text}
+                )
+                still.append(obs.vmid)
+                continue
+            current = fingerprint_of(obs.kind, config.values)
+            if guest.fingerprint and fingerprint_matches(guest.fingerprint, current):
+                reason = f"LOST guest {obs.vmid} reappeared on {obs.node} with its fingerprint"
+                found.append((obs, self._audit(guest, Decision.FOUND, reason)))
+                log.warning("guest.found", extra={"vmid": obs.vmid, "node": obs.node})
+            else:
+                still.append(obs.vmid)
+                log.critical(
+                    "guest.vmid_reused",
+                    extra={
+                        "vmid": obs.vmid,
+                        "node": obs.node,
+                        "recorded": guest.fingerprint,
+                        "found": current,
+                    },
+                )
+        return found, still
+
+    async def _manage_new(self, p: Plan) -> list[int]:
+        done = []
+        for obs, origin in p.to_manage:
+            try:
+                await self.guests.take(
+                    obs.vmid,
+                    origin,
+                    actor="reconcile",
+                    reason=f"--manage-discovered {origin}: first seen on {obs.node}",
+                )
+            except (PveError, LifecycledError) as err:
+                log.warning("guest.manage_failed", extra={"vmid": obs.vmid, "error": str(err)})
+                continue
+            done.append(obs.vmid)
+        return done
+
+    async def _cancel(self, cancels: list[tuple[int, str]]) -> list[int]:
+        done = []
+        for op_id, reason in cancels:
+            try:
+                op = await self.journal.cancel(op_id, now=self.clock.now(), reason=reason)
+            except InvalidTransition:
+                continue  # claimed meanwhile: the dispatcher's policy sees the new desired state
+            self.metrics.reconcile_command(op.action, "cancelled")
+            self.metrics.command(op.action, "cancelled")
+            log.info(
+                "reconcile.superseded",
+                extra={"op_id": op_id, "vmid": op.guest.vmid, "action": op.action},
+            )
+            done.append(op_id)
+        return done
+
+    async def _enqueue(self, p: Plan) -> list[dict[str, Any]]:
+        done = []
+        for cmd in p.commands:
+            req = SubmitRequest(
+                idempotency_key=cmd.key,
+                action=str(cmd.action),
+                guest=cmd.guest,
+                params=dict(cmd.params),
+                origin=Origin.RECONCILE,
+                actor="reconcile",
+            )
+            op = await self.journal.enqueue_reconcile(
+                req, now=self.clock.now(), generation=cmd.generation, after=cmd.after
+            )
+            if op is None:
+                self.metrics.reconcile_command(str(cmd.action), "skipped")
+                continue
+            self.metrics.reconcile_command(str(cmd.action), "enqueued")
+            log.info(
+                "reconcile.enqueued",
+                extra={
+                    "op_id": op.id,
+                    "vmid": cmd.guest.vmid,
+                    "node": cmd.guest.node,
+                    "action": str(cmd.action),
+                    "reason": cmd.reason,
+                },
+            )
+            done.append({"op_id": op.id, **_command(cmd)})
+        if done:
+            self.notify()
+        return done
+
+    async def _drift(self, inp: ReconcileInput, p: Plan) -> list[int]:
+        """Re-baseline after lifecycled's own config changes; read a few configs for drift."""
+        now = self.clock.now()
+        for vmid in p.rebaseline:
+            guest = inp.guests[vmid]
+            try:
+                config = await self.pve.guest_config(guest.node, guest.kind, vmid)
+            except PveError:
+                continue
+            current = fingerprint_of(guest.kind, config.values)
+            if guest.fingerprint and not fingerprint_matches(guest.fingerprint, current):
+                continue  # not the guest we know: never take its config as ours
+            await self.journal.rebaseline(
+                vmid, config.values, config.digest, now=now, fingerprint=current
+            )
+        digests: dict[int, str] = {}
+        for vmid in p.digest_checks:
+            guest = inp.guests[vmid]
+            try:
+                config = await self.pve.guest_config(guest.node, guest.kind, vmid)
+            except PveError:
+                continue
+            digests[vmid] = config.digest
+            if config.digest != guest.config_digest and not guest.drifted:
+                log.warning(
+                    "guest.config_drift",
+                    extra={
+                        "vmid": vmid,
+                        "node": guest.node,
+                        "snapshot_digest": guest.config_digest,
+                        "digest": config.digest,
+                    },
+                )
+        if digests:
+            await self.journal.record_digests(digests, now=now)
+        drifted = await self.journal.list_guests(drifted=True, limit=1000)
+        return [g.vmid for g in drifted.items]
+
+
+def _command(cmd: Any) -> dict[str, Any]:
+    return {
+        "vmid": cmd.guest.vmid,
+        "node": cmd.guest.node,
+        "action": str(cmd.action),
+        "idempotency_key": cmd.key,
+        "params": dict(cmd.params),
+        "reason": cmd.reason,
+    }
+
+
+def _report(p: Plan, started: float, *, dry_run: bool) -> ReconcileReport:
+    """The plan as a report (what a dry run prints; a real pass fills in what happened)."""
+    return ReconcileReport(
+        outcome="ok",
+        started_at=started,
+        finished_at=started,
+        dry_run=dry_run,
+        enqueued=[_command(c) for c in p.commands],
+        cancelled=[op_id for op_id, _ in p.cancels],
+        lost=[o.vmid for o in p.lost],
+        found=[o.vmid for o in p.recheck_lost],
+        missing=p.missing,
+        discovered=[o.vmid for o in p.discovered],
+        managed=[o.vmid for o, _ in p.to_manage],
+        drifted=p.drifted,
+        skipped=[{"vmid": vmid, "reason": why} for vmid, why in p.skipped],
+    )
+
+
+async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=max(seconds, 0.0))
+    except TimeoutError:
+        return False
+    return True
+
+
+def first_delay(jitter: float, rand: Callable[[], float] = random.random) -> float:
+    """The random start-up delay before the first pass (``0 ≤ delay ≤ jitter``)."""
+    return rand() * max(jitter, 0.0)

@@ -1,0 +1,443 @@
+"""``/v1/guests`` and ``/v1/audit``: guests lifecycled knows, ownership, desired state, audit.
+
+Every check that can reject a request (auth, shape, path, guest resolution in Proxmox) runs
+before the journal is written: no 4xx ever leaves a row behind. ``GET /v1/guests`` carries an
+ETag derived from the state hash of the guest set; ``If-None-Match`` with it answers 304.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from lifecycled.audit import AuditPage, Decision
+from lifecycled.domain.guests import DesiredState, GuestOrigin, ObservedState, guest_to_dict
+from lifecycled.domain.serialize import parse_rfc3339
+from lifecycled.engine.runtime import Runtime
+from lifecycled.engine.submit import VMID_MAX, VMID_MIN
+from lifecycled.errors import InvalidTransition, NotFound, PveError
+from lifecycled.journal.guests import Ownership
+from lifecycled.web.auth import request_actor
+from lifecycled.web.errors import ApiError, unavailable
+from lifecycled.web.guest_schemas import SCHEMAS
+from lifecycled.web.inputs import (
+    DEFAULT_LIMIT,
+    MAX_ID,
+    MAX_LIMIT,
+    parse_cursor,
+    parse_limit,
+    parse_query,
+    parse_vmid,
+    read_json_object,
+)
+from lifecycled.web.routes import Route, error, ok, path_param, query, runtime_of
+
+__all__ = ["ROUTES", "SCHEMAS"]
+
+log = logging.getLogger("lifecycled.web")
+
+ORIGINS = [str(o) for o in GuestOrigin]
+OBSERVED = [str(o) for o in ObservedState]
+DECISIONS = [str(d) for d in Decision]
+SETTABLE = [str(DesiredState.RUNNING), str(DesiredState.STOPPED)]
+
+
+def _choice(name: str, allowed: list[str]) -> Any:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _word(value: str) -> str:
+    if not value or len(value) > 64 or not value.replace("_", "").replace("-", "").isalnum():
+        raise ValueError("must be a word of letters, digits, - and _ (at most 64)")
+    return value
+
+
+def _bool(value: str) -> bool:
+    if value not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return value == "true"
+
+
+def _timestamp(value: str) -> float:
+    try:
+        return parse_rfc3339(value)
+    except ValueError:
+        raise ValueError("must be an RFC 3339 timestamp with a time zone") from None
+
+
+def _path_vmid(request: web.Request) -> int:
+    text = request.match_info["vmid"]
+    number = int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else -1
+    if not VMID_MIN <= number <= VMID_MAX:
+        raise ApiError(404, "guest_not_found", f"guest {text[:30]} not found")
+    return number
+
+
+def _refuse_when_stopping(runtime: Runtime) -> None:
+    if runtime.stopping.is_set():
+        raise unavailable("shutting_down", "lifecycled is shutting down; retry on the next start")
+
+
+def _etag(listing_hash: str, request: web.Request) -> str:
+    scope = hashlib.sha256(f"{listing_hash}|{request.query_string}".encode()).hexdigest()[:32]
+    return f'"{scope}"'
+
+
+# --- guests ----------------------------------------------------------------------------------
+
+
+async def list_guests(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/guests``: in vmid order, filtered, cursor-paginated; ETag / 304."""
+    q = parse_query(
+        request,
+        {
+            "origin": _choice("origin", ORIGINS),
+            "observed": _choice("observed", OBSERVED),
+            "drifted": _bool,
+            "limit": parse_limit,
+            "cursor": parse_vmid,
+        },
+    )
+    journal = runtime_of(request).journal
+    state_hash, listing = await journal.guest_hashes()
+    etag = _etag(listing, request)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag in {t.strip() for t in request.headers.get("If-None-Match", "").split(",")}:
+        return web.Response(status=304, headers=headers)
+    origin, observed = q.get("origin"), q.get("observed")
+    page = await journal.list_guests(
+        origin=GuestOrigin(origin) if origin else None,
+        observed=ObservedState(observed) if observed else None,
+        drifted=q.get("drifted"),
+        limit=q.get("limit", DEFAULT_LIMIT),
+        cursor=q.get("cursor"),
+    )
+    body = {
+        "items": [guest_to_dict(g) for g in page.items],
+        "next_cursor": page.next_cursor,
+        "state_hash": state_hash,
+    }
+    return web.json_response(body, headers=headers)
+
+
+async def get_guest(request: web.Request) -> web.Response:
+    """``GET /v1/guests/{vmid}``: the guest with its config snapshot and open ops."""
+    vmid = _path_vmid(request)
+    journal = runtime_of(request).journal
+    guest = await journal.find_guest(vmid)
+    if guest is None:
+        raise ApiError(404, "guest_not_found", f"guest {vmid} is not known to lifecycled")
+    body = guest_to_dict(guest, detail=True)
+    body["open_ops"] = [op.id for op in (await journal.open_ops_by_vmid()).get(vmid, [])]
+    return web.json_response(body)
+
+
+async def set_desired(request: web.Request) -> web.Response:
+    """``PUT /v1/guests/{vmid}/desired``: ``{"state": "running" | "stopped"}``."""
+    vmid = _path_vmid(request)
+    runtime = runtime_of(request)
+    _refuse_when_stopping(runtime)
+    body = await read_json_object(request, runtime.settings.max_body_bytes)
+    unknown = sorted(k for k in body if k != "state")
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_field",
+            f"unknown field(s): {', '.join(unknown)}",
+            details=dict.fromkeys(unknown, "unknown field"),
+        )
+    state = body.get("state")
+    if not isinstance(state, str):
+        raise ApiError(
+            400,
+            "invalid_request",
+            "the request body has the wrong shape",
+            details={"state": "required: a string"},
+        )
+    if state not in SETTABLE:
+        raise ApiError(
+            422,
+            "validation_failed",
+            "invalid desired state",
+            details={"state": "running or stopped (absent is set by a terminate op)"},
+        )
+    if await runtime.journal.find_guest(vmid) is None:
+        raise ApiError(404, "guest_not_found", f"guest {vmid} is not known to lifecycled")
+    guest = await runtime.guests.set_desired(
+        vmid, DesiredState(state), actor=request_actor(request)
+    )
+    return web.json_response(guest_to_dict(guest))
+
+
+def _ownership(result: Ownership) -> web.Response:
+    return web.json_response({"guest": guest_to_dict(result.guest), "changed": result.changed})
+
+
+async def _take(request: web.Request, origin: GuestOrigin) -> web.Response:
+    vmid = _path_vmid(request)
+    runtime = runtime_of(request)
+    _refuse_when_stopping(runtime)
+    try:
+        result = await runtime.guests.take(vmid, origin, actor=request_actor(request))
+    except NotFound as exc:
+        raise ApiError(404, "guest_not_found", str(exc)) from None
+    except PveError as exc:
+        raise ApiError(
+            502, "proxmox_error", f"Proxmox could not be read: {exc.text}", details={}
+        ) from None
+    return _ownership(result)
+
+
+async def manage_guest(request: web.Request) -> web.Response:
+    """``POST /v1/guests/{vmid}/manage``: full lifecycle (native), audited."""
+    return await _take(request, GuestOrigin.NATIVE)
+
+
+async def adopt_guest(request: web.Request) -> web.Response:
+    """``POST /v1/guests/{vmid}/adopt``: managed, never hard-deleted; audited."""
+    return await _take(request, GuestOrigin.ADOPTED)
+
+
+async def release_guest(request: web.Request) -> web.Response:
+    """``POST /v1/guests/{vmid}/release``: observed only from now on; audited."""
+    vmid = _path_vmid(request)
+    runtime = runtime_of(request)
+    _refuse_when_stopping(runtime)
+    try:
+        result = await runtime.guests.release(vmid, actor=request_actor(request))
+    except NotFound:
+        raise ApiError(404, "guest_not_found", f"guest {vmid} is not known to lifecycled") from None
+    except InvalidTransition as exc:
+        raise ApiError(409, "guest_not_managed", str(exc)) from None
+    return _ownership(result)
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+def _audit_body(page: AuditPage) -> dict[str, Any]:
+    return {"items": [r.to_dict() for r in page.items], "next_cursor": page.next_cursor}
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    """``GET /v1/audit``: newest first, filtered by guest, action, decision and time."""
+    q = parse_query(
+        request,
+        {
+            "vmid": parse_vmid,
+            "action": _word,
+            "decision": _choice("decision", DECISIONS),
+            "since": _timestamp,
+            "until": _timestamp,
+            "limit": parse_limit,
+            "cursor": parse_cursor,
+        },
+    )
+    page = await runtime_of(request).journal.list_audit(
+        vmid=q.get("vmid"),
+        action=q.get("action"),
+        decision=q.get("decision"),
+        since=q.get("since"),
+        until=q.get("until"),
+        limit=q.get("limit", DEFAULT_LIMIT),
+        cursor=q.get("cursor"),
+    )
+    return web.json_response(_audit_body(page))
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+_VMID = path_param(
+    "vmid", "The guest's VMID.", {"type": "integer", "minimum": VMID_MIN, "maximum": VMID_MAX}
+)
+_LIMIT = query(
+    "limit",
+    f"Page size (default {DEFAULT_LIMIT}).",
+    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+)
+_NOT_FOUND = error("lifecycled does not know this guest (`guest_not_found`).")
+_STOPPING = error("lifecycled is shutting down or the journal cannot write.", retry_after=True)
+_BAD_QUERY = error("Unknown, repeated or malformed query parameter (`invalid_query`).")
+_OWNERSHIP_NOTE = (
+    "Reads the guest from Proxmox first (config snapshot, digest, resources, real status, "
+    "identity fingerprint), then records it with an audit record. The desired state becomes "
+    "the real power state. Repeating the request changes nothing (`changed: false`)."
+)
+
+
+def _take_route(path: str, handler: Any, op_id: str, summary: str, note: str) -> Route:
+    return Route(
+        method="POST",
+        path=path,
+        handler=handler,
+        operation_id=op_id,
+        summary=summary,
+        tag="guests",
+        description=f"{note} {_OWNERSHIP_NOTE}",
+        parameters=(_VMID,),
+        responses={
+            200: ok("The guest and whether anything changed.", "Ownership"),
+            404: error("No such guest in the cluster (`guest_not_found`)."),
+            502: error("Proxmox could not be read (`proxmox_error`)."),
+            503: _STOPPING,
+        },
+    )
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        method="GET",
+        path="/v1/guests",
+        handler=list_guests,
+        operation_id="listGuests",
+        summary="Guests lifecycled knows, in vmid order",
+        tag="guests",
+        description=(
+            "The ETag is derived from the state hash of the whole guest set (observed state "
+            "and lock of each guest, plus node, ownership, desired state and drift) and the "
+            "query: send it back in If-None-Match and an unchanged set answers 304."
+        ),
+        parameters=(
+            query("origin", "Only guests of this ownership.", {"type": "string", "enum": ORIGINS}),
+            query(
+                "observed",
+                "Only guests in this observed state.",
+                {"type": "string", "enum": OBSERVED},
+            ),
+            query(
+                "drifted",
+                "Only managed guests whose config drifted (true) or did not (false).",
+                {"type": "string", "enum": ["true", "false"]},
+            ),
+            _LIMIT,
+            query(
+                "cursor",
+                "The next_cursor (a vmid) of the previous page.",
+                {"type": "integer", "minimum": VMID_MIN, "maximum": VMID_MAX},
+            ),
+        ),
+        responses={
+            200: ok(
+                "One page of guests.",
+                "GuestPage",
+                headers={
+                    "ETag": {"description": "The listing's ETag.", "schema": {"type": "string"}}
+                },
+            ),
+            304: {"description": "Not modified: the ETag still holds."},
+            400: _BAD_QUERY,
+        },
+    ),
+    Route(
+        method="GET",
+        path="/v1/guests/{vmid}",
+        handler=get_guest,
+        operation_id="getGuest",
+        summary="One guest, with its config snapshot and open ops",
+        tag="guests",
+        parameters=(_VMID,),
+        responses={200: ok("The guest.", "GuestDetail"), 404: _NOT_FOUND},
+    ),
+    Route(
+        method="PUT",
+        path="/v1/guests/{vmid}/desired",
+        handler=set_desired,
+        operation_id="setDesiredState",
+        summary="Set a managed guest's desired power state",
+        tag="guests",
+        description=(
+            "Reconcile then holds it. A change bumps desired_generation and cancels pending "
+            "reconcile ops aiming elsewhere; setting the same state changes nothing."
+        ),
+        parameters=(_VMID,),
+        request_body={
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/DesiredBody"}}
+            },
+        },
+        responses={
+            200: ok("The guest.", "ManagedGuest"),
+            400: error("Malformed JSON, unknown fields or wrong types."),
+            404: _NOT_FOUND,
+            413: error("The body is larger than max_body_bytes (`body_too_large`)."),
+            422: error(
+                "Not running/stopped (`validation_failed`), or the guest is not managed "
+                "(`guest_not_managed`)."
+            ),
+            503: _STOPPING,
+        },
+    ),
+    _take_route(
+        "/v1/guests/{vmid}/manage",
+        manage_guest,
+        "manageGuest",
+        "Manage a guest (native: full lifecycle, destroy included)",
+        "Ownership becomes native.",
+    ),
+    _take_route(
+        "/v1/guests/{vmid}/adopt",
+        adopt_guest,
+        "adoptGuest",
+        "Adopt a guest (managed; terminate only releases it)",
+        "Ownership becomes adopted: never hard-deleted.",
+    ),
+    Route(
+        method="POST",
+        path="/v1/guests/{vmid}/release",
+        handler=release_guest,
+        operation_id="releaseGuest",
+        summary="Release a managed guest (kept, observed only)",
+        tag="guests",
+        description=(
+            "The guest is untouched in Proxmox. Pending reconcile ops are cancelled; other "
+            "pending ops are refused when claimed. Releasing a released guest changes nothing."
+        ),
+        parameters=(_VMID,),
+        responses={
+            200: ok("The guest and whether anything changed.", "Ownership"),
+            404: _NOT_FOUND,
+            409: error("The guest is discovered, not managed (`guest_not_managed`)."),
+            503: _STOPPING,
+        },
+    ),
+    Route(
+        method="GET",
+        path="/v1/audit",
+        handler=list_audit,
+        operation_id="listAudit",
+        summary="The audit log, newest first",
+        tag="audit",
+        description=(
+            "Every destructive decision (allowed, refused, soft-deleted), LOST/found guests, "
+            "ownership changes and node transitions, with the actor, the reason and a "
+            "snapshot of the guest."
+        ),
+        parameters=(
+            query(
+                "vmid",
+                "Only this guest.",
+                {"type": "integer", "minimum": VMID_MIN, "maximum": VMID_MAX},
+            ),
+            query("action", "Only this action (terminate, adopt, drain, …).", {"type": "string"}),
+            query("decision", "Only this decision.", {"type": "string", "enum": DECISIONS}),
+            query("since", "At or after (RFC 3339).", {"type": "string", "format": "date-time"}),
+            query("until", "Before (RFC 3339).", {"type": "string", "format": "date-time"}),
+            _LIMIT,
+            query(
+                "cursor",
+                "The next_cursor of the previous page.",
+                {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+            ),
+        ),
+        responses={200: ok("One page of audit records.", "AuditPage"), 400: _BAD_QUERY},
+    ),
+)
