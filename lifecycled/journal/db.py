@@ -31,6 +31,7 @@ import aiosqlite
 
 from lifecycled.errors import ConfigError, JournalError, JournalUnavailable
 from lifecycled.journal import groupcommit
+from lifecycled.journal.direct import Suspended, drive
 from lifecycled.journal.groupcommit import MAX_BATCH, Job, TransactionLost
 
 logger = logging.getLogger("lifecycled.journal")
@@ -291,26 +292,20 @@ class Database:
                 self._queue.popleft().future.cancel()
 
     async def _commit(self, batch: list[Job[Any]]) -> None:
-        sync_jobs = [j for j in batch if j.sync_unit is not None]
-        async_jobs = [j for j in batch if j.async_unit is not None]
         conn = self._conn
         try:
             async with self._lock:
                 started = time.perf_counter()
                 try:
-                    await in_thread(
-                        conn,
-                        lambda c: groupcommit.run_sync_units(
-                            c, sync_jobs, begin=True, commit=not async_jobs
-                        ),
-                    )
-                    if async_jobs:
-                        for job in async_jobs:
-                            await groupcommit.run_async_unit(conn, job)
+                    committed = await in_thread(conn, lambda c: groupcommit.run_units(c, batch))
+                    if not committed:  # async units that must run on the loop
+                        for job in batch:
+                            if job.on_loop:
+                                await groupcommit.run_async_unit(conn, job)
                         await in_thread(conn, groupcommit.commit_now)
                 except BaseException:
-                    if async_jobs:  # an async unit may have left the transaction open
-                        await in_thread(conn, groupcommit.rollback_now)
+                    # An async unit on the loop may have left the transaction open.
+                    await in_thread(conn, groupcommit.rollback_now)
                     raise
                 elapsed = time.perf_counter() - started
         except BaseException as exc:
@@ -347,8 +342,16 @@ class Database:
             logger.exception("journal.on_commit_failed")
 
     async def read(self, unit: Unit[T]) -> T:
-        """Run ``unit`` (reads only) under the lock, outside any write transaction."""
+        """Run ``unit`` (reads only) under the lock, outside any write transaction.
+
+        Driven to completion in SQLite's thread in one hop (:mod:`lifecycled.journal.direct`);
+        a unit that awaits something else runs again the ordinary way (reads are harmless
+        to repeat).
+        """
         self._check_open()
         async with self._lock:
             with translated(self.path):
-                return await unit(self._conn)
+                try:
+                    return await in_thread(self._conn, lambda c: drive(unit, c))
+                except Suspended:
+                    return await unit(self._conn)

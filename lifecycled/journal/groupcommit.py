@@ -6,10 +6,12 @@ fixed delay: a lone write is committed at once), runs the batch in one
 A durable commit costs one fdatasync whatever it holds, so batching is what moves the
 journal's ceiling (reference/sqlite-performance.md §1).
 
-* Synchronous units (functions of the ``sqlite3`` connection) of a batch run in SQLite's
-  thread in **one** hop, ``BEGIN`` and ``COMMIT`` included (§2).
-* ``async`` units (functions of the aiosqlite connection) join the same transaction after
-  them, one await per statement, as they always did.
+* The whole batch runs in SQLite's thread in **one** hop, ``BEGIN`` and ``COMMIT``
+  included (§2): synchronous units (functions of the ``sqlite3`` connection) directly, and
+  ``async`` units (functions of the aiosqlite connection) driven to completion there by
+  :mod:`lifecycled.journal.direct`. An ``async`` unit that awaits anything but the
+  connection is rolled back and run again on the event loop, one await per statement,
+  inside the same transaction.
 * Each unit runs under its own ``SAVEPOINT``: a unit that raises rolls back only its own
   changes and its error goes to its own caller; the others commit.
 * An error of the transaction itself (``BEGIN``/``COMMIT`` failing, or SQLite rolling the
@@ -28,6 +30,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import aiosqlite
+
+from lifecycled.journal.direct import Suspended, drive
 
 T = TypeVar("T")
 
@@ -53,7 +57,7 @@ class TransactionLost(Exception):
 class Job(Generic[T]):
     """One queued unit, its caller's future, and what it produced."""
 
-    __slots__ = ("async_unit", "error", "future", "ran", "sync_unit", "value")
+    __slots__ = ("async_unit", "error", "future", "on_loop", "ran", "sync_unit", "value")
 
     def __init__(
         self,
@@ -66,6 +70,8 @@ class Job(Generic[T]):
         self.sync_unit = sync_unit
         self.async_unit = async_unit
         self.ran = False
+        #: The async unit suspended in SQLite's thread: it runs again on the event loop.
+        self.on_loop = False
         self.value: Any = None
         self.error: BaseException | None = None
 
@@ -89,31 +95,39 @@ def _undo_unit(conn: sqlite3.Connection, exc: BaseException) -> None:
     conn.execute(_RELEASE)
 
 
-def run_sync_units(
-    conn: sqlite3.Connection, jobs: Sequence[Job[Any]], *, begin: bool, commit: bool
-) -> None:
-    """In SQLite's thread: (``BEGIN IMMEDIATE``,) every unit under a savepoint, (``COMMIT``).
+def run_units(conn: sqlite3.Connection, jobs: Sequence[Job[Any]]) -> bool:
+    """In SQLite's thread: ``BEGIN IMMEDIATE``, every unit under a savepoint, ``COMMIT``.
 
+    ``async`` units are driven to completion here too (:mod:`lifecycled.journal.direct`);
+    one that suspends is rolled back and marked ``on_loop``, and then the transaction is
+    left open (returns False) for the caller to run those on the event loop and commit.
     Unit errors are recorded on their job. A transaction-level error rolls back (if SQLite
     has not already) and is raised: the caller fails the whole batch.
     """
     try:
-        if begin:
-            conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
+        deferred = False
         for job in jobs:
-            unit = job.sync_unit
-            assert unit is not None
             conn.execute(_SAVEPOINT)
             try:
-                value = unit(conn)
+                if job.sync_unit is not None:
+                    value = job.sync_unit(conn)
+                else:
+                    assert job.async_unit is not None
+                    value = drive(job.async_unit, conn)
+            except Suspended:
+                _undo_unit(conn, RuntimeError("suspended"))
+                job.on_loop = deferred = True
+                continue
             except Exception as exc:  # noqa: BLE001 - the error goes to its own caller
                 _undo_unit(conn, exc)
                 job.failed(exc)
                 continue
             conn.execute(_RELEASE)
             job.succeeded(value)
-        if commit:
+        if not deferred:
             conn.execute("COMMIT")
+        return not deferred
     except BaseException:
         rollback_now(conn)
         raise

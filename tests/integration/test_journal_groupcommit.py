@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -126,32 +127,61 @@ async def test_a_withdrawn_unit_never_runs(commits: tuple[Journal, list[float]])
     journal, _ = commits
     db = _db(journal)
     ran: list[str] = []
-    gate = asyncio.Event()
+    gate = threading.Event()
 
-    async def slow(conn: aiosqlite.Connection) -> None:
-        await gate.wait()  # holds the current batch open
-        ran.append("slow")
-
-    def marker(name: str) -> Callable[[sqlite3.Connection], None]:
+    def marker(name: str, *, hold: bool = False) -> Callable[[sqlite3.Connection], None]:
         def unit(conn: sqlite3.Connection) -> None:
+            if hold:
+                gate.wait(10)  # holds the current batch open in SQLite's thread
             conn.execute("INSERT INTO nonces VALUES (?, 'k', 1, 2)", (name,))
             ran.append(name)
 
         return unit
 
-    first = asyncio.create_task(db.write(slow))
-    await asyncio.sleep(0.05)  # the batch holding `slow` is running
-    queued = asyncio.create_task(db.write_sync(marker("withdrawn")))
+    first = asyncio.create_task(db.write_sync(marker("first", hold=True)))
+    await asyncio.sleep(0.05)  # the batch holding `first` is running
+    withdrawn = asyncio.create_task(db.write_sync(marker("withdrawn")))
     kept = asyncio.create_task(db.write_sync(marker("kept")))
+    taken_then_cancelled = first
     await asyncio.sleep(0)
-    queued.cancel()
+    withdrawn.cancel()
+    taken_then_cancelled.cancel()
     gate.set()
-    await first
     await kept
-    with pytest.raises(asyncio.CancelledError):
-        await queued
-    assert ran == ["slow", "kept"]
-    assert raw_rows(journal.path, "SELECT nonce FROM nonces") == [("kept",)]
+    for task in (withdrawn, taken_then_cancelled):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert ran == ["first", "kept"]
+    assert raw_rows(journal.path, "SELECT nonce FROM nonces ORDER BY nonce") == [
+        ("first",),
+        ("kept",),
+    ]
+
+
+async def test_an_async_unit_that_suspends_runs_again_on_the_loop(
+    commits: tuple[Journal, list[float]],
+) -> None:
+    """An async unit that awaits something besides the connection is rolled back in SQLite's
+    thread and run again on the event loop, in the same transaction as its batch."""
+    journal, seen = commits
+    db = _db(journal)
+    calls: list[str] = []
+
+    async def yields(conn: aiosqlite.Connection) -> int:
+        calls.append("start")
+        await conn.execute("INSERT INTO nonces VALUES ('n1', 'k', 1, 2)")
+        await asyncio.sleep(0)  # not the connection: suspends
+        await conn.execute("INSERT INTO nonces VALUES ('n2', 'k', 1, 2)")
+        return 7
+
+    before = len(seen)
+    value, other = await asyncio.gather(
+        db.write(yields), journal.submit(request(None, vmid=801), now=T0)
+    )
+    assert value == 7 and other.op.state is OpState.PENDING
+    assert calls == ["start", "start"]
+    assert len(seen) - before == 1
+    assert raw_rows(journal.path, "SELECT nonce FROM nonces ORDER BY nonce") == [("n1",), ("n2",)]
 
 
 async def test_a_full_disk_fails_the_write_that_needs_space_and_recovers(
