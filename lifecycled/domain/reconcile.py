@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -295,3 +296,61 @@ def _expected_absence(inp: ReconcileInput, guest: GuestRecord) -> str | None:
     if guest.lock in TRANSIENT_LOCKS:
         return f"was in a transient state (lock {guest.lock})"
     return None
+
+
+@attrs.frozen(kw_only=True)
+class ReconcileReport:
+    """What one pass did (also the body of ``reconcile --dry-run``)."""
+
+    outcome: str  # ok | error
+    started_at: float
+    finished_at: float
+    dry_run: bool = False
+    enqueued: list[dict[str, Any]] = attrs.field(factory=list)
+    cancelled: list[int] = attrs.field(factory=list)
+    lost: list[int] = attrs.field(factory=list)
+    found: list[int] = attrs.field(factory=list)
+    missing: list[int] = attrs.field(factory=list)
+    discovered: list[int] = attrs.field(factory=list)
+    managed: list[int] = attrs.field(factory=list)
+    drifted: list[int] = attrs.field(factory=list)
+    skipped: list[dict[str, Any]] = attrs.field(factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from lifecycled.domain.serialize import rfc3339
+
+        out = attrs.asdict(self)
+        out["started_at"] = rfc3339(self.started_at)
+        out["finished_at"] = rfc3339(self.finished_at)
+        return out
+
+
+def command_dict(cmd: Command) -> dict[str, Any]:
+    return {
+        "vmid": cmd.guest.vmid,
+        "node": cmd.guest.node,
+        "action": str(cmd.action),
+        "idempotency_key": cmd.key,
+        "params": dict(cmd.params),
+        "reason": cmd.reason,
+    }
+
+
+def report_of(p: Plan, started: float, *, dry_run: bool) -> ReconcileReport:
+    """The plan as a report (what a dry run prints; a real pass fills in what happened)."""
+    return ReconcileReport(
+        outcome="ok",
+        started_at=started,
+        finished_at=started,
+        dry_run=dry_run,
+        enqueued=[command_dict(c) for c in p.commands],
+        cancelled=[op_id for op_id, _ in p.cancels],
+        lost=[o.vmid for o in p.lost],
+        found=[o.vmid for o in p.recheck_lost],
+        missing=p.missing,
+        discovered=[o.vmid for o in p.discovered],
+        managed=[o.vmid for o, _ in p.to_manage],
+        drifted=p.drifted,
+        skipped=[{"vmid": vmid, "reason": why} for vmid, why in p.skipped],
+    )

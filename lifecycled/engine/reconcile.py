@@ -20,7 +20,15 @@ from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.actions import fingerprint_matches, fingerprint_of
 from lifecycled.domain.guests import GuestRecord, Observation
 from lifecycled.domain.op import Origin
-from lifecycled.domain.reconcile import OrphanKind, Plan, ReconcileInput, plan
+from lifecycled.domain.reconcile import (
+    OrphanKind,
+    Plan,
+    ReconcileInput,
+    ReconcileReport,
+    command_dict,
+    plan,
+    report_of,
+)
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.guests import GuestService
 from lifecycled.errors import InvalidTransition, LifecycledError, PveError
@@ -32,34 +40,6 @@ log = logging.getLogger("lifecycled.reconcile")
 
 #: Config reads per pass looking for drift (oldest check first).
 DRIFT_CHECKS_PER_PASS = 10
-
-
-@attrs.frozen(kw_only=True)
-class ReconcileReport:
-    """What one pass did (also the body of ``reconcile --dry-run``)."""
-
-    outcome: str  # ok | error
-    started_at: float
-    finished_at: float
-    dry_run: bool = False
-    enqueued: list[dict[str, Any]] = attrs.field(factory=list)
-    cancelled: list[int] = attrs.field(factory=list)
-    lost: list[int] = attrs.field(factory=list)
-    found: list[int] = attrs.field(factory=list)
-    missing: list[int] = attrs.field(factory=list)
-    discovered: list[int] = attrs.field(factory=list)
-    managed: list[int] = attrs.field(factory=list)
-    drifted: list[int] = attrs.field(factory=list)
-    skipped: list[dict[str, Any]] = attrs.field(factory=list)
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        from lifecycled.domain.serialize import rfc3339
-
-        out = attrs.asdict(self)
-        out["started_at"] = rfc3339(self.started_at)
-        out["finished_at"] = rfc3339(self.finished_at)
-        return out
 
 
 def observations_from(resources: list[Any]) -> list[Observation]:
@@ -127,7 +107,7 @@ class Reconciler:
         try:
             inp = await self.gather()
             the_plan = plan(inp)
-            report = _report(the_plan, started, dry_run=dry_run)
+            report = report_of(the_plan, started, dry_run=dry_run)
             if not dry_run:
                 report = await self._apply(inp, the_plan, report)
         except (PveError, LifecycledError) as err:
@@ -323,7 +303,7 @@ class Reconciler:
                     "reason": cmd.reason,
                 },
             )
-            done.append({"op_id": op.id, **_command(cmd)})
+            done.append({"op_id": op.id, **command_dict(cmd)})
         if done:
             self.notify()
         return done
@@ -365,36 +345,6 @@ class Reconciler:
             await self.journal.record_digests(digests, now=now)
         drifted = await self.journal.list_guests(drifted=True, limit=1000)
         return [g.vmid for g in drifted.items]
-
-
-def _command(cmd: Any) -> dict[str, Any]:
-    return {
-        "vmid": cmd.guest.vmid,
-        "node": cmd.guest.node,
-        "action": str(cmd.action),
-        "idempotency_key": cmd.key,
-        "params": dict(cmd.params),
-        "reason": cmd.reason,
-    }
-
-
-def _report(p: Plan, started: float, *, dry_run: bool) -> ReconcileReport:
-    """The plan as a report (what a dry run prints; a real pass fills in what happened)."""
-    return ReconcileReport(
-        outcome="ok",
-        started_at=started,
-        finished_at=started,
-        dry_run=dry_run,
-        enqueued=[_command(c) for c in p.commands],
-        cancelled=[op_id for op_id, _ in p.cancels],
-        lost=[o.vmid for o in p.lost],
-        found=[o.vmid for o in p.recheck_lost],
-        missing=p.missing,
-        discovered=[o.vmid for o in p.discovered],
-        managed=[o.vmid for o, _ in p.to_manage],
-        drifted=p.drifted,
-        skipped=[{"vmid": vmid, "reason": why} for vmid, why in p.skipped],
-    )
 
 
 async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> bool:

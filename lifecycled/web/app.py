@@ -16,7 +16,13 @@ from aiohttp.typedefs import Handler
 
 import lifecycled
 from lifecycled.engine.runtime import Runtime
-from lifecycled.web import handlers_guests, handlers_node, handlers_ops, handlers_system
+from lifecycled.web import (
+    handlers_audit,
+    handlers_guests,
+    handlers_node,
+    handlers_ops,
+    handlers_system,
+)
 from lifecycled.web.auth import AUTH_GATE_KEY, AuthGate, auth_middleware
 from lifecycled.web.errors import error_middleware
 from lifecycled.web.handlers_system import OPENAPI_KEY
@@ -32,6 +38,7 @@ ROUTE_TABLES: tuple[tuple[Route, ...], ...] = (
     handlers_system.ROUTES,
     handlers_node.ROUTES,
     handlers_guests.ROUTES,
+    handlers_audit.ROUTES,
 )
 
 #: Paths polled by probes and scrapers: their successful requests are logged at debug level.

@@ -1,4 +1,4 @@
-"""``/v1/guests`` and ``/v1/audit``: guests lifecycled knows, ownership, desired state, audit.
+"""``/v1/guests``: the guests lifecycled knows, their ownership and desired state.
 
 Every check that can reject a request (auth, shape, path, guest resolution in Proxmox) runs
 before the journal is written: no 4xx ever leaves a row behind. ``GET /v1/guests`` carries an
@@ -13,9 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lifecycled.audit import AuditPage, Decision
 from lifecycled.domain.guests import DesiredState, GuestOrigin, ObservedState, guest_to_dict
-from lifecycled.domain.serialize import parse_rfc3339
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
 from lifecycled.errors import InvalidTransition, NotFound, PveError
@@ -25,9 +23,7 @@ from lifecycled.web.errors import ApiError, unavailable
 from lifecycled.web.guest_schemas import SCHEMAS
 from lifecycled.web.inputs import (
     DEFAULT_LIMIT,
-    MAX_ID,
     MAX_LIMIT,
-    parse_cursor,
     parse_limit,
     parse_query,
     parse_vmid,
@@ -41,7 +37,6 @@ log = logging.getLogger("lifecycled.web")
 
 ORIGINS = [str(o) for o in GuestOrigin]
 OBSERVED = [str(o) for o in ObservedState]
-DECISIONS = [str(d) for d in Decision]
 SETTABLE = [str(DesiredState.RUNNING), str(DesiredState.STOPPED)]
 
 
@@ -54,23 +49,10 @@ def _choice(name: str, allowed: list[str]) -> Any:
     return parse
 
 
-def _word(value: str) -> str:
-    if not value or len(value) > 64 or not value.replace("_", "").replace("-", "").isalnum():
-        raise ValueError("must be a word of letters, digits, - and _ (at most 64)")
-    return value
-
-
 def _bool(value: str) -> bool:
     if value not in ("true", "false"):
         raise ValueError("must be true or false")
     return value == "true"
-
-
-def _timestamp(value: str) -> float:
-    try:
-        return parse_rfc3339(value)
-    except ValueError:
-        raise ValueError("must be an RFC 3339 timestamp with a time zone") from None
 
 
 def _path_vmid(request: web.Request) -> int:
@@ -218,39 +200,6 @@ async def release_guest(request: web.Request) -> web.Response:
     except InvalidTransition as exc:
         raise ApiError(409, "guest_not_managed", str(exc)) from None
     return _ownership(result)
-
-
-# --- audit -----------------------------------------------------------------------------------
-
-
-def _audit_body(page: AuditPage) -> dict[str, Any]:
-    return {"items": [r.to_dict() for r in page.items], "next_cursor": page.next_cursor}
-
-
-async def list_audit(request: web.Request) -> web.Response:
-    """``GET /v1/audit``: newest first, filtered by guest, action, decision and time."""
-    q = parse_query(
-        request,
-        {
-            "vmid": parse_vmid,
-            "action": _word,
-            "decision": _choice("decision", DECISIONS),
-            "since": _timestamp,
-            "until": _timestamp,
-            "limit": parse_limit,
-            "cursor": parse_cursor,
-        },
-    )
-    page = await runtime_of(request).journal.list_audit(
-        vmid=q.get("vmid"),
-        action=q.get("action"),
-        decision=q.get("decision"),
-        since=q.get("since"),
-        until=q.get("until"),
-        limit=q.get("limit", DEFAULT_LIMIT),
-        cursor=q.get("cursor"),
-    )
-    return web.json_response(_audit_body(page))
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -408,36 +357,5 @@ ROUTES: tuple[Route, ...] = (
             409: error("The guest is discovered, not managed (`guest_not_managed`)."),
             503: _STOPPING,
         },
-    ),
-    Route(
-        method="GET",
-        path="/v1/audit",
-        handler=list_audit,
-        operation_id="listAudit",
-        summary="The audit log, newest first",
-        tag="audit",
-        description=(
-            "Every destructive decision (allowed, refused, soft-deleted), LOST/found guests, "
-            "ownership changes and node transitions, with the actor, the reason and a "
-            "snapshot of the guest."
-        ),
-        parameters=(
-            query(
-                "vmid",
-                "Only this guest.",
-                {"type": "integer", "minimum": VMID_MIN, "maximum": VMID_MAX},
-            ),
-            query("action", "Only this action (terminate, adopt, drain, …).", {"type": "string"}),
-            query("decision", "Only this decision.", {"type": "string", "enum": DECISIONS}),
-            query("since", "At or after (RFC 3339).", {"type": "string", "format": "date-time"}),
-            query("until", "Before (RFC 3339).", {"type": "string", "format": "date-time"}),
-            _LIMIT,
-            query(
-                "cursor",
-                "The next_cursor of the previous page.",
-                {"type": "integer", "minimum": 1, "maximum": MAX_ID},
-            ),
-        ),
-        responses={200: ok("One page of audit records.", "AuditPage"), 400: _BAD_QUERY},
     ),
 )

@@ -1,0 +1,115 @@
+"""``GET /v1/audit``: the append-only audit log, filtered by guest, action, decision and
+time, newest first (SPEC §4 "Audit log")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from lifecycled.audit import AuditPage, Decision
+from lifecycled.domain.serialize import parse_rfc3339
+from lifecycled.engine.submit import VMID_MAX, VMID_MIN
+from lifecycled.web.inputs import (
+    DEFAULT_LIMIT,
+    MAX_ID,
+    MAX_LIMIT,
+    parse_cursor,
+    parse_limit,
+    parse_query,
+    parse_vmid,
+)
+from lifecycled.web.routes import Route, error, ok, query, runtime_of
+
+DECISIONS = [str(d) for d in Decision]
+
+
+def _decision(value: str) -> str:
+    if value not in DECISIONS:
+        raise ValueError(f"unknown decision {value!r}; one of {', '.join(DECISIONS)}")
+    return value
+
+
+def _word(value: str) -> str:
+    if not value or len(value) > 64 or not value.replace("_", "").replace("-", "").isalnum():
+        raise ValueError("must be a word of letters, digits, - and _ (at most 64)")
+    return value
+
+
+def _timestamp(value: str) -> float:
+    try:
+        return parse_rfc3339(value)
+    except ValueError:
+        raise ValueError("must be an RFC 3339 timestamp with a time zone") from None
+
+
+def _audit_body(page: AuditPage) -> dict[str, Any]:
+    return {"items": [r.to_dict() for r in page.items], "next_cursor": page.next_cursor}
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    """``GET /v1/audit``: newest first, filtered by guest, action, decision and time."""
+    q = parse_query(
+        request,
+        {
+            "vmid": parse_vmid,
+            "action": _word,
+            "decision": _decision,
+            "since": _timestamp,
+            "until": _timestamp,
+            "limit": parse_limit,
+            "cursor": parse_cursor,
+        },
+    )
+    page = await runtime_of(request).journal.list_audit(
+        vmid=q.get("vmid"),
+        action=q.get("action"),
+        decision=q.get("decision"),
+        since=q.get("since"),
+        until=q.get("until"),
+        limit=q.get("limit", DEFAULT_LIMIT),
+        cursor=q.get("cursor"),
+    )
+    return web.json_response(_audit_body(page))
+
+
+_LIMIT = query(
+    "limit",
+    f"Page size (default {DEFAULT_LIMIT}).",
+    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+)
+_BAD_QUERY = error("Unknown, repeated or malformed query parameter (`invalid_query`).")
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        method="GET",
+        path="/v1/audit",
+        handler=list_audit,
+        operation_id="listAudit",
+        summary="The audit log, newest first",
+        tag="audit",
+        description=(
+            "Every destructive decision (allowed, refused, soft-deleted), LOST/found guests, "
+            "ownership changes and node transitions, with the actor, the reason and a "
+            "snapshot of the guest."
+        ),
+        parameters=(
+            query(
+                "vmid",
+                "Only this guest.",
+                {"type": "integer", "minimum": VMID_MIN, "maximum": VMID_MAX},
+            ),
+            query("action", "Only this action (terminate, adopt, drain, …).", {"type": "string"}),
+            query("decision", "Only this decision.", {"type": "string", "enum": DECISIONS}),
+            query("since", "At or after (RFC 3339).", {"type": "string", "format": "date-time"}),
+            query("until", "Before (RFC 3339).", {"type": "string", "format": "date-time"}),
+            _LIMIT,
+            query(
+                "cursor",
+                "The next_cursor of the previous page.",
+                {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+            ),
+        ),
+        responses={200: ok("One page of audit records.", "AuditPage"), 400: _BAD_QUERY},
+    ),
+)
