@@ -252,25 +252,48 @@ class Database:
         """
         return await self._enqueue(Job(self._new_future(), async_unit=unit))
 
-    async def write_sync(self, unit: SyncUnit[T]) -> T:
+    async def write_sync(self, unit: SyncUnit[T], *, durable: bool = False) -> T:
         """Run the synchronous unit in the next group commit; its result once durable.
 
         ``unit`` is a plain function of the ``sqlite3`` connection; it runs in SQLite's own
         thread together with the other units of its batch, in one thread hop. It must not
         block on anything but SQLite. Same all-or-nothing guarantees as :meth:`write`.
+
+        ``durable``: the write must survive the caller's cancellation (STYLE principle 5) —
+        it is never withdrawn; a cancelled caller waits for its commit, then re-raises.
         """
-        return await self._enqueue(Job(self._new_future(), sync_unit=unit))
+        job: Job[T] = Job(self._new_future(), sync_unit=unit, durable=durable)
+        try:
+            return await self._enqueue(job)
+        except asyncio.CancelledError:
+            if durable:
+                await self._settled(job)
+            raise
+
+    async def _settled(self, job: Job[Any]) -> None:
+        """A cancelled durable caller: wait until the flusher is done with its unit."""
+        if not job.settled:
+            settled = asyncio.get_running_loop().create_future()
+            job.on_settled = settled
+            while not settled.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({settled})
+        if job.error is not None:
+            logger.warning("journal.durable_write_failed", exc_info=job.error)
 
     def _new_future(self) -> asyncio.Future[Any]:
         self._check_open()
         return asyncio.get_running_loop().create_future()
 
-    async def _enqueue(self, job: Job[T]) -> T:
+    def _queue_job(self, job: Job[Any]) -> None:
         self._queue.append(job)
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush(), name="journal-group-commit"
             )
+
+    async def _enqueue(self, job: Job[T]) -> T:
+        self._queue_job(job)
         # Cancelling this await cancels the future: a unit not taken yet is then skipped.
         result: T = await job.future
         return result
@@ -282,14 +305,18 @@ class Database:
                 batch: list[Job[Any]] = []
                 while self._queue and len(batch) < MAX_BATCH:
                     job = self._queue.popleft()
-                    if not job.withdrawn:
+                    if job.withdrawn:
+                        job.settle()
+                    else:
                         batch.append(job)
                 if batch:
                     await self._commit(batch)
         finally:
             self._flusher = None
             while self._queue:  # only when the flusher itself was cancelled (loop teardown)
-                self._queue.popleft().future.cancel()
+                job = self._queue.popleft()
+                job.settle()
+                job.future.cancel()
 
     async def _commit(self, batch: list[Job[Any]]) -> None:
         conn = self._conn
@@ -311,6 +338,7 @@ class Database:
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled (loop teardown): outcome unknown
                 for job in batch:
+                    job.settle()
                     job.future.cancel()
                 raise
             error = exc.cause if isinstance(exc, TransactionLost) else exc
@@ -322,6 +350,8 @@ class Database:
             self._answer(job, job.error if job.ran else JournalError("unit did not run"))
 
     def _answer(self, job: Job[Any], error: BaseException | None) -> None:
+        job.error = error
+        job.settle()
         if job.future.done():
             return
         if error is None:

@@ -7,16 +7,15 @@ time from the caller (``now``, epoch seconds) so tests and plans control time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from lifecycled.domain.op import Op, OpError, canonical_json
-from lifecycled.domain.states import REARMABLE, OpState
+from lifecycled.domain.op import Op, OpError
+from lifecycled.domain.states import OpState
 from lifecycled.errors import JournalError
 from lifecycled.journal import migrations, units
 from lifecycled.journal.audit import AuditVerbs
@@ -47,7 +46,6 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         self._schema_version = schema_version
         self._applied = applied
         self._known = known
-        self._durable: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -101,9 +99,7 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         return cls(db, schema_version=version, applied=tuple(m.label for m in applied), known=known)
 
     async def close(self) -> None:
-        """Finish durable writes still in progress, then close the connection."""
-        if self._durable:
-            await asyncio.wait(set(self._durable))
+        """Commit the writes still queued (durable ones included), then close."""
         await self._db.close()
 
     async def __aenter__(self) -> Journal:
@@ -136,33 +132,15 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         """Migrations applied by this :meth:`open` (``("0001_initial",)`` on a new file)."""
         return self._applied
 
-    async def _shielded(self, coro: Coroutine[Any, Any, T]) -> T:
-        # A durable write (task id received, op finished) completes even when the caller
-        # is cancelled meanwhile; the cancellation is re-raised once it is on disk.
-        task = asyncio.ensure_future(coro)
-        self._durable.add(task)
-        task.add_done_callback(self._durable.discard)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            while not task.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait({task})
-            if not task.cancelled() and task.exception() is not None:
-                logger.warning("journal.durable_write_failed", exc_info=task.exception())
-            raise
-
     # -- writes ----------------------------------------------------------------------------
 
     async def submit(self, req: SubmitRequest, *, now: float) -> SubmitResult:
-        """Journal a new op, or deduplicate / re-arm by idempotency key (SPEC §1)."""
-        if req.idempotency_key is not None:
-            existing = await self.by_key(req.idempotency_key)
-            if existing is not None and existing.state not in REARMABLE:
-                # The common retry of a client: answer without a write.
-                if not units.same_request(existing, req, canonical_json(req.params)):
-                    raise units.conflict(existing)
-                return SubmitResult(op=existing, deduplicated=True, rearmed=False)
+        """Journal a new op, or deduplicate / re-arm by idempotency key (SPEC §1).
+
+        A client's retry of a key in flight or succeeded is answered from inside the group
+        commit (a read, no change): a separate read first would cost every submission a
+        thread hop.
+        """
         return await self._db.write_sync(lambda c: units.submit(c, req, now=now))
 
     async def claim_next(
@@ -189,35 +167,33 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
     ) -> Op:
         """Journal the task id Proxmox returned: dispatching → running (survives cancellation)."""
         changes = {"upid": upid, "dispatched": 1, "ambiguous_since": None}
-        return await self._shielded(
-            self._db.write_sync(
-                lambda c: units.transition(
-                    c,
-                    op_id,
-                    Verb.RECORD_UPID,
-                    OpState.RUNNING,
-                    now=now,
-                    reason=reason,
-                    changes=changes,
-                )
-            )
+        return await self._db.write_sync(
+            lambda c: units.transition(
+                c,
+                op_id,
+                Verb.RECORD_UPID,
+                OpState.RUNNING,
+                now=now,
+                reason=reason,
+                changes=changes,
+            ),
+            durable=True,
         )
 
     async def set_upid_in_flight(self, op_id: int, upid: str, *, now: float, reason: str) -> Op:
         """Adopt a task id for an in-flight op (recover/janitor); a dispatching op → running."""
         changes = {"upid": upid, "dispatched": 1, "ambiguous_since": None}
-        return await self._shielded(
-            self._db.write_sync(
-                lambda c: units.transition(
-                    c,
-                    op_id,
-                    Verb.SET_UPID,
-                    OpState.RUNNING,
-                    now=now,
-                    reason=reason,
-                    changes=changes,
-                )
-            )
+        return await self._db.write_sync(
+            lambda c: units.transition(
+                c,
+                op_id,
+                Verb.SET_UPID,
+                OpState.RUNNING,
+                now=now,
+                reason=reason,
+                changes=changes,
+            ),
+            durable=True,
         )
 
     async def finish(
@@ -235,12 +211,11 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         ``error`` becomes the op's error; without one a success clears it and a failure
         keeps the last error recorded (e.g. by a requeue).
         """
-        return await self._shielded(
-            self._db.write_sync(
-                lambda c: units.finish(
-                    c, op_id, state, now=now, reason=reason, exitstatus=exitstatus, error=error
-                )
-            )
+        return await self._db.write_sync(
+            lambda c: units.finish(
+                c, op_id, state, now=now, reason=reason, exitstatus=exitstatus, error=error
+            ),
+            durable=True,
         )
 
     async def requeue(
@@ -258,18 +233,17 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         The task id is cleared (it stays in the history). ``ambiguous`` records when the
         failed attempt was claimed, so the next attempt searches the task list since then.
         """
-        return await self._shielded(
-            self._db.write_sync(
-                lambda c: units.requeue(
-                    c,
-                    op_id,
-                    now=now,
-                    next_attempt_at=next_attempt_at,
-                    reason=reason,
-                    error=error,
-                    ambiguous=ambiguous,
-                )
-            )
+        return await self._db.write_sync(
+            lambda c: units.requeue(
+                c,
+                op_id,
+                now=now,
+                next_attempt_at=next_attempt_at,
+                reason=reason,
+                error=error,
+                ambiguous=ambiguous,
+            ),
+            durable=True,
         )
 
     async def dead_letter(
@@ -279,19 +253,18 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         changes: dict[str, Any] = {"finished_at": now, "next_attempt_at": None}
         if error is not None:
             changes.update(units.error_columns(error))
-        return await self._shielded(
-            self._db.write_sync(
-                lambda c: units.transition(
-                    c,
-                    op_id,
-                    Verb.DEAD_LETTER,
-                    OpState.DEAD_LETTERED,
-                    now=now,
-                    reason=reason,
-                    changes=changes,
-                    history_error=error,
-                )
-            )
+        return await self._db.write_sync(
+            lambda c: units.transition(
+                c,
+                op_id,
+                Verb.DEAD_LETTER,
+                OpState.DEAD_LETTERED,
+                now=now,
+                reason=reason,
+                changes=changes,
+                history_error=error,
+            ),
+            durable=True,
         )
 
     async def cancel(self, op_id: int, *, now: float, reason: str) -> Op:

@@ -14,12 +14,16 @@ row — in the same transaction, so a crash leaves either both or neither.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
+import attrs
+
+from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import Op, OpError, canonical_json
 from lifecycled.domain.states import REARMABLE, OpState
 from lifecycled.errors import Conflict, InvalidTransition, NotFound
@@ -35,7 +39,7 @@ HISTORY_INSERT = (
 _INSERT_OP = (
     "INSERT INTO ops (idempotency_key, action, node, kind, vmid, params, origin, actor, "
     "state, phase, attempts, due_at, created_at, updated_at) "
-    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, 0, ?, ?, ?) RETURNING {OP_COLUMNS}"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, 0, ?, ?, ?)"
 )
 
 _SELECT_OP = f"SELECT {OP_COLUMNS} FROM ops WHERE id = ?"
@@ -123,6 +127,47 @@ def check(op: Op, verb: Verb, dst: OpState) -> None:
         raise InvalidTransition(f"op {op.id} is {op.state}: {why}")
 
 
+@functools.lru_cache(maxsize=64)
+def _update_sql(columns: tuple[str, ...]) -> str:
+    """The guarded UPDATE for this set of columns (a handful of shapes, built once each)."""
+    unknown = set(columns) - _SETTABLE
+    if unknown:
+        raise ValueError(f"not a settable ops column: {sorted(unknown)}")
+    assignments = ", ".join(f"{column} = ?" for column in columns)
+    return f"UPDATE ops SET {assignments} WHERE id = ? AND state = ?"
+
+
+_OP_FIELDS = tuple(field.name for field in attrs.fields(Op))
+
+_TIMES = ("updated_at", "next_attempt_at", "finished_at", "claimed_at", "ambiguous_since")
+
+
+def _evolved(op: Op, dst: OpState, sets: Mapping[str, Any]) -> Op:
+    """The op as the row now reads, from the values just written (no ``RETURNING``, no
+    second decode: the UPDATE sets exactly these columns)."""
+    fields: dict[str, Any] = {"state": dst}
+    for name in _TIMES:
+        if name in sets:
+            value = sets[name]
+            fields[name] = None if value is None else float(value)
+    if "attempts" in sets:
+        fields["attempts"] = int(sets["attempts"])
+    for name in ("upid", "exitstatus"):
+        if name in sets:
+            fields[name] = sets[name]
+    if "dispatched" in sets:
+        fields["dispatched"] = bool(sets["dispatched"])
+    if "error_class" in sets:
+        cls = sets["error_class"]
+        fields["error"] = (
+            None
+            if cls is None
+            else OpError(error_class=ErrorClass(cls), message=sets.get("error_message") or "")
+        )
+    # attrs.evolve, without its per-call introspection (this runs on every transition).
+    return Op(**{name: getattr(op, name) for name in _OP_FIELDS} | fields)
+
+
 def apply(
     conn: sqlite3.Connection,
     op: Op,
@@ -135,18 +180,10 @@ def apply(
 ) -> Op:
     """Update ``op`` to ``dst`` (guarded by its current state) and append its history row."""
     sets: dict[str, Any] = {"state": str(dst), "phase": PHASE[dst], "updated_at": now, **changes}
-    unknown = set(sets) - _SETTABLE
-    if unknown:
-        raise ValueError(f"not a settable ops column: {sorted(unknown)}")
-    assignments = ", ".join(f"{column} = ?" for column in sets)
-    row = fetch_one(
-        conn,
-        f"UPDATE ops SET {assignments} WHERE id = ? AND state = ? RETURNING {OP_COLUMNS}",
-        (*sets.values(), op.id, str(op.state)),
-    )
-    if row is None:  # only possible if something wrote outside the journal's transaction
+    cursor = conn.execute(_update_sql(tuple(sets)), (*sets.values(), op.id, str(op.state)))
+    if cursor.rowcount != 1:  # only possible if something wrote outside the journal
         raise InvalidTransition(f"op {op.id} is no longer {op.state}; nothing changed")
-    new = op_from_row(row)
+    new = _evolved(op, dst, sets)
     err = error_columns(history_error)
     conn.execute(
         HISTORY_INSERT,
@@ -236,8 +273,7 @@ def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> Submi
                 return SubmitResult(op=op, deduplicated=False, rearmed=True)
             return SubmitResult(op=existing, deduplicated=True, rearmed=False)
     guest = req.guest
-    row = fetch_one(
-        conn,
+    cursor = conn.execute(
         _INSERT_OP,
         (
             key,
@@ -253,8 +289,18 @@ def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> Submi
             now,
         ),
     )
-    assert row is not None
-    op = op_from_row(row)
+    assert cursor.lastrowid is not None
+    at = float(now)
+    op = Op(  # what the row now reads (no RETURNING and decode needed)
+        id=cursor.lastrowid,
+        idempotency_key=key,
+        action=req.action,
+        guest=guest,
+        params=json.loads(params_json),
+        origin=req.origin,
+        created_at=at,
+        updated_at=at,
+    )
     conn.execute(
         HISTORY_INSERT,
         (op.id, now, None, str(OpState.PENDING), f"submitted by {req.actor}", 0, None, None, None),
