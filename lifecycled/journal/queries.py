@@ -39,6 +39,10 @@ def _page(found: list[sqlite3.Row], limit: int) -> OpPage:
     return OpPage(items=items, next_cursor=items[-1].id if more and items else None)
 
 
+def _by_id(op: Op) -> int:
+    return op.id
+
+
 def _backup_file(source: Path, dest: Path) -> None:
     fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     os.close(fd)
@@ -117,6 +121,10 @@ class ReadVerbs:
         found = await self._rows(f"SELECT {OP_COLUMNS} FROM ops WHERE idempotency_key = ?", (key,))
         return op_from_row(found[0]) if found else None
 
+    # The in-flight queries sort in Python: with ``ORDER BY id`` and no planner statistics
+    # (a new or bulk-loaded journal), SQLite prefers walking the whole table in rowid order
+    # over the tiny partial index. Without it, they read only ``phase = 2`` index entries.
+
     async def in_flight(self, *, node: str | None = None) -> list[Op]:
         """Ops in dispatching or running (optionally on ``node``), oldest first."""
         sql = f"SELECT {OP_COLUMNS} FROM ops WHERE phase = 2"
@@ -124,15 +132,36 @@ class ReadVerbs:
         if node is not None:
             sql += " AND node = ?"
             params.append(node)
-        return [op_from_row(r) for r in await self._rows(sql + " ORDER BY id", params)]
+        return sorted((op_from_row(r) for r in await self._rows(sql, params)), key=_by_id)
 
     async def stale_in_flight(self, *, older_than: float) -> list[Op]:
         """In-flight ops not updated since ``older_than`` (janitor candidates), oldest first."""
         found = await self._rows(
-            f"SELECT {OP_COLUMNS} FROM ops WHERE phase = 2 AND updated_at < ? ORDER BY id",
-            (older_than,),
+            f"SELECT {OP_COLUMNS} FROM ops WHERE phase = 2 AND updated_at < ?", (older_than,)
         )
-        return [op_from_row(r) for r in found]
+        return sorted((op_from_row(r) for r in found), key=_by_id)
+
+    async def open_counts(self) -> dict[OpState, int]:
+        """Pending and in-flight ops by state, and dead letters not discarded.
+
+        Cheap whatever the journal's size (partial indexes only): what the gauges refresh
+        every few seconds. Terminal states are absent; :meth:`counts_by_state` has them all.
+        """
+
+        async def unit(conn: aiosqlite.Connection) -> dict[OpState, int]:
+            counts = dict.fromkeys((OpState.PENDING, OpState.DISPATCHING, OpState.RUNNING), 0)
+            found = await rows(conn, "SELECT count(*) FROM ops WHERE phase = 1")
+            counts[OpState.PENDING] = int(found[0][0])
+            for row in await rows(conn, "SELECT state FROM ops WHERE phase = 2"):
+                counts[OpState(row[0])] += 1
+            found = await rows(
+                conn,
+                "SELECT count(*) FROM ops WHERE state = 'dead_lettered' AND discarded_at IS NULL",
+            )
+            counts[OpState.DEAD_LETTERED] = int(found[0][0])
+            return counts
+
+        return await self._db.read(unit)
 
     async def list_ops(
         self,

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
-from conftest_journal import T0, raw_rows, request, submit, to_state
+from conftest_journal import BOOM, T0, raw_rows, request, submit, to_state
 
+from lifecycled.domain.op import Op
 from lifecycled.domain.states import OpState
 from lifecycled.errors import InvalidTransition, JournalError, JournalUnavailable
 from lifecycled.journal import Journal
@@ -260,3 +261,67 @@ async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
     refused = [d for d in done if isinstance(d, JournalError)]
     assert len(committed) + len(refused) == 30
     assert raw_rows(tmp_path / "j.sqlite3", "SELECT count(*) FROM ops") == [(len(committed),)]
+
+
+async def test_every_verb_returns_the_op_as_the_journal_holds_it(
+    commits: tuple[Journal, list[float]],
+) -> None:
+    """What a verb returns (built from the values it wrote) equals a fresh read of the row."""
+    journal, _ = commits
+
+    async def same(op: Op | None) -> Op:
+        assert op is not None
+        assert op == await journal.get(op.id)
+        return op
+
+    op = await same(
+        (await journal.submit(request("k1", vmid=901, params={"b": [1], "a": 1}), now=T0)).op
+    )
+    await same(await journal.claim_next(now=T0 + 1))
+    await same(await journal.record_upid(op.id, "UPID:pve1:1:a:", now=T0 + 2))
+    await same(
+        await journal.requeue(
+            op.id, now=T0 + 3, next_attempt_at=T0 + 4, reason="r", error=BOOM, ambiguous=True
+        )
+    )
+    await same(await journal.claim_next(now=T0 + 5))
+    await same(await journal.set_upid_in_flight(op.id, "UPID:pve1:2:b:", now=T0 + 6, reason="r"))
+    await same(await journal.dead_letter(op.id, now=T0 + 7, reason="r", error=BOOM))
+    await same(await journal.discard(op.id, now=T0 + 8, reason="r"))
+    await same(await journal.retry(op.id, now=T0 + 9, reason="r"))
+    await same(await journal.cancel(op.id, now=T0 + 10, reason="r"))
+    await same(
+        (await journal.submit(request("k1", vmid=901, params={"a": 1, "b": [1]}), now=T0 + 11)).op
+    )
+    await same(await journal.claim_next(now=T0 + 12))
+    await same(await journal.finish(op.id, OpState.FAILED, now=T0 + 13, reason="r", error=BOOM))
+    await same((await journal.submit(request(None, vmid=902), now=10)).op)  # an int `now`
+
+
+async def test_a_durable_write_is_never_withdrawn(commits: tuple[Journal, list[float]]) -> None:
+    """A durable write whose caller is cancelled before its unit was taken still commits,
+    and the caller sees the cancellation only once it is on disk."""
+    journal, _ = commits
+    db = _db(journal)
+    op = await to_state(journal, OpState.RUNNING, vmid=950)
+    gate = threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        gate.wait(10)
+
+    holder = asyncio.create_task(db.write_sync(hold))
+    await asyncio.sleep(0.05)  # the holding batch is running; the finish below queues behind
+    finishing = asyncio.create_task(
+        journal.finish(op.id, OpState.SUCCEEDED, now=T0 + 9, reason="OK", exitstatus="OK")
+    )
+    await asyncio.sleep(0)
+    finishing.cancel()
+    await asyncio.sleep(0.05)
+    assert not finishing.done(), "the cancelled caller must wait for its durable write"
+    gate.set()
+    await holder
+    with pytest.raises(asyncio.CancelledError):
+        await finishing
+    assert raw_rows(journal.path, "SELECT state FROM ops WHERE id = ?", (op.id,)) == [
+        ("succeeded",)
+    ]
