@@ -19,6 +19,7 @@ import attrs
 from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.actions import fingerprint_matches, fingerprint_of
 from lifecycled.domain.guests import GuestRecord, Observation
+from lifecycled.domain.node import admission_refusal
 from lifecycled.domain.op import Origin
 from lifecycled.domain.reconcile import (
     OrphanKind,
@@ -277,7 +278,31 @@ class Reconciler:
 
     async def _enqueue(self, p: Plan) -> list[dict[str, Any]]:
         done = []
+        node = await self.journal.get_node(self.node)
         for cmd in p.commands:
+            refusal = (
+                admission_refusal(
+                    node.state,
+                    served=self.node,
+                    action=str(cmd.action),
+                    guest_node=cmd.guest.node,
+                    params=cmd.params,
+                )
+                if node is not None
+                else None
+            )
+            if refusal is not None:
+                # A draining node takes no guests, from reconcile either (SPEC §4).
+                self.metrics.reconcile_command(str(cmd.action), "skipped")
+                log.info(
+                    "reconcile.skipped",
+                    extra={
+                        "vmid": cmd.guest.vmid,
+                        "action": str(cmd.action),
+                        "reason": refusal.reason,
+                    },
+                )
+                continue
             req = SubmitRequest(
                 idempotency_key=cmd.key,
                 action=str(cmd.action),

@@ -284,3 +284,27 @@ async def test_pending_reconcile_op_is_superseded_by_a_new_desired_state(
         history = await rt.journal.history(op_id)
     assert op.state is OpState.CANCELLED
     assert "superseded" in history[-1].reason
+
+
+async def test_draining_node_is_not_refilled_by_reconcile(sim: SimServer, tmp_path: Path) -> None:
+    """On a draining node reconcile never starts a guest (SPEC §4), and does again once undrained."""
+    from lifecycled.engine.node import drain, undrain
+
+    guest = on_pve1(sim, "qemu", True)
+    async with running(sim, tmp_path, manage_guests=False) as rt:
+        await manage(rt, guest)
+        sim.sim.set_guest_status(guest.vmid, "stopped")
+        await drain(rt.journal, "pve1", actor="test", reason="maintenance", now=rt.clock.now())
+        seq = last_seq(sim)
+        report = await rt.reconciler.pass_once()
+        assert report.enqueued == []
+        assert (
+            metric(rt, "lifecycled_reconcile_commands_total", action="start", outcome="skipped")
+            == 1
+        )
+        assert writes_since(sim, seq) == []
+        await undrain(rt.journal, "pve1", actor="test", reason="done", now=rt.clock.now())
+        report = await rt.reconciler.pass_once()
+        assert [(c["vmid"], c["action"]) for c in report.enqueued] == [(guest.vmid, "start")]
+        await wait_terminal(rt, report.enqueued[0]["op_id"])
+    assert sim.sim.guests[guest.vmid].running
