@@ -27,6 +27,11 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 _MANAGE_DISCOVERED = ("off", "native", "adopted")
 
 
+def default_node() -> str:
+    """This host's short name: the default ``--node``."""
+    return _default_node()
+
+
 def _default_node() -> str:
     return socket.gethostname().split(".", 1)[0] or "localhost"
 

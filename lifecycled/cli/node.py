@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
+import attrs
 import typer
 
 from lifecycled.cli._app import EXIT_FAILED, app, fail, handle_errors, print_json, print_table
@@ -31,7 +32,7 @@ from lifecycled.cli.options import (
     SystemNodeOpt,
     settings_from,
 )
-from lifecycled.config import Settings
+from lifecycled.config import Settings, default_node
 from lifecycled.domain.node import NodeRecord
 from lifecycled.journal import Journal
 from lifecycled.journal.nodes import NodeChange
@@ -48,6 +49,23 @@ app.add_typer(node_app, name="node")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the audit log).")]
 ACTOR = "cli"
+
+
+def _served(settings: Settings, given: str | None) -> Settings:
+    """The node to act on: as given, else the journal's only registered node, else the host's.
+
+    A sidecar's journal serves one node; an operator running ``lifecycled node status`` on a
+    host whose name differs from the ``--node`` the daemon runs with means that node.
+    """
+    if given is not None or settings.node != default_node() or not settings.db.exists():
+        return settings
+
+    async def main() -> list[str]:
+        async with await Journal.open(settings.db, create=False) as journal:
+            return await journal.registered_nodes()
+
+    nodes = asyncio.run(main())
+    return attrs.evolve(settings, node=nodes[0]) if len(nodes) == 1 else settings
 
 
 def _with_journal(settings: Settings, work: Callable[[Journal], Awaitable[T]]) -> T:
@@ -115,7 +133,7 @@ def status(
     node: NodeOpt = None,
 ) -> None:
     """Show the served node's lifecycle state."""
-    settings = settings_from(config, db=db, node=node)
+    settings = _served(settings_from(config, db=db, node=node), node)
 
     async def work(journal: Journal) -> NodeRecord | None:
         return await journal.get_node(settings.node)
@@ -145,7 +163,7 @@ def drain(
     """Drain the node: new start/create/clone and inbound migrate are refused (503)."""
     from lifecycled.engine import node as service
 
-    settings = settings_from(config, db=db, node=node)
+    settings = _served(settings_from(config, db=db, node=node), node)
 
     async def work(journal: Journal) -> NodeChange:
         return await service.drain(
@@ -167,7 +185,7 @@ def undrain(
     """Undrain a draining node: it takes new guests again (→ active)."""
     from lifecycled.engine import node as service
 
-    settings = settings_from(config, db=db, node=node)
+    settings = _served(settings_from(config, db=db, node=node), node)
 
     async def work(journal: Journal) -> NodeChange:
         return await service.undrain(
@@ -219,7 +237,7 @@ def decommission(
     flags = {k: v for k, v in locals().items() if k not in ("reason", "as_json", "config")}
     from lifecycled.engine import node as service
 
-    settings = settings_from(config, **flags)
+    settings = _served(settings_from(config, **flags), node)
 
     async def work(journal: Journal) -> tuple[NodeChange, str | None]:
         pve = _pve_or_none(settings)

@@ -181,6 +181,17 @@ class NodeVerbs:
 
         return await self._db.read(unit)
 
+    async def registered_nodes(self) -> list[str]:
+        """Every node lifecycled ever served from this journal, by name."""
+
+        async def unit(conn: aiosqlite.Connection) -> list[str]:
+            return [
+                str(r["node"])
+                for r in await rows(conn, "SELECT node FROM node_state ORDER BY node")
+            ]
+
+        return await self._db.read(unit)
+
     async def ensure_node(self, node: str, *, now: float, actor: str) -> NodeRecord:
         """The node's row; created as ``ready`` (``first_seen`` = now, audited) when absent."""
         found = await self.get_node(node)

@@ -158,3 +158,20 @@ def test_keys_generate_writes_a_private_key_and_prints_the_trusted_line(tmp_path
     assert "--force" in one_error_line(again, 2)
     bad_id = cli("keys", "generate", "--key-id", "no/slash", "--out", "x.pem", cwd=tmp_path)
     assert "--key-id" in one_error_line(bad_id, 2)
+
+
+async def test_without_node_the_journals_only_node_is_meant(journal_dir: Path) -> None:
+    """Without --node, node commands act on the one node the journal serves, not the host name."""
+    async with await Journal.open(journal_dir / "j.sqlite3") as journal:
+        await journal.ensure_node("pve7", now=1_700_000_000.0, actor="test")
+    shown = cli("node", "status", "--db", "j.sqlite3", "--json", cwd=journal_dir)
+    assert shown.code == 0
+    assert json.loads(shown.out)["node"] == "pve7"
+    drained = cli("node", "drain", "--db", "j.sqlite3", "--json", cwd=journal_dir)
+    assert drained.code == 0
+    assert (
+        json.loads(cli("node", "status", "--db", "j.sqlite3", "--json", cwd=journal_dir).out)[
+            "state"
+        ]
+        == "draining"
+    )
