@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from typing import Protocol
 
-from lifecycled.domain.actions import Action, ActionSpec, GuestView, spec_for
+from lifecycled.domain.actions import Action, ActionSpec, GuestView, is_destructive, spec_for
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import Op
 from lifecycled.domain.outcome import (
@@ -31,9 +31,14 @@ from lifecycled.engine.durable import durable
 from lifecycled.errors import PveError
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
-from lifecycled.pve.port import PveClient, read_guest
+from lifecycled.pve.port import PveClient, read_guest, read_guest_status
 
 log = logging.getLogger("lifecycled.engine")
+
+#: Actions whose Check needs only ``status/current`` (see :meth:`Executor.observe`).
+_STATUS_ONLY = frozenset(
+    {Action.START, Action.SHUTDOWN, Action.REBOOT, Action.SUSPEND, Action.RESUME}
+)
 
 
 class TrackSink(Protocol):
@@ -79,8 +84,15 @@ class Executor:
     # --- reads ------------------------------------------------------------------------
 
     async def observe(self, op: Op, spec: ActionSpec) -> GuestView:
-        """Read the guest an op is about. Migrate looks on the target node first."""
+        """Read the guest an op is about. Migrate looks on the target node first.
+
+        Non-destructive power actions read ``status/current`` only: their targets, the lock
+        and the template/HA flags are all there, and policy needs the config only for
+        destructive actions (fingerprint) and terminate (protection flag).
+        """
         kind, vmid = op.guest.kind, op.guest.vmid
+        if spec.action in _STATUS_ONLY and not is_destructive(spec, op.params):
+            return await read_guest_status(self.pve, op.guest.node, kind, vmid)
         if spec.action is Action.MIGRATE and op.params.get("target"):
             target = str(op.params["target"])
             view = await read_guest(self.pve, target, kind, vmid)

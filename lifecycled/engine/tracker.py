@@ -2,9 +2,16 @@
 
 Running tasks are tracked without holding a worker. All tracked tasks of one node are
 resolved together: one ``GET /nodes/{node}/tasks?source=all`` per node per tick lists the
-running ones (``RUNNING``) and the archived ones with their exit status; only tasks missing
-from that list get an individual status read. The cadence is fast for young tasks and
-slower for long ones.
+running ones (``RUNNING``) and the archived ones with their exit status, and every task of
+the node seen in it moves to the same cadence (so a node costs one list per tick, however
+many tasks it runs); only tasks missing from that list get an individual status read. The
+cadence is fast for young tasks and slower for long ones.
+
+Two cases are cheaper one by one. A node with at most :data:`SMALL` tracked tasks gets
+their ``tasks/{upid}/status`` instead of a list. And a task that finished stays listed as
+``RUNNING`` until the node's archiver runs (up to ~10 s, reference §12.3): when at most
+:data:`PROBE_MAX` listed-as-running tasks remain on a node, those older than the poll
+interval get a status read too (backing off per task), instead of waiting for the archiver.
 """
 
 from __future__ import annotations
@@ -26,6 +33,14 @@ from lifecycled.pve.port import TaskEntry, is_no_such_task
 log = logging.getLogger("lifecycled.engine")
 
 
+#: Tasks on a node up to which per-task status reads cost no more than one list call.
+SMALL = 2
+#: Listed-as-running tasks on a node up to which each is also confirmed by a status read.
+PROBE_MAX = 16
+#: Longest wait between two confirmations of one listed-as-running task.
+PROBE_MAX_DELAY = 30.0
+
+
 @attrs.define(kw_only=True)
 class _Tracked:
     op: Op
@@ -33,6 +48,8 @@ class _Tracked:
     confirm_by_state: bool
     added: float
     next_check: float
+    next_probe: float
+    probes: int = 0
     failures: int = 0
 
 
@@ -78,6 +95,7 @@ class Tracker:
             confirm_by_state=confirm_by_state or upid.type.startswith("ha"),
             added=now,
             next_check=now + poll_delay(0, self.poll_interval),
+            next_probe=now + self.poll_interval,
         )
         self._wake.set()
 
@@ -109,6 +127,12 @@ class Tracker:
 
     async def _tick_node(self, node: str) -> None:
         entries = [e for e in self._entries.values() if e.upid.node == node]
+        if len(entries) <= SMALL:
+            now = self.clock.monotonic()
+            for entry in entries:
+                if entry.next_check <= now:
+                    await self._read_status(entry)
+            return
         since = min(e.upid.starttime for e in entries) - 1
         try:
             listing = await self.executor.pve.tasks(
@@ -125,14 +149,26 @@ class Tracker:
             return
         by_upid: dict[str, TaskEntry] = {str(item.upid): item for item in listing.items}
         now = self.clock.monotonic()
+        listed_running: list[_Tracked] = []
         for entry in entries:
             item = by_upid.get(str(entry.upid))
             if item is not None and item.status not in (None, "RUNNING"):
                 await self._resolve(entry, item.status)
-            elif item is None and entry.next_check <= now:
-                await self._read_status(entry)
-            elif entry.next_check <= now:
+            elif item is None:
+                if entry.next_check <= now:
+                    await self._read_status(entry)
+            else:
+                # Seen just now, due or not: the node's tasks share one cadence.
                 self._reschedule(entry)
+                listed_running.append(entry)
+        if len(listed_running) <= PROBE_MAX:
+            for entry in listed_running:
+                if entry.next_probe <= now and entry.op.id in self._entries:
+                    entry.probes += 1
+                    entry.next_probe = now + min(
+                        self.poll_interval * 2**entry.probes, PROBE_MAX_DELAY
+                    )
+                    await self._read_status(entry)
 
     async def _read_status(self, entry: _Tracked) -> None:
         try:

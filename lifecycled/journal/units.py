@@ -72,7 +72,12 @@ _SETTABLE = frozenset(
 CLAIM_HEAD = f"SELECT {OP_COLUMNS} FROM ops AS o WHERE o.phase = 1 AND o.due_at <= ?"
 CLAIM_NODES = " AND o.node IN (SELECT value FROM json_each(?))"
 CLAIM_GUEST_FREE = " AND NOT EXISTS (SELECT 1 FROM ops AS f WHERE f.phase = 2 AND f.vmid = o.vmid)"
-CLAIM_NODE_CAP = " AND (SELECT count(*) FROM ops AS f WHERE f.phase = 2 AND f.node = o.node) < ?"
+# The full nodes are found once per claim (not once per candidate: with hundreds of ops in
+# flight on a node and thousands pending, a per-candidate count is quadratic).
+CLAIM_NODE_CAP = (
+    " AND o.node NOT IN (SELECT f.node FROM ops AS f WHERE f.phase = 2"
+    " GROUP BY f.node HAVING count(*) >= ?)"
+)
 CLAIM_TAIL = " ORDER BY o.due_at, o.id LIMIT 1"
 
 
@@ -332,6 +337,8 @@ def claim(
     nodes: Collection[str] | None,
 ) -> Op | None:
     """Claim the oldest due pending op whose guest is free and whose node is under its cap."""
+    if node_cap is not None and node_cap <= 0:
+        return None
     sql, params = claim_query(now=now, node_cap=node_cap, nodes=nodes)
     row = fetch_one(conn, sql, params)
     if row is None:

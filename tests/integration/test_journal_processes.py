@@ -36,7 +36,7 @@ async def worker(journal, claims):
             await asyncio.sleep(0.001)  # a guest is busy in the other process
             continue
         start = time.monotonic()
-        await asyncio.sleep(0)  # let other coroutines claim meanwhile
+        await asyncio.sleep(0.002)  # hold it like a real dispatch: others claim meanwhile
         end = time.monotonic()
         await journal.finish(op.id, OpState.SUCCEEDED, now=float(NOW), reason="done")
         claims.append([op.id, op.guest.vmid, start, end])
