@@ -54,9 +54,15 @@ class _Tracked:
 
 
 def poll_delay(age: float, poll_interval: float) -> float:
-    """Seconds until the next look at a task that has been running for ``age`` seconds."""
-    if age < 10:
+    """Seconds until the next look at a task that has been running for ``age`` seconds.
+
+    Power actions mostly finish within a couple of seconds: those are looked at often;
+    then the cadence relaxes (with the default 2 s: 0.5 s, then 1 s, 2 s, 10 s).
+    """
+    if age < 2:
         return max(0.1, min(0.5, poll_interval / 4))
+    if age < 10:
+        return max(0.1, min(1.0, poll_interval / 2))
     if age < 60:
         return poll_interval
     return min(poll_interval * 5, 30.0)
