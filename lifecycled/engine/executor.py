@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
+
+import attrs
 
 from lifecycled.domain.actions import Action, ActionSpec, GuestView, is_destructive, spec_for
 from lifecycled.domain.classify import ErrorClass
@@ -31,9 +33,18 @@ from lifecycled.engine.durable import durable
 from lifecycled.errors import PveError
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
-from lifecycled.pve.port import PveClient, read_guest, read_guest_status
+from lifecycled.pve.port import (
+    ClusterResource,
+    PveClient,
+    TaskEntry,
+    read_guest,
+    read_guest_status,
+)
 
 log = logging.getLogger("lifecycled.engine")
+
+#: Actions whose target a ``/cluster/resources`` status can settle (see :class:`Prefetched`).
+_SNAPSHOT_ACTIONS = frozenset({Action.START, Action.STOP, Action.SHUTDOWN})
 
 #: Actions whose Check needs only ``status/current`` (see :meth:`Executor.observe`).
 _STATUS_ONLY = frozenset(
@@ -45,6 +56,62 @@ class TrackSink(Protocol):
     """Where ops with a running task go (the tracker)."""
 
     def track(self, op: Op, *, confirm_by_state: bool = False) -> None: ...
+
+
+@attrs.frozen(kw_only=True)
+class NodeTasks:
+    """A node's task list since ``since``, complete (nothing cut off by the limit), indexed
+    by UPID and by task id (the vmid) so that thousands of ops look themselves up cheaply."""
+
+    since: int
+    by_upid: Mapping[str, TaskEntry]
+    by_id: Mapping[str, tuple[TaskEntry, ...]]
+
+    @classmethod
+    def of(cls, since: int, items: tuple[TaskEntry, ...]) -> NodeTasks:
+        by_id: dict[str, list[TaskEntry]] = {}
+        for item in items:
+            by_id.setdefault(item.upid.id, []).append(item)
+        return cls(
+            since=since,
+            by_upid={str(item.upid): item for item in items},
+            by_id={k: tuple(v) for k, v in by_id.items()},
+        )
+
+    def find(self, upid: str) -> TaskEntry | None:
+        return self.by_upid.get(upid)
+
+
+@attrs.frozen(kw_only=True)
+class Prefetched:
+    """Proxmox reads made once for many ops (Recover): each node's task list and the
+    cluster's guest list. Ops find their task and their guest here instead of one or two
+    requests each; what is not here is read the usual way."""
+
+    tasks: Mapping[str, NodeTasks] = attrs.field(factory=dict)
+    resources: Mapping[int, ClusterResource] | None = None
+
+    def view(self, op: Op, spec: ActionSpec) -> GuestView | None:
+        """The guest as ``/cluster/resources`` shows it, when that settles ``spec``'s target:
+        "stopped" settles start (not held) and stop/shutdown (held), "running" settles
+        stop/shutdown (not held); a running VM may be paused, so start needs a real read."""
+        if self.resources is None or spec.action not in _SNAPSHOT_ACTIONS:
+            return None
+        res = self.resources.get(op.guest.vmid)
+        if res is None or res.node != op.guest.node or res.kind != op.guest.kind:
+            return None
+        if res.status not in ("running", "stopped"):
+            return None
+        if spec.action is Action.START and res.status == "running":
+            return None
+        return GuestView(
+            exists=True,
+            node=res.node,
+            status=res.status,
+            lock=res.lock,
+            ha_managed=res.hastate is not None,
+            template=res.template,
+        )
 
 
 def op_fields(op: Op) -> dict[str, object]:
@@ -100,26 +167,35 @@ class Executor:
                 return view
         return await read_guest(self.pve, op.guest.node, kind, vmid)
 
-    async def search_tasks(self, op: Op, spec: ActionSpec, *, since: float) -> list[str]:
+    async def search_tasks(
+        self, op: Op, spec: ActionSpec, *, since: float, prefetched: Prefetched | None = None
+    ) -> list[str]:
         """UPIDs in the node's task list that may be this op's task (SPEC §2 "ambiguous").
 
         Matches: a worker type of the action, the task vmid, our own user, started no
         earlier than ``since`` (less the clock-skew allowance), and not a UPID this op
-        already journaled in an earlier attempt.
+        already journaled in an earlier attempt. With ``prefetched`` holding a complete
+        listing of the node (Recover), nothing is requested.
         """
+        vmid = spec.task_vmid(op.guest.vmid, op.params)
+        floor_start = math.floor(since - self.skew)
+        known_tasks = prefetched.tasks.get(op.guest.node) if prefetched is not None else None
+        items: tuple[TaskEntry, ...]
+        if known_tasks is not None and known_tasks.since <= floor_start - 60:
+            items = known_tasks.by_id.get(str(vmid), ())
+        else:
+            listing = await self.pve.tasks(
+                op.guest.node, source="all", vmid=vmid, since=floor_start - 60, limit=500
+            )
+            items = listing.items
+        known = {h.upid for h in await self.journal.history(op.id) if h.upid}
         types = set(spec.worker_types)
         if spec.ha_worker_type:
             types.add(spec.ha_worker_type)
-        vmid = spec.task_vmid(op.guest.vmid, op.params)
-        floor_start = math.floor(since - self.skew)
-        listing = await self.pve.tasks(
-            op.guest.node, source="all", vmid=vmid, since=floor_start - 60, limit=500
-        )
-        known = {h.upid for h in await self.journal.history(op.id) if h.upid}
         user = self.pve.user
         matches = [
             str(t.upid)
-            for t in listing.items
+            for t in items
             if t.upid.type in types
             and t.upid.id == str(vmid)
             and t.upid.user == user
@@ -130,16 +206,21 @@ class Executor:
 
     # --- applying decisions --------------------------------------------------------------
 
-    async def resolve(self, op: Op, decision: Decision) -> Decision | None:
+    async def resolve(
+        self, op: Op, decision: Decision, *, prefetched: Prefetched | None = None
+    ) -> Decision | None:
         """Resolve ``CHECK`` and ``SEARCH`` by reading Proxmox (never writing), until a decision
-        that changes the journal remains. ``None``: a read failed, nothing can be decided now."""
+        that changes the journal remains. ``None``: a read failed, nothing can be decided now.
+
+        ``prefetched`` (Recover): reads made once for many ops answer what they can."""
         spec = spec_for(op.guest.kind, op.action)
         while decision.verdict in (Verdict.CHECK, Verdict.SEARCH):
             if decision.verdict is Verdict.CHECK:
                 otherwise = decision.otherwise
                 assert otherwise is not None
+                known = prefetched.view(op, spec) if prefetched is not None else None
                 try:
-                    view = await self.observe(op, spec)
+                    view = known if known is not None else await self.observe(op, spec)
                 except PveError as err:
                     log.warning("op.check_failed", extra={**op_fields(op), "error": err.text})
                     return None
@@ -150,7 +231,7 @@ class Executor:
                 continue
             since = op.ambiguous_since or op.claimed_at or op.created_at
             try:
-                matches = await self.search_tasks(op, spec, since=since)
+                matches = await self.search_tasks(op, spec, since=since, prefetched=prefetched)
             except PveError as err:
                 log.warning("op.search_failed", extra={**op_fields(op), "error": err.text})
                 return Decision(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterable
 
@@ -28,7 +29,7 @@ from lifecycled.domain.serialize import rfc3339
 from lifecycled.domain.states import OpState
 from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.engine.clock import Clock
-from lifecycled.engine.executor import Executor, op_fields
+from lifecycled.engine.executor import Executor, NodeTasks, Prefetched, op_fields
 from lifecycled.engine.tracker import Tracker
 from lifecycled.errors import PveError
 from lifecycled.journal import Journal
@@ -36,6 +37,11 @@ from lifecycled.metrics import Metrics
 from lifecycled.pve.port import is_no_such_task
 
 log = logging.getLogger("lifecycled.recover")
+
+#: Recover prefetches task lists and the guest list when more ops than this are in flight.
+_PREFETCH_FROM = 4
+#: Ops examined at once when prefetched (mostly journal writes, which group-commit).
+_PREFETCHED_CONCURRENCY = 64
 
 RESULTS = (
     "examined",
@@ -88,10 +94,17 @@ class Recoverer:
         self.unresolved_why: dict[int, str] = {}
 
     async def recover(self) -> RecoverReport:
-        """The startup pass: every ``dispatching``/``running`` op, resolved once."""
+        """The startup pass: every ``dispatching``/``running`` op, resolved once.
+
+        With more than a few ops in flight, each node's task list and the cluster's guest
+        list are read once up front (:meth:`prefetch`): most ops then find their task, or
+        their guest's state, there instead of costing one or two requests each.
+        """
         started = self.clock.now()
         ops = await self.journal.in_flight()
-        counts = await self._examine_all(ops)
+        prefetched = await self.prefetch(ops) if len(ops) > _PREFETCH_FROM else None
+        concurrency = _PREFETCHED_CONCURRENCY if prefetched is not None else self.concurrency
+        counts = await self._examine_all(ops, prefetched=prefetched, concurrency=concurrency)
         report = RecoverReport(counts=counts, started_at=started, finished_at=self.clock.now())
         self.last_report = report
         log.info("recover.finished", extra=report.to_dict())
@@ -134,13 +147,60 @@ class Recoverer:
             if await self.journal.note_stuck(op.id, now=now, reason=reason):
                 log.warning("janitor.stuck", extra={**op_fields(op), "reason": why})
 
-    async def _examine_all(self, ops: list[Op]) -> dict[str, int]:
+    async def prefetch(self, ops: list[Op]) -> Prefetched:
+        """One complete task list per node the ops touch, and ``/cluster/resources``.
+
+        A list cut off by its limit, or a failed read, is left out: those ops read the
+        usual way.
+        """
+        floors: dict[str, float] = {}
+        for op in ops:
+            nodes = {op.guest.node}
+            start = op.claimed_at or op.created_at
+            if op.upid:
+                try:
+                    upid = Upid.parse(op.upid)
+                except UpidError:
+                    pass
+                else:
+                    nodes.add(upid.node)
+                    start = min(start, upid.starttime)
+            for node in nodes:
+                floors[node] = min(floors.get(node, start), start)
+        pve = self.executor.pve
+        tasks: dict[str, NodeTasks] = {}
+        for node, floor in sorted(floors.items()):
+            since = math.floor(floor - self.executor.skew) - 60
+            limit = 4 * len(ops) + 500
+            try:
+                listing = await pve.tasks(
+                    node,
+                    source="all",
+                    since=since,
+                    userfilter=pve.user.split("!", 1)[0],
+                    limit=limit,
+                )
+            except PveError as err:
+                log.warning("recover.prefetch_failed", extra={"node": node, "error": err.text})
+                continue
+            if listing.total <= len(listing.items):
+                tasks[node] = NodeTasks.of(since, listing.items)
+        try:
+            resources = {r.vmid: r for r in await pve.cluster_resources()}
+        except PveError as err:
+            log.warning("recover.prefetch_failed", extra={"node": None, "error": err.text})
+            resources = None
+        return Prefetched(tasks=tasks, resources=resources)
+
+    async def _examine_all(
+        self, ops: list[Op], *, prefetched: Prefetched | None = None, concurrency: int | None = None
+    ) -> dict[str, int]:
         counts: Counter[str] = Counter()
-        sem = asyncio.Semaphore(self.concurrency)
+        sem = asyncio.Semaphore(concurrency or self.concurrency)
 
         async def one(op: Op) -> None:
             async with sem:
-                result = await self.examine(op)
+                result = await self.examine(op, prefetched=prefetched)
             counts[result] += 1
 
         async with asyncio.TaskGroup() as tg:
@@ -151,7 +211,9 @@ class Recoverer:
             self.metrics.recover(result, n)
         return dict(counts)
 
-    async def plan(self, op: Op) -> tuple[str, Decision | None]:
+    async def plan(
+        self, op: Op, *, prefetched: Prefetched | None = None
+    ) -> tuple[str, Decision | None]:
         """What Recover would do with ``op``, from Proxmox reads only (nothing is written).
 
         Returns a result label and, unless the label is ``resumed`` or ``unresolved``, the
@@ -166,6 +228,18 @@ class Recoverer:
                 upid = Upid.parse(op.upid)
             except UpidError:
                 return "failed", fail("journaled UPID is invalid", ErrorClass.PERMANENT, op.upid)
+            listed = None
+            if prefetched is not None and upid.node in prefetched.tasks:
+                listed = prefetched.tasks[upid.node].find(op.upid)
+            if listed is not None and listed.status not in (None, "RUNNING"):
+                # Archived with its exit status: no status read needed.
+                return await self._resolved(
+                    op,
+                    after_exit(
+                        op, spec, listed.status, confirm_by_state=upid.type.startswith("ha")
+                    ),
+                    prefetched,
+                )
             try:
                 status = await self.executor.pve.task_status(upid)
             except PveError as err:
@@ -186,14 +260,19 @@ class Recoverer:
         else:
             try:
                 matches = await self.executor.search_tasks(
-                    op, spec, since=op.claimed_at or op.created_at
+                    op, spec, since=op.claimed_at or op.created_at, prefetched=prefetched
                 )
             except PveError as err:
                 log.warning("recover.unresolved", extra={**op_fields(op), "error": err.text})
                 self.unresolved_why[op.id] = err.text
                 return "unresolved", None
             decision = after_search(op, spec, matches, recovering=True)
-        resolved = await self.executor.resolve(op, decision)
+        return await self._resolved(op, decision, prefetched)
+
+    async def _resolved(
+        self, op: Op, decision: Decision, prefetched: Prefetched | None
+    ) -> tuple[str, Decision | None]:
+        resolved = await self.executor.resolve(op, decision, prefetched=prefetched)
         if resolved is None:
             return "unresolved", None
         label = {
@@ -204,9 +283,9 @@ class Recoverer:
         }.get(resolved.verdict, "unresolved")
         return label, resolved
 
-    async def examine(self, op: Op) -> str:
+    async def examine(self, op: Op, *, prefetched: Prefetched | None = None) -> str:
         """Resolve one in-flight op; returns its result label."""
-        label, decision = await self.plan(op)
+        label, decision = await self.plan(op, prefetched=prefetched)
         if decision is None:
             if op.upid:
                 self.tracker.track(op)  # still running, or unreadable: the tracker keeps at it
