@@ -24,6 +24,22 @@ fmt: $(STAMP)
 	$(BIN)/ruff format lifecycled tests bench
 	$(BIN)/ruff check --fix lifecycled tests bench
 
+# Benchmark peers (persist-queue, huey) and the profiler live only in bench/.venv.
+BENCH_VENV  := bench/.venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e . persist-queue huey py-spy
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m bench.run
+
+chaos: $(STAMP)
+	$(BIN)/python tests/e2e/chaos.py $(CHAOS_ARGS)
+
 demo: $(STAMP)
 	$(BIN)/lifecycled demo
 
@@ -31,4 +47,4 @@ sim: $(STAMP)
 	$(BIN)/lifecycled sim --guests 20
 
 clean:
-	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) bench/.work build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,188 @@
+"""Sections 0 and 1 (journal side): the journal against raw sqlite3 on the same schema.
+
+Every figure is durable (WAL, ``synchronous=FULL``) and runs on a fresh file in the run's
+work folder. The raw anchors use the journal's own schema and indexes (created by
+``Journal.open``), so the difference is the journal's code, not the table layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+from lifecycled.domain.op import GuestKind, GuestRef, Origin
+from lifecycled.journal import Journal, SubmitRequest
+
+T0 = 1_700_000_000.0
+
+_INSERT = (
+    "INSERT INTO ops (id, idempotency_key, action, node, kind, vmid, params, origin, actor, "
+    "state, phase, attempts, due_at, created_at, updated_at) "
+    "VALUES (?, ?, 'start', 'pve1', 'qemu', ?, '{}', 'api', 'bench', 'pending', 1, 0, ?, ?, ?)"
+)
+_HISTORY = (
+    "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_CLAIM = (
+    "UPDATE ops SET state = 'dispatching', phase = 2, attempts = attempts + 1, claimed_at = ?,"
+    " updated_at = ? WHERE id = ? AND state = 'pending'"
+)
+_UPID = (
+    "UPDATE ops SET state = 'running', upid = ?, dispatched = 1, updated_at = ?"
+    " WHERE id = ? AND state = 'dispatching'"
+)
+_FINISH = (
+    "UPDATE ops SET state = 'succeeded', phase = 0, exitstatus = 'OK', finished_at = ?,"
+    " updated_at = ? WHERE id = ? AND state = 'running'"
+)
+
+
+async def fresh_journal(path: Path) -> None:
+    """An empty journal file with the real schema (then closed)."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    async with await Journal.open(path):
+        pass
+
+
+def _raw(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
+Rows = list[tuple[object, ...]]
+
+
+def _stage_rows(ids: range, stage: int) -> tuple[Rows, Rows]:
+    now = T0 + stage
+    ops: Rows
+    hist: Rows
+    if stage == 0:
+        ops = [(i, f"k{i}", 100 + i, now, now, now) for i in ids]
+        hist = [(i, now, None, "pending", "submitted", 0, None) for i in ids]
+    elif stage == 1:
+        ops = [(now, now, i) for i in ids]
+        hist = [(i, now, "pending", "dispatching", "claimed", 1, None) for i in ids]
+    elif stage == 2:
+        ops = [(f"UPID:pve1:{i:08X}:bench:", now, i) for i in ids]
+        hist = [(i, now, "dispatching", "running", "task", 1, f"UPID:{i}") for i in ids]
+    else:
+        ops = [(now, now, i) for i in ids]
+        hist = [(i, now, "running", "succeeded", "OK", 1, None) for i in ids]
+    return ops, hist
+
+
+_STAGE_SQL = (_INSERT, _CLAIM, _UPID, _FINISH)
+
+
+def raw_lifecycle_grouped(path: Path, n_ops: int, group: int = 100) -> float:
+    """Raw sqlite3: the four transitions, ``group`` ops per transaction per stage; ops/s."""
+    asyncio.run(fresh_journal(path))
+    conn = _raw(path)
+    try:
+        started = time.perf_counter()
+        for first in range(1, n_ops + 1, group):
+            ids = range(first, min(first + group, n_ops + 1))
+            for stage, sql in enumerate(_STAGE_SQL):
+                ops, hist = _stage_rows(ids, stage)
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(sql, ops)
+                conn.executemany(_HISTORY, hist)
+                conn.execute("COMMIT")
+        return n_ops / (time.perf_counter() - started)
+    finally:
+        conn.close()
+
+
+def raw_lifecycle_per_transition(path: Path, n_ops: int) -> float:
+    """Raw sqlite3: the four transitions, each its own durable commit; ops/s."""
+    asyncio.run(fresh_journal(path))
+    conn = _raw(path)
+    try:
+        started = time.perf_counter()
+        for i in range(1, n_ops + 1):
+            for stage, sql in enumerate(_STAGE_SQL):
+                ops, hist = _stage_rows(range(i, i + 1), stage)
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(sql, ops[0])
+                conn.execute(_HISTORY, hist[0])
+                conn.execute("COMMIT")
+        return n_ops / (time.perf_counter() - started)
+    finally:
+        conn.close()
+
+
+def raw_one_row_commits(path: Path, n: int) -> float:
+    """Raw sqlite3: one op row inserted per durable commit; rows/s (the fsync ceiling)."""
+    asyncio.run(fresh_journal(path))
+    conn = _raw(path)
+    try:
+        started = time.perf_counter()
+        for i in range(1, n + 1):
+            conn.execute(_INSERT, (i, f"k{i}", 100 + i, T0, T0, T0))
+        return n / (time.perf_counter() - started)
+    finally:
+        conn.close()
+
+
+def _request(i: int) -> SubmitRequest:
+    return SubmitRequest(
+        idempotency_key=f"bench-{i}",
+        action="start",
+        guest=GuestRef(node="pve1", kind=GuestKind.QEMU, vmid=100 + i),
+        params={},
+        origin=Origin.API,
+        actor="bench",
+    )
+
+
+async def _journal_lifecycle(path: Path, n_ops: int, callers: int) -> float:
+    await fresh_journal(path)
+    async with await Journal.open(path) as journal:
+        counter = iter(range(n_ops))
+
+        async def caller() -> None:
+            for i in counter:
+                await journal.submit(_request(i), now=T0)
+                op = await journal.claim_next(now=T0 + 1)
+                assert op is not None
+                await journal.record_upid(op.id, f"UPID:pve1:{op.id:08X}:bench:", now=T0 + 2)
+                await journal.finish(op.id, op.state.SUCCEEDED, now=T0 + 3, reason="OK")
+
+        started = time.perf_counter()
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(callers):
+                tg.create_task(caller())
+        return n_ops / (time.perf_counter() - started)
+
+
+def journal_lifecycle(path: Path, n_ops: int, callers: int = 64) -> float:
+    """The journal: submit → claim → record UPID → finish from ``callers`` coroutines; ops/s."""
+    return asyncio.run(_journal_lifecycle(path, n_ops, callers))
+
+
+async def _journal_submissions(path: Path, n: int, callers: int) -> float:
+    await fresh_journal(path)
+    async with await Journal.open(path) as journal:
+        counter = iter(range(n))
+
+        async def caller() -> None:
+            for i in counter:
+                await journal.submit(_request(i), now=T0)
+
+        started = time.perf_counter()
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(callers):
+                tg.create_task(caller())
+        return n / (time.perf_counter() - started)
+
+
+def journal_submissions(path: Path, n: int, callers: int = 32) -> float:
+    """Durable submissions through ``Journal.submit`` from ``callers`` coroutines; per s."""
+    return asyncio.run(_journal_submissions(path, n, callers))

@@ -1,0 +1,161 @@
+"""The benchmark table (terminal) and docs/BENCHMARKS.md (markdown)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from bench.common import Figure
+
+_HOW = """\
+## How to run
+
+```
+make bench                 # creates bench/.venv (lifecycled + persist-queue + huey + py-spy),
+                           # runs every section, prints the table, rewrites this file
+BENCH_QUICK=1 make bench   # one repetition, smaller sizes (a few minutes)
+```
+
+`persist-queue`, `huey` and `py-spy` are installed only in `bench/.venv`; they are not
+lifecycled dependencies. Work files go to `bench/.work/` (the 1,000,000-op journal is built
+once and cached there, ~700 MB).
+"""
+
+_METHOD = """\
+## What each section measures
+
+All figures are medians of the runs listed, with durability on (WAL, `synchronous=FULL` for
+lifecycled and raw sqlite3; the peers at their defaults, which fsync every commit). Absolute
+numbers on this VM drift by up to ~25 % between runs (and other work on the machine shows
+up in them), so each figure is compared with an anchor measured **in the same run**.
+
+0. **Journal op lifecycle** — `bench/journal_bench.py`. Many coroutines each run
+   `Journal.submit` → `claim_next` → `record_upid` → `finish` in a loop; the anchors do the
+   same four transitions (the UPDATE and the history INSERT of each) with plain `sqlite3`
+   on the journal's own schema and indexes: 100 ops per transaction per stage
+   (`executemany`), and one durable commit per transition.
+1. **Durable submissions** — persist-queue `SQLiteAckQueue(auto_commit=True).put`, huey
+   `SqliteHuey` task enqueue, one-row INSERT per commit in raw sqlite3, `Journal.submit` from
+   32 coroutines, and `POST /v1/ops` to the real daemon from 32 keep-alive connections
+   (`bench/loadgen.py`, raw asyncio streams so the client's CPU share stays small on 2
+   cores). The daemon runs with `--workers 1 --node-cap 1` against a simulator whose tasks
+   last an hour, so it dispatches nothing while it is measured: the figure is the submission
+   path (auth, validation, node admission, the ownership-guarded journal write, the answer).
+2. **Full op lifecycle** — the daemon (`--workers 32 --node-cap 256 --poll-interval 0.4s`)
+   and `lifecycled sim --task-seconds 0` as child processes: N power ops (stop a running
+   guest, start a stopped one; one op per guest) are POSTed over HTTP, then claimed,
+   checked (`status/current`), POSTed to the simulator, tracked through the node's task
+   list and finished; the figure runs from the first submission to the last op terminal.
+   The anchor is persist-queue doing put → get → ack for one job at a time, in process.
+3. **Proxmox requests per op** — 2 s tasks, 1 / 10 / 100 ops at once on distinct guests,
+   counted from the simulator's request log (`GET /_sim/requests`). The baseline is a client
+   that POSTs the action and then reads `tasks/{upid}/status` every second until the task
+   stops (the way common Terraform providers and Ansible modules wait); it does not read
+   the guest first, so it is the cheapest possible per-UPID client.
+4. **Recover** — a journal with 10,000 ops in flight: half `running` with a UPID whose task
+   log the simulator no longer has (`no such task`: decided from the guest's state), half
+   `dispatching` without a UPID (the node's task list is searched; nothing found → failed,
+   fail-safe). The figure is Recover's own duration from `/v1/status`.
+5. **1,000,000 terminal ops** (four history rows each, ~700 MB): seconds from spawning
+   `lifecycled run` to `/readyz` answering 200, RSS once ready, and the CPU the idle daemon
+   uses (from `/proc/<pid>/stat`).
+"""
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit in ("s", "req/op", "%", "MiB"):
+        return f"{value:,.2f}"
+    return f"{value:,.0f}"
+
+
+def _ratio(fig: Figure, figures: Sequence[Figure]) -> float | None:
+    if fig.anchor is None:
+        return None
+    for other in figures:
+        if other.section == fig.section and other.name == fig.anchor:
+            return fig.median / other.median if other.median else None
+    return None
+
+
+def _goal(fig: Figure, ratio: float | None) -> tuple[str, str]:
+    if fig.goal is None:
+        return "", ""
+    target, kind = fig.goal
+    if kind == "ratio":
+        met = ratio is not None and ratio >= target
+        return f"≥ {target:g}×", "met" if met else "MISSED"
+    if kind == "max":
+        return f"≤ {target:g} {fig.unit}", "met" if fig.median <= target else "MISSED"
+    return f"≥ {target:g} {fig.unit}", "met" if fig.median >= target else "MISSED"
+
+
+def _rows(figures: Sequence[Figure]) -> list[tuple[str, str, str, str, str, str, str]]:
+    rows = []
+    for fig in figures:
+        ratio = _ratio(fig, figures)
+        goal, status = _goal(fig, ratio)
+        rows.append(
+            (
+                fig.section,
+                fig.name,
+                f"{_fmt(fig.median, fig.unit)} {fig.unit}",
+                " / ".join(_fmt(v, fig.unit) for v in fig.runs),
+                f"{ratio:.2f}× {fig.anchor}" if ratio is not None else "",
+                goal,
+                status,
+            )
+        )
+    return rows
+
+
+def render_table(figures: Sequence[Figure]) -> str:
+    """A plain-text table for the terminal."""
+    lines = []
+    section = None
+    for sec, name, median, _runs, ratio, goal, status in _rows(figures):
+        if sec != section:
+            lines.append(f"\n{sec}")
+            section = sec
+        ratio_text = ratio.split(" ", 1)[0] if ratio else ""
+        verdict = f"  goal {goal}: {status}" if goal else ""
+        lines.append(f"  {name:<62} {median:>16} {ratio_text:>8}{verdict}")
+    return "\n".join(lines)
+
+
+def render_markdown(
+    figures: Sequence[Figure], machine: dict[str, str], *, quick: bool, runs: int, seconds: float
+) -> str:
+    """docs/BENCHMARKS.md."""
+    out = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`bench/run.py`); do not edit by hand — rerun it.",
+        f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{'BENCH_QUICK=1, ' if quick else ''}medians of {runs}, {seconds:.0f} s in all.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in machine.items()),
+        "",
+        "## Results",
+        "",
+    ]
+    section = None
+    for sec, name, median, run_values, ratio, goal, status in _rows(figures):
+        if sec != section:
+            out += [
+                "",
+                f"### {sec}",
+                "",
+                "| figure | median | runs | ratio | goal | |",
+                "|---|---:|---|---|---|---|",
+            ]
+            section = sec
+        out.append(f"| {name} | {median} | {run_values} | {ratio} | {goal} | {status} |")
+    notes = [f"- **{f.name}**: {f.note}" for f in figures if f.note]
+    if notes:
+        out += ["", "Request mix (lifecycled, whole run of each level):", "", *notes]
+    out += ["", _HOW, _METHOD]
+    return "\n".join(out) + "\n"
