@@ -8,6 +8,7 @@ with named tasks (tracker, dispatchers, janitor, gauges, web).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from lifecycled.engine.reconcile import Reconciler, first_delay
 from lifecycled.engine.recover import Recoverer, RecoverReport
 from lifecycled.engine.submit import Submission, submit
 from lifecycled.engine.tracker import Tracker
-from lifecycled.errors import ConfigError, JournalError
+from lifecycled.errors import ConfigError, JournalError, JournalUnavailable
 from lifecycled.journal import Journal, SubmitResult
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import PveClient
@@ -231,18 +232,40 @@ class Runtime:
             if self.stopping.is_set():
                 return
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.tracker.run(), name="tracker")
+                tg.create_task(self._resilient("tracker", self.tracker.run), name="tracker")
                 for i in range(self.settings.workers):
-                    tg.create_task(self.dispatcher.worker(i), name=f"dispatcher-{i}")
-                tg.create_task(self._janitor(), name="janitor")
+                    worker = functools.partial(self.dispatcher.worker, i)
+                    tg.create_task(
+                        self._resilient(f"dispatcher-{i}", worker), name=f"dispatcher-{i}"
+                    )
+                tg.create_task(self._resilient("janitor", self._janitor), name="janitor")
                 tg.create_task(self._gauges(), name="gauges")
-                tg.create_task(self._reconcile(), name="reconcile")
+                tg.create_task(self._resilient("reconcile", self._reconcile), name="reconcile")
                 if self.settings.notify_url:
                     tg.create_task(self._push(self.settings.notify_url), name="push")
         finally:
             self.ready.clear()
             if stop_web is not None:
                 await stop_web()
+
+    async def _resilient(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the daemon's loops; when the journal cannot write (full or read-only
+        disk), log it, wait and start the loop again instead of taking the daemon down.
+
+        Meanwhile the HTTP API answers 503 and reads keep working; an op whose write failed
+        stays where it was journaled, and the janitor/Recover rules pick it up (as after a
+        crash at that point).
+        """
+        delay = 0.5
+        while True:
+            try:
+                await loop()
+                return
+            except JournalUnavailable as exc:
+                log.error("runtime.journal_unavailable", extra={"task": name, "error": str(exc)})
+            if await self._sleep_or_stop(delay):
+                return
+            delay = min(delay * 2, 10.0)
 
     async def _sleep_or_stop(self, seconds: float) -> bool:
         """Sleep; True when a stop was requested meanwhile."""
