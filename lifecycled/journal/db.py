@@ -1,16 +1,16 @@
-"""The journal's one SQLite connection: file creation, pragmas, the write lock, error mapping.
+"""The journal's one SQLite connection: file creation, pragmas, group commit, error mapping.
 
-Every statement goes through :meth:`Database.write` (``BEGIN IMMEDIATE … COMMIT`` under one
-:class:`asyncio.Lock`) or :meth:`Database.read` (the same lock, no transaction), because
-aiosqlite orders statements but does not isolate a transaction that spans awaits: without
-the lock another coroutine's statement could land inside ours.
+Every write goes through :meth:`Database.write_sync` or :meth:`Database.write` and is
+**group-committed** (:mod:`lifecycled.journal.groupcommit`): one flusher runs whatever units
+are queued in one ``BEGIN IMMEDIATE … COMMIT`` and answers each caller once the commit
+holding its unit is durable; a unit that raises rolls back only its own changes. A unit is a
+plain function of the ``sqlite3`` connection (``write_sync``) or an ``async`` function of the
+aiosqlite connection (``write``); either way the whole batch crosses into SQLite's thread in
+one hop (:mod:`lifecycled.journal.direct` drives ``async`` units there without suspending).
 
-Writes are **group-committed** (:mod:`lifecycled.journal.groupcommit`): concurrent callers'
-units run in one transaction, each under its own savepoint, and every caller is answered
-once the commit holding its unit is durable. A unit is either a plain function of the
-``sqlite3`` connection (:meth:`Database.write_sync`: the whole batch crosses into SQLite's
-thread in one hop) or an ``async`` function of the aiosqlite connection
-(:meth:`Database.write`: one await per statement).
+aiosqlite orders statements but does not isolate a transaction that spans awaits, so one
+:class:`asyncio.Lock` is held around each batch and each :meth:`Database.read`: the rare
+``async`` unit that must run on the event loop keeps its transaction to itself.
 """
 
 from __future__ import annotations
@@ -246,9 +246,11 @@ class Database:
     async def write(self, unit: Unit[T]) -> T:
         """Run the ``async`` unit in the next group commit; its result once that is durable.
 
-        The unit runs under its own savepoint inside the batch's ``BEGIN IMMEDIATE …
-        COMMIT``: an exception rolls back only this unit and is raised here. A caller
-        cancelled meanwhile leaves the unit all or nothing (withdrawn, or committed).
+        The unit shares the batch's ``BEGIN IMMEDIATE … COMMIT``: an exception rolls back
+        only this unit's changes and is raised here. A caller cancelled meanwhile leaves the
+        unit all or nothing (withdrawn, or committed). The unit should await only the
+        connection: it then runs in SQLite's thread in one hop; one that awaits anything
+        else is rolled back there and run again on the event loop.
         """
         return await self._enqueue(Job(self._new_future(), async_unit=unit))
 

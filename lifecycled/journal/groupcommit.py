@@ -20,7 +20,9 @@ journal's ceiling (reference/sqlite-performance.md §1).
   whole transaction back on a full disk or an I/O error) fails every unit of the batch:
   none of them committed.
 * A caller cancelled before its unit was taken withdraws it (it never runs); once taken, the
-  unit commits with its batch or not at all — all or nothing either way.
+  unit commits with its batch or not at all — all or nothing either way. A *durable* unit
+  (task id received, op finished) is never withdrawn: its cancelled caller waits for the
+  commit, then sees the cancellation.
 """
 
 from __future__ import annotations
