@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from lifecycled.cli.daemon import _GIL_SWITCH_INTERVAL
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
 from lifecycled.journal import Journal, SubmitRequest
 
@@ -162,9 +165,19 @@ async def _journal_lifecycle(path: Path, n_ops: int, callers: int) -> float:
         return n_ops / (time.perf_counter() - started)
 
 
+def _as_the_daemon_runs(fn: Callable[[], float]) -> float:
+    """Run with the GIL switch interval ``lifecycled run`` sets (see cli/daemon.py)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(_GIL_SWITCH_INTERVAL)
+    try:
+        return fn()
+    finally:
+        sys.setswitchinterval(before)
+
+
 def journal_lifecycle(path: Path, n_ops: int, callers: int = 64) -> float:
     """The journal: submit → claim → record UPID → finish from ``callers`` coroutines; ops/s."""
-    return asyncio.run(_journal_lifecycle(path, n_ops, callers))
+    return _as_the_daemon_runs(lambda: asyncio.run(_journal_lifecycle(path, n_ops, callers)))
 
 
 async def _journal_submissions(path: Path, n: int, callers: int) -> float:
@@ -185,4 +198,4 @@ async def _journal_submissions(path: Path, n: int, callers: int) -> float:
 
 def journal_submissions(path: Path, n: int, callers: int = 32) -> float:
     """Durable submissions through ``Journal.submit`` from ``callers`` coroutines; per s."""
-    return asyncio.run(_journal_submissions(path, n, callers))
+    return _as_the_daemon_runs(lambda: asyncio.run(_journal_submissions(path, n, callers)))

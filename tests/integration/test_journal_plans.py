@@ -171,3 +171,18 @@ async def test_open_counts_count_pending_in_flight_and_the_dlq(tmp_path: Path) -
         OpState.RUNNING: 1,
         OpState.DEAD_LETTERED: 1,
     }
+
+
+def test_the_claim_update_picks_through_the_partial_indexes(
+    journals: tuple[sqlite3.Connection, ...],
+) -> None:
+    """The claim is one UPDATE whose pick is the indexed claim query."""
+    _, large = journals
+    pick, params = units.claim_query(now=T0 + 100, node_cap=3, nodes=None, columns="o.id")
+    sql = units._CLAIM_UPDATE.format(pick=pick)
+    plan = " | ".join(
+        str(r[3]) for r in large.execute(f"EXPLAIN QUERY PLAN {sql}", (T0, T0, *params))
+    )
+    assert "INTEGER PRIMARY KEY" in plan and "ops_due" in plan, plan
+    assert "ops_inflight_vmid" in plan and "ops_inflight_node" in plan, plan
+    assert "SCAN ops" not in plan.replace("SCAN ops USING INDEX ops_", ""), plan
