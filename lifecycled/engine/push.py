@@ -19,6 +19,7 @@ import aiohttp
 
 from lifecycled.domain.backoff import backoff_delay
 from lifecycled.domain.events import events_body, full_sync_body, heartbeat_body, wants_full_sync
+from lifecycled.domain.guests import guest_to_dict
 from lifecycled.engine.clock import Clock
 from lifecycled.journal import Journal
 
@@ -117,7 +118,7 @@ class Pusher:
             session, heartbeat_body(self.node, state_hash, last_seq, unsent, self.clock.now())
         )
         if wants_full_sync(answer):
-            guests = await self.journal.guest_table()
+            guests = [guest_to_dict(g) for g in await self.journal.all_guests()]
             await self._post(
                 session, full_sync_body(self.node, guests, state_hash, last_seq, self.clock.now())
             )

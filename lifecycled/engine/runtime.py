@@ -322,12 +322,9 @@ class Runtime:
         await pusher.run(self.stopping)
 
     async def observed_state_hash(self) -> str:
-        """A hash of the observed guest set (``vmid:observed:lock``), as sent in heartbeats."""
-        import hashlib
-
-        rows = await self.journal.guest_table()
-        text = "\n".join(f"{g['vmid']}:{g['observed_state']}:{g['lock'] or ''}" for g in rows)
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
+        """The observed-state hash sent in push heartbeats (``domain.guests.observed_hash``)."""
+        observed, _ = await self.journal.guest_hashes()
+        return observed
 
     async def refresh_gauges(self, *, full: bool = True) -> None:
         """Refresh the gauges. ``full`` also recounts terminal ops: an index walk that takes

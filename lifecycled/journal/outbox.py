@@ -9,17 +9,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
 import aiosqlite
 
 from lifecycled.domain.events import OutboxEvent
 from lifecycled.journal.db import Database, one, rows
-
-_GUEST_COLUMNS = (
-    "vmid, node, kind, origin, name, desired_state, desired_generation, observed_state, "
-    "observed_at, lock, ha_managed, protected, config_digest, updated_at, lost_at"
-)
 
 
 def _event(row: sqlite3.Row) -> OutboxEvent:
@@ -100,11 +94,3 @@ class OutboxVerbs:
             return int(cursor.rowcount)
 
         return await self._db.write(unit)
-
-    async def guest_table(self) -> list[dict[str, Any]]:
-        """Every guest row, for a full sync (ordered by vmid)."""
-
-        async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
-            return await rows(conn, f"SELECT {_GUEST_COLUMNS} FROM guests ORDER BY vmid")
-
-        return [dict(r) for r in await self._db.read(unit)]

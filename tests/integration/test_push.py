@@ -129,15 +129,18 @@ async def test_heartbeat_and_full_sync(sim: SimServer, tmp_path: Path) -> None:
     r = Receiver(full_sync=True)
     await r.start()
     try:
-        async with running(sim, tmp_path, notify_url=r.url, notify_heartbeat=0.2):
+        async with running(sim, tmp_path, notify_url=r.url, notify_heartbeat=0.2) as rt:
             await r.wait_for(lambda: any(b["type"] == "full_sync" for b in r.bodies))
+            observed, _ = await rt.journal.guest_hashes()
+            managed = {g.vmid for g in await rt.journal.all_guests()}
     finally:
         await r.stop()
     beat = next(b for b in r.bodies if b["type"] == "heartbeat")
     sync = next(b for b in r.bodies if b["type"] == "full_sync")
-    assert len(beat["state_hash"]) == 32
+    assert beat["state_hash"] == observed
     assert sync["state_hash"] == beat["state_hash"]
-    assert isinstance(sync["guests"], list)
+    assert {g["vmid"] for g in sync["guests"]} == managed == set(sim.sim.guests)
+    assert all(g["origin"] == "native" for g in sync["guests"])
 
 
 async def test_outbox_is_written_with_the_change(tmp_path: Path) -> None:
