@@ -182,19 +182,19 @@ class HttpPveClient:
     ) -> TaskList:
         """The node's task list, filtered by Proxmox itself (reference §4.3)."""
         path = f"/nodes/{node}/tasks"
-        query = {
-            "source": source,
-            "vmid": vmid,
-            "typefilter": typefilter,
-            "since": since,
-            "userfilter": userfilter,
-            "start": start,
-            "limit": limit,
-        }
+        query = wire.task_list_query(
+            source=source,
+            vmid=vmid,
+            typefilter=typefilter,
+            since=since,
+            userfilter=userfilter,
+            start=start,
+            limit=limit,
+        )
         env = await self._get(
             path,
             wire.EP_TASKS,
-            params={k: v for k, v in query.items() if v is not None},
+            params=query,
             seconds=self._timeouts.task_read,
         )
         return self._decoded(path, lambda: wire.task_list_from(env.get("data"), env.get("total")))

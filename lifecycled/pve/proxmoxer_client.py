@@ -157,18 +157,16 @@ class ProxmoxerPveClient:
     ) -> TaskList:
         """The task list; proxmoxer returns only ``data``, so ``total`` is the item count."""
         path = f"/nodes/{node}/tasks"
-        query = {
-            "source": source,
-            "vmid": vmid,
-            "typefilter": typefilter,
-            "since": since,
-            "userfilter": userfilter,
-            "start": start,
-            "limit": limit,
-        }
-        data = await self._call(
-            "GET", path, wire.EP_TASKS, {k: v for k, v in query.items() if v is not None}
+        query = wire.task_list_query(
+            source=source,
+            vmid=vmid,
+            typefilter=typefilter,
+            since=since,
+            userfilter=userfilter,
+            start=start,
+            limit=limit,
         )
+        data = await self._call("GET", path, wire.EP_TASKS, query)
         return self._decoded(path, lambda: wire.task_list_from(data, None))
 
     async def stop_task(self, upid: Upid) -> None:

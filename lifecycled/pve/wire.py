@@ -68,6 +68,30 @@ def guest_path(node: str, kind: GuestKind, vmid: int, tail: str) -> str:
     return f"/nodes/{node}/{kind}/{vmid}/{tail}"
 
 
+def task_list_query(
+    *,
+    source: str,
+    vmid: int | None,
+    typefilter: str | None,
+    since: int | None,
+    userfilter: str | None,
+    start: int,
+    limit: int,
+) -> dict[str, Any]:
+    """The query of ``GET /nodes/{node}/tasks`` with Proxmox's own filter names (§4.3);
+    filters that were not given are left out."""
+    query = {
+        "source": source,
+        "vmid": vmid,
+        "typefilter": typefilter,
+        "since": since,
+        "userfilter": userfilter,
+        "start": start,
+        "limit": limit,
+    }
+    return {k: v for k, v in query.items() if v is not None}
+
+
 def task_path(upid: Upid, tail: str = "") -> str:
     """A task endpoint, always on the UPID's own node (reference §4.1)."""
     suffix = f"/{tail}" if tail else ""
