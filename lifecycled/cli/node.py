@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import attrs
@@ -161,16 +162,7 @@ def drain(
     node: NodeOpt = None,
 ) -> None:
     """Drain the node: new start/create/clone and inbound migrate are refused (503)."""
-    from lifecycled.engine import node as service
-
-    settings = _served(settings_from(config, db=db, node=node), node)
-
-    async def work(journal: Journal) -> NodeChange:
-        return await service.drain(
-            journal, settings.node, actor=ACTOR, reason=reason or "drained by cli", now=time.time()
-        )
-
-    _report(_with_journal(settings, work), settings, as_json)
+    _change("drain", reason or "drained by cli", as_json, config, db, node)
 
 
 @node_app.command("undrain")
@@ -183,18 +175,20 @@ def undrain(
     node: NodeOpt = None,
 ) -> None:
     """Undrain a draining node: it takes new guests again (→ active)."""
+    _change("undrain", reason or "undrained by cli", as_json, config, db, node)
+
+
+def _change(
+    verb: str, reason: str, as_json: bool, config: Path | None, db: Path | None, node: str | None
+) -> None:
+    """Run ``engine.node.drain`` or ``undrain`` on the served node and report the change."""
     from lifecycled.engine import node as service
 
     settings = _served(settings_from(config, db=db, node=node), node)
+    step = service.drain if verb == "drain" else service.undrain
 
     async def work(journal: Journal) -> NodeChange:
-        return await service.undrain(
-            journal,
-            settings.node,
-            actor=ACTOR,
-            reason=reason or "undrained by cli",
-            now=time.time(),
-        )
+        return await step(journal, settings.node, actor=ACTOR, reason=reason, now=time.time())
 
     _report(_with_journal(settings, work), settings, as_json)
 
