@@ -87,3 +87,12 @@ class Upid:
 def is_upid(text: str) -> bool:
     """Whether ``text`` is a well-formed UPID."""
     return _UPID_RE.fullmatch(text) is not None
+
+
+def upids_in(text: str) -> list[str]:
+    """Every well-formed UPID in free text (command output), in order of appearance.
+
+    The one parser for UPIDs found in text: proxmoxer's own pattern accepts only 8 hex
+    digits of ``pstart`` (reference §13.14), this one also the 9 of a long uptime.
+    """
+    return [m[0] for m in _UPID_RE.finditer(text)]

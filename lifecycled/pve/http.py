@@ -148,8 +148,11 @@ class HttpPveClient:
             params=query,
             data=body,
             seconds=self._timeouts.for_dispatch(spec, form),
+            action=str(action),
         )
-        return wire.dispatch_result(envelope.get("data"), method=spec.method, path=path)
+        return wire.dispatch_result(
+            envelope.get("data"), method=spec.method, path=path, action=str(action)
+        )
 
     async def task_status(self, upid: Upid) -> TaskStatus:
         """Status of a task, read on the UPID's own node."""
@@ -287,14 +290,24 @@ class HttpPveClient:
         params: Mapping[str, Any] | None,
         data: Mapping[str, str] | None,
         seconds: float,
+        action: str | None = None,
     ) -> Mapping[str, Any]:
-        """One API call: auth headers, one re-login and retry on a ticket 401, the envelope."""
+        """One API call: auth headers, one re-login and retry on a ticket 401, the envelope.
+
+        ``action`` (lifecycle calls only) goes to the classifier with any failure."""
         retried = False
         while True:
             ticket = await self._ticket_for_use() if isinstance(self._auth, TicketAuth) else None
             headers = self._auth_headers(method, ticket)
             reply = await self._http.send(
-                method, path, template, params=params, data=data, headers=headers, seconds=seconds
+                method,
+                path,
+                template,
+                params=params,
+                data=data,
+                headers=headers,
+                seconds=seconds,
+                action=action,
             )
             if reply.status == 401 and ticket is not None and not retried:
                 # Authentication is checked before any handler runs: retrying cannot repeat work.
@@ -302,7 +315,7 @@ class HttpPveClient:
                 retried = True
                 await self._relogin(stale=ticket)
                 continue
-            return self._http.envelope(reply, method, path)
+            return self._http.envelope(reply, method, path, action=action)
 
     def _auth_headers(self, method: str, ticket: _Ticket | None) -> dict[str, str]:
         if isinstance(self._auth, TokenAuth):
