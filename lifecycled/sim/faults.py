@@ -29,7 +29,6 @@ from typing import Any
 
 import attrs
 
-
 #: What ``fork_worker`` dies with when the task registry stays locked (reference §13.1).
 ACTIVE_LOCK_TIMEOUT = "can't lock file '/var/log/pve/tasks/.active.lock' - got timeout"
 #: Values of :attr:`Fault.answer`.
