@@ -23,6 +23,7 @@ from lifecycled.domain.actions import Action, UnsupportedAction, spec_for, wire_
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid
+from lifecycled.domain.userid import is_userid
 from lifecycled.errors import ConfigError, PveError
 from lifecycled.pve import wire
 from lifecycled.pve.auth import TicketAuth, TokenAuth
@@ -50,6 +51,8 @@ class _Ticket:
     ticket: str = attrs.field(repr=False)
     csrf: str = attrs.field(repr=False)
     obtained: float
+    #: The user id the server settled on (canonical for a case-insensitive realm, §13.8).
+    username: str
 
 
 class HttpPveClient:
@@ -95,9 +98,15 @@ class HttpPveClient:
 
     @property
     def user(self) -> str:
-        """The effective user as it appears in UPIDs: ``user@realm!tokenid`` or the user."""
+        """The effective user as it appears in UPIDs: ``user@realm!tokenid`` or the user.
+
+        With a ticket it is the ``username`` that ``/access/ticket`` answered: realms with
+        ``case-sensitive 0`` canonicalise the name, and UPIDs carry that form (§13.8).
+        """
         if isinstance(self._auth, TokenAuth):
             return self._auth.user
+        if self._ticket is not None:
+            return self._ticket.username
         return self._auth.username
 
     async def __aenter__(self) -> Self:
@@ -396,4 +405,6 @@ class HttpPveClient:
                 path=wire.EP_TICKET,
                 status=200,
             )
-        return _Ticket(ticket=ticket, csrf=csrf, obtained=self._clock())
+        name = data.get("username")
+        username = name if isinstance(name, str) and is_userid(name) else auth.username
+        return _Ticket(ticket=ticket, csrf=csrf, obtained=self._clock(), username=username)

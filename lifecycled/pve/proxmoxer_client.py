@@ -22,6 +22,7 @@ from lifecycled.domain.actions import Action, UnsupportedAction, spec_for, wire_
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid
+from lifecycled.domain.userid import ticket_userid
 from lifecycled.errors import ConfigError, PveError
 from lifecycled.pve import wire
 from lifecycled.pve.port import (
@@ -86,6 +87,8 @@ class ProxmoxerPveClient:
 
     @property
     def user(self) -> str:
+        """The effective user in UPIDs; with a password ticket, the user id the ticket was
+        issued to (canonical for a case-insensitive realm, reference §13.8)."""
         return self._user
 
     @property
@@ -294,6 +297,7 @@ class ProxmoxerPveClient:
                     self._api = self._connect()
                 except Exception as exc:  # re-raised as _ConnectFailed, mapped by _call
                     raise ConnectFailed(exc) from exc
+                self._user = _ticket_user(self._api) or self._user
             api = self._api
         resource = api(path.lstrip("/"))
         return getattr(resource, method.lower())(**params)
@@ -366,3 +370,12 @@ class ProxmoxerPveClient:
             },
         )
         return err
+
+
+def _ticket_user(api: Any) -> str | None:
+    """The user id of proxmoxer's login ticket (https with a password), else ``None``."""
+    get_tokens = getattr(api, "get_tokens", None)
+    if not callable(get_tokens):
+        return None
+    ticket, _csrf = get_tokens()
+    return ticket_userid(ticket) if isinstance(ticket, str) else None

@@ -7,17 +7,31 @@ the classes its errors carry must be the same, and the ones the classifier's tab
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
-from conftest_pve import ADAPTERS, Harness, harness_for
+from conftest_pve import (
+    ADAPTERS,
+    Harness,
+    harness_for,
+    make_tls,
+    running_sim,
+    sim_config,
+    wait_task,
+)
 
 from lifecycled.domain.actions import Action
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind
 from lifecycled.errors import PveError
+from lifecycled.pve.auth import TicketAuth
+from lifecycled.pve.http import HttpPveClient
+from lifecycled.pve.port import PveClient
+from lifecycled.pve.proxmoxer_backend import build_proxmoxer_client
+from lifecycled.pve.tls import TlsOptions
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -155,3 +169,49 @@ async def test_every_adapter_classifies_the_same_failures_alike(
         wanted = {name: cls for name, cls in expected.items() if name in classes}
         assert classes == wanted, adapter
     assert set(seen["aiohttp"]) == set(expected)
+
+
+async def test_both_adapters_take_the_canonical_user_from_the_ticket(tmp_path: Path) -> None:
+    """Logged in as ``JOHN@Corp.com@ad`` (case-insensitive realm), both adapters report the
+    canonical ``john@corp.com@ad`` that their tasks' UPIDs carry (§13.8)."""
+    users = {"john@corp.com@ad": "pw-john"}
+    tls = make_tls(tmp_path)
+    cfg = sim_config(users=users, case_insensitive_realms=("ad",))
+    async with running_sim(cfg, tls.server_context) as server:
+        login = TicketAuth(username="JOHN@Corp.com@ad", password="pw-john")
+        clients: list[PveClient] = [
+            HttpPveClient(server.url, auth=login, tls=TlsOptions(ca_file=tls.ca_file)),
+            build_proxmoxer_client(
+                "https",
+                server.url.split("://", 1)[1],
+                user=login.username,
+                password=login.password,
+                tls=TlsOptions(ca_file=tls.ca_file),
+                timeout=30.0,
+            ),
+        ]
+        try:
+            for vmid, client in zip((101, 105), clients, strict=True):
+                server.sim.set_guest_status(vmid, "stopped")
+                node = server.sim.guests[vmid].node
+                upid = await client.dispatch(node, Q, Action.START, vmid, {})
+                assert upid is not None
+                assert upid.user == client.user == "john@corp.com@ad"
+        finally:
+            for client in clients:
+                await client.close()
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_nine_hex_digit_pstart_upids_work_with_every_adapter(
+    adapter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a node up for ~600 days a UPID's pstart has 9 hex digits; a failing task's UPID
+    (pvesh prints its error on stderr) is still the answer, read with our parser (§13.14)."""
+    async with harness_for(adapter, tmp_path, monkeypatch) as harness:
+        node = harness.sim.guests[106].node
+        harness.sim.nodes[node].boot_time = time.time() - 600 * 86400
+        upid = await harness.client.dispatch(node, Q, Action.START, 106, {})  # a template
+        assert upid is not None and upid.pstart > 0xFFFFFFFF
+        status = await wait_task(harness.client, upid)
+        assert status.exitstatus == "you can't start a vm if it's a template"
