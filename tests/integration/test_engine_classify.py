@@ -117,3 +117,22 @@ async def test_unreadable_task_log_leaves_the_op_in_flight(sim: SimServer, tmp_p
     assert not meanwhile.state.is_terminal
     assert done.state is OpState.SUCCEEDED, done.error
     assert len(writes_to(sim, guest.vmid, "/status/start")) == 1
+
+
+async def test_background_delay_task_failure_fails_the_op_once(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """A config task failing within background_delay (500 ``failed to update VM N: …``, no
+    UPID) is judged by the wrapped exit status: a task error fails the op, never re-sent."""
+    guest = pick(sim, "qemu", False)
+    sim.sim.add_fault(
+        method="POST", path=f"/qemu/{guest.vmid}/config$", exitstatus="hotplug problem"
+    )
+    async with running(sim, tmp_path) as rt:
+        op = await submit(rt, "configure", guest, key="bg-delay", cores=3, background_delay=5)
+        done = await wait_terminal(rt, op.id)
+    assert done.state is OpState.FAILED
+    assert done.error is not None
+    assert done.error.message == f"failed to update VM {guest.vmid}: hotplug problem"
+    assert len(writes_to(sim, guest.vmid, "/config")) == 1
+    assert str(sim.sim.guests[guest.vmid].config.get("cores")) != "3"
