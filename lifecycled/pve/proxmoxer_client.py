@@ -145,7 +145,10 @@ class ProxmoxerPveClient:
             action=str(action),
         )
         return wire.dispatch_result(
-            upid_text(result), method=spec.method, path=path, action=str(action)
+            upid_text(result, cli=self._backend in CLI_BACKENDS),
+            method=spec.method,
+            path=path,
+            action=str(action),
         )
 
     async def task_status(self, upid: Upid) -> TaskStatus:

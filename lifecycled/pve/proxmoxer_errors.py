@@ -119,12 +119,16 @@ def failure(
     return wire.http_error(None, redact(reason), method=method, path=path, sent=sent, action=action)
 
 
-def upid_text(result: Any) -> Any:
+def upid_text(result: Any, *, cli: bool = True) -> Any:
     """The UPID in a lifecycle answer.
 
-    https: ``data`` itself. pvesh: the JSON printed after the task log (proxmoxer skips
-    the log lines), or, when that could not be parsed, the last UPID in the raw output.
+    https (``cli=False``): ``data`` itself; a body proxmoxer could not parse stays what it
+    is (``{"errors": bytes}``), an unreadable answer like any other adapter's. pvesh: the
+    JSON printed after the task log (proxmoxer skips the log lines), or, when that could not
+    be parsed, the last UPID in the raw output.
     """
+    if not cli:
+        return result
     if result is None or (isinstance(result, str) and wire.first_line(result) == result):
         return result
     unparsed = isinstance(result, Mapping) and set(result) == {"errors"}

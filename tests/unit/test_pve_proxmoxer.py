@@ -199,6 +199,22 @@ async def test_cli_500_text_is_classified(text: str, expected: ErrorClass) -> No
     assert (err.reason, err.error_class) == (text.strip(), expected)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(f'{{"data": "{UPID_TEXT}"}}\x00junk'.encode(), id="upid-then-junk"),
+        pytest.param(b'{"data": "UPID:pve1:0000', id="cut"),
+    ],
+)
+async def test_https_unreadable_answer_to_a_write_is_ambiguous(body: bytes) -> None:
+    """https: a 200 body proxmoxer cannot parse is unreadable (ambiguous), as with aiohttp;
+    no UPID is dug out of it and an empty body is no ``null``."""
+    client, _ = client_for(lambda m, p, d: {"errors": body}, backend="https")
+    err = await failed(client)
+    assert (err.status, err.error_class) == (200, ErrorClass.AMBIGUOUS)
+
+
 async def test_cli_upid_with_nine_hex_digits_of_pstart_is_the_answer() -> None:
     """pvesh's output with a 9-hex-digit pstart UPID, which proxmoxer took for a 500, is the
     answer: lifecycled's own parser finds the UPID."""
