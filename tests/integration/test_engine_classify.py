@@ -4,13 +4,27 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
-from engine_support import pick, running, submit, wait_terminal, writes_to
+from engine_support import (
+    client_for,
+    fast_settings,
+    pick,
+    running,
+    seed_guests,
+    submit,
+    wait_terminal,
+    writes_to,
+)
 
+from lifecycled.domain.op import GuestKind, GuestRef, Origin
 from lifecycled.domain.states import OpState
+from lifecycled.engine.runtime import Runtime
+from lifecycled.journal import Journal, SubmitRequest
 from lifecycled.sim import SimServer
+from lifecycled.sim.rawclient import RawClient
 from lifecycled.sim.tasks import Task
 
 GUEST_LOCK = "can't lock file '/var/lock/qemu-server/lock-{vmid}.conf' - got timeout"
@@ -136,3 +150,58 @@ async def test_background_delay_task_failure_fails_the_op_once(
     assert done.error.message == f"failed to update VM {guest.vmid}: hotplug problem"
     assert len(writes_to(sim, guest.vmid, "/config")) == 1
     assert str(sim.sim.guests[guest.vmid].config.get("cores")) != "3"
+
+
+async def test_recover_leaves_a_task_with_an_unreadable_log_in_flight(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """After a restart, Recover neither fails nor retries an op whose task log is unreadable:
+    the op stays in flight, is tracked, and succeeds once the log reads OK."""
+    guest = pick(sim, "qemu", False)
+    sim.sim.add_fault(
+        method="POST",
+        path=f"/qemu/{guest.vmid}/status/start$",
+        exitstatus=UNREADABLE_LOG,
+        effect=True,
+    )
+    async with RawClient(sim.url, token=sim.cfg.token) as api:
+        answer = await api.post(f"/nodes/{guest.node}/qemu/{guest.vmid}/status/start")
+    upid = str(answer.data)
+    await sim.sim.settle()
+    settings = fast_settings(tmp_path, sim)
+    await seed_guests(settings.db, [guest])
+    now = time.time()
+    async with await Journal.open(settings.db) as journal:
+        op = (
+            await journal.submit(
+                SubmitRequest(
+                    idempotency_key="recover-unreadable",
+                    action="start",
+                    guest=GuestRef(node=guest.node, kind=GuestKind.QEMU, vmid=guest.vmid),
+                    params={},
+                    origin=Origin.API,
+                ),
+                now=now - 10,
+            )
+        ).op
+        assert await journal.claim_next(now=now - 10) is not None
+        await journal.record_upid(op.id, upid, now=now - 9)
+    runtime = await Runtime.build(settings, pve=client_for(sim))
+    task = asyncio.create_task(runtime.run(), name="runtime")
+    try:
+        await asyncio.wait_for(runtime.ready.wait(), 10)
+        await asyncio.sleep(0.6)  # tracker polls of the stopped task
+        meanwhile = await runtime.journal.get(op.id)
+        found = sim.sim.find_task(upid)
+        assert found is not None
+        found.lines[-1] = "TASK OK"
+        done = await wait_terminal(runtime, op.id)
+    finally:
+        runtime.request_stop()
+        try:
+            await asyncio.wait_for(task, 15)
+        finally:
+            await runtime.close()
+    assert meanwhile.state is OpState.RUNNING
+    assert done.state is OpState.SUCCEEDED, done.error
+    assert done.upid == upid
