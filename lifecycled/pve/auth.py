@@ -129,7 +129,7 @@ def load_token_file(path: str | os.PathLike[str]) -> TokenAuth:
             f"Proxmox token file {shown} has {len(lines)} lines: expected exactly one line "
             "USER@REALM!TOKENID=SECRET"
         )
-    m = _TOKEN_LINE_RE.match(lines[0])
+    m = _TOKEN_LINE_RE.fullmatch(lines[0])
     if m is None:
         raise ConfigError(
             f"Proxmox token file {shown} is malformed: expected one line "

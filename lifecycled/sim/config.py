@@ -41,7 +41,7 @@ class ApiToken:
 
     @classmethod
     def parse(cls, text: str) -> ApiToken:
-        m = _TOKEN_RE.match(text.strip())
+        m = _TOKEN_RE.fullmatch(text.strip())
         if m is None:
             raise SimConfigError("token must look like USER@REALM!TOKENID=SECRET")
         return cls(user=m["user"], tokenid=m["tokenid"], secret=m["secret"])
