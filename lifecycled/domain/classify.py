@@ -28,6 +28,8 @@ Choices worth knowing:
   matched anywhere in the message and classified by the wrapped exit status, with the rules
   for a task's exit status: a wrapped lock or digest text is *locked*, a wrapped lock-file
   timeout *transient*, an unknown wrapped text *permanent* (the task ran and failed).
+* ``disk is already at specified size`` (LXC resize, §13.3) is *satisfied* for a resize —
+  confirmed by reading the disk, else the op fails permanently — and *permanent* otherwise.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class ErrorClass(enum.StrEnum):
     SATISFIED = "satisfied"  # the intent already holds: confirm by state, then succeed
     PERMANENT = "permanent"  # fail at once, no retry
 
+
+#: The task ended but its log (and so its exit status) could not be read (§13.11).
+_UNKNOWN_EXIT = r"^unable to get last line from task log\b"
 
 # Used with ``fullmatch``: exactly ``WARNINGS: n`` (ASCII digits), no trailing newline.
 _WARNINGS_RE = re.compile(r"WARNINGS: [0-9]+")
@@ -121,7 +126,7 @@ _TEXT_RULES: tuple[_Rule, ...] = (
     # The worker died without a final line (node crash): outcome unknown.
     _r(r"^unexpected status$", _A),
     # The task's log could not be read: its outcome is unknown (§13.11).
-    _r(r"^unable to get last line from task log\b", _A),
+    _r(_UNKNOWN_EXIT, _A),
     # Permanent refusals.
     _r(r"^(CT|VM) \d+ already running$", _P),
     _r(r"^(CT|VM) \d+ not running$", _P),
@@ -145,8 +150,7 @@ _TEXT_RULES: tuple[_Rule, ...] = (
 
 #: QEMU config with ``background_delay`` whose task failed within the delay (§13.2).
 _WRAPPED_EXIT_RE = re.compile(r"failed to update VM \d+: (?P<exitstatus>.*\S)")
-#: The task ended but its log (and so its exit status) could not be read (§13.11).
-_UNKNOWN_EXIT_RE = re.compile(r"^unable to get last line from task log\b")
+_UNKNOWN_EXIT_RE = re.compile(_UNKNOWN_EXIT)
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 
