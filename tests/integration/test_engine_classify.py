@@ -136,8 +136,7 @@ async def test_unreadable_task_log_leaves_the_op_in_flight(sim: SimServer, tmp_p
 async def test_background_delay_task_failure_fails_the_op_once(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """A config task failing within background_delay (500 ``failed to update VM N: …``, no
-    UPID) is judged by the wrapped exit status: a task error fails the op, never re-sent."""
+    """A task error wrapped in background_delay's 500 fails the op once, never re-sent."""
     guest = pick(sim, "qemu", False)
     sim.sim.add_fault(
         method="POST", path=f"/qemu/{guest.vmid}/config$", exitstatus="hotplug problem"
@@ -155,8 +154,7 @@ async def test_background_delay_task_failure_fails_the_op_once(
 async def test_recover_leaves_a_task_with_an_unreadable_log_in_flight(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """After a restart, Recover neither fails nor retries an op whose task log is unreadable:
-    the op stays in flight, is tracked, and succeeds once the log reads OK."""
+    """Recover keeps an op whose task log is unreadable in flight until the log reads OK."""
     guest = pick(sim, "qemu", False)
     sim.sim.add_fault(
         method="POST",

@@ -69,8 +69,7 @@ async def test_token_of_a_user_with_at_in_its_name_adopts_its_task(
 async def test_ticket_user_is_the_canonical_name_from_access_ticket(
     sim_factory: SimFactory, tmp_path: Path
 ) -> None:
-    """Logged in as ``JOHN@Corp.com@ad`` in a case-insensitive realm, the task search matches
-    the canonical ``john@corp.com@ad`` the UPIDs carry: the unanswered reboot is adopted."""
+    """A ticket login as ``JOHN@Corp.com@ad`` searches tasks as the canonical user: adopted."""
     server = await sim_factory(users={AD_USER: PASSWORD}, case_insensitive_realms=("ad",))
     guest = pick(server, "qemu", True)
     server.sim.add_fault(method="POST", path=f"/qemu/{guest.vmid}/status/reboot$", drop=True)

@@ -172,8 +172,7 @@ async def test_every_adapter_classifies_the_same_failures_alike(
 
 
 async def test_both_adapters_take_the_canonical_user_from_the_ticket(tmp_path: Path) -> None:
-    """Logged in as ``JOHN@Corp.com@ad`` (case-insensitive realm), both adapters report the
-    canonical ``john@corp.com@ad`` that their tasks' UPIDs carry (§13.8)."""
+    """Both adapters report the canonical user id their UPIDs carry after a ticket login."""
     users = {"john@corp.com@ad": "pw-john"}
     tls = make_tls(tmp_path)
     cfg = sim_config(users=users, case_insensitive_realms=("ad",))
@@ -206,8 +205,7 @@ async def test_both_adapters_take_the_canonical_user_from_the_ticket(tmp_path: P
 async def test_nine_hex_digit_pstart_upids_work_with_every_adapter(
     adapter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On a node up for ~600 days a UPID's pstart has 9 hex digits; a failing task's UPID
-    (pvesh prints its error on stderr) is still the answer, read with our parser (§13.14)."""
+    """A UPID with 9 hex digits of pstart is the answer with every adapter (§13.14)."""
     async with harness_for(adapter, tmp_path, monkeypatch) as harness:
         node = harness.sim.guests[106].node
         harness.sim.nodes[node].boot_time = time.time() - 600 * 86400

@@ -192,8 +192,7 @@ async def test_cli_stderr_is_parsed() -> None:
     ],
 )
 async def test_cli_500_text_is_classified(text: str, expected: ErrorClass) -> None:
-    """A handler's bare ``die`` text (pvesh's default 500) is classified by its text and the
-    op's action."""
+    """A handler's bare ``die`` text (pvesh's 500) is classified by text and action."""
     client, _ = client_for(raising(ResourceException(500, "Internal Server Error", text)))
     err = await failed(client)
     assert (err.reason, err.error_class) == (text.strip(), expected)
@@ -208,16 +207,14 @@ async def test_cli_500_text_is_classified(text: str, expected: ErrorClass) -> No
     ],
 )
 async def test_https_unreadable_answer_to_a_write_is_ambiguous(body: bytes) -> None:
-    """https: a 200 body proxmoxer cannot parse is unreadable (ambiguous), as with aiohttp;
-    no UPID is dug out of it and an empty body is no ``null``."""
+    """https: a 200 body proxmoxer cannot parse is ambiguous, as with aiohttp."""
     client, _ = client_for(lambda m, p, d: {"errors": body}, backend="https")
     err = await failed(client)
     assert (err.status, err.error_class) == (200, ErrorClass.AMBIGUOUS)
 
 
 async def test_cli_upid_with_nine_hex_digits_of_pstart_is_the_answer() -> None:
-    """pvesh's output with a 9-hex-digit pstart UPID, which proxmoxer took for a 500, is the
-    answer: lifecycled's own parser finds the UPID."""
+    """A 9-hex-digit pstart UPID that proxmoxer took for a 500 is found by our parser."""
     upid = "UPID:pve1:00001234:1ABCDEF01:65000000:qmstart:100:root@pam:"
     output = f'starting VM 100\n"{upid}"\n'
     client, _ = client_for(raising(ResourceException(500, "Internal Server Error", output)))
