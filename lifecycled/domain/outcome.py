@@ -9,6 +9,8 @@ task stopped with some exit status, a call failed with some error class, a task 
 * a one-shot op whose task was created is never dispatched again;
 * ``satisfied`` is confirmed by reading the guest before it counts as success;
 * ``ambiguous`` never re-POSTs blindly: search, adopt, else re-check the guest;
+* a task whose exit status cannot be read (``unable to get last line from task log``) has no
+  outcome yet: it is read again later, like a status read that failed;
 * transient and locked failures are retried with backoff until their budget is spent.
 """
 
@@ -21,7 +23,12 @@ import attrs
 
 from lifecycled.domain.actions import ActionSpec
 from lifecycled.domain.backoff import backoff_delay
-from lifecycled.domain.classify import ErrorClass, classify_exitstatus, is_success_exitstatus
+from lifecycled.domain.classify import (
+    ErrorClass,
+    classify_exitstatus,
+    is_success_exitstatus,
+    is_unknown_exitstatus,
+)
 from lifecycled.domain.op import Op, OpError
 
 
@@ -86,6 +93,12 @@ def check(reason: str, otherwise: Decision, exitstatus: str | None = None) -> De
 
 def after_exit(op: Op, spec: ActionSpec, exitstatus: str, *, confirm_by_state: bool) -> Decision:
     """A tracked task stopped with ``exitstatus``."""
+    if is_unknown_exitstatus(exitstatus):
+        return Decision(
+            verdict=Verdict.LEAVE,
+            reason="task ended but its log is unreadable; reading it again later",
+            exitstatus=exitstatus,
+        )
     if is_success_exitstatus(exitstatus):
         if confirm_by_state and spec.convergent:
             # HA tasks end OK before the CRM acts (reference §1.3): confirm by observed state.
@@ -105,7 +118,11 @@ def after_exit(op: Op, spec: ActionSpec, exitstatus: str, *, confirm_by_state: b
 
 
 def after_call_error(op: Op, spec: ActionSpec, cls: ErrorClass, text: str) -> Decision:
-    """The dispatch call itself failed with error class ``cls`` (no UPID came back)."""
+    """The dispatch call itself failed with error class ``cls`` (no UPID came back).
+
+    ``cls`` is the class the adapter's error already carries (``PveError.error_class``,
+    decided by :mod:`lifecycled.domain.classify` with the op's action); it is not re-decided.
+    """
     return _after_failure(op, spec, cls, text, task_created=False, exitstatus=None)
 
 

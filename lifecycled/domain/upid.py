@@ -11,6 +11,8 @@ import re
 
 import attrs
 
+from lifecycled.domain import userid
+
 # Always used with ``fullmatch``: a ``$`` would also accept a trailing newline, which is not
 # part of any UPID (the task log file name would not match).
 _UPID_RE = re.compile(
@@ -69,14 +71,14 @@ class Upid:
 
     @property
     def bare_user(self) -> str:
-        """The user without the token id (``root@pam`` for ``root@pam!ci``)."""
-        return self.user.split("!", 1)[0]
+        """The user without the token id (``root@pam`` for ``root@pam!ci``; the user part
+        may contain ``@``: ``john@corp.com@ad`` for ``john@corp.com@ad!ci``)."""
+        return userid.bare_user(self.user)
 
     @property
     def tokenid(self) -> str | None:
         """The token id, when the task was started by an API token."""
-        _, sep, token = self.user.partition("!")
-        return token if sep else None
+        return userid.tokenid(self.user)
 
     @property
     def log_bucket(self) -> str:
@@ -87,3 +89,12 @@ class Upid:
 def is_upid(text: str) -> bool:
     """Whether ``text`` is a well-formed UPID."""
     return _UPID_RE.fullmatch(text) is not None
+
+
+def upids_in(text: str) -> list[str]:
+    """Every well-formed UPID in free text (command output), in order of appearance.
+
+    The one parser for UPIDs found in text: proxmoxer's own pattern accepts only 8 hex
+    digits of ``pstart`` (reference §13.14), this one also the 9 of a long uptime.
+    """
+    return [m[0] for m in _UPID_RE.finditer(text)]

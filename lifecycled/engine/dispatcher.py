@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from lifecycled.domain.actions import Action, GuestView, UnsupportedAction, spec_for
-from lifecycled.domain.classify import ErrorClass, classify_http
+from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import Op, OpError
 from lifecycled.domain.outcome import (
     Decision,
@@ -127,7 +127,7 @@ class Dispatcher:
             except PveError as err:
                 await self.executor.apply(
                     op,
-                    retry("task list unreadable", ErrorClass.TRANSIENT, err.text, ambiguous=True),
+                    retry("task list unreadable", err.error_class, err.text, ambiguous=True),
                 )
                 return
             if matches:
@@ -136,12 +136,7 @@ class Dispatcher:
         try:
             view = await self.executor.observe(op, spec)
         except PveError as err:
-            read_cls = (
-                err.error_class
-                if err.error_class is not ErrorClass.AMBIGUOUS
-                else ErrorClass.TRANSIENT
-            )
-            await self.executor.apply(op, retry("guest read failed", read_cls, err.text))
+            await self.executor.apply(op, retry("guest read failed", err.error_class, err.text))
             return
         verdict = await self.policy.check(op, spec, view)
         if verdict.verdict is PolicyOutcome.REFUSE:
@@ -165,19 +160,12 @@ class Dispatcher:
                 op.guest.node, op.guest.kind, spec.action, op.guest.vmid, op.params
             )
         except PveError as err:
-            cls = classify_http(
-                err.status,
-                err.reason,
-                method=err.method,
-                errors=err.errors,
-                sent=err.sent,
-                action=str(spec.action),
-            )
+            # The adapter classified the failure once, knowing the action: use its class.
             log.info(
                 "op.dispatch_error",
-                extra={**op_fields(op), "error": err.text, "error_class": str(cls)},
+                extra={**op_fields(op), "error": err.text, "error_class": str(err.error_class)},
             )
-            await self.executor.apply(op, after_call_error(op, spec, cls, err.text))
+            await self.executor.apply(op, after_call_error(op, spec, err.error_class, err.text))
             return
         if upid is None:
             await self.executor.apply(op, succeed("synchronous endpoint finished"))

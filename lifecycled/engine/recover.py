@@ -273,7 +273,11 @@ class Recoverer:
         self, op: Op, decision: Decision, prefetched: Prefetched | None
     ) -> tuple[str, Decision | None]:
         resolved = await self.executor.resolve(op, decision, prefetched=prefetched)
-        if resolved is None:
+        if resolved is None or resolved.verdict is Verdict.LEAVE:
+            # Nothing to decide now (a read failed, or the task's outcome is not known yet):
+            # an op with a UPID goes back to the tracker, which reads it again later.
+            if resolved is not None:
+                self.unresolved_why[op.id] = resolved.reason
             return "unresolved", None
         label = {
             Verdict.SUCCEED: "succeeded",

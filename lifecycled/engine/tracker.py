@@ -25,6 +25,7 @@ from lifecycled.domain.actions import spec_for
 from lifecycled.domain.op import Op
 from lifecycled.domain.outcome import Decision, after_exit, after_no_such_task
 from lifecycled.domain.upid import Upid, UpidError
+from lifecycled.domain.userid import bare_user
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.executor import Executor, op_fields
 from lifecycled.errors import PveError
@@ -145,7 +146,7 @@ class Tracker:
                 node,
                 source="all",
                 since=since,
-                userfilter=self.executor.pve.user.split("!", 1)[0],
+                userfilter=bare_user(self.executor.pve.user),
                 limit=max(500, 4 * len(entries)),
             )
         except PveError as err:

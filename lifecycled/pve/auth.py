@@ -13,24 +13,25 @@ import stat
 
 import attrs
 
+from lifecycled.domain.userid import (
+    TOKENID_PATTERN,
+    USERID_PATTERN,
+    is_userid,
+    split_token_user,
+)
 from lifecycled.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-#: ``USER@REALM!TOKENID`` — the token user as it appears in UPIDs.
-_TOKEN_USER_RE = re.compile(r"^[^\s=!@]+@[^\s=!@]+![A-Za-z][A-Za-z0-9._-]*$")
-#: ``USER@REALM!TOKENID=SECRET`` — one line of a token file.
-_TOKEN_LINE_RE = re.compile(
-    r"^(?P<user>[^\s=!@]+@[^\s=!@]+![A-Za-z][A-Za-z0-9._-]*)=(?P<secret>\S+)$"
-)
-_USER_RE = re.compile(r"^[^\s=!@:]+@[^\s=!@:]+$")
+#: ``USER@REALM!TOKENID=SECRET`` — one line of a token file (the user part may hold ``@``).
+_TOKEN_LINE_RE = re.compile(rf"^(?P<user>{USERID_PATTERN}!{TOKENID_PATTERN})=(?P<secret>\S+)$")
 
 #: Tickets live 2 h (``$ticket_lifetime``); renew well before, as proxmoxer does after 1 h.
 TICKET_RENEW_AFTER = 3600.0
 
 
 def _validate_token_user(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
-    if not _TOKEN_USER_RE.match(value):
+    if split_token_user(value) is None:
         raise ConfigError(
             f"invalid Proxmox token user {value!r}: expected USER@REALM!TOKENID "
             "(e.g. root@pam!lifecycled)"
@@ -59,16 +60,20 @@ class TokenAuth:
     @property
     def user_name(self) -> str:
         """``user@realm`` without the token id."""
-        return self.user.split("!", 1)[0]
+        split = split_token_user(self.user)
+        assert split is not None  # validated
+        return split[0]
 
     @property
     def token_name(self) -> str:
         """The token id (the part after ``!``)."""
-        return self.user.split("!", 1)[1]
+        split = split_token_user(self.user)
+        assert split is not None  # validated
+        return split[1]
 
 
 def _validate_user(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
-    if not _USER_RE.match(value):
+    if not is_userid(value):
         raise ConfigError(f"invalid Proxmox user {value!r}: expected USER@REALM (e.g. root@pam)")
 
 
@@ -124,7 +129,7 @@ def load_token_file(path: str | os.PathLike[str]) -> TokenAuth:
             f"Proxmox token file {shown} has {len(lines)} lines: expected exactly one line "
             "USER@REALM!TOKENID=SECRET"
         )
-    m = _TOKEN_LINE_RE.match(lines[0])
+    m = _TOKEN_LINE_RE.fullmatch(lines[0])
     if m is None:
         raise ConfigError(
             f"Proxmox token file {shown} is malformed: expected one line "

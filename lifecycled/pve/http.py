@@ -23,6 +23,7 @@ from lifecycled.domain.actions import Action, UnsupportedAction, spec_for, wire_
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid
+from lifecycled.domain.userid import is_userid
 from lifecycled.errors import ConfigError, PveError
 from lifecycled.pve import wire
 from lifecycled.pve.auth import TicketAuth, TokenAuth
@@ -50,6 +51,8 @@ class _Ticket:
     ticket: str = attrs.field(repr=False)
     csrf: str = attrs.field(repr=False)
     obtained: float
+    #: The user id the server settled on (canonical for a case-insensitive realm, §13.8).
+    username: str
 
 
 class HttpPveClient:
@@ -95,9 +98,15 @@ class HttpPveClient:
 
     @property
     def user(self) -> str:
-        """The effective user as it appears in UPIDs: ``user@realm!tokenid`` or the user."""
+        """The effective user as it appears in UPIDs: ``user@realm!tokenid`` or the user.
+
+        With a ticket it is the ``username`` that ``/access/ticket`` answered: realms with
+        ``case-sensitive 0`` canonicalise the name, and UPIDs carry that form (§13.8).
+        """
         if isinstance(self._auth, TokenAuth):
             return self._auth.user
+        if self._ticket is not None:
+            return self._ticket.username
         return self._auth.username
 
     async def __aenter__(self) -> Self:
@@ -148,8 +157,11 @@ class HttpPveClient:
             params=query,
             data=body,
             seconds=self._timeouts.for_dispatch(spec, form),
+            action=str(action),
         )
-        return wire.dispatch_result(envelope.get("data"), method=spec.method, path=path)
+        return wire.dispatch_result(
+            envelope.get("data"), method=spec.method, path=path, action=str(action)
+        )
 
     async def task_status(self, upid: Upid) -> TaskStatus:
         """Status of a task, read on the UPID's own node."""
@@ -287,14 +299,24 @@ class HttpPveClient:
         params: Mapping[str, Any] | None,
         data: Mapping[str, str] | None,
         seconds: float,
+        action: str | None = None,
     ) -> Mapping[str, Any]:
-        """One API call: auth headers, one re-login and retry on a ticket 401, the envelope."""
+        """One API call: auth headers, one re-login and retry on a ticket 401, the envelope.
+
+        ``action`` (lifecycle calls only) goes to the classifier with any failure."""
         retried = False
         while True:
             ticket = await self._ticket_for_use() if isinstance(self._auth, TicketAuth) else None
             headers = self._auth_headers(method, ticket)
             reply = await self._http.send(
-                method, path, template, params=params, data=data, headers=headers, seconds=seconds
+                method,
+                path,
+                template,
+                params=params,
+                data=data,
+                headers=headers,
+                seconds=seconds,
+                action=action,
             )
             if reply.status == 401 and ticket is not None and not retried:
                 # Authentication is checked before any handler runs: retrying cannot repeat work.
@@ -302,7 +324,7 @@ class HttpPveClient:
                 retried = True
                 await self._relogin(stale=ticket)
                 continue
-            return self._http.envelope(reply, method, path)
+            return self._http.envelope(reply, method, path, action=action)
 
     def _auth_headers(self, method: str, ticket: _Ticket | None) -> dict[str, str]:
         if isinstance(self._auth, TokenAuth):
@@ -383,4 +405,6 @@ class HttpPveClient:
                 path=wire.EP_TICKET,
                 status=200,
             )
-        return _Ticket(ticket=ticket, csrf=csrf, obtained=self._clock())
+        name = data.get("username")
+        username = name if isinstance(name, str) and is_userid(name) else auth.username
+        return _Ticket(ticket=ticket, csrf=csrf, obtained=self._clock(), username=username)

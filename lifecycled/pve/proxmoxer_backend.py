@@ -25,6 +25,7 @@ from typing import Any
 
 from proxmoxer import ProxmoxAPI
 
+from lifecycled.domain.userid import user_part
 from lifecycled.errors import ConfigError
 from lifecycled.pve.auth import TokenAuth
 from lifecycled.pve.port import RequestHook
@@ -100,8 +101,8 @@ def build_proxmoxer_client(
         module = "paramiko" if backend == "ssh_paramiko" else "openssh_wrapper"
         if importlib.util.find_spec(module) is None:
             raise ConfigError(f"the {backend} backend needs the {module} package installed")
-        # The ssh login: a Proxmox user id (root@pam) names the system user before the "@".
-        options["user"] = (user or "root").split("@", 1)[0]
+        # The ssh login: a Proxmox user id (root@pam) names the system user before the realm.
+        options["user"] = user_part(user or "root")
         if password is not None:
             options["password"] = password
             secrets.append(password)

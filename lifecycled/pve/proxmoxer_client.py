@@ -22,6 +22,7 @@ from lifecycled.domain.actions import Action, UnsupportedAction, spec_for, wire_
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid
+from lifecycled.domain.userid import ticket_userid
 from lifecycled.errors import ConfigError, PveError
 from lifecycled.pve import wire
 from lifecycled.pve.port import (
@@ -32,7 +33,13 @@ from lifecycled.pve.port import (
     TaskList,
     TaskStatus,
 )
-from lifecycled.pve.proxmoxer_errors import ConnectFailed, failure, resource_error, upid_text
+from lifecycled.pve.proxmoxer_errors import (
+    ConnectFailed,
+    cli_answer,
+    failure,
+    resource_error,
+    upid_text,
+)
 
 logger = logging.getLogger("lifecycled.pve.proxmoxer_backend")
 
@@ -80,6 +87,8 @@ class ProxmoxerPveClient:
 
     @property
     def user(self) -> str:
+        """The effective user in UPIDs; with a password ticket, the user id the ticket was
+        issued to (canonical for a case-insensitive realm, reference §13.8)."""
         return self._user
 
     @property
@@ -129,9 +138,18 @@ class ProxmoxerPveClient:
             raise PveError(ErrorClass.PERMANENT, str(exc), method="POST", sent=False) from None
         path = wire.dispatch_path(node, spec, vmid, params)
         result = await self._call(
-            spec.method, path, wire.dispatch_template(spec), wire_params(spec, vmid, params)
+            spec.method,
+            path,
+            wire.dispatch_template(spec),
+            wire_params(spec, vmid, params),
+            action=str(action),
         )
-        return wire.dispatch_result(upid_text(result), method=spec.method, path=path)
+        return wire.dispatch_result(
+            upid_text(result, cli=self._backend in CLI_BACKENDS),
+            method=spec.method,
+            path=path,
+            action=str(action),
+        )
 
     async def task_status(self, upid: Upid) -> TaskStatus:
         path = wire.task_path(upid, "status")
@@ -221,8 +239,18 @@ class ProxmoxerPveClient:
                 f"unreadable answer: {exc}", method="GET", path=path, status=200
             ) from None
 
-    async def _call(self, method: str, path: str, template: str, params: Mapping[str, Any]) -> Any:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        template: str,
+        params: Mapping[str, Any],
+        *,
+        action: str | None = None,
+    ) -> Any:
         """Run one proxmoxer call in the pool; map every failure to :class:`PveError`.
+
+        ``action`` (lifecycle calls only) goes to the classifier with any failure.
 
         The error is raised outside the ``except`` blocks on purpose: a proxmoxer or requests
         exception's traceback holds the HTTP response and its socket, and an error kept as
@@ -248,14 +276,18 @@ class ProxmoxerPveClient:
             code = "200"
             return result
         except ResourceException as exc:
+            answer = cli_answer(exc) if self._cli_write(method) else None
+            if answer is not None:
+                code = "200"
+                return answer
             code = str(exc.status_code)
-            error = self._resource_error(exc, method, path)
+            error = self._resource_error(exc, method, path, action)
         except ConnectFailed as exc:
-            error = self._failure(exc.cause, method, path, sent=False)
+            error = self._failure(exc.cause, method, path, sent=False, action=action)
         except TimeoutError as exc:
-            error = self._failure(exc, method, path, sent=True)
+            error = self._failure(exc, method, path, sent=True, action=action)
         except Exception as exc:  # noqa: BLE001 — proxmoxer and its transports raise anything
-            error = self._failure(exc, method, path, sent=True)
+            error = self._failure(exc, method, path, sent=True, action=action)
         finally:
             self._observe(method, template, code, time.perf_counter() - started)
         raise error
@@ -268,6 +300,7 @@ class ProxmoxerPveClient:
                     self._api = self._connect()
                 except Exception as exc:  # re-raised as _ConnectFailed, mapped by _call
                     raise ConnectFailed(exc) from exc
+                self._user = _ticket_user(self._api) or self._user
             api = self._api
         resource = api(path.lstrip("/"))
         return getattr(resource, method.lower())(**params)
@@ -295,12 +328,30 @@ class ProxmoxerPveClient:
             text = text.replace(secret, _REDACTED)
         return text
 
-    def _resource_error(self, exc: ResourceException, method: str, path: str) -> PveError:
+    def _cli_write(self, method: str) -> bool:
+        return self._backend in CLI_BACKENDS and method != "GET"
+
+    def _resource_error(
+        self, exc: ResourceException, method: str, path: str, action: str | None
+    ) -> PveError:
         return resource_error(
-            exc, method, path, cli=self._backend in CLI_BACKENDS, redact=self._redact
+            exc,
+            method,
+            path,
+            cli=self._backend in CLI_BACKENDS,
+            redact=self._redact,
+            action=action,
         )
 
-    def _failure(self, exc: BaseException, method: str, path: str, *, sent: bool) -> PveError:
+    def _failure(
+        self,
+        exc: BaseException,
+        method: str,
+        path: str,
+        *,
+        sent: bool,
+        action: str | None = None,
+    ) -> PveError:
         err = failure(
             exc,
             method,
@@ -309,6 +360,7 @@ class ProxmoxerPveClient:
             limit=self._timeout,
             local=self._backend == "local",
             redact=self._redact,
+            action=action,
         )
         logger.info(
             "pve.no_answer",
@@ -321,3 +373,12 @@ class ProxmoxerPveClient:
             },
         )
         return err
+
+
+def _ticket_user(api: Any) -> str | None:
+    """The user id of proxmoxer's login ticket (https with a password), else ``None``."""
+    get_tokens = getattr(api, "get_tokens", None)
+    if not callable(get_tokens):
+        return None
+    ticket, _csrf = get_tokens()
+    return ticket_userid(ticket) if isinstance(ticket, str) else None

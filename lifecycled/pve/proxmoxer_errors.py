@@ -18,14 +18,10 @@ import urllib3.exceptions as u3
 from proxmoxer.core import AuthenticationError, ResourceException
 
 from lifecycled.domain.classify import ErrorClass
+from lifecycled.domain.upid import upids_in
 from lifecycled.errors import ConfigError, PveError
 from lifecycled.pve import wire
 
-#: A UPID anywhere in pvesh output (the answer is the last one printed).
-_UPID_IN_TEXT_RE = re.compile(
-    r"UPID:[a-zA-Z0-9](?:[a-zA-Z0-9\-]*[a-zA-Z0-9])?:[0-9A-Fa-f]{8}:[0-9A-Fa-f]{8,9}:"
-    r"[0-9A-Fa-f]{8}:[^:\s/\"]+:[^:\s/\"]*:[^:\s/\"]+:"
-)
 _STATUS_PREFIX_RE = re.compile(r"^(\d{3}) (?=\S)")
 _ERROR_LINE_RE = re.compile(r"^([A-Za-z0-9_\-\[\]]+): (.+)$")
 
@@ -39,7 +35,13 @@ class ConnectFailed(Exception):
 
 
 def resource_error(
-    exc: ResourceException, method: str, path: str, *, cli: bool, redact: Callable[[str], str]
+    exc: ResourceException,
+    method: str,
+    path: str,
+    *,
+    cli: bool,
+    redact: Callable[[str], str],
+    action: str | None = None,
 ) -> PveError:
     """proxmoxer's ``ResourceException``: the PVE text is ``content`` (reason or stderr)."""
     status = int(exc.status_code)
@@ -57,7 +59,21 @@ def resource_error(
                 errors[em[1]] = em[2]
     reason = redact(first or wire.default_reason(status))
     errors = {k: redact(v) for k, v in errors.items()}
-    return wire.http_error(status, reason, method=method, path=path, errors=errors)
+    return wire.http_error(status, reason, method=method, path=path, errors=errors, action=action)
+
+
+def cli_answer(exc: ResourceException) -> str | None:
+    """The UPID of a pvesh write that proxmoxer took for a failure, else ``None``.
+
+    proxmoxer's CLI backends call a write whose output (or stderr) holds a UPID a success,
+    but recognise a UPID only with 8 hex digits of ``pstart``; with the 9 of a node up for
+    more than ~497 days they fall back to an error status (reference §13.14). pvesh prints
+    the UPID only when the API call succeeded, so a UPID found by lifecycled's own parser in
+    the output is the answer.
+    """
+    content = exc.content if isinstance(exc.content, str) else str(exc.content or "")
+    found = upids_in(content)
+    return found[-1] if found else None
 
 
 def failure(
@@ -69,10 +85,13 @@ def failure(
     limit: float,
     local: bool,
     redact: Callable[[str], str],
+    action: str | None = None,
 ) -> PveError:
     """No answer: a connect failure (not sent), a timeout or a lost connection (sent)."""
     if isinstance(exc, AuthenticationError):
-        return wire.http_error(401, "authentication failed", method=method, path=path, sent=False)
+        return wire.http_error(
+            401, "authentication failed", method=method, path=path, sent=False, action=action
+        )
     if isinstance(exc, FileNotFoundError) and local:
         return PveError(
             ErrorClass.PERMANENT,
@@ -97,22 +116,26 @@ def failure(
         reason = (
             f"{'cannot connect' if not sent else 'connection lost'}: {type(exc).__name__}: {exc}"
         )
-    return wire.http_error(None, redact(reason), method=method, path=path, sent=sent)
+    return wire.http_error(None, redact(reason), method=method, path=path, sent=sent, action=action)
 
 
-def upid_text(result: Any) -> Any:
+def upid_text(result: Any, *, cli: bool = True) -> Any:
     """The UPID in a lifecycle answer.
 
-    https: ``data`` itself. pvesh: the JSON printed after the task log (proxmoxer skips
-    the log lines), or, when that could not be parsed, the last UPID in the raw output.
+    https (``cli=False``): ``data`` itself; a body proxmoxer could not parse stays what it
+    is (``{"errors": bytes}``), an unreadable answer like any other adapter's. pvesh: the
+    JSON printed after the task log (proxmoxer skips the log lines), or, when that could not
+    be parsed, the last UPID in the raw output.
     """
+    if not cli:
+        return result
     if result is None or (isinstance(result, str) and wire.first_line(result) == result):
         return result
     unparsed = isinstance(result, Mapping) and set(result) == {"errors"}
     text = result["errors"] if unparsed else result
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    found = _UPID_IN_TEXT_RE.findall(str(text))
+    found = upids_in(str(text))
     if found:
         return found[-1]
     if unparsed and not str(text).strip():

@@ -92,8 +92,13 @@ class Transport:
         data: Mapping[str, str] | None,
         headers: Mapping[str, str],
         seconds: float,
+        action: str | None = None,
     ) -> Reply:
-        """One HTTP exchange; no answer → :class:`PveError` (status ``None``)."""
+        """One HTTP exchange; no answer → :class:`PveError` (status ``None``).
+
+        ``action``: the op's action for a lifecycle call, so the error is classified once,
+        with everything the classifier needs.
+        """
         session = self.session()
         code = "error"
         started = time.perf_counter()
@@ -113,7 +118,7 @@ class Transport:
                 return Reply(status=resp.status, reason=resp.reason or "", body=body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             code = "error"
-            error = self.no_answer(exc, method, path, template, seconds)
+            error = self.no_answer(exc, method, path, template, seconds, action=action)
         finally:
             self.observe(method, template, code, time.perf_counter() - started)
         # Raised outside the except block: no __context__ keeping aiohttp's connection objects.
@@ -133,7 +138,14 @@ class Transport:
             logger.exception("pve.request_hook_failed", extra={"endpoint": template})
 
     def no_answer(
-        self, exc: BaseException, method: str, path: str, template: str, seconds: float
+        self,
+        exc: BaseException,
+        method: str,
+        path: str,
+        template: str,
+        seconds: float,
+        *,
+        action: str | None = None,
     ) -> PveError:
         sent = True
         if isinstance(exc, aiohttp.ServerFingerprintMismatch):
@@ -153,7 +165,9 @@ class Transport:
             reason = "the server closed the connection before answering"
         else:
             reason = f"connection lost: {type(exc).__name__}: {exc}"
-        err = wire.http_error(None, self.redact(reason), method=method, path=path, sent=sent)
+        err = wire.http_error(
+            None, self.redact(reason), method=method, path=path, sent=sent, action=action
+        )
         logger.info(
             "pve.no_answer",
             extra={
@@ -166,7 +180,9 @@ class Transport:
         )
         return err
 
-    def envelope(self, reply: Reply, method: str, path: str) -> Mapping[str, Any]:
+    def envelope(
+        self, reply: Reply, method: str, path: str, *, action: str | None = None
+    ) -> Mapping[str, Any]:
         body: Any = None
         readable = True
         if reply.body:
@@ -178,7 +194,9 @@ class Transport:
             obj = body if isinstance(body, Mapping) else {}
             reason = self.redact(wire.error_text(reply.status, reply.reason, obj.get("message")))
             errors = {k: self.redact(v) for k, v in wire.errors_of(obj.get("errors")).items()}
-            err = wire.http_error(reply.status, reason, method=method, path=path, errors=errors)
+            err = wire.http_error(
+                reply.status, reason, method=method, path=path, errors=errors, action=action
+            )
             logger.debug(
                 "pve.http_error",
                 extra={
@@ -195,6 +213,7 @@ class Transport:
                 method=method,
                 path=path,
                 status=reply.status,
+                action=action,
             )
         return body
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lifecycled.domain.actions import ActionSpec
-from lifecycled.domain.classify import ErrorClass, classify_http
+from lifecycled.domain.classify import classify_http
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid, UpidError, is_upid
 from lifecycled.errors import PveError
@@ -23,8 +23,6 @@ from lifecycled.pve.port import (
     TaskList,
     TaskStatus,
 )
-
-WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 
 #: Reason texts of AnyEvent::HTTP's pseudo-statuses (proxmoxer ``ANYEVENT_HTTP_STATUS_CODES``).
 ANYEVENT_REASONS = {
@@ -143,11 +141,16 @@ def http_error(
     path: str,
     errors: Mapping[str, str] | None = None,
     sent: bool = True,
+    action: str | None = None,
 ) -> PveError:
-    """A :class:`PveError` classified by the domain classifier (no action: the caller's)."""
+    """A :class:`PveError` whose class the domain classifier decides, once, here.
+
+    ``action`` is the op's action for a lifecycle call (it decides "already satisfied"
+    answers); ``None`` for every other call. Nothing downstream classifies again.
+    """
     errs = dict(errors or {})
     return PveError(
-        classify_http(status, reason, method=method, errors=errs, sent=sent, action=None),
+        classify_http(status, reason, method=method, errors=errs, sent=sent, action=action),
         reason,
         status=status,
         method=method,
@@ -157,35 +160,37 @@ def http_error(
     )
 
 
-def protocol_error(reason: str, *, method: str, path: str, status: int | None) -> PveError:
-    """A 2xx answer we cannot read.
+def protocol_error(
+    reason: str, *, method: str, path: str, status: int, action: str | None = None
+) -> PveError:
+    """An answer with a 2xx ``status`` that we cannot read (garbled, truncated, not a task id).
 
-    For a write the server accepted the request, so a task may exist: ambiguous. For a read
-    it is a transient oddity (a proxy in the way, a truncated answer).
+    For a write the server accepted the request, so a task may exist: the classifier says
+    ambiguous. For a read it is a transient oddity (a proxy in the way, a truncated answer).
     """
-    cls = ErrorClass.AMBIGUOUS if method in WRITE_METHODS else ErrorClass.TRANSIENT
-    return PveError(cls, reason, status=status, method=method, path=path, sent=True)
+    return http_error(status, reason, method=method, path=path, action=action)
 
 
 # --- answers -------------------------------------------------------------------------------
 
 
-def dispatch_result(data: Any, *, method: str, path: str) -> Upid | None:
+def dispatch_result(data: Any, *, method: str, path: str, action: str) -> Upid | None:
     """A lifecycle call's ``data``: a UPID, or ``None`` (sync endpoints, ``background_delay``).
 
-    Anything else is a permanent error: the answer cannot be tracked.
+    Anything else is an answer we cannot read: the request was accepted and a task may run,
+    so it is classified like any unreadable 2xx to a write (ambiguous: search the task list).
     """
     if data is None:
         return None
     if isinstance(data, str) and is_upid(data):
         return Upid.parse(data)
     shown = data if isinstance(data, str) else type(data).__name__
-    raise PveError(
-        ErrorClass.PERMANENT,
+    raise protocol_error(
         f"unexpected answer instead of a task id: {shown[:200]!r}",
-        status=200,
         method=method,
         path=path,
+        status=200,
+        action=action,
     )
 
 

@@ -78,15 +78,36 @@ class Authenticator:
         stamp, _, sig = token.partition(":")
         return self._fresh(stamp) and _same(self._sign(f"{stamp}:{user}"), sig)
 
+    def _passwords(self) -> dict[str, str]:
+        known = dict(self._cfg.users)
+        if self._cfg.password is not None:
+            known[ROOT] = self._cfg.password
+        return known
+
+    def canonical(self, username: str) -> str:
+        """The user id as configured: in a case-insensitive realm the user part is matched
+        without regard to case (pve-access-control ``lookup_username``, reference §13.8)."""
+        known = self._passwords()
+        if username in known:
+            return username
+        user, _, realm = username.rpartition("@")
+        if realm in self._cfg.case_insensitive_realms:
+            for userid in known:
+                known_user, _, known_realm = userid.rpartition("@")
+                if known_realm == realm and known_user.lower() == user.lower():
+                    return userid
+        return username
+
     def login(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /access/ticket``; raises :class:`AuthError` on bad credentials."""
-        username = str(params.get("username", ""))
+        """``POST /access/ticket``; raises :class:`AuthError` on bad credentials. The answer's
+        ``username`` is the canonical user id, which the ticket and UPIDs carry."""
+        username = self.canonical(str(params.get("username", "")))
         password = str(params.get("password", ""))
         if username and self.ticket_user(password) == username:
             return self._issue(username)  # renewal: the current ticket as the password
-        expected = self._cfg.password
-        if expected is not None and username == ROOT and _same(password, expected):
-            return self._issue(ROOT)
+        expected = self._passwords().get(username)
+        if expected is not None and _same(password, expected):
+            return self._issue(username)
         raise AuthError(LOGIN_FAILED)
 
     # --- requests --------------------------------------------------------------------------

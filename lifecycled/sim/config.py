@@ -9,9 +9,11 @@ from typing import Any
 
 import attrs
 
-#: ``USER@REALM!TOKENID=SECRET`` (pve-access-control token syntax).
+from lifecycled.domain.userid import TOKENID_PATTERN, USERID_PATTERN, is_userid
+
+#: ``USER@REALM!TOKENID=SECRET`` (pve-access-control token syntax; the user part may hold ``@``).
 _TOKEN_RE = re.compile(
-    r"^(?P<user>[^\s@!:=]+@[A-Za-z][A-Za-z0-9.\-_]*)!(?P<tokenid>[A-Za-z][A-Za-z0-9.\-_]*)=(?P<secret>\S+)$"
+    rf"^(?P<user>{USERID_PATTERN})!(?P<tokenid>{TOKENID_PATTERN})=(?P<secret>\S+)$"
 )
 _NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$")
 
@@ -39,7 +41,7 @@ class ApiToken:
 
     @classmethod
     def parse(cls, text: str) -> ApiToken:
-        m = _TOKEN_RE.match(text.strip())
+        m = _TOKEN_RE.fullmatch(text.strip())
         if m is None:
             raise SimConfigError("token must look like USER@REALM!TOKENID=SECRET")
         return cls(user=m["user"], tokenid=m["tokenid"], secret=m["secret"])
@@ -50,6 +52,18 @@ class ApiToken:
 
 def _freeze_durations(value: Mapping[str, float] | None) -> Mapping[str, float]:
     return MappingProxyType(dict(value or {}))
+
+
+def _freeze_users(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(value or {}))
+
+
+def _check_users(_inst: Any, _attr: Any, value: Mapping[str, str]) -> None:
+    for userid, password in value.items():
+        if not is_userid(userid):
+            raise SimConfigError(f"invalid user id {userid!r}: expected USER@REALM")
+        if not password:
+            raise SimConfigError(f"user {userid} needs a password")
 
 
 def _to_tuple(value: Iterable[str]) -> tuple[str, ...]:
@@ -109,6 +123,13 @@ class SimConfig:
     tls: bool = False
     #: Password of ``root@pam`` for ticket logins (``POST /access/ticket``); None disables it.
     password: str | None = attrs.field(default=None, repr=False)
+    #: More users who may log in with a password (``{"john@corp.com@ad": "secret"}``).
+    users: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_freeze_users, validator=_check_users, eq=False, repr=False
+    )
+    #: Realms configured with ``case-sensitive 0`` (AD, LDAP): a login's user part is matched
+    #: without regard to case, and the ticket and UPIDs carry the user id as configured.
+    case_insensitive_realms: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple)
     #: Lifetime of a login ticket (PVE: 2 h).
     ticket_lifetime: float = attrs.field(default=7200.0, validator=_non_negative)
     #: Requests kept in the request log (the oldest are dropped beyond this).

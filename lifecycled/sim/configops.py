@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from lifecycled.domain.classify import is_success_exitstatus
 from lifecycled.sim import errors as txt
 from lifecycled.sim import params as pp
 from lifecycled.sim.errors import SimError, TaskFailed
@@ -25,7 +26,7 @@ from lifecycled.sim.model import (
 from lifecycled.sim.power import check_lock
 from lifecycled.sim.records import Caller, FlockSpec
 from lifecycled.sim.simulator import Simulator
-from lifecycled.sim.tasks import OK, TaskRun
+from lifecycled.sim.tasks import TaskRun
 
 Params = Mapping[str, Any]
 
@@ -297,11 +298,16 @@ async def config_write(
     upid = sim.fork(node, "qmconfig", vmid, caller, body, flock=flock)
     delay = pp.integer(params, "background_delay")
     if delay:
+        # qemu-server waits up to the delay for the worker (§1.1, §13.2): ended OK or with
+        # warnings → null; ended with an error → 500 wrapping its exit status, and no UPID.
         task = sim.find_task(str(upid))
         if task is not None and task.handle is not None:
             done, _ = await asyncio.wait({task.handle}, timeout=delay)
-            if done and task.exitstatus == OK:
-                return None
+            status = task.exitstatus
+            if done and status is not None:
+                if is_success_exitstatus(status):
+                    return None
+                raise SimError(500, f"failed to update VM {vmid}: {status}")
     return str(upid)
 
 

@@ -13,7 +13,12 @@ Kinds (combinable):
 * ``exitstatus`` (+ ``effect``): the task the request creates ends with this exit status
   (``OK``, ``WARNINGS: 2``, any error text, ``unexpected status``); ``effect`` None applies
   the action's effect only on success, True always, False never;
-* ``task_seconds``: the created task runs this long.
+* ``task_seconds``: the created task runs this long;
+* ``answer``: handle the request (the task is created and runs), then answer it wrongly:
+  ``truncated`` (the real answer's head, half its body, then the connection is closed),
+  ``garbled`` (a complete 200 whose body is not JSON), ``fork-lock-timeout`` (HTTP 500
+  ``can't lock file '/var/log/pve/tasks/.active.lock' - got timeout``, what ``fork_worker``
+  answers when it cannot register a task it has already forked, reference §13.1).
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+
+#: What ``fork_worker`` dies with when the task registry stays locked (reference §13.1).
+ACTIVE_LOCK_TIMEOUT = "can't lock file '/var/log/pve/tasks/.active.lock' - got timeout"
+#: Values of :attr:`Fault.answer`.
+ANSWERS = frozenset({"truncated", "garbled", "fork-lock-timeout"})
 
 
 def _compile(value: str) -> re.Pattern[str]:
@@ -47,6 +57,7 @@ class Fault:
     exitstatus: str | None = None
     effect: bool | None = None
     task_seconds: float | None = None
+    answer: str | None = None
     hits: int = 0
     _regex: re.Pattern[str] = attrs.field(init=False, repr=False)
 
@@ -84,6 +95,7 @@ class Fault:
             "exitstatus": self.exitstatus,
             "effect": self.effect,
             "task_seconds": self.task_seconds,
+            "answer": self.answer,
             "hits": self.hits,
         }
 
@@ -102,6 +114,7 @@ FAULT_FIELDS = frozenset(
         "exitstatus",
         "effect",
         "task_seconds",
+        "answer",
     }
 )
 
@@ -127,3 +140,7 @@ def validate(fault: Fault) -> None:
         raise ValueError("delay must not be negative")
     if fault.count is not None and fault.count < 0:
         raise ValueError("count must not be negative")
+    if fault.answer is not None and fault.answer not in ANSWERS:
+        raise ValueError(f"answer must be one of {', '.join(sorted(ANSWERS))}")
+    if fault.answer is not None and (fault.status is not None or fault.drop):
+        raise ValueError("answer replaces the answer: give no status and no drop with it")

@@ -10,7 +10,7 @@ from aiohttp import web
 from lifecycled.sim import api, wire
 from lifecycled.sim.auth import Authenticator, AuthError
 from lifecycled.sim.errors import SimError
-from lifecycled.sim.faults import Fault
+from lifecycled.sim.faults import ACTIVE_LOCK_TIMEOUT, Fault
 from lifecycled.sim.records import Caller, RequestRecord
 from lifecycled.sim.simulator import Simulator
 
@@ -56,6 +56,8 @@ class ApiPipeline:
             return response
         if fault is not None and fault.status is not None:
             response = self._fault_answer(fault)
+        if fault is not None and fault.answer is not None:
+            return await self._wrong_answer(request, record, caller, fault.answer, response)
         return self._finish(record, caller, response)
 
     async def _dispatch(
@@ -108,6 +110,36 @@ class ApiPipeline:
         reason = fault.reason if fault.reason is not None else "simulated fault"
         empty = status == 401 or status >= 595
         return wire.error(status, reason, fault.errors, empty=empty)
+
+    async def _wrong_answer(
+        self,
+        request: web.Request,
+        record: RequestRecord,
+        caller: Caller,
+        answer: str,
+        response: web.StreamResponse,
+    ) -> web.StreamResponse:
+        """The request was handled; answer it the way the ``answer`` fault says."""
+        if answer == "fork-lock-timeout":
+            return self._finish(record, caller, wire.error(500, ACTIVE_LOCK_TIMEOUT))
+        body = response.body if isinstance(response, web.Response) else None
+        raw = bytes(body) if isinstance(body, bytes | bytearray) else b""
+        half = raw[: len(raw) // 2]
+        if answer == "garbled":
+            garbled = web.Response(
+                status=200, body=half + b"\x00garbled", content_type="application/json"
+            )
+            return self._finish(record, caller, garbled)
+        # truncated: the head promises the whole body, half of it comes, the connection closes.
+        stream = web.StreamResponse(status=200)
+        stream.content_type = "application/json"
+        stream.content_length = len(raw)
+        await stream.prepare(request)
+        await stream.write(half)
+        self._drop(request)
+        self._finish(record, caller, stream)
+        record.reason = "truncated"
+        return stream
 
     @staticmethod
     def _drop(request: web.Request) -> None:

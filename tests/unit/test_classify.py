@@ -14,6 +14,7 @@ from lifecycled.domain.classify import (
     classify_http,
     classify_text,
     is_success_exitstatus,
+    is_unknown_exitstatus,
     warnings_count,
 )
 
@@ -28,6 +29,8 @@ LXC_LOCK_FILE = "can't lock file '/run/lock/lxc/pve-config-100.lock' - got timeo
 QEMU_NO_CONF = "Configuration file 'nodes/pve/qemu-server/100.conf' does not exist"
 LXC_NO_CONF = "Configuration file 'nodes/pve/lxc/100.conf' does not exist"
 QEMU_NO_CONF_RUNSTATE = "unable to find configuration file for VM 100 on node 'pve'"
+ACTIVE_LOCK = "can't lock file '/var/log/pve/tasks/.active.lock' - got timeout"
+UNREADABLE_LOG = "unable to get last line from task log - open failed: No such file or directory"
 
 
 class Http(NamedTuple):
@@ -275,6 +278,90 @@ HTTP_CASES = [
         P,
     ),
     _http("lxc-config-no-options", 500, "no options specified", "PUT", "configure", P),
+    # --- §13.12: other permanent sync texts ---
+    _http("migrate-no-such-node", 500, "no such cluster node 'pve9'", "POST", "migrate", P),
+    _http("clone-no-such-node", 500, "no such cluster node 'pve9'", "POST", "clone", P),
+    _http(
+        "lxc-resize-shrink",
+        500,
+        "unable to shrink disk size from 8589934592 to 4294967296",
+        "PUT",
+        "resize",
+        P,
+    ),
+    # Already at the size asked for: satisfied for a resize (confirmed by reading the disk).
+    _http("lxc-resize-same-size", 500, "disk is already at specified size", "PUT", "resize", S),
+    _http("same-size-other-action", 500, "disk is already at specified size", "PUT", None, P),
+    # --- §13.1: fork_worker's own lock: the task may already run ---
+    _http("active-lock-start", 500, ACTIVE_LOCK, "POST", "start", A),
+    _http("active-lock-reboot", 500, ACTIVE_LOCK, "POST", "reboot", A),
+    _http("active-lock-migrate", 500, ACTIVE_LOCK, "POST", "migrate", A),
+    _http("active-lock-destroy", 500, ACTIVE_LOCK, "DELETE", "terminate", A),
+    _http("active-lock-read", 500, ACTIVE_LOCK, "GET", None, T),
+    _http("guest-lock-file-reboot", 500, QEMU_LOCK_FILE, "POST", "reboot", T),
+    # --- an answer that came but cannot be read (garbled, truncated, not a task id) ---
+    _http("unreadable-200-post", 200, "not a JSON envelope", "POST", "reboot", A),
+    _http("unreadable-200-put", 200, "not a JSON envelope", "PUT", "resize", A),
+    _http("unreadable-200-delete", 200, "not a JSON envelope", "DELETE", "terminate", A),
+    _http("unreadable-200-get", 200, "not a JSON envelope", "GET", None, T),
+    _http("unreadable-202-post", 202, "", "POST", "start", A),
+    # --- §13.2: QEMU config with background_delay: the wrapped exit status decides ---
+    _http(
+        "bg-delay-lock",
+        500,
+        "failed to update VM 100: VM is locked (backup)",
+        "POST",
+        "configure",
+        L,
+    ),
+    _http(
+        "bg-delay-digest",
+        500,
+        "failed to update VM 100: checksum mismatch (file change by other user?)",
+        "POST",
+        "configure",
+        L,
+    ),
+    _http(
+        "bg-delay-lock-file",
+        500,
+        f"failed to update VM 100: {QEMU_LOCK_FILE}",
+        "POST",
+        "configure",
+        T,
+    ),
+    _http(
+        "bg-delay-unknown-task-error",
+        500,
+        "failed to update VM 100: hotplug problem - cannot unplug",
+        "POST",
+        "configure",
+        P,
+    ),
+    _http(
+        "bg-delay-unexpected-status",
+        500,
+        "failed to update VM 100: unexpected status",
+        "POST",
+        "configure",
+        A,
+    ),
+    _http(
+        "bg-delay-unreadable-log",
+        500,
+        f"failed to update VM 100: {UNREADABLE_LOG}",
+        "POST",
+        "configure",
+        A,
+    ),
+    _http(
+        "bg-delay-wrapped-anywhere",
+        500,
+        "update failed - failed to update VM 100: VM is locked (snapshot)",
+        "POST",
+        "configure",
+        L,
+    ),
 ]
 
 
@@ -375,6 +462,9 @@ EXIT_CASES = [
     _exit("unknown-text", "storage 'local-zfs' does not exist", "create", P),
     _exit("not-success-ok-space", "OK ", "start", P),
     _exit("not-success-lowercase-warnings", "warnings: 1", "start", P),
+    # §13.11: the task log could not be read: outcome unknown, never a failure by itself
+    _exit("unreadable-task-log", UNREADABLE_LOG, "start", A),
+    _exit("unreadable-task-log-one-shot", UNREADABLE_LOG, "reboot", A),
 ]
 
 
@@ -467,3 +557,18 @@ def test_unknown_500_is_transient_but_unknown_task_error_is_permanent() -> None:
     text = "something unexpected happened"
     assert classify_http(500, text, method="POST", action="start") is T
     assert classify_exitstatus(text, action="start") is P
+
+
+@pytest.mark.parametrize(
+    ("exitstatus", "unknown"),
+    [
+        pytest.param(UNREADABLE_LOG, True, id="unreadable-log"),
+        pytest.param("unable to get last line from task log - ", True, id="no-detail"),
+        pytest.param("unexpected status", False, id="unexpected-status"),
+        pytest.param("OK", False, id="ok"),
+        pytest.param(f"failed: {UNREADABLE_LOG}", False, id="not-at-start"),
+    ],
+)
+def test_is_unknown_exitstatus(exitstatus: str, unknown: bool) -> None:
+    """Only ``unable to get last line from task log …`` is an exit status with no outcome."""
+    assert is_unknown_exitstatus(exitstatus) is unknown

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lifecycled.domain.actions import Action, spec_for
+from lifecycled.domain.actions import Action, ActionSpec, spec_for
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind, GuestRef, Op
 from lifecycled.domain.outcome import (
@@ -99,6 +99,15 @@ def test_unexpected_status_checks_state_then_retries_convergent() -> None:
     assert d.otherwise is not None and d.otherwise.verdict is Verdict.RETRY
     d1 = after_exit(make_op("reboot"), REBOOT, "unexpected status", confirm_by_state=False)
     assert d1.otherwise is not None and d1.otherwise.verdict is Verdict.FAIL
+
+
+@pytest.mark.parametrize("spec", [START, REBOOT], ids=["convergent", "one-shot"])
+def test_unreadable_task_log_is_read_again_later(spec: ActionSpec) -> None:
+    """``unable to get last line from task log`` decides nothing: the op stays in flight."""
+    status = "unable to get last line from task log - open failed"
+    d = after_exit(make_op(str(spec.action)), spec, status, confirm_by_state=False)
+    assert d.verdict is Verdict.LEAVE
+    assert d.error is None
 
 
 def test_ambiguous_call_searches_tasks() -> None:

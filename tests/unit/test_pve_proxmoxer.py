@@ -179,19 +179,49 @@ async def test_cli_stderr_is_parsed() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("CT 100 already running\n", ErrorClass.PERMANENT),
+        ("CT 100 already running\n", ErrorClass.SATISFIED),  # for a start: the action counts
         ("VM is locked (backup)\n", ErrorClass.LOCKED),
         (
             "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout\n",
             ErrorClass.TRANSIENT,
         ),
+        (
+            "can't lock file '/var/log/pve/tasks/.active.lock' - got timeout\n",
+            ErrorClass.AMBIGUOUS,
+        ),
     ],
 )
 async def test_cli_500_text_is_classified(text: str, expected: ErrorClass) -> None:
-    """A handler's bare ``die`` text (pvesh's default 500) is classified by its text."""
+    """A handler's bare ``die`` text (pvesh's 500) is classified by text and action."""
     client, _ = client_for(raising(ResourceException(500, "Internal Server Error", text)))
     err = await failed(client)
     assert (err.reason, err.error_class) == (text.strip(), expected)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(f'{{"data": "{UPID_TEXT}"}}\x00junk'.encode(), id="upid-then-junk"),
+        pytest.param(b'{"data": "UPID:pve1:0000', id="cut"),
+    ],
+)
+async def test_https_unreadable_answer_to_a_write_is_ambiguous(body: bytes) -> None:
+    """https: a 200 body proxmoxer cannot parse is ambiguous, as with aiohttp."""
+    client, _ = client_for(lambda m, p, d: {"errors": body}, backend="https")
+    err = await failed(client)
+    assert (err.status, err.error_class) == (200, ErrorClass.AMBIGUOUS)
+
+
+async def test_cli_upid_with_nine_hex_digits_of_pstart_is_the_answer() -> None:
+    """A 9-hex-digit pstart UPID that proxmoxer took for a 500 is found by our parser."""
+    upid = "UPID:pve1:00001234:1ABCDEF01:65000000:qmstart:100:root@pam:"
+    output = f'starting VM 100\n"{upid}"\n'
+    client, _ = client_for(raising(ResourceException(500, "Internal Server Error", output)))
+    got = await client.dispatch("pve1", GuestKind.QEMU, Action.START, 100, {})
+    await client.close()
+    assert got == Upid.parse(upid)
+    assert got is not None and got.pstart == 0x1ABCDEF01
 
 
 @pytest.mark.parametrize("status", [596, 599])

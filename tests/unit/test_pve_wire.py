@@ -20,7 +20,7 @@ from aioresponses import aioresponses
 from yarl import URL
 
 from lifecycled.domain.actions import Action
-from lifecycled.domain.classify import ErrorClass, classify_http
+from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid
 from lifecycled.errors import ConfigError, PveError
@@ -290,14 +290,10 @@ async def test_already_satisfied_answers(
     path: str,
     text: str,
 ) -> None:
-    """The raised error carries what ``classify_http(…, action=)`` needs to say satisfied."""
+    """The adapter classifies with the op's action: the raised error says satisfied."""
     mocked.add(at(path), method=method, status=500, reason=text, payload={"data": None})
     err = await raised(client.dispatch("pve1", kind, action, 100, {}))
-    assert err.error_class is ErrorClass.PERMANENT  # without the action, not satisfied
-    again = classify_http(
-        err.status, err.reason, method=err.method, errors=err.errors, sent=err.sent, action=action
-    )
-    assert again is ErrorClass.SATISFIED
+    assert err.error_class is ErrorClass.SATISFIED
 
 
 # --- §11 locked ----------------------------------------------------------------------------
@@ -436,11 +432,13 @@ async def test_null_answer_is_none(client: HttpPveClient, mocked: Any) -> None:
     assert got is None
 
 
-async def test_non_upid_string_is_permanent(client: HttpPveClient, mocked: Any) -> None:
-    """A string that is not a UPID cannot be tracked: permanent."""
+async def test_non_upid_string_after_a_write_is_ambiguous(
+    client: HttpPveClient, mocked: Any
+) -> None:
+    """A 200 whose data is not a task id cannot be read: the task may exist — ambiguous."""
     mocked.post(at("/nodes/pve1/qemu/100/status/start"), payload={"data": "OK"})
     err = await raised(start(client))
-    assert err.error_class is ErrorClass.PERMANENT
+    assert err.error_class is ErrorClass.AMBIGUOUS
     assert "'OK'" in err.reason
 
 
