@@ -95,12 +95,38 @@ def test_help_lists_the_admin_commands(tmp_path: Path) -> None:
         assert name in dlq.out
 
 
-def test_dlq_list_on_a_new_file_prints_an_empty_array(tmp_path: Path) -> None:
-    """`dlq list --db x.sqlite3 --json` in a new folder prints [] and creates a 0600 journal."""
-    result = cli("dlq", "list", "--db", "x.sqlite3", "--json", cwd=tmp_path)
-    assert (result.code, result.out, result.err) == (0, "[]\n", "")
+def test_reading_commands_never_create_a_journal(tmp_path: Path) -> None:
+    """`dlq list`/`ops list`/`guests list` on a missing journal: one line, exit 1, no file made."""
+    (tmp_path / "data").mkdir()
+    for args in (["dlq", "list"], ["ops", "list", "--json"], ["guests", "list"], ["audit", "list"]):
+        result = cli(*args, cwd=tmp_path)
+        assert result.code == 1, (args, result)
+        assert result.err.startswith("lifecycled: error: no journal at data/lifecycled.sqlite3;")
+        assert "check --db or --config" in result.err and len(result.err.splitlines()) == 1
+    assert list((tmp_path / "data").iterdir()) == []
+    made = cli("db", "migrate", "--db", "x.sqlite3", cwd=tmp_path)
+    assert made.code == 0
     assert stat.S_IMODE((tmp_path / "x.sqlite3").stat().st_mode) == 0o600
-    assert json.loads(cli("ops", "list", "--db", "x.sqlite3", "--json", cwd=tmp_path).out) == []
+    assert json.loads(cli("dlq", "list", "--db", "x.sqlite3", "--json", cwd=tmp_path).out) == []
+
+
+def test_admin_commands_read_the_daemons_config(tmp_path: Path) -> None:
+    """The journal comes from --config or LIFECYCLED_CONFIG (the daemon's file); --db still wins."""
+    db = tmp_path / "state" / "j.sqlite3"
+    (tmp_path / "state").mkdir()
+    (dead,) = make_ops(db, [OpState.DEAD_LETTERED])
+    cfg = tmp_path / "lifecycled.toml"
+    cfg.write_text(f'db = "{db}"\nnode = "pve1"\n')
+    by_flag = cli("dlq", "list", "--config", str(cfg), "--json", cwd=tmp_path)
+    assert [o["id"] for o in json.loads(by_flag.out)] == [dead]
+    env = {"LIFECYCLED_CONFIG": str(cfg)}
+    by_env = cli("ops", "show", str(dead), "--json", cwd=tmp_path, env=env)
+    assert json.loads(by_env.out)["id"] == dead
+    other = cli("dlq", "list", "--config", str(cfg), "--db", "other.sqlite3", cwd=tmp_path)
+    assert other.code == 1 and "other.sqlite3" in other.err
+    cfg.write_text("workers = 0\n")
+    bad = cli("dlq", "list", "--config", str(cfg), cwd=tmp_path)
+    assert bad.code == 2 and len(bad.err.splitlines()) == 1 and "workers" in bad.err
 
 
 def test_dead_letter_is_listed_and_shown_with_history(tmp_path: Path) -> None:
@@ -217,10 +243,10 @@ def test_show_of_a_missing_id(tmp_path: Path, group: str) -> None:
 def test_read_command_on_a_missing_journal_creates_nothing(tmp_path: Path) -> None:
     """A show on a journal that does not exist fails clearly and does not create it."""
     result = cli("ops", "show", "1", "--db", "missing.sqlite3", cwd=tmp_path)
-    assert "missing.sqlite3 does not exist" in one_error_line(result, 1)
+    assert "no journal at missing.sqlite3" in one_error_line(result, 1)
     assert not (tmp_path / "missing.sqlite3").exists()
     in_missing_dir = cli("dlq", "list", "--db", "nodir/x.sqlite3", cwd=tmp_path)
-    assert "does not exist" in one_error_line(in_missing_dir, 1)
+    assert "no journal at nodir/x.sqlite3" in one_error_line(in_missing_dir, 1)
     assert not (tmp_path / "nodir").exists()
 
 
@@ -273,7 +299,7 @@ def test_db_migrate_check_backup_prune(tmp_path: Path) -> None:
     prune = cli("db", "prune", "--older-than", "1d", "--db", "b.sqlite3", cwd=tmp_path)
     assert prune.code == 0 and prune.out.startswith("pruned 1 ops")
     missing = cli("db", "check", "--db", "nope.sqlite3", cwd=tmp_path)
-    assert "does not exist" in one_error_line(missing, 1)
+    assert "no journal at nope.sqlite3" in one_error_line(missing, 1)
 
 
 def test_db_path_from_the_environment(tmp_path: Path) -> None:
