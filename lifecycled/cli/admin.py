@@ -83,6 +83,7 @@ def db_backup(
     dest: Annotated[Path, typer.Argument(help="New file to write (never overwritten).")],
     db: DbOpt = DEFAULT_DB,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Copy the journal online (safe while the daemon runs) to DEST, mode 0600."""
 
@@ -90,7 +91,10 @@ def db_backup(
         await journal.backup(dest)
 
     with_journal(db, work)
-    typer.echo(f"journal {db} backed up to {dest}")
+    if as_json:
+        print_json({"journal": str(db), "backup": str(dest), "bytes": dest.stat().st_size})
+    else:
+        typer.echo(f"journal {db} backed up to {dest}")
 
 
 @db_app.command("prune")
@@ -101,6 +105,7 @@ def db_prune(
     ] = "30d",
     db: DbOpt = DEFAULT_DB,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Delete finished ops (and their history) older than --older-than; keeps dead letters."""
     before = time.time() - duration_option(older_than, "--older-than")
@@ -109,7 +114,10 @@ def db_prune(
         return await journal.prune(before=before)
 
     count = with_journal(db, work)
-    typer.echo(f"pruned {count} ops finished before {rfc3339(before)}")
+    if as_json:
+        print_json({"pruned": count, "finished_before": rfc3339(before)})
+    else:
+        typer.echo(f"pruned {count} ops finished before {rfc3339(before)}")
 
 
 # -- ops -----------------------------------------------------------------------------------

@@ -253,6 +253,7 @@ def dlq_purge(
     ] = None,
     db: DbOpt = DEFAULT_DB,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Delete discarded dead letters (and their history) for good."""
     before = (
@@ -263,4 +264,7 @@ def dlq_purge(
         return await journal.purge_discarded(before=before)
 
     count = with_journal(db, work)
-    typer.echo(f"purged {count} discarded dead letters")
+    if as_json:
+        print_json({"purged": count})
+    else:
+        typer.echo(f"purged {count} discarded dead letters")

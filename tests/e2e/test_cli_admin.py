@@ -307,3 +307,48 @@ def test_db_path_from_the_environment(tmp_path: Path) -> None:
     (dead,) = make_ops(tmp_path / "env.sqlite3", [OpState.DEAD_LETTERED])
     result = cli("dlq", "list", "--json", cwd=tmp_path, env={"LIFECYCLED_DB": "env.sqlite3"})
     assert [item["id"] for item in json.loads(result.out)] == [dead]
+
+
+async def _dead_letter_with(db: Path, message: str, upid: str) -> int:
+    async with await Journal.open(db) as journal:
+        req = SubmitRequest(
+            idempotency_key="markup",
+            action="start",
+            guest=GuestRef(node="pve1", kind=GuestKind.QEMU, vmid=100),
+            params={},
+            origin=Origin.API,
+        )
+        op = (await journal.submit(req, now=T0)).op
+        await journal.claim_next(now=T0 + 1, nodes={"pve1"})
+        await journal.record_upid(op.id, upid, now=T0 + 2)
+        err = OpError(error_class=ErrorClass.TRANSIENT, message=message)
+        await journal.dead_letter(op.id, now=T0 + 3, reason=message, error=err)
+        return op.id
+
+
+def test_piped_tables_are_plain_rows_uncut_and_literal(tmp_path: Path) -> None:
+    """Piped output is tab-separated rows: a long UPID is never cut, [markup] is printed as is."""
+    db = tmp_path / "j.sqlite3"
+    upid = "UPID:pve1:003A1F2C:1A2B3C4D5:6553F00D:qmstart:100:automation@pve!lifecycled-long:"
+    message = "[link=https://evil.example]click[/link] [bold]x"
+    op_id = asyncio.run(_dead_letter_with(db, message, upid))
+    listed = cli("dlq", "list", "--db", str(db), cwd=tmp_path)
+    assert listed.code == 0
+    assert message in listed.out
+    assert all("│" not in line and "━" not in line for line in listed.out.splitlines())
+    shown = cli("ops", "show", str(op_id), "--db", str(db), cwd=tmp_path)
+    assert shown.code == 0
+    assert any(line.split("\t")[-1] == upid for line in shown.out.splitlines())
+
+
+def test_maintenance_commands_speak_json(tmp_path: Path) -> None:
+    """db backup, db prune and dlq purge print one JSON document with --json."""
+    db = tmp_path / "j.sqlite3"
+    make_ops(db, [OpState.SUCCEEDED])
+    backup = cli("db", "backup", "b.sqlite3", "--db", str(db), "--json", cwd=tmp_path)
+    assert json.loads(backup.out)["backup"] == "b.sqlite3"
+    assert json.loads(backup.out)["bytes"] == (tmp_path / "b.sqlite3").stat().st_size
+    prune = cli("db", "prune", "--older-than", "1d", "--db", str(db), "--json", cwd=tmp_path)
+    assert json.loads(prune.out)["pruned"] == 1
+    purge = cli("dlq", "purge", "--db", str(db), "--json", cwd=tmp_path)
+    assert json.loads(purge.out) == {"purged": 0}
