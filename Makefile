@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo sim bench chaos wheel-check clean fmt
+.PHONY: test lint demo sim bench chaos wheel-check clean fmt dist deb deb-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,27 @@ demo: $(STAMP)
 
 sim: $(STAMP)
 	$(BIN)/lifecycled sim --guests 20
+
+# The wheel and sdist (dist/), built in an isolated environment by `build`.
+dist: $(STAMP)
+	rm -f dist/lifecycled-*.whl dist/lifecycled-*.tar.gz
+	$(BIN)/python -m build --outdir dist . >/dev/null
+	@ls dist/lifecycled-*
+
+# A Debian package (Debian 12 / PVE 8, Debian 13 / PVE 9) carrying its own venv under
+# /opt/lifecycled, built with the release's own /usr/bin/python3; the tools come from
+# Debian's archive when missing (run as root).
+DEB_TOOLS := /usr/bin/dpkg-deb /usr/share/doc/python3-venv
+$(DEB_TOOLS):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv dpkg-dev adduser >/dev/null
+
+deb: dist $(DEB_TOOLS)
+	rm -f dist/lifecycled_*.deb
+	packaging/deb/build.sh dist/lifecycled-*.whl dist
+
+# Build, install, run, purge: what CI runs to prove the package works (needs root).
+deb-check: deb
+	packaging/deb/check.sh dist/lifecycled_*.deb
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) bench/.work build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis

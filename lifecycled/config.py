@@ -249,20 +249,39 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in section.items()}
 
 
+#: The config every command reads when neither ``--config`` nor ``LIFECYCLED_CONFIG`` names
+#: one (the Debian package installs it).
+SYSTEM_CONFIG = Path("/etc/lifecycled/lifecycled.toml")
+
+
+def config_file_for(
+    given: Path | None, env: Mapping[str, str] | None, system: Path | None = SYSTEM_CONFIG
+) -> Path | None:
+    """The config file in force: ``--config``, else ``LIFECYCLED_CONFIG``, else the system one if present."""
+    if given is not None:
+        return given
+    if env is not None and env.get(ENV_PREFIX + "CONFIG"):
+        return Path(env[ENV_PREFIX + "CONFIG"])
+    if system is not None and system.is_file():
+        return system
+    return None
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     *,
     env: Mapping[str, str] | None = None,
     config_file: Path | None = None,
+    system_config: Path | None = SYSTEM_CONFIG,
 ) -> Settings:
     """Build :class:`Settings` with precedence flag > env > file > default.
 
     ``flags`` holds only the options given on the command line (``None`` means not given).
-    ``env`` is the process environment (passed in by the entry point).
+    ``env`` is the process environment (passed in by the entry point). The file is
+    ``config_file``, else ``LIFECYCLED_CONFIG``, else ``system_config`` when it exists.
     """
     values: dict[str, Any] = {}
-    if config_file is None and env is not None and env.get(ENV_PREFIX + "CONFIG"):
-        config_file = Path(env[ENV_PREFIX + "CONFIG"])
+    config_file = config_file_for(config_file, env, system_config)
     if config_file is not None:
         for key, value in _read_toml(config_file).items():
             if key not in _FIELDS:

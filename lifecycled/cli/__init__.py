@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "lifecycled.cli.node",
     "lifecycled.cli.keys",
     "lifecycled.cli.guests",
+    "lifecycled.cli.doctor",
 )
 
 

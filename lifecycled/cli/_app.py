@@ -10,6 +10,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lifecycled import __version__
 
@@ -62,13 +63,26 @@ def print_json(value: Any) -> None:
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print a table for people."""
+    """Print a table for people; plain tab-separated rows, never cut, when not a terminal.
+
+    Stored strings are shown literally: they are rich ``Text``, never parsed as markup.
+    """
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    if not sys.stdout.isatty():
+        lines = [title] if title else []
+        lines += ["\t".join(columns), *("\t".join(_plain(c) for c in row) for row in cells)]
+        sys.stdout.write("\n".join(lines) + "\n")
+        return
     table = Table(title=title, show_lines=False, header_style="bold")
     for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_column(col, overflow="fold")
+    for row in cells:
+        table.add_row(*(Text(c) for c in row))
     stdout_console().print(table)
+
+
+def _plain(cell: str) -> str:
+    return cell.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -11,19 +12,50 @@ from typing import Annotated, TypeVar
 import typer
 
 from lifecycled.cli._app import EXIT_USAGE, fail, print_json, print_table
+from lifecycled.cli.options import CONFIG_KEY, ConfigOpt
+from lifecycled.config import config_file_for, load_settings
 from lifecycled.domain.durations import parse_duration
 from lifecycled.domain.op import HistoryEntry, Op
 from lifecycled.domain.serialize import op_to_dict, rfc3339
+from lifecycled.errors import ConfigError
 from lifecycled.journal import Journal, OpPage
+
+__all__ = ["ConfigOpt"]
 
 T = TypeVar("T")
 
 DEFAULT_DB = Path("data/lifecycled.sqlite3")
 
 
+def _resolve_db(ctx: typer.Context, param: typer.CallbackParam, value: Path) -> Path:
+    """``--db`` or ``LIFECYCLED_DB`` as given, else the ``db`` of the config in force.
+
+    The config in force is ``--config``, ``LIFECYCLED_CONFIG`` or /etc/lifecycled/lifecycled.toml
+    (the same file the daemon reads), so ``lifecycled dlq list`` on a node needs no flags.
+    """
+    source = ctx.get_parameter_source(param.name or "db")
+    if source is None or source.name not in ("DEFAULT", "DEFAULT_MAP"):
+        return value  # given with --db or LIFECYCLED_DB
+    config = config_file_for(ctx.meta.get(CONFIG_KEY), os.environ)
+    if config is None:
+        return value
+    try:
+        return load_settings({}, env=os.environ, config_file=config).db
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
 DbOpt = Annotated[
-    Path, typer.Option("--db", envvar="LIFECYCLED_DB", help="Journal file.", show_default=True)
+    Path,
+    typer.Option(
+        "--db",
+        envvar="LIFECYCLED_DB",
+        callback=_resolve_db,
+        help="Journal file [default: db of the config file, else data/lifecycled.sqlite3].",
+        show_default=False,
+    ),
 ]
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 LimitOpt = Annotated[int, typer.Option("--limit", min=1, max=1000, help="Page size.")]
 CursorOpt = Annotated[
@@ -40,11 +72,6 @@ def with_journal(db: Path, work: Callable[[Journal], Awaitable[T]], *, create: b
             return await work(journal)
 
     return asyncio.run(main())
-
-
-def listing_may_create(db: Path) -> bool:
-    # An empty journal lists nothing: create it, but never invent the folder it lives in.
-    return db.parent.is_dir()
 
 
 def duration_option(text: str, option: str) -> float:

@@ -18,12 +18,12 @@ from lifecycled.cli._app import app, fail, handle_errors, print_json
 from lifecycled.cli._journal import (
     DEFAULT_DB,
     ActionOpt,
+    ConfigOpt,
     CursorOpt,
     DbOpt,
     JsonOpt,
     LimitOpt,
     duration_option,
-    listing_may_create,
     print_op,
     print_ops,
     with_journal,
@@ -41,7 +41,7 @@ app.add_typer(ops_app, name="ops")
 
 @db_app.command("migrate")
 @handle_errors
-def db_migrate(db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
+def db_migrate(db: DbOpt = DEFAULT_DB, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Create the journal if needed and bring its schema up to date."""
 
     async def work(journal: Journal) -> tuple[int, tuple[str, ...]]:
@@ -58,7 +58,7 @@ def db_migrate(db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
 
 @db_app.command("check")
 @handle_errors
-def db_check(db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
+def db_check(db: DbOpt = DEFAULT_DB, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Run SQLite's integrity check on the journal; exit 1 if it finds problems."""
 
     async def work(journal: Journal) -> tuple[int, list[str]]:
@@ -82,6 +82,8 @@ def db_check(db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
 def db_backup(
     dest: Annotated[Path, typer.Argument(help="New file to write (never overwritten).")],
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Copy the journal online (safe while the daemon runs) to DEST, mode 0600."""
 
@@ -89,7 +91,10 @@ def db_backup(
         await journal.backup(dest)
 
     with_journal(db, work)
-    typer.echo(f"journal {db} backed up to {dest}")
+    if as_json:
+        print_json({"journal": str(db), "backup": str(dest), "bytes": dest.stat().st_size})
+    else:
+        typer.echo(f"journal {db} backed up to {dest}")
 
 
 @db_app.command("prune")
@@ -99,6 +104,8 @@ def db_prune(
         str, typer.Option("--older-than", help="Age of finished ops to delete, e.g. 30d.")
     ] = "30d",
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Delete finished ops (and their history) older than --older-than; keeps dead letters."""
     before = time.time() - duration_option(older_than, "--older-than")
@@ -107,7 +114,10 @@ def db_prune(
         return await journal.prune(before=before)
 
     count = with_journal(db, work)
-    typer.echo(f"pruned {count} ops finished before {rfc3339(before)}")
+    if as_json:
+        print_json({"pruned": count, "finished_before": rfc3339(before)})
+    else:
+        typer.echo(f"pruned {count} ops finished before {rfc3339(before)}")
 
 
 # -- ops -----------------------------------------------------------------------------------
@@ -124,6 +134,7 @@ def ops_list(
     limit: LimitOpt = 50,
     cursor: CursorOpt = None,
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List ops, newest first."""
@@ -133,7 +144,7 @@ def ops_list(
             state=state, vmid=vmid, action=action, limit=limit, cursor=cursor
         )
 
-    page = with_journal(db, work, create=listing_may_create(db))
+    page = with_journal(db, work, create=False)
     print_ops(page, as_json, "ops")
 
 
@@ -142,6 +153,7 @@ def ops_list(
 def ops_show(
     op_id: Annotated[int, typer.Argument(metavar="ID", help="Op id.")],
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one op with its history."""
@@ -158,6 +170,7 @@ def ops_show(
 def ops_cancel(
     op_id: Annotated[int, typer.Argument(metavar="ID", help="Op id (must be pending).")],
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a pending op."""

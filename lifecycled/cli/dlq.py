@@ -17,7 +17,6 @@ from lifecycled.cli._journal import (
     JsonOpt,
     LimitOpt,
     duration_option,
-    listing_may_create,
     print_op,
     print_ops,
     with_journal,
@@ -50,6 +49,7 @@ def dlq_list(
     limit: LimitOpt = 50,
     cursor: CursorOpt = None,
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List dead letters (not discarded), newest first."""
@@ -57,7 +57,7 @@ def dlq_list(
     async def work(journal: Journal) -> OpPage:
         return await journal.list_dead_letters(action=action, limit=limit, cursor=cursor)
 
-    page = with_journal(db, work, create=listing_may_create(db))
+    page = with_journal(db, work, create=False)
     print_ops(page, as_json, "dead letters")
 
 
@@ -192,6 +192,7 @@ def dlq_retry(
     all_: AllOpt = False,
     action: ActionOpt = None,
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-queue dead letters (or failed/cancelled ops) as new attempt series. Idempotent."""
@@ -222,6 +223,7 @@ def dlq_retry(
 def dlq_discard(
     ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Dead letter ids.")],
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Discard dead letters: they leave the listing (kept until `dlq purge`). Idempotent."""
@@ -250,6 +252,8 @@ def dlq_purge(
         typer.Option("--older-than", help="Only dead letters discarded longer ago, e.g. 7d."),
     ] = None,
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Delete discarded dead letters (and their history) for good."""
     before = (
@@ -260,4 +264,7 @@ def dlq_purge(
         return await journal.purge_discarded(before=before)
 
     count = with_journal(db, work)
-    typer.echo(f"purged {count} discarded dead letters")
+    if as_json:
+        print_json({"purged": count})
+    else:
+        typer.echo(f"purged {count} discarded dead letters")

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from lifecycled.cli._app import EXIT_USAGE, app, fail, handle_errors, print_json, print_table
+from lifecycled.cli._journal import DEFAULT_DB, DbOpt
 from lifecycled.cli.options import (
     ConfigOpt,
     NodeOpt,
@@ -45,8 +46,6 @@ from lifecycled.journal.guests import GuestPage, Ownership
 
 T = TypeVar("T")
 
-DEFAULT_DB = Path("data/lifecycled.sqlite3")
-
 guests_app = typer.Typer(
     help="Guests lifecycled knows: list, show, manage, adopt, release, desired.",
     no_args_is_help=True,
@@ -55,7 +54,6 @@ audit_app = typer.Typer(help="The audit log of destructive decisions.", no_args_
 app.add_typer(guests_app, name="guests")
 app.add_typer(audit_app, name="audit")
 
-DbOpt = Annotated[Path, typer.Option("--db", envvar="LIFECYCLED_DB", help="Journal file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 LimitOpt = Annotated[int, typer.Option("--limit", min=1, max=1000, help="Page size.")]
 VmidArg = Annotated[int, typer.Argument(help="The guest's VMID.", min=100, max=999_999_999)]
@@ -143,6 +141,7 @@ def guests_list(
         int | None, typer.Option("--cursor", help="Last vmid of the previous page.")
     ] = None,
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the guests in the journal (managed, discovered, released), in vmid order."""
@@ -157,12 +156,14 @@ def guests_list(
             origin=origin_v, observed=observed_v, drifted=drifted, limit=limit, cursor=cursor
         )
 
-    _print_guests(_with_journal(db, work, create=db.parent.is_dir()), as_json)
+    _print_guests(_with_journal(db, work, create=False), as_json)
 
 
 @guests_app.command("show")
 @handle_errors
-def guests_show(vmid: VmidArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
+def guests_show(
+    vmid: VmidArg, db: DbOpt = DEFAULT_DB, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
     """One guest with its identity, config snapshot and drift."""
 
     async def work(journal: Journal) -> GuestRecord:
@@ -246,7 +247,9 @@ def guests_adopt(
 
 @guests_app.command("release")
 @handle_errors
-def guests_release(vmid: VmidArg, db: DbOpt = DEFAULT_DB, as_json: JsonOpt = False) -> None:
+def guests_release(
+    vmid: VmidArg, db: DbOpt = DEFAULT_DB, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
     """Release a managed guest: kept as released, observed only, untouched in Proxmox."""
 
     async def work(journal: Journal) -> Ownership:
@@ -262,6 +265,7 @@ def guests_desired(
     vmid: VmidArg,
     state: Annotated[str, typer.Argument(help="running or stopped.")],
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Set a managed guest's desired power state; reconcile then holds it."""
@@ -310,6 +314,7 @@ def audit_list(
     limit: LimitOpt = 50,
     cursor: Annotated[int | None, typer.Option("--cursor", help="Next page.")] = None,
     db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The audit log, newest first."""
@@ -326,7 +331,7 @@ def audit_list(
             cursor=cursor,
         )
 
-    page = _with_journal(db, work, create=db.parent.is_dir())
+    page = _with_journal(db, work, create=False)
     if as_json:
         print_json([r.to_dict() for r in page.items])
     else:

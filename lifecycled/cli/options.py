@@ -14,8 +14,24 @@ import typer
 
 from lifecycled.config import Settings, load_settings
 
+#: Where the ``--config`` value is kept for the other options' callbacks (``--db``).
+CONFIG_KEY = "lifecycled.config"
+
+
+def _remember_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    ctx.meta[CONFIG_KEY] = value
+    return value
+
+
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML config file.", envvar="LIFECYCLED_CONFIG")
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="LIFECYCLED_CONFIG",
+        is_eager=True,
+        callback=_remember_config,
+        help="TOML config file [default: /etc/lifecycled/lifecycled.toml if present].",
+    ),
 ]
 DbOpt = Annotated[
     Path | None,

@@ -62,6 +62,35 @@ DESIRED_BY_ACTION: dict[Action, DesiredState] = {
 }
 
 
+#: What a succeeded power op leaves the guest in (Proxmox's task ends once the target holds).
+OBSERVED_AFTER: dict[Action, ObservedState] = {
+    Action.START: ObservedState.RUNNING,
+    Action.RESUME: ObservedState.RUNNING,
+    Action.REBOOT: ObservedState.RUNNING,
+    Action.RESET: ObservedState.RUNNING,
+    Action.STOP: ObservedState.STOPPED,
+    Action.SHUTDOWN: ObservedState.STOPPED,
+}
+
+
+def observed_after(action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The guest columns a succeeded op of ``action`` makes true at once (empty: none).
+
+    Power actions set the observed state, a migrate the node; everything else waits for the
+    next observation (reconcile) to say what holds.
+    """
+    try:
+        known = Action(action)
+    except ValueError:
+        return {}
+    if known in OBSERVED_AFTER:
+        return {"observed_state": OBSERVED_AFTER[known]}
+    target = params.get("target")
+    if known is Action.MIGRATE and isinstance(target, str) and target:
+        return {"node": target}
+    return {}
+
+
 def desired_for(action: str) -> DesiredState | None:
     """The desired state an accepted op of ``action`` sets, if it is a power action."""
     try:

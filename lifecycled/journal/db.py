@@ -85,7 +85,8 @@ def _prepare_file(path: Path, *, create: bool) -> Path:
     if not path.exists():
         if not create:
             raise JournalError(
-                f"journal {path} does not exist (create it with: lifecycled db migrate --db {path})"
+                f"no journal at {path}; check --db or --config "
+                f"(lifecycled db migrate --db {path} creates one)"
             )
         # The journal holds guest names, configs and audit records: owner-only from the start.
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

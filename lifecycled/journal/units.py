@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from lifecycled.domain.classify import ErrorClass
+from lifecycled.domain.guests import observed_after
 from lifecycled.domain.op import Op, OpError, canonical_json
 from lifecycled.domain.states import REARMABLE, OpState
 from lifecycled.errors import Conflict, InvalidTransition, NotFound
@@ -442,7 +443,31 @@ def finish(
     }
     if error is not None or state is OpState.SUCCEEDED:
         changes.update(error_columns(error))
-    return apply(conn, op, state, now=now, reason=reason, changes=changes, history_error=error)
+    done = apply(conn, op, state, now=now, reason=reason, changes=changes, history_error=error)
+    if state is OpState.SUCCEEDED:
+        _observe_success(conn, done, now=now)
+    return done
+
+
+#: Guest columns a success may set at once (see ``domain.guests.observed_after``).
+_OBSERVED_COLUMNS = frozenset({"observed_state", "node"})
+
+
+def _observe_success(conn: sqlite3.Connection, op: Op, *, now: float) -> None:
+    """What a succeeded op made true, on its guest's row in the same transaction.
+
+    The guest's observed state no longer waits for the next reconcile pass (up to minutes) to
+    say that a started guest runs. Only a row already observed by this node is touched.
+    """
+    seen = observed_after(str(op.action), op.params)
+    columns: dict[str, Any] = {k: str(v) for k, v in seen.items() if k in _OBSERVED_COLUMNS}
+    if not columns:
+        return
+    if "observed_state" in columns:
+        columns["observed_at"] = now
+    columns["updated_at"] = now
+    sets = ", ".join(f"{c} = ?" for c in columns)
+    conn.execute(f"UPDATE guests SET {sets} WHERE vmid = ?", [*columns.values(), op.guest.vmid])
 
 
 def requeue(

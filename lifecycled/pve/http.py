@@ -31,6 +31,7 @@ from lifecycled.pve.port import (
     ClusterResource,
     GuestConfig,
     GuestStatus,
+    NodeEntry,
     RequestHook,
     TaskList,
     TaskStatus,
@@ -269,6 +270,24 @@ class HttpPveClient:
             data={"state": state},
             seconds=self._timeouts.write,
         )
+
+    async def version(self) -> Mapping[str, Any]:
+        env = await self._get("/version", wire.EP_VERSION, seconds=self._timeouts.read)
+        return self._decoded("/version", lambda: wire.mapping_from(env.get("data"), "version"))
+
+    async def nodes(self) -> list[NodeEntry]:
+        env = await self._get("/nodes", wire.EP_NODES, seconds=self._timeouts.read)
+        return self._decoded("/nodes", lambda: wire.nodes_from(env.get("data")))
+
+    async def node_time(self, node: str) -> float:
+        path = f"/nodes/{node}/time"
+        env = await self._get(path, wire.EP_NODE_TIME, seconds=self._timeouts.read)
+        return self._decoded(path, lambda: wire.node_time_from(env.get("data")))
+
+    async def permissions(self) -> dict[str, frozenset[str]]:
+        path = "/access/permissions"
+        env = await self._get(path, wire.EP_PERMISSIONS, seconds=self._timeouts.read)
+        return self._decoded(path, lambda: wire.permissions_from(env.get("data")))
 
     # --- requests ----------------------------------------------------------------------------
 

@@ -107,6 +107,14 @@ class ClusterResource:
     maxdisk: int | None = None
 
 
+@attrs.frozen(kw_only=True)
+class NodeEntry:
+    """One ``GET /nodes`` item: a cluster node and whether it is ``online``."""
+
+    node: str
+    status: str
+
+
 class PveClient(Protocol):
     """The Proxmox operations lifecycled uses. All are coroutines; all raise ``PveError``."""
 
@@ -171,6 +179,22 @@ class PveClient(Protocol):
 
     async def ha_set_state(self, sid: str, state: str) -> None:
         """``PUT /cluster/ha/resources/{sid}`` with ``state`` (started/stopped/…)."""
+        ...
+
+    async def version(self) -> Mapping[str, Any]:
+        """``GET /version`` (any authenticated user may read it)."""
+        ...
+
+    async def nodes(self) -> list[NodeEntry]:
+        """``GET /nodes``: the cluster's nodes."""
+        ...
+
+    async def node_time(self, node: str) -> float:
+        """``GET /nodes/{node}/time``: the node's clock (Unix time)."""
+        ...
+
+    async def permissions(self) -> dict[str, frozenset[str]]:
+        """``GET /access/permissions``: the caller's privileges per ACL path."""
         ...
 
     async def close(self) -> None: ...

@@ -29,6 +29,7 @@ from lifecycled.pve.port import (
     ClusterResource,
     GuestConfig,
     GuestStatus,
+    NodeEntry,
     RequestHook,
     TaskList,
     TaskStatus,
@@ -213,6 +214,24 @@ class ProxmoxerPveClient:
         path = f"/nodes/{node}/status"
         data = await self._call("GET", path, wire.EP_NODE_STATUS, {})
         return self._decoded(path, lambda: wire.mapping_from(data, "node status"))
+
+    async def version(self) -> Mapping[str, Any]:
+        data = await self._call("GET", "/version", wire.EP_VERSION, {})
+        return self._decoded("/version", lambda: wire.mapping_from(data, "version"))
+
+    async def nodes(self) -> list[NodeEntry]:
+        data = await self._call("GET", "/nodes", wire.EP_NODES, {})
+        return self._decoded("/nodes", lambda: wire.nodes_from(data))
+
+    async def node_time(self, node: str) -> float:
+        path = f"/nodes/{node}/time"
+        data = await self._call("GET", path, wire.EP_NODE_TIME, {})
+        return self._decoded(path, lambda: wire.node_time_from(data))
+
+    async def permissions(self) -> dict[str, frozenset[str]]:
+        path = "/access/permissions"
+        data = await self._call("GET", path, wire.EP_PERMISSIONS, {})
+        return self._decoded(path, lambda: wire.permissions_from(data))
 
     async def ha_resource(self, sid: str) -> Mapping[str, Any] | None:
         path = f"/cluster/ha/resources/{sid}"

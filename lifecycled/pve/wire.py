@@ -19,6 +19,7 @@ from lifecycled.pve.port import (
     ClusterResource,
     GuestConfig,
     GuestStatus,
+    NodeEntry,
     TaskEntry,
     TaskList,
     TaskStatus,
@@ -45,6 +46,10 @@ EP_GUEST_CONFIG = "/nodes/{node}/{kind}/{vmid}/config"
 EP_RESOURCES = "/cluster/resources"
 EP_NODE_STATUS = "/nodes/{node}/status"
 EP_HA_RESOURCE = "/cluster/ha/resources/{sid}"
+EP_VERSION = "/version"
+EP_NODES = "/nodes"
+EP_NODE_TIME = "/nodes/{node}/time"
+EP_PERMISSIONS = "/access/permissions"
 
 _KIND_PREFIX_RE = re.compile(r"^/(qemu|lxc)(?=/|$)")
 _STATUS_ACTION_RE = re.compile(r"/status/[a-z]+$")
@@ -362,6 +367,34 @@ def cluster_resources_from(data: Any) -> list[ClusterResource]:
 
 def mapping_from(data: Any, what: str) -> Mapping[str, Any]:
     return dict(_object(data, what))
+
+
+def nodes_from(data: Any) -> list[NodeEntry]:
+    """``GET /nodes``: one entry per cluster node (name and ``online``/``offline``/``unknown``)."""
+    if not isinstance(data, list):
+        raise TypeError("node list: not a list")
+    out: list[NodeEntry] = []
+    for raw in data:
+        node = _str(_object(raw, "node entry").get("node"))
+        if node:
+            out.append(NodeEntry(node=node, status=_str(raw.get("status")) or "unknown"))
+    return out
+
+
+def node_time_from(data: Any) -> float:
+    """``GET /nodes/{node}/time``: the node's clock as a Unix time."""
+    value = _object(data, "node time").get("time")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError("node time: no time")
+    return float(value)
+
+
+def permissions_from(data: Any) -> dict[str, frozenset[str]]:
+    """``GET /access/permissions``: ``{path: {privilege: 1}}`` → ``{path: privileges}``."""
+    out: dict[str, frozenset[str]] = {}
+    for path, privs in _object(data, "permissions").items():
+        out[str(path)] = frozenset(str(p) for p in _object(privs, "privileges"))
+    return out
 
 
 _NO_SUCH_RESOURCE_RE = re.compile(r"no such (ha )?(resource|service)|does not exist", re.I)

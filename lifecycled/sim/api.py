@@ -118,6 +118,11 @@ async def _version(ctx: Ctx) -> Reply:
     return Reply(data=views.version())
 
 
+@route("GET", "/access/permissions")
+async def _permissions(ctx: Ctx) -> Reply:
+    return Reply(data=views.permissions(ctx.sim.cfg.token_privileges))
+
+
 @route("GET", "/nodes")
 async def _nodes(ctx: Ctx) -> Reply:
     return Reply(data=views.nodes_list(ctx.sim))
@@ -177,6 +182,11 @@ async def _ha_delete(ctx: Ctx) -> Reply:
 
 
 # --- node-level --------------------------------------------------------------------------------
+
+
+@route("GET", "/nodes/{node}/time")
+async def _node_time(ctx: Ctx) -> Reply:
+    return Reply(data=views.node_time(ctx.sim.cfg.clock_offset))
 
 
 @route("GET", "/nodes/{node}/status")

@@ -85,6 +85,10 @@ def _non_negative(_inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
         raise SimConfigError(f"{attr.name} must not be negative")
 
 
+def _privileges(value: Iterable[str] | None) -> frozenset[str] | None:
+    return None if value is None else frozenset(value)
+
+
 def _check_token(_inst: Any, _attr: Any, value: str) -> None:
     ApiToken.parse(value)
 
@@ -132,6 +136,11 @@ class SimConfig:
     case_insensitive_realms: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple)
     #: Lifetime of a login ticket (PVE: 2 h).
     ticket_lifetime: float = attrs.field(default=7200.0, validator=_non_negative)
+    #: Privileges of the API token on ``/`` (``GET /access/permissions``); None = all of them,
+    #: like a ``root@pam`` token without privilege separation.
+    token_privileges: frozenset[str] | None = attrs.field(default=None, converter=_privileges)
+    #: Seconds the nodes' clocks run ahead of this host's (``GET /nodes/{node}/time``).
+    clock_offset: float = 0.0
     #: Requests kept in the request log (the oldest are dropped beyond this).
     request_log_max: int = attrs.field(default=100_000, validator=_non_negative)
 

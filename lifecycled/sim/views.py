@@ -198,6 +198,34 @@ def node_status(node: Node) -> dict[str, Any]:
     }
 
 
+#: Every privilege of Proxmox VE 8 (pve-access-control PVE/AccessControl.pm).
+ALL_PRIVILEGES = frozenset(
+    {
+        "Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.AllocateTemplate",
+        "Datastore.Audit", "Group.Allocate", "Mapping.Audit", "Mapping.Modify", "Mapping.Use",
+        "Permissions.Modify", "Pool.Allocate", "Pool.Audit", "Realm.Allocate",
+        "Realm.AllocateUser", "SDN.Allocate", "SDN.Audit", "SDN.Use", "Sys.AccessNetwork",
+        "Sys.Audit", "Sys.Console", "Sys.Incoming", "Sys.Modify", "Sys.PowerMgmt", "Sys.Syslog",
+        "User.Modify", "VM.Allocate", "VM.Audit", "VM.Backup", "VM.Clone", "VM.Config.CDROM",
+        "VM.Config.CPU", "VM.Config.Cloudinit", "VM.Config.Disk", "VM.Config.HWType",
+        "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options", "VM.Console",
+        "VM.Migrate", "VM.Monitor", "VM.PowerMgmt", "VM.Snapshot", "VM.Snapshot.Rollback",
+    }
+)  # fmt: skip
+
+
+def permissions(privileges: frozenset[str] | None) -> dict[str, dict[str, int]]:
+    """``GET /access/permissions`` for the token: its privileges on ``/``."""
+    held = ALL_PRIVILEGES if privileges is None else privileges
+    return {"/": dict.fromkeys(sorted(held), 1)} if held else {}
+
+
+def node_time(offset: float) -> dict[str, Any]:
+    """``GET /nodes/{node}/time``: the node's clock (this host's plus ``offset``)."""
+    now = int(time.time() + offset)
+    return {"time": now, "localtime": now, "timezone": "UTC"}
+
+
 def version() -> dict[str, Any]:
     return {"version": PVE_VERSION, "release": PVE_VERSION.rsplit(".", 1)[0], "repoid": "5ac30304"}
 

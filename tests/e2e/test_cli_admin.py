@@ -95,12 +95,38 @@ def test_help_lists_the_admin_commands(tmp_path: Path) -> None:
         assert name in dlq.out
 
 
-def test_dlq_list_on_a_new_file_prints_an_empty_array(tmp_path: Path) -> None:
-    """`dlq list --db x.sqlite3 --json` in a new folder prints [] and creates a 0600 journal."""
-    result = cli("dlq", "list", "--db", "x.sqlite3", "--json", cwd=tmp_path)
-    assert (result.code, result.out, result.err) == (0, "[]\n", "")
+def test_reading_commands_never_create_a_journal(tmp_path: Path) -> None:
+    """`dlq list`/`ops list`/`guests list` on a missing journal: one line, exit 1, no file made."""
+    (tmp_path / "data").mkdir()
+    for args in (["dlq", "list"], ["ops", "list", "--json"], ["guests", "list"], ["audit", "list"]):
+        result = cli(*args, cwd=tmp_path)
+        assert result.code == 1, (args, result)
+        assert result.err.startswith("lifecycled: error: no journal at data/lifecycled.sqlite3;")
+        assert "check --db or --config" in result.err and len(result.err.splitlines()) == 1
+    assert list((tmp_path / "data").iterdir()) == []
+    made = cli("db", "migrate", "--db", "x.sqlite3", cwd=tmp_path)
+    assert made.code == 0
     assert stat.S_IMODE((tmp_path / "x.sqlite3").stat().st_mode) == 0o600
-    assert json.loads(cli("ops", "list", "--db", "x.sqlite3", "--json", cwd=tmp_path).out) == []
+    assert json.loads(cli("dlq", "list", "--db", "x.sqlite3", "--json", cwd=tmp_path).out) == []
+
+
+def test_admin_commands_read_the_daemons_config(tmp_path: Path) -> None:
+    """The journal comes from --config or LIFECYCLED_CONFIG (the daemon's file); --db still wins."""
+    db = tmp_path / "state" / "j.sqlite3"
+    (tmp_path / "state").mkdir()
+    (dead,) = make_ops(db, [OpState.DEAD_LETTERED])
+    cfg = tmp_path / "lifecycled.toml"
+    cfg.write_text(f'db = "{db}"\nnode = "pve1"\n')
+    by_flag = cli("dlq", "list", "--config", str(cfg), "--json", cwd=tmp_path)
+    assert [o["id"] for o in json.loads(by_flag.out)] == [dead]
+    env = {"LIFECYCLED_CONFIG": str(cfg)}
+    by_env = cli("ops", "show", str(dead), "--json", cwd=tmp_path, env=env)
+    assert json.loads(by_env.out)["id"] == dead
+    other = cli("dlq", "list", "--config", str(cfg), "--db", "other.sqlite3", cwd=tmp_path)
+    assert other.code == 1 and "other.sqlite3" in other.err
+    cfg.write_text("workers = 0\n")
+    bad = cli("dlq", "list", "--config", str(cfg), cwd=tmp_path)
+    assert bad.code == 2 and len(bad.err.splitlines()) == 1 and "workers" in bad.err
 
 
 def test_dead_letter_is_listed_and_shown_with_history(tmp_path: Path) -> None:
@@ -217,10 +243,10 @@ def test_show_of_a_missing_id(tmp_path: Path, group: str) -> None:
 def test_read_command_on_a_missing_journal_creates_nothing(tmp_path: Path) -> None:
     """A show on a journal that does not exist fails clearly and does not create it."""
     result = cli("ops", "show", "1", "--db", "missing.sqlite3", cwd=tmp_path)
-    assert "missing.sqlite3 does not exist" in one_error_line(result, 1)
+    assert "no journal at missing.sqlite3" in one_error_line(result, 1)
     assert not (tmp_path / "missing.sqlite3").exists()
     in_missing_dir = cli("dlq", "list", "--db", "nodir/x.sqlite3", cwd=tmp_path)
-    assert "does not exist" in one_error_line(in_missing_dir, 1)
+    assert "no journal at nodir/x.sqlite3" in one_error_line(in_missing_dir, 1)
     assert not (tmp_path / "nodir").exists()
 
 
@@ -273,7 +299,7 @@ def test_db_migrate_check_backup_prune(tmp_path: Path) -> None:
     prune = cli("db", "prune", "--older-than", "1d", "--db", "b.sqlite3", cwd=tmp_path)
     assert prune.code == 0 and prune.out.startswith("pruned 1 ops")
     missing = cli("db", "check", "--db", "nope.sqlite3", cwd=tmp_path)
-    assert "does not exist" in one_error_line(missing, 1)
+    assert "no journal at nope.sqlite3" in one_error_line(missing, 1)
 
 
 def test_db_path_from_the_environment(tmp_path: Path) -> None:
@@ -281,3 +307,48 @@ def test_db_path_from_the_environment(tmp_path: Path) -> None:
     (dead,) = make_ops(tmp_path / "env.sqlite3", [OpState.DEAD_LETTERED])
     result = cli("dlq", "list", "--json", cwd=tmp_path, env={"LIFECYCLED_DB": "env.sqlite3"})
     assert [item["id"] for item in json.loads(result.out)] == [dead]
+
+
+async def _dead_letter_with(db: Path, message: str, upid: str) -> int:
+    async with await Journal.open(db) as journal:
+        req = SubmitRequest(
+            idempotency_key="markup",
+            action="start",
+            guest=GuestRef(node="pve1", kind=GuestKind.QEMU, vmid=100),
+            params={},
+            origin=Origin.API,
+        )
+        op = (await journal.submit(req, now=T0)).op
+        await journal.claim_next(now=T0 + 1, nodes={"pve1"})
+        await journal.record_upid(op.id, upid, now=T0 + 2)
+        err = OpError(error_class=ErrorClass.TRANSIENT, message=message)
+        await journal.dead_letter(op.id, now=T0 + 3, reason=message, error=err)
+        return op.id
+
+
+def test_piped_tables_are_plain_rows_uncut_and_literal(tmp_path: Path) -> None:
+    """Piped output is tab-separated rows: a long UPID is never cut, [markup] is printed as is."""
+    db = tmp_path / "j.sqlite3"
+    upid = "UPID:pve1:003A1F2C:1A2B3C4D5:6553F00D:qmstart:100:automation@pve!lifecycled-long:"
+    message = "[link=https://evil.example]click[/link] [bold]x"
+    op_id = asyncio.run(_dead_letter_with(db, message, upid))
+    listed = cli("dlq", "list", "--db", str(db), cwd=tmp_path)
+    assert listed.code == 0
+    assert message in listed.out
+    assert all("│" not in line and "━" not in line for line in listed.out.splitlines())
+    shown = cli("ops", "show", str(op_id), "--db", str(db), cwd=tmp_path)
+    assert shown.code == 0
+    assert any(line.split("\t")[-1] == upid for line in shown.out.splitlines())
+
+
+def test_maintenance_commands_speak_json(tmp_path: Path) -> None:
+    """db backup, db prune and dlq purge print one JSON document with --json."""
+    db = tmp_path / "j.sqlite3"
+    make_ops(db, [OpState.SUCCEEDED])
+    backup = cli("db", "backup", "b.sqlite3", "--db", str(db), "--json", cwd=tmp_path)
+    assert json.loads(backup.out)["backup"] == "b.sqlite3"
+    assert json.loads(backup.out)["bytes"] == (tmp_path / "b.sqlite3").stat().st_size
+    prune = cli("db", "prune", "--older-than", "1d", "--db", str(db), "--json", cwd=tmp_path)
+    assert json.loads(prune.out)["pruned"] == 1
+    purge = cli("dlq", "purge", "--db", str(db), "--json", cwd=tmp_path)
+    assert json.loads(purge.out) == {"purged": 0}

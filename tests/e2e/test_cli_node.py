@@ -135,7 +135,7 @@ def test_usage_errors_and_a_missing_journal(tmp_path: Path) -> None:
     """A bad option is exit 2; a journal that does not exist is exit 1; both one line."""
     assert "--bogus" in one_error_line(cli("node", "drain", "--bogus", cwd=tmp_path), 2)
     missing = cli("node", "status", "--db", "nope.sqlite3", cwd=tmp_path)
-    assert "does not exist" in one_error_line(missing, 1)
+    assert "no journal at nope.sqlite3" in one_error_line(missing, 1)
     bad_age = cli(
         "node", "decommission", "--db", "nope.sqlite3", "--node-min-age", "soon", cwd=tmp_path
     )

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_support import pick, running, submit, wait_terminal, writes_to
+from engine_support import manage, pick, running, submit, wait_terminal, writes_to
 
+from lifecycled.domain.guests import ObservedState
 from lifecycled.domain.states import OpState
 from lifecycled.sim import SimServer
 
@@ -223,3 +224,23 @@ async def test_node_offline_is_retried_until_back(sim: SimServer, tmp_path: Path
         done = await wait_terminal(rt, op.id)
     assert done.state is OpState.SUCCEEDED
     assert sim.sim.guests[guest.vmid].running
+
+
+async def test_a_succeeded_op_updates_its_guests_observed_state_at_once(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """start → observed running and stop → observed stopped as the op succeeds, no reconcile pass."""
+    guest = pick(sim, "qemu", False, where=lambda g: g.node == "pve1")
+    async with running(sim, tmp_path, manage_guests=False, reconcile_on_start=False) as rt:
+        await manage(rt, guest)
+        before = await rt.journal.get_guest(guest.vmid)
+        assert before.observed_state is ObservedState.STOPPED
+        started = await wait_terminal(rt, (await submit(rt, "start", guest)).id)
+        assert started.state is OpState.SUCCEEDED
+        after = await rt.journal.get_guest(guest.vmid)
+        assert after.observed_state is ObservedState.RUNNING
+        assert started.finished_at is not None and after.observed_at is not None
+        assert after.observed_at >= started.finished_at - 1
+        stopped = await wait_terminal(rt, (await submit(rt, "stop", guest, key="s")).id)
+        assert stopped.state is OpState.SUCCEEDED
+        assert (await rt.journal.get_guest(guest.vmid)).observed_state is ObservedState.STOPPED

@@ -79,7 +79,7 @@ async def test_synchronous_must_be_a_known_level(tmp_path: Path) -> None:
 async def test_missing_file_is_not_created_without_create(tmp_path: Path) -> None:
     """create=False on a missing path fails clearly and leaves no file behind."""
     path = tmp_path / "nope.sqlite3"
-    with pytest.raises(JournalError, match=r"does not exist.*db migrate"):
+    with pytest.raises(JournalError, match=r"no journal at .*db migrate"):
         await Journal.open(path, create=False)
     assert not path.exists()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import re
 from pathlib import Path
 
 from engine_support import pick, running, submit, wait_terminal
@@ -64,3 +66,57 @@ def test_text_and_json_formats_are_one_line() -> None:
         assert "\n" not in line
         assert "op.claimed" in line
         assert "7" in line
+
+
+_LOGFMT_PAIR = re.compile(r'([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\]|\\.)*"|[^\s"=]+)(?:\s|$)')
+
+
+def _parse_logfmt(line: str) -> dict[str, str]:
+    """A strict logfmt reader: the pairs must cover the whole line."""
+    pairs = list(_LOGFMT_PAIR.finditer(line))
+    assert "".join(m.group(0) for m in pairs).rstrip() == line, line
+    out: dict[str, str] = {}
+    for m in pairs:
+        raw = m.group(2)
+        if raw.startswith('"'):
+            raw = json.loads(raw.replace("\\x", "\\u00"))
+        out[m.group(1)] = raw
+    return out
+
+
+def test_text_format_is_valid_logfmt() -> None:
+    """Values with spaces, quotes, '=', backslashes and newlines are quoted and read back whole."""
+    record = logging.LogRecord(
+        "lifecycled.x", logging.WARNING, __file__, 1, "op.failed", None, None
+    )
+    reason = 'can\'t lock file "x" = timeout\\n\nnext\x01'
+    record.__dict__.update(op_id=7, reason=reason, node="pve1")
+    line = TextFormatter().format(record)
+    fields = _parse_logfmt(line)
+    assert fields["level"] == "warning" and fields["event"] == "op.failed"
+    assert fields["op_id"] == "7" and fields["node"] == "pve1"
+    assert fields["reason"] == reason
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fields["ts"])
+
+
+def test_journald_stream_gets_priorities_and_no_timestamp(tmp_path: Path) -> None:
+    """When stderr is the journal (JOURNAL_STREAM matches it), lines start <N> and carry no ts."""
+    path = tmp_path / "stream"
+    with path.open("w") as stream:
+        st = os.fstat(stream.fileno())
+        env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        configure_logging("text", "debug", stream=stream, env=env)
+        log = logging.getLogger("lifecycled.test")
+        log.warning("op.retry", extra={"op_id": 3})
+        log.info("op.done")
+        log.error("op.broken")
+        configure_logging("json", "info", stream=stream, env=env)
+        log.warning("op.json")
+        configure_logging("text", "info", stream=stream, env={"JOURNAL_STREAM": "1:2"})
+        log.info("not.journal")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "<4>level=warning event=op.retry op_id=3"
+    assert lines[1] == "<6>level=info event=op.done"
+    assert lines[2].startswith("<3>level=error ")
+    assert lines[3].startswith("<4>{") and json.loads(lines[3][3:])["event"] == "op.json"
+    assert lines[4].startswith("ts=")
