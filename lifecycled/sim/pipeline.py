@@ -74,6 +74,7 @@ class ApiPipeline:
         if found is None:
             shown = rel if rel is not None else path
             raise SimError(501, f"Method '{method} {shown}' not implemented")
+        assert rel is not None
         route, args = found
         if not route.public:
             try:
@@ -97,7 +98,7 @@ class ApiPipeline:
                 )
             if not host.online:
                 raise SimError(595, "No route to host")
-        api.check_path_args(self.sim, args)
+        api.check_params(method, rel, params, args)
         ctx = api.Ctx(
             sim=self.sim, auth=self.auth, caller=caller, method=method, params=params, args=args
         )
