@@ -850,3 +850,11 @@ def test_wire_params_sends_schema_booleans_as_one_or_zero() -> None:
     assert got == {"target": "pve2", "online": "1", "bwlimit": "10"}
     with pytest.raises(BadParam):
         wire_params(spec, 100, {"target": "pve2", "online": "yes"}, booleans={"online"})
+
+
+@pytest.mark.parametrize("qmpstatus", ["paused", "prelaunch", "suspended"])
+def test_suspend_target_counts_what_vm_is_paused_counts(qmpstatus: str) -> None:
+    """§13.6: a running VM whose run state is paused, prelaunch or suspended is paused."""
+    view = GuestView(exists=True, status="running", qmpstatus=qmpstatus)
+    assert spec_for(Q, Action.SUSPEND).holds(view, {})
+    assert not spec_for(Q, Action.RESUME).holds(view, {})
