@@ -84,9 +84,14 @@ def schema_template(spec: ActionSpec) -> str:
     return "/nodes/{node}" + spec.path
 
 
+def action_endpoint(spec: ActionSpec) -> schema.Endpoint:
+    """Proxmox's parameter schema of a lifecycle endpoint (path parameters included)."""
+    return schema.endpoint(spec.method, schema_template(spec))
+
+
 def boolean_params(spec: ActionSpec) -> frozenset[str]:
     """The endpoint's boolean parameters (Proxmox's names), from its schema."""
-    return schema.endpoint(spec.method, schema_template(spec)).booleans()
+    return action_endpoint(spec).booleans()
 
 
 @attrs.frozen(kw_only=True)

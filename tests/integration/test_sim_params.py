@@ -37,7 +37,13 @@ def _endpoints() -> list[tuple[str, str, dict[str, dict[str, object]]]]:
             ep.method,
             ep.path,
             {
-                n: {"type": p.type, "optional": p.optional, "enum": p.enum}
+                n: {
+                    "type": p.type,
+                    "optional": p.optional,
+                    "enum": p.enum,
+                    "minimum": p.minimum,
+                    "maximum": p.maximum,
+                }
                 for n, p in ep.params.items()
             },
         )
@@ -63,6 +69,12 @@ def _bad_value(spec: dict[str, object]) -> tuple[str, str] | None:
     kind = spec["type"]
     if kind == "boolean":
         return "yes", "type check ('boolean') failed - got 'yes'"
+    if kind == "integer" and spec.get("minimum") is not None:
+        low = int(str(spec["minimum"]))
+        return str(low - 1), f"value must have a minimum value of {low}"
+    if kind == "integer" and spec.get("maximum") is not None:
+        high = int(str(spec["maximum"]))
+        return str(high + 1), f"value must have a maximum value of {high}"
     if kind == "integer":
         return "x1", "type check ('integer') failed - got 'x1'"
     if kind == "number":
@@ -75,7 +87,7 @@ def _bad_value(spec: dict[str, object]) -> tuple[str, str] | None:
 
 async def test_every_served_endpoint_checks_its_schema(sim: SimServer, sim_api: RawClient) -> None:
     """Each endpoint of the reference schema that the simulator serves refuses, in one 400, an
-    unknown name, every wrongly typed value and every missing required parameter."""
+    unknown name, every wrongly typed or out-of-range value and every missing required one."""
     checked = 0
     for method, template, params in _endpoints():
         path = _real_path(sim, template)
