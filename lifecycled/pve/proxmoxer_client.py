@@ -138,9 +138,7 @@ class ProxmoxerPveClient:
         except UnsupportedAction as exc:
             raise PveError(ErrorClass.PERMANENT, str(exc), method="POST", sent=False) from None
         req = wire.dispatch_request(node, spec, vmid, params)
-        result = await self._call(
-            req.method, req.path, req.template, req.form, action=str(action)
-        )
+        result = await self._call(req.method, req.path, req.template, req.form, action=str(action))
         return wire.dispatch_result(
             upid_text(result, cli=self._backend in CLI_BACKENDS),
             method=req.method,
