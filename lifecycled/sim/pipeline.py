@@ -70,6 +70,8 @@ class ApiPipeline:
     ) -> web.StreamResponse:
         path = request.path
         rel = path[len(PREFIX) :] if path.startswith(PREFIX + "/") else None
+        if rel is not None:  # empty path segments are skipped (§13.13)
+            rel = "/" + "/".join(part for part in rel.split("/") if part)
         found = api.find_route(method, rel) if rel is not None else None
         if found is None:
             shown = rel if rel is not None else path

@@ -197,3 +197,11 @@ async def test_empty_task_log_reads_no_content(sim: SimServer, sim_api: RawClien
     log = await sim_api.get(f"/nodes/{guest.node}/tasks/{started.data}/log")
     assert log.json == {"data": [{"n": 1, "t": "no content"}], "total": 1}
     await sim_api.delete(f"/nodes/{guest.node}/tasks/{started.data}")
+
+
+async def test_empty_path_segments_are_skipped(sim: SimServer, sim_api: RawClient) -> None:
+    """§13.13: ``/nodes//pve1/qemu/100//status/current`` is the same endpoint as without ``//``."""
+    node = sim.sim.guests[100].node
+    answer = await sim_api.get(f"/nodes//{node}/qemu/100//status/current")
+    assert answer.status == 200, answer.reason
+    assert answer.data["vmid"] == 100
