@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import attrs
@@ -147,7 +147,7 @@ def _stopped(view: GuestView, _params: Mapping[str, Any]) -> bool:
 def _paused(view: GuestView, _params: Mapping[str, Any]) -> bool:
     if not view.exists:
         return False
-    if view.status == "running" and view.qmpstatus in ("paused", "suspended"):
+    if view.status == "running" and view.qmpstatus in ("paused", "prelaunch", "suspended"):
         return True
     return view.status == "stopped" and view.lock == "suspended"  # hibernated to disk
 
@@ -197,6 +197,45 @@ def _wire_value(value: Any) -> str:
 
 
 _FALSE_TEXTS = frozenset({"", "0", "false", "no", "off"})
+_BOOL_TEXTS = {"1": True, "0": False, "true": True, "false": False}
+
+#: lifecycled's own names for Proxmox boolean parameters (translated by :func:`wire_params`).
+BOOLEAN_ALIASES = {"force_stop": "forceStop", "with_local_disks": "with-local-disks"}
+
+
+class BadParam(ValueError):
+    """A parameter value Proxmox would refuse; ``name`` and ``text`` say which and why."""
+
+    def __init__(self, name: str, text: str) -> None:
+        super().__init__(f"{name}: {text}")
+        self.name = name
+        self.text = text
+
+
+def as_boolean(name: str, value: Any) -> bool:
+    """A boolean parameter as a client meant it (reference §13.7).
+
+    Proxmox itself accepts only ``1`` and ``0`` (``true``, ``yes``, ``on`` get a 400), so
+    JSON ``true``/``false``, the numbers 1/0 and the texts ``1``/``0``/``true``/``false`` (any
+    case) are normalised here; anything else raises :class:`BadParam`.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _BOOL_TEXTS:
+        return _BOOL_TEXTS[value.strip().lower()]
+    raise BadParam(name, f"expected a boolean (true, false, 1 or 0), got {value!r}")
+
+
+def normalize_booleans(params: Mapping[str, Any], booleans: Collection[str]) -> dict[str, Any]:
+    """``params`` with every boolean parameter (``booleans``, plus lifecycled's aliases) as a
+    JSON boolean; raises :class:`BadParam` for a value that is no boolean."""
+    out = dict(params)
+    for key, value in params.items():
+        if value is not None and (key in booleans or key in BOOLEAN_ALIASES):
+            out[key] = as_boolean(key, value)
+    return out
 
 
 def _as_bool(value: Any) -> bool:
@@ -413,6 +452,32 @@ _CATALOGUE: dict[tuple[GuestKind, Action], ActionSpec] = {
 HA_ROUTED = frozenset({Action.START, Action.STOP, Action.SHUTDOWN, Action.MIGRATE})
 
 
+#: Config locks an action goes ahead despite, per guest kind (reference §5.5, §13.6); ``None``:
+#: the action runs no lock check at all. Every other lock blocks the action (Proxmox answers
+#: ``VM is locked (…)``/``CT is locked (…)``), so lifecycled waits instead of sending it.
+#: QEMU: start resumes a hibernated VM (``suspended``); suspend skips the check for a
+#: ``backup`` lock; resume allows ``backup`` and ``suspended``. LXC: start and stop exempt
+#: ``mounted``; shutdown and suspend check strictly (``mounted`` blocks them); resume and
+#: reboot check nothing; migrate checks inside its task (so every lock blocks it).
+_LOCK_EXEMPT: dict[tuple[GuestKind, Action], frozenset[str] | None] = {
+    (_Q, Action.START): frozenset({"suspended"}),
+    (_Q, Action.SUSPEND): frozenset({"backup"}),
+    (_Q, Action.RESUME): frozenset({"backup", "suspended"}),
+    (_L, Action.START): frozenset({"mounted"}),
+    (_L, Action.STOP): frozenset({"mounted"}),
+    (_L, Action.RESUME): None,
+    (_L, Action.REBOOT): None,
+}
+
+
+def lock_blocks(kind: GuestKind, action: Action, lock: str | None) -> bool:
+    """Whether a guest's config ``lock`` makes Proxmox refuse this action (reference §13.6)."""
+    if not lock:
+        return False
+    exempt = _LOCK_EXEMPT.get((kind, action), frozenset())
+    return exempt is not None and lock not in exempt
+
+
 class UnsupportedAction(ValueError):
     """The action does not exist for this guest kind (e.g. ``reset`` for LXC)."""
 
@@ -441,25 +506,25 @@ def is_destructive(spec: ActionSpec, params: Mapping[str, Any]) -> bool:
     return spec.destructive
 
 
-def wire_params(spec: ActionSpec, vmid: int, params: Mapping[str, Any]) -> dict[str, str]:
+def wire_params(
+    spec: ActionSpec, vmid: int, params: Mapping[str, Any], *, booleans: Collection[str] = ()
+) -> dict[str, str]:
     """The form fields Proxmox expects for this action, from an op's params.
 
     lifecycled-level params (``force_stop``, ``with_local_disks``, ``source_vmid``) are
-    translated; booleans become ``0``/``1``; lists are comma-joined; everything else is passed
-    through as text.
+    translated; the endpoint's boolean parameters (``booleans``, Proxmox's names) are sent as
+    ``1``/``0`` only (:func:`as_boolean`, raising :class:`BadParam`); lists are comma-joined;
+    everything else is passed through as text.
     """
     out: dict[str, str] = {}
     for key, value in params.items():
-        if value is None:
+        if value is None or key == "source_vmid":
             continue
-        if key == "force_stop":
-            out["forceStop"] = _wire_value(_as_bool(value))
-        elif key == "source_vmid":
-            continue
-        elif key == "with_local_disks":
-            out["with-local-disks"] = _wire_value(_as_bool(value))
+        name = BOOLEAN_ALIASES.get(key, key)
+        if key in BOOLEAN_ALIASES or name in booleans:
+            out[name] = _wire_value(as_boolean(key, value))
         else:
-            out[key] = _wire_value(value)
+            out[name] = _wire_value(value)
     if spec.action is Action.CREATE:
         out["vmid"] = str(vmid)
     elif spec.action is Action.CLONE:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from lifecycled.domain.actions import Action, GuestView, UnsupportedAction, spec_for
+from lifecycled.domain.actions import (
+    Action,
+    GuestView,
+    UnsupportedAction,
+    lock_blocks,
+    spec_for,
+)
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import Op, OpError
 from lifecycled.domain.outcome import (
@@ -28,14 +34,6 @@ from lifecycled.journal import Journal
 from lifecycled.policy import Verdict as PolicyOutcome
 
 log = logging.getLogger("lifecycled.engine")
-
-#: Config locks that do not block an action (reference §1.2, §5.5).
-_HARMLESS_LOCKS: dict[Action, frozenset[str]] = {
-    Action.START: frozenset({"mounted", "suspended"}),
-    Action.RESUME: frozenset({"suspended"}),
-    Action.STOP: frozenset({"mounted"}),
-    Action.SHUTDOWN: frozenset({"mounted"}),
-}
 
 #: Actions that need the guest to exist before they are sent.
 _NEEDS_GUEST = frozenset(set(Action) - {Action.CREATE, Action.CLONE, Action.TERMINATE})
@@ -196,7 +194,7 @@ class Dispatcher:
                 f"vmid {op.guest.vmid} already exists with a different identity",
             )
         lock = view.lock
-        if lock and lock not in _HARMLESS_LOCKS.get(spec.action, frozenset()):
+        if lock and lock_blocks(op.guest.kind, spec.action, lock):
             kind = "CT" if op.guest.kind == "lxc" else "VM"
             return Decision(
                 verdict=Verdict.RETRY,

@@ -11,6 +11,7 @@ import attrs
 
 from lifecycled.domain.actions import (
     Action,
+    BadParam,
     UnsupportedAction,
     expected_fingerprint,
     parse_size,
@@ -21,6 +22,7 @@ from lifecycled.domain.op import GuestKind, GuestRef, Origin
 from lifecycled.engine import node
 from lifecycled.errors import NotFound, PveError, ValidationError
 from lifecycled.journal import Journal, SubmitRequest, SubmitResult
+from lifecycled.pve import wire
 from lifecycled.pve.port import PveClient
 
 VMID_MIN, VMID_MAX = 100, 999_999_999
@@ -74,6 +76,9 @@ def validate(sub: Submission) -> None:
             details[f"params.{key}"] = "must be a string, number, boolean or list of strings"
     if action is not None:
         details.update(_action_params(action, sub.params))
+        kind = GuestKind(sub.kind) if sub.kind in tuple(GuestKind) else None
+        for name, text in wire.boolean_problems(action, kind, sub.params).items():
+            details.setdefault(f"params.{name}", text)
     if sub.kind is not None and action is not None and "kind" not in details:
         try:
             spec_for(GuestKind(sub.kind), action)
@@ -192,7 +197,10 @@ async def submit(
         now=now,
     )
     key = sub.idempotency_key
-    params = dict(sub.params)
+    try:  # booleans are journaled as JSON booleans, sent as 1/0 (§13.7)
+        params = wire.normalized_params(Action(sub.action), guest.kind, sub.params)
+    except BadParam as exc:
+        raise ValidationError("invalid submission", {f"params.{exc.name}": exc.text}) from None
     if key is not None:
         params = with_fingerprint(Action(sub.action), guest.kind, key, params)
     req = SubmitRequest(

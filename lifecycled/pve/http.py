@@ -19,7 +19,7 @@ from typing import Any, Self, TypeVar
 import attrs
 import yarl
 
-from lifecycled.domain.actions import Action, UnsupportedAction, spec_for, wire_params
+from lifecycled.domain.actions import Action, UnsupportedAction, spec_for
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid
@@ -148,20 +148,19 @@ class HttpPveClient:
             spec = spec_for(kind, action)
         except UnsupportedAction as exc:
             raise PveError(ErrorClass.PERMANENT, str(exc), method="POST", sent=False) from None
-        path = wire.dispatch_path(node, spec, vmid, params)
-        form = wire_params(spec, vmid, params)
-        query, body = (form, None) if spec.method == "DELETE" else (None, form)
+        req = wire.dispatch_request(node, spec, vmid, params)
+        query, body = (req.form, None) if req.in_query else (None, req.form)
         envelope = await self._request(
-            spec.method,
-            path,
-            wire.dispatch_template(spec),
+            req.method,
+            req.path,
+            req.template,
             params=query,
             data=body,
-            seconds=self._timeouts.for_dispatch(spec, form),
+            seconds=self._timeouts.for_dispatch(spec, req.form),
             action=str(action),
         )
         return wire.dispatch_result(
-            envelope.get("data"), method=spec.method, path=path, action=str(action)
+            envelope.get("data"), method=req.method, path=req.path, action=str(action)
         )
 
     async def task_status(self, upid: Upid) -> TaskStatus:

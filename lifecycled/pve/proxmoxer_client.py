@@ -18,7 +18,7 @@ from typing import Any, Self, TypeVar
 import requests
 from proxmoxer.core import ResourceException
 
-from lifecycled.domain.actions import Action, UnsupportedAction, spec_for, wire_params
+from lifecycled.domain.actions import Action, UnsupportedAction, spec_for
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid
@@ -137,18 +137,12 @@ class ProxmoxerPveClient:
             spec = spec_for(kind, action)
         except UnsupportedAction as exc:
             raise PveError(ErrorClass.PERMANENT, str(exc), method="POST", sent=False) from None
-        path = wire.dispatch_path(node, spec, vmid, params)
-        result = await self._call(
-            spec.method,
-            path,
-            wire.dispatch_template(spec),
-            wire_params(spec, vmid, params),
-            action=str(action),
-        )
+        req = wire.dispatch_request(node, spec, vmid, params)
+        result = await self._call(req.method, req.path, req.template, req.form, action=str(action))
         return wire.dispatch_result(
             upid_text(result, cli=self._backend in CLI_BACKENDS),
-            method=spec.method,
-            path=path,
+            method=req.method,
+            path=req.path,
             action=str(action),
         )
 

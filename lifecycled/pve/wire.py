@@ -10,11 +10,22 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from lifecycled.domain.actions import ActionSpec
+import attrs
+
+from lifecycled.domain.actions import (
+    Action,
+    ActionSpec,
+    BadParam,
+    UnsupportedAction,
+    normalize_booleans,
+    spec_for,
+    wire_params,
+)
 from lifecycled.domain.classify import classify_http
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid, UpidError, is_upid
 from lifecycled.errors import PveError
+from lifecycled.pve import schema
 from lifecycled.pve.port import (
     ClusterResource,
     GuestConfig,
@@ -65,6 +76,95 @@ def dispatch_template(spec: ActionSpec) -> str:
 def dispatch_path(node: str, spec: ActionSpec, vmid: int, params: Mapping[str, Any]) -> str:
     """The real path of a lifecycle call below ``/api2/json``."""
     return f"/nodes/{node}{spec.endpoint(vmid, params)}"
+
+
+def schema_template(spec: ActionSpec) -> str:
+    """The path template of a lifecycle endpoint in Proxmox's schema
+    (``/nodes/{node}/qemu/{vmid}/status/start``)."""
+    return "/nodes/{node}" + spec.path
+
+
+def action_endpoint(spec: ActionSpec) -> schema.Endpoint:
+    """Proxmox's parameter schema of a lifecycle endpoint (path parameters included)."""
+    return schema.endpoint(spec.method, schema_template(spec))
+
+
+def boolean_params(spec: ActionSpec) -> frozenset[str]:
+    """The endpoint's boolean parameters (Proxmox's names), from its schema."""
+    return action_endpoint(spec).booleans()
+
+
+@attrs.frozen(kw_only=True)
+class DispatchRequest:
+    """One lifecycle call as both adapters send it."""
+
+    method: str
+    #: The real path below ``/api2/json``.
+    path: str
+    #: The low-cardinality endpoint label (metrics).
+    template: str
+    #: The parameters: in the query string for DELETE (Proxmox refuses a body there,
+    #: §13.13), form-encoded in the body otherwise.
+    form: dict[str, str]
+
+    @property
+    def in_query(self) -> bool:
+        return self.method in ("GET", "DELETE")
+
+
+def dispatch_request(
+    node: str, spec: ActionSpec, vmid: int, params: Mapping[str, Any]
+) -> DispatchRequest:
+    """The request of a lifecycle call; booleans go out as ``1``/``0`` only (§13.7).
+
+    A value that is no boolean where Proxmox expects one raises a permanent
+    :class:`PveError` shaped like Proxmox's own 400 (nothing is sent).
+    """
+    path = dispatch_path(node, spec, vmid, params)
+    try:
+        form = wire_params(spec, vmid, params, booleans=boolean_params(spec))
+    except BadParam as exc:
+        raise http_error(
+            400,
+            "Parameter verification failed.",
+            method=spec.method,
+            path=path,
+            errors={exc.name: exc.text},
+            sent=False,
+            action=str(spec.action),
+        ) from None
+    return DispatchRequest(
+        method=spec.method, path=path, template=dispatch_template(spec), form=form
+    )
+
+
+def _booleans_for(action: Action, kind: GuestKind | None) -> frozenset[str]:
+    kinds = [kind] if kind is not None else list(GuestKind)
+    names: set[str] = set()
+    for one in kinds:
+        try:
+            names |= boolean_params(spec_for(one, action))
+        except UnsupportedAction:
+            continue
+    return frozenset(names)
+
+
+def boolean_problems(
+    action: Action, kind: GuestKind | None, params: Mapping[str, Any]
+) -> dict[str, str]:
+    """Submission check: each boolean parameter whose value is no boolean → its error text
+    (both kinds' endpoints count while the kind is not known yet)."""
+    try:
+        normalize_booleans(params, _booleans_for(action, kind))
+    except BadParam as exc:
+        return {exc.name: exc.text}
+    return {}
+
+
+def normalized_params(action: Action, kind: GuestKind, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with the endpoint's booleans as JSON booleans (``"true"``/``"1"`` → true),
+    as they are journaled; raises :class:`BadParam` for a value that is no boolean."""
+    return normalize_booleans(params, _booleans_for(action, kind))
 
 
 def guest_path(node: str, kind: GuestKind, vmid: int, tail: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from lifecycled.domain.upid import Upid, UpidError
+from lifecycled.pve import schema
 from lifecycled.sim import configops, guestops, ha, power, views
 from lifecycled.sim import params as pp
 from lifecycled.sim.auth import Authenticator, AuthError
@@ -96,10 +97,20 @@ def find_route(method: str, path: str) -> tuple[Route, dict[str, str]] | None:
     return None
 
 
-def check_path_args(sim: Simulator, args: dict[str, str]) -> None:
-    """Validate ``{vmid}`` (400); ``{node}`` is checked by the server (500/595)."""
-    if "vmid" in args:
-        pp.check({"vmid": args["vmid"]}, {"vmid": "vmid"})
+def check_params(method: str, path: str, params: dict[str, Any], args: dict[str, str]) -> None:
+    """Proxmox's schema check of a request (reference §13.7): 400 ``Parameter verification
+    failed.`` with every problem — unknown names, types (booleans ``1``/``0`` only), ranges,
+    patterns, enumerations, missing required ones. Path arguments count as parameters (and
+    win). Endpoints outside the schema only get their ``{vmid}`` checked."""
+    found = schema.match(method, path)
+    if found is None:
+        if "vmid" in args:
+            pp.check({"vmid": args["vmid"]}, {"vmid": "vmid"})
+        return
+    ep, path_args = found
+    errors = schema.check(ep, {**params, **path_args})
+    if errors:
+        raise param_error(errors)
 
 
 # --- cluster-level -----------------------------------------------------------------------------
@@ -349,7 +360,7 @@ async def _config_post(ctx: Ctx) -> Reply:
 
 @route("PUT", "/nodes/{node}/{kind}/{vmid}/resize")
 async def _resize(ctx: Ctx) -> Reply:
-    upid = configops.resize(ctx.sim, ctx.caller, ctx.node, ctx.kind, ctx.vmid, ctx.params)
+    upid = await configops.resize(ctx.sim, ctx.caller, ctx.node, ctx.kind, ctx.vmid, ctx.params)
     return Reply(data=upid)
 
 
@@ -361,5 +372,5 @@ async def _migrate(ctx: Ctx) -> Reply:
 
 @route("POST", "/nodes/{node}/{kind}/{vmid}/clone")
 async def _clone(ctx: Ctx) -> Reply:
-    upid = guestops.clone(ctx.sim, ctx.caller, ctx.node, ctx.kind, ctx.vmid, ctx.params)
+    upid = await guestops.clone(ctx.sim, ctx.caller, ctx.node, ctx.kind, ctx.vmid, ctx.params)
     return Reply(data=upid)

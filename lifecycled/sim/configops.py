@@ -31,126 +31,6 @@ from lifecycled.sim.tasks import TaskRun
 Params = Mapping[str, Any]
 
 _CONTROL = frozenset({"digest", "delete", "revert", "force", "skiplock", "background_delay"})
-_INDEXED = re.compile(
-    r"^(net|ide|sata|scsi|virtio|efidisk|tpmstate|unused|serial|usb|hostpci|ipconfig|mp|dev|"
-    r"numa|parallel|virtiofs)\d+$"
-)
-_QEMU_KEYS = frozenset(
-    [
-        "name",
-        "description",
-        "cores",
-        "sockets",
-        "vcpus",
-        "cpu",
-        "cpulimit",
-        "cpuunits",
-        "memory",
-        "balloon",
-        "shares",
-        "numa",
-        "onboot",
-        "startup",
-        "protection",
-        "tags",
-        "agent",
-        "ostype",
-        "boot",
-        "bootdisk",
-        "bios",
-        "machine",
-        "scsihw",
-        "vga",
-        "kvm",
-        "acpi",
-        "tablet",
-        "hotplug",
-        "args",
-        "smbios1",
-        "vmgenid",
-        "meta",
-        "hookscript",
-        "ciuser",
-        "cipassword",
-        "nameserver",
-        "searchdomain",
-        "sshkeys",
-        "template",
-        "lock",
-        "localtime",
-        "keyboard",
-        "cdrom",
-        "affinity",
-        "arch",
-        "autostart",
-        "hugepages",
-        "keephugepages",
-        "migrate_downtime",
-        "migrate_speed",
-        "vmstatestorage",
-        "watchdog",
-        "rng0",
-        "audio0",
-        "spice_enhancements",
-        "startdate",
-        "reboot",
-        "freeze",
-        "citype",
-        "cicustom",
-        "ciupgrade",
-        "amd-sev",
-        "intel-tdx",
-    ]
-)
-_LXC_KEYS = frozenset(
-    [
-        "hostname",
-        "description",
-        "cores",
-        "cpulimit",
-        "cpuunits",
-        "memory",
-        "swap",
-        "rootfs",
-        "onboot",
-        "startup",
-        "protection",
-        "tags",
-        "ostype",
-        "arch",
-        "unprivileged",
-        "features",
-        "nameserver",
-        "searchdomain",
-        "hookscript",
-        "console",
-        "tty",
-        "cmode",
-        "template",
-        "lock",
-        "timezone",
-        "entrypoint",
-        "env",
-        "debug",
-    ]
-)
-_INT_OPTS = frozenset({"cores", "sockets", "vcpus", "cpuunits", "balloon", "shares", "swap", "tty"})
-_BOOL_OPTS = frozenset(
-    {
-        "onboot",
-        "protection",
-        "template",
-        "numa",
-        "kvm",
-        "acpi",
-        "tablet",
-        "unprivileged",
-        "console",
-        "localtime",
-        "freeze",
-        "reboot",
-    }
-)
 #: Options a running QEMU guest never hot-plugs (they stay pending until reboot/restart).
 _COLD = frozenset(
     {
@@ -176,28 +56,10 @@ _COLD = frozenset(
 )
 
 
-def _schema(kind: str, keys: Params) -> dict[str, str]:
-    known = _QEMU_KEYS if kind == "qemu" else _LXC_KEYS
-    schema: dict[str, str] = {}
-    for key in keys:
-        if key in _CONTROL:
-            schema[key] = "bool" if key in ("force", "skiplock") else "string"
-        elif key in _INT_OPTS or (kind == "lxc" and key == "memory"):
-            schema[key] = "int"
-        elif key in _BOOL_OPTS:
-            schema[key] = "bool"
-        elif key in known or _INDEXED.match(key):
-            schema[key] = "string"
-    return schema
-
-
-def validate_config(kind: str, params: Params, caller: Caller, *, post: bool) -> None:
-    schema = _schema(kind, params)
-    if not post:
-        schema.pop("background_delay", None)
-    if "background_delay" in schema:
-        schema["background_delay"] = "int"
-    pp.check(params, schema, root_only=("skiplock", "lock"), is_root=caller.is_root)
+def validate_config(kind: str, params: Params, caller: Caller) -> None:
+    """What the schema (checked before every handler) cannot say: root-only options with a
+    truthy value, and QEMU's ``memory`` text."""
+    pp.root_only(params, ("skiplock", "lock"), is_root=caller.is_root)
     if (
         kind == "qemu"
         and "memory" in params
@@ -262,7 +124,7 @@ async def config_write(
     sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, params: Params, *, post: bool
 ) -> str | None:
     """``POST`` (QEMU, async) or ``PUT`` (sync) ``…/{vmid}/config``."""
-    validate_config(kind, params, caller, post=post)
+    validate_config(kind, params, caller)
     if not any(k not in ("digest", "skiplock", "background_delay") for k in params):
         raise SimError(500, "no options specified")
     guest = sim.require_guest(node, kind, vmid)
@@ -313,39 +175,60 @@ async def config_write(
 
 # --- resize ------------------------------------------------------------------------------------
 
-_RESIZE_SCHEMA: pp.Schema = {
-    "disk": "string",
-    "size": "size",
-    "digest": "string",
-    "skiplock": "bool",
-}
+
+def _resize_to(guest: Guest, disk: str, size_text: str) -> tuple[str, int, int]:
+    """The disk entry, its current and its wanted size; raises TaskFailed."""
+    entry = guest.config.get(disk)
+    current = disk_size(entry)
+    if not isinstance(entry, str) or current is None:
+        raise TaskFailed(f"disk '{disk}' does not exist")
+    amount = parse_size(size_text.lstrip("+")) or 0
+    wanted = current + amount if size_text.startswith("+") else amount
+    return entry, current, wanted
 
 
-def resize(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, params: Params) -> str:
-    """``PUT …/{vmid}/resize``: a ``resize`` task; checks run inside it (§1.1)."""
-    pp.check(
-        params,
-        _RESIZE_SCHEMA,
-        required=("disk", "size"),
-        root_only=("skiplock",),
-        is_root=caller.is_root,
-    )
+def _lxc_resize_checks(guest: Guest, params: Params, disk: str, size_text: str) -> None:
+    """pve-container checks all of this before forking (§13.3): lock (no ``skiplock``),
+    digest, shrink and same size; a failure is a sync 500."""
+    if guest.lock:
+        raise SimError(500, txt.locked(guest.kind, guest.lock))
+    digest = params.get("digest")
+    if digest and str(digest) != guest.digest():
+        raise SimError(500, txt.digest_mismatch(guest.kind))
+    try:
+        _, current, wanted = _resize_to(guest, disk, size_text)
+    except TaskFailed as exc:
+        raise SimError(500, exc.text) from None
+    if wanted < current:
+        raise SimError(500, "unable to shrink disk size")
+    if wanted == current:
+        raise SimError(500, "disk is already at specified size")
+
+
+async def resize(
+    sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, params: Params
+) -> str:
+    """``PUT …/{vmid}/resize``: a ``resize`` task. QEMU checks inside it (§1.1); LXC checks
+    before the fork, holding the lock file (§13.3)."""
+    pp.root_only(params, ("skiplock",), is_root=caller.is_root)
     disk = str(params["disk"])
-    if not is_disk_key(kind, disk):
-        raise txt.param_error({"disk": f"value '{disk}' does not have a value in the enumeration"})
     size_text = str(params["size"])
+    if kind == "lxc":
+        guest = sim.require_guest(node, kind, vmid)
+        if not await sim.locks.acquire(vmid, sim.cfg.lock_wait()):
+            raise SimError(500, txt.lock_timeout(kind, vmid))
+        try:
+            _lxc_resize_checks(guest, params, disk, size_text)
+        finally:
+            sim.locks.release(vmid)
 
     async def body(run: TaskRun) -> None:
         g = sim.guest_on(node, kind, vmid)
         if g is None:
             raise TaskFailed(txt.no_config(kind, node, vmid))
-        _checks(g, params, caller)
-        entry = g.config.get(disk)
-        current = disk_size(entry)
-        if not isinstance(entry, str) or current is None:
-            raise TaskFailed(f"disk '{disk}' does not exist")
-        amount = parse_size(size_text.lstrip("+")) or 0
-        wanted = current + amount if size_text.startswith("+") else amount
+        if kind == "qemu":
+            _checks(g, params, caller)
+        entry, current, wanted = _resize_to(g, disk, size_text)
         if wanted < current:
             raise TaskFailed(txt.SHRINK)
         if wanted == current:

@@ -22,7 +22,7 @@ guest/node/fault/route).
 ``POST   /_sim/guests``                      create: ``{"vmid", "kind", "node", "status",
                                              "config"}``
 ``DELETE /_sim/guests/{vmid}``               delete a guest
-``POST   /_sim/guests/{vmid}/status``        ``{"status": "running|stopped|paused|hibernated"}``
+``POST   /_sim/guests/{vmid}/status``        ``{"status": "running|stopped|paused|prelaunch|hibernated"}``
 ``POST   /_sim/guests/{vmid}/config``        ``{"set": {...}, "delete": [...]}``
 ``POST   /_sim/guests/{vmid}/lock``          ``{"lock": "backup", "seconds": 5}`` (null = held)
 ``DELETE /_sim/guests/{vmid}/lock``          clear the config lock

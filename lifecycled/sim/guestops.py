@@ -38,44 +38,17 @@ def _has_local_disks(guest: Guest) -> bool:
 
 # --- migrate -----------------------------------------------------------------------------------
 
-_QEMU_MIGRATE: pp.Schema = {
-    "target": "node",
-    "online": "bool",
-    "force": "bool",
-    "migration_type": "string",
-    "migration_network": "string",
-    "with-local-disks": "bool",
-    "targetstorage": "string",
-    "bwlimit": "int",
-    "with-conntrack-state": "bool",
-}
-_LXC_MIGRATE: pp.Schema = {
-    "target": "node",
-    "online": "bool",
-    "restart": "bool",
-    "timeout": "int",
-    "bwlimit": "int",
-    "target-storage": "string",
-}
-
 
 def migrate(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, params: Params) -> str:
     """``POST …/{vmid}/migrate``."""
-    schema = _QEMU_MIGRATE if kind == "qemu" else _LXC_MIGRATE
-    pp.check(
-        params,
-        schema,
-        required=("target",),
-        root_only=("force", "migration_type", "migration_network"),
-        is_root=caller.is_root,
-    )
+    pp.root_only(params, ("force", "migration_type", "migration_network"), is_root=caller.is_root)
     target = str(params["target"])
     if target == node:
         raise param_error({"target": "target is local node."})
     if target not in sim.nodes:
         raise SimError(500, f"no such cluster node '{target}'")
     guest = sim.require_guest(node, kind, vmid)
-    if guest.lock:
+    if kind == "qemu" and guest.lock:  # LXC checks the lock only inside the task (§13.6)
         raise SimError(500, txt.locked(kind, guest.lock))
     online, restart = pp.flag(params, "online"), pp.flag(params, "restart")
     if guest.running and not online:
@@ -123,23 +96,27 @@ def migrate(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, par
 
 # --- create ------------------------------------------------------------------------------------
 
-_CREATE_EXTRA: dict[str, str] = {
-    "vmid": "vmid",
-    "archive": "string",
-    "storage": "string",
-    "force": "bool",
-    "unique": "bool",
-    "pool": "string",
-    "start": "bool",
-    "bwlimit": "int",
-    "live-restore": "bool",
-    "ha-managed": "bool",
-    "ostemplate": "string",
-    "password": "string",
-    "ssh-public-keys": "string",
-    "restore": "bool",
-    "ignore-unpack-errors": "bool",
-}
+#: Parameters of the create endpoints that are not config keys.
+_CREATE_EXTRA = frozenset(
+    {
+        "vmid",
+        "archive",
+        "storage",
+        "force",
+        "unique",
+        "pool",
+        "start",
+        "bwlimit",
+        "live-restore",
+        "ha-managed",
+        "ostemplate",
+        "password",
+        "ssh-public-keys",
+        "restore",
+        "ignore-unpack-errors",
+        "import-working-storage",
+    }
+)
 
 
 def _allocate_disks(kind: str, vmid: int, config: dict[str, Any]) -> None:
@@ -162,21 +139,17 @@ def _vmid_taken(sim: Simulator, vmid: int, kind: str) -> str | None:
     existing = sim.guests.get(vmid)
     if existing is None:
         return None
-    word = txt.guest_word(kind)
     inner = f"{txt.guest_word(existing.kind)} {vmid} already exists on node '{existing.node}'"
-    return f"unable to create {word} {vmid} - {inner}"
+    if kind == "lxc":
+        return inner  # §13.4: no "unable to create CT" prefix
+    return f"unable to create VM {vmid} - {inner}"
 
 
 async def create(sim: Simulator, caller: Caller, node: str, kind: str, params: Params) -> str:
     """``POST /nodes/{node}/{kind}``: config written with ``lock: create`` before the fork."""
     settings = {k: v for k, v in params.items() if k not in _CREATE_EXTRA}
-    pp.check(
-        {k: v for k, v in params.items() if k in _CREATE_EXTRA}, _CREATE_EXTRA, required=("vmid",)
-    )
-    validate_config(kind, settings, caller, post=False)
-    restore = bool(params.get("archive")) and (kind == "qemu" or pp.flag(params, "restore"))
-    if kind == "lxc" and not params.get("ostemplate"):
-        raise param_error({"ostemplate": pp.MISSING})
+    validate_config(kind, settings, caller)
+    restore = bool(params.get("archive")) if kind == "qemu" else pp.flag(params, "restore")
     vmid = int(str(params["vmid"]))
     taken = _vmid_taken(sim, vmid, kind)
     if taken:
@@ -224,22 +197,10 @@ async def create(sim: Simulator, caller: Caller, node: str, kind: str, params: P
 
 # --- clone -------------------------------------------------------------------------------------
 
-_CLONE: pp.Schema = {
-    "newid": "vmid",
-    "name": "string",
-    "hostname": "string",
-    "description": "string",
-    "pool": "string",
-    "snapname": "string",
-    "storage": "string",
-    "format": "string",
-    "full": "bool",
-    "target": "node",
-    "bwlimit": "int",
-}
 
-
-def _clone_config(sim: Simulator, source: Guest, newid: int, params: Params) -> dict[str, Any]:
+def _clone_config(
+    sim: Simulator, source: Guest, newid: int, params: Params, lock: str
+) -> dict[str, Any]:
     config = {
         k: v
         for k, v in source.config.items()
@@ -263,13 +224,28 @@ def _clone_config(sim: Simulator, source: Guest, newid: int, params: Params) -> 
         config["hostname"] = str(params["hostname"])
     if params.get("description"):
         config["description"] = str(params["description"])
-    config["lock"] = "clone"
+    config["lock"] = lock
     return config
 
 
-def clone(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, params: Params) -> str:
-    """``POST …/{vmid}/clone``; the UPID ``id`` is the *source* vmid (§1.1)."""
-    pp.check(params, _CLONE, required=("newid",))
+def _exists_elsewhere(sim: Simulator, newid: int) -> str | None:
+    """``check_vmid_unused``: the text when ``newid`` is taken anywhere in the cluster."""
+    existing = sim.guests.get(newid)
+    if existing is None:
+        return None
+    return f"{txt.guest_word(existing.kind)} {newid} already exists on node '{existing.node}'"
+
+
+async def clone(
+    sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, params: Params
+) -> str:
+    """``POST …/{vmid}/clone``; the UPID ``id`` is the *source* vmid (§1.1).
+
+    Locks (§13.5): LXC sets ``lock: disk`` on the source and writes the target config with
+    ``lock: create`` before forking; QEMU writes the target's temporary config with
+    ``lock: clone`` inside the task and leaves the source alone. A newid taken on another
+    node fails LXC before the fork, QEMU inside the task (§13.4).
+    """
     newid = int(str(params["newid"]))
     source = sim.require_guest(node, kind, vmid)
     if source.lock:
@@ -284,13 +260,14 @@ def clone(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, param
         )
     existing = sim.guests.get(newid)
     word = txt.guest_word(kind)
-    if existing is not None:
-        if existing.node == node:
-            raise SimError(500, f"unable to create {word} {newid}: config file already exists")
-        raise SimError(
-            500, f"{txt.guest_word(existing.kind)} {newid} already exists on node '{existing.node}'"
-        )
+    config_exists = f"unable to create {word} {newid}: config file already exists"
+    if existing is not None and existing.node == node:
+        raise SimError(500, config_exists)
     wait = sim.cfg.lock_wait(1.0)
+    worker = "qmclone" if kind == "qemu" else "vzclone"
+    flock = FlockSpec(kind=kind, vmid=vmid, wait=wait)
+    if kind == "lxc":
+        return await _lxc_clone(sim, caller, source, newid, target, params)
 
     async def body(run: TaskRun) -> None:
         src = sim.guest_on(node, kind, vmid)
@@ -300,13 +277,18 @@ def clone(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, param
             raise TaskFailed(txt.lock_timeout(kind, newid))
         new: Guest | None = None
         try:
-            if newid in sim.guests:
-                raise TaskFailed(f"unable to create {word} {newid}: config file already exists")
-            run.log(
-                f"create {'full ' if pp.flag(params, 'full') or not src.template else 'linked '}clone of drive(s)"
-            )
+            taken = sim.guests.get(newid)
+            if taken is not None:
+                raise TaskFailed(
+                    config_exists if taken.node == node else str(_exists_elsewhere(sim, newid))
+                )
+            full = pp.flag(params, "full") or not src.template
+            run.log(f"create {'full ' if full else 'linked '}clone of drive(s)")
             new = Guest(
-                vmid=newid, kind=kind, node=target, config=_clone_config(sim, src, newid, params)
+                vmid=newid,
+                kind=kind,
+                node=target,
+                config=_clone_config(sim, src, newid, params, "clone"),
             )
             sim.guests[newid] = new
             await run.work()
@@ -318,9 +300,43 @@ def clone(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, param
         finally:
             sim.locks.release(newid)
 
-    worker = "qmclone" if kind == "qemu" else "vzclone"
-    flock = FlockSpec(kind=kind, vmid=vmid, wait=wait)
     return str(sim.fork(node, worker, vmid, caller, body, flock=flock))
+
+
+async def _lxc_clone(
+    sim: Simulator, caller: Caller, source: Guest, newid: int, target: str, params: Params
+) -> str:
+    """The sync part runs under the source's lock file (a timeout is a sync 500)."""
+    if not await sim.locks.acquire(source.vmid, sim.cfg.lock_wait(1.0)):
+        raise SimError(500, txt.lock_timeout("lxc", source.vmid))
+    taken = _exists_elsewhere(sim, newid)
+    if taken is not None or source.lock:
+        sim.locks.release(source.vmid)
+        raise SimError(500, taken or txt.locked("lxc", str(source.lock)))
+    source.config["lock"] = "disk"
+    new = Guest(
+        vmid=newid,
+        kind="lxc",
+        node=target,
+        config=_clone_config(sim, source, newid, params, "create"),
+    )
+    sim.guests[newid] = new
+
+    async def body(run: TaskRun) -> None:
+        try:
+            run.log("create full clone of mountpoint rootfs")
+            await run.work()
+            new.config.pop("lock", None)
+        except BaseException:
+            if sim.guests.get(newid) is new:
+                del sim.guests[newid]
+            raise
+        finally:
+            if source.config.get("lock") == "disk":
+                source.config.pop("lock", None)
+
+    flock = FlockSpec(kind="lxc", vmid=source.vmid, wait=0.0, held=True)
+    return str(sim.fork(source.node, "vzclone", source.vmid, caller, body, flock=flock))
 
 
 # --- destroy -----------------------------------------------------------------------------------
@@ -328,15 +344,7 @@ def clone(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, param
 
 def destroy(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, params: Params) -> str:
     """``DELETE /nodes/{node}/{kind}/{vmid}`` (§1.1, §1.2, §12.4)."""
-    schema: pp.Schema = {
-        "purge": "bool",
-        "destroy-unreferenced-disks": "bool",
-        "skiplock": "bool",
-        "force": "bool",
-    }
-    if kind == "qemu":
-        schema = {k: v for k, v in schema.items() if k != "force"}
-    pp.check(params, schema, root_only=("skiplock",), is_root=caller.is_root)
+    pp.root_only(params, ("skiplock",), is_root=caller.is_root)
     guest = sim.require_guest(node, kind, vmid)
     word = txt.guest_word(kind)
     if guest.config.get("protection") == 1:

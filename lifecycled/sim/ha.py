@@ -146,19 +146,6 @@ def ha_list(sim: Simulator) -> list[dict[str, Any]]:
     return [resource_dict(g) for g in sorted(sim.guests.values(), key=lambda g: g.vmid) if g.ha]
 
 
-_HA_SCHEMA: pp.Schema = {
-    "sid": "string",
-    "state": "string",
-    "group": "string",
-    "comment": "string",
-    "max_restart": "int",
-    "max_relocate": "int",
-    "digest": "string",
-    "delete": "string",
-    "type": "string",
-}
-
-
 def _apply(guest: Guest, params: Mapping[str, Any]) -> None:
     assert guest.ha is not None
     state = params.get("state")
@@ -182,8 +169,7 @@ def _apply(guest: Guest, params: Mapping[str, Any]) -> None:
 
 
 def ha_set(sim: Simulator, sid: str, params: Mapping[str, Any]) -> None:
-    """``PUT /cluster/ha/resources/{sid}``."""
-    pp.check(params, _HA_SCHEMA)
+    """``PUT /cluster/ha/resources/{sid}`` (parameters checked against the schema first)."""
     full, guest = _guest_for_sid(sim, sid)
     if guest is None or guest.ha is None:
         raise SimError(500, f"no such resource '{full}'")
@@ -192,8 +178,7 @@ def ha_set(sim: Simulator, sid: str, params: Mapping[str, Any]) -> None:
 
 
 def ha_add(sim: Simulator, params: Mapping[str, Any]) -> None:
-    """``POST /cluster/ha/resources``."""
-    pp.check(params, _HA_SCHEMA, required=("sid",))
+    """``POST /cluster/ha/resources`` (parameters checked against the schema first)."""
     full, guest = _guest_for_sid(sim, str(params["sid"]))
     if guest is None:
         raise SimError(500, f"unable to find {full.replace(':', ' ')}")

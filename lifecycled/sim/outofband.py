@@ -19,7 +19,7 @@ from lifecycled.sim.tasks import TaskRun
 if TYPE_CHECKING:
     from lifecycled.sim.simulator import Simulator
 
-GUEST_STATUSES = ("running", "stopped", "paused", "hibernated")
+GUEST_STATUSES = ("running", "stopped", "paused", "prelaunch", "hibernated")
 
 
 def _guest(sim: Simulator, vmid: int) -> Guest:
@@ -86,7 +86,8 @@ def delete_guest(sim: Simulator, vmid: int) -> None:
 
 
 def set_guest_status(sim: Simulator, vmid: int, status: str) -> None:
-    """``running``, ``stopped``, ``paused`` (QEMU) or ``hibernated`` (QEMU, lock suspended)."""
+    """``running``, ``stopped``, ``paused`` or ``prelaunch`` (QEMU run states of a running VM)
+    or ``hibernated`` (QEMU, lock suspended)."""
     guest = _guest(sim, vmid)
     if status not in GUEST_STATUSES:
         raise ValueError(f"status must be one of {', '.join(GUEST_STATUSES)}")
@@ -98,7 +99,7 @@ def set_guest_status(sim: Simulator, vmid: int, status: str) -> None:
     else:
         if not guest.running:
             guest.set_running(sim.new_pid(guest.node))
-        guest.qmpstatus = "paused" if status == "paused" else "running"
+        guest.qmpstatus = status if status in ("paused", "prelaunch") else "running"
 
 
 def create_guest(

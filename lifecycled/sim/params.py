@@ -1,4 +1,10 @@
-"""Request parameter checks with pve-common ``JSONSchema.pm``'s wording (reference §2.3)."""
+"""Request parameter helpers with pve-common ``JSONSchema.pm``'s wording (reference §2.3).
+
+Every endpoint Proxmox's schema knows is validated against it (``lifecycled.pve.schema``) by
+:func:`lifecycled.sim.api.check_params` before its handler runs; :func:`check` covers the few
+simulator endpoints outside that schema. Handlers add what the schema cannot say: root-only
+options (:func:`root_only`) and cross-parameter rules.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,6 @@ from typing import Any
 
 from lifecycled.sim.errors import ROOT_ONLY, param_error
 
-_BOOL_TRUE = frozenset({"1", "true", "yes", "on"})
-_BOOL_FALSE = frozenset({"0", "false", "no", "off"})
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _NUM_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 _SIZE_RE = re.compile(r"^\+?\d+(\.\d+)?[KMGT]?$")
@@ -25,7 +29,7 @@ Schema = Mapping[str, str]
 def _type_error(kind: str, value: Any) -> str | None:
     text = str(value)
     if kind == "bool":
-        if text.lower() not in _BOOL_TRUE | _BOOL_FALSE:
+        if text not in ("0", "1"):  # JSONSchema::check_type: 1 and 0 only (§13.7)
             return f"type check ('boolean') failed - got '{text}'"
     elif kind in ("int", "vmid"):
         if not _INT_RE.match(text):
@@ -69,19 +73,29 @@ def check(
         if problem is not None:
             errors[key] = problem
     if not is_root:
-        for key in root_only:
-            if key in params:
-                errors[key] = ROOT_ONLY
+        errors.update({key: ROOT_ONLY for key in root_only if truthy(params.get(key))})
+    if errors:
+        raise param_error(errors)
+
+
+def truthy(value: Any) -> bool:
+    """Perl truthiness of a parameter: absent, ``""`` and ``"0"`` are false."""
+    return value is not None and str(value) not in ("", "0")
+
+
+def root_only(params: Mapping[str, Any], names: Iterable[str], *, is_root: bool) -> None:
+    """``Only root may use this option.`` for each of ``names`` given a *truthy* value by
+    anyone but ``root@pam`` (``skiplock=0`` passes, §13.7)."""
+    if is_root:
+        return
+    errors = {key: ROOT_ONLY for key in names if truthy(params.get(key))}
     if errors:
         raise param_error(errors)
 
 
 def flag(params: Mapping[str, Any], key: str) -> bool:
-    """A boolean parameter (absent = false)."""
-    value = params.get(key)
-    if value is None:
-        return False
-    return str(value).lower() in _BOOL_TRUE
+    """A boolean parameter (absent = false); the schema has already refused all but 1/0."""
+    return truthy(params.get(key))
 
 
 def integer(params: Mapping[str, Any], key: str, default: int | None = None) -> int | None:

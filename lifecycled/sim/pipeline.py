@@ -70,10 +70,13 @@ class ApiPipeline:
     ) -> web.StreamResponse:
         path = request.path
         rel = path[len(PREFIX) :] if path.startswith(PREFIX + "/") else None
+        if rel is not None:  # empty path segments are skipped (§13.13)
+            rel = "/" + "/".join(part for part in rel.split("/") if part)
         found = api.find_route(method, rel) if rel is not None else None
         if found is None:
             shown = rel if rel is not None else path
             raise SimError(501, f"Method '{method} {shown}' not implemented")
+        assert rel is not None
         route, args = found
         if not route.public:
             try:
@@ -97,7 +100,7 @@ class ApiPipeline:
                 )
             if not host.online:
                 raise SimError(595, "No route to host")
-        api.check_path_args(self.sim, args)
+        api.check_params(method, rel, params, args)
         ctx = api.Ctx(
             sim=self.sim, auth=self.auth, caller=caller, method=method, params=params, args=args
         )

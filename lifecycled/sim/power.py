@@ -21,41 +21,6 @@ from lifecycled.sim.tasks import TaskRun
 
 Params = Mapping[str, Any]
 
-_QEMU_SCHEMAS: dict[str, pp.Schema] = {
-    "start": {
-        "skiplock": "bool",
-        "stateuri": "string",
-        "migratedfrom": "node",
-        "migration_type": "string",
-        "migration_network": "string",
-        "machine": "string",
-        "targetstorage": "string",
-        "timeout": "int",
-        "force-cpu": "string",
-        "nets-host-mtu": "string",
-        "with-conntrack-state": "bool",
-    },
-    "stop": {
-        "skiplock": "bool",
-        "migratedfrom": "node",
-        "timeout": "int",
-        "keepActive": "bool",
-        "overrule-shutdown": "bool",
-    },
-    "shutdown": {"skiplock": "bool", "timeout": "int", "forceStop": "bool", "keepActive": "bool"},
-    "reboot": {"timeout": "int"},
-    "reset": {"skiplock": "bool"},
-    "suspend": {"skiplock": "bool", "todisk": "bool", "statestorage": "string"},
-    "resume": {"skiplock": "bool", "nocheck": "bool"},
-}
-_LXC_SCHEMAS: dict[str, pp.Schema] = {
-    "start": {"skiplock": "bool", "debug": "bool"},
-    "stop": {"skiplock": "bool", "overrule-shutdown": "bool"},
-    "shutdown": {"timeout": "int", "forceStop": "bool"},
-    "reboot": {"timeout": "int"},
-    "suspend": {},
-    "resume": {},
-}
 _ROOT_ONLY = (
     "skiplock",
     "keepActive",
@@ -81,7 +46,10 @@ _WORKER = {
     ("lxc", "suspend"): "vzsuspend",
     ("lxc", "resume"): "vzresume",
 }
-STATUS_ACTIONS = frozenset(_QEMU_SCHEMAS)
+_ACTIONS = {
+    "qemu": frozenset({"start", "stop", "shutdown", "reboot", "reset", "suspend", "resume"}),
+    "lxc": frozenset({"start", "stop", "shutdown", "reboot", "suspend", "resume"}),
+}
 
 
 def check_lock(guest: Guest, params: Params, caller: Caller, allow: tuple[str, ...] = ()) -> None:
@@ -94,6 +62,11 @@ def check_lock(guest: Guest, params: Params, caller: Caller, allow: tuple[str, .
     raise TaskFailed(txt.locked(guest.kind, lock))
 
 
+def vm_is_paused(guest: Guest) -> bool:
+    """qemu-server ``vm_is_paused($vmid, 1)``: ``paused``, ``prelaunch`` or ``suspended``."""
+    return guest.running and guest.qmpstatus in ("paused", "prelaunch", "suspended")
+
+
 def _flock(sim: Simulator, kind: str, vmid: int) -> FlockSpec:
     return FlockSpec(kind=kind, vmid=vmid, wait=sim.cfg.lock_wait())
 
@@ -102,13 +75,11 @@ def status_action(
     sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, action: str, params: Params
 ) -> str:
     """``POST /nodes/{node}/{kind}/{vmid}/status/{action}``; returns the UPID."""
-    schemas = _QEMU_SCHEMAS if kind == "qemu" else _LXC_SCHEMAS
-    schema = schemas.get(action)
-    if schema is None:
+    if action not in _ACTIONS[kind]:
         raise SimError(
             501, f"Method 'POST /nodes/{node}/{kind}/{vmid}/status/{action}' not implemented"
         )
-    pp.check(params, schema, root_only=_ROOT_ONLY, is_root=caller.is_root)
+    pp.root_only(params, _ROOT_ONLY, is_root=caller.is_root)
     guest = sim.guest_on(node, kind, vmid)
     if kind == "qemu":
         return _qemu(sim, caller, node, vmid, action, params, guest)
@@ -141,13 +112,13 @@ def _qemu(
     if action in ("reboot", "reset", "suspend", "resume"):
         if guest is None:
             raise SimError(500, txt.no_config_on_node(vmid, node))
-        if action == "reboot" and guest.qmpstatus == "paused":
+        if action == "reboot" and vm_is_paused(guest):
             raise SimError(500, txt.PAUSED_SHUTDOWN)
         if not guest.running and not (action == "resume" and guest.lock == "suspended"):
             raise SimError(500, f"VM {vmid} not running")
         if action == "suspend" and pp.flag(params, "todisk") and guest.ha is not None:
             raise SimError(500, "Cannot suspend HA managed VM to disk")
-    paused = guest is not None and guest.qmpstatus == "paused"
+    paused = guest is not None and vm_is_paused(guest)
     if action == "shutdown" and paused and not force_stop:
         raise SimError(500, txt.PAUSED_SHUTDOWN)
     if action == "stop" and pp.flag(params, "overrule-shutdown"):
@@ -208,7 +179,7 @@ async def _q_shutdown(
     check_lock(g, params, caller)
     force = pp.flag(params, "forceStop")
     await run.work()
-    if not g.acpi and g.qmpstatus != "paused":
+    if not g.acpi and not vm_is_paused(g):
         if not force:
             raise TaskFailed("VM quit/powerdown failed - got timeout")
         run.log("VM still running - terminating now with SIGTERM")
@@ -233,8 +204,13 @@ async def _q_reset(sim: Simulator, run: TaskRun, caller: Caller, g: Guest, param
 async def _q_suspend(
     sim: Simulator, run: TaskRun, caller: Caller, g: Guest, params: Params
 ) -> None:
-    check_lock(g, params, caller)
-    if not pp.flag(params, "todisk"):
+    todisk = pp.flag(params, "todisk")
+    if g.lock == "backup":  # vm_suspend skips the lock check during a backup (§13.6)
+        if todisk:
+            raise TaskFailed("cannot suspend to disk during backup")
+    else:
+        check_lock(g, params, caller)
+    if not todisk:
         await run.work()
         g.qmpstatus = "paused"
         return
@@ -299,7 +275,11 @@ def _lxc(
             raise TaskFailed(txt.no_config("lxc", node, vmid))
         if action == "start" and g.template:
             raise TaskFailed("you can't start a CT if it's a template")
-        check_lock(g, params, caller, allow=("mounted",))
+        if action in ("start", "stop"):
+            check_lock(g, params, caller, allow=("mounted",))
+        elif action in ("shutdown", "suspend"):
+            check_lock(g, params, caller)  # strict: `mounted` blocks too, no skiplock (§13.6)
+        # resume and reboot run no lock check at all
         if action in ("start", "resume") and g.running:
             raise TaskFailed(f"CT {vmid} already running")
         await run.work()

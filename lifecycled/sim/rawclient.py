@@ -73,7 +73,8 @@ class RawClient:
         headers: Mapping[str, str] | None = None,
         cookies: Mapping[str, str] | None = None,
     ) -> RawAnswer:
-        """One request; params go in the query for GET, form-encoded in the body otherwise."""
+        """One request; params go in the query for GET and DELETE (Proxmox refuses a body
+        there, §13.13), form-encoded in the body otherwise."""
         url = self.base + ("/api2/json" + path if path.startswith("/") else path)
         if path.startswith("/_sim"):
             url = self.base + path
@@ -82,7 +83,7 @@ class RawClient:
             kwargs["headers"]["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
         if json_body is not None:
             kwargs["json"] = json_body
-        elif params is not None and method.upper() == "GET":
+        elif params is not None and method.upper() in ("GET", "DELETE"):
             kwargs["params"] = {k: str(v) for k, v in params.items()}
         elif params is not None:
             kwargs["data"] = {k: str(v) for k, v in params.items()}

@@ -77,7 +77,6 @@ def status_current(guest: Guest) -> dict[str, Any]:
 
 def config_view(guest: Guest, params: Mapping[str, Any]) -> dict[str, Any]:
     """``GET …/{vmid}/config``: pending merged unless ``current=1``; plus ``digest`` (§5.3)."""
-    pp.check(params, {"current": "bool", "snapshot": "string"})
     values = dict(guest.config) if pp.flag(params, "current") else guest.merged_config()
     values["digest"] = guest.digest()
     return values
@@ -261,8 +260,9 @@ def task_status(task: Task) -> dict[str, Any]:
 
 def task_log(task: Task | None, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
     """``GET …/tasks/{upid}/log`` (§4.2); a missing log is one line, not an error (§12.1)."""
-    pp.check(params, {"start": "int", "limit": "int", "download": "bool"})
     lines = ["unable to open file - No such file or directory"] if task is None else task.lines
+    if not lines:
+        lines = ["no content"]  # an empty log file reads as one line (§13.9)
     start = pp.integer(params, "start", 0) or 0
     limit = pp.integer(params, "limit", 50)
     chosen = lines[start:] if not limit else lines[start : start + limit]
@@ -348,8 +348,8 @@ def node_tasks(
             continue
         matched.append(item)
     start = pp.integer(params, "start", 0) or 0
-    limit = pp.integer(params, "limit", 50)
-    page = matched[start:] if not limit else matched[start : start + limit]
+    limit = pp.integer(params, "limit", 50) or 0
+    page = matched[start : start + limit]  # limit=0 returns nothing (§13.9)
     return page, len(matched)
 
 

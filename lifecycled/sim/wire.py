@@ -88,9 +88,15 @@ def _plain(value: Any) -> Any:
 
 
 async def read_params(request: web.Request) -> dict[str, Any]:
-    """Body (form or JSON) merged with the query string; query keys win (§6)."""
+    """Body (form or JSON) merged with the query string; query keys win (§6).
+
+    A body on GET, HEAD or DELETE is refused with 501 ``Unexpected content`` (§13.13).
+    """
     params: dict[str, Any] = {}
-    if request.method in ("POST", "PUT", "DELETE") and request.can_read_body:
+    if request.method in ("GET", "HEAD", "DELETE"):
+        if request.body_exists and await request.read():
+            raise SimError(501, "Unexpected content")
+    elif request.can_read_body:
         if request.content_type == "application/json":
             try:
                 body = await request.json()

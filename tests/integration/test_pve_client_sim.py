@@ -295,6 +295,19 @@ async def test_root_only_option(pve: Harness) -> None:
     assert "skiplock" in err.errors
 
 
+async def test_booleans_go_out_as_one_or_zero(pve: Harness) -> None:
+    """§13.7: a boolean a client spelled ``"true"`` is sent as ``1`` and accepted."""
+    guest = pve.sim.pick_guest("qemu", running=True)
+    upid = await pve.client.dispatch(
+        guest.node, Q, Action.STOP, guest.vmid, {"overrule-shutdown": "true"}
+    )
+    assert upid is not None
+    assert (await wait_task(pve.client, upid)).exitstatus == "OK"
+    assert not guest.running
+    sent = [r for r in pve.sim.requests if r.path.endswith(f"/{guest.vmid}/status/stop")]
+    assert [r.params.get("overrule-shutdown") for r in sent] == ["1"]
+
+
 async def test_template_start_fails_in_the_task(pve: Harness) -> None:
     """Starting a template forks a task that fails with the template text."""
     upid = await pve.client.dispatch(at(pve, 106), Q, Action.START, 106, {})

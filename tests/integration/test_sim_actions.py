@@ -418,12 +418,13 @@ async def test_create_qemu(sim: SimServer, sim_api: RawClient) -> None:
 
 
 async def test_create_existing_vmid(sim: SimServer, sim_api: RawClient) -> None:
-    """§1.1, §2.3: create on a taken VMID → 500 'unable to create VM 100 - VM 100 already exists …'."""
+    """§2.3, §13.4: create on a taken VMID → 'unable to create VM 100 - VM 100 already exists …';
+    LXC says only 'VM 100 already exists on node …'."""
     node = sim.sim.guests[100].node
     answer = await sim_api.post("/nodes/pve1/qemu", {"vmid": 100})
     assert answer.reason == f"unable to create VM 100 - VM 100 already exists on node '{node}'"
     ct = await sim_api.post("/nodes/pve1/lxc", {"vmid": 100, "ostemplate": "local:vztmpl/x.tar"})
-    assert ct.reason == f"unable to create CT 100 - VM 100 already exists on node '{node}'"
+    assert ct.reason == f"VM 100 already exists on node '{node}'"  # §13.4: no prefix for CT
 
 
 async def test_create_lxc_and_start(sim: SimServer, sim_api: RawClient) -> None:

@@ -13,13 +13,16 @@ from hypothesis import strategies as st
 from lifecycled.domain.actions import (
     HA_ROUTED,
     Action,
+    BadParam,
     GuestView,
     UnsupportedAction,
     all_specs,
+    as_boolean,
     disk_size,
     fingerprint_matches,
     fingerprint_of,
     is_destructive,
+    lock_blocks,
     parse_size,
     spec_for,
     wire_params,
@@ -779,3 +782,79 @@ def test_a_fingerprint_matches_itself(fp: dict[str, str]) -> None:
 def test_fingerprint_match_is_symmetric(a: dict[str, str], b: dict[str, str]) -> None:
     """Whether two fingerprints name the same guest does not depend on the order asked."""
     assert fingerprint_matches(a, b) is fingerprint_matches(b, a)
+
+
+# --- config locks per kind and action (reference §13.6) --------------------------------------
+
+_LOCKS = ("backup", "mounted", "suspended", "migrate", "clone", "create", "disk", "snapshot")
+#: Locks each (kind, action) goes ahead despite; "*" = no lock check at all. Not listed: none.
+_PASSES: dict[tuple[GuestKind, Action], set[str] | str] = {
+    (Q, Action.START): {"suspended"},
+    (Q, Action.SUSPEND): {"backup"},
+    (Q, Action.RESUME): {"backup", "suspended"},
+    (X, Action.START): {"mounted"},
+    (X, Action.STOP): {"mounted"},
+    (X, Action.RESUME): "*",
+    (X, Action.REBOOT): "*",
+}
+
+
+@pytest.mark.parametrize("spec", all_specs(), ids=lambda s: f"{s.kind}-{s.action}")
+@pytest.mark.parametrize("lock", _LOCKS)
+def test_lock_blocks(spec: Any, lock: str) -> None:
+    """§13.6: LXC shutdown/suspend are strict (`mounted` blocks), LXC start/stop exempt it,
+    LXC resume/reboot check nothing, QEMU suspend skips `backup`; every other lock blocks."""
+    passes = _PASSES.get((spec.kind, spec.action), set())
+    expected = not (passes == "*" or lock in passes)
+    assert lock_blocks(spec.kind, spec.action, lock) is expected
+    assert lock_blocks(spec.kind, spec.action, None) is False
+
+
+# --- booleans (reference §13.7) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "meant"),
+    [
+        (True, True),
+        (False, False),
+        (1, True),
+        (0, False),
+        ("1", True),
+        ("0", False),
+        ("true", True),
+        ("False", False),
+        (" TRUE ", True),
+    ],
+)
+def test_as_boolean_normalises(value: Any, meant: bool) -> None:
+    """JSON booleans, 1/0 and the texts 1/0/true/false (any case) are booleans."""
+    assert as_boolean("online", value) is meant
+
+
+@pytest.mark.parametrize("value", ["yes", "no", "on", "off", "", "2", 2, -1, 1.5, None, ["1"]])
+def test_as_boolean_refuses(value: Any) -> None:
+    """Anything else is refused, naming the parameter and the value."""
+    with pytest.raises(BadParam) as info:
+        as_boolean("online", value)
+    assert info.value.name == "online"
+    assert info.value.text == f"expected a boolean (true, false, 1 or 0), got {value!r}"
+
+
+def test_wire_params_sends_schema_booleans_as_one_or_zero() -> None:
+    """The endpoint's booleans go out as 1/0; other params as text; a bad boolean raises."""
+    spec = spec_for(Q, Action.MIGRATE)
+    got = wire_params(
+        spec, 100, {"target": "pve2", "online": "true", "bwlimit": 10}, booleans={"online"}
+    )
+    assert got == {"target": "pve2", "online": "1", "bwlimit": "10"}
+    with pytest.raises(BadParam):
+        wire_params(spec, 100, {"target": "pve2", "online": "yes"}, booleans={"online"})
+
+
+@pytest.mark.parametrize("qmpstatus", ["paused", "prelaunch", "suspended"])
+def test_suspend_target_counts_what_vm_is_paused_counts(qmpstatus: str) -> None:
+    """§13.6: a running VM whose run state is paused, prelaunch or suspended is paused."""
+    view = GuestView(exists=True, status="running", qmpstatus=qmpstatus)
+    assert spec_for(Q, Action.SUSPEND).holds(view, {})
+    assert not spec_for(Q, Action.RESUME).holds(view, {})
