@@ -128,6 +128,12 @@ class Metrics:
             buckets=_COMMIT_BUCKETS,
             registry=r,
         )
+        self.pve_up = Gauge(
+            "lifecycled_pve_up",
+            "1 while the Proxmox API answers, 0 while calls get no answer (refused, reset, "
+            "timed out).",
+            registry=r,
+        )
         self._endpoints: set[str] = set()
 
     # --- recording helpers: every label passes through ``bounded`` ---------------------

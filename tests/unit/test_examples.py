@@ -385,7 +385,9 @@ def test_systemd_unit_has_the_hardening_directives() -> None:
     """The unit runs unprivileged, sandboxed, with credentials, a state dir and a graceful stop."""
     service = unit_directives(UNIT.read_text(encoding="utf-8"))["Service"]
     expected = {
-        "Type": "exec",
+        "Type": "notify",
+        "NotifyAccess": "main",
+        "WatchdogSec": "30s",
         "User": "lifecycled",
         "Restart": "on-failure",
         "StateDirectory": "lifecycled",
@@ -416,7 +418,7 @@ def test_systemd_execstart_is_a_valid_run_with_credentials() -> None:
     sections = unit_directives(UNIT.read_text(encoding="utf-8"))
     service = sections["Service"]
     argv = shlex.split(service["ExecStart"][0].replace("%d", CREDENTIALS_DIR))
-    assert argv[:2] == ["/usr/local/bin/lifecycled", "run"]
+    assert argv[:2] == ["/usr/bin/lifecycled", "run"]
     config, flags = flags_to_settings(argv[2:])
     assert config == Path("/etc/lifecycled/lifecycled.toml")
     settings = load_settings(flags, env={}, config_file=TOML)
