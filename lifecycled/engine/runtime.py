@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
+from prometheus_async import aio
 
 from lifecycled.config import Settings, read_secret_file
 from lifecycled.domain.node import NodeRecord
@@ -253,7 +254,7 @@ class Runtime:
                 system=self.settings.system_node,
                 now=self.started_at,
             )
-            report = await self.recoverer.recover()
+            report = await aio.time(self.metrics.recover_duration, self.recoverer.recover())
             log.info("runtime.ready", extra={"recovered": report.counts.get("examined", 0)})
             self.ready.set()
             self.notifier.ready(self.status_line())
