@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo sim bench chaos wheel-check clean fmt dist deb deb-check
+.PHONY: test lint demo sim bench chaos wheel-check clean fmt dist deb deb-check tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,19 @@ demo: $(STAMP)
 sim: $(STAMP)
 	$(BIN)/lifecycled sim --guests 20
 
+# promtool, which the tests use to check the alert rules and the dashboard's queries: taken
+# out of Debian's prometheus package into .tools/ (no service installed). Without it that
+# test is skipped.
+PROMTOOL := .tools/prometheus/usr/bin/promtool
+tools: $(PROMTOOL)
+$(PROMTOOL):
+	mkdir -p .tools
+	cd .tools && (apt-get download prometheus >/dev/null 2>&1 || \
+	  (apt-get update -qq >/dev/null && apt-get download prometheus >/dev/null))
+	dpkg-deb -x .tools/prometheus_*.deb .tools/prometheus
+	rm -f .tools/prometheus_*.deb
+	$(PROMTOOL) --version | head -1
+
 # The wheel and sdist (dist/), built in an isolated environment by `build`.
 dist: $(STAMP)
 	rm -f dist/lifecycled-*.whl dist/lifecycled-*.tar.gz
@@ -68,4 +81,4 @@ deb-check: deb
 	packaging/deb/check.sh dist/lifecycled_*.deb
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) bench/.work build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf .tools $(VENV) $(BENCH_VENV) bench/.work build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis

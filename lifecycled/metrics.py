@@ -7,10 +7,20 @@ vmid or a UPID can never become a label value.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
+import lifecycled
 from lifecycled.domain.actions import Action
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.states import OpState
@@ -128,7 +138,54 @@ class Metrics:
             buckets=_COMMIT_BUCKETS,
             registry=r,
         )
+        self.pve_up = Gauge(
+            "lifecycled_pve_up",
+            "1 while the Proxmox API answers, 0 while calls get no answer (refused, reset, "
+            "timed out).",
+            registry=r,
+        )
+        self.recover_duration = Histogram(
+            "lifecycled_recover_duration_seconds",
+            "Time of each Recover pass (startup).",
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.reconcile_duration = Histogram(
+            "lifecycled_reconcile_duration_seconds",
+            "Time of each reconcile pass.",
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "lifecycled_build_info",
+            "Always 1; the labels say which lifecycled and Python run.",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(lifecycled.__version__, platform.python_version()).set(1)
+        # process_* (CPU, memory, open files, start time) and python_info, on this registry.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        r.register(GC_COLLECTOR)
         self._endpoints: set[str] = set()
+        self._zero_series()
+
+    def _zero_series(self) -> None:
+        """Every labelled series at 0 from the start: dashboards and rate() see no gaps."""
+        for action in sorted(ACTIONS):
+            self.op_duration.labels(action)
+            for outcome in sorted(OUTCOMES):
+                self.commands.labels(action, outcome)
+                self.reconcile_commands.labels(action, outcome)
+            for error_class in sorted(ERROR_CLASSES):
+                self.retries.labels(action, error_class)
+        for result in sorted(RECOVER_RESULTS):
+            self.recover_ops.labels(result)
+        for kind in sorted(ORPHAN_KINDS):
+            self.orphans.labels(kind)
+        for outcome in sorted(RUN_OUTCOMES):
+            self.reconcile_runs.labels(outcome)
+        self.set_guests({})
 
     # --- recording helpers: every label passes through ``bounded`` ---------------------
 
@@ -158,9 +215,15 @@ class Metrics:
             self.queue_depth.labels(str(state)).set(counts.get(state, 0))
 
     def set_guests(self, counts: dict[tuple[str, str], int]) -> None:
-        self.guests.clear()
+        """Every (origin, observed) pair: its count, 0 when there is none."""
+        values: dict[tuple[str, str], int] = {
+            (o, b): 0 for o in sorted(ORIGINS) for b in sorted(OBSERVED)
+        }
         for (origin, observed), n in counts.items():
-            self.guests.labels(bounded(origin, ORIGINS), bounded(observed, OBSERVED)).set(n)
+            key = (bounded(origin, ORIGINS), bounded(observed, OBSERVED))
+            values[key] = values.get(key, 0) + n
+        for (origin, observed), n in values.items():
+            self.guests.labels(origin, observed).set(n)
 
     def pve_request(self, method: str, endpoint: str, code: str, seconds: float) -> None:
         """The PVE client's request hook. ``endpoint`` must be a template (no ids)."""

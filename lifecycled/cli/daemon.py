@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -116,9 +117,11 @@ def run(
 
 async def _run_daemon(settings: Settings) -> None:
     from lifecycled.engine.runtime import Runtime
+    from lifecycled.engine.sdnotify import Notifier
     from lifecycled.web.app import start_web
 
     runtime = await Runtime.build(settings)
+    runtime.notifier = Notifier.from_env(os.environ, pid=os.getpid())
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     signals = 0

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from prometheus_async import aio
 
 from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.actions import fingerprint_matches, fingerprint_of
@@ -104,6 +105,11 @@ class Reconciler:
 
     async def pass_once(self, *, dry_run: bool = False) -> ReconcileReport:
         """One pass; ``dry_run`` reads Proxmox and the journal and changes nothing."""
+        if dry_run:
+            return await self._pass(dry_run=True)
+        return await aio.time(self.metrics.reconcile_duration, self._pass(dry_run=False))
+
+    async def _pass(self, *, dry_run: bool) -> ReconcileReport:
         started = self.clock.now()
         try:
             inp = await self.gather()

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
+from prometheus_async import aio
 
 from lifecycled.config import Settings, read_secret_file
 from lifecycled.domain.node import NodeRecord
@@ -26,24 +27,42 @@ from lifecycled.engine.dispatcher import Dispatcher
 from lifecycled.engine.executor import Executor
 from lifecycled.engine.gate import Policy
 from lifecycled.engine.guests import GuestService
+from lifecycled.engine.health import PveHealth
 from lifecycled.engine.node import activate as activate_node
 from lifecycled.engine.reconcile import Reconciler, first_delay
 from lifecycled.engine.recover import Recoverer, RecoverReport
+from lifecycled.engine.sdnotify import Notifier
 from lifecycled.engine.submit import Submission, submit
 from lifecycled.engine.tracker import Tracker
 from lifecycled.errors import ConfigError, JournalError, JournalUnavailable
 from lifecycled.journal import Journal, SubmitResult
 from lifecycled.metrics import Metrics
-from lifecycled.pve.port import PveClient
+from lifecycled.pve.port import PveClient, RequestHook
 
 log = logging.getLogger("lifecycled.runtime")
+
+#: Seconds without any Proxmox request after which the health probe (``GET /version``) runs.
+PROBE_IDLE = 15.0
 
 #: A web slot: started with the runtime, returns a coroutine function that stops it.
 WebStarter = Callable[["Runtime"], Awaitable[Callable[[], Awaitable[None]]]]
 
 
-def build_pve_client(settings: Settings, metrics: Metrics) -> PveClient:
-    """The Proxmox adapter the settings ask for (aiohttp by default)."""
+def build_pve_client(
+    settings: Settings, metrics: Metrics, *, also: RequestHook | None = None
+) -> PveClient:
+    """The Proxmox adapter the settings ask for (aiohttp by default).
+
+    Every request is reported to the metrics and, when given, to ``also`` (the health record).
+    """
+    hook: RequestHook = metrics.pve_request
+    if also is not None:
+        extra = also
+
+        def hook(method: str, endpoint: str, code: str, seconds: float) -> None:
+            metrics.pve_request(method, endpoint, code, seconds)
+            extra(method, endpoint, code, seconds)
+
     from lifecycled.pve.auth import TicketAuth, TokenAuth, load_token_file
     from lifecycled.pve.tls import TlsOptions
 
@@ -73,7 +92,7 @@ def build_pve_client(settings: Settings, metrics: Metrics) -> PveClient:
                 "no Proxmox credentials: give --pve-token-file (USER@REALM!TOKENID=SECRET), "
                 "or --pve-user with --pve-password-file"
             )
-        return HttpPveClient(settings.pve_url, auth=auth, tls=tls, on_request=metrics.pve_request)
+        return HttpPveClient(settings.pve_url, auth=auth, tls=tls, on_request=hook)
 
     from urllib.parse import urlsplit
 
@@ -89,7 +108,7 @@ def build_pve_client(settings: Settings, metrics: Metrics) -> PveClient:
         password=password,
         token=token,
         tls=tls if backend == "https" else None,
-        on_request=metrics.pve_request,
+        on_request=hook,
     )
 
 
@@ -108,11 +127,17 @@ class Runtime:
     recoverer: Recoverer
     guests: GuestService
     reconciler: Reconciler
+    health: PveHealth
+    #: systemd notifications (READY, STATUS, WATCHDOG, STOPPING); a no-op outside systemd.
+    notifier: Notifier = attrs.field(factory=Notifier)
     rand: Callable[[], float] = random.random
+    #: Seconds without a Proxmox request after which the health probe runs.
+    probe_idle: float = PROBE_IDLE
     ready: asyncio.Event = attrs.field(factory=asyncio.Event)
     stopping: asyncio.Event = attrs.field(factory=asyncio.Event)
     started_at: float = 0.0
     _state_counts: dict[OpState, int] = attrs.field(factory=dict, init=False)
+    _dead_letters: int = attrs.field(default=0, init=False)
     web_url: str | None = None
     #: The served node's lifecycle row as last read (refreshed with the gauges).
     node_record: NodeRecord | None = None
@@ -133,8 +158,9 @@ class Runtime:
         journal = await Journal.open(
             settings.db, synchronous=settings.synchronous, on_commit=metrics.journal_committed
         )
+        health = PveHealth(now=clock.now, on_change=lambda up: metrics.pve_up.set(int(up)))
         try:
-            pve = pve or build_pve_client(settings, metrics)
+            pve = pve or build_pve_client(settings, metrics, also=health.on_request)
         except BaseException:
             await journal.close()
             raise
@@ -194,6 +220,7 @@ class Runtime:
             recoverer=recoverer,
             guests=guests,
             reconciler=reconciler,
+            health=health,
             rand=rand,
         )
 
@@ -209,6 +236,7 @@ class Runtime:
         """Graceful stop: stop claiming; dispatches in progress journal their UPID first."""
         if not self.stopping.is_set():
             log.info("runtime.stopping")
+            self.notifier.stopping()
         self.stopping.set()
         self.dispatcher.stopping.set()
         self.tracker.stopping.set()
@@ -226,9 +254,10 @@ class Runtime:
                 system=self.settings.system_node,
                 now=self.started_at,
             )
-            report = await self.recoverer.recover()
+            report = await aio.time(self.metrics.recover_duration, self.recoverer.recover())
             log.info("runtime.ready", extra={"recovered": report.counts.get("examined", 0)})
             self.ready.set()
+            self.notifier.ready(self.status_line())
             if self.stopping.is_set():
                 return
             async with asyncio.TaskGroup() as tg:
@@ -241,6 +270,10 @@ class Runtime:
                 tg.create_task(self._resilient("janitor", self._janitor), name="janitor")
                 tg.create_task(self._gauges(), name="gauges")
                 tg.create_task(self._resilient("reconcile", self._reconcile), name="reconcile")
+                tg.create_task(self._resilient("pve-probe", self._probe), name="pve-probe")
+                interval = self.notifier.watchdog_interval
+                if interval is not None:
+                    tg.create_task(self._watchdog(interval), name="watchdog")
                 if self.settings.notify_url:
                     tg.create_task(self._push(self.settings.notify_url), name="push")
         finally:
@@ -299,8 +332,39 @@ class Runtime:
                 await self.refresh_gauges(full=False)
             except JournalError as exc:  # a gauge must never stop the daemon
                 log.warning("gauges.refresh_failed", extra={"error": str(exc)})
+            self.notifier.status(self.status_line())
             if await self._sleep_or_stop(2.0):
                 return
+
+    async def _watchdog(self, interval: float) -> None:
+        """``WATCHDOG=1`` from the event loop: a loop that stops turning stops the pings."""
+        while True:
+            self.notifier.watchdog()
+            if await self._sleep_or_stop(interval):
+                return
+
+    async def _probe(self) -> None:
+        """Keep the Proxmox health verdict fresh while the daemon is idle (``GET /version``)."""
+        from lifecycled.errors import PveError
+
+        while not await self._sleep_or_stop(min(1.0, self.probe_idle / 3)):
+            if self.health.idle_for() < self.probe_idle:
+                continue
+            try:
+                await self.pve.version()
+            except PveError as err:
+                self.health.record(err.status is not None, err.text)
+            else:
+                self.health.record(True)
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: in flight, dead letters, Proxmox."""
+        counts = self._state_counts
+        in_flight = sum(counts.get(s, 0) for s in (OpState.DISPATCHING, OpState.RUNNING))
+        pending = counts.get(OpState.PENDING, 0)
+        dead = self._dead_letters
+        pve = "Proxmox unreachable" if self.health.up is False else "Proxmox ok"
+        return f"{in_flight} in flight, {pending} pending, {dead} dead letters; {pve}"
 
     async def _push(self, url: str) -> None:
         from lifecycled.engine.push import Pusher
@@ -337,6 +401,7 @@ class Runtime:
         self._state_counts.update(open_counts)
         self.metrics.set_queue_depth(self._state_counts)
         self.metrics.dead_letters.set(dead_letters)
+        self._dead_letters = dead_letters
         self.node_record = await self.journal.get_node(self.settings.node)
         await self.reconciler.refresh_gauges()
 
@@ -359,6 +424,8 @@ class Runtime:
             "stopping": self.stopping.is_set(),
             "started_at": self.started_at,
             "tracked_tasks": len(self.tracker),
+            "status": "degraded" if self.health.up is False else "ok",
+            "proxmox": self.health.to_dict(),
             "recover": report.to_dict() if report is not None else None,
             "reconcile": self.reconcile_status(),
         }

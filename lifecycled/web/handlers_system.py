@@ -33,7 +33,10 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """``GET /readyz``: Recover has finished and the journal can write."""
+    """``GET /readyz``: Recover has finished and the journal can write.
+
+    ``degraded`` (still 200) while Proxmox does not answer, with the reason and since when.
+    """
     runtime = runtime_of(request)
     if runtime.stopping.is_set():
         raise unavailable("not_ready", "lifecycled is shutting down", reason="stopping")
@@ -42,6 +45,18 @@ async def readyz(request: web.Request) -> web.Response:
     problem = await journal_write_problem(runtime)
     if problem is not None:
         raise unavailable("not_ready", f"the journal cannot write: {problem}", reason="journal")
+    health = runtime.health
+    if health.up is False:
+        # Still ready: submissions are journaled and run when Proxmox answers again.
+        body = health.to_dict()
+        return web.json_response(
+            {
+                "status": "degraded",
+                "reason": "proxmox_unreachable",
+                "detail": body["reason"],
+                "since": body["since"],
+            }
+        )
     return web.json_response({"status": "ready"})
 
 
@@ -135,7 +150,10 @@ ROUTES: tuple[Route, ...] = (
         tag="system",
         public=True,
         responses={
-            200: ok("Ready.", "Health"),
+            200: ok(
+                "Ready, or `degraded` while Proxmox does not answer (submissions still accepted).",
+                "Health",
+            ),
             503: error(
                 "Not ready (`not_ready`); `details.reason` is recovering, stopping or journal.",
                 retry_after=True,

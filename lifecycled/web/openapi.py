@@ -219,7 +219,12 @@ def schemas() -> dict[str, Any]:
         "Health": {
             "type": "object",
             "required": ["status"],
-            "properties": {"status": {"type": "string", "enum": ["ok", "ready"]}},
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "ready", "degraded"]},
+                "reason": {"type": "string"},
+                "detail": {"type": ["string", "null"]},
+                "since": {"type": ["string", "null"]},
+            },
         },
         "Error": err,
         **NODE_SCHEMAS,

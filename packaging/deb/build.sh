@@ -54,8 +54,6 @@ install -d "$pkgroot/usr/bin" "$pkgroot/lib/systemd/system" "$pkgroot/etc/lifecy
     "$pkgroot/usr/share/doc/lifecycled"
 ln -s "$prefix/bin/lifecycled" "$pkgroot/usr/bin/lifecycled"
 install -m 0644 "$root/examples/lifecycled.service" "$pkgroot/lib/systemd/system/lifecycled.service"
-sed -i "s#^ExecStart=/usr/local/bin/lifecycled#ExecStart=/usr/bin/lifecycled#" \
-    "$pkgroot/lib/systemd/system/lifecycled.service"
 install -m 0640 "$root/examples/lifecycled.toml" "$pkgroot/etc/lifecycled/lifecycled.toml"
 install -m 0644 "$root/README.md" "$root/CHANGELOG.md" "$pkgroot/usr/share/doc/lifecycled/"
 install -m 0644 "$root/LICENSE" "$pkgroot/usr/share/doc/lifecycled/copyright"

@@ -23,8 +23,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str], log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLED_")}
+    env.update(extra_env or {})
     with log.open("ab") as fh:
         return subprocess.Popen(
             [sys.executable, "-m", "lifecycled", *args],
@@ -138,7 +141,15 @@ class Sim:
 class Daemon:
     """`lifecycled run` as a subprocess against a simulator."""
 
-    def __init__(self, tmp: Path, sim: Sim, db: Path, *, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        sim: Sim,
+        db: Path,
+        *,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.tmp = tmp
         self.sim = sim
         self.db = db
@@ -147,6 +158,7 @@ class Daemon:
         self.token_file.write_text(TOKEN + "\n")
         self.token_file.chmod(0o600)
         self.extra = extra or []
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -184,6 +196,7 @@ class Daemon:
                 *self.extra,
             ],
             self.log,
+            self.env,
         )
         if wait_ready:
             wait_for(lambda: healthy(f"{self.url}/readyz"), 30, "daemon ready", self.proc, self.log)

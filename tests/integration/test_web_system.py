@@ -140,6 +140,17 @@ async def test_metrics_expose_every_spec_metric_without_ids(sim: SimServer, tmp_
     assert depth["succeeded"] == 1.0
     commands = [s for s in samples if s.name == "lifecycled_commands_total"]
     assert any(s.labels == {"action": "start", "outcome": "succeeded"} for s in commands)
+    zero = [s for s in commands if s.labels == {"action": "clone", "outcome": "dead_lettered"}]
+    assert [s.value for s in zero] == [0.0]  # every known series exists from the start
+    build = [s for s in samples if s.name == "lifecycled_build_info"]
+    assert build and build[0].labels["version"] == lifecycled.__version__
+    assert "process_cpu_seconds_total" in {s.name for s in samples}
+    assert {s.name for s in samples} >= {
+        "lifecycled_pve_up",
+        "lifecycled_recover_duration_seconds_count",
+    }
+    recover = [s for s in samples if s.name == "lifecycled_recover_duration_seconds_count"]
+    assert recover[0].value == 1.0
     vmids = {str(v) for v in sim.sim.guests}
     for sample in samples:
         for label, value in sample.labels.items():
@@ -167,8 +178,12 @@ def test_hostile_label_values_become_other() -> None:
     metrics.pve_request("GET", "/nodes/pve1/tasks", "200", 0.1)
     seen: set[str] = set()
     for family in metrics.registry.collect():
+        if not family.name.startswith("lifecycled_") or family.name == "lifecycled_build_info":
+            continue
         for sample in family.samples:
-            seen |= {v for k, v in sample.labels.items() if k != "le"}
+            # the zero-initialised series (and their _created stamps) carry known values only
+            if sample.value and not sample.name.endswith("_created"):
+                seen |= {v for k, v in sample.labels.items() if k != "le"}
     assert seen == {"other", "GET", "200"}
 
 

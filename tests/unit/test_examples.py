@@ -8,6 +8,7 @@ import inspect
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -65,7 +66,8 @@ def metric_catalogue() -> dict[str, frozenset[str]]:
     }
     out: dict[str, frozenset[str]] = {}
     for family in metrics.registry.collect():
-        own = labels[family.name]
+        # Collectors that are not metric objects (process_*, python_info): their samples' labels.
+        own = labels.get(family.name, frozenset(k for x in family.samples for k in x.labels))
         if family.type == "counter":
             out[family.name + "_total"] = own
         elif family.type == "histogram":
@@ -385,7 +387,9 @@ def test_systemd_unit_has_the_hardening_directives() -> None:
     """The unit runs unprivileged, sandboxed, with credentials, a state dir and a graceful stop."""
     service = unit_directives(UNIT.read_text(encoding="utf-8"))["Service"]
     expected = {
-        "Type": "exec",
+        "Type": "notify",
+        "NotifyAccess": "main",
+        "WatchdogSec": "30s",
         "User": "lifecycled",
         "Restart": "on-failure",
         "StateDirectory": "lifecycled",
@@ -416,7 +420,7 @@ def test_systemd_execstart_is_a_valid_run_with_credentials() -> None:
     sections = unit_directives(UNIT.read_text(encoding="utf-8"))
     service = sections["Service"]
     argv = shlex.split(service["ExecStart"][0].replace("%d", CREDENTIALS_DIR))
-    assert argv[:2] == ["/usr/local/bin/lifecycled", "run"]
+    assert argv[:2] == ["/usr/bin/lifecycled", "run"]
     config, flags = flags_to_settings(argv[2:])
     assert config == Path("/etc/lifecycled/lifecycled.toml")
     settings = load_settings(flags, env={}, config_file=TOML)
@@ -587,3 +591,31 @@ def test_client_reports_a_refusal_in_one_line_and_a_failed_op_with_exit_1(
         assert expected in refused.value.code
     assert client.main(argv) == 1
     assert len(_FakeDaemon.seen) == 3
+
+
+#: promtool from PATH, else the one `make tools` takes out of Debian's prometheus package.
+_LOCAL_PROMTOOL = Path(__file__).parents[2] / ".tools/prometheus/usr/bin/promtool"
+PROMTOOL = shutil.which("promtool") or (str(_LOCAL_PROMTOOL) if _LOCAL_PROMTOOL.exists() else None)
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (make tools)")
+def test_promtool_accepts_the_alert_rules_and_every_dashboard_query(tmp_path: Path) -> None:
+    """promtool checks the alert rules, and every dashboard query as a recording rule (PromQL syntax)."""
+    assert PROMTOOL is not None
+    rules = subprocess.run(
+        [PROMTOOL, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
+    )
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    queries = dashboard_queries(json.loads(DASHBOARD.read_text(encoding="utf-8")))
+    lines = ["groups:", "  - name: dashboard", "    rules:"]
+    for i, query in enumerate(queries):
+        expr = query.replace("$job", ".*").replace("$instance", ".*")
+        expr = expr.replace("$__rate_interval", "5m").replace("$__range", "1h")
+        lines += [f"      - record: dashboard:query_{i}", f"        expr: {json.dumps(expr)}"]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    checked = subprocess.run(
+        [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{len(queries)} rules found" in checked.stdout
