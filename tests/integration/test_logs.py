@@ -102,6 +102,7 @@ def test_text_format_is_valid_logfmt() -> None:
 def test_journald_stream_gets_priorities_and_no_timestamp(tmp_path: Path) -> None:
     """When stderr is the journal (JOURNAL_STREAM matches it), lines start <N> and carry no ts."""
     path = tmp_path / "stream"
+    root = logging.getLogger("lifecycled")
     with path.open("w") as stream:
         st = os.fstat(stream.fileno())
         env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
@@ -114,6 +115,8 @@ def test_journald_stream_gets_priorities_and_no_timestamp(tmp_path: Path) -> Non
         log.warning("op.json")
         configure_logging("text", "info", stream=stream, env={"JOURNAL_STREAM": "1:2"})
         log.info("not.journal")
+        root.handlers.clear()  # the file closes here: later tests must not log into it
+        root.propagate = True
     lines = path.read_text().splitlines()
     assert lines[0] == "<4>level=warning event=op.retry op_id=3"
     assert lines[1] == "<6>level=info event=op.done"
