@@ -61,6 +61,12 @@ class PolicyRefused(LifecycledError):
         self.code = code
 
 
+class RequestNotSent(LifecycledError):
+    """A Proxmox request could not be built (e.g. a parameter that cannot be encoded):
+    nothing reached Proxmox. Not a Proxmox failure, so not a :class:`PveError`: the engine
+    ends the op with the error class ``internal``."""
+
+
 class PveError(LifecycledError):
     """A Proxmox call failed.
 

@@ -32,6 +32,7 @@ from lifecycled.domain.reconcile import (
     report_of,
 )
 from lifecycled.engine.clock import Clock
+from lifecycled.engine.executor import internal_text
 from lifecycled.engine.guests import GuestService
 from lifecycled.errors import InvalidTransition, LifecycledError, PveError
 from lifecycled.journal import Journal, SubmitRequest
@@ -121,6 +122,15 @@ class Reconciler:
             log.warning("reconcile.failed", extra={"node": self.node, "error": str(err)})
             report = ReconcileReport(
                 outcome="error", started_at=started, finished_at=self.clock.now(), error=str(err)
+            )
+        except Exception as exc:  # a bug on one guest's data must not stop the daemon
+            text = internal_text(exc)
+            log.exception("reconcile.internal_error", extra={"node": self.node, "error": text})
+            report = ReconcileReport(
+                outcome="error",
+                started_at=started,
+                finished_at=self.clock.now(),
+                error=f"internal error: {text}",
             )
         report = attrs.evolve(report, finished_at=self.clock.now())
         if not dry_run:

@@ -24,7 +24,7 @@ from lifecycled.domain.serialize import rfc3339
 from lifecycled.domain.states import OpState
 from lifecycled.engine.clock import Clock, SystemClock
 from lifecycled.engine.dispatcher import Dispatcher
-from lifecycled.engine.executor import Executor
+from lifecycled.engine.executor import Executor, internal_text
 from lifecycled.engine.gate import Policy
 from lifecycled.engine.guests import GuestService
 from lifecycled.engine.health import PveHealth
@@ -283,7 +283,8 @@ class Runtime:
 
     async def _resilient(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run one of the daemon's loops; when the journal cannot write (full or read-only
-        disk), log it, wait and start the loop again instead of taking the daemon down.
+        disk), or the loop fails on something unexpected, log it, wait and start the loop
+        again instead of taking the daemon down.
 
         Meanwhile the HTTP API answers 503 and reads keep working; an op whose write failed
         stays where it was journaled, and the janitor/Recover rules pick it up (as after a
@@ -296,6 +297,10 @@ class Runtime:
                 return
             except JournalUnavailable as exc:
                 log.error("runtime.journal_unavailable", extra={"task": name, "error": str(exc)})
+            except Exception as exc:  # last net: ops are contained where they are handled
+                log.exception(
+                    "runtime.loop_failed", extra={"task": name, "error": internal_text(exc)}
+                )
             if await self._sleep_or_stop(delay):
                 return
             delay = min(delay * 2, 10.0)

@@ -14,9 +14,10 @@ from typing import Any
 
 import aiohttp
 import attrs
+import yarl
 
 from lifecycled.domain.classify import ErrorClass
-from lifecycled.errors import PveError
+from lifecycled.errors import PveError, RequestNotSent
 from lifecycled.pve import wire
 from lifecycled.pve.port import RequestHook
 from lifecycled.pve.timeouts import Timeouts
@@ -94,11 +95,13 @@ class Transport:
         seconds: float,
         action: str | None = None,
     ) -> Reply:
-        """One HTTP exchange; no answer → :class:`PveError` (status ``None``).
+        """One HTTP exchange; no answer → :class:`PveError` (status ``None``); a request
+        that cannot be encoded → :class:`RequestNotSent` (nothing left this process).
 
         ``action``: the op's action for a lifecycle call, so the error is classified once,
         with everything the classifier needs.
         """
+        url, form = self.encode(method, path, template, params=params, data=data)
         session = self.session()
         code = "error"
         started = time.perf_counter()
@@ -106,9 +109,8 @@ class Transport:
         try:
             async with session.request(
                 method,
-                self._api + path,
-                params=dict(params) if params else None,
-                data=dict(data) if data is not None else None,
+                url,
+                data=form,
                 headers=dict(headers),
                 timeout=aiohttp.ClientTimeout(total=seconds, sock_connect=self._timeouts.connect),
                 allow_redirects=False,
@@ -123,6 +125,34 @@ class Transport:
             self.observe(method, template, code, time.perf_counter() - started)
         # Raised outside the except block: no __context__ keeping aiohttp's connection objects.
         raise error
+
+    def encode(
+        self,
+        method: str,
+        path: str,
+        template: str,
+        *,
+        params: Mapping[str, Any] | None,
+        data: Mapping[str, str] | None,
+    ) -> tuple[yarl.URL, aiohttp.Payload | None]:
+        """The URL and form body, built before any connection is made: a path, query or
+        parameter that cannot be encoded (a lone surrogate, a control character in a form
+        field name) is refused here, provably unsent."""
+        try:
+            url = yarl.URL(self._api + path)
+            if params:
+                url = url.extend_query(dict(params))
+            body = aiohttp.FormData(dict(data))() if data is not None else None
+        except (ValueError, TypeError) as exc:
+            logger.warning(
+                "pve.request_not_sent",
+                extra={"method": method, "endpoint": template, "error": str(exc)},
+            )
+            raise RequestNotSent(
+                f"{method} {template}: the request cannot be encoded, nothing was sent: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        return url, body
 
     def observe(self, method: str, template: str, code: str, seconds: float) -> None:
         logger.debug(
