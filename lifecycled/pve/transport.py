@@ -101,7 +101,7 @@ class Transport:
         ``action``: the op's action for a lifecycle call, so the error is classified once,
         with everything the classifier needs.
         """
-        url, form = self.encode(method, path, template, params=params, data=data)
+        self.check_encodable(method, path, template, params=params, data=data)
         session = self.session()
         code = "error"
         started = time.perf_counter()
@@ -109,8 +109,9 @@ class Transport:
         try:
             async with session.request(
                 method,
-                url,
-                data=form,
+                self._api + path,
+                params=dict(params) if params else None,
+                data=dict(data) if data is not None else None,
                 headers=dict(headers),
                 timeout=aiohttp.ClientTimeout(total=seconds, sock_connect=self._timeouts.connect),
                 allow_redirects=False,
@@ -126,7 +127,7 @@ class Transport:
         # Raised outside the except block: no __context__ keeping aiohttp's connection objects.
         raise error
 
-    def encode(
+    def check_encodable(
         self,
         method: str,
         path: str,
@@ -134,15 +135,16 @@ class Transport:
         *,
         params: Mapping[str, Any] | None,
         data: Mapping[str, str] | None,
-    ) -> tuple[yarl.URL, aiohttp.Payload | None]:
-        """The URL and form body, built before any connection is made: a path, query or
-        parameter that cannot be encoded (a lone surrogate, a control character in a form
-        field name) is refused here, provably unsent."""
+    ) -> None:
+        """Encode the URL and form body the way aiohttp will, before any connection is
+        made: a path, query or parameter that cannot be encoded (a lone surrogate, a
+        control character in a form field name) is refused here, provably unsent."""
         try:
             url = yarl.URL(self._api + path)
             if params:
-                url = url.extend_query(dict(params))
-            body = aiohttp.FormData(dict(data))() if data is not None else None
+                url.extend_query(dict(params))
+            if data is not None:
+                aiohttp.FormData(dict(data))()
         except (ValueError, TypeError) as exc:
             logger.warning(
                 "pve.request_not_sent",
@@ -152,7 +154,6 @@ class Transport:
                 f"{method} {template}: the request cannot be encoded, nothing was sent: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
-        return url, body
 
     def observe(self, method: str, template: str, code: str, seconds: float) -> None:
         logger.debug(
