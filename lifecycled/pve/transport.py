@@ -38,6 +38,14 @@ class Reply:
     body: bytes
 
 
+def _strict(text: str) -> None:
+    """Raise ValueError for text that cannot go into a URL as it is: a control character
+    or a lone surrogate."""
+    text.encode("utf-8")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"control character in {text!r}")
+
+
 class Transport:
     """One lazily created :class:`aiohttp.ClientSession` and the request/answer mapping."""
 
@@ -140,9 +148,11 @@ class Transport:
         made: a path, query or parameter that cannot be encoded (a lone surrogate, a
         control character in a form field name) is refused here, provably unsent."""
         try:
-            url = yarl.URL(self._api + path)
-            if params:
-                url.extend_query(dict(params))
+            # yarl silently drops what it cannot encode (``pve1\n`` → ``pve1``): refuse
+            # instead, so that a request never goes somewhere other than where it was meant.
+            for text in (path, *(str(v) for v in (params or {}).values())):
+                _strict(text)
+            yarl.URL(self._api + path).extend_query(dict(params or {}))
             if data is not None:
                 aiohttp.FormData(dict(data))()
         except (ValueError, TypeError) as exc:
