@@ -29,6 +29,10 @@ class JournalUnavailable(JournalError):
     """The journal cannot write right now (disk full, read-only); try again later."""
 
 
+class JournalLocked(JournalError):
+    """Another daemon holds the journal (one ``lifecycled run`` per journal)."""
+
+
 class JournalTooNew(JournalError):
     """The journal was written by a newer lifecycled than this one."""
 
