@@ -154,6 +154,20 @@ async def resolve_guest(sub: Submission, pve: PveClient | None, *, default_node:
     raise NotFound(f"guest {lookup_vmid} not found in the cluster; give kind and node")
 
 
+async def _managed_guest(journal: Journal, sub: Submission) -> GuestRef | None:
+    """Where the journal's row says a managed guest is: ops for it take node and kind from
+    there (no Proxmox lookup), and a client value that disagrees is refused, with both
+    values, by the journal's submission guard (``check_placement``) — after its idempotency
+    check, in the transaction that writes. ``None`` for create/clone and for guests the
+    journal does not manage (resolved from the request or Proxmox)."""
+    if Action(sub.action) in (Action.CREATE, Action.CLONE):
+        return None
+    row = await journal.find_guest(sub.vmid)
+    if row is None or not row.managed:
+        return None
+    return GuestRef(node=row.node, kind=row.kind, vmid=sub.vmid)
+
+
 def with_fingerprint(
     action: Action, kind: GuestKind, key: str, params: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -181,7 +195,17 @@ async def submit(
     action sets the guest's desired state in the same transaction.
     """
     validate(sub)
-    guest = await resolve_guest(sub, pve, default_node=default_node)
+    placed = await _managed_guest(journal, sub)
+    if placed is None:
+        guest = await resolve_guest(sub, pve, default_node=default_node)
+    else:
+        # The journal's row decides the node's admission; the client's node/kind, when
+        # given, travel on to the journal, which refuses them if they disagree with the row.
+        guest = GuestRef(
+            node=sub.node if sub.node is not None else placed.node,
+            kind=GuestKind(sub.kind) if sub.kind is not None else placed.kind,
+            vmid=sub.vmid,
+        )
     try:
         spec_for(guest.kind, sub.action)  # the kind resolved from Proxmox may not support it
     except UnsupportedAction as exc:
@@ -190,7 +214,7 @@ async def submit(
         journal,
         served=default_node,
         action=sub.action,
-        guest=guest,
+        guest=placed or guest,
         params=sub.params,
         idempotency_key=sub.idempotency_key,
         actor=sub.actor,
