@@ -169,7 +169,7 @@ async def test_a_node_spelled_differently_cannot_bypass_a_drain(
         assert guest.node == env.runtime.settings.node
         status, _ = await call(env, "POST", "/v1/node/drain", {"reason": "maintenance"})
         assert status == 200
-        statuses = []
+        statuses: list[int] = []
         for spelled in (f"{guest.node}\n", guest.node, None):
             body: dict[str, Any] = {"action": "start", "vmid": guest.vmid, "kind": "qemu"}
             if spelled is not None:
