@@ -179,3 +179,37 @@ async def test_a_node_spelled_differently_cannot_bypass_a_drain(
         assert await env.op_count() == 0
     assert all(400 <= s < 600 for s in statuses), statuses
     assert not sim.sim.guests[guest.vmid].running
+
+
+async def test_a_create_on_a_gone_guests_vmid_records_the_new_guest_once_it_succeeds(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """The vmid of an adopted guest that is gone is free; the create's success (not its
+    submission) records the new guest: native, with its own fingerprint."""
+    guest = pick(sim, "qemu", running=False)
+    async with serving(sim, tmp_path) as env:
+        journal = env.runtime.journal
+        status, _ = await call(env, "POST", f"/v1/guests/{guest.vmid}/adopt")
+        assert status == 200
+        sim.sim.delete_guest(guest.vmid)
+        await journal.apply_observations(now=time.time(), missing=[guest.vmid])
+        before = identity(await journal.get_guest(guest.vmid))
+        status, created = await env.submit(
+            {
+                "action": "create",
+                "vmid": guest.vmid,
+                "kind": "qemu",
+                "node": guest.node,
+                "params": {"name": "reborn", "memory": 512},
+                "idempotency_key": "reborn",
+            }
+        )
+        assert status == 202, created
+        done = await env.wait_state(created["id"])
+        after = await journal.get_guest(guest.vmid)
+    assert before["origin"].value == "adopted"
+    assert done["state"] == "succeeded", done["error"]
+    assert after.origin.value == "native"
+    assert after.fingerprint["name"] == "reborn"
+    assert sim.sim.guests[guest.vmid].config["name"] == "reborn"
+    assert after.fingerprint["uuid"] in sim.sim.guests[guest.vmid].config["smbios1"]
