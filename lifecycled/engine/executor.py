@@ -369,9 +369,10 @@ class Executor:
     async def contain(self, op: Op, exc: Exception, *, where: str, end: bool) -> None:
         """One op's unexpected exception, kept to that op (issue 10 point 5): logged with the
         op id, then the op ends ``failed`` (class ``internal``, the exception in its history)
-        when ``end`` says nothing may have reached Proxmox and it is still the ``dispatching``
-        op this process claimed; otherwise it is left in flight, the error noted in its
-        history, for the janitor (a POST may have been sent: never end it blindly).
+        when ``end`` says this attempt sent nothing, no earlier attempt's POST is still
+        unanswered (``ambiguous_since``) and it is still the ``dispatching`` op this process
+        claimed; otherwise it is left in flight, the error noted in its history, for the
+        janitor (a POST may have been sent: never end it blindly).
 
         Never raises except :class:`JournalUnavailable` (the daemon's loops wait that out).
         """
@@ -384,7 +385,12 @@ class Executor:
         reason = f"internal error in {where}: {text}"
         try:
             current = await self.journal.get(op.id)
-            if end and current.state is OpState.DISPATCHING and current.upid is None:
+            if (
+                end
+                and current.state is OpState.DISPATCHING
+                and current.upid is None
+                and current.ambiguous_since is None  # no earlier unanswered POST either
+            ):
                 await self.apply(current, fail(reason, ErrorClass.INTERNAL, text))
             elif current.state.is_in_flight:
                 await durable(

@@ -197,3 +197,53 @@ async def test_recover_survives_a_bad_in_flight_op(sim: SimServer, tmp_path: Pat
     assert any("internal error in recover: ValueError" in r for r in history)
     assert good_after.state is OpState.SUCCEEDED  # start: the guest runs, target holds
     assert later_done.state is OpState.SUCCEEDED, later_done.error
+
+
+async def test_an_op_whose_earlier_post_is_unanswered_is_never_ended_blindly(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """An op whose earlier attempt's POST went unanswered (ambiguous) and whose next attempt
+    raises before any POST is left in flight, noted for the janitor — never failed, since
+    its first POST may have started a task; the daemon carries on."""
+    settings = fast_settings(tmp_path, sim)
+    await seed_guests(settings.db, sim.sim.guests.values())
+    taken: set[int] = set()
+    source = pick(sim, "qemu", False, avoid=taken)
+    good_guest = pick(sim, "qemu", False, avoid=taken)
+    new_vmid = max(sim.sim.guests) + 1
+    async with await Journal.open(settings.db) as journal:
+        clone = SubmitRequest(
+            idempotency_key="ambiguous-clone",
+            action="clone",
+            guest=GuestRef(node=source.node, kind=GuestKind.QEMU, vmid=new_vmid),
+            params={"source_vmid": "not-a-vmid"},
+            origin=Origin.API,
+            actor="test",
+        )
+        bad = (await journal.submit(clone, now=time.time())).op
+        assert await journal.claim_next(now=time.time()) is not None
+        await journal.requeue(
+            bad.id, now=time.time(), next_attempt_at=time.time(), reason="no answer", ambiguous=True
+        )
+    runtime = await Runtime.build(settings, pve=client_for(sim))
+    task = asyncio.create_task(runtime.run(), name="runtime")
+    try:
+        await asyncio.wait_for(runtime.ready.wait(), 10)
+        async with asyncio.timeout(10):
+            while not any(
+                "left in flight" in h.reason for h in await runtime.journal.history(bad.id)
+            ):
+                await asyncio.sleep(0.05)
+        after = await runtime.journal.get(bad.id)
+        good = await submit(runtime, "start", good_guest, key="good")
+        good_done = await wait_terminal(runtime, good.id)
+        assert not task.done()
+    finally:
+        runtime.request_stop()
+        try:
+            await asyncio.wait_for(task, 15)
+        finally:
+            await runtime.close()
+    assert after.state is OpState.DISPATCHING
+    assert good_done.state is OpState.SUCCEEDED, good_done.error
+    assert not writes_to(sim, source.vmid, "/clone")
