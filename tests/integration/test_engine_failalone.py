@@ -28,6 +28,8 @@ from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.domain.states import OpState
 from lifecycled.engine.runtime import Runtime
 from lifecycled.journal import Journal, SubmitRequest
+from lifecycled.pve.auth import TokenAuth
+from lifecycled.pve.http import HttpPveClient
 from lifecycled.sim import SimServer
 from lifecycled.sim.model import Guest
 
@@ -247,3 +249,47 @@ async def test_an_op_whose_earlier_post_is_unanswered_is_never_ended_blindly(
     assert after.state is OpState.DISPATCHING
     assert good_done.state is OpState.SUCCEEDED, good_done.error
     assert not writes_to(sim, source.vmid, "/clone")
+
+
+class _FailsAfterSending(HttpPveClient):
+    """The real client, except that its first dispatch raises after the POST was answered:
+    an adapter bug at the worst moment (the task exists, the engine never saw its UPID)."""
+
+    failed = False
+
+    async def dispatch(self, *args: Any, **kwargs: Any) -> Any:
+        upid = await super().dispatch(*args, **kwargs)
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("adapter bug after the POST")
+        return upid
+
+
+async def test_an_exception_after_the_post_goes_to_the_task_search_never_a_second_post(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """An unexpected exception from the dispatch call (the POST may have left) takes the
+    ambiguous path: the op adopts the task it started and succeeds, with exactly one POST."""
+    guest = pick(sim, "qemu", True)
+    settings = fast_settings(tmp_path, sim)
+    await seed_guests(settings.db, sim.sim.guests.values())
+    user, _, secret = sim.sim.cfg.token.partition("=")
+    pve = _FailsAfterSending(sim.url, auth=TokenAuth(user=user, secret=secret))
+    runtime = await Runtime.build(settings, pve=pve)
+    task = asyncio.create_task(runtime.run(), name="runtime")
+    try:
+        await asyncio.wait_for(runtime.ready.wait(), 10)
+        op = await submit(runtime, "reboot", guest, key="reboot-once")
+        done = await wait_terminal(runtime, op.id)
+        history = [h.reason for h in await runtime.journal.history(op.id)]
+        assert not task.done()
+    finally:
+        runtime.request_stop()
+        try:
+            await asyncio.wait_for(task, 15)
+        finally:
+            await runtime.close()
+    assert pve.failed
+    assert done.state is OpState.SUCCEEDED, (done.error, history)
+    assert any("adopted" in r for r in history), history
+    assert len(writes_to(sim, guest.vmid, "/status/reboot")) == 1
