@@ -268,14 +268,15 @@ class Runtime:
                         self._resilient(f"dispatcher-{i}", worker), name=f"dispatcher-{i}"
                     )
                 tg.create_task(self._resilient("janitor", self._janitor), name="janitor")
-                tg.create_task(self._gauges(), name="gauges")
+                tg.create_task(self._resilient("gauges", self._gauges), name="gauges")
                 tg.create_task(self._resilient("reconcile", self._reconcile), name="reconcile")
                 tg.create_task(self._resilient("pve-probe", self._probe), name="pve-probe")
                 interval = self.notifier.watchdog_interval
                 if interval is not None:
                     tg.create_task(self._watchdog(interval), name="watchdog")
                 if self.settings.notify_url:
-                    tg.create_task(self._push(self.settings.notify_url), name="push")
+                    push = functools.partial(self._push, self.settings.notify_url)
+                    tg.create_task(self._resilient("push", push), name="push")
         finally:
             self.ready.clear()
             if stop_web is not None:

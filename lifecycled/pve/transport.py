@@ -14,10 +14,9 @@ from typing import Any
 
 import aiohttp
 import attrs
-import yarl
 
 from lifecycled.domain.classify import ErrorClass
-from lifecycled.errors import PveError, RequestNotSent
+from lifecycled.errors import PveError
 from lifecycled.pve import wire
 from lifecycled.pve.port import RequestHook
 from lifecycled.pve.timeouts import Timeouts
@@ -36,14 +35,6 @@ class Reply:
     status: int
     reason: str
     body: bytes
-
-
-def _strict(text: str) -> None:
-    """Raise ValueError for text that cannot go into a URL as it is: a control character
-    or a lone surrogate."""
-    text.encode("utf-8")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise ValueError(f"control character in {text!r}")
 
 
 class Transport:
@@ -144,26 +135,17 @@ class Transport:
         params: Mapping[str, Any] | None,
         data: Mapping[str, str] | None,
     ) -> None:
-        """Encode the URL and form body the way aiohttp will, before any connection is
-        made: a path, query or parameter that cannot be encoded (a lone surrogate, a
-        control character in a form field name) is refused here, provably unsent."""
-        try:
-            # yarl silently drops what it cannot encode (``pve1\n`` → ``pve1``): refuse
-            # instead, so that a request never goes somewhere other than where it was meant.
-            for text in (path, *(str(v) for v in (params or {}).values())):
-                _strict(text)
-            yarl.URL(self._api + path).extend_query(dict(params or {}))
-            if data is not None:
+        """Refuse, before any connection is made, a request that cannot go out exactly as
+        built (:func:`wire.unsendable`), or whose form aiohttp would not encode: it raises
+        :class:`RequestNotSent`, provably unsent."""
+        reason = wire.unsendable(path, params, data)
+        if reason is None and data is not None:
+            try:
                 aiohttp.FormData(dict(data))()
-        except (ValueError, TypeError) as exc:
-            logger.warning(
-                "pve.request_not_sent",
-                extra={"method": method, "endpoint": template, "error": str(exc)},
-            )
-            raise RequestNotSent(
-                f"{method} {template}: the request cannot be encoded, nothing was sent: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
+            except (ValueError, TypeError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+        if reason is not None:
+            raise wire.not_sent(method, template, reason)
 
     def observe(self, method: str, template: str, code: str, seconds: float) -> None:
         logger.debug(

@@ -78,7 +78,7 @@ async def test_unencodable_op_fails_internal_and_others_proceed(
     assert bad_done.state is OpState.FAILED
     assert bad_done.error is not None
     assert bad_done.error.error_class is ErrorClass.INTERNAL
-    assert "nothing was sent" in bad_done.error.message
+    assert "not sent, the request cannot be encoded" in bad_done.error.message
     assert any(r.startswith("internal error in dispatcher: RequestNotSent") for r in history)
     assert good_done.state is OpState.SUCCEEDED, good_done.error
     assert later_done.state is OpState.SUCCEEDED, later_done.error
