@@ -293,3 +293,30 @@ async def test_an_exception_after_the_post_goes_to_the_task_search_never_a_secon
     assert done.state is OpState.SUCCEEDED, (done.error, history)
     assert any("adopted" in r for r in history), history
     assert len(writes_to(sim, guest.vmid, "/status/reboot")) == 1
+
+
+async def test_a_worker_survives_a_concurrent_writer(sim: SimServer, tmp_path: Path) -> None:
+    """An op ended by another writer while a worker checks its guest (InvalidTransition
+    when the worker finishes it) stays as that writer left it; the worker goes on and a
+    later op succeeds."""
+    taken: set[int] = set()
+    first = pick(sim, "qemu", True, avoid=taken)
+    second = pick(sim, "qemu", False, avoid=taken)
+    sim.sim.add_fault(method="GET", path=f"/{first.vmid}/status/current$", delay=1.0)
+    async with running(sim, tmp_path) as rt:
+        a = await submit(rt, "start", first, key="a")
+        async with asyncio.timeout(10):
+            while (await rt.journal.get(a.id)).state is not OpState.DISPATCHING:
+                await asyncio.sleep(0.02)
+        async with await Journal.open(rt.settings.db) as other:
+            await other.finish(
+                a.id, OpState.FAILED, now=time.time(), reason="ended by another writer"
+            )
+        await asyncio.sleep(1.3)  # the worker's guest read answers, then it tries to finish
+        b = await submit(rt, "start", second, key="b")
+        b_done = await wait_terminal(rt, b.id)
+        a_after = await rt.journal.get(a.id)
+    assert a_after.state is OpState.FAILED
+    assert a_after.error is None or a_after.error.error_class is not ErrorClass.INTERNAL
+    assert b_done.state is OpState.SUCCEEDED, b_done.error
+    assert not writes_to(sim, first.vmid)
