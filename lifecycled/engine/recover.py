@@ -31,7 +31,7 @@ from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.executor import Executor, NodeTasks, Prefetched, op_fields
 from lifecycled.engine.tracker import Tracker
-from lifecycled.errors import JournalUnavailable, PveError
+from lifecycled.errors import JournalUnavailable, PveError, RequestNotSent
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import is_no_such_task
@@ -182,6 +182,9 @@ class Recoverer:
                 )
             except PveError as err:
                 log.warning("recover.prefetch_failed", extra={"node": node, "error": err.text})
+                continue
+            except RequestNotSent as exc:  # a node name no request can carry: read per op
+                log.warning("recover.prefetch_failed", extra={"node": node, "error": str(exc)})
                 continue
             if listing.total <= len(listing.items):
                 tasks[node] = NodeTasks.of(since, listing.items)

@@ -320,3 +320,49 @@ async def test_a_worker_survives_a_concurrent_writer(sim: SimServer, tmp_path: P
     assert a_after.error is None or a_after.error.error_class is not ErrorClass.INTERNAL
     assert b_done.state is OpState.SUCCEEDED, b_done.error
     assert not writes_to(sim, first.vmid)
+
+
+async def test_recover_with_prefetch_survives_an_op_on_an_unsendable_node(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """Many ops in flight at start (Recover reads task lists up front) and one names a node
+    no request can carry (``pve1\\n``, journaled before the door refused it): Recover still
+    resolves the others and the daemon becomes ready; that op is left in flight, noted."""
+    settings = fast_settings(tmp_path, sim)
+    await seed_guests(settings.db, sim.sim.guests.values())
+    taken: set[int] = set()
+    goods = [pick(sim, "qemu", True, avoid=taken) for _ in range(2)]
+    goods += [pick(sim, "lxc", True, avoid=taken) for _ in range(3)]
+    bad_guest = pick(sim, "qemu", False, avoid=taken)
+    async with await Journal.open(settings.db) as journal:
+        for i, guest in enumerate(goods):
+            await _journal_op(journal, guest, "start", f"good-{i}", {})
+        bad = SubmitRequest(
+            idempotency_key="bad-node",
+            action="start",
+            guest=GuestRef(node=f"{bad_guest.node}\n", kind=GuestKind.QEMU, vmid=bad_guest.vmid),
+            params={},
+            origin=Origin.API,
+            actor="test",
+        )
+        bad_op = (await journal.submit(bad, now=time.time())).op
+        while await journal.claim_next(now=time.time()) is not None:
+            pass
+    runtime = await Runtime.build(settings, pve=client_for(sim))
+    task = asyncio.create_task(runtime.run(), name="runtime")
+    try:
+        await asyncio.wait_for(runtime.ready.wait(), 10)
+        report = runtime.recoverer.last_report
+        bad_after = await runtime.journal.get(bad_op.id)
+        states = [(await runtime.journal.get(i)).state for i in range(1, len(goods) + 1)]
+        assert not task.done()
+    finally:
+        runtime.request_stop()
+        try:
+            await asyncio.wait_for(task, 15)
+        finally:
+            await runtime.close()
+    assert report is not None and report.counts["examined"] == len(goods) + 1
+    assert states == [OpState.SUCCEEDED] * len(goods)
+    assert bad_after.state is OpState.DISPATCHING
+    assert not sim.sim.guests[bad_guest.vmid].running
