@@ -34,7 +34,7 @@ from lifecycled.domain.reconcile import (
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.executor import internal_text
 from lifecycled.engine.guests import GuestService
-from lifecycled.errors import InvalidTransition, LifecycledError, PveError
+from lifecycled.errors import InvalidTransition, LifecycledError, PveError, RequestNotSent
 from lifecycled.journal import Journal, SubmitRequest
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import PveClient
@@ -356,7 +356,7 @@ class Reconciler:
             guest = inp.guests[vmid]
             try:
                 config = await self.pve.guest_config(guest.node, guest.kind, vmid)
-            except PveError:
+            except (PveError, RequestNotSent):  # unreadable now, or a row no request can name
                 continue
             current = fingerprint_of(guest.kind, config.values)
             if guest.fingerprint and not fingerprint_matches(guest.fingerprint, current):
@@ -369,7 +369,7 @@ class Reconciler:
             guest = inp.guests[vmid]
             try:
                 config = await self.pve.guest_config(guest.node, guest.kind, vmid)
-            except PveError:
+            except (PveError, RequestNotSent):  # unreadable now, or a row no request can name
                 continue
             digests[vmid] = config.digest
             if config.digest != guest.config_digest and not guest.drifted:
