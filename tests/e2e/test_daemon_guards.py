@@ -67,8 +67,7 @@ def _terminal(daemon: Daemon, op_id: int) -> dict[str, Any]:
 
 
 def test_a_bad_op_fails_alone_in_the_real_daemon(tmp_path: Path) -> None:
-    """`lifecycled run` meets a journaled op it cannot send: that op ends failed (internal),
-    the daemon stays up, /readyz stays 200 and a good op submitted after it completes."""
+    """`lifecycled run` fails an unsendable op (internal) and keeps serving."""
     sim = Sim(tmp_path, guests=4, task_seconds=0.2)
     daemon = Daemon(tmp_path, sim, tmp_path / "journal.sqlite3")
     try:
@@ -116,9 +115,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_second_daemon_on_one_journal_exits_at_once(tmp_path: Path) -> None:
-    """While a daemon runs, a second `run` on its journal exits 1 with one line naming the
-    holder's pid and touches nothing; admin commands still work; after SIGKILL of the first
-    the lock is free and a new daemon starts."""
+    """A second `run` on a journal exits 1 naming the holder; SIGKILL frees the lock."""
     sim = Sim(tmp_path, guests=2, task_seconds=0.2)
     db = tmp_path / "journal.sqlite3"
     first = Daemon(tmp_path, sim, db)
@@ -168,8 +165,7 @@ def test_second_daemon_on_one_journal_exits_at_once(tmp_path: Path) -> None:
 
 
 def test_run_refuses_before_opening_a_locked_journal(tmp_path: Path) -> None:
-    """With `<db>.lock` held (here by the test process), `run` exits 1 naming the holder's
-    pid before it opens, creates or migrates the journal."""
+    """`run` on a locked journal exits 1 naming the pid, before opening the journal."""
     db = tmp_path / "sub" / "journal.sqlite3"
     with DaemonLock(db):
         done = _cli("run", "--db", str(db), "--pve-url", "http://127.0.0.1:9", cwd=tmp_path)

@@ -61,8 +61,7 @@ async def _journal_op(
 async def test_unencodable_op_fails_internal_and_others_proceed(
     sim: SimServer, tmp_path: Path, bad_params: dict[str, Any]
 ) -> None:
-    """An op whose params cannot be put on the wire ends failed (internal), nothing is sent
-    for it, a good op alongside succeeds and the daemon keeps running."""
+    """An unencodable op ends failed (internal), unsent; a good op beside it succeeds."""
     taken: set[int] = set()
     bad_guest = pick(sim, "qemu", False, avoid=taken)
     good_guest = pick(sim, "qemu", False, avoid=taken)
@@ -93,8 +92,7 @@ def _config_path(guest: Guest) -> str:
 async def test_bad_ops_journaled_before_start_do_not_crash_loop(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """Bad ops waiting in the journal at start each fail alone; the daemon becomes ready and
-    runs the good op submitted with them (no crash loop across restarts)."""
+    """Bad ops journaled before start fail alone on every restart: no crash loop."""
     settings = fast_settings(tmp_path, sim)
     await seed_guests(settings.db, sim.sim.guests.values())
     taken: set[int] = set()
@@ -122,8 +120,7 @@ async def test_bad_ops_journaled_before_start_do_not_crash_loop(
 
 
 async def test_tracker_survives_a_concurrent_writer(sim_factory: Any, tmp_path: Path) -> None:
-    """An op finished by another writer while its task is tracked (InvalidTransition when the
-    tracker resolves it) stops tracking of that op only: the other op still succeeds."""
+    """An op another writer ended while tracked stops only its own tracking."""
     server = await sim_factory(task_seconds=1.0)
     taken: set[int] = set()
     first = pick(server, "qemu", False, avoid=taken)
@@ -154,8 +151,7 @@ async def test_tracker_survives_a_concurrent_writer(sim_factory: Any, tmp_path: 
 
 
 async def test_recover_survives_a_bad_in_flight_op(sim: SimServer, tmp_path: Path) -> None:
-    """A bad op in flight at start (its Recover raises) is left in flight with the error in
-    its history; Recover resolves the others, the daemon becomes ready and serves."""
+    """A bad in-flight op is left in flight, noted; Recover resolves the rest."""
     settings = fast_settings(tmp_path, sim)
     await seed_guests(settings.db, sim.sim.guests.values())
     taken: set[int] = set()
@@ -204,9 +200,7 @@ async def test_recover_survives_a_bad_in_flight_op(sim: SimServer, tmp_path: Pat
 async def test_an_op_whose_earlier_post_is_unanswered_is_never_ended_blindly(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """An op whose earlier attempt's POST went unanswered (ambiguous) and whose next attempt
-    raises before any POST is left in flight, noted for the janitor — never failed, since
-    its first POST may have started a task; the daemon carries on."""
+    """An op whose earlier POST went unanswered is left in flight, never failed."""
     settings = fast_settings(tmp_path, sim)
     await seed_guests(settings.db, sim.sim.guests.values())
     taken: set[int] = set()
@@ -268,8 +262,7 @@ class _FailsAfterSending(HttpPveClient):
 async def test_an_exception_after_the_post_goes_to_the_task_search_never_a_second_post(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """An unexpected exception from the dispatch call (the POST may have left) takes the
-    ambiguous path: the op adopts the task it started and succeeds, with exactly one POST."""
+    """An exception after the POST adopts the task found: one POST, success."""
     guest = pick(sim, "qemu", True)
     settings = fast_settings(tmp_path, sim)
     await seed_guests(settings.db, sim.sim.guests.values())
@@ -296,9 +289,7 @@ async def test_an_exception_after_the_post_goes_to_the_task_search_never_a_secon
 
 
 async def test_a_worker_survives_a_concurrent_writer(sim: SimServer, tmp_path: Path) -> None:
-    """An op ended by another writer while a worker checks its guest (InvalidTransition
-    when the worker finishes it) stays as that writer left it; the worker goes on and a
-    later op succeeds."""
+    """An op another writer ended mid-dispatch stays so; the worker carries on."""
     taken: set[int] = set()
     first = pick(sim, "qemu", True, avoid=taken)
     second = pick(sim, "qemu", False, avoid=taken)
@@ -325,9 +316,7 @@ async def test_a_worker_survives_a_concurrent_writer(sim: SimServer, tmp_path: P
 async def test_recover_with_prefetch_survives_an_op_on_an_unsendable_node(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """Many ops in flight at start (Recover reads task lists up front) and one names a node
-    no request can carry (``pve1\\n``, journaled before the door refused it): Recover still
-    resolves the others and the daemon becomes ready; that op is left in flight, noted."""
+    """Recover's prefetch skips a node no request can carry (``pve1\\n``)."""
     settings = fast_settings(tmp_path, sim)
     await seed_guests(settings.db, sim.sim.guests.values())
     taken: set[int] = set()

@@ -518,8 +518,7 @@ async def test_proxmoxer_https_with_password(tmp_path: Path) -> None:
 async def test_a_request_that_cannot_be_encoded_is_refused_unsent(
     pve: Harness, params: dict[str, object]
 ) -> None:
-    """Every adapter refuses a parameter it cannot put on the wire as it is, before anything
-    is sent: RequestNotSent (not a Proxmox error), and the simulator saw no request."""
+    """Every adapter refuses an unencodable request before sending: RequestNotSent."""
     node = at(pve, 101)
     seen = len(pve.sim.requests)
     before = dict(pve.sim.guests[101].config)

@@ -40,9 +40,7 @@ def identity(row: GuestRecord) -> dict[str, Any]:
 async def test_create_naming_a_managed_guest_is_refused_and_the_row_kept(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """create/clone with the vmid of a managed guest Proxmox shows: 422 vmid_in_use, nothing
-    journaled, the row untouched, and a destructive op on the real guest still passes the
-    fingerprint check."""
+    """create/clone on a present managed guest's vmid: 422 vmid_in_use, row kept."""
     guest = pick(sim, "qemu", running=True)
     source = pick(sim, "qemu", running=False)
     async with serving(sim, tmp_path) as env:
@@ -71,9 +69,7 @@ async def test_create_naming_a_managed_guest_is_refused_and_the_row_kept(
 async def test_an_accepted_create_that_fails_leaves_the_row_alone(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """A create accepted because the journal last saw the guest missing (it came back
-    meanwhile) fails at dispatch with "vmid already taken" and leaves every identity field
-    of the row as it was: the real guest's later stop is not refused as a mismatch."""
+    """An accepted create that fails (vmid taken) leaves the guest's row as it was."""
     guest = pick(sim, "qemu", running=True)
     async with serving(sim, tmp_path) as env:
         journal = env.runtime.journal
@@ -103,9 +99,7 @@ async def test_an_accepted_create_that_fails_leaves_the_row_alone(
 
 
 async def test_remanage_repairs_a_wrong_fingerprint_audited(sim: SimServer, tmp_path: Path) -> None:
-    """A row whose fingerprint names another guest refuses destructive ops; re-manage reads
-    the guest again, records its real fingerprint with an audit record saying so, and the
-    destructive op then passes."""
+    """Re-manage repairs a wrong fingerprint, audited; the destructive op then passes."""
     guest = pick(sim, "qemu", running=True)
     async with serving(sim, tmp_path) as env:
         journal = env.runtime.journal
@@ -138,8 +132,7 @@ async def test_remanage_repairs_a_wrong_fingerprint_audited(sim: SimServer, tmp_
 async def test_a_managed_guests_node_and_kind_come_from_the_journal(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """An op naming another node or kind than the managed guest's row is refused with 422
-    naming both values, nothing journaled; without node and kind the row's are used."""
+    """Another node/kind than the managed guest's row: 422 naming both, nothing written."""
     guest = pick(sim, "qemu", running=False)
     other = next(n for n in sim.sim.cfg.nodes if n != guest.node)
     async with serving(sim, tmp_path, run=False) as env:
@@ -162,8 +155,7 @@ async def test_a_managed_guests_node_and_kind_come_from_the_journal(
 async def test_a_node_spelled_differently_cannot_bypass_a_drain(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """While the served node drains, a start for a guest on it is refused however the
-    request spells the node (``pve1\\n``): nothing journaled, the guest stays stopped."""
+    """A drain refuses a start however the request spells the node (``pve1\\n``)."""
     guest = pick_on(sim, sim.sim.cfg.nodes[0], "qemu", running=False)
     async with serving(sim, tmp_path) as env:
         assert guest.node == env.runtime.settings.node
@@ -184,8 +176,7 @@ async def test_a_node_spelled_differently_cannot_bypass_a_drain(
 async def test_a_create_on_a_gone_guests_vmid_records_the_new_guest_once_it_succeeds(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """The vmid of an adopted guest that is gone is free; the create's success (not its
-    submission) records the new guest: native, with its own fingerprint."""
+    """A create over a gone guest's vmid records the new guest when it succeeds."""
     guest = pick(sim, "qemu", running=False)
     async with serving(sim, tmp_path) as env:
         journal = env.runtime.journal

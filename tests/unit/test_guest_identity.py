@@ -44,8 +44,7 @@ def row(**kw: Any) -> GuestRecord:
 def test_a_create_may_name_a_vmid_only_when_it_is_free(
     origin: GuestOrigin, observed: ObservedState | None
 ) -> None:
-    """Free: gone from Proxmox, or a native row Proxmox never showed; anything else Proxmox
-    shows (or a non-native row never observed) is in use, whatever its origin."""
+    """A create may name a vmid only when it is free (gone, or never shown, native)."""
     conflict = creation_conflict(row(origin=origin, observed_state=observed), {"uuid": "new"})
     gone = observed in (ObservedState.MISSING, ObservedState.LOST)
     never_seen_native = observed is None and origin is GuestOrigin.NATIVE
@@ -72,8 +71,7 @@ def test_retake_refreshes_a_fingerprint_that_names_another_guest() -> None:
 
 
 def test_retake_refreshes_only_the_identity_of_the_same_guest() -> None:
-    """Same guest (matching fingerprint) moved or with a ctime added: node/fingerprint and
-    name only, never the snapshot."""
+    """A re-take of the same guest refreshes its identity only, never the snapshot."""
     stale = row(node="pve2", fingerprint={"uuid": "aaaa", "name": "web"})
     columns, why = retake(stale, row())
     assert set(columns) == {"node", "fingerprint", "name"}

@@ -1201,8 +1201,7 @@ def test_token_user_is_validated() -> None:
 
 
 def test_unsendable_refuses_what_would_not_go_out_as_built() -> None:
-    """Control characters in the path, names or query values, and non-UTF-8 text anywhere,
-    are named; a newline inside a form value (a description) is fine."""
+    """unsendable names control characters and non-UTF-8 text; form newlines pass."""
     ok_form = {"description": "line one\nline two", "cores": 2}
     assert wire.unsendable("/nodes/pve1/qemu/100/config", {"vmid": 100}, ok_form) is None
     refused = {
