@@ -189,10 +189,12 @@ async def submit(
     """Validate, resolve and journal one submission. Nothing is written on any error, except
     the audit record of a refusal by the served node's state (draining: :class:`NodeRefused`).
 
-    Ownership rule (SPEC §1): create/clone records the guest as ``native``; any other action
-    needs a managed guest (``native`` or ``adopted``) — an unknown, discovered or released
-    guest is refused with ``guest_not_managed`` (:class:`PolicyRefused`). Accepting a power
-    action sets the guest's desired state in the same transaction.
+    Ownership rule (SPEC §1): create/clone needs a free vmid (``vmid_in_use`` otherwise) and
+    records a new one as ``native``, never changing an existing guest's row; any other
+    action needs a managed guest (``native`` or ``adopted``) — an unknown, discovered or
+    released guest is refused with ``guest_not_managed`` (:class:`PolicyRefused`) — on the
+    node and of the kind its row says (422 otherwise). Accepting a power action sets the
+    guest's desired state in the same transaction.
     """
     validate(sub)
     placed = await _managed_guest(journal, sub)

@@ -98,8 +98,9 @@ class OpGuardVerbs:
         state to ``desired`` — in the same transaction.
 
         A key whose op is in flight or succeeded deduplicates before any guest check (the
-        client's retry gets its op back); a new or re-armed op needs a managed guest, except
-        create/clone, which records the guest as ``native``.
+        client's retry gets its op back); a new or re-armed op needs a managed guest on its
+        row's node and kind, except create/clone, which needs a free vmid and records a new
+        one as ``native`` (an existing row changes only when the create succeeds).
         """
         params_json = canonical_json(req.params)
 
