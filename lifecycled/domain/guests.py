@@ -208,7 +208,8 @@ def retake(existing: GuestRecord, taken: GuestRecord) -> tuple[tuple[str, ...], 
     """
     if existing.origin is not taken.origin:
         return CAPTURED, f"ownership {existing.origin} → {taken.origin}"
-    if not fingerprint_matches(existing.fingerprint, taken.fingerprint):
+    same = dict(existing.fingerprint) == dict(taken.fingerprint)  # both empty included
+    if not same and not fingerprint_matches(existing.fingerprint, taken.fingerprint):
         return CAPTURED, (
             f"identity refreshed: the recorded fingerprint {dict(existing.fingerprint)} does "
             f"not name the guest Proxmox shows ({dict(taken.fingerprint)})"

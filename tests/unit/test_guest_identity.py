@@ -64,6 +64,11 @@ def test_retake_of_the_same_guest_changes_nothing() -> None:
     assert retake(row(), row(name="renamed-elsewhere")) == ((), "")
 
 
+def test_retake_of_a_guest_without_identity_fields_changes_nothing() -> None:
+    """Equal empty fingerprints (a CT without hostname) are the same guest: no change."""
+    assert retake(row(fingerprint={}), row(fingerprint={})) == ((), "")
+
+
 def test_retake_refreshes_a_fingerprint_that_names_another_guest() -> None:
     """A recorded fingerprint that does not match the guest: everything is captured anew."""
     columns, why = retake(row(fingerprint={"uuid": "other"}), row())
