@@ -250,9 +250,8 @@ def creation_conflict(record: GuestRecord | None, fingerprint: Mapping[str, str]
     changes an existing row: the row becomes the new guest's once its create succeeds."""
     if record is None or record.gone:
         return None
-    if record.origin is GuestOrigin.NATIVE and (
-        dict(record.fingerprint) == dict(fingerprint) or record.observed_state is None
-    ):
+    same = bool(fingerprint) and dict(record.fingerprint) == dict(fingerprint)
+    if record.origin is GuestOrigin.NATIVE and (same or record.observed_state is None):
         return None
     seen = record.observed_state or "not yet observed"
     return (

@@ -57,6 +57,7 @@ def test_the_same_create_again_and_a_new_vmid_are_free() -> None:
     """No row, or this create's own row (same fingerprint: a re-armed key), is free."""
     assert creation_conflict(None, {"uuid": "new"}) is None
     assert creation_conflict(row(fingerprint={"uuid": "new"}), {"uuid": "new"}) is None
+    assert creation_conflict(row(fingerprint={}), {}) is not None  # nothing proves it is ours
 
 
 def test_retake_of_the_same_guest_changes_nothing() -> None:
