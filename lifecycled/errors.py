@@ -29,6 +29,10 @@ class JournalUnavailable(JournalError):
     """The journal cannot write right now (disk full, read-only); try again later."""
 
 
+class JournalLocked(JournalError):
+    """Another daemon holds the journal (one ``lifecycled run`` per journal)."""
+
+
 class JournalTooNew(JournalError):
     """The journal was written by a newer lifecycled than this one."""
 
@@ -59,6 +63,12 @@ class PolicyRefused(LifecycledError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class RequestNotSent(LifecycledError):
+    """A Proxmox request could not be built (e.g. a parameter that cannot be encoded):
+    nothing reached Proxmox. Not a Proxmox failure, so not a :class:`PveError`: the engine
+    ends the op with the error class ``internal``."""
 
 
 class PveError(LifecycledError):

@@ -3,8 +3,8 @@ the journal knows about the guest in; allow, refuse (with a stable code), or sof
 
 Rules, in order:
 
-1. create/clone may only land on a vmid lifecycled owns or does not know (the submission
-   recorded it as ``native``);
+1. create/clone may only land on a vmid lifecycled owns or does not know, or one whose
+   guest is gone from Proxmox (the submission checked the journal's row);
 2. anything else needs a managed guest (``native`` or ``adopted``): ``guest_not_managed``;
 3. ``terminate`` never destroys a guest with the Proxmox ``protection`` flag or one listed as
    protected: ``protected``;
@@ -80,7 +80,7 @@ def decide(
     """The verdict for ``op`` (see the module docstring for the rules)."""
     vmid = op.guest.vmid
     if spec.action in (Action.CREATE, Action.CLONE):
-        if facts.origin in (None, "native"):
+        if facts.origin in (None, "native") or not view.exists:
             return ALLOW
         return _refuse("vmid_in_use", f"vmid {vmid} belongs to a {facts.origin} guest")
     if facts.origin not in _MANAGED:

@@ -112,7 +112,12 @@ def run(
     # back while the event loop is busy; with the default 5 ms switch interval it can wait
     # that long per statement. 1 ms measured ~30 % more journal throughput under load.
     sys.setswitchinterval(_GIL_SWITCH_INTERVAL)
-    asyncio.run(_run_daemon(settings))
+    from lifecycled.journal.daemonlock import DaemonLock
+
+    # One daemon per journal, held from before the journal is opened (migrations, Recover)
+    # until the process ends; a second `run` exits 1 at once naming the holder's pid.
+    with DaemonLock(settings.db):
+        asyncio.run(_run_daemon(settings))
 
 
 async def _run_daemon(settings: Settings) -> None:

@@ -51,6 +51,7 @@ class ErrorClass(enum.StrEnum):
     )
     SATISFIED = "satisfied"  # the intent already holds: confirm by state, then succeed
     PERMANENT = "permanent"  # fail at once, no retry
+    INTERNAL = "internal"  # lifecycled itself failed on this op (a bug, an unencodable request)
 
 
 #: The task ended but its log (and so its exit status) could not be read (§13.11).

@@ -16,8 +16,9 @@ from typing import Any
 
 import attrs
 
-from lifecycled.domain.actions import Action, disk_size
+from lifecycled.domain.actions import Action, disk_size, fingerprint_matches
 from lifecycled.domain.op import GuestKind
+from lifecycled.errors import ValidationError
 
 
 class GuestOrigin(enum.StrEnum):
@@ -156,6 +157,11 @@ class GuestRecord:
         return self.origin.managed
 
     @property
+    def gone(self) -> bool:
+        """The last Proxmox read did not find the guest (``missing`` or ``LOST``)."""
+        return self.observed_state in (ObservedState.MISSING, ObservedState.LOST)
+
+    @property
     def drifted(self) -> bool:
         """The config changed behind lifecycled's back (managed guests with a snapshot)."""
         return (
@@ -164,6 +170,94 @@ class GuestRecord:
             and self.observed_digest is not None
             and self.observed_digest != self.config_digest
         )
+
+
+#: What ``manage``/``adopt`` records from its Proxmox read (see ``GuestService.capture``).
+CAPTURED = (
+    "node",
+    "kind",
+    "origin",
+    "name",
+    "observed_state",
+    "observed_at",
+    "lock",
+    "ha_managed",
+    "template",
+    "fingerprint",
+    "config_snapshot",
+    "config_digest",
+    "snapshot_at",
+    "observed_digest",
+    "digest_checked_at",
+    "resources",
+    "adopted_at",
+)
+#: Where a guest is and what proves it is the same: refreshed by a re-take of that guest.
+IDENTITY = ("node", "kind", "fingerprint")
+
+
+def retake(existing: GuestRecord, taken: GuestRecord) -> tuple[tuple[str, ...], str]:
+    """What taking a guest that has a row (``manage``/``adopt`` again) changes: the columns
+    to copy from ``taken`` (a fresh capture) and why; ``()`` when nothing changes.
+
+    Another origin, or a recorded fingerprint that does not name the guest Proxmox shows
+    (the vmid was reused, or the row went wrong): everything captured is recorded anew.
+    Same origin and the same guest: only its identity (node, kind, fingerprint, with the
+    name) is refreshed when it changed (a ctime Proxmox added, a move); the snapshot is
+    kept, so drift stays visible.
+    """
+    if existing.origin is not taken.origin:
+        return CAPTURED, f"ownership {existing.origin} → {taken.origin}"
+    same = dict(existing.fingerprint) == dict(taken.fingerprint)  # both empty included
+    if not same and not fingerprint_matches(existing.fingerprint, taken.fingerprint):
+        return CAPTURED, (
+            f"identity refreshed: the recorded fingerprint {dict(existing.fingerprint)} does "
+            f"not name the guest Proxmox shows ({dict(taken.fingerprint)})"
+        )
+    changed = tuple(c for c in IDENTITY if _value(existing, c) != _value(taken, c))
+    if not changed:
+        return (), ""
+    return (*changed, "name"), f"identity refreshed ({', '.join(changed)})"
+
+
+def _value(record: GuestRecord, column: str) -> Any:
+    value = getattr(record, column)
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def check_placement(record: GuestRecord, *, node: str | None, kind: str | None) -> None:
+    """Ops for a managed guest take node and kind from its journal row: raise
+    :class:`ValidationError` when a request names another (``pve1\n``, another node, the
+    other kind), each field's message naming both values. ``None``: not given."""
+    mismatch: dict[str, str] = {}
+    if node is not None and node != record.node:
+        mismatch["node"] = f"guest {record.vmid} is on node {record.node!r}, not {node!r}"
+    if kind is not None and kind != str(record.kind):
+        mismatch["kind"] = f"guest {record.vmid} is {str(record.kind)!r}, not {kind!r}"
+    if mismatch:
+        raise ValidationError(
+            f"guest {record.vmid} is a {record.kind} guest on node {record.node} in the "
+            "journal; the request names another (omit node and kind to use the journal's)",
+            mismatch,
+        )
+
+
+def creation_conflict(record: GuestRecord | None, fingerprint: Mapping[str, str]) -> str | None:
+    """Why a create/clone with the expected ``fingerprint`` may not name ``record``'s vmid,
+    or ``None``. The vmid is free when the journal has no row for it, when its guest is gone
+    (missing, LOST), when the row is this same create's (same fingerprint: a re-armed key)
+    or a native row Proxmox never showed (a create that never ran). A submission never
+    changes an existing row: the row becomes the new guest's once its create succeeds."""
+    if record is None or record.gone:
+        return None
+    same = bool(fingerprint) and dict(record.fingerprint) == dict(fingerprint)
+    if record.origin is GuestOrigin.NATIVE and (same or record.observed_state is None):
+        return None
+    seen = record.observed_state or "not yet observed"
+    return (
+        f"vmid {record.vmid} names a {record.origin} guest ({seen}) on {record.node}; "
+        "create/clone needs a free vmid"
+    )
 
 
 @attrs.frozen(kw_only=True)

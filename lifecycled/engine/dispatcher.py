@@ -25,11 +25,11 @@ from lifecycled.domain.outcome import (
 )
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.durable import durable
-from lifecycled.engine.executor import Executor, op_fields
+from lifecycled.engine.executor import Executor, internal_text, op_fields
 from lifecycled.engine.gate import Policy
 from lifecycled.engine.terminate import Terminator, runs
 from lifecycled.engine.tracker import Tracker
-from lifecycled.errors import PveError
+from lifecycled.errors import JournalUnavailable, PveError, RequestNotSent
 from lifecycled.journal import Journal
 from lifecycled.policy import Verdict as PolicyOutcome
 
@@ -73,6 +73,8 @@ class Dispatcher:
         self.work = asyncio.Event()
         #: Ops a worker of this process is handling right now (the janitor skips them).
         self.busy: set[int] = set()
+        #: Ops whose dispatch call has begun: their POST may have reached Proxmox.
+        self._posting: set[int] = set()
 
     def notify(self) -> None:
         """New work may be due (a submission, a retry becoming due)."""
@@ -81,20 +83,52 @@ class Dispatcher:
     async def worker(self, index: int) -> None:
         log.debug("dispatcher.worker_started", extra={"worker": index})
         while not self.stopping.is_set():
-            op = await self.journal.claim_next(now=self.clock.now(), node_cap=self.node_cap)
+            try:
+                op = await self.journal.claim_next(now=self.clock.now(), node_cap=self.node_cap)
+            except JournalUnavailable:
+                raise
+            except Exception as exc:  # an op row the engine cannot read: nothing was claimed
+                log.exception(
+                    "dispatcher.claim_failed", extra={"worker": index, "error": internal_text(exc)}
+                )
+                await self._idle()
+                continue
             if op is None:
                 await self._idle()
                 continue
             self.busy.add(op.id)
             try:
-                await self.process(op)
-            except PveError as err:  # a read that was not expected to fail here
-                log.warning("op.process_error", extra={**op_fields(op), "error": err.text})
+                await self.handle(op)
+            finally:
+                self.busy.discard(op.id)
+                self._posting.discard(op.id)
+
+    async def handle(self, op: Op) -> None:
+        """:meth:`process` one claimed op, its exceptions kept to it (a bad op fails alone).
+
+        Before its POST an op that raises ends ``failed`` (class ``internal``); once the POST
+        may have left, it is never ended blindly (see :meth:`Executor.contain`).
+        """
+        try:
+            await self.process(op)
+        except JournalUnavailable:
+            raise
+        except PveError as err:
+            if op.id in self._posting:
+                await self.executor.contain(op, err, where="dispatcher", end=False)
+                return
+            # A read that was not expected to fail here: try again later.
+            log.warning("op.process_error", extra={**op_fields(op), "error": err.text})
+            try:
                 await self.executor.apply(
                     op, retry("unexpected Proxmox error", err.error_class, err.text)
                 )
-            finally:
-                self.busy.discard(op.id)
+            except JournalUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - contain() logs it with the op id
+                await self.executor.contain(op, exc, where="dispatcher", end=False)
+        except Exception as exc:  # noqa: BLE001 - contain() logs it with the op id
+            await self.executor.contain(op, exc, where="dispatcher", end=op.id not in self._posting)
 
     async def _idle(self) -> None:
         self.work.clear()
@@ -153,10 +187,14 @@ class Dispatcher:
             await self.terminator.stop_first(op)
             return
         await self.policy.audit_allowed(op, spec, view)
+        self._posting.add(op.id)
         try:
             upid = await self.executor.pve.dispatch(
                 op.guest.node, op.guest.kind, spec.action, op.guest.vmid, op.params
             )
+        except RequestNotSent:
+            self._posting.discard(op.id)  # provably never left: ends failed (internal)
+            raise
         except PveError as err:
             # The adapter classified the failure once, knowing the action: use its class.
             log.info(
@@ -164,6 +202,15 @@ class Dispatcher:
                 extra={**op_fields(op), "error": err.text, "error_class": str(err.error_class)},
             )
             await self.executor.apply(op, after_call_error(op, spec, err.error_class, err.text))
+            return
+        except Exception as exc:
+            # A failure inside the adapter: the request may have left. Never POST again
+            # blindly: the ambiguous path searches the task list first.
+            text = internal_text(exc)
+            log.exception("op.dispatch_internal_error", extra={**op_fields(op), "error": text})
+            await self.executor.apply(
+                op, after_call_error(op, spec, ErrorClass.AMBIGUOUS, f"internal error: {text}")
+            )
             return
         if upid is None:
             await self.executor.apply(op, succeed("synchronous endpoint finished"))

@@ -23,6 +23,7 @@ from lifecycled.domain.outcome import (
     RetryBudget,
     Verdict,
     after_search,
+    fail,
     next_attempt,
     succeed,
 )
@@ -30,7 +31,7 @@ from lifecycled.domain.states import OpState
 from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.durable import durable
-from lifecycled.errors import PveError
+from lifecycled.errors import JournalUnavailable, PveError
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import (
@@ -42,6 +43,9 @@ from lifecycled.pve.port import (
 )
 
 log = logging.getLogger("lifecycled.engine")
+
+#: Longest exception text kept in an op's error and history.
+_INTERNAL_TEXT_MAX = 500
 
 #: Actions whose target a ``/cluster/resources`` status can settle (see :class:`Prefetched`).
 _SNAPSHOT_ACTIONS = frozenset({Action.START, Action.STOP, Action.SHUTDOWN})
@@ -123,6 +127,13 @@ def op_fields(op: Op) -> dict[str, object]:
         "node": op.guest.node,
         "action": op.action,
     }
+
+
+def internal_text(exc: BaseException) -> str:
+    """An exception as one storable line: class and message, no lone surrogates, bounded."""
+    text = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace").decode("utf-8")
+    text = " ".join(text.split())
+    return text if len(text) <= _INTERNAL_TEXT_MAX else text[: _INTERNAL_TEXT_MAX - 1] + "…"
 
 
 class Executor:
@@ -354,6 +365,49 @@ class Executor:
         log.info("op.adopted", extra=op_fields(op))
         if self.tracker is not None:
             self.tracker.track(op, confirm_by_state=confirm_by_state)
+
+    async def contain(self, op: Op, exc: Exception, *, where: str, end: bool) -> None:
+        """One op's unexpected exception, kept to that op (issue 10 point 5): logged with the
+        op id, then the op ends ``failed`` (class ``internal``, the exception in its history)
+        when ``end`` says this attempt sent nothing, no earlier attempt's POST is still
+        unanswered (``ambiguous_since``) and it is still the ``dispatching`` op this process
+        claimed; otherwise it is left in flight, the error noted in its history, for the
+        janitor (a POST may have been sent: never end it blindly).
+
+        Never raises except :class:`JournalUnavailable` (the daemon's loops wait that out).
+        """
+        text = internal_text(exc)
+        log.error(
+            "op.internal_error",
+            extra={**op_fields(op), "where": where, "error": text},
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        reason = f"internal error in {where}: {text}"
+        try:
+            current = await self.journal.get(op.id)
+            if (
+                end
+                and current.state is OpState.DISPATCHING
+                and current.upid is None
+                and current.ambiguous_since is None  # no earlier unanswered POST either
+            ):
+                await self.apply(current, fail(reason, ErrorClass.INTERNAL, text))
+            elif current.state.is_in_flight:
+                await durable(
+                    self.journal.note_stuck(
+                        op.id,
+                        now=self.clock.now(),
+                        reason=f"{reason}; left in flight for the janitor",
+                    )
+                )
+        except JournalUnavailable:
+            raise
+        except Exception as again:
+            log.error(
+                "op.internal_error_unrecorded",
+                extra={**op_fields(op), "where": where, "error": internal_text(again)},
+                exc_info=(type(again), again, again.__traceback__),
+            )
 
     def _finished(self, op: Op, outcome: str) -> None:
         self.metrics.command(op.action, outcome)

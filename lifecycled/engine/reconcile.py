@@ -32,8 +32,9 @@ from lifecycled.domain.reconcile import (
     report_of,
 )
 from lifecycled.engine.clock import Clock
+from lifecycled.engine.executor import internal_text
 from lifecycled.engine.guests import GuestService
-from lifecycled.errors import InvalidTransition, LifecycledError, PveError
+from lifecycled.errors import InvalidTransition, LifecycledError, PveError, RequestNotSent
 from lifecycled.journal import Journal, SubmitRequest
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import PveClient
@@ -121,6 +122,15 @@ class Reconciler:
             log.warning("reconcile.failed", extra={"node": self.node, "error": str(err)})
             report = ReconcileReport(
                 outcome="error", started_at=started, finished_at=self.clock.now(), error=str(err)
+            )
+        except Exception as exc:  # a bug on one guest's data must not stop the daemon
+            text = internal_text(exc)
+            log.exception("reconcile.internal_error", extra={"node": self.node, "error": text})
+            report = ReconcileReport(
+                outcome="error",
+                started_at=started,
+                finished_at=self.clock.now(),
+                error=f"internal error: {text}",
             )
         report = attrs.evolve(report, finished_at=self.clock.now())
         if not dry_run:
@@ -346,7 +356,7 @@ class Reconciler:
             guest = inp.guests[vmid]
             try:
                 config = await self.pve.guest_config(guest.node, guest.kind, vmid)
-            except PveError:
+            except (PveError, RequestNotSent):  # unreadable now, or a row no request can name
                 continue
             current = fingerprint_of(guest.kind, config.values)
             if guest.fingerprint and not fingerprint_matches(guest.fingerprint, current):
@@ -359,7 +369,7 @@ class Reconciler:
             guest = inp.guests[vmid]
             try:
                 config = await self.pve.guest_config(guest.node, guest.kind, vmid)
-            except PveError:
+            except (PveError, RequestNotSent):  # unreadable now, or a row no request can name
                 continue
             digests[vmid] = config.digest
             if config.digest != guest.config_digest and not guest.drifted:

@@ -31,7 +31,7 @@ from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.executor import Executor, NodeTasks, Prefetched, op_fields
 from lifecycled.engine.tracker import Tracker
-from lifecycled.errors import PveError
+from lifecycled.errors import JournalUnavailable, PveError, RequestNotSent
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import is_no_such_task
@@ -183,6 +183,9 @@ class Recoverer:
             except PveError as err:
                 log.warning("recover.prefetch_failed", extra={"node": node, "error": err.text})
                 continue
+            except RequestNotSent as exc:  # a node name no request can carry: read per op
+                log.warning("recover.prefetch_failed", extra={"node": node, "error": str(exc)})
+                continue
             if listing.total <= len(listing.items):
                 tasks[node] = NodeTasks.of(since, listing.items)
         try:
@@ -200,7 +203,14 @@ class Recoverer:
 
         async def one(op: Op) -> None:
             async with sem:
-                result = await self.examine(op, prefetched=prefetched)
+                try:
+                    result = await self.examine(op, prefetched=prefetched)
+                except JournalUnavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one bad op never stops Recover; contain() logs it
+                    # In flight after a crash its POST may have been sent: never ended here.
+                    await self.executor.contain(op, exc, where="recover", end=False)
+                    result = "unresolved"
             counts[result] += 1
 
         async with asyncio.TaskGroup() as tg:

@@ -24,7 +24,7 @@ from lifecycled.domain.serialize import rfc3339
 from lifecycled.domain.states import OpState
 from lifecycled.engine.clock import Clock, SystemClock
 from lifecycled.engine.dispatcher import Dispatcher
-from lifecycled.engine.executor import Executor
+from lifecycled.engine.executor import Executor, internal_text
 from lifecycled.engine.gate import Policy
 from lifecycled.engine.guests import GuestService
 from lifecycled.engine.health import PveHealth
@@ -268,14 +268,15 @@ class Runtime:
                         self._resilient(f"dispatcher-{i}", worker), name=f"dispatcher-{i}"
                     )
                 tg.create_task(self._resilient("janitor", self._janitor), name="janitor")
-                tg.create_task(self._gauges(), name="gauges")
+                tg.create_task(self._resilient("gauges", self._gauges), name="gauges")
                 tg.create_task(self._resilient("reconcile", self._reconcile), name="reconcile")
                 tg.create_task(self._resilient("pve-probe", self._probe), name="pve-probe")
                 interval = self.notifier.watchdog_interval
                 if interval is not None:
                     tg.create_task(self._watchdog(interval), name="watchdog")
                 if self.settings.notify_url:
-                    tg.create_task(self._push(self.settings.notify_url), name="push")
+                    push = functools.partial(self._push, self.settings.notify_url)
+                    tg.create_task(self._resilient("push", push), name="push")
         finally:
             self.ready.clear()
             if stop_web is not None:
@@ -283,7 +284,8 @@ class Runtime:
 
     async def _resilient(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run one of the daemon's loops; when the journal cannot write (full or read-only
-        disk), log it, wait and start the loop again instead of taking the daemon down.
+        disk), or the loop fails on something unexpected, log it, wait and start the loop
+        again instead of taking the daemon down.
 
         Meanwhile the HTTP API answers 503 and reads keep working; an op whose write failed
         stays where it was journaled, and the janitor/Recover rules pick it up (as after a
@@ -296,6 +298,10 @@ class Runtime:
                 return
             except JournalUnavailable as exc:
                 log.error("runtime.journal_unavailable", extra={"task": name, "error": str(exc)})
+            except Exception as exc:  # last net: ops are contained where they are handled
+                log.exception(
+                    "runtime.loop_failed", extra={"task": name, "error": internal_text(exc)}
+                )
             if await self._sleep_or_stop(delay):
                 return
             delay = min(delay * 2, 10.0)

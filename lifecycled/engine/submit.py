@@ -154,6 +154,20 @@ async def resolve_guest(sub: Submission, pve: PveClient | None, *, default_node:
     raise NotFound(f"guest {lookup_vmid} not found in the cluster; give kind and node")
 
 
+async def _managed_guest(journal: Journal, sub: Submission) -> GuestRef | None:
+    """Where the journal's row says a managed guest is: ops for it take node and kind from
+    there (no Proxmox lookup), and a client value that disagrees is refused, with both
+    values, by the journal's submission guard (``check_placement``) — after its idempotency
+    check, in the transaction that writes. ``None`` for create/clone and for guests the
+    journal does not manage (resolved from the request or Proxmox)."""
+    if Action(sub.action) in (Action.CREATE, Action.CLONE):
+        return None
+    row = await journal.find_guest(sub.vmid)
+    if row is None or not row.managed:
+        return None
+    return GuestRef(node=row.node, kind=row.kind, vmid=sub.vmid)
+
+
 def with_fingerprint(
     action: Action, kind: GuestKind, key: str, params: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -175,13 +189,25 @@ async def submit(
     """Validate, resolve and journal one submission. Nothing is written on any error, except
     the audit record of a refusal by the served node's state (draining: :class:`NodeRefused`).
 
-    Ownership rule (SPEC §1): create/clone records the guest as ``native``; any other action
-    needs a managed guest (``native`` or ``adopted``) — an unknown, discovered or released
-    guest is refused with ``guest_not_managed`` (:class:`PolicyRefused`). Accepting a power
-    action sets the guest's desired state in the same transaction.
+    Ownership rule (SPEC §1): create/clone needs a free vmid (``vmid_in_use`` otherwise) and
+    records a new one as ``native``, never changing an existing guest's row; any other
+    action needs a managed guest (``native`` or ``adopted``) — an unknown, discovered or
+    released guest is refused with ``guest_not_managed`` (:class:`PolicyRefused`) — on the
+    node and of the kind its row says (422 otherwise). Accepting a power action sets the
+    guest's desired state in the same transaction.
     """
     validate(sub)
-    guest = await resolve_guest(sub, pve, default_node=default_node)
+    placed = await _managed_guest(journal, sub)
+    if placed is None:
+        guest = await resolve_guest(sub, pve, default_node=default_node)
+    else:
+        # The journal's row decides the node's admission; the client's node/kind, when
+        # given, travel on to the journal, which refuses them if they disagree with the row.
+        guest = GuestRef(
+            node=sub.node if sub.node is not None else placed.node,
+            kind=GuestKind(sub.kind) if sub.kind is not None else placed.kind,
+            vmid=sub.vmid,
+        )
     try:
         spec_for(guest.kind, sub.action)  # the kind resolved from Proxmox may not support it
     except UnsupportedAction as exc:
@@ -190,7 +216,7 @@ async def submit(
         journal,
         served=default_node,
         action=sub.action,
-        guest=guest,
+        guest=placed or guest,
         params=sub.params,
         idempotency_key=sub.idempotency_key,
         actor=sub.actor,

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import attrs
 
@@ -27,8 +29,8 @@ from lifecycled.domain.outcome import Decision, after_exit, after_no_such_task
 from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.domain.userid import bare_user
 from lifecycled.engine.clock import Clock
-from lifecycled.engine.executor import Executor, op_fields
-from lifecycled.errors import PveError
+from lifecycled.engine.executor import Executor, internal_text, op_fields
+from lifecycled.errors import JournalUnavailable, PveError
 from lifecycled.pve.port import TaskEntry, is_no_such_task
 
 log = logging.getLogger("lifecycled.engine")
@@ -114,7 +116,17 @@ class Tracker:
             for node in sorted(due_nodes):
                 if self.stopping.is_set():
                     break
-                await self._tick_node(node)
+                try:
+                    await self._tick_node(node)
+                except JournalUnavailable:
+                    raise
+                except Exception as exc:  # e.g. a task list the adapter failed on
+                    log.exception(
+                        "tracker.node_failed", extra={"node": node, "error": internal_text(exc)}
+                    )
+                    for entry in list(self._entries.values()):
+                        if entry.upid.node == node:
+                            self._reschedule(entry, failed=True)
             await self._sleep_until_due()
 
     async def _sleep_until_due(self) -> None:
@@ -138,7 +150,7 @@ class Tracker:
             now = self.clock.monotonic()
             for entry in entries:
                 if entry.next_check <= now:
-                    await self._read_status(entry)
+                    await self._guarded(entry, self._read_status(entry))
             return
         since = min(e.upid.starttime for e in entries) - 1
         try:
@@ -160,10 +172,10 @@ class Tracker:
         for entry in entries:
             item = by_upid.get(str(entry.upid))
             if item is not None and item.status not in (None, "RUNNING"):
-                await self._resolve(entry, item.status)
+                await self._guarded(entry, self._resolve(entry, item.status))
             elif item is None:
                 if entry.next_check <= now:
-                    await self._read_status(entry)
+                    await self._guarded(entry, self._read_status(entry))
             else:
                 # Seen just now, due or not: the node's tasks share one cadence.
                 self._reschedule(entry)
@@ -175,7 +187,18 @@ class Tracker:
                     entry.next_probe = now + min(
                         self.poll_interval * 2**entry.probes, PROBE_MAX_DELAY
                     )
-                    await self._read_status(entry)
+                    await self._guarded(entry, self._read_status(entry))
+
+    async def _guarded(self, entry: _Tracked, step: Coroutine[Any, Any, None]) -> None:
+        """One tracked op's step; an exception stops tracking that op only. Its task may
+        still run, so the op is left in flight (noted) for the janitor, never ended here."""
+        try:
+            await step
+        except JournalUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - contain() logs it with the op id
+            self._entries.pop(entry.op.id, None)
+            await self.executor.contain(entry.op, exc, where="tracker", end=False)
 
     async def _read_status(self, entry: _Tracked) -> None:
         try:

@@ -17,6 +17,7 @@ import attrs
 
 from lifecycled.audit import AuditRecord
 from lifecycled.domain.guests import (
+    CAPTURED,
     DesiredState,
     GuestOrigin,
     GuestRecord,
@@ -24,6 +25,7 @@ from lifecycled.domain.guests import (
     ObservedState,
     listing_hash,
     observed_hash,
+    retake,
 )
 from lifecycled.errors import InvalidTransition, PolicyRefused, ValidationError
 from lifecycled.journal.audit import insert_audit
@@ -145,48 +147,33 @@ class GuestVerbs:
     async def take_guest(self, rec: GuestRecord, *, audit: AuditRecord, now: float) -> Ownership:
         """Manage (native) or adopt a guest: record its identity, snapshot and status.
 
-        Taking a guest that already has this origin changes nothing (its snapshot is kept,
-        so drift stays visible). Any other existing row changes ownership, audited.
+        Taking a guest that already has this origin changes nothing but a stale identity
+        (its snapshot is kept, so drift stays visible); a row whose fingerprint does not name
+        the guest, or another origin, is recorded anew. Every change is audited, saying why
+        (:func:`~lifecycled.domain.guests.retake`).
         """
         if not rec.origin.managed:
             raise ValueError("take_guest records a native or adopted guest")
 
         async def unit(conn: aiosqlite.Connection) -> Ownership:
             existing = await load_guest(conn, rec.vmid)
-            if existing is not None and existing.origin is rec.origin:
-                return Ownership(guest=existing, changed=False)
             if existing is None:
                 guest = await insert_guest(conn, rec)
-            else:
-                changes = {
-                    c: getattr(rec, c)
-                    for c in (
-                        "node",
-                        "kind",
-                        "origin",
-                        "name",
-                        "observed_state",
-                        "observed_at",
-                        "lock",
-                        "ha_managed",
-                        "template",
-                        "fingerprint",
-                        "config_snapshot",
-                        "config_digest",
-                        "snapshot_at",
-                        "observed_digest",
-                        "digest_checked_at",
-                        "resources",
-                        "adopted_at",
-                    )
-                }
+                await insert_audit(conn, audit)
+                return Ownership(guest=guest, changed=True)
+            columns, why = retake(existing, rec)
+            if not columns:
+                return Ownership(guest=existing, changed=False)
+            changes = {c: getattr(rec, c) for c in columns}
+            if columns == CAPTURED:
                 changes.update(released_at=None, lost_at=None)
                 if existing.desired_state != rec.desired_state:
                     changes["desired_state"] = rec.desired_state
                     changes["desired_generation"] = existing.desired_generation + 1
-                guest = await update_guest(conn, rec.vmid, changes, now=now)
+            guest = await update_guest(conn, rec.vmid, changes, now=now)
+            if columns == CAPTURED:
                 await cancel_superseded(conn, rec.vmid, guest.desired_state, now=now)
-            await insert_audit(conn, audit)
+            await insert_audit(conn, attrs.evolve(audit, reason=f"{audit.reason}; {why}"))
             return Ownership(guest=guest, changed=True)
 
         return await self._db.write(unit)

@@ -16,7 +16,13 @@ import aiosqlite
 
 from lifecycled.audit import AuditRecord
 from lifecycled.domain.actions import Action
-from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord, ObservedState
+from lifecycled.domain.guests import (
+    DesiredState,
+    GuestOrigin,
+    GuestRecord,
+    check_placement,
+    creation_conflict,
+)
 from lifecycled.domain.op import Op, canonical_json
 from lifecycled.domain.states import REARMABLE, OpState
 from lifecycled.errors import PolicyRefused
@@ -36,7 +42,6 @@ from lifecycled.journal.rows import OP_COLUMNS, op_from_row
 from lifecycled.journal.rules import Verb
 
 _CREATING = frozenset({Action.CREATE, Action.CLONE})
-_GONE = frozenset({ObservedState.MISSING, ObservedState.LOST})
 
 
 async def _guard_guest(
@@ -46,13 +51,15 @@ async def _guard_guest(
     now: float,
     create_fingerprint: Mapping[str, str] | None,
 ) -> GuestRecord:
-    """The submission rule: create/clone makes the guest ``native``; anything else needs a
-    managed guest. Raises :class:`PolicyRefused` (nothing is written)."""
+    """The submission rule: create/clone needs a free vmid (a new row is recorded
+    ``native``; an existing row is never changed here); anything else needs a managed guest
+    on the node and of the kind its row says. Raises (nothing is written)."""
     vmid = req.guest.vmid
     guest = await load_guest(conn, vmid)
     if Action(req.action) not in _CREATING:
         if guest is None or not guest.managed:
             raise not_managed(vmid, guest.origin if guest is not None else None)
+        check_placement(guest, node=req.guest.node, kind=str(req.guest.kind))
         return guest
     fingerprint = dict(create_fingerprint or {})
     if guest is None:
@@ -68,27 +75,10 @@ async def _guard_guest(
                 updated_at=now,
             ),
         )
-    if guest.origin is not GuestOrigin.NATIVE and guest.observed_state not in _GONE:
-        raise PolicyRefused(
-            "vmid_in_use",
-            f"vmid {vmid} belongs to a {guest.origin} guest; create/clone needs a free vmid",
-        )
-    return await update_guest(
-        conn,
-        vmid,
-        {
-            "origin": GuestOrigin.NATIVE,
-            "node": req.guest.node,
-            "kind": req.guest.kind,
-            "fingerprint": fingerprint,
-            "released_at": None,
-            "lost_at": None,
-            "config_snapshot": None,
-            "config_digest": None,
-            "observed_digest": None,
-        },
-        now=now,
-    )
+    conflict = creation_conflict(guest, fingerprint)
+    if conflict is not None:
+        raise PolicyRefused("vmid_in_use", conflict)
+    return guest
 
 
 class OpGuardVerbs:
@@ -108,8 +98,9 @@ class OpGuardVerbs:
         state to ``desired`` — in the same transaction.
 
         A key whose op is in flight or succeeded deduplicates before any guest check (the
-        client's retry gets its op back); a new or re-armed op needs a managed guest, except
-        create/clone, which records the guest as ``native``.
+        client's retry gets its op back); a new or re-armed op needs a managed guest on its
+        row's node and kind, except create/clone, which needs a free vmid and records a new
+        one as ``native`` (an existing row changes only when the create succeeds).
         """
         params_json = canonical_json(req.params)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from lifecycled.domain.actions import expected_fingerprint
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.guests import observed_after
 from lifecycled.domain.op import Op, OpError, canonical_json
@@ -445,6 +446,8 @@ def finish(
         changes.update(error_columns(error))
     done = apply(conn, op, state, now=now, reason=reason, changes=changes, history_error=error)
     if state is OpState.SUCCEEDED:
+        if op.action in _CREATING:
+            _record_created(conn, done, now=now)
         _observe_success(conn, done, now=now)
     return done
 
@@ -468,6 +471,41 @@ def _observe_success(conn: sqlite3.Connection, op: Op, *, now: float) -> None:
     columns["updated_at"] = now
     sets = ", ".join(f"{c} = ?" for c in columns)
     conn.execute(f"UPDATE guests SET {sets} WHERE vmid = ?", [*columns.values(), op.guest.vmid])
+
+
+#: Actions that make a new guest at the op's vmid.
+_CREATING = frozenset({"create", "clone"})
+
+
+def _record_created(conn: sqlite3.Connection, op: Op, *, now: float) -> None:
+    """A create/clone succeeded: its vmid now names the guest this op made (``native``, with
+    the op's expected fingerprint), whatever the row said before. Only this success — never
+    the submission — rewrites an existing guest's identity."""
+    fingerprint = expected_fingerprint(op.guest.kind, op.params)
+    row = fetch_one(
+        conn, "SELECT origin, node, kind, fingerprint FROM guests WHERE vmid = ?", (op.guest.vmid,)
+    )
+    if row is None:
+        return  # the row is recorded at submission; reconcile finds a guest without one
+    if (
+        row["origin"] == "native"
+        and row["node"] == op.guest.node
+        and row["kind"] == str(op.guest.kind)
+        and json.loads(row["fingerprint"] or "{}") == fingerprint
+    ):
+        return
+    conn.execute(
+        "UPDATE guests SET origin = 'native', node = ?, kind = ?, fingerprint = ?, "
+        "released_at = NULL, lost_at = NULL, config_snapshot = NULL, config_digest = NULL, "
+        "observed_digest = NULL, updated_at = ? WHERE vmid = ?",
+        (
+            op.guest.node,
+            str(op.guest.kind),
+            json.dumps(fingerprint, sort_keys=True),
+            now,
+            op.guest.vmid,
+        ),
+    )
 
 
 def requeue(

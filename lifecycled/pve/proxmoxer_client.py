@@ -269,6 +269,10 @@ class ProxmoxerPveClient:
         exception's traceback holds the HTTP response and its socket, and an error kept as
         ``__context__`` would keep that connection open for as long as the error lives.
         """
+        query, form = (params, None) if method in ("GET", "DELETE") else (None, params)
+        reason = wire.unsendable(path, query, form)
+        if reason is not None:
+            raise wire.not_sent(method, template, reason)
         if self._closed:
             raise PveError(
                 ErrorClass.TRANSIENT,

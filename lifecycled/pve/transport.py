@@ -94,11 +94,13 @@ class Transport:
         seconds: float,
         action: str | None = None,
     ) -> Reply:
-        """One HTTP exchange; no answer → :class:`PveError` (status ``None``).
+        """One HTTP exchange; no answer → :class:`PveError` (status ``None``); a request
+        that cannot be encoded → :class:`RequestNotSent` (nothing left this process).
 
         ``action``: the op's action for a lifecycle call, so the error is classified once,
         with everything the classifier needs.
         """
+        self.check_encodable(method, path, template, params=params, data=data)
         session = self.session()
         code = "error"
         started = time.perf_counter()
@@ -123,6 +125,27 @@ class Transport:
             self.observe(method, template, code, time.perf_counter() - started)
         # Raised outside the except block: no __context__ keeping aiohttp's connection objects.
         raise error
+
+    def check_encodable(
+        self,
+        method: str,
+        path: str,
+        template: str,
+        *,
+        params: Mapping[str, Any] | None,
+        data: Mapping[str, str] | None,
+    ) -> None:
+        """Refuse, before any connection is made, a request that cannot go out exactly as
+        built (:func:`wire.unsendable`), or whose form aiohttp would not encode: it raises
+        :class:`RequestNotSent`, provably unsent."""
+        reason = wire.unsendable(path, params, data)
+        if reason is None and data is not None:
+            try:
+                aiohttp.FormData(dict(data))()
+            except (ValueError, TypeError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+        if reason is not None:
+            raise wire.not_sent(method, template, reason)
 
     def observe(self, method: str, template: str, code: str, seconds: float) -> None:
         logger.debug(

@@ -24,7 +24,7 @@ from lifecycled.domain.actions import (
 from lifecycled.domain.classify import classify_http
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid, UpidError, is_upid
-from lifecycled.errors import PveError
+from lifecycled.errors import PveError, RequestNotSent
 from lifecycled.pve import schema
 from lifecycled.pve.port import (
     ClusterResource,
@@ -202,6 +202,38 @@ def task_path(upid: Upid, tail: str = "") -> str:
 
 
 # --- error texts ---------------------------------------------------------------------------
+
+
+def unsendable(
+    path: str, query: Mapping[str, Any] | None, form: Mapping[str, Any] | None
+) -> str | None:
+    """Why a request cannot go to Proxmox exactly as built, or ``None`` (both adapters ask
+    before anything is sent). Refused: a control character or lone surrogate in the path, a
+    parameter name or a query value (HTTP libraries drop or reject them: ``pve1\n`` would
+    silently become ``pve1``), and any text that is not UTF-8 encodable. Form values may
+    hold newlines (a description)."""
+    checks: list[tuple[str, str, bool]] = [("path", path, True)]
+    for where, fields, strict_values in (("query", query, True), ("form", form, False)):
+        for key, value in (fields or {}).items():
+            checks.append((f"{where} field name", str(key), True))
+            checks.append((f"{where} field {key!r}", str(value), strict_values))
+    for what, text, strict in checks:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"{what} is not UTF-8 encodable: {exc.reason} ({text!r})"
+        if strict and _CONTROL_RE.search(text):
+            return f"{what} holds a control character ({text!r})"
+    return None
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def not_sent(method: str, template: str, reason: str) -> RequestNotSent:
+    """The error for a request refused before anything was sent (the engine fails the op
+    with the error class ``internal``)."""
+    return RequestNotSent(f"{method} {template}: not sent, the request cannot be encoded: {reason}")
 
 
 def first_line(text: str | None) -> str:

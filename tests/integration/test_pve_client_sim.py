@@ -34,7 +34,7 @@ from lifecycled.domain.actions import Action
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid
-from lifecycled.errors import PveError
+from lifecycled.errors import PveError, RequestNotSent
 from lifecycled.pve.auth import TicketAuth
 from lifecycled.pve.http import HttpPveClient
 from lifecycled.pve.port import is_guest_missing, is_no_such_task, read_guest
@@ -508,3 +508,23 @@ async def test_proxmoxer_https_with_password(tmp_path: Path) -> None:
             assert (await wait_task(client, upid)).exitstatus == "OK"
         finally:
             await client.close()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"cores\n": 3}, {"description": "\ud800"}, {"cores": 3, "bad\x00key": "1"}],
+    ids=["newline-in-name", "lone-surrogate", "nul-in-name"],
+)
+async def test_a_request_that_cannot_be_encoded_is_refused_unsent(
+    pve: Harness, params: dict[str, object]
+) -> None:
+    """Every adapter refuses an unencodable request before sending: RequestNotSent."""
+    node = at(pve, 101)
+    seen = len(pve.sim.requests)
+    before = dict(pve.sim.guests[101].config)
+    with pytest.raises(RequestNotSent, match="not sent"):
+        await pve.client.dispatch(node, Q, Action.CONFIGURE, 101, params)
+    with pytest.raises(RequestNotSent):
+        await pve.client.guest_config(f"{node}\n", Q, 101)
+    assert len(pve.sim.requests) == seen
+    assert pve.sim.guests[101].config == before

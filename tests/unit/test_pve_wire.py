@@ -24,6 +24,7 @@ from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid
 from lifecycled.errors import ConfigError, PveError
+from lifecycled.pve import wire
 from lifecycled.pve.auth import TicketAuth, TokenAuth, load_token_file
 from lifecycled.pve.http import HttpPveClient
 from lifecycled.pve.port import PveClient
@@ -1197,3 +1198,18 @@ def test_token_user_is_validated() -> None:
     with pytest.raises(ConfigError, match="USER@REALM!TOKENID") as info:
         TokenAuth(user="root@pam", secret=SECRET)
     assert SECRET not in str(info.value)
+
+
+def test_unsendable_refuses_what_would_not_go_out_as_built() -> None:
+    """unsendable names control characters and non-UTF-8 text; form newlines pass."""
+    ok_form = {"description": "line one\nline two", "cores": 2}
+    assert wire.unsendable("/nodes/pve1/qemu/100/config", {"vmid": 100}, ok_form) is None
+    refused = {
+        "path": wire.unsendable("/nodes/pve1\n/qemu/100/config", None, None),
+        "query value": wire.unsendable("/nodes/pve1/tasks", {"userfilter": "a\tb"}, None),
+        "form name": wire.unsendable("/x", None, {"cores\n": 2}),
+        "surrogate": wire.unsendable("/x", None, {"description": "\ud800"}),
+    }
+    assert all(reason is not None for reason in refused.values()), refused
+    assert "control character" in str(refused["form name"])
+    assert "not UTF-8 encodable" in str(refused["surrogate"])
