@@ -25,18 +25,20 @@ from lifecycled.domain.outcome import (
     after_search,
     next_attempt,
     succeed,
+    task_matches,
 )
 from lifecycled.domain.states import OpState
 from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.durable import durable
-from lifecycled.errors import PveError
+from lifecycled.errors import PveError, UpidTaken
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import (
     ClusterResource,
     PveClient,
     TaskEntry,
+    all_tasks,
     read_guest,
     read_guest_status,
 )
@@ -170,12 +172,13 @@ class Executor:
     async def search_tasks(
         self, op: Op, spec: ActionSpec, *, since: float, prefetched: Prefetched | None = None
     ) -> list[str]:
-        """UPIDs in the node's task list that may be this op's task (SPEC §2 "ambiguous").
+        """UPIDs in the node's task list that may be this op's task (SPEC §2 "ambiguous";
+        the rule is :func:`~lifecycled.domain.outcome.task_matches`).
 
-        Matches: a worker type of the action, the task vmid, our own user, started no
-        earlier than ``since`` (less the clock-skew allowance), and not a UPID this op
-        already journaled in an earlier attempt. With ``prefetched`` holding a complete
-        listing of the node (Recover), nothing is requested.
+        The node's whole listing since ``since`` (less the clock-skew allowance) is read,
+        page by page: on a busy node an older task is never missed. UPIDs any op already
+        recorded are left out. With ``prefetched`` holding a complete listing of the node
+        (Recover), no task list is requested.
         """
         vmid = spec.task_vmid(op.guest.vmid, op.params)
         floor_start = math.floor(since - self.skew)
@@ -184,25 +187,18 @@ class Executor:
         if known_tasks is not None and known_tasks.since <= floor_start - 60:
             items = known_tasks.by_id.get(str(vmid), ())
         else:
-            listing = await self.pve.tasks(
-                op.guest.node, source="all", vmid=vmid, since=floor_start - 60, limit=500
+            items = await all_tasks(
+                self.pve, op.guest.node, source="all", vmid=vmid, since=floor_start - 60
             )
-            items = listing.items
-        known = {h.upid for h in await self.journal.history(op.id) if h.upid}
-        types = set(spec.worker_types)
-        if spec.ha_worker_type:
-            types.add(spec.ha_worker_type)
-        user = self.pve.user
-        matches = [
-            str(t.upid)
-            for t in items
-            if t.upid.type in types
-            and t.upid.id == str(vmid)
-            and t.upid.user == user
-            and t.starttime >= floor_start
-            and str(t.upid) not in known
-        ]
-        return sorted(set(matches))
+        listed = [t.upid for t in items]
+        return task_matches(
+            spec,
+            vmid,
+            listed,
+            user=self.pve.user,
+            floor_start=floor_start,
+            recorded=await self.journal.recorded_upids(str(u) for u in listed),
+        )
 
     # --- applying decisions --------------------------------------------------------------
 
@@ -253,8 +249,9 @@ class Executor:
         verdict = decision.verdict
         if verdict is Verdict.ADOPT:
             assert decision.upid is not None
-            await self._adopt(op, decision.upid, decision.reason, confirm_by_state=confirm_by_state)
-            return True
+            return await self._adopt(
+                op, decision.upid, decision.reason, confirm_by_state=confirm_by_state
+            )
         if verdict is Verdict.TRACK:
             if self.tracker is not None:
                 self.tracker.track(op, confirm_by_state=confirm_by_state)
@@ -338,22 +335,35 @@ class Executor:
         )
         return True
 
-    async def _adopt(self, op: Op, upid_text: str, reason: str, *, confirm_by_state: bool) -> None:
+    async def _adopt(self, op: Op, upid_text: str, reason: str, *, confirm_by_state: bool) -> bool:
+        """Journal the found task as the op's own and track it. False (nothing decided now)
+        when the UPID is unreadable or another op recorded it meanwhile (a UPID belongs to
+        one op): the op stays in flight and its next look searches without that task."""
         try:
             Upid.parse(upid_text)
         except UpidError:
             log.error("op.adopt_invalid_upid", extra={**op_fields(op), "found": upid_text})
-            return
+            return False
         now = self.clock.now()
-        if op.state is OpState.DISPATCHING:
-            op = await durable(self.journal.record_upid(op.id, upid_text, now=now, reason=reason))
-        else:
-            op = await durable(
-                self.journal.set_upid_in_flight(op.id, upid_text, now=now, reason=reason)
+        try:
+            if op.state is OpState.DISPATCHING:
+                op = await durable(
+                    self.journal.record_upid(op.id, upid_text, now=now, reason=reason)
+                )
+            else:
+                op = await durable(
+                    self.journal.set_upid_in_flight(op.id, upid_text, now=now, reason=reason)
+                )
+        except UpidTaken as taken:
+            log.warning(
+                "op.adopt_taken",
+                extra={**op_fields(op), "found": upid_text, "holder": taken.holder},
             )
+            return False
         log.info("op.adopted", extra=op_fields(op))
         if self.tracker is not None:
             self.tracker.track(op, confirm_by_state=confirm_by_state)
+        return True
 
     def _finished(self, op: Op, outcome: str) -> None:
         self.metrics.command(op.action, outcome)

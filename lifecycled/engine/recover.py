@@ -28,13 +28,14 @@ from lifecycled.domain.outcome import (
 from lifecycled.domain.serialize import rfc3339
 from lifecycled.domain.states import OpState
 from lifecycled.domain.upid import Upid, UpidError
+from lifecycled.domain.userid import bare_user
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.executor import Executor, NodeTasks, Prefetched, op_fields
 from lifecycled.engine.tracker import Tracker
 from lifecycled.errors import PveError
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
-from lifecycled.pve.port import is_no_such_task
+from lifecycled.pve.port import all_tasks, is_no_such_task
 
 log = logging.getLogger("lifecycled.recover")
 
@@ -148,10 +149,10 @@ class Recoverer:
                 log.warning("janitor.stuck", extra={**op_fields(op), "reason": why})
 
     async def prefetch(self, ops: list[Op]) -> Prefetched:
-        """One complete task list per node the ops touch, and ``/cluster/resources``.
+        """One complete task list per node the ops touch (read page by page), and
+        ``/cluster/resources``.
 
-        A list cut off by its limit, or a failed read, is left out: those ops read the
-        usual way.
+        A failed read is left out: those ops read the usual way.
         """
         floors: dict[str, float] = {}
         for op in ops:
@@ -171,20 +172,14 @@ class Recoverer:
         tasks: dict[str, NodeTasks] = {}
         for node, floor in sorted(floors.items()):
             since = math.floor(floor - self.executor.skew) - 60
-            limit = 4 * len(ops) + 500
             try:
-                listing = await pve.tasks(
-                    node,
-                    source="all",
-                    since=since,
-                    userfilter=pve.user.split("!", 1)[0],
-                    limit=limit,
+                items = await all_tasks(
+                    pve, node, source="all", since=since, userfilter=bare_user(pve.user)
                 )
             except PveError as err:
                 log.warning("recover.prefetch_failed", extra={"node": node, "error": err.text})
                 continue
-            if listing.total <= len(listing.items):
-                tasks[node] = NodeTasks.of(since, listing.items)
+            tasks[node] = NodeTasks.of(since, items)
         try:
             resources = {r.vmid: r for r in await pve.cluster_resources()}
         except PveError as err:

@@ -168,7 +168,8 @@ class ProxmoxerPveClient:
         start: int = 0,
         limit: int = 50,
     ) -> TaskList:
-        """The task list; proxmoxer returns only ``data``, so ``total`` is the item count."""
+        """The task list; proxmoxer returns only ``data``, so ``total`` is unknown (None)
+        and a full page means "page on" (reference §13.9)."""
         path = f"/nodes/{node}/tasks"
         query = wire.task_list_query(
             source=source,

@@ -370,9 +370,11 @@ def task_log_from(data: Any) -> list[str]:
 
 
 def task_list_from(data: Any, total: Any) -> TaskList:
-    """``GET /nodes/{node}/tasks``; ``total`` is absent for an empty list (reference §12.2)."""
+    """``GET /nodes/{node}/tasks``; ``total`` is absent for an empty list (reference §12.2)
+    and unknown (None) to a backend that sees only ``data`` (reference §13.9)."""
     items: list[TaskEntry] = []
-    for raw in _list(data, "task list"):
+    received = _list(data, "task list")
+    for raw in received:
         if not isinstance(raw, Mapping):
             continue
         text = raw.get("upid")
@@ -392,7 +394,9 @@ def task_list_from(data: Any, total: Any) -> TaskList:
             )
         )
     count = _int(total)
-    return TaskList(items=tuple(items), total=count if count is not None else len(items))
+    if count is None and not received:
+        count = 0  # Proxmox leaves ``total`` out of an empty listing
+    return TaskList(items=tuple(items), total=count, received=len(received))
 
 
 def guest_status_from(data: Any, vmid: int) -> GuestStatus:

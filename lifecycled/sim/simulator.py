@@ -138,6 +138,11 @@ class Simulator:
     def new_pid(self, node: str) -> int:
         return self.nodes[node].new_pid(self.rng)
 
+    def next_task_seq(self) -> int:
+        """The creation order of a new task (its list position: newest first)."""
+        self._task_seq += 1
+        return self._task_seq
+
     # --- tasks -----------------------------------------------------------------------------
 
     def fork(
@@ -163,8 +168,7 @@ class Simulator:
             id=str(task_id),
             user=caller.user,
         )
-        self._task_seq += 1
-        task = Task(upid=upid, seq=self._task_seq)
+        task = Task(upid=upid, seq=self.next_task_seq())
         book.add(task)
         duration = caller.task_seconds
         run = TaskRun(
@@ -353,6 +357,20 @@ class Simulator:
 
     def kill_task(self, upid: str) -> bool:
         return outofband.kill_task(self, upid)
+
+    def add_history(
+        self,
+        node: str,
+        count: int,
+        *,
+        worker_type: str = "vncproxy",
+        task_id: int | str = "",
+        user: str | None = None,
+    ) -> list[str]:
+        """``count`` finished tasks in ``node``'s archive (a busy node; see outofband)."""
+        return outofband.add_history(
+            self, node, count, worker_type=worker_type, task_id=task_id, user=user
+        )
 
     def state(self) -> dict[str, Any]:
         """Everything the simulator holds, as ``GET /_sim/state`` returns it."""

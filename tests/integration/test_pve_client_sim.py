@@ -99,7 +99,7 @@ async def test_task_log_and_task_list(pve: Harness) -> None:
         at(pve, 100), source="all", vmid=100, typefilter="qmshutdown", since=before
     )
     assert [e.upid for e in listed.items] == [upid]
-    assert listed.total >= 1
+    assert listed.total in (1, None)  # proxmoxer's backends cannot see ``total``
     assert listed.items[0].user == pve.client.user
     assert not pve.sim.guests[100].running
 

@@ -580,8 +580,8 @@ async def test_task_list_filters_and_total(client: HttpPveClient, mocked: Any) -
     ]
 
 
-async def test_task_list_total_defaults_to_length(client: HttpPveClient, mocked: Any) -> None:
-    """Without ``total`` (empty or old lists) the total is the number of items (§12.2)."""
+async def test_task_list_total_absent_when_empty(client: HttpPveClient, mocked: Any) -> None:
+    """An empty list comes without ``total``: its total is 0 (§12.2)."""
     mocked.get(at("/nodes/pve1/tasks"), payload={"data": []})
     got = await client.tasks("pve1")
     assert (got.items, got.total) == ((), 0)

@@ -1,0 +1,102 @@
+"""A UPID belongs to one op: Recover and adoption never take a task another op recorded,
+and the journal refuses a second holder (issue 10, point 4)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from engine_support import client_for, fast_settings, pick, running, submit, wait_terminal
+
+from lifecycled.domain.actions import Action
+from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
+from lifecycled.domain.states import OpState
+from lifecycled.errors import UpidTaken
+from lifecycled.journal import Journal, SubmitRequest
+from lifecycled.sim import SimServer
+from lifecycled.sim.model import Guest
+
+
+async def first_configure(sim: SimServer, tmp_path: Path, guest: Guest) -> str:
+    """A first ``configure`` (cores 3) run to success by the engine; its UPID."""
+    async with running(sim, tmp_path) as runtime:
+        op = await submit(runtime, "configure", guest, key="first", cores=3)
+        done = await wait_terminal(runtime, op.id)
+    assert done.state is OpState.SUCCEEDED and done.upid is not None
+    assert sim.sim.guests[guest.vmid].config["cores"] == 3
+    return done.upid
+
+
+async def crashed_second_configure(sim: SimServer, tmp_path: Path, guest: Guest) -> Op:
+    """A second ``configure`` (cores 5) claimed by a daemon that died before journaling a
+    UPID (the engine is not running: nothing else touches the journal)."""
+    settings = fast_settings(tmp_path, sim)
+    now = time.time()
+    async with await Journal.open(settings.db) as journal:
+        op = (
+            await journal.submit(
+                SubmitRequest(
+                    idempotency_key="second",
+                    action="configure",
+                    guest=GuestRef(node=guest.node, kind=GuestKind.QEMU, vmid=guest.vmid),
+                    params={"cores": 5},
+                    origin=Origin.API,
+                ),
+                now=now,
+            )
+        ).op
+        claimed = await journal.claim_next(now=now)
+    assert claimed is not None and claimed.id == op.id
+    return claimed
+
+
+async def test_recover_never_takes_the_first_configures_upid(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """Crash before the second configure's POST: after restart it does not "succeed" with
+    the first op's task; it fails safe (never sent) and the guest keeps cores 3."""
+    guest = pick(sim, "qemu", running=False)
+    first = await first_configure(sim, tmp_path, guest)
+    second = await crashed_second_configure(sim, tmp_path, guest)
+    async with running(sim, tmp_path) as runtime:
+        done = await wait_terminal(runtime, second.id)
+    assert done.upid != first
+    assert done.state is OpState.FAILED, (done.state, done.upid)
+    assert sim.sim.guests[guest.vmid].config["cores"] == 3
+
+
+async def test_recover_adopts_the_second_configures_own_task(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """Crash after the second configure's POST: Recover adopts that op's own task (not the
+    first op's, which also matches) and the op succeeds with cores 5 applied."""
+    guest = pick(sim, "qemu", running=False)
+    first = await first_configure(sim, tmp_path, guest)
+    second = await crashed_second_configure(sim, tmp_path, guest)
+    pve = client_for(sim)
+    try:
+        own = await pve.dispatch(
+            guest.node, GuestKind.QEMU, Action.CONFIGURE, guest.vmid, {"cores": 5}
+        )
+    finally:
+        await pve.close()
+    assert own is not None
+    async with running(sim, tmp_path) as runtime:
+        done = await wait_terminal(runtime, second.id)
+    assert (done.state, done.upid) == (OpState.SUCCEEDED, str(own))
+    assert done.upid != first
+    assert sim.sim.guests[guest.vmid].config["cores"] == 5
+
+
+async def test_journal_refuses_a_second_holder(sim: SimServer, tmp_path: Path) -> None:
+    """Recording a UPID another op holds raises UpidTaken and changes nothing."""
+    guest = pick(sim, "qemu", running=False)
+    first = await first_configure(sim, tmp_path, guest)
+    second = await crashed_second_configure(sim, tmp_path, guest)
+    async with await Journal.open(fast_settings(tmp_path, sim).db) as journal:
+        with pytest.raises(UpidTaken):
+            await journal.record_upid(second.id, first, now=time.time())
+        after = await journal.get(second.id)
+        assert await journal.recorded_upids([first, "UPID:none"]) == {first}
+    assert (after.state, after.upid) == (OpState.DISPATCHING, None)
