@@ -17,7 +17,7 @@ import attrs
 
 from lifecycled.domain.actions import Action, ActionSpec, GuestView, is_destructive, spec_for
 from lifecycled.domain.classify import ErrorClass
-from lifecycled.domain.op import Op
+from lifecycled.domain.op import GuestKind, Op
 from lifecycled.domain.outcome import (
     Decision,
     RetryBudget,
@@ -35,7 +35,7 @@ from lifecycled.errors import PveError, UpidTaken
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import (
-    ClusterResource,
+    GuestStatus,
     PveClient,
     TaskEntry,
     all_tasks,
@@ -45,7 +45,7 @@ from lifecycled.pve.port import (
 
 log = logging.getLogger("lifecycled.engine")
 
-#: Actions whose target a ``/cluster/resources`` status can settle (see :class:`Prefetched`).
+#: Actions whose target a node's live guest list can settle (see :class:`Prefetched`).
 _SNAPSHOT_ACTIONS = frozenset({Action.START, Action.STOP, Action.SHUTDOWN})
 
 #: Actions whose Check needs only ``status/current`` (see :meth:`Executor.observe`).
@@ -86,33 +86,44 @@ class NodeTasks:
 
 @attrs.frozen(kw_only=True)
 class Prefetched:
-    """Proxmox reads made once for many ops (Recover): each node's task list and the
-    cluster's guest list. Ops find their task and their guest here instead of one or two
-    requests each; what is not here is read the usual way."""
+    """Proxmox reads made once for many ops (Recover): each node's task list and each
+    node's live guest list (``GET /nodes/{node}/qemu|lxc``). Ops find their task and their
+    guest here instead of one or two requests each; what is not here is read the usual way.
+
+    ``/cluster/resources`` is never used as proof: its status lags by up to ~10 s
+    (reference §13.10) and could show a start or stop that was just undone, or not yet
+    done.
+    """
 
     tasks: Mapping[str, NodeTasks] = attrs.field(factory=dict)
-    resources: Mapping[int, ClusterResource] | None = None
+    #: Live guest statuses by (node, kind, vmid), for every (node, kind) in ``listed``.
+    guests: Mapping[tuple[str, GuestKind, int], GuestStatus] = attrs.field(factory=dict)
+    #: The (node, kind) guest lists that were read.
+    listed: frozenset[tuple[str, GuestKind]] = frozenset()
 
     def view(self, op: Op, spec: ActionSpec) -> GuestView | None:
-        """The guest as ``/cluster/resources`` shows it, when that settles ``spec``'s target:
+        """The guest as its node's live list shows it, when that settles ``spec``'s target:
         "stopped" settles start (not held) and stop/shutdown (held), "running" settles
-        stop/shutdown (not held); a running VM may be paused, so start needs a real read."""
-        if self.resources is None or spec.action not in _SNAPSHOT_ACTIONS:
+        stop/shutdown (not held); a running VM may be paused (the list has no run state
+        without ``full``), so start needs a real read."""
+        if spec.action not in _SNAPSHOT_ACTIONS:
             return None
-        res = self.resources.get(op.guest.vmid)
-        if res is None or res.node != op.guest.node or res.kind != op.guest.kind:
+        node, kind = op.guest.node, op.guest.kind
+        if (node, kind) not in self.listed:
             return None
-        if res.status not in ("running", "stopped"):
+        status = self.guests.get((node, kind, op.guest.vmid))
+        if status is None or status.status not in ("running", "stopped"):
             return None
-        if spec.action is Action.START and res.status == "running":
+        if spec.action is Action.START and status.status == "running":
             return None
         return GuestView(
             exists=True,
-            node=res.node,
-            status=res.status,
-            lock=res.lock,
-            ha_managed=res.hastate is not None,
-            template=res.template,
+            node=node,
+            status=status.status,
+            qmpstatus=status.qmpstatus,
+            lock=status.lock,
+            ha_managed=status.ha_managed,
+            template=status.template,
         )
 
 

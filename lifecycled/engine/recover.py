@@ -16,7 +16,7 @@ import attrs
 
 from lifecycled.domain.actions import UnsupportedAction, spec_for
 from lifecycled.domain.classify import ErrorClass
-from lifecycled.domain.op import Op
+from lifecycled.domain.op import GuestKind, Op
 from lifecycled.domain.outcome import (
     Decision,
     Verdict,
@@ -35,7 +35,7 @@ from lifecycled.engine.tracker import Tracker
 from lifecycled.errors import PveError
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
-from lifecycled.pve.port import all_tasks, is_no_such_task
+from lifecycled.pve.port import GuestStatus, all_tasks, is_no_such_task
 
 log = logging.getLogger("lifecycled.recover")
 
@@ -97,8 +97,8 @@ class Recoverer:
     async def recover(self) -> RecoverReport:
         """The startup pass: every ``dispatching``/``running`` op, resolved once.
 
-        With more than a few ops in flight, each node's task list and the cluster's guest
-        list are read once up front (:meth:`prefetch`): most ops then find their task, or
+        With more than a few ops in flight, each node's task list and its live guest lists
+        are read once up front (:meth:`prefetch`): most ops then find their task, or
         their guest's state, there instead of costing one or two requests each.
         """
         started = self.clock.now()
@@ -149,8 +149,8 @@ class Recoverer:
                 log.warning("janitor.stuck", extra={**op_fields(op), "reason": why})
 
     async def prefetch(self, ops: list[Op]) -> Prefetched:
-        """One complete task list per node the ops touch (read page by page), and
-        ``/cluster/resources``.
+        """One complete task list per node the ops touch (read page by page), and each of
+        those nodes' live guest lists (never the lagging ``/cluster/resources``).
 
         A failed read is left out: those ops read the usual way.
         """
@@ -180,12 +180,17 @@ class Recoverer:
                 log.warning("recover.prefetch_failed", extra={"node": node, "error": err.text})
                 continue
             tasks[node] = NodeTasks.of(since, items)
-        try:
-            resources = {r.vmid: r for r in await pve.cluster_resources()}
-        except PveError as err:
-            log.warning("recover.prefetch_failed", extra={"node": None, "error": err.text})
-            resources = None
-        return Prefetched(tasks=tasks, resources=resources)
+        guests: dict[tuple[str, GuestKind, int], GuestStatus] = {}
+        listed: set[tuple[str, GuestKind]] = set()
+        for node, kind in sorted({(op.guest.node, op.guest.kind) for op in ops}):
+            try:
+                statuses = await pve.node_guests(node, kind)
+            except PveError as err:
+                log.warning("recover.prefetch_failed", extra={"node": node, "error": err.text})
+                continue
+            listed.add((node, kind))
+            guests.update({(node, kind, st.vmid): st for st in statuses})
+        return Prefetched(tasks=tasks, guests=guests, listed=frozenset(listed))
 
     async def _examine_all(
         self, ops: list[Op], *, prefetched: Prefetched | None = None, concurrency: int | None = None

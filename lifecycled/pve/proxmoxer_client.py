@@ -205,6 +205,11 @@ class ProxmoxerPveClient:
         data = await self._call("GET", path, wire.EP_RESOURCES, {"type": "vm"})
         return self._decoded(path, lambda: wire.cluster_resources_from(data))
 
+    async def node_guests(self, node: str, kind: GuestKind) -> list[GuestStatus]:
+        path = f"/nodes/{node}/{kind}"
+        data = await self._call("GET", path, wire.EP_NODE_GUESTS, {})
+        return self._decoded(path, lambda: wire.node_guests_from(data))
+
     async def node_status(self, node: str) -> Mapping[str, Any]:
         path = f"/nodes/{node}/status"
         data = await self._call("GET", path, wire.EP_NODE_STATUS, {})

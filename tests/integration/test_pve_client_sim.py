@@ -122,6 +122,18 @@ async def test_task_list_paging_and_user_filter(pve: Harness) -> None:
     assert all(e.user.startswith(pve.client.user.split("!")[0]) for e in mine.items)
 
 
+async def test_node_guests_is_live(pve: Harness) -> None:
+    """The node's guest list shows a power change at once (``/cluster/resources`` lags)."""
+    node = at(pve, 100)
+    before = {g.vmid: g.status for g in await pve.client.node_guests(node, Q)}
+    pve.sim.set_guest_status(100, "stopped" if before[100] == "running" else "running")
+    after = {g.vmid: g.status for g in await pve.client.node_guests(node, Q)}
+    assert after[100] != before[100]
+    assert set(after) == {
+        g.vmid for g in pve.sim.guests.values() if g.node == node and g.kind == "qemu"
+    }
+
+
 async def test_lxc_configure_is_synchronous(pve: Harness) -> None:
     """LXC ``PUT config`` answers null: no task; the value is set when it returns."""
     got = await pve.client.dispatch(at(pve, 103), L, Action.CONFIGURE, 103, {"cores": 3})
