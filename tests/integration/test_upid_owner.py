@@ -3,6 +3,8 @@ and the journal refuses a second holder (issue 10, point 4)."""
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from lifecycled.errors import UpidTaken
 from lifecycled.journal import Journal, SubmitRequest
 from lifecycled.sim import SimServer
 from lifecycled.sim.model import Guest
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 async def first_configure(sim: SimServer, tmp_path: Path, guest: Guest) -> str:
@@ -100,3 +104,43 @@ async def test_journal_refuses_a_second_holder(sim: SimServer, tmp_path: Path) -
         after = await journal.get(second.id)
         assert await journal.recorded_upids([first, "UPID:none"]) == {first}
     assert (after.state, after.upid) == (OpState.DISPATCHING, None)
+
+
+async def test_migration_keeps_the_first_holder_of_a_duplicated_upid(tmp_path: Path) -> None:
+    """A journal written before 0004 may hold one UPID on two ops: after the migration only
+    the older op keeps it (the other's history still has it) and a new duplicate is refused."""
+    old = tmp_path / "v3"
+    old.mkdir()
+    for sql in sorted((REPO / "migrations").glob("000[123]_*.sql")):
+        shutil.copy(sql, old / sql.name)
+    path = tmp_path / "j.sqlite3"
+    async with await Journal.open(path, migrations_dir=old) as journal:
+        first = await submit_op(journal, "a")
+        second = await submit_op(journal, "b")
+    upid = "UPID:pve1:00001234:01234567:65000000:qmconfig:101:root@pam!lifecycled:"
+    raw = sqlite3.connect(path)
+    with raw:
+        raw.execute("UPDATE ops SET upid = ? WHERE id IN (?, ?)", (upid, first, second))
+        raw.execute("UPDATE op_history SET upid = ? WHERE op_id = ?", (upid, second))
+    raw.close()
+    async with await Journal.open(path) as journal:
+        assert (await journal.get(first)).upid == upid
+        assert (await journal.get(second)).upid is None
+        assert await journal.recorded_upids([upid]) == {upid}
+    raw = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            raw.execute("UPDATE ops SET upid = ? WHERE id = ?", (upid, second))
+    finally:
+        raw.close()
+
+
+async def submit_op(journal: Journal, key: str) -> int:
+    request = SubmitRequest(
+        idempotency_key=key,
+        action="configure",
+        guest=GuestRef(node="pve1", kind=GuestKind.QEMU, vmid=101),
+        params={"cores": 2},
+        origin=Origin.API,
+    )
+    return (await journal.submit(request, now=time.time())).op.id
