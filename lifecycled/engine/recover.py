@@ -294,7 +294,8 @@ class Recoverer:
             if op.upid:
                 self.tracker.track(op)  # still running, or unreadable: the tracker keeps at it
             return label
-        await self.executor.apply(op, decision)
+        if not await self.executor.apply(op, decision):
+            return "unresolved"  # e.g. the found task was recorded by another op meanwhile
         if label == "rolled_back":
             after = await self.journal.get(op.id)
             if after.state is OpState.DEAD_LETTERED:
