@@ -20,7 +20,9 @@ from lifecycled.domain.states import OpState
 from lifecycled.engine.runtime import Runtime
 from lifecycled.journal import Journal, SubmitRequest
 from lifecycled.pve.port import all_tasks
+from lifecycled.sim import SimServer
 from lifecycled.sim.model import Guest
+from lifecycled.sim.rawclient import RawClient
 
 #: More same-user tasks than several pages of the engine's page size (500).
 BUSY = 2100
@@ -138,3 +140,20 @@ async def test_ambiguity_search_adopts_a_task_past_the_first_page(
     assert (after.state, after.upid) == (OpState.RUNNING, upid)
     starts = [r for r in pve.sim.requests if r.method == "POST" and r.path.endswith("/start")]
     assert len(starts) == 1  # only the one sent behind lifecycled's back
+
+
+async def test_sim_pages_newest_first_with_total(sim_api: RawClient, sim: SimServer) -> None:
+    """The simulator's task list pages like Proxmox: at most ``limit`` entries from
+    ``start``, newest first, the full count in the envelope's ``total`` (absent when 0)."""
+    upids = sim.sim.add_history("pve1", 120, task_id=4242)
+    pages = [
+        await sim_api.get(
+            "/nodes/pve1/tasks", {"source": "all", "vmid": 4242, "start": start, "limit": 50}
+        )
+        for start in (0, 50, 100)
+    ]
+    assert [len(p.data) for p in pages] == [50, 50, 20]
+    assert {p.json["total"] for p in pages} == {120}
+    assert [t["upid"] for p in pages for t in p.data] == list(reversed(upids))
+    empty = await sim_api.get("/nodes/pve1/tasks", {"vmid": 4243})
+    assert empty.data == [] and "total" not in empty.json
