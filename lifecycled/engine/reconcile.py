@@ -95,9 +95,14 @@ class Reconciler:
         power state: the cluster's lags, reference §13.10) and the journal's view."""
         resources = await self.pve.cluster_resources()
         live: dict[tuple[GuestKind, int], tuple[str, str | None]] = {}
-        for kind in GuestKind:
-            for status in await self.pve.node_guests(self.node, kind):
-                live[(kind, status.vmid)] = (status.qmpstatus or status.status, status.lock)
+        try:
+            for kind in GuestKind:
+                for status in await self.pve.node_guests(self.node, kind):
+                    live[(kind, status.vmid)] = (status.qmpstatus or status.status, status.lock)
+        except PveError as err:
+            # No live state: the node's guests read "unknown" and nothing is done to them.
+            log.warning("reconcile.live_unreadable", extra={"node": self.node, "error": err.text})
+            live.clear()
         observations = with_live_status(observations_from(resources), node=self.node, live=live)
         return ReconcileInput(
             node=self.node,
