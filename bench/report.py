@@ -91,7 +91,7 @@ _FINDINGS = """\
   looks at a young task every 0.5 s, so a lone 2 s op costs 6 requests against the 1 s
   poller's 3; batching wins from a few dozen ops in flight (one task list per node per tick,
   a Check of one `status/current` for power actions).
-- **Recover** reads each node's task list and `/cluster/resources` once (it was one or two
+- **Recover** reads each node's task list (paged) and live guest lists once (it was one or two
   requests per op: ~11 s for 10,000 ops). **Idle CPU** on a 1,000,000-op journal was ~3 %
   (a full `GROUP BY state` count every 2 s for the gauges); the gauges now read partial
   indexes only.

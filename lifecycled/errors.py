@@ -45,6 +45,15 @@ class Conflict(LifecycledError):
     """A request conflicts with what the journal already holds (e.g. an idempotency key)."""
 
 
+class UpidTaken(Conflict):
+    """A task id another op already recorded: a UPID belongs to one op."""
+
+    def __init__(self, upid: str, holder: int) -> None:
+        super().__init__(f"task {upid} is already recorded by op {holder}")
+        self.upid = upid
+        self.holder = holder
+
+
 class InvalidTransition(JournalError):
     """A state change the op state machine does not allow."""
 

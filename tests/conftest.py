@@ -29,6 +29,7 @@ FAST_SIM: dict[str, Any] = {
     "auth_delay": 0.0,
     "lock_timeout": 0.3,
     "archive_interval": 0.2,
+    "resources_lag": 0.5,
     "ha_delay": 0.2,
 }
 

@@ -99,6 +99,13 @@ def sim_command(
     archive_interval: Annotated[
         str, typer.Option("--archive-interval", help="Task archiver period.")
     ] = "10",
+    resources_lag: Annotated[
+        str,
+        typer.Option(
+            "--resources-lag",
+            help="How stale /cluster/resources power states are (pvestatd; 0 = live).",
+        ),
+    ] = "10",
     ready_file: Annotated[
         Path | None, typer.Option("--ready-file", help="Write the URL here once listening.")
     ] = None,
@@ -131,6 +138,7 @@ def sim_command(
             ha_delay=_seconds("--ha-delay", ha_delay),
             archive_max=_count("--archive-max", archive_max),
             archive_interval=_seconds("--archive-interval", archive_interval),
+            resources_lag=_seconds("--resources-lag", resources_lag),
             tls=tls,
             password=_read_secret("--password-file", password_file) if password_file else None,
         )

@@ -146,6 +146,13 @@ class Demo:
     async def plan_batch(self) -> None:
         """Pick guests from what the cluster really holds and plan one op per story point."""
         res = [r for r in await self.pve_get("/cluster/resources?type=vm") if not r.get("hastate")]
+        # /cluster/resources finds the guests; its status lags (§13.10): take the nodes' live lists.
+        live: dict[int, str] = {}
+        for node, kind in sorted({(str(r["node"]), str(r["type"])) for r in res}):
+            for item in await self.pve_get(f"/nodes/{node}/{kind}"):
+                live[int(item["vmid"])] = str(item.get("qmpstatus") or item["status"])
+        for r in res:
+            r["status"] = live.get(int(r["vmid"]), "unknown")
         usable = [r for r in res if not r.get("template")]
         template = next((r for r in res if r.get("template")), None)
         pool: dict[tuple[str, str], list[dict[str, Any]]] = {}

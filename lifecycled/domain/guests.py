@@ -260,6 +260,12 @@ def creation_conflict(record: GuestRecord | None, fingerprint: Mapping[str, str]
     )
 
 
+def is_ha_managed(state: str) -> bool:
+    """Whether an HA resource in ``state`` is managed by HA: ``ignored`` takes it out of the
+    CRM and LRM, and API calls act on the guest directly (reference §8, §13.10)."""
+    return bool(state) and state != "ignored"
+
+
 @attrs.frozen(kw_only=True)
 class Observation:
     """One guest as a ``/cluster/resources?type=vm`` read shows it."""
@@ -279,7 +285,7 @@ class Observation:
 
     @property
     def ha_managed(self) -> bool:
-        return bool(self.hastate) and self.hastate != "ignored"
+        return self.hastate is not None and is_ha_managed(self.hastate)
 
 
 _QEMU_DISK_RE = re.compile(r"^(ide|sata|scsi|virtio|efidisk|tpmstate)\d+$")

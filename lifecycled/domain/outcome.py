@@ -17,7 +17,7 @@ task stopped with some exit status, a call failed with some error class, a task 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import attrs
 
@@ -30,6 +30,7 @@ from lifecycled.domain.classify import (
     is_unknown_exitstatus,
 )
 from lifecycled.domain.op import Op, OpError
+from lifecycled.domain.upid import Upid
 
 
 class Verdict(enum.StrEnum):
@@ -175,6 +176,36 @@ def _after_failure(
     if task_created and spec.one_shot:
         return fail(f"{where} failed; one-shot op is not dispatched twice", cls, text, exitstatus)
     return retry(f"{where} failed ({cls})", cls, text, exitstatus=exitstatus)
+
+
+def task_matches(
+    spec: ActionSpec,
+    task_vmid: int | str,
+    listed: Iterable[Upid],
+    *,
+    user: str,
+    floor_start: int,
+    recorded: Collection[str],
+) -> list[str]:
+    """The UPIDs of a node's task list that may be an op's task (SPEC §2 "ambiguous").
+
+    A match has a worker type of the action (or its HA request), the task's vmid, our own
+    user, started no earlier than ``floor_start``, and is recorded by no op: a UPID belongs
+    to one op, so a task any op journaled — another op's, or this op's earlier attempt — is
+    never adopted.
+    """
+    types = set(spec.worker_types)
+    if spec.ha_worker_type:
+        types.add(spec.ha_worker_type)
+    found = {
+        str(upid)
+        for upid in listed
+        if upid.type in types
+        and upid.id == str(task_vmid)
+        and upid.user == user
+        and upid.starttime >= floor_start
+    }
+    return sorted(found - set(recorded))
 
 
 def after_search(op: Op, spec: ActionSpec, matches: Sequence[str], *, recovering: bool) -> Decision:

@@ -4,7 +4,9 @@ what to write, what to enqueue, what to cancel and what to look at more closely 
 The shell (:mod:`lifecycled.engine.reconcile`) carries the plan out; ``lifecycled reconcile
 --dry-run`` prints it. Rules:
 
-* only guests on the served node are acted on; known guests seen anywhere are observed;
+* only guests on the served node are acted on, by their live power state (the node's own
+  guest list, never ``/cluster/resources``' lagging one); known guests seen anywhere are
+  observed;
 * a managed guest whose observed power state differs from its desired state, with no op
   open, no lock, not HA-managed and not a template, gets one convergent op (``start``,
   ``resume`` or ``shutdown`` — never a destructive one), at most ``max_commands`` per pass,
@@ -35,7 +37,7 @@ from lifecycled.domain.guests import (
     ObservedState,
     desired_for,
 )
-from lifecycled.domain.op import GuestRef, Op
+from lifecycled.domain.op import GuestKind, GuestRef, Op
 from lifecycled.domain.states import OpState
 
 #: Failed reconcile ops block the same desired generation until an operator acts.
@@ -151,6 +153,39 @@ def convergence(guest: GuestRecord, observed: ObservedState) -> tuple[Action | N
     if observed in (ObservedState.PAUSED, ObservedState.SUSPENDED):
         return None, f"{observed}: not shut down by reconcile (stop it explicitly)"
     return Action.SHUTDOWN, f"{observed}, desired stopped"
+
+
+def with_live_status(
+    observations: Sequence[Observation],
+    *,
+    node: str,
+    live: Mapping[tuple[GuestKind, int], tuple[str, str | None]],
+) -> list[Observation]:
+    """The served node's guests with the power state and lock of the node's live guest list
+    (``live``: (kind, vmid) → (status, lock)) instead of ``/cluster/resources``', whose
+    status lags by up to ~10 s (reference §13.10): acted on, it would re-start a guest a
+    just-finished op stopped, or shut down one it started. Guests of other nodes keep the
+    cluster's view (they are observed, never acted on). A guest the live list lacks reads
+    ``unknown``, so nothing is done to it this pass.
+
+    The list shows a paused VM as ``running`` (its run state needs ``full=1``): a
+    ``paused`` from the cluster's view is kept then — the worst it can cause is a
+    ``resume`` that the dispatcher's live Check finds already held, so nothing is sent.
+    """
+    out: list[Observation] = []
+    for obs in observations:
+        if obs.node != node:
+            out.append(obs)
+            continue
+        found = live.get((obs.kind, obs.vmid))
+        if found is None:
+            out.append(attrs.evolve(obs, status="unknown"))
+            continue
+        status, lock = found
+        if status == "running" and obs.status == "paused":
+            status = obs.status
+        out.append(attrs.evolve(obs, status=status, lock=lock))
+    return out
 
 
 def plan(inp: ReconcileInput) -> Plan:

@@ -17,7 +17,7 @@ import attrs
 
 from lifecycled.domain.actions import Action, ActionSpec, GuestView, is_destructive, spec_for
 from lifecycled.domain.classify import ErrorClass
-from lifecycled.domain.op import Op
+from lifecycled.domain.op import GuestKind, Op
 from lifecycled.domain.outcome import (
     Decision,
     RetryBudget,
@@ -26,18 +26,20 @@ from lifecycled.domain.outcome import (
     fail,
     next_attempt,
     succeed,
+    task_matches,
 )
 from lifecycled.domain.states import OpState
 from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.durable import durable
-from lifecycled.errors import JournalUnavailable, PveError
+from lifecycled.errors import JournalUnavailable, PveError, UpidTaken
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import (
-    ClusterResource,
+    GuestStatus,
     PveClient,
     TaskEntry,
+    all_tasks,
     read_guest,
     read_guest_status,
 )
@@ -47,7 +49,7 @@ log = logging.getLogger("lifecycled.engine")
 #: Longest exception text kept in an op's error and history.
 _INTERNAL_TEXT_MAX = 500
 
-#: Actions whose target a ``/cluster/resources`` status can settle (see :class:`Prefetched`).
+#: Actions whose target a node's live guest list can settle (see :class:`Prefetched`).
 _SNAPSHOT_ACTIONS = frozenset({Action.START, Action.STOP, Action.SHUTDOWN})
 
 #: Actions whose Check needs only ``status/current`` (see :meth:`Executor.observe`).
@@ -88,33 +90,44 @@ class NodeTasks:
 
 @attrs.frozen(kw_only=True)
 class Prefetched:
-    """Proxmox reads made once for many ops (Recover): each node's task list and the
-    cluster's guest list. Ops find their task and their guest here instead of one or two
-    requests each; what is not here is read the usual way."""
+    """Proxmox reads made once for many ops (Recover): each node's task list and each
+    node's live guest list (``GET /nodes/{node}/qemu|lxc``). Ops find their task and their
+    guest here instead of one or two requests each; what is not here is read the usual way.
+
+    ``/cluster/resources`` is never used as proof: its status lags by up to ~10 s
+    (reference §13.10) and could show a start or stop that was just undone, or not yet
+    done.
+    """
 
     tasks: Mapping[str, NodeTasks] = attrs.field(factory=dict)
-    resources: Mapping[int, ClusterResource] | None = None
+    #: Live guest statuses by (node, kind, vmid), for every (node, kind) in ``listed``.
+    guests: Mapping[tuple[str, GuestKind, int], GuestStatus] = attrs.field(factory=dict)
+    #: The (node, kind) guest lists that were read.
+    listed: frozenset[tuple[str, GuestKind]] = frozenset()
 
     def view(self, op: Op, spec: ActionSpec) -> GuestView | None:
-        """The guest as ``/cluster/resources`` shows it, when that settles ``spec``'s target:
+        """The guest as its node's live list shows it, when that settles ``spec``'s target:
         "stopped" settles start (not held) and stop/shutdown (held), "running" settles
-        stop/shutdown (not held); a running VM may be paused, so start needs a real read."""
-        if self.resources is None or spec.action not in _SNAPSHOT_ACTIONS:
+        stop/shutdown (not held); a running VM may be paused (the list has no run state
+        without ``full``), so start needs a real read."""
+        if spec.action not in _SNAPSHOT_ACTIONS:
             return None
-        res = self.resources.get(op.guest.vmid)
-        if res is None or res.node != op.guest.node or res.kind != op.guest.kind:
+        node, kind = op.guest.node, op.guest.kind
+        if (node, kind) not in self.listed:
             return None
-        if res.status not in ("running", "stopped"):
+        status = self.guests.get((node, kind, op.guest.vmid))
+        if status is None or status.status not in ("running", "stopped"):
             return None
-        if spec.action is Action.START and res.status == "running":
+        if spec.action is Action.START and status.status == "running":
             return None
         return GuestView(
             exists=True,
-            node=res.node,
-            status=res.status,
-            lock=res.lock,
-            ha_managed=res.hastate is not None,
-            template=res.template,
+            node=node,
+            status=status.status,
+            qmpstatus=status.qmpstatus,
+            lock=status.lock,
+            ha_managed=status.ha_managed,
+            template=status.template,
         )
 
 
@@ -181,12 +194,13 @@ class Executor:
     async def search_tasks(
         self, op: Op, spec: ActionSpec, *, since: float, prefetched: Prefetched | None = None
     ) -> list[str]:
-        """UPIDs in the node's task list that may be this op's task (SPEC §2 "ambiguous").
+        """UPIDs in the node's task list that may be this op's task (SPEC §2 "ambiguous";
+        the rule is :func:`~lifecycled.domain.outcome.task_matches`).
 
-        Matches: a worker type of the action, the task vmid, our own user, started no
-        earlier than ``since`` (less the clock-skew allowance), and not a UPID this op
-        already journaled in an earlier attempt. With ``prefetched`` holding a complete
-        listing of the node (Recover), nothing is requested.
+        The node's whole listing since ``since`` (less the clock-skew allowance) is read,
+        page by page: on a busy node an older task is never missed. UPIDs any op already
+        recorded are left out. With ``prefetched`` holding a complete listing of the node
+        (Recover), no task list is requested.
         """
         vmid = spec.task_vmid(op.guest.vmid, op.params)
         floor_start = math.floor(since - self.skew)
@@ -195,25 +209,18 @@ class Executor:
         if known_tasks is not None and known_tasks.since <= floor_start - 60:
             items = known_tasks.by_id.get(str(vmid), ())
         else:
-            listing = await self.pve.tasks(
-                op.guest.node, source="all", vmid=vmid, since=floor_start - 60, limit=500
+            items = await all_tasks(
+                self.pve, op.guest.node, source="all", vmid=vmid, since=floor_start - 60
             )
-            items = listing.items
-        known = {h.upid for h in await self.journal.history(op.id) if h.upid}
-        types = set(spec.worker_types)
-        if spec.ha_worker_type:
-            types.add(spec.ha_worker_type)
-        user = self.pve.user
-        matches = [
-            str(t.upid)
-            for t in items
-            if t.upid.type in types
-            and t.upid.id == str(vmid)
-            and t.upid.user == user
-            and t.starttime >= floor_start
-            and str(t.upid) not in known
-        ]
-        return sorted(set(matches))
+        listed = [t.upid for t in items]
+        return task_matches(
+            spec,
+            vmid,
+            listed,
+            user=self.pve.user,
+            floor_start=floor_start,
+            recorded=await self.journal.recorded_upids(str(u) for u in listed),
+        )
 
     # --- applying decisions --------------------------------------------------------------
 
@@ -264,8 +271,9 @@ class Executor:
         verdict = decision.verdict
         if verdict is Verdict.ADOPT:
             assert decision.upid is not None
-            await self._adopt(op, decision.upid, decision.reason, confirm_by_state=confirm_by_state)
-            return True
+            return await self._adopt(
+                op, decision.upid, decision.reason, confirm_by_state=confirm_by_state
+            )
         if verdict is Verdict.TRACK:
             if self.tracker is not None:
                 self.tracker.track(op, confirm_by_state=confirm_by_state)
@@ -349,22 +357,35 @@ class Executor:
         )
         return True
 
-    async def _adopt(self, op: Op, upid_text: str, reason: str, *, confirm_by_state: bool) -> None:
+    async def _adopt(self, op: Op, upid_text: str, reason: str, *, confirm_by_state: bool) -> bool:
+        """Journal the found task as the op's own and track it. False (nothing decided now)
+        when the UPID is unreadable or another op recorded it meanwhile (a UPID belongs to
+        one op): the op stays in flight and its next look searches without that task."""
         try:
             Upid.parse(upid_text)
         except UpidError:
             log.error("op.adopt_invalid_upid", extra={**op_fields(op), "found": upid_text})
-            return
+            return False
         now = self.clock.now()
-        if op.state is OpState.DISPATCHING:
-            op = await durable(self.journal.record_upid(op.id, upid_text, now=now, reason=reason))
-        else:
-            op = await durable(
-                self.journal.set_upid_in_flight(op.id, upid_text, now=now, reason=reason)
+        try:
+            if op.state is OpState.DISPATCHING:
+                op = await durable(
+                    self.journal.record_upid(op.id, upid_text, now=now, reason=reason)
+                )
+            else:
+                op = await durable(
+                    self.journal.set_upid_in_flight(op.id, upid_text, now=now, reason=reason)
+                )
+        except UpidTaken as taken:
+            log.warning(
+                "op.adopt_taken",
+                extra={**op_fields(op), "found": upid_text, "holder": taken.holder},
             )
+            return False
         log.info("op.adopted", extra=op_fields(op))
         if self.tracker is not None:
             self.tracker.track(op, confirm_by_state=confirm_by_state)
+        return True
 
     async def contain(self, op: Op, exc: Exception, *, where: str, end: bool) -> None:
         """One op's unexpected exception, kept to that op (issue 10 point 5): logged with the

@@ -1,6 +1,8 @@
 """The reconcile loop (SPEC §3): read, plan (:mod:`lifecycled.domain.reconcile`), apply.
 
-Each pass makes ONE ``/cluster/resources?type=vm`` read for the power states; config reads
+Each pass makes ONE ``/cluster/resources?type=vm`` read to find the guests and reads the
+served node's live guest lists (``/nodes/{node}/qemu|lxc``) for the power states it acts on
+(the cluster's lag, reference §13.10); config reads
 are bounded (a few drift checks, LOST guests that reappear, newly found guests with
 ``--manage-discovered``). It never calls a mutating Proxmox endpoint itself: convergent work
 is journaled as ops (``origin: reconcile``) that the dispatcher carries out like any other.
@@ -21,7 +23,7 @@ from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.actions import fingerprint_matches, fingerprint_of
 from lifecycled.domain.guests import GuestRecord, Observation
 from lifecycled.domain.node import admission_refusal
-from lifecycled.domain.op import Origin
+from lifecycled.domain.op import GuestKind, Origin
 from lifecycled.domain.reconcile import (
     OrphanKind,
     Plan,
@@ -30,6 +32,7 @@ from lifecycled.domain.reconcile import (
     command_dict,
     plan,
     report_of,
+    with_live_status,
 )
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.executor import internal_text
@@ -89,8 +92,19 @@ class Reconciler:
         self.last_report: ReconcileReport | None = None
 
     async def gather(self) -> ReconcileInput:
-        """One cluster read and the journal's view: the plan's input."""
-        observations = observations_from(await self.pve.cluster_resources())
+        """One cluster read (which guests, where), the served node's live guest lists (their
+        power state: the cluster's lags, reference §13.10) and the journal's view."""
+        resources = await self.pve.cluster_resources()
+        live: dict[tuple[GuestKind, int], tuple[str, str | None]] = {}
+        try:
+            for kind in GuestKind:
+                for status in await self.pve.node_guests(self.node, kind):
+                    live[(kind, status.vmid)] = (status.qmpstatus or status.status, status.lock)
+        except PveError as err:
+            # No live state: the node's guests read "unknown" and nothing is done to them.
+            log.warning("reconcile.live_unreadable", extra={"node": self.node, "error": err.text})
+            live.clear()
+        observations = with_live_status(observations_from(resources), node=self.node, live=live)
         return ReconcileInput(
             node=self.node,
             now=self.clock.now(),

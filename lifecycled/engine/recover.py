@@ -16,7 +16,7 @@ import attrs
 
 from lifecycled.domain.actions import UnsupportedAction, spec_for
 from lifecycled.domain.classify import ErrorClass
-from lifecycled.domain.op import Op
+from lifecycled.domain.op import GuestKind, Op
 from lifecycled.domain.outcome import (
     Decision,
     Verdict,
@@ -28,13 +28,14 @@ from lifecycled.domain.outcome import (
 from lifecycled.domain.serialize import rfc3339
 from lifecycled.domain.states import OpState
 from lifecycled.domain.upid import Upid, UpidError
+from lifecycled.domain.userid import bare_user
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.executor import Executor, NodeTasks, Prefetched, op_fields
 from lifecycled.engine.tracker import Tracker
 from lifecycled.errors import JournalUnavailable, PveError, RequestNotSent
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
-from lifecycled.pve.port import is_no_such_task
+from lifecycled.pve.port import GuestStatus, all_tasks, is_no_such_task
 
 log = logging.getLogger("lifecycled.recover")
 
@@ -96,8 +97,8 @@ class Recoverer:
     async def recover(self) -> RecoverReport:
         """The startup pass: every ``dispatching``/``running`` op, resolved once.
 
-        With more than a few ops in flight, each node's task list and the cluster's guest
-        list are read once up front (:meth:`prefetch`): most ops then find their task, or
+        With more than a few ops in flight, each node's task list and its live guest lists
+        are read once up front (:meth:`prefetch`): most ops then find their task, or
         their guest's state, there instead of costing one or two requests each.
         """
         started = self.clock.now()
@@ -148,10 +149,10 @@ class Recoverer:
                 log.warning("janitor.stuck", extra={**op_fields(op), "reason": why})
 
     async def prefetch(self, ops: list[Op]) -> Prefetched:
-        """One complete task list per node the ops touch, and ``/cluster/resources``.
+        """One complete task list per node the ops touch (read page by page), and each of
+        those nodes' live guest lists (never the lagging ``/cluster/resources``).
 
-        A list cut off by its limit, or a failed read, is left out: those ops read the
-        usual way.
+        A failed read is left out: those ops read the usual way.
         """
         floors: dict[str, float] = {}
         for op in ops:
@@ -171,14 +172,9 @@ class Recoverer:
         tasks: dict[str, NodeTasks] = {}
         for node, floor in sorted(floors.items()):
             since = math.floor(floor - self.executor.skew) - 60
-            limit = 4 * len(ops) + 500
             try:
-                listing = await pve.tasks(
-                    node,
-                    source="all",
-                    since=since,
-                    userfilter=pve.user.split("!", 1)[0],
-                    limit=limit,
+                items = await all_tasks(
+                    pve, node, source="all", since=since, userfilter=bare_user(pve.user)
                 )
             except PveError as err:
                 log.warning("recover.prefetch_failed", extra={"node": node, "error": err.text})
@@ -186,14 +182,21 @@ class Recoverer:
             except RequestNotSent as exc:  # a node name no request can carry: read per op
                 log.warning("recover.prefetch_failed", extra={"node": node, "error": str(exc)})
                 continue
-            if listing.total <= len(listing.items):
-                tasks[node] = NodeTasks.of(since, listing.items)
-        try:
-            resources = {r.vmid: r for r in await pve.cluster_resources()}
-        except PveError as err:
-            log.warning("recover.prefetch_failed", extra={"node": None, "error": err.text})
-            resources = None
-        return Prefetched(tasks=tasks, resources=resources)
+            tasks[node] = NodeTasks.of(since, items)
+        guests: dict[tuple[str, GuestKind, int], GuestStatus] = {}
+        listed: set[tuple[str, GuestKind]] = set()
+        for node, kind in sorted({(op.guest.node, op.guest.kind) for op in ops}):
+            try:
+                statuses = await pve.node_guests(node, kind)
+            except PveError as err:
+                log.warning("recover.prefetch_failed", extra={"node": node, "error": err.text})
+                continue
+            except RequestNotSent as exc:  # a node name no request can carry: read per op
+                log.warning("recover.prefetch_failed", extra={"node": node, "error": str(exc)})
+                continue
+            listed.add((node, kind))
+            guests.update({(node, kind, st.vmid): st for st in statuses})
+        return Prefetched(tasks=tasks, guests=guests, listed=frozenset(listed))
 
     async def _examine_all(
         self, ops: list[Op], *, prefetched: Prefetched | None = None, concurrency: int | None = None
@@ -304,7 +307,8 @@ class Recoverer:
             if op.upid:
                 self.tracker.track(op)  # still running, or unreadable: the tracker keeps at it
             return label
-        await self.executor.apply(op, decision)
+        if not await self.executor.apply(op, decision):
+            return "unresolved"  # e.g. the found task was recorded by another op meanwhile
         if label == "rolled_back":
             after = await self.journal.get(op.id)
             if after.state is OpState.DEAD_LETTERED:

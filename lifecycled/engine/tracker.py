@@ -1,7 +1,8 @@
 """Batched task tracking (SPEC §2 step 5).
 
 Running tasks are tracked without holding a worker. All tracked tasks of one node are
-resolved together: one ``GET /nodes/{node}/tasks?source=all`` per node per tick lists the
+resolved together: one ``GET /nodes/{node}/tasks?source=all`` per node per tick (paged on a
+busy node, reference §13.9) lists the
 running ones (``RUNNING``) and the archived ones with their exit status, and every task of
 the node seen in it moves to the same cadence (so a node costs one list per tick, however
 many tasks it runs); only tasks missing from that list get an individual status read. The
@@ -31,7 +32,7 @@ from lifecycled.domain.userid import bare_user
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.executor import Executor, internal_text, op_fields
 from lifecycled.errors import JournalUnavailable, PveError
-from lifecycled.pve.port import TaskEntry, is_no_such_task
+from lifecycled.pve.port import TASK_PAGE, TaskEntry, all_tasks, is_no_such_task
 
 log = logging.getLogger("lifecycled.engine")
 
@@ -154,19 +155,20 @@ class Tracker:
             return
         since = min(e.upid.starttime for e in entries) - 1
         try:
-            listing = await self.executor.pve.tasks(
+            listed = await all_tasks(
+                self.executor.pve,
                 node,
                 source="all",
                 since=since,
                 userfilter=bare_user(self.executor.pve.user),
-                limit=max(500, 4 * len(entries)),
+                page=max(TASK_PAGE, 4 * len(entries)),
             )
         except PveError as err:
             log.warning("tracker.list_failed", extra={"node": node, "error": err.text})
             for entry in entries:
                 self._reschedule(entry, failed=True)
             return
-        by_upid: dict[str, TaskEntry] = {str(item.upid): item for item in listing.items}
+        by_upid: dict[str, TaskEntry] = {str(item.upid): item for item in listed}
         now = self.clock.monotonic()
         listed_running: list[_Tracked] = []
         for entry in entries:

@@ -165,34 +165,20 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
     async def record_upid(
         self, op_id: int, upid: str, *, now: float, reason: str = "task started"
     ) -> Op:
-        """Journal the task id Proxmox returned: dispatching → running (survives cancellation)."""
-        changes = {"upid": upid, "dispatched": 1, "ambiguous_since": None}
+        """Journal the task id Proxmox returned: dispatching → running (survives cancellation).
+
+        :class:`UpidTaken` when another op already recorded ``upid``."""
         return await self._db.write_sync(
-            lambda c: units.transition(
-                c,
-                op_id,
-                Verb.RECORD_UPID,
-                OpState.RUNNING,
-                now=now,
-                reason=reason,
-                changes=changes,
-            ),
+            lambda c: units.take_upid(c, op_id, upid, Verb.RECORD_UPID, now=now, reason=reason),
             durable=True,
         )
 
     async def set_upid_in_flight(self, op_id: int, upid: str, *, now: float, reason: str) -> Op:
-        """Adopt a task id for an in-flight op (recover/janitor); a dispatching op → running."""
-        changes = {"upid": upid, "dispatched": 1, "ambiguous_since": None}
+        """Adopt a task id for an in-flight op (recover/janitor); a dispatching op → running.
+
+        :class:`UpidTaken` when another op already recorded ``upid``."""
         return await self._db.write_sync(
-            lambda c: units.transition(
-                c,
-                op_id,
-                Verb.SET_UPID,
-                OpState.RUNNING,
-                now=now,
-                reason=reason,
-                changes=changes,
-            ),
+            lambda c: units.take_upid(c, op_id, upid, Verb.SET_UPID, now=now, reason=reason),
             durable=True,
         )
 

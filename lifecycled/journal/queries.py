@@ -10,6 +10,7 @@ import contextlib
 import os
 import sqlite3
 import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from lifecycled.journal.records import OpPage
 from lifecycled.journal.rows import HISTORY_COLUMNS, OP_COLUMNS, history_from_row, op_from_row
 
 MAX_PAGE = 1000
+#: UPIDs looked up per statement (SQLite bounds the number of parameters).
+_UPID_CHUNK = 400
 
 
 def _limit(limit: int) -> int:
@@ -100,6 +103,27 @@ class ReadVerbs:
             raise NotFound(f"op {op_id} not found")
         value = found[0]["discarded_at"]
         return None if value is None else float(value)
+
+    async def recorded_upids(self, upids: Iterable[str]) -> set[str]:
+        """Which of ``upids`` any op has recorded (now, or in an earlier attempt's history):
+        a task found in a node's list is adopted only when no op holds it already."""
+        wanted = sorted(set(upids))
+
+        async def unit(conn: aiosqlite.Connection) -> set[str]:
+            found: set[str] = set()
+            for i in range(0, len(wanted), _UPID_CHUNK):
+                chunk = wanted[i : i + _UPID_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for row in await rows(
+                    conn,
+                    f"SELECT upid FROM ops WHERE upid IN ({marks})"
+                    f" UNION SELECT upid FROM op_history WHERE upid IN ({marks})",
+                    (*chunk, *chunk),
+                ):
+                    found.add(str(row[0]))
+            return found
+
+        return await self._db.read(unit) if wanted else set()
 
     async def history(self, op_id: int) -> list[HistoryEntry]:
         """Every transition of the op, oldest first; NotFound if the op does not exist."""

@@ -28,7 +28,7 @@ from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.guests import observed_after
 from lifecycled.domain.op import Op, OpError, canonical_json
 from lifecycled.domain.states import REARMABLE, OpState
-from lifecycled.errors import Conflict, InvalidTransition, NotFound
+from lifecycled.errors import Conflict, InvalidTransition, NotFound, UpidTaken
 from lifecycled.journal.records import SubmitRequest, SubmitResult
 from lifecycled.journal.rows import OP_COLUMNS, op_from_row
 from lifecycled.journal.rules import PHASE, RULES, Verb, refusal
@@ -249,6 +249,27 @@ def transition(
     return apply(
         conn, op, dst, now=now, reason=reason, changes=changes, history_error=history_error
     )
+
+
+def take_upid(
+    conn: sqlite3.Connection, op_id: int, upid: str, verb: Verb, *, now: float, reason: str
+) -> Op:
+    """Record ``upid`` as the op's task (→ running), unless another op recorded it first.
+
+    A UPID belongs to one op: the ``ops_upid_unique`` index refuses a second holder and the
+    history counts too (a requeued op keeps its earlier tasks there), so :class:`UpidTaken`
+    names the op that holds it.
+    """
+    holder = fetch_one(
+        conn,
+        "SELECT id FROM ops WHERE upid = ? AND id != ?"
+        " UNION ALL SELECT op_id FROM op_history WHERE upid = ? AND op_id != ? LIMIT 1",
+        (upid, op_id, upid, op_id),
+    )
+    if holder is not None:
+        raise UpidTaken(upid, int(holder[0]))
+    changes = {"upid": upid, "dispatched": 1, "ambiguous_since": None}
+    return transition(conn, op_id, verb, OpState.RUNNING, now=now, reason=reason, changes=changes)
 
 
 @functools.lru_cache(maxsize=64)

@@ -243,6 +243,12 @@ class HttpPveClient:
         )
         return self._decoded(path, lambda: wire.cluster_resources_from(env.get("data")))
 
+    async def node_guests(self, node: str, kind: GuestKind) -> list[GuestStatus]:
+        """``GET /nodes/{node}/qemu|lxc`` (live, unlike ``/cluster/resources``)."""
+        path = f"/nodes/{node}/{kind}"
+        env = await self._get(path, wire.EP_NODE_GUESTS, seconds=self._timeouts.read)
+        return self._decoded(path, lambda: wire.node_guests_from(env.get("data")))
+
     async def node_status(self, node: str) -> Mapping[str, Any]:
         path = f"/nodes/{node}/status"
         env = await self._get(path, wire.EP_NODE_STATUS, seconds=self._timeouts.read)

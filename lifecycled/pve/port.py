@@ -60,8 +60,25 @@ class TaskEntry:
 
 @attrs.frozen(kw_only=True)
 class TaskList:
+    """One page of ``GET /nodes/{node}/tasks`` (reference §13.9)."""
+
     items: tuple[TaskEntry, ...]
-    total: int
+    #: The node's count of all matching tasks (the envelope's ``total``); None when the
+    #: backend cannot see it (proxmoxer's serializers return ``data`` only).
+    total: int | None
+    #: Entries on this page as Proxmox sent them (``items`` leaves out unreadable ones).
+    received: int
+
+    def more_after(self, *, start: int, limit: int) -> bool:
+        """Whether matching tasks may follow this page (read from ``start`` with ``limit``).
+
+        With ``total`` the listing says so itself; without it a full page means "maybe".
+        """
+        if self.received == 0:
+            return False
+        if self.total is not None:
+            return start + self.received < self.total
+        return self.received >= limit
 
 
 @attrs.frozen(kw_only=True)
@@ -168,7 +185,11 @@ class PveClient(Protocol):
     ) -> GuestConfig: ...
 
     async def cluster_resources(self) -> list[ClusterResource]:
-        """``GET /cluster/resources?type=vm``."""
+        """``GET /cluster/resources?type=vm``: finds guests; its status lags (§13.10)."""
+        ...
+
+    async def node_guests(self, node: str, kind: GuestKind) -> list[GuestStatus]:
+        """``GET /nodes/{node}/qemu|lxc``: the node's guests with their live status."""
         ...
 
     async def node_status(self, node: str) -> Mapping[str, Any]: ...
@@ -198,6 +219,45 @@ class PveClient(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+#: Tasks asked for per page when a whole listing is read (:func:`all_tasks`).
+TASK_PAGE = 500
+
+
+async def all_tasks(
+    client: PveClient,
+    node: str,
+    *,
+    source: str = "all",
+    vmid: int | None = None,
+    since: int | None = None,
+    userfilter: str | None = None,
+    page: int = TASK_PAGE,
+) -> tuple[TaskEntry, ...]:
+    """Every matching task of ``node``, paging with ``start`` until the listing is complete.
+
+    Proxmox returns at most ``limit`` tasks per call (reference §13.9); a search that read
+    only the first page would miss an older task on a busy node. Pages overlap harmlessly
+    when new tasks arrive meanwhile (the list is newest first): entries are kept once.
+    """
+    seen: dict[str, TaskEntry] = {}
+    start = 0
+    while True:
+        listing = await client.tasks(
+            node,
+            source=source,
+            vmid=vmid,
+            since=since,
+            userfilter=userfilter,
+            start=start,
+            limit=page,
+        )
+        for item in listing.items:
+            seen.setdefault(str(item.upid), item)
+        if not listing.more_after(start=start, limit=page):
+            return tuple(seen.values())
+        start += listing.received
 
 
 def is_no_such_task(err: PveError) -> bool:

@@ -168,7 +168,8 @@ class ProxmoxerPveClient:
         start: int = 0,
         limit: int = 50,
     ) -> TaskList:
-        """The task list; proxmoxer returns only ``data``, so ``total`` is the item count."""
+        """The task list; proxmoxer returns only ``data``, so ``total`` is unknown (None)
+        and a full page means "page on" (reference §13.9)."""
         path = f"/nodes/{node}/tasks"
         query = wire.task_list_query(
             source=source,
@@ -203,6 +204,11 @@ class ProxmoxerPveClient:
         path = "/cluster/resources"
         data = await self._call("GET", path, wire.EP_RESOURCES, {"type": "vm"})
         return self._decoded(path, lambda: wire.cluster_resources_from(data))
+
+    async def node_guests(self, node: str, kind: GuestKind) -> list[GuestStatus]:
+        path = f"/nodes/{node}/{kind}"
+        data = await self._call("GET", path, wire.EP_NODE_GUESTS, {})
+        return self._decoded(path, lambda: wire.node_guests_from(data))
 
     async def node_status(self, node: str) -> Mapping[str, Any]:
         path = f"/nodes/{node}/status"

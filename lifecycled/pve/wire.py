@@ -22,6 +22,7 @@ from lifecycled.domain.actions import (
     wire_params,
 )
 from lifecycled.domain.classify import classify_http
+from lifecycled.domain.guests import is_ha_managed
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid, UpidError, is_upid
 from lifecycled.errors import PveError, RequestNotSent
@@ -55,6 +56,7 @@ EP_TASKS = "/nodes/{node}/tasks"
 EP_GUEST_STATUS = "/nodes/{node}/{kind}/{vmid}/status/current"
 EP_GUEST_CONFIG = "/nodes/{node}/{kind}/{vmid}/config"
 EP_RESOURCES = "/cluster/resources"
+EP_NODE_GUESTS = "/nodes/{node}/{kind}"
 EP_NODE_STATUS = "/nodes/{node}/status"
 EP_HA_RESOURCE = "/cluster/ha/resources/{sid}"
 EP_VERSION = "/version"
@@ -402,9 +404,11 @@ def task_log_from(data: Any) -> list[str]:
 
 
 def task_list_from(data: Any, total: Any) -> TaskList:
-    """``GET /nodes/{node}/tasks``; ``total`` is absent for an empty list (reference §12.2)."""
+    """``GET /nodes/{node}/tasks``; ``total`` is absent for an empty list (reference §12.2)
+    and unknown (None) to a backend that sees only ``data`` (reference §13.9)."""
     items: list[TaskEntry] = []
-    for raw in _list(data, "task list"):
+    received = _list(data, "task list")
+    for raw in received:
         if not isinstance(raw, Mapping):
             continue
         text = raw.get("upid")
@@ -424,7 +428,9 @@ def task_list_from(data: Any, total: Any) -> TaskList:
             )
         )
     count = _int(total)
-    return TaskList(items=tuple(items), total=count if count is not None else len(items))
+    if count is None and not received:
+        count = 0  # Proxmox leaves ``total`` out of an empty listing
+    return TaskList(items=tuple(items), total=count, received=len(received))
 
 
 def guest_status_from(data: Any, vmid: int) -> GuestStatus:
@@ -436,9 +442,9 @@ def guest_status_from(data: Any, vmid: int) -> GuestStatus:
     ha = obj.get("ha")
     ha_managed = False
     ha_state: str | None = None
-    if isinstance(ha, Mapping):
-        ha_managed = _flag(ha.get("managed", 0))
-        ha_state = _str(ha.get("state")) if ha_managed else None
+    if isinstance(ha, Mapping) and _flag(ha.get("managed", 0)):
+        ha_state = _str(ha.get("state"))
+        ha_managed = is_ha_managed(ha_state or "started")
     got_vmid = _int(obj.get("vmid"))
     return GuestStatus(
         vmid=got_vmid if got_vmid is not None else vmid,
@@ -454,6 +460,20 @@ def guest_status_from(data: Any, vmid: int) -> GuestStatus:
         maxdisk=_int(obj.get("maxdisk")),
         uptime=_int(obj.get("uptime")),
     )
+
+
+def node_guests_from(data: Any) -> list[GuestStatus]:
+    """``GET /nodes/{node}/qemu|lxc``: one live status per guest (items without a vmid or a
+    status are skipped). QEMU items carry ``qmpstatus`` only with ``full=1``."""
+    out: list[GuestStatus] = []
+    for raw in _list(data, "guest list"):
+        if not isinstance(raw, Mapping):
+            continue
+        vmid = _int(raw.get("vmid"))
+        if vmid is None or _str(raw.get("status")) is None:
+            continue
+        out.append(guest_status_from(raw, vmid))
+    return out
 
 
 def guest_config_from(data: Any) -> GuestConfig:

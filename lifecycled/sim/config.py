@@ -121,6 +121,9 @@ class SimConfig:
     archive_max: int = attrs.field(default=1000, validator=_non_negative)
     #: pvestatd's loop: how often finished tasks are archived and ``/cluster/tasks`` refreshed.
     archive_interval: float = attrs.field(default=10.0, validator=_non_negative)
+    #: pvestatd's status push (RRD): ``/cluster/resources`` shows each guest's power state
+    #: as last sampled, up to this many seconds old (reference §13.10; 0 = live).
+    resources_lag: float = attrs.field(default=10.0, validator=_non_negative)
     #: Delay between an HA request (``hastart`` …) and the guest's state change.
     ha_delay: float = attrs.field(default=2.0, validator=_non_negative)
     #: Serve HTTPS with a generated self-signed certificate.

@@ -31,6 +31,7 @@ guest/node/fault/route).
 ``POST   /_sim/guests/{vmid}/ha``            ``{"state": "started"}`` (null = unmanaged)
 ``POST   /_sim/guests/{vmid}/acpi``          ``{"responds": false}``
 ``POST   /_sim/tasks/archive``               run the archiver now
+``POST   /_sim/resources/sample``            pvestatd's sample now (``/cluster/resources``)
 ``POST   /_sim/tasks/rotate``                ``{"node": null, "keep": 0}`` → ``{"rotated": N}``
 ``POST   /_sim/tasks/kill``                  ``{"upid": "..."}``: worker dies (unexpected status)
 ==========================================  =====================================================
@@ -219,6 +220,11 @@ async def _acpi(sim: Simulator, args: dict[str, str], body: Json, req: web.Reque
 @_route("POST", "/tasks/archive")
 async def _archive(sim: Simulator, args: dict[str, str], body: Json, req: web.Request) -> Any:
     sim.archive_now()
+
+
+@_route("POST", "/resources/sample")
+async def _sample(sim: Simulator, args: dict[str, str], body: Json, req: web.Request) -> Any:
+    sim.sample_resources()
 
 
 @_route("POST", "/tasks/rotate")

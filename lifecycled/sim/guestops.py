@@ -56,7 +56,7 @@ def migrate(sim: Simulator, caller: Caller, node: str, kind: str, vmid: int, par
             raise SimError(500, "can't migrate running VM without --online")
         if not restart:
             raise SimError(500, "can't migrate running container without --online or --restart")
-    if guest.ha is not None:
+    if guest.ha_managed:
         return ha_request(sim, caller, guest, "migrate", params)
     local_ok = pp.flag(params, "with-local-disks")
 

@@ -111,6 +111,17 @@ class Guest:
         return self.status == "running"
 
     @property
+    def ha_managed(self) -> bool:
+        """HA-configured and not ``ignored``: an ignored resource is left alone by the CRM
+        and LRM, and API calls act on the guest directly (reference §8, §13.10)."""
+        return self.ha is not None and self.ha.state != "ignored"
+
+    @property
+    def power_state(self) -> str:
+        """The status ``/cluster/resources`` reports: QEMU's run state, a container's status."""
+        return self.qmpstatus if self.kind == "qemu" else self.status
+
+    @property
     def name(self) -> str:
         key = "name" if self.kind == "qemu" else "hostname"
         default = f"VM {self.vmid}" if self.kind == "qemu" else f"CT{self.vmid}"

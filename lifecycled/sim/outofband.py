@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lifecycled.domain.upid import Upid
 from lifecycled.sim.model import Guest, HaResource, coerce_value, lxc_config, qemu_config
 from lifecycled.sim.records import ROOT, Caller
-from lifecycled.sim.tasks import TaskRun
+from lifecycled.sim.tasks import Task, TaskRun
 
 if TYPE_CHECKING:
     from lifecycled.sim.simulator import Simulator
@@ -174,6 +174,49 @@ def rotate_tasks(sim: Simulator, node: str | None = None, keep: int = 0) -> int:
             dropped += book.rotate(keep)
     sim.refresh_cluster_tasks()
     return dropped
+
+
+def add_history(
+    sim: Simulator,
+    node: str,
+    count: int,
+    *,
+    worker_type: str = "vncproxy",
+    task_id: int | str = "",
+    user: str | None = None,
+) -> list[str]:
+    """``count`` finished tasks (``TASK OK``), newest last, straight into the node's archive:
+    a busy node's history (its task list then pages, reference §13.9). ``user`` defaults to
+    the API token's user. Rotation beyond ``archive_max`` applies as usual."""
+    book = sim.books[node]
+    book.archive_finished(sim.cfg.archive_max)
+    host = sim.nodes[node]
+    who = user if user is not None else sim.cfg.api_token.full_user
+    upids: list[str] = []
+    for _ in range(count):
+        now = int(time.time())
+        task = Task(
+            upid=Upid(
+                node=node,
+                pid=host.new_pid(sim.rng),
+                pstart=host.pstart_now(),
+                starttime=now,
+                type=worker_type,
+                id=str(task_id),
+                user=who,
+            ),
+            seq=sim.next_task_seq(),
+            lines=["TASK OK"],
+            running=False,
+            endtime=now,
+            archived=True,
+        )
+        book.by_upid[task.text] = task
+        book.archive.append(task)
+        upids.append(task.text)
+    book.rotate(sim.cfg.archive_max)
+    sim.refresh_cluster_tasks()
+    return upids
 
 
 def kill_task(sim: Simulator, upid: str) -> bool:

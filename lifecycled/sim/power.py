@@ -87,12 +87,12 @@ def status_action(
 
 
 def _ha_routed(guest: Guest | None, action: str) -> bool:
-    return guest is not None and guest.ha is not None and action in ("start", "stop", "shutdown")
+    return guest is not None and guest.ha_managed and action in ("start", "stop", "shutdown")
 
 
 def _stop_shutdowns(sim: Simulator, node: str, vmid: int, guest: Guest | None) -> None:
     """``overrule-shutdown``: abort running shutdown tasks of this guest first."""
-    if guest is not None and guest.ha is not None:
+    if guest is not None and guest.ha_managed:
         raise txt.param_error({"overrule-shutdown": "Not applicable for HA resources."})
     for task in sim.books[node].running():
         if task.upid.type in ("qmshutdown", "vzshutdown") and task.upid.id == str(vmid):

@@ -50,6 +50,9 @@ class Simulator:
         for guest in self.guests.values():
             if guest.running:
                 guest.pid = self.nodes[guest.node].new_pid(self.rng)
+        #: What ``/cluster/resources`` shows as each guest's status (pvestatd's last sample).
+        self.rrd: dict[int, str] = {}
+        self.sample_resources()
         self.books: dict[str, TaskBook] = {n: TaskBook(node=n) for n in cfg.nodes}
         self.locks = FileLocks()
         self.faults: list[Fault] = []
@@ -61,6 +64,7 @@ class Simulator:
         self._background: set[asyncio.Task[Any]] = set()
         self._workers: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._statd_task: asyncio.Task[None] | None = None
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -71,21 +75,41 @@ class Simulator:
         self.refresh_cluster_tasks()
         if self._loop_task is None and self.cfg.archive_interval > 0:  # 0: archived on finish
             self._loop_task = asyncio.create_task(self._archiver(), name="sim-archiver")
+        if self._statd_task is None and self.cfg.resources_lag > 0:  # 0: always live
+            self._statd_task = asyncio.create_task(self._statd(), name="sim-pvestatd")
 
     async def close(self) -> None:
         """Stop the archiver, the delayed HA work and every running task (they die mid-task)."""
         self._closing = True
-        pending = [t for t in (self._loop_task, *self._background, *self._workers) if t]
+        pending = [
+            t for t in (self._loop_task, self._statd_task, *self._background, *self._workers) if t
+        ]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self._loop_task = None
+        self._statd_task = None
 
     async def _archiver(self) -> None:
         """pvestatd's loop: archive finished tasks, refresh ``/cluster/tasks`` (§4.3, §4.4)."""
         while True:
             await asyncio.sleep(self.cfg.archive_interval)
             self.archive_now()
+
+    async def _statd(self) -> None:
+        """pvestatd's status push: sample the guests' power state for ``/cluster/resources``."""
+        while True:
+            await asyncio.sleep(self.cfg.resources_lag)
+            self.sample_resources()
+
+    def sample_resources(self) -> None:
+        """Record every guest's power state as ``/cluster/resources`` will show it until the
+        next sample (a guest on an offline node is not sampled: it keeps its old value)."""
+        for vmid in [v for v in self.rrd if v not in self.guests]:
+            del self.rrd[vmid]
+        for guest in self.guests.values():
+            if self.nodes[guest.node].online:
+                self.rrd[guest.vmid] = guest.power_state
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run background work owned by the simulator (kept referenced, cancelled on close)."""
@@ -138,6 +162,11 @@ class Simulator:
     def new_pid(self, node: str) -> int:
         return self.nodes[node].new_pid(self.rng)
 
+    def next_task_seq(self) -> int:
+        """The creation order of a new task (its list position: newest first)."""
+        self._task_seq += 1
+        return self._task_seq
+
     # --- tasks -----------------------------------------------------------------------------
 
     def fork(
@@ -163,8 +192,7 @@ class Simulator:
             id=str(task_id),
             user=caller.user,
         )
-        self._task_seq += 1
-        task = Task(upid=upid, seq=self._task_seq)
+        task = Task(upid=upid, seq=self.next_task_seq())
         book.add(task)
         duration = caller.task_seconds
         run = TaskRun(
@@ -353,6 +381,20 @@ class Simulator:
 
     def kill_task(self, upid: str) -> bool:
         return outofband.kill_task(self, upid)
+
+    def add_history(
+        self,
+        node: str,
+        count: int,
+        *,
+        worker_type: str = "vncproxy",
+        task_id: int | str = "",
+        user: str | None = None,
+    ) -> list[str]:
+        """``count`` finished tasks in ``node``'s archive (a busy node; see outofband)."""
+        return outofband.add_history(
+            self, node, count, worker_type=worker_type, task_id=task_id, user=user
+        )
 
     def state(self) -> dict[str, Any]:
         """Everything the simulator holds, as ``GET /_sim/state`` returns it."""

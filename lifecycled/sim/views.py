@@ -99,9 +99,15 @@ def pending_view(guest: Guest) -> list[dict[str, Any]]:
 
 
 def guest_resource(sim: Simulator, guest: Guest) -> dict[str, Any]:
-    """One ``/cluster/resources`` vm item (§5.4)."""
-    online = sim.nodes[guest.node].online
-    status = (guest.qmpstatus if guest.kind == "qemu" else guest.status) if online else "unknown"
+    """One ``/cluster/resources`` vm item (§5.4). Membership and node are live (pmxcfs);
+    the status is pvestatd's last sample, up to ``resources_lag`` old (§13.10): ``unknown``
+    for a guest not sampled yet."""
+    if not sim.nodes[guest.node].online:
+        status = "unknown"
+    elif sim.cfg.resources_lag == 0:
+        status = guest.power_state
+    else:
+        status = sim.rrd.get(guest.vmid, "unknown")
     out: dict[str, Any] = {
         "id": f"{guest.kind}/{guest.vmid}",
         "vmid": guest.vmid,

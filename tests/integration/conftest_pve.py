@@ -53,6 +53,7 @@ def sim_config(**overrides: Any) -> SimConfig:
         "auth_delay": 0.0,
         "archive_max": 1000,
         "archive_interval": 0.2,
+        "resources_lag": 0.5,
         "ha_delay": 0.2,
         "tls": False,
         "password": PASSWORD,

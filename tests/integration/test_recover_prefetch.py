@@ -19,8 +19,8 @@ async def test_recover_prefetches_and_decides_without_a_request_per_op(
     sim: SimServer, tmp_path: Path
 ) -> None:
     """Ten ops in flight after a crash — five whose finished task is journaled, five that
-    crashed before their UPID was — are all resolved from one task list per node and one
-    guest list: the tasks' exit statuses, and "no task found, target not held" for the
+    crashed before their UPID was — are all resolved from one task list per node and the
+    nodes' live guest lists: the tasks' exit statuses, and "no task found, target not held" for the
     rest."""
     plain = [
         g
@@ -74,7 +74,7 @@ async def test_recover_prefetches_and_decides_without_a_request_per_op(
     assert all(by_vmid[g.vmid] is OpState.SUCCEEDED for g in plain[:5]), by_vmid
     assert all(by_vmid[g.vmid] is OpState.FAILED for g in plain[5:]), by_vmid
     nodes = sorted({g.node for g in plain})
-    assert sorted(requests) == [
-        "GET /api2/json/cluster/resources",
-        *(f"GET /api2/json/nodes/{node}/tasks" for node in nodes),
-    ], requests
+    lists = sorted({f"GET /api2/json/nodes/{g.node}/{g.kind}" for g in plain})
+    assert sorted(requests) == sorted(
+        [*lists, *(f"GET /api2/json/nodes/{node}/tasks" for node in nodes)]
+    ), requests

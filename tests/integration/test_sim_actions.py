@@ -250,6 +250,9 @@ async def test_cluster_resources_fields(sim: SimServer, sim_api: RawClient) -> N
     assert by_vmid[106]["template"] == 1 and by_vmid[100]["template"] == 0
     assert by_vmid[104]["hastate"] == "started" and "hastate" not in by_vmid[100]
     sim.sim.set_guest_status(100, "paused")
+    lagging = (await sim_api.get("/cluster/resources", {"type": "vm"})).data
+    assert next(i for i in lagging if i["vmid"] == 100)["status"] == "running"  # §13.10
+    sim.sim.sample_resources()  # pvestatd's next push
     paused = (await sim_api.get("/cluster/resources", {"type": "vm"})).data
     assert next(i for i in paused if i["vmid"] == 100)["status"] == "paused"
 

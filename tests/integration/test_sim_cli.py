@@ -81,3 +81,37 @@ async def test_sim_command_bad_option(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert len(err.decode().strip().splitlines()) == 1
+
+
+async def test_sim_command_lags_cluster_resources_by_default(tmp_path: Path) -> None:
+    """Like a real node, `lifecycled sim` shows a start in /cluster/resources only at
+    pvestatd's next sample (10 s by default), while status/current is live (§13.10)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    proc = await _spawn(
+        "--listen", "127.0.0.1:0", "--guests", "6", "--token-file", str(token_file),
+        "--task-seconds", "0", "--auth-delay", "0",
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        url = line.rsplit(" ", 1)[1].strip()
+        async with RawClient(url, token=TOKEN) as api:
+            upid = (await api.post("/nodes/pve1/qemu/101/status/start")).data
+            async with asyncio.timeout(5):
+                while (await api.get(f"/nodes/pve1/tasks/{upid}/status")).data["status"] != (
+                    "stopped"
+                ):
+                    await asyncio.sleep(0.02)
+            live = (await api.get("/nodes/pve1/qemu/101/status/current")).data
+            listed = (await api.get("/nodes/pve1/qemu")).data
+            resources = (await api.get("/cluster/resources", {"type": "vm"})).data
+        assert live["status"] == "running"
+        assert next(g for g in listed if g["vmid"] == 101)["status"] == "running"
+        assert next(r for r in resources if r["vmid"] == 101)["status"] == "stopped"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
+    bad = await _spawn("--resources-lag", "-1")
+    _, err = await asyncio.wait_for(bad.communicate(), 30)
+    assert bad.returncode == 2 and "--resources-lag" in err.decode()

@@ -17,7 +17,9 @@ from lifecycled.domain.outcome import (
     after_no_such_task,
     after_search,
     next_attempt,
+    task_matches,
 )
+from lifecycled.domain.upid import Upid
 
 
 def make_op(
@@ -177,3 +179,17 @@ def test_next_attempt_is_never_in_the_past_nor_beyond_max_backoff(attempts: int,
     )
     assert when is not None
     assert 10.0 <= when <= 10.0 + BUDGET.maximum
+
+
+def _task(kind: str = "qmstart", vmid: int = 100, start: int = 1000, user: str = "u@pve!t") -> Upid:
+    return Upid(node="pve1", pid=1, pstart=1, starttime=start, type=kind, id=str(vmid), user=user)
+
+
+def test_task_matches_never_returns_a_recorded_upid() -> None:
+    """A task some op already recorded is no candidate: a UPID belongs to one op."""
+    ours, theirs = _task(start=1001), _task(start=1000)
+    listed = [ours, theirs, _task("vncproxy"), _task(vmid=101), _task(user="x@pve"), _task(start=9)]
+    found = task_matches(
+        START, 100, listed, user="u@pve!t", floor_start=1000, recorded={str(theirs)}
+    )
+    assert found == [str(ours)]

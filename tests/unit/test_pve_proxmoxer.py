@@ -326,13 +326,14 @@ async def test_hook_labels_and_codes() -> None:
     ]
 
 
-async def test_task_list_total_is_the_item_count() -> None:
-    """proxmoxer returns only ``data``: the total is the number of items."""
+async def test_task_list_total_is_unknown() -> None:
+    """proxmoxer returns only ``data``: the total is unknown and a full page means "more"."""
     item = {"upid": UPID_TEXT, "starttime": 0x65000000, "status": "OK"}
     client, api = client_for(lambda m, p, d: [item])
     got = await client.tasks("pve1", vmid=100, typefilter="qmstart", source="archive")
     await client.close()
-    assert got.total == 1
+    assert got.total is None
+    assert got.more_after(start=0, limit=1) and not got.more_after(start=0, limit=2)
     assert api.calls[0][2] == {
         "source": "archive",
         "vmid": 100,

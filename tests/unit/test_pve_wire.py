@@ -581,13 +581,45 @@ async def test_task_list_filters_and_total(client: HttpPveClient, mocked: Any) -
     ]
 
 
-async def test_task_list_total_defaults_to_length(client: HttpPveClient, mocked: Any) -> None:
-    """Without ``total`` (empty or old lists) the total is the number of items (§12.2)."""
+async def test_task_list_total_absent_when_empty(client: HttpPveClient, mocked: Any) -> None:
+    """An empty list comes without ``total``: its total is 0 (§12.2)."""
     mocked.get(at("/nodes/pve1/tasks"), payload={"data": []})
     got = await client.tasks("pve1")
     assert (got.items, got.total) == ((), 0)
     _, url, _ = only_request(mocked)
     assert dict(url.query) == {"source": "all", "start": "0", "limit": "50"}
+
+
+async def test_guest_status_ha_ignored_is_not_managed(client: HttpPveClient, mocked: Any) -> None:
+    """An HA resource in state ``ignored`` is not HA-managed (§13.10); its state is kept."""
+    mocked.get(
+        at("/nodes/pve1/qemu/100/status/current"),
+        payload={
+            "data": {"vmid": 100, "status": "stopped", "ha": {"managed": 1, "state": "ignored"}}
+        },
+    )
+    st = await client.guest_status("pve1", Q, 100)
+    assert (st.ha_managed, st.ha_state) == (False, "ignored")
+
+
+async def test_node_guests_lists_live_statuses(client: HttpPveClient, mocked: Any) -> None:
+    """``GET /nodes/{node}/qemu``: one status per guest; items without vmid/status skipped."""
+    mocked.get(
+        at("/nodes/pve1/qemu"),
+        payload={
+            "data": [
+                {"vmid": 100, "status": "running", "lock": "backup", "template": 0},
+                {"vmid": "101", "status": "stopped", "name": "db"},
+                {"status": "running"},
+                {"vmid": 102},
+            ]
+        },
+    )
+    got = await client.node_guests("pve1", Q)
+    assert [(g.vmid, g.status, g.lock) for g in got] == [
+        (100, "running", "backup"),
+        (101, "stopped", None),
+    ]
 
 
 async def test_guest_status_maps_ha_and_template(client: HttpPveClient, mocked: Any) -> None:

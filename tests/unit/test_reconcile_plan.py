@@ -24,6 +24,7 @@ from lifecycled.domain.reconcile import (
     parse_key,
     plan,
     reconcile_key,
+    with_live_status,
 )
 from lifecycled.domain.states import OpState
 
@@ -347,3 +348,28 @@ def test_plan_never_loses_what_it_can_see_nor_unmanaged_guests(inp: ReconcileInp
         if o.state is OpState.PENDING and o.origin is Origin.RECONCILE
     }
     assert {op_id for op_id, _ in p.cancels} <= pending_reconcile
+
+
+def test_live_status_replaces_the_lagging_one_on_the_served_node() -> None:
+    """The served node's guests take the live list's status and lock; other nodes keep the
+    cluster's; a guest the live list lacks reads unknown; a live "running" keeps "paused"."""
+    observed = [
+        seen(100, "stopped"),
+        seen(101, "running", lock="backup"),
+        seen(102, "running", node="pve2"),
+        seen(103, "running"),
+        seen(104, "paused"),
+    ]
+    live = {
+        (GuestKind.QEMU, 100): ("running", None),
+        (GuestKind.QEMU, 101): ("stopped", None),
+        (GuestKind.QEMU, 104): ("running", None),
+    }
+    got = with_live_status(observed, node=NODE, live=live)
+    assert [(o.vmid, o.status, o.lock) for o in got] == [
+        (100, "running", None),
+        (101, "stopped", None),
+        (102, "running", None),
+        (103, "unknown", None),
+        (104, "paused", None),
+    ]
