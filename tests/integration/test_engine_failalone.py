@@ -143,7 +143,9 @@ async def test_tracker_survives_a_concurrent_writer(sim_factory: Any, tmp_path: 
         a_after = await rt.journal.get(a.id)
         later = await submit(rt, "stop", second, key="later")
         later_done = await wait_terminal(rt, later.id)
-        assert len(rt.tracker) == 0
+        async with asyncio.timeout(15):  # the tracker lets the stale op go (a loaded CI is slow)
+            while len(rt.tracker):
+                await asyncio.sleep(0.05)
     assert b_done.state is OpState.SUCCEEDED, b_done.error
     assert later_done.state is OpState.SUCCEEDED, later_done.error
     assert a_after.state is OpState.FAILED  # the other writer's word stands
