@@ -300,7 +300,7 @@ def resources_of(
     disks = {
         key: size
         for key in sorted(config)
-        if pattern.match(key)
+        if pattern.fullmatch(key)
         and "media=cdrom" not in str(config[key])
         and (size := disk_size(config, key)) is not None
     }

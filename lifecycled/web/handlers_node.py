@@ -12,18 +12,20 @@ from typing import Any
 from aiohttp import web
 
 from lifecycled.domain.node import NodeRecord, NodeRefused, NodeState
+from lifecycled.domain.text import SINGLE_LINE_PATTERN, text_problem
 from lifecycled.engine import node as node_service
 from lifecycled.engine.runtime import Runtime
 from lifecycled.journal.nodes import NodeChange
 from lifecycled.web.auth import request_actor
 from lifecycled.web.errors import ApiError
-from lifecycled.web.inputs import read_json_object
+from lifecycled.web.inputs import read_json_object, unknown_fields
 from lifecycled.web.routes import JSON, Route, error, ok, ref, runtime_of
 from lifecycled.web.signing import SIGNATURE_GATE_KEY
 
 log = logging.getLogger("lifecycled.web")
 
 _MAX_REASON = 500
+_REASON_FIELDS = frozenset({"reason"})
 
 
 def _info(request: web.Request, runtime: Runtime, record: NodeRecord) -> dict[str, Any]:
@@ -42,24 +44,20 @@ async def _reason(request: web.Request, default: str) -> str:
     if not raw.strip():
         return default
     body = await read_json_object(request, runtime_of(request).settings.max_body_bytes)
-    unknown = sorted(k for k in body if k != "reason")
-    if unknown:
-        raise ApiError(
-            400,
-            "unknown_field",
-            f"unknown field(s): {', '.join(unknown)}",
-            details=dict.fromkeys(unknown, "unknown field"),
-        )
+    unknown_fields(body, _REASON_FIELDS)
     reason = body.get("reason")
     if reason is None:
         return default
-    if not isinstance(reason, str) or len(reason) > _MAX_REASON:
+    if not isinstance(reason, str):
         raise ApiError(
             400,
             "invalid_request",
             "the request body has the wrong shape",
-            details={"reason": f"must be a string of at most {_MAX_REASON} characters"},
+            details={"reason": "must be a string or null"},
         )
+    problem = text_problem(reason, max_length=_MAX_REASON)
+    if problem is not None:
+        raise ApiError(422, "validation_failed", "invalid reason", details={"reason": problem})
     return reason or default
 
 
@@ -202,7 +200,8 @@ SCHEMAS: dict[str, Any] = {
             "reason": {
                 "type": ["string", "null"],
                 "maxLength": _MAX_REASON,
-                "description": "Why (recorded in the audit log).",
+                "pattern": SINGLE_LINE_PATTERN,
+                "description": "Why (recorded in the audit log): one line, no control characters.",
             }
         },
     },

@@ -16,7 +16,7 @@ from lifecycled.domain.op import Op
 from lifecycled.domain.serialize import op_to_dict
 from lifecycled.domain.states import OpState
 from lifecycled.engine.runtime import Runtime
-from lifecycled.engine.submit import VMID_MAX, VMID_MIN
+from lifecycled.engine.submit import VMID_MAX, VMID_MIN, ProxmoxUnreachable, validate
 from lifecycled.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from lifecycled.journal import OpPage
 from lifecycled.web.auth import request_actor
@@ -67,15 +67,23 @@ async def submit_op(request: web.Request) -> web.Response:
     _refuse_when_stopping(runtime)
     body = await read_json_object(request, runtime.settings.max_body_bytes)
     sub = parse_submission(body, request.headers.get(IDEMPOTENCY_HEADER), request_actor(request))
+    try:
+        # Validation first: a malformed submission is refused before a signature is checked
+        # (and audited), so a refusal never leaves an audit row of unvalidated input.
+        validate(sub)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_failed", str(exc), details=exc.details) from None
     await require_signature(request, runtime, sub, sub.actor)
     try:
         result = await runtime.submit(sub)
     except NodeRefused as exc:
         raise node_refusal(exc) from None
+    except ProxmoxUnreachable as exc:
+        raise unavailable("proxmox_unavailable", str(exc), **exc.details) from None
     except ValidationError as exc:
         raise ApiError(422, "validation_failed", str(exc), details=exc.details) from None
     except NotFound as exc:
-        raise ApiError(422, "guest_not_found", str(exc), details={"vmid": str(exc)}) from None
+        raise ApiError(404, "guest_not_found", str(exc), details={"vmid": sub.vmid}) from None
     except Conflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc)) from None
     op = result.op
