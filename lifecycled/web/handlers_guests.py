@@ -311,13 +311,14 @@ ROUTES: tuple[Route, ...] = (
         },
         responses={
             200: ok("The guest.", "ManagedGuest"),
-            400: error("Malformed JSON, unknown fields or wrong types."),
+            400: error(
+                "Malformed JSON (`malformed_json`, `duplicate_key`, `invalid_number`), unknown "
+                "fields (`unknown_field`) or wrong types (`invalid_request`)."
+            ),
             404: _NOT_FOUND,
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
-            422: error(
-                "Not running/stopped (`validation_failed`), or the guest is not managed "
-                "(`guest_not_managed`)."
-            ),
+            409: error("The guest is not managed (`guest_not_managed`)."),
+            422: error("Not running/stopped (`validation_failed`)."),
             503: _STOPPING,
         },
     ),

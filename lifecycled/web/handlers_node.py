@@ -212,8 +212,12 @@ _BODY = {
     "content": {JSON: {"schema": ref("NodeChangeRequest")}},
 }
 _BAD_BODY = error(
-    "Malformed JSON (`malformed_json`), unknown fields (`unknown_field`), a reason that is "
-    "not a string of at most 500 characters (`invalid_request`)."
+    "Malformed JSON (`malformed_json`, `duplicate_key`, `invalid_number`), unknown fields "
+    "(`unknown_field`), a reason that is not a string (`invalid_request`)."
+)
+_BAD_REASON = error(
+    "A reason longer than 500 characters or holding a control character, NUL or lone "
+    "surrogate (`validation_failed`)."
 )
 _STATES = ", ".join(str(s) for s in NodeState)
 
@@ -246,6 +250,7 @@ ROUTES: tuple[Route, ...] = (
                 "The node after the change (`changed: false` if it already drained).", "NodeChange"
             ),
             400: _BAD_BODY,
+            422: _BAD_REASON,
             409: error(
                 "The node cannot drain from its state (`node_decommissioned`, "
                 "`invalid_node_transition`)."
@@ -263,6 +268,7 @@ ROUTES: tuple[Route, ...] = (
         responses={
             200: ok("The node after the change (`changed: false` if it was active).", "NodeChange"),
             400: _BAD_BODY,
+            422: _BAD_REASON,
             409: error("The node is not draining (`node_not_draining`)."),
         },
     ),
@@ -283,6 +289,7 @@ ROUTES: tuple[Route, ...] = (
         responses={
             200: ok("The decommissioned node.", "NodeChange"),
             400: _BAD_BODY,
+            422: _BAD_REASON,
             409: error(
                 "Refused: `invalid_node_transition`, `system_node`, `node_too_young`, "
                 "`guests_remain`; `details` has the state and the remaining guests."

@@ -293,9 +293,9 @@ ROUTES: tuple[Route, ...] = (
                 },
             ),
             400: error(
-                "Malformed JSON (`malformed_json`), wrong types (`invalid_request`), unknown "
-                "fields (`unknown_field`), header and body keys differ "
-                "(`idempotency_key_mismatch`)."
+                "Malformed JSON or not UTF-8 (`malformed_json`), a repeated key "
+                "(`duplicate_key`), a number beyond 64 bits or not finite (`invalid_number`), "
+                "wrong types (`invalid_request`), unknown fields (`unknown_field`)."
             ),
             401: error(
                 "Missing or invalid bearer token (`unauthorized`); with trusted keys "
@@ -303,21 +303,30 @@ ROUTES: tuple[Route, ...] = (
                 "(`signature_required`, `signature_invalid`, `signature_expired`, "
                 "`unknown_key`, `nonce_replayed`)."
             ),
+            404: error(
+                "The guest (or clone source) is not in the cluster (`guest_not_found`; give "
+                "kind and node for a create)."
+            ),
             409: error(
-                "The idempotency key is used by a different op (`idempotency_conflict`); the "
-                "node is decommissioned (`node_decommissioned`)."
+                "The state refuses it: the idempotency key is used by a different op "
+                "(`idempotency_conflict`); the Idempotency-Key header and the idempotency_key "
+                "field differ (`idempotency_key_mismatch`); a guest lifecycled does not manage "
+                "(`guest_not_managed`: manage or adopt it first); a create/clone on a vmid "
+                "owned by another guest (`vmid_in_use`); an action the guest's kind (read from "
+                "Proxmox) does not have (`unsupported_action`); the node is decommissioned "
+                "(`node_decommissioned`)."
             ),
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
             422: error(
-                "Invalid submission (`validation_failed`, details per field), unknown guest "
-                "(`guest_not_found`), a guest lifecycled does not manage "
-                "(`guest_not_managed`: manage or adopt it first) or a create/clone on a vmid "
-                "owned by another guest (`vmid_in_use`)."
+                "Invalid submission (`validation_failed`, details per field): a field or "
+                "param with a control character, NUL or lone surrogate, a param the action's "
+                "Proxmox endpoint does not take, a value of the wrong type, range or length."
             ),
             503: error(
                 "lifecycled is shutting down or the journal cannot write; or the node is "
                 "draining and refuses new start/create/clone and inbound migrate "
-                "(`node_draining`).",
+                "(`node_draining`); or Proxmox could not be read to resolve the guest "
+                "(`proxmox_unavailable`).",
                 retry_after=True,
             ),
         },

@@ -59,10 +59,14 @@ def _bounded_int(text: str) -> int:
     return number
 
 
-def _finite_float(text: str) -> float:
+def _finite_float(text: str) -> float | int:
+    """A JSON number with a fraction or exponent; an integral one (``101.0``, ``1e3``) is the
+    integer JSON Schema says it is."""
     number = float(text)
     if not math.isfinite(number):
         raise _BadNumber("a number too large for a float")
+    if number.is_integer() and INT64_MIN <= number <= INT64_MAX:
+        return int(number)
     return number
 
 

@@ -243,8 +243,7 @@ def _text(max_length: int, *, free_text: bool) -> dict[str, Any]:
     return {
         "anyOf": [
             {"type": "string", "maxLength": max_length, "pattern": pattern},
-            {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX},
-            {"type": "number"},
+            {"type": "number", "minimum": INT64_MIN, "maximum": INT64_MAX},
         ]
     }
 
@@ -331,6 +330,9 @@ def _submission_variants() -> list[dict[str, Any]]:
                 and not _supports(kind, action)
             ):
                 continue
+            required = ["action", "vmid"] + (["kind"] if kind is not None else [])
+            if action in _REQUIRED or action is Action.CONFIGURE:
+                required.append("params")
             kind_schema: dict[str, Any] = (
                 {"type": "null"} if kind is None else {"type": "string", "const": str(kind)}
             )
@@ -338,7 +340,7 @@ def _submission_variants() -> list[dict[str, Any]]:
                 {
                     "type": "object",
                     "additionalProperties": False,
-                    "required": ["action", "vmid"] + (["kind"] if kind is not None else []),
+                    "required": required,
                     "properties": {
                         "action": {"type": "string", "const": str(action)},
                         "vmid": {"type": "integer", "minimum": VMID_MIN, "maximum": VMID_MAX},
@@ -367,6 +369,11 @@ def _supports(kind: GuestKind, action: Action) -> bool:
 
 def _operation(route: Route) -> dict[str, Any]:
     responses: dict[str, Any] = {str(code): dict(r) for code, r in sorted(route.responses.items())}
+    if route.request_body is not None:
+        responses.setdefault(
+            "415",
+            error("The body is not `application/json` in UTF-8 (`unsupported_media_type`)."),
+        )
     if not route.public:
         responses.setdefault("401", error("Missing or invalid bearer token (`unauthorized`)."))
         responses.setdefault(

@@ -54,7 +54,7 @@ async def test_wrong_types_and_missing_fields_are_400(sim: SimServer, tmp_path: 
         ({}, {"action", "vmid"}),
         ({"action": 1, "vmid": "101"}, {"action", "vmid"}),
         ({"action": "start", "vmid": True}, {"vmid"}),
-        ({"action": "start", "vmid": 101.0}, {"vmid"}),
+        ({"action": "start", "vmid": 101.5}, {"vmid"}),
         ({"action": "start", "vmid": 101, "params": []}, {"params"}),
         ({"action": "start", "vmid": 101, "kind": 5, "node": ["a"]}, {"kind", "node"}),
         ({"action": "start", "vmid": 101, "idempotency_key": 7}, {"idempotency_key"}),
