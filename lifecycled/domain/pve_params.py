@@ -1077,8 +1077,8 @@ def param_problems(
 ) -> dict[str, str]:
     """Per-param problems of a submission's params (empty when they are acceptable).
 
-    Without a kind, a key must be one both kinds take for ``action``: a kind-specific param
-    needs the kind given.
+    Without a kind, a key must be one both kinds take for ``action`` (a kind-specific param
+    needs the kind given) and its value one that either kind takes.
     """
     if len(params) > MAX_PARAMS:
         return {"params": f"at most {MAX_PARAMS} parameters"}
@@ -1095,11 +1095,13 @@ def param_problems(
         if not found or len(found) < len(specs):
             problems[field] = _unknown(action, kind, known_somewhere=bool(found))
             continue
-        for spec in found:
-            problem = value_problem(value, spec, free_text=key in FREE_TEXT_PARAMS)
-            if problem is not None:
-                problems[field] = problem
-                break
+        # Without a kind, a value one kind takes is enough here; submit checks the params
+        # again against the kind it reads from Proxmox.
+        found_problems = [
+            value_problem(value, spec, free_text=key in FREE_TEXT_PARAMS) for spec in found
+        ]
+        if all(p is not None for p in found_problems):
+            problems[field] = str(found_problems[0])
     return problems
 
 

@@ -222,6 +222,14 @@ async def submit(
         # Only a kind read from Proxmox gets here (a given kind was checked by validate): the
         # guest's state, not the request's shape, refuses it.
         raise PolicyRefused("unsupported_action", str(exc)) from None
+    if sub.kind is None:
+        unsupported = param_problems(guest.kind, Action(sub.action), sub.params)
+        if unsupported:
+            field, problem = next(iter(unsupported.items()))
+            raise PolicyRefused(
+                "unsupported_params",
+                f"guest {sub.vmid} is {guest.kind}: {field} {problem}"[:300],
+            )
     await node.admit(
         journal,
         served=default_node,

@@ -292,7 +292,7 @@ def _params_schema(kind: GuestKind | None, action: Action) -> dict[str, Any]:
     for name, specs in allowed_params(kind, action).items():
         values = [_value(spec, free_text=name in FREE_TEXT_PARAMS) for spec in specs]
         unique = [v for i, v in enumerate(values) if v not in values[:i]]
-        value = unique[0] if len(unique) == 1 else {"allOf": unique}
+        value = unique[0] if len(unique) == 1 else {"anyOf": unique}
         required = _REQUIRED.get(action, {}).get(name)
         if required:
             value = {"allOf": [value, required]}

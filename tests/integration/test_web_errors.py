@@ -108,6 +108,12 @@ async def test_invalid_submissions_are_422_with_details(sim: SimServer, tmp_path
         status, body = await env.submit({"action": "reset", "vmid": lxc.vmid})
         assert status == 409
         _assert_error(body, "unsupported_action")
+        # Without a kind a param either kind takes passes the door; the kind read from
+        # Proxmox then refuses a qemu disk on a container.
+        resize = {"action": "resize", "vmid": lxc.vmid, "params": {"disk": "scsi0", "size": "9G"}}
+        status, body = await env.submit(resize)
+        assert status == 409
+        _assert_error(body, "unsupported_params")
         assert await env.op_count() == 0
 
 
@@ -239,3 +245,39 @@ async def test_a_client_error_does_not_break_the_connection(sim: SimServer, tmp_
                 assert resp.status == 400
             async with one.get("/v1/ops") as resp:
                 assert resp.status == 200
+
+
+async def test_repeated_keys_media_types_and_numbers_are_refused(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """A repeated JSON key is 400 duplicate_key, a non-JSON body 415, a number beyond 64 bits
+    or not finite 400 invalid_number, a trailing newline in a field 422; nothing is written."""
+    guest = pick(sim, "qemu", running=False)
+    valid = {"action": "start", "vmid": guest.vmid, "kind": "qemu", "node": guest.node}
+    text = json.dumps(valid)
+    async with serving(sim, tmp_path, run=False) as env:
+        dup = (text[:-1] + ', "action": "terminate"}').encode()
+        status, body, _ = await _post_raw(env, dup)
+        assert status == 400
+        _assert_error(body, "duplicate_key")
+        assert body["error"]["details"] == {"key": "action"}
+        for ctype in (
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/json; charset=latin-1",
+        ):
+            status, body, _ = await _post_raw(env, text.encode(), **{"Content-Type": ctype})
+            assert status == 415, ctype
+            _assert_error(body, "unsupported_media_type")
+        for number in ("1e400", "NaN", "-Infinity", "9223372036854775808", "1" * 30):
+            raw = text.replace(f'"vmid": {guest.vmid}', f'"vmid": {number}').encode()
+            status, body, _ = await _post_raw(env, raw)
+            assert status == 400, number
+            _assert_error(body, "invalid_number")
+        for field in ("node", "idempotency_key", "kind", "action"):
+            status, body = await env.submit({**valid, field: f"{valid.get(field, 'k1')}\n"})
+            assert status == 422, field
+            assert field in body["error"]["details"]
+        assert await env.op_count() == 0
+        status, _ = await env.submit({**valid, "vmid": float(guest.vmid)})  # 101.0 is 101
+        assert status == 202
