@@ -42,10 +42,19 @@ def _word(value: str) -> str:
     return value
 
 
+#: RFC 3339 ``date-time`` exactly (``fromisoformat`` alone also takes a space, week dates…).
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
 def _timestamp(value: str) -> float:
     try:
-        return parse_rfc3339(value)
-    except ValueError:
+        if _RFC3339.fullmatch(value) is None:
+            raise ValueError(value)
+        return parse_rfc3339(value.upper())
+    except (ValueError, OverflowError):
         raise ValueError("must be an RFC 3339 timestamp with a time zone") from None
 
 

@@ -281,3 +281,30 @@ async def test_repeated_keys_media_types_and_numbers_are_refused(
         assert await env.op_count() == 0
         status, _ = await env.submit({**valid, "vmid": float(guest.vmid)})  # 101.0 is 101
         assert status == 202
+
+
+async def test_audit_filters_match_the_document_exactly(sim: SimServer, tmp_path: Path) -> None:
+    """/v1/audit takes an action word and RFC 3339 times exactly as documented, nothing looser."""
+    async with serving(sim, tmp_path, run=False) as env:
+        _, doc = await env.get_json("/openapi.json")
+        params = {p["name"]: p for p in doc["paths"]["/v1/audit"]["get"]["parameters"]}
+        assert params["action"]["schema"]["pattern"] == "^[A-Za-z0-9_\\-]{1,64}$"
+        for query in (
+            "action=",
+            "action=stop%0A",
+            "action=st%C3%B6p",
+            "since=2020-01-01%2000:00:00Z",
+            "since=2020-01-01",
+            "until=20200101T000000Z",
+            "until=0000-01-01T00:00:00Z",
+        ):
+            status, body = await env.get_json(f"/v1/audit?{query}")
+            assert status == 400, query
+            _assert_error(body, "invalid_query")
+        for query in (
+            "action=drain",
+            "since=2020-01-01t00:00:00.5z",
+            "until=2999-01-01T00:00:00%2B01:00",
+        ):
+            status, _ = await env.get_json(f"/v1/audit?{query}")
+            assert status == 200, query
