@@ -19,12 +19,12 @@ from lifecycled.domain.actions import (
 )
 from lifecycled.domain.guests import desired_for
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
-from lifecycled.domain.pve_params import param_problems
 from lifecycled.domain.text import shown
 from lifecycled.engine import node
 from lifecycled.errors import NotFound, PolicyRefused, PveError, ValidationError
 from lifecycled.journal import Journal, SubmitRequest, SubmitResult
 from lifecycled.pve import wire
+from lifecycled.pve.params import param_problems
 from lifecycled.pve.port import PveClient
 
 VMID_MIN, VMID_MAX = 100, 999_999_999

@@ -14,7 +14,11 @@ from lifecycled.domain.actions import Action, UnsupportedAction, spec_for
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.node import NodeState
 from lifecycled.domain.op import GuestKind, Origin
-from lifecycled.domain.pve_params import (
+from lifecycled.domain.states import OpState
+from lifecycled.domain.text import FREE_TEXT_PATTERN, INT64_MAX, INT64_MIN, SINGLE_LINE_PATTERN
+from lifecycled.engine.recover import RESULTS
+from lifecycled.engine.submit import KEY_PATTERN, NODE_PATTERN, SIZE_PATTERN, VMID_MAX, VMID_MIN
+from lifecycled.pve.params import (
     FREE_TEXT_PARAMS,
     MAX_KEY_LENGTH,
     MAX_PARAMS,
@@ -22,10 +26,6 @@ from lifecycled.domain.pve_params import (
     ParamSpec,
     allowed_params,
 )
-from lifecycled.domain.states import OpState
-from lifecycled.domain.text import FREE_TEXT_PATTERN, INT64_MAX, INT64_MIN, SINGLE_LINE_PATTERN
-from lifecycled.engine.recover import RESULTS
-from lifecycled.engine.submit import KEY_PATTERN, NODE_PATTERN, SIZE_PATTERN, VMID_MAX, VMID_MIN
 from lifecycled.web.guest_schemas import SCHEMAS as GUEST_SCHEMAS
 from lifecycled.web.handlers_node import SCHEMAS as NODE_SCHEMAS
 from lifecycled.web.routes import Route, error, ref
@@ -39,6 +39,10 @@ _KEY_PATTERN = f"^{KEY_PATTERN}$"
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
+
+#: ``as_boolean``'s texts: true/false/1/0 in any case, blanks (not control characters) around.
+_BLANK = "[ \\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]*"
+_BOOLEAN_TEXT = f"^{_BLANK}(?:[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[01]){_BLANK}$"
 
 _TIMESTAMP = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC."}
 _STATES = [str(s) for s in OpState]
@@ -202,7 +206,14 @@ def schemas() -> dict[str, Any]:
         "OpPage": page,
         "Submission": submission,
         "IdempotencyKey": {"type": "string", "pattern": _KEY_PATTERN},
-        "ParamBoolean": {"enum": [True, False, 0, 1], "description": "true/false or 1/0."},
+        "ParamBoolean": {
+            "anyOf": [
+                {"type": "boolean"},
+                {"enum": [0, 1]},
+                {"type": "string", "pattern": _BOOLEAN_TEXT},
+            ],
+            "description": "true/false, 1/0, or the texts true/false/1/0 (any case).",
+        },
         "ParamText": _text(MAX_VALUE_LENGTH, free_text=False),
         "Status": status,
         "Health": {
@@ -221,7 +232,7 @@ def schemas() -> dict[str, Any]:
     }
 
 
-# --- the submission, per action and kind (lifecycled.domain.pve_params) -------------------
+# --- the submission, per action and kind (lifecycled.pve.params) -------------------
 
 #: Params an action cannot do without, and their exact form where lifecycled checks more than
 #: Proxmox's schema says (engine.submit._action_params).
