@@ -201,7 +201,7 @@ async def submit(
     records a new one as ``native``, never changing an existing guest's row; any other
     action needs a managed guest (``native`` or ``adopted``) — an unknown, discovered or
     released guest is refused with ``guest_not_managed`` (:class:`PolicyRefused`) — on the
-    node and of the kind its row says (422 otherwise). Accepting a power action sets the
+    node and of the kind its row says (``placement_mismatch`` otherwise). Accepting a power action sets the
     guest's desired state in the same transaction.
     """
     validate(sub)
@@ -219,8 +219,8 @@ async def submit(
     try:
         spec_for(guest.kind, sub.action)  # the kind resolved from Proxmox may not support it
     except UnsupportedAction as exc:
-        # Only a kind read from Proxmox gets here (a given kind was checked by validate): the
-        # guest's state, not the request's shape, refuses it.
+        # Only a kind read from the journal or Proxmox gets here (a given kind was checked by
+        # validate): the guest's state, not the request's shape, refuses it.
         raise PolicyRefused("unsupported_action", str(exc)) from None
     if sub.kind is None:
         unsupported = param_problems(guest.kind, Action(sub.action), sub.params)

@@ -7,7 +7,7 @@ set for indexed keys (``net[n]`` is looked up as ``net`` and accepts ``net0`` â€
 ``net<index_max>``).
 
 :func:`param_problems` is the one rule for a submission's params: flat scalars, keys the
-action's endpoint takes for the guest's kind (both kinds' when the kind is not given), values
+action's endpoint takes for the guest's kind (either kind's when the kind is not given), values
 of the schema's type, range, enum and length, and text that :mod:`lifecycled.domain.text`
 accepts. Booleans follow :func:`~lifecycled.domain.actions.as_boolean`. A few
 lifecycled-level names are translated by :func:`~lifecycled.domain.actions.wire_params`
@@ -128,13 +128,11 @@ def _tables(kind: GuestKind | None, action: Action) -> list[dict[str, ParamSpec]
 
 
 def allowed_params(kind: GuestKind | None, action: Action) -> dict[str, tuple[ParamSpec, ...]]:
-    """Every param name ``action`` takes for ``kind`` (for both kinds when ``None``), with the
+    """Every param name ``action`` takes for ``kind`` (for either kind when ``None``), with the
     spec of each kind that takes it; indexed names by their base (``net``)."""
     tables = _tables(kind, action)
-    if not tables:
-        return {}
-    names = set(tables[0]).intersection(*tables[1:])
-    return {name: tuple(table[name] for table in tables) for name in sorted(names)}
+    names = set().union(*tables)
+    return {name: tuple(table[name] for table in tables if name in table) for name in sorted(names)}
 
 
 def param_problems(
@@ -142,8 +140,8 @@ def param_problems(
 ) -> dict[str, str]:
     """Per-param problems of a submission's params (empty when they are acceptable).
 
-    Without a kind, a key must be one both kinds take for ``action`` (a kind-specific param
-    needs the kind given) and its value one that either kind takes.
+    Without a kind, a key and value either kind takes pass here; submit checks the params
+    again against the kind it reads from Proxmox (``unsupported_params``).
     """
     if len(params) > MAX_PARAMS:
         return {"params": f"at most {MAX_PARAMS} parameters"}
@@ -157,8 +155,10 @@ def param_problems(
             continue
         specs = [lookup(table, key) for table in tables]
         found = [s for s in specs if s is not None]
-        if not found or len(found) < len(specs):
-            problems[field] = _unknown(action, kind, known_somewhere=bool(found))
+        if not found:
+            problems[field] = f"not a parameter of {action}" + (
+                f" for {kind} guests" if kind is not None else ""
+            )
             continue
         # Without a kind, a value one kind takes is enough here; submit checks the params
         # again against the kind it reads from Proxmox.
@@ -168,12 +168,6 @@ def param_problems(
         if all(p is not None for p in found_problems):
             problems[field] = str(found_problems[0])
     return problems
-
-
-def _unknown(action: Action, kind: GuestKind | None, *, known_somewhere: bool) -> str:
-    if kind is None and known_somewhere:
-        return f"a parameter of {action} for one guest kind only: give kind"
-    return f"not a parameter of {action}" + (f" for {kind} guests" if kind is not None else "")
 
 
 def value_problem(value: Any, spec: ParamSpec, *, free_text: bool = False) -> str | None:

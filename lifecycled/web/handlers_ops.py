@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lifecycled.domain.guests import PlacementMismatch
 from lifecycled.domain.node import NodeRefused
 from lifecycled.domain.op import Op
 from lifecycled.domain.serialize import op_to_dict
@@ -78,6 +79,8 @@ async def submit_op(request: web.Request) -> web.Response:
         result = await runtime.submit(sub)
     except NodeRefused as exc:
         raise node_refusal(exc) from None
+    except PlacementMismatch as exc:
+        raise ApiError(409, "placement_mismatch", str(exc), details=exc.details) from None
     except ProxmoxUnreachable as exc:
         raise unavailable("proxmox_unavailable", str(exc), **exc.details) from None
     except ValidationError as exc:
@@ -313,8 +316,10 @@ ROUTES: tuple[Route, ...] = (
                 "field differ (`idempotency_key_mismatch`); a guest lifecycled does not manage "
                 "(`guest_not_managed`: manage or adopt it first); a create/clone on a vmid "
                 "owned by another guest (`vmid_in_use`); an action the guest's kind (read from "
-                "Proxmox) does not have (`unsupported_action`); the node is decommissioned "
-                "(`node_decommissioned`)."
+                "Proxmox) does not have (`unsupported_action`) or params it does not take "
+                "(`unsupported_params`); a managed guest named with another node or kind "
+                "than its journal record (`placement_mismatch`, details per field); the node "
+                "is decommissioned (`node_decommissioned`)."
             ),
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
             422: error(

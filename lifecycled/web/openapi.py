@@ -102,8 +102,8 @@ def schemas() -> dict[str, Any]:
         "anyOf": _submission_variants(),
         "description": (
             "One variant per action and guest kind: `params` are flat scalars whose names "
-            "are the Proxmox API parameters of the action's endpoint for that kind (both "
-            "kinds' when `kind` is omitted), plus `force_stop` (shutdown), "
+            "are the Proxmox API parameters of the action's endpoint for that kind (either "
+            "kind's when `kind` is omitted: the kind read later may refuse them, 409), plus `force_stop` (shutdown), "
             "`with_local_disks` (migrate, qemu) and `source_vmid` (clone)."
         ),
         "example": {

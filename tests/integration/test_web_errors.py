@@ -110,6 +110,14 @@ async def test_invalid_submissions_are_422_with_details(sim: SimServer, tmp_path
         _assert_error(body, "unsupported_action")
         # Without a kind a param either kind takes passes the door; the kind read from
         # Proxmox then refuses a qemu disk on a container.
+        # A managed guest named with another node or kind than its journal row: the row
+        # refuses it (both values named), not the request's shape.
+        status, body = await env.submit(
+            {"action": "start", "vmid": qemu.vmid, "kind": "lxc", "node": "elsewhere"}
+        )
+        assert status == 409
+        _assert_error(body, "placement_mismatch")
+        assert set(body["error"]["details"]) == {"node", "kind"}
         resize = {"action": "resize", "vmid": lxc.vmid, "params": {"disk": "scsi0", "size": "9G"}}
         status, body = await env.submit(resize)
         assert status == 409

@@ -44,7 +44,10 @@ def _fuzz_in_child(base_url: str) -> tuple[dict[int, int], set[int], set[str]]:
     ``compile``) fails with ``SystemError: AST constructor recursion depth mismatch``.
     """
     log = FuzzLog()
-    _fuzz(base_url, log)
+    try:
+        _fuzz(base_url, log)
+    except BaseException as exc:  # schemathesis' failures may not pickle back to the parent
+        raise AssertionError(f"{type(exc).__name__}: {exc}") from None
     return log.statuses, log.created, log.operations
 
 

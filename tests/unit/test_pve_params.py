@@ -46,7 +46,7 @@ def test_known_params_are_accepted() -> None:
     ("kind", "action", "params", "field"),
     [
         (QEMU, Action.START, {"name": "x"}, "params.name"),  # start takes no name
-        (None, Action.CONFIGURE, {"name": "x"}, "params.name"),  # qemu only: give kind
+        (None, Action.CONFIGURE, {"zzz": "x"}, "params.zzz"),  # neither kind's
         (LXC, Action.MIGRATE, {"with_local_disks": 1}, "params.with_local_disks"),
         (QEMU, Action.CREATE, {"vmid": 101}, "params.vmid"),  # set by lifecycled
         (QEMU, Action.CLONE, {"source_vmid": 101, "newid": 5}, "params.newid"),
@@ -95,13 +95,15 @@ def test_a_key_outside_the_schema_is_never_accepted(key: str) -> None:
         assert lookup(table, key) is not None
 
 
-def test_without_a_kind_only_params_of_both_kinds_are_allowed() -> None:
-    """allowed_params(None, …) is the intersection of the two kinds' params."""
-    both = allowed_params(None, Action.CONFIGURE)
-    assert "cores" in both and "name" not in both and "hostname" not in both
-    assert set(both) == set(params_for(QEMU, Action.CONFIGURE)) & set(
+def test_without_a_kind_params_of_either_kind_are_allowed() -> None:
+    """allowed_params(None, …) is the union of the two kinds' params, each with its specs."""
+    either = allowed_params(None, Action.CONFIGURE)
+    assert {"cores", "name", "hostname"} <= set(either)
+    assert set(either) == set(params_for(QEMU, Action.CONFIGURE)) | set(
         params_for(LXC, Action.CONFIGURE)
     )
+    assert len(either["cores"]) == 2 and len(either["name"]) == 1
+    assert param_problems(None, Action.CONFIGURE, {"name": "vm1", "hostname": "ct1"}) == {}
 
 
 @pytest.mark.parametrize(
