@@ -29,7 +29,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 
 
 def _check_key_id(key_id: str) -> None:
-    if not KEY_ID_RE.match(key_id):
+    if not KEY_ID_RE.fullmatch(key_id):
         fail(f"--key-id {key_id!r}: use 1-64 letters, digits, '.', '_' or '-'", EXIT_USAGE)
 
 

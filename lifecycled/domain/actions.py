@@ -113,7 +113,7 @@ _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 def parse_size(text: str) -> int:
     """Bytes for a Proxmox size (``32G``, ``512M``, ``1.5T``, a bare number is bytes)."""
-    m = _SIZE_RE.match(text.strip())
+    m = _SIZE_RE.fullmatch(text.strip())
     if m is None:
         raise ValueError(f"invalid size {text!r}: expected a number with an optional K/M/G/T")
     return int(float(m["num"]) * _UNITS[m["unit"]])

@@ -225,9 +225,14 @@ def _value(record: GuestRecord, column: str) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
+class PlacementMismatch(ValidationError):
+    """A request names another node or kind than the managed guest's journal row: the
+    journal's state refuses it (HTTP 409 ``placement_mismatch``), the request is well-formed."""
+
+
 def check_placement(record: GuestRecord, *, node: str | None, kind: str | None) -> None:
     """Ops for a managed guest take node and kind from its journal row: raise
-    :class:`ValidationError` when a request names another (``pve1\n``, another node, the
+    :class:`PlacementMismatch` when a request names another (``pve1\n``, another node, the
     other kind), each field's message naming both values. ``None``: not given."""
     mismatch: dict[str, str] = {}
     if node is not None and node != record.node:
@@ -235,7 +240,7 @@ def check_placement(record: GuestRecord, *, node: str | None, kind: str | None) 
     if kind is not None and kind != str(record.kind):
         mismatch["kind"] = f"guest {record.vmid} is {str(record.kind)!r}, not {kind!r}"
     if mismatch:
-        raise ValidationError(
+        raise PlacementMismatch(
             f"guest {record.vmid} is a {record.kind} guest on node {record.node} in the "
             "journal; the request names another (omit node and kind to use the journal's)",
             mismatch,
@@ -300,7 +305,7 @@ def resources_of(
     disks = {
         key: size
         for key in sorted(config)
-        if pattern.match(key)
+        if pattern.fullmatch(key)
         and "media=cdrom" not in str(config[key])
         and (size := disk_size(config, key)) is not None
     }

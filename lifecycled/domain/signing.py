@@ -133,7 +133,7 @@ def parse_trusted_keys(text: str, source: str) -> dict[str, TrustedKey]:
         if len(parts) != 3:
             raise ConfigError(f"{where}: expected KEYID ed25519 BASE64-PUBLIC-KEY")
         key_id, algorithm, encoded = parts
-        if not KEY_ID_RE.match(key_id):
+        if not KEY_ID_RE.fullmatch(key_id):
             raise ConfigError(f"{where}: the key id must be 1-64 letters, digits, '.', '_' or '-'")
         if algorithm.lower() != ALGORITHM:
             raise ConfigError(f"{where}: unsupported algorithm {algorithm!r}; only ed25519")
@@ -231,9 +231,9 @@ def verify(
     encoded = str(values[SIGNATURE_HEADER])
     key = keys.get(key_id)
     if key is None:
-        shown = key_id if KEY_ID_RE.match(key_id) else "(malformed)"
+        shown = key_id if KEY_ID_RE.fullmatch(key_id) else "(malformed)"
         return SignatureRefused(code=UNKNOWN_KEY, reason=f"key id {shown} is not trusted")
-    if not NONCE_RE.match(nonce):
+    if not NONCE_RE.fullmatch(nonce):
         return SignatureRefused(
             code=SIGNATURE_INVALID,
             reason=f"{NONCE_HEADER} must be 16-128 characters of A-Z a-z 0-9 - _ . =",

@@ -19,18 +19,30 @@ from lifecycled.domain.actions import (
 )
 from lifecycled.domain.guests import desired_for
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
+from lifecycled.domain.text import shown
 from lifecycled.engine import node
-from lifecycled.errors import NotFound, PveError, ValidationError
+from lifecycled.errors import NotFound, PolicyRefused, PveError, ValidationError
 from lifecycled.journal import Journal, SubmitRequest, SubmitResult
 from lifecycled.pve import wire
+from lifecycled.pve.params import param_problems
 from lifecycled.pve.port import PveClient
 
 VMID_MIN, VMID_MAX = 100, 999_999_999
-_KEY_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,200}$")
-_NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$")
-_PARAM_KEY_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+# Always used with ``fullmatch`` (a ``$`` would let a trailing newline through); ASCII only,
+# so no control character, NUL or surrogate can pass.
+KEY_PATTERN = r"[A-Za-z0-9._:\-]{1,200}"
+NODE_PATTERN = r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?"
+_KEY_RE = re.compile(KEY_PATTERN)
+#: An absolute Proxmox size, exactly (``parse_size`` also strips blanks).
+SIZE_PATTERN = r"[0-9]{1,15}(?:\.[0-9]{1,6})?[KMGT]?"
+_SIZE_RE = re.compile(SIZE_PATTERN)
+_NODE_RE = re.compile(NODE_PATTERN)
 #: Namespace for deterministic smbios1 uuids of created VMs (identity fingerprint).
 _FINGERPRINT_NS = uuid.UUID("6f1c3c9e-6a39-4f55-9d0e-6c1f3f2a7b11")
+
+
+class ProxmoxUnreachable(ValidationError):
+    """The guest's kind or node could not be read from Proxmox (it may answer later)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -54,7 +66,7 @@ def validate(sub: Submission) -> None:
         action = Action(sub.action)
     except ValueError:
         details["action"] = (
-            f"unknown action {sub.action!r}; one of {', '.join(a.value for a in Action)}"
+            f"unknown action '{shown(sub.action)}'; one of {', '.join(a.value for a in Action)}"
         )
         action = None
     if (
@@ -63,22 +75,21 @@ def validate(sub: Submission) -> None:
         or not VMID_MIN <= sub.vmid <= VMID_MAX
     ):
         details["vmid"] = f"must be an integer from {VMID_MIN} to {VMID_MAX}"
-    if sub.kind is not None and sub.kind not in (k.value for k in GuestKind):
-        details["kind"] = "must be qemu or lxc"
-    if sub.node is not None and not _NODE_RE.match(sub.node):
-        details["node"] = "not a valid Proxmox node name"
-    if sub.idempotency_key is not None and not _KEY_RE.match(sub.idempotency_key):
+    kind: GuestKind | None = None
+    if sub.kind is not None:
+        try:
+            kind = GuestKind(sub.kind)
+        except ValueError:
+            details["kind"] = "must be qemu or lxc"
+    if sub.node is not None and not _NODE_RE.fullmatch(sub.node):
+        details["node"] = "not a valid Proxmox node name (letters, digits and -, at most 63)"
+    if sub.idempotency_key is not None and not _KEY_RE.fullmatch(sub.idempotency_key):
         details["idempotency_key"] = "1-200 characters of letters, digits and . _ : -"
-    for key, value in sub.params.items():
-        if not _PARAM_KEY_RE.match(key):
-            details[f"params.{key}"] = "not a valid parameter name"
-        elif not _param_value_ok(value):
-            details[f"params.{key}"] = "must be a string, number, boolean or list of strings"
+    if action is not None and "kind" not in details:
+        details.update(param_problems(kind, action, sub.params))
     if action is not None:
-        details.update(_action_params(action, sub.params))
-        kind = GuestKind(sub.kind) if sub.kind in tuple(GuestKind) else None
-        for name, text in wire.boolean_problems(action, kind, sub.params).items():
-            details.setdefault(f"params.{name}", text)
+        for field, problem in _action_params(action, sub.params).items():
+            details.setdefault(field, problem)
     if sub.kind is not None and action is not None and "kind" not in details:
         try:
             spec_for(GuestKind(sub.kind), action)
@@ -88,18 +99,13 @@ def validate(sub: Submission) -> None:
         raise ValidationError("invalid submission", details)
 
 
-def _param_value_ok(value: Any) -> bool:
-    if isinstance(value, list):
-        return all(isinstance(v, str | int) for v in value)
-    return isinstance(value, str | int | float | bool)
-
-
 def _action_params(action: Action, params: Mapping[str, Any]) -> dict[str, str]:
     d: dict[str, str] = {}
     if action is Action.RESIZE:
         if not params.get("disk"):
             d["params.disk"] = "required: the disk to grow (e.g. scsi0, rootfs)"
-        size = str(params.get("size", ""))
+        size = params.get("size", "")
+        size = size if isinstance(size, str) else ""
         if size.startswith("+"):
             d["params.size"] = (
                 "must be an absolute size (e.g. 40G); relative growth is not idempotent"
@@ -107,11 +113,13 @@ def _action_params(action: Action, params: Mapping[str, Any]) -> dict[str, str]:
         else:
             try:
                 parse_size(size)
+                if _SIZE_RE.fullmatch(size) is None:
+                    raise ValueError(size)
             except ValueError:
                 d["params.size"] = "required: an absolute size such as 40G"
     elif action is Action.MIGRATE:
         target = params.get("target")
-        if not isinstance(target, str) or not _NODE_RE.match(target):
+        if not isinstance(target, str) or not _NODE_RE.fullmatch(target):
             d["params.target"] = "required: the target node"
     elif action is Action.CONFIGURE:
         if not any(k not in ("digest", "background_delay") for k in params):
@@ -142,7 +150,7 @@ async def resolve_guest(sub: Submission, pve: PveClient | None, *, default_node:
     try:
         resources = await pve.cluster_resources()
     except PveError as err:
-        raise ValidationError(
+        raise ProxmoxUnreachable(
             "cannot resolve the guest",
             {"kind": f"Proxmox is unreachable ({err.reason}); give kind and node"},
         ) from None
@@ -193,7 +201,7 @@ async def submit(
     records a new one as ``native``, never changing an existing guest's row; any other
     action needs a managed guest (``native`` or ``adopted``) — an unknown, discovered or
     released guest is refused with ``guest_not_managed`` (:class:`PolicyRefused`) — on the
-    node and of the kind its row says (422 otherwise). Accepting a power action sets the
+    node and of the kind its row says (``placement_mismatch`` otherwise). Accepting a power action sets the
     guest's desired state in the same transaction.
     """
     validate(sub)
@@ -211,7 +219,17 @@ async def submit(
     try:
         spec_for(guest.kind, sub.action)  # the kind resolved from Proxmox may not support it
     except UnsupportedAction as exc:
-        raise ValidationError("invalid submission", {"action": str(exc)}) from None
+        # Only a kind read from the journal or Proxmox gets here (a given kind was checked by
+        # validate): the guest's state, not the request's shape, refuses it.
+        raise PolicyRefused("unsupported_action", str(exc)) from None
+    if sub.kind is None:
+        unsupported = param_problems(guest.kind, Action(sub.action), sub.params)
+        if unsupported:
+            field, problem = next(iter(unsupported.items()))
+            raise PolicyRefused(
+                "unsupported_params",
+                f"guest {sub.vmid} is {guest.kind}: {field} {problem}"[:300],
+            )
     await node.admit(
         journal,
         served=default_node,

@@ -88,7 +88,7 @@ def load_migrations(source: Traversable | Path | None = None) -> tuple[Migration
     for entry in folder.iterdir():
         if not entry.name.endswith(".sql"):
             continue
-        match = _NAME_RE.match(entry.name)
+        match = _NAME_RE.fullmatch(entry.name)
         if match is None:
             raise JournalError(f"migration file {entry.name!r} is not named NNNN_name.sql")
         version = int(match["version"])

@@ -54,7 +54,7 @@ def resource_error(
     errors = _errors_of(exc.errors)
     if not errors and cli:
         for line in lines[1:]:  # pvesh prints "param: text" lines after a 400
-            em = _ERROR_LINE_RE.match(line)
+            em = _ERROR_LINE_RE.fullmatch(line)
             if em is not None:
                 errors[em[1]] = em[2]
     reason = redact(first or wire.default_reason(status))

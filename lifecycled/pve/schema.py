@@ -98,7 +98,7 @@ class Endpoint:
         found = self.params.get(name)
         if found is not None:
             return found
-        m = _INDEXED_RE.match(name)
+        m = _INDEXED_RE.fullmatch(name)
         if m is None:
             return None
         found = self.params.get(m["base"] + "[n]")
@@ -219,13 +219,13 @@ def match(method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
 
 
 def _format_error(fmt: str, text: str) -> str | None:
-    if fmt == "pve-node" and not _NODE_RE.match(text):
+    if fmt == "pve-node" and not _NODE_RE.fullmatch(text):
         return "invalid format - value does not look like a valid node name"
-    if fmt == "pve-configid" and not _CONFIGID_RE.match(text):
+    if fmt == "pve-configid" and not _CONFIGID_RE.fullmatch(text):
         return f"invalid format - invalid configuration ID '{text}'"
     if fmt == "pve-configid-list":
         for item in re.split(r"[,;\s]+", text):
-            if item and not _CONFIGID_RE.match(item):
+            if item and not _CONFIGID_RE.fullmatch(item):
                 return f"invalid format - invalid configuration ID '{item}'"
     return None
 
@@ -244,9 +244,9 @@ def value_error(param: Param, value: Any) -> str | None:
         if text not in ("0", "1"):  # §13.7: not true/yes/on
             return f"type check ('boolean') failed - got '{text}'"
         return None
-    if kind == "integer" and not _INT_RE.match(text):
+    if kind == "integer" and not _INT_RE.fullmatch(text):
         return f"type check ('integer') failed - got '{text}'"
-    if kind == "number" and not _NUM_RE.match(text):
+    if kind == "number" and not _NUM_RE.fullmatch(text):
         return f"type check ('number') failed - got '{text}'"
     if kind in ("integer", "number"):
         number = float(text)

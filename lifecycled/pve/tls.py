@@ -24,7 +24,7 @@ _HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 def normalize_fingerprint(text: str) -> str:
     """Lower-case hex of a SHA-256 fingerprint given as ``AA:BB:…`` or plain hex."""
     cleaned = text.strip().replace(":", "").lower()
-    if not _HEX_RE.match(cleaned):
+    if not _HEX_RE.fullmatch(cleaned):
         raise ConfigError(
             "invalid certificate fingerprint: expected a SHA-256 digest as 64 hex digits, "
             "plain or colon-separated (AA:BB:…), as shown by "

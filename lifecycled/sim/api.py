@@ -91,7 +91,7 @@ def find_route(method: str, path: str) -> tuple[Route, dict[str, str]] | None:
     for candidate in ROUTES:
         if candidate.method != method:
             continue
-        m = candidate.pattern.match(path)
+        m = candidate.pattern.fullmatch(path)
         if m is not None:
             return candidate, {k: v for k, v in m.groupdict().items() if v is not None}
     return None

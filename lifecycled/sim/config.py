@@ -74,7 +74,7 @@ def _check_nodes(_inst: Any, _attr: Any, value: tuple[str, ...]) -> None:
     if not value:
         raise SimConfigError("at least one node is needed")
     for node in value:
-        if not _NODE_RE.match(node):
+        if not _NODE_RE.fullmatch(node):
             raise SimConfigError(f"invalid node name {node!r}")
     if len(set(value)) != len(value):
         raise SimConfigError("node names must be unique")

@@ -63,7 +63,7 @@ def validate_config(kind: str, params: Params, caller: Caller) -> None:
     if (
         kind == "qemu"
         and "memory" in params
-        and not re.match(r"^(current=)?\d+$", str(params["memory"]))
+        and not re.fullmatch(r"(current=)?\d+", str(params["memory"]))
     ):
         raise txt.param_error({"memory": "value does not match the regex pattern"})
 

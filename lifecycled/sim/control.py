@@ -73,7 +73,7 @@ class ControlError(Exception):
 async def dispatch(sim: Simulator, request: web.Request) -> web.Response:
     """Serve one ``/_sim/…`` request."""
     for method, pattern, fn in _ROUTES:
-        m = pattern.match(request.path)
+        m = pattern.fullmatch(request.path)
         if m is None or method != request.method:
             continue
         try:

@@ -126,7 +126,7 @@ def _allocate_disks(kind: str, vmid: int, config: dict[str, Any]) -> None:
         value = config[key]
         if not is_disk_key(kind, key) or not isinstance(value, str):
             continue
-        m = _NEW_DISK_RE.match(value)
+        m = _NEW_DISK_RE.fullmatch(value)
         if m is None:
             continue
         storage = m["storage"] or "local-lvm"

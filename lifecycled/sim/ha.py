@@ -107,7 +107,7 @@ async def _lrm(sim: Simulator, vmid: int, migrate_to: str | None) -> None:
 
 
 def _guest_for_sid(sim: Simulator, sid: str) -> tuple[str, Guest | None]:
-    m = _SID_RE.match(sid)
+    m = _SID_RE.fullmatch(sid)
     if m is None:
         raise param_error({"sid": f"unable to parse service id '{sid}'"})
     vmid = int(m["vmid"])

@@ -55,7 +55,7 @@ def coerce_value(kind: str, key: str, value: Any) -> Any:
     if isinstance(value, bool):
         return 1 if value else 0
     ints = _LXC_INT_KEYS if kind == "lxc" else _INT_KEYS
-    if key in ints and _NUMERIC_RE.match(str(value)):
+    if key in ints and _NUMERIC_RE.fullmatch(str(value)):
         return int(str(value))
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -63,7 +63,7 @@ def coerce_value(kind: str, key: str, value: Any) -> Any:
 
 
 def is_disk_key(kind: str, key: str) -> bool:
-    return bool((QEMU_DISK_RE if kind == "qemu" else LXC_DISK_RE).match(key))
+    return bool((QEMU_DISK_RE if kind == "qemu" else LXC_DISK_RE).fullmatch(key))
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -203,7 +203,7 @@ _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def parse_size(text: str) -> int | None:
-    m = _SIZE_RE.match(text.strip())
+    m = _SIZE_RE.fullmatch(text.strip())
     if m is None:
         return None
     return int(float(m["num"]) * _UNITS[m["unit"]])

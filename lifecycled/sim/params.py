@@ -32,7 +32,7 @@ def _type_error(kind: str, value: Any) -> str | None:
         if text not in ("0", "1"):  # JSONSchema::check_type: 1 and 0 only (§13.7)
             return f"type check ('boolean') failed - got '{text}'"
     elif kind in ("int", "vmid"):
-        if not _INT_RE.match(text):
+        if not _INT_RE.fullmatch(text):
             return f"type check ('integer') failed - got '{text}'"
         if kind == "vmid":
             number = int(text)
@@ -40,11 +40,11 @@ def _type_error(kind: str, value: Any) -> str | None:
                 return "value must have a minimum value of 100"
             if number > 999_999_999:
                 return "value must have a maximum value of 999999999"
-    elif kind == "number" and not _NUM_RE.match(text):
+    elif kind == "number" and not _NUM_RE.fullmatch(text):
         return f"type check ('number') failed - got '{text}'"
-    elif kind == "size" and not _SIZE_RE.match(text):
+    elif kind == "size" and not _SIZE_RE.fullmatch(text):
         return "value does not match the regex pattern"
-    elif kind == "node" and not _NODE_RE.match(text):
+    elif kind == "node" and not _NODE_RE.fullmatch(text):
         return "invalid format - value does not look like a valid node name"
     return None
 

@@ -24,7 +24,7 @@ from lifecycled.web import (
     handlers_system,
 )
 from lifecycled.web.auth import AUTH_GATE_KEY, AuthGate, auth_middleware
-from lifecycled.web.errors import error_middleware
+from lifecycled.web.errors import drop_server_header, error_middleware, protocol_logger
 from lifecycled.web.handlers_system import OPENAPI_KEY
 from lifecycled.web.openapi import build_document
 from lifecycled.web.routes import RUNTIME_KEY, Route
@@ -88,6 +88,7 @@ def build_app(runtime: Runtime) -> web.Application:
         client_max_size=runtime.settings.max_body_bytes,
     )
     app[RUNTIME_KEY] = runtime
+    app.on_response_prepare.append(drop_server_header)
     gate = AuthGate(runtime.settings.api_token_file)
     app[AUTH_GATE_KEY] = gate
     app.on_startup.append(gate.load)
@@ -112,6 +113,7 @@ async def start_web(runtime: Runtime) -> Callable[[], Awaitable[None]]:
     runner = web.AppRunner(
         build_app(runtime),
         access_log=None,  # our middleware logs one event per request
+        logger=protocol_logger(),  # aiohttp's protocol errors: one line, no traceback
         handle_signals=False,  # signals belong to the ``run`` entry point
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )

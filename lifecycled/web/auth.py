@@ -59,7 +59,7 @@ def parse_token_file(text: str, source: str) -> tuple[ApiToken, ...]:
         name, sep, secret = line.partition(":")
         if not sep:
             name, secret = f"token-{len(tokens) + 1}", line
-        elif not _NAME_RE.match(name):
+        elif not _NAME_RE.fullmatch(name):
             raise ConfigError(
                 f"API token file {source}, line {lineno}: the name before ':' must be 1-64 "
                 "letters, digits, '.', '_' or '-'"

@@ -5,6 +5,12 @@ Every non-2xx answer is ``{"error": {"code": "<stable_snake_case>", "message": "
 aiohttp's own refusals (413), domain errors and unexpected failures alike. A traceback or an
 HTML page never reaches a client; unexpected failures are logged with their traceback and
 answered with ``internal_error``.
+
+aiohttp's own protocol errors (a malformed request line, a header too long, a NUL in a
+header) are answered by aiohttp's low-level server before any application code runs: its
+public API lets us choose the logger (:func:`protocol_logger` turns each into one
+``http.protocol_error`` line, without traceback and without the request's bytes) but not the
+answer, which stays aiohttp's ``400`` in ``text/plain`` (see docs/HTTP_API.md, "Limits").
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from lifecycled.errors import (
@@ -26,6 +33,9 @@ from lifecycled.errors import (
 )
 
 log = logging.getLogger("lifecycled.web")
+
+#: The logger handed to aiohttp's protocol (``AppRunner(logger=...)``).
+PROTOCOL_LOGGER = "lifecycled.web.protocol"
 
 #: Seconds a client should wait before retrying a 503.
 RETRY_AFTER_SECONDS = 5
@@ -125,8 +135,10 @@ def from_domain_error(exc: Exception) -> web.Response | None:
         return error_response(422, "validation_failed", str(exc), details=exc.details)
     if isinstance(exc, NotFound):
         return error_response(404, "not_found", str(exc))
-    if isinstance(exc, PolicyRefused):  # e.g. guest_not_managed: nothing was written
-        return error_response(422, exc.code, str(exc))
+    if isinstance(exc, PolicyRefused):
+        # The target's state refuses the request (guest_not_managed, vmid_in_use,
+        # unsupported_action): a conflict, not a malformed request. Nothing was written.
+        return error_response(409, exc.code, str(exc))
     if isinstance(exc, InvalidTransition):
         return error_response(409, "invalid_state", str(exc))
     if isinstance(exc, JournalUnavailable):
@@ -168,3 +180,40 @@ def _template(request: web.Request) -> str:
     if resource is None:
         return "<unmatched>"
     return resource.canonical
+
+
+async def drop_server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: no ``Server`` header (it names aiohttp's and Python's version)."""
+    response.headers.pop("Server", None)
+
+
+class _ProtocolErrorFilter(logging.Filter):
+    """Turns aiohttp's "Error handling request" records of protocol errors into one line.
+
+    The record's traceback and message (which quotes the offending request bytes) are
+    dropped; what is kept is the error's class and status and the peer's address.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.msg = "http.protocol_error"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.error = type(exc).__name__
+        record.status = exc.code
+        record.remote = remote
+        return True
+
+
+def protocol_logger() -> logging.Logger:
+    """The logger for aiohttp's protocol handler: protocol errors become one line each."""
+    logger = logging.getLogger(PROTOCOL_LOGGER)
+    if not any(isinstance(f, _ProtocolErrorFilter) for f in logger.filters):
+        logger.addFilter(_ProtocolErrorFilter())
+    return logger

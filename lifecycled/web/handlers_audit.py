@@ -3,6 +3,7 @@ time, newest first (SPEC §4 "Audit log")."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -30,16 +31,30 @@ def _decision(value: str) -> str:
     return value
 
 
+#: An audit action name: ASCII letters, digits, - and _ (always used with ``fullmatch``).
+ACTION_PATTERN = r"[A-Za-z0-9_\-]{1,64}"
+_ACTION_RE = re.compile(ACTION_PATTERN)
+
+
 def _word(value: str) -> str:
-    if not value or len(value) > 64 or not value.replace("_", "").replace("-", "").isalnum():
-        raise ValueError("must be a word of letters, digits, - and _ (at most 64)")
+    if _ACTION_RE.fullmatch(value) is None:
+        raise ValueError("must be a word of 1-64 ASCII letters, digits, - and _")
     return value
+
+
+#: RFC 3339 ``date-time`` exactly (``fromisoformat`` alone also takes a space, week dates…).
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 
 
 def _timestamp(value: str) -> float:
     try:
-        return parse_rfc3339(value)
-    except ValueError:
+        if _RFC3339.fullmatch(value) is None:
+            raise ValueError(value)
+        return parse_rfc3339(value.upper())
+    except (ValueError, OverflowError):
         raise ValueError("must be an RFC 3339 timestamp with a time zone") from None
 
 
@@ -99,7 +114,11 @@ ROUTES: tuple[Route, ...] = (
                 "Only this guest.",
                 {"type": "integer", "minimum": VMID_MIN, "maximum": VMID_MAX},
             ),
-            query("action", "Only this action (terminate, adopt, drain, …).", {"type": "string"}),
+            query(
+                "action",
+                "Only this action (terminate, adopt, drain, …).",
+                {"type": "string", "pattern": f"^{ACTION_PATTERN}$"},
+            ),
             query("decision", "Only this decision.", {"type": "string", "enum": DECISIONS}),
             query("since", "At or after (RFC 3339).", {"type": "string", "format": "date-time"}),
             query("until", "Before (RFC 3339).", {"type": "string", "format": "date-time"}),

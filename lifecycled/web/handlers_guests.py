@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from lifecycled.domain.guests import DesiredState, GuestOrigin, ObservedState, guest_to_dict
+from lifecycled.domain.text import shown
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
 from lifecycled.errors import InvalidTransition, NotFound, PveError
@@ -28,6 +29,7 @@ from lifecycled.web.inputs import (
     parse_query,
     parse_vmid,
     read_json_object,
+    unknown_fields,
 )
 from lifecycled.web.routes import Route, error, ok, path_param, query, runtime_of
 
@@ -38,12 +40,13 @@ log = logging.getLogger("lifecycled.web")
 ORIGINS = [str(o) for o in GuestOrigin]
 OBSERVED = [str(o) for o in ObservedState]
 SETTABLE = [str(DesiredState.RUNNING), str(DesiredState.STOPPED)]
+_DESIRED_FIELDS = frozenset({"state"})
 
 
 def _choice(name: str, allowed: list[str]) -> Any:
     def parse(value: str) -> str:
         if value not in allowed:
-            raise ValueError(f"unknown {name} {value!r}; one of {', '.join(allowed)}")
+            raise ValueError(f"unknown {name} '{shown(value)}'; one of {', '.join(allowed)}")
         return value
 
     return parse
@@ -59,7 +62,7 @@ def _path_vmid(request: web.Request) -> int:
     text = request.match_info["vmid"]
     number = int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else -1
     if not VMID_MIN <= number <= VMID_MAX:
-        raise ApiError(404, "guest_not_found", f"guest {text[:30]} not found")
+        raise ApiError(404, "guest_not_found", f"guest {shown(text, 30)} not found")
     return number
 
 
@@ -128,14 +131,7 @@ async def set_desired(request: web.Request) -> web.Response:
     runtime = runtime_of(request)
     _refuse_when_stopping(runtime)
     body = await read_json_object(request, runtime.settings.max_body_bytes)
-    unknown = sorted(k for k in body if k != "state")
-    if unknown:
-        raise ApiError(
-            400,
-            "unknown_field",
-            f"unknown field(s): {', '.join(unknown)}",
-            details=dict.fromkeys(unknown, "unknown field"),
-        )
+    unknown_fields(body, _DESIRED_FIELDS)
     state = body.get("state")
     if not isinstance(state, str):
         raise ApiError(
@@ -315,13 +311,14 @@ ROUTES: tuple[Route, ...] = (
         },
         responses={
             200: ok("The guest.", "ManagedGuest"),
-            400: error("Malformed JSON, unknown fields or wrong types."),
+            400: error(
+                "Malformed JSON (`malformed_json`, `duplicate_key`, `invalid_number`), unknown "
+                "fields (`unknown_field`) or wrong types (`invalid_request`)."
+            ),
             404: _NOT_FOUND,
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
-            422: error(
-                "Not running/stopped (`validation_failed`), or the guest is not managed "
-                "(`guest_not_managed`)."
-            ),
+            409: error("The guest is not managed (`guest_not_managed`)."),
+            422: error("Not running/stopped (`validation_failed`)."),
             503: _STOPPING,
         },
     ),

@@ -12,18 +12,20 @@ from typing import Any
 from aiohttp import web
 
 from lifecycled.domain.node import NodeRecord, NodeRefused, NodeState
+from lifecycled.domain.text import SINGLE_LINE_PATTERN, text_problem
 from lifecycled.engine import node as node_service
 from lifecycled.engine.runtime import Runtime
 from lifecycled.journal.nodes import NodeChange
 from lifecycled.web.auth import request_actor
 from lifecycled.web.errors import ApiError
-from lifecycled.web.inputs import read_json_object
+from lifecycled.web.inputs import read_json_object, unknown_fields
 from lifecycled.web.routes import JSON, Route, error, ok, ref, runtime_of
 from lifecycled.web.signing import SIGNATURE_GATE_KEY
 
 log = logging.getLogger("lifecycled.web")
 
 _MAX_REASON = 500
+_REASON_FIELDS = frozenset({"reason"})
 
 
 def _info(request: web.Request, runtime: Runtime, record: NodeRecord) -> dict[str, Any]:
@@ -42,24 +44,20 @@ async def _reason(request: web.Request, default: str) -> str:
     if not raw.strip():
         return default
     body = await read_json_object(request, runtime_of(request).settings.max_body_bytes)
-    unknown = sorted(k for k in body if k != "reason")
-    if unknown:
-        raise ApiError(
-            400,
-            "unknown_field",
-            f"unknown field(s): {', '.join(unknown)}",
-            details=dict.fromkeys(unknown, "unknown field"),
-        )
+    unknown_fields(body, _REASON_FIELDS)
     reason = body.get("reason")
     if reason is None:
         return default
-    if not isinstance(reason, str) or len(reason) > _MAX_REASON:
+    if not isinstance(reason, str):
         raise ApiError(
             400,
             "invalid_request",
             "the request body has the wrong shape",
-            details={"reason": f"must be a string of at most {_MAX_REASON} characters"},
+            details={"reason": "must be a string or null"},
         )
+    problem = text_problem(reason, max_length=_MAX_REASON)
+    if problem is not None:
+        raise ApiError(422, "validation_failed", "invalid reason", details={"reason": problem})
     return reason or default
 
 
@@ -202,7 +200,8 @@ SCHEMAS: dict[str, Any] = {
             "reason": {
                 "type": ["string", "null"],
                 "maxLength": _MAX_REASON,
-                "description": "Why (recorded in the audit log).",
+                "pattern": SINGLE_LINE_PATTERN,
+                "description": "Why (recorded in the audit log): one line, no control characters.",
             }
         },
     },
@@ -213,8 +212,12 @@ _BODY = {
     "content": {JSON: {"schema": ref("NodeChangeRequest")}},
 }
 _BAD_BODY = error(
-    "Malformed JSON (`malformed_json`), unknown fields (`unknown_field`), a reason that is "
-    "not a string of at most 500 characters (`invalid_request`)."
+    "Malformed JSON (`malformed_json`, `duplicate_key`, `invalid_number`), unknown fields "
+    "(`unknown_field`), a reason that is not a string (`invalid_request`)."
+)
+_BAD_REASON = error(
+    "A reason longer than 500 characters or holding a control character, NUL or lone "
+    "surrogate (`validation_failed`)."
 )
 _STATES = ", ".join(str(s) for s in NodeState)
 
@@ -247,6 +250,7 @@ ROUTES: tuple[Route, ...] = (
                 "The node after the change (`changed: false` if it already drained).", "NodeChange"
             ),
             400: _BAD_BODY,
+            422: _BAD_REASON,
             409: error(
                 "The node cannot drain from its state (`node_decommissioned`, "
                 "`invalid_node_transition`)."
@@ -264,6 +268,7 @@ ROUTES: tuple[Route, ...] = (
         responses={
             200: ok("The node after the change (`changed: false` if it was active).", "NodeChange"),
             400: _BAD_BODY,
+            422: _BAD_REASON,
             409: error("The node is not draining (`node_not_draining`)."),
         },
     ),
@@ -284,6 +289,7 @@ ROUTES: tuple[Route, ...] = (
         responses={
             200: ok("The decommissioned node.", "NodeChange"),
             400: _BAD_BODY,
+            422: _BAD_REASON,
             409: error(
                 "Refused: `invalid_node_transition`, `system_node`, `node_too_young`, "
                 "`guests_remain`; `details` has the state and the remaining guests."

@@ -11,12 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
+from lifecycled.domain.guests import PlacementMismatch
 from lifecycled.domain.node import NodeRefused
 from lifecycled.domain.op import Op
 from lifecycled.domain.serialize import op_to_dict
 from lifecycled.domain.states import OpState
 from lifecycled.engine.runtime import Runtime
-from lifecycled.engine.submit import VMID_MAX, VMID_MIN
+from lifecycled.engine.submit import VMID_MAX, VMID_MIN, ProxmoxUnreachable, validate
 from lifecycled.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from lifecycled.journal import OpPage
 from lifecycled.web.auth import request_actor
@@ -67,15 +68,25 @@ async def submit_op(request: web.Request) -> web.Response:
     _refuse_when_stopping(runtime)
     body = await read_json_object(request, runtime.settings.max_body_bytes)
     sub = parse_submission(body, request.headers.get(IDEMPOTENCY_HEADER), request_actor(request))
+    try:
+        # Validation first: a malformed submission is refused before a signature is checked
+        # (and audited), so a refusal never leaves an audit row of unvalidated input.
+        validate(sub)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_failed", str(exc), details=exc.details) from None
     await require_signature(request, runtime, sub, sub.actor)
     try:
         result = await runtime.submit(sub)
     except NodeRefused as exc:
         raise node_refusal(exc) from None
+    except PlacementMismatch as exc:
+        raise ApiError(409, "placement_mismatch", str(exc), details=exc.details) from None
+    except ProxmoxUnreachable as exc:
+        raise unavailable("proxmox_unavailable", str(exc), **exc.details) from None
     except ValidationError as exc:
         raise ApiError(422, "validation_failed", str(exc), details=exc.details) from None
     except NotFound as exc:
-        raise ApiError(422, "guest_not_found", str(exc), details={"vmid": str(exc)}) from None
+        raise ApiError(404, "guest_not_found", str(exc), details={"vmid": sub.vmid}) from None
     except Conflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc)) from None
     op = result.op
@@ -285,9 +296,9 @@ ROUTES: tuple[Route, ...] = (
                 },
             ),
             400: error(
-                "Malformed JSON (`malformed_json`), wrong types (`invalid_request`), unknown "
-                "fields (`unknown_field`), header and body keys differ "
-                "(`idempotency_key_mismatch`)."
+                "Malformed JSON or not UTF-8 (`malformed_json`), a repeated key "
+                "(`duplicate_key`), a number beyond 64 bits or not finite (`invalid_number`), "
+                "wrong types (`invalid_request`), unknown fields (`unknown_field`)."
             ),
             401: error(
                 "Missing or invalid bearer token (`unauthorized`); with trusted keys "
@@ -295,21 +306,32 @@ ROUTES: tuple[Route, ...] = (
                 "(`signature_required`, `signature_invalid`, `signature_expired`, "
                 "`unknown_key`, `nonce_replayed`)."
             ),
+            404: error(
+                "The guest (or clone source) is not in the cluster (`guest_not_found`; give "
+                "kind and node for a create)."
+            ),
             409: error(
-                "The idempotency key is used by a different op (`idempotency_conflict`); the "
-                "node is decommissioned (`node_decommissioned`)."
+                "The state refuses it: the idempotency key is used by a different op "
+                "(`idempotency_conflict`); the Idempotency-Key header and the idempotency_key "
+                "field differ (`idempotency_key_mismatch`); a guest lifecycled does not manage "
+                "(`guest_not_managed`: manage or adopt it first); a create/clone on a vmid "
+                "owned by another guest (`vmid_in_use`); an action the guest's kind (read from "
+                "Proxmox) does not have (`unsupported_action`) or params it does not take "
+                "(`unsupported_params`); a managed guest named with another node or kind "
+                "than its journal record (`placement_mismatch`, details per field); the node "
+                "is decommissioned (`node_decommissioned`)."
             ),
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
             422: error(
-                "Invalid submission (`validation_failed`, details per field), unknown guest "
-                "(`guest_not_found`), a guest lifecycled does not manage "
-                "(`guest_not_managed`: manage or adopt it first) or a create/clone on a vmid "
-                "owned by another guest (`vmid_in_use`)."
+                "Invalid submission (`validation_failed`, details per field): a field or "
+                "param with a control character, NUL or lone surrogate, a param the action's "
+                "Proxmox endpoint does not take, a value of the wrong type, range or length."
             ),
             503: error(
                 "lifecycled is shutting down or the journal cannot write; or the node is "
                 "draining and refuses new start/create/clone and inbound migrate "
-                "(`node_draining`).",
+                "(`node_draining`); or Proxmox could not be read to resolve the guest "
+                "(`proxmox_unavailable`).",
                 retry_after=True,
             ),
         },

@@ -10,26 +10,39 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from lifecycled.domain.actions import Action
+from lifecycled.domain.actions import Action, UnsupportedAction, spec_for
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.node import NodeState
 from lifecycled.domain.op import GuestKind, Origin
 from lifecycled.domain.states import OpState
+from lifecycled.domain.text import FREE_TEXT_PATTERN, INT64_MAX, INT64_MIN, SINGLE_LINE_PATTERN
 from lifecycled.engine.recover import RESULTS
-from lifecycled.engine.submit import VMID_MAX, VMID_MIN
+from lifecycled.engine.submit import KEY_PATTERN, NODE_PATTERN, SIZE_PATTERN, VMID_MAX, VMID_MIN
+from lifecycled.pve.params import (
+    FREE_TEXT_PARAMS,
+    MAX_KEY_LENGTH,
+    MAX_PARAMS,
+    MAX_VALUE_LENGTH,
+    ParamSpec,
+    allowed_params,
+)
 from lifecycled.web.guest_schemas import SCHEMAS as GUEST_SCHEMAS
 from lifecycled.web.handlers_node import SCHEMAS as NODE_SCHEMAS
 from lifecycled.web.routes import Route, error, ref
 
 OPENAPI_VERSION = "3.1.0"
 
-_NODE_PATTERN = r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$"
-_KEY_PATTERN = r"^[A-Za-z0-9._:\-]{1,200}$"
+_NODE_PATTERN = f"^{NODE_PATTERN}$"
+_KEY_PATTERN = f"^{KEY_PATTERN}$"
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
+
+#: ``as_boolean``'s texts: true/false/1/0 in any case, blanks (not control characters) around.
+_BLANK = "[ \\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000]*"
+_BOOLEAN_TEXT = f"^{_BLANK}(?:[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[01]){_BLANK}$"
 
 _TIMESTAMP = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC."}
 _STATES = [str(s) for s in OpState]
@@ -86,35 +99,13 @@ def schemas() -> dict[str, Any]:
         },
     }
     submission = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["action", "vmid"],
-        "properties": {
-            "action": {"type": "string", "enum": [str(a) for a in Action]},
-            "vmid": {"type": "integer", "minimum": VMID_MIN, "maximum": VMID_MAX},
-            "kind": {
-                "anyOf": [
-                    {"type": "string", "enum": [str(k) for k in GuestKind]},
-                    {"type": "null"},
-                ],
-                "description": "Resolved from Proxmox when omitted.",
-            },
-            "node": {
-                "anyOf": [{"type": "string", "pattern": _NODE_PATTERN}, {"type": "null"}],
-                "description": "Resolved from Proxmox when omitted.",
-            },
-            "params": {
-                "type": "object",
-                "description": (
-                    "Action parameters: resize {disk, size}, migrate {target}, configure "
-                    "{key: value…}, clone {source_vmid}, shutdown {force_stop}."
-                ),
-            },
-            "idempotency_key": {
-                "anyOf": [ref("IdempotencyKey"), {"type": "null"}],
-                "description": "Or the Idempotency-Key header; absent: no deduplication.",
-            },
-        },
+        "anyOf": _submission_variants(),
+        "description": (
+            "One variant per action and guest kind: `params` are flat scalars whose names "
+            "are the Proxmox API parameters of the action's endpoint for that kind (either "
+            "kind's when `kind` is omitted: the kind read later may refuse them, 409), plus `force_stop` (shutdown), "
+            "`with_local_disks` (migrate, qemu) and `source_vmid` (clone)."
+        ),
         "example": {
             "action": "start",
             "vmid": 101,
@@ -215,6 +206,15 @@ def schemas() -> dict[str, Any]:
         "OpPage": page,
         "Submission": submission,
         "IdempotencyKey": {"type": "string", "pattern": _KEY_PATTERN},
+        "ParamBoolean": {
+            "anyOf": [
+                {"type": "boolean"},
+                {"enum": [0, 1]},
+                {"type": "string", "pattern": _BOOLEAN_TEXT},
+            ],
+            "description": "true/false, 1/0, or the texts true/false/1/0 (any case).",
+        },
+        "ParamText": _text(MAX_VALUE_LENGTH, free_text=False),
         "Status": status,
         "Health": {
             "type": "object",
@@ -232,8 +232,159 @@ def schemas() -> dict[str, Any]:
     }
 
 
+# --- the submission, per action and kind (lifecycled.pve.params) -------------------
+
+#: Params an action cannot do without, and their exact form where lifecycled checks more than
+#: Proxmox's schema says (engine.submit._action_params).
+_REQUIRED: dict[Action, dict[str, dict[str, Any]]] = {
+    Action.RESIZE: {
+        "disk": {"type": "string", "minLength": 1},
+        "size": {"type": "string", "pattern": f"^{SIZE_PATTERN}$"},
+    },
+    Action.MIGRATE: {"target": {"type": "string", "pattern": _NODE_PATTERN}},
+    Action.CLONE: {"source_vmid": {}},
+}
+#: Configure params that are no config key by themselves (configure needs one more).
+_CONFIGURE_CONTROL = ["digest", "background_delay"]
+
+
+def _text(max_length: int, *, free_text: bool) -> dict[str, Any]:
+    """A string param (which may also be given as a number, ``"memory": 512``)."""
+    pattern = FREE_TEXT_PATTERN if free_text else SINGLE_LINE_PATTERN
+    return {
+        "anyOf": [
+            {"type": "string", "maxLength": max_length, "pattern": pattern},
+            {"type": "number", "minimum": INT64_MIN, "maximum": INT64_MAX},
+        ]
+    }
+
+
+def _value(spec: ParamSpec, *, free_text: bool) -> dict[str, Any]:
+    typ, max_length, minimum, maximum, enum, _ = spec
+    if typ == "boolean":
+        return ref("ParamBoolean")
+    if typ in ("integer", "number"):
+        out: dict[str, Any] = {"type": typ}
+        low = max(INT64_MIN, minimum) if minimum is not None else INT64_MIN
+        high = min(INT64_MAX, maximum) if maximum is not None else INT64_MAX
+        out["minimum"], out["maximum"] = low, high
+        return out
+    if enum is not None:
+        return {"type": "string", "enum": list(enum)}
+    if max_length is None and not free_text:
+        return ref("ParamText")
+    return _text(max_length or MAX_VALUE_LENGTH, free_text=free_text)
+
+
+def _upto(n: int) -> str:
+    """A regex alternation of the decimal numbers 0..n (no leading zeros)."""
+    digits = str(n)
+    parts = [
+        "[0-9]" if length == 1 else f"[1-9][0-9]{{{length - 1}}}"
+        for length in range(1, len(digits))
+    ]
+    parts += _at_most(digits, first=len(digits) > 1)
+    return "|".join(parts)
+
+
+def _at_most(digits: str, *, first: bool) -> list[str]:
+    """Alternatives for numbers of ``len(digits)`` digits up to ``digits``."""
+    top, rest = int(digits[0]), digits[1:]
+    low = 1 if first else 0
+    if not rest:
+        return [f"[{low}-{top}]"] if top >= low else []
+    out = [f"[{low}-{top - 1}][0-9]{{{len(rest)}}}"] if top - 1 >= low else []
+    return out + [digits[0] + alt for alt in _at_most(rest, first=False)]
+
+
+def _params_schema(kind: GuestKind | None, action: Action) -> dict[str, Any]:
+    properties: dict[str, Any] = {}
+    patterns: dict[str, Any] = {}
+    for name, specs in allowed_params(kind, action).items():
+        values = [_value(spec, free_text=name in FREE_TEXT_PARAMS) for spec in specs]
+        unique = [v for i, v in enumerate(values) if v not in values[:i]]
+        value = unique[0] if len(unique) == 1 else {"anyOf": unique}
+        required = _REQUIRED.get(action, {}).get(name)
+        if required:
+            value = {"allOf": [value, required]}
+        index_max = min((spec[5] for spec in specs if spec[5] is not None), default=None)
+        if index_max is None:
+            properties[name] = value
+        else:
+            patterns[f"^{name}(?:{_upto(index_max)})$"] = value
+    schema: dict[str, Any] = {
+        "type": "object",
+        "maxProperties": MAX_PARAMS,
+        "propertyNames": {"maxLength": MAX_KEY_LENGTH},
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if patterns:
+        schema["patternProperties"] = patterns
+    required_names = sorted(_REQUIRED.get(action, {}))
+    if required_names:
+        schema["required"] = required_names
+    if action is Action.CONFIGURE:
+        schema["not"] = {"propertyNames": {"enum": _CONFIGURE_CONTROL}}
+    return schema
+
+
+def _submission_variants() -> list[dict[str, Any]]:
+    variants: list[dict[str, Any]] = []
+    for action in Action:
+        for kind in (*GuestKind, None):
+            if kind is None and action is Action.CREATE:
+                continue  # create needs the kind
+            if (
+                kind is not None
+                and not allowed_params(kind, action)
+                and not _supports(kind, action)
+            ):
+                continue
+            required = ["action", "vmid"] + (["kind"] if kind is not None else [])
+            if action in _REQUIRED or action is Action.CONFIGURE:
+                required.append("params")
+            kind_schema: dict[str, Any] = (
+                {"type": "null"} if kind is None else {"type": "string", "const": str(kind)}
+            )
+            variants.append(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": required,
+                    "properties": {
+                        "action": {"type": "string", "const": str(action)},
+                        "vmid": {"type": "integer", "minimum": VMID_MIN, "maximum": VMID_MAX},
+                        "kind": kind_schema,
+                        "node": {
+                            "anyOf": [
+                                {"type": "string", "pattern": _NODE_PATTERN},
+                                {"type": "null"},
+                            ]
+                        },
+                        "params": _params_schema(kind, action),
+                        "idempotency_key": {"anyOf": [ref("IdempotencyKey"), {"type": "null"}]},
+                    },
+                }
+            )
+    return variants
+
+
+def _supports(kind: GuestKind, action: Action) -> bool:
+    try:
+        spec_for(kind, action)
+    except UnsupportedAction:
+        return False
+    return True
+
+
 def _operation(route: Route) -> dict[str, Any]:
     responses: dict[str, Any] = {str(code): dict(r) for code, r in sorted(route.responses.items())}
+    if route.request_body is not None:
+        responses.setdefault(
+            "415",
+            error("The body is not `application/json` in UTF-8 (`unsupported_media_type`)."),
+        )
     if not route.public:
         responses.setdefault("401", error("Missing or invalid bearer token (`unauthorized`)."))
         responses.setdefault(

@@ -11,6 +11,7 @@ is recorded in the journal, so a replay is refused even after a restart.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from lifecycled.web.errors import ApiError
 log = logging.getLogger("lifecycled.web")
 
 _MAX_KEYS_FILE_BYTES = 1024 * 1024
+#: Param names kept in a refusal's audit record (names only; values are in the digest).
+_AUDITED_PARAM_NAMES = 32
 _CHALLENGE = {"WWW-Authenticate": 'Signature realm="lifecycled", algorithm="ed25519"'}
 
 
@@ -91,8 +94,15 @@ SIGNATURE_GATE_KEY = web.AppKey("signature_gate", SignatureGate)
 
 
 def _audit(
-    sub: Submission, actor: str, refusal: SignatureRefused, key_id: str | None, now: float
+    sub: Submission,
+    actor: str,
+    refusal: SignatureRefused,
+    key_id: str | None,
+    now: float,
+    body: bytes,
 ) -> AuditRecord:
+    """The audit record of a refused signature: the validated submission's identity and a
+    bounded digest of the body (never the body itself)."""
     return AuditRecord(
         at=now,
         actor=actor,
@@ -104,8 +114,10 @@ def _audit(
         snapshot={
             "key_id": key_id,
             "kind": sub.kind,
-            "params": dict(sub.params),
             "idempotency_key": sub.idempotency_key,
+            "params": sorted(sub.params)[:_AUDITED_PARAM_NAMES],
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+            "body_bytes": len(body),
         },
     )
 
@@ -125,18 +137,19 @@ async def require_signature(
         return
     now = runtime.clock.now()
     raw_key_id = request.headers.get(KEY_ID_HEADER)
-    key_id = raw_key_id if raw_key_id and KEY_ID_RE.match(raw_key_id) else None
+    key_id = raw_key_id if raw_key_id and KEY_ID_RE.fullmatch(raw_key_id) else None
+    body = await request.read()
     verdict = verify(
         gate.keys,
         method=request.method,
         path=request.raw_path,
-        body=await request.read(),
+        body=body,
         headers=request.headers,
         now=now,
         skew=runtime.settings.signature_skew,
     )
     if isinstance(verdict, SignatureRefused):
-        await runtime.journal.append_audit(_audit(sub, actor, verdict, key_id, now))
+        await runtime.journal.append_audit(_audit(sub, actor, verdict, key_id, now, body))
         _log_refusal(sub, actor, verdict.code, key_id)
         raise _refused(verdict)
     replay = SignatureRefused(
@@ -148,7 +161,7 @@ async def require_signature(
         verdict.key_id,
         now=now,
         expires_at=verdict.nonce_expires_at,
-        on_replay=_audit(sub, actor, replay, key_id, now),
+        on_replay=_audit(sub, actor, replay, key_id, now, body),
     )
     if not fresh:
         _log_refusal(sub, actor, replay.code, key_id)

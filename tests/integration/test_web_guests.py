@@ -85,11 +85,11 @@ async def test_show_a_guest_with_its_snapshot_and_404_for_an_unknown_one(
 
 
 async def test_manage_adopt_release_round_trip_with_audit(sim: SimServer, tmp_path: Path) -> None:
-    """adopt (from Proxmox), repeat (unchanged), release, then ops are refused 422."""
+    """adopt (from Proxmox), repeat (unchanged), release, then ops are refused 409."""
     guest = pick(sim, "lxc", running=False)
     async with serving(sim, tmp_path, run=False, manage_guests=False) as env:
         status, body = await env.submit({"action": "start", "vmid": guest.vmid})
-        assert status == 422 and body["error"]["code"] == "guest_not_managed"
+        assert status == 409 and body["error"]["code"] == "guest_not_managed"
         status, body = await call(env, "POST", f"/v1/guests/{guest.vmid}/adopt")
         assert status == 200 and body["changed"] is True
         assert body["guest"]["origin"] == "adopted"
@@ -101,7 +101,7 @@ async def test_manage_adopt_release_round_trip_with_audit(sim: SimServer, tmp_pa
         status, body = await call(env, "POST", f"/v1/guests/{guest.vmid}/release")
         assert status == 200 and body["guest"]["origin"] == "released"
         status, body = await env.submit({"action": "start", "vmid": guest.vmid})
-        assert status == 422 and body["error"]["code"] == "guest_not_managed"
+        assert status == 409 and body["error"]["code"] == "guest_not_managed"
         status, body = await call(env, "GET", f"/v1/audit?vmid={guest.vmid}")
     assert status == 200
     assert [(r["decision"], r["actor"]) for r in body["items"]] == [
@@ -144,7 +144,20 @@ async def test_rejected_requests_write_nothing(sim: SimServer, tmp_path: Path) -
                 400,
                 "unknown_field",
             ),
-            ("PUT", f"/v1/guests/{guest.vmid}/desired", {"data": b"{"}, 400, "malformed_json"),
+            (
+                "PUT",
+                f"/v1/guests/{guest.vmid}/desired",
+                {"data": b"{", "headers": {"Content-Type": "application/json"}},
+                400,
+                "malformed_json",
+            ),
+            (
+                "PUT",
+                f"/v1/guests/{guest.vmid}/desired",
+                {"data": b'{"state": "running"}'},
+                415,
+                "unsupported_media_type",
+            ),
             (
                 "PUT",
                 f"/v1/guests/{discovered_vmid}/desired",
@@ -156,7 +169,7 @@ async def test_rejected_requests_write_nothing(sim: SimServer, tmp_path: Path) -
                 "POST",
                 "/v1/ops",
                 {"json": {"action": "stop", "vmid": discovered_vmid}},
-                422,
+                409,
                 "guest_not_managed",
             ),
             ("GET", "/v1/audit?decision=maybe", {}, 400, "invalid_query"),
@@ -173,7 +186,7 @@ async def test_rejected_requests_write_nothing(sim: SimServer, tmp_path: Path) -
 async def test_desired_state_of_a_discovered_guest_is_refused(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """A discovered guest has no desired state: PUT desired → 422 guest_not_managed."""
+    """A discovered guest has no desired state: PUT desired → 409 guest_not_managed."""
     async with serving(sim, tmp_path, run=False, manage_guests=False) as env:
         await env.runtime.reconciler.pass_once()
         vmid = next(g.vmid for g in sim.sim.guests.values() if g.node == "pve1")
@@ -181,7 +194,7 @@ async def test_desired_state_of_a_discovered_guest_is_refused(
         status, body = await call(
             env, "PUT", f"/v1/guests/{vmid}/desired", json={"state": "running"}
         )
-        assert status == 422 and body["error"]["code"] == "guest_not_managed"
+        assert status == 409 and body["error"]["code"] == "guest_not_managed"
         status, body = await call(env, "POST", f"/v1/guests/{vmid}/release")
         assert status == 409 and body["error"]["code"] == "guest_not_managed"
         assert await snapshot(env) == before

@@ -40,7 +40,7 @@ def identity(row: GuestRecord) -> dict[str, Any]:
 async def test_create_naming_a_managed_guest_is_refused_and_the_row_kept(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """create/clone on a present managed guest's vmid: 422 vmid_in_use, row kept."""
+    """create/clone on a present managed guest's vmid: 409 vmid_in_use, row kept."""
     guest = pick(sim, "qemu", running=True)
     source = pick(sim, "qemu", running=False)
     async with serving(sim, tmp_path) as env:
@@ -53,7 +53,7 @@ async def test_create_naming_a_managed_guest_is_refused_and_the_row_kept(
             status, answer = await env.submit(
                 {**body, "vmid": guest.vmid, "idempotency_key": f"new-{body['action']}"}
             )
-            assert status == 422, answer
+            assert status == 409, answer
             assert answer["error"]["code"] == "vmid_in_use"
         assert await env.op_count() == ops_before
         assert identity(await env.runtime.journal.get_guest(guest.vmid)) == before
@@ -132,7 +132,7 @@ async def test_remanage_repairs_a_wrong_fingerprint_audited(sim: SimServer, tmp_
 async def test_a_managed_guests_node_and_kind_come_from_the_journal(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    """Another node/kind than the managed guest's row: 422 naming both, nothing written."""
+    """Another node/kind than the managed guest's row: 409 placement_mismatch naming both, nothing written."""
     guest = pick(sim, "qemu", running=False)
     other = next(n for n in sim.sim.cfg.nodes if n != guest.node)
     async with serving(sim, tmp_path, run=False) as env:
@@ -140,7 +140,7 @@ async def test_a_managed_guests_node_and_kind_come_from_the_journal(
             status, body = await env.submit(
                 {"action": "start", "vmid": guest.vmid, field: value, "idempotency_key": field}
             )
-            assert status == 422, body
+            assert status == 409, body
             detail = body["error"]["details"][field]
             assert repr(value) in detail
             assert repr(guest.node if field == "node" else guest.kind) in detail

@@ -64,7 +64,7 @@ async def test_resubmitting_a_key_deduplicates_and_executes_once(
 
 
 async def test_idempotency_key_header_is_the_same_key(sim: SimServer, tmp_path: Path) -> None:
-    """The Idempotency-Key header deduplicates like the body field; both differing is a 400."""
+    """The Idempotency-Key header deduplicates like the body field; both differing is a 409."""
     guest = pick(sim, "qemu", running=False)
     sub = {"action": "start", "vmid": guest.vmid, "kind": "qemu", "node": guest.node}
     async with serving(sim, tmp_path, run=False) as env:
@@ -76,7 +76,7 @@ async def test_idempotency_key_header_is_the_same_key(sim: SimServer, tmp_path: 
         status, both = await env.submit(
             {**sub, "idempotency_key": "body-key"}, headers={"Idempotency-Key": "hdr-key-1"}
         )
-        assert status == 400
+        assert status == 409
         assert both["error"]["code"] == "idempotency_key_mismatch"
         assert await env.op_count() == 1
 

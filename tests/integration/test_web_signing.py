@@ -246,3 +246,33 @@ async def test_the_example_client_signs_what_the_daemon_verifies(
         assert await asyncio.to_thread(client.main, signed_argv) == 0
         assert await env.op_count() == 1
         assert await env.runtime.journal.nonce_count() == 1
+
+
+async def test_a_malformed_destructive_request_is_refused_before_any_audit(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """With keys configured, an invalid terminate is 422 and leaves no audit row; a refused
+    signature is audited with the body's digest, never its params' values."""
+    guest = pick_on(sim, "pve1", "qemu", running=False)
+    await manage(tmp_path / "journal.sqlite3", guest)
+    keys = write_keys(tmp_path, ops=Ed25519PrivateKey.generate())
+    async with serving(sim, tmp_path, run=False, trusted_keys_file=keys) as env:
+        before = len((await env.runtime.journal.list_audit(limit=500)).items)
+        for params in ({"purge": "x" * 5000}, {"junk\u0000": 1}, {"purge": {"nested": 1}}):
+            body = json.loads(terminate_body(guest))
+            status, answer = await post_raw(
+                env, json.dumps({**body, "params": params}).encode(), {}
+            )
+            assert status == 422, answer
+            assert answer["error"]["code"] == "validation_failed"
+        assert len((await env.runtime.journal.list_audit(limit=500)).items) == before
+        secret_looking = {**json.loads(terminate_body(guest)), "params": {"purge": True}}
+        raw = json.dumps(secret_looking).encode()
+        status, answer = await post_raw(env, raw, {})
+        assert status == 401
+        record = (await env.runtime.journal.list_audit(decision="refused")).items[0]
+        assert record.snapshot is not None
+        assert record.snapshot["params"] == ["purge"]
+        assert record.snapshot["body_bytes"] == len(raw)
+        assert len(record.snapshot["body_sha256"]) == 64
+        assert await env.op_count() == 0
