@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -57,7 +59,10 @@ from lifecycled.cli.options import (
 from lifecycled.config import Settings
 from lifecycled.domain.op import Origin
 from lifecycled.domain.serialize import op_to_dict
+from lifecycled.errors import LifecycledError
 from lifecycled.logs import configure_logging
+
+log = logging.getLogger("lifecycled.cli")
 
 #: Seconds a thread may hold the GIL while another waits for it (CPython default: 0.005).
 _GIL_SWITCH_INTERVAL = 0.001
@@ -117,10 +122,10 @@ def run(
     # One daemon per journal, held from before the journal is opened (migrations, Recover)
     # until the process ends; a second `run` exits 1 at once naming the holder's pid.
     with DaemonLock(settings.db):
-        asyncio.run(_run_daemon(settings))
+        asyncio.run(_run_daemon(settings, reread=lambda: settings_from(config, **flags)))
 
 
-async def _run_daemon(settings: Settings) -> None:
+async def _run_daemon(settings: Settings, *, reread: Callable[[], Settings] | None = None) -> None:
     from lifecycled.engine.runtime import Runtime
     from lifecycled.engine.sdnotify import Notifier
     from lifecycled.web.app import start_web
@@ -139,12 +144,27 @@ async def _run_daemon(settings: Settings) -> None:
         elif main is not None:
             main.cancel()  # a second signal forces the exit; durable writes still finish
 
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hangup() -> None:
+        """SIGHUP: API tokens, trusted keys and the log level, read again (audited)."""
+        level: str | None = None
+        if reread is not None:
+            try:
+                level = reread().log_level
+            except LifecycledError as exc:  # a broken config: keep everything in force
+                log.error("runtime.reload_config_invalid", extra={"error": str(exc)})
+        task = loop.create_task(runtime.reload(log_level=level), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await runtime.run(web=start_web)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runtime.close()
 

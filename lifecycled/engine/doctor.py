@@ -114,6 +114,22 @@ async def journal_findings(settings: Settings) -> list[Finding]:
     return out
 
 
+def lock_finding(db: Path) -> Finding:
+    """Whether a daemon already runs on this journal (its ``<db>.lock``): a second one would
+    exit at start."""
+    from lifecycled.journal.daemonlock import holder, lock_path
+
+    pid = holder(db)
+    if pid is None:
+        return ok("daemon lock", f"no daemon holds {lock_path(db)}")
+    return bad(
+        "daemon lock",
+        f"a lifecycled daemon (pid {pid}) is running on {db}",
+        "another `lifecycled run` on this journal would exit at once; if it is this node's "
+        "service, check it with systemctl status lifecycled",
+    )
+
+
 def _tls_text(err: PveError) -> bool:
     text = err.text
     return "TLS" in text or "SSL" in text or "certificate" in text.lower()
@@ -283,6 +299,7 @@ async def diagnose(
 ) -> list[Finding]:
     """Every check after the config's, in order."""
     out = await journal_findings(settings)
+    out.append(lock_finding(settings.db))
     if extra is not None:
         out += await extra(settings)
     try:

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +35,7 @@ from lifecycled.engine.recover import Recoverer, RecoverReport
 from lifecycled.engine.sdnotify import Notifier
 from lifecycled.engine.submit import Submission, submit
 from lifecycled.engine.tracker import Tracker
-from lifecycled.errors import ConfigError, JournalError, JournalUnavailable
+from lifecycled.errors import ConfigError, JournalError, JournalUnavailable, LifecycledError
 from lifecycled.journal import Journal, SubmitResult
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import PveClient, RequestHook
@@ -130,6 +131,8 @@ class Runtime:
     health: PveHealth
     #: systemd notifications (READY, STATUS, WATCHDOG, STOPPING); a no-op outside systemd.
     notifier: Notifier = attrs.field(factory=Notifier)
+    #: What SIGHUP re-reads (the web app registers its API tokens and trusted keys).
+    reloaders: list[Callable[[], Awaitable[str]]] = attrs.field(factory=list)
     rand: Callable[[], float] = random.random
     #: Seconds without a Proxmox request after which the health probe runs.
     probe_idle: float = PROBE_IDLE
@@ -362,6 +365,42 @@ class Runtime:
                 self.health.record(err.status is not None, err.text)
             else:
                 self.health.record(True)
+
+    async def reload(self, *, log_level: str | None = None, actor: str = "signal:SIGHUP") -> bool:
+        """Re-read the API tokens and trusted keys and apply ``log_level`` (SIGHUP), without
+        touching in-flight work; audited. A file that fails to load leaves what is in force
+        for it and is reported (the daemon keeps running). True when everything loaded."""
+        from lifecycled.audit import AuditRecord, Decision
+
+        self.notifier.notify(RELOADING="1", MONOTONIC_USEC=str(time.monotonic_ns() // 1000))
+        done: list[str] = []
+        failed: list[str] = []
+        if log_level is not None:
+            logging.getLogger("lifecycled").setLevel(log_level.upper())
+            done.append(f"log level: {log_level}")
+        for reload in self.reloaders:
+            try:
+                done.append(await reload())
+            except (LifecycledError, OSError, ValueError) as exc:
+                failed.append(str(exc))
+        ok = not failed
+        reason = "; ".join(done + [f"FAILED: {f}" for f in failed])
+        (log.info if ok else log.error)("runtime.reloaded", extra={"ok": ok, "what": reason})
+        try:
+            await self.journal.append_audit(
+                AuditRecord(
+                    at=self.clock.now(),
+                    actor=actor,
+                    action="reload",
+                    decision=Decision.ALLOWED if ok else Decision.REFUSED,
+                    reason=reason,
+                    node=self.settings.node,
+                )
+            )
+        except JournalError as exc:
+            log.warning("runtime.reload_unaudited", extra={"error": str(exc)})
+        self.notifier.notify(READY="1", STATUS=self.status_line())
+        return ok
 
     def status_line(self) -> str:
         """One line for ``systemctl status``: in flight, dead letters, Proxmox."""

@@ -28,6 +28,25 @@ def lock_path(db: str | os.PathLike[str]) -> Path:
     return Path(f"{os.fspath(db)}.lock")
 
 
+def holder(db: str | os.PathLike[str], *, locks: Path = Path("/proc/locks")) -> int | None:
+    """The pid of the daemon holding ``db``'s lock, or ``None`` — read from the kernel's lock
+    table (``/proc/locks``), so looking never takes the lock, not even for an instant (a
+    daemon starting at that moment would otherwise fail)."""
+    path = lock_path(db)
+    try:
+        st = path.stat()
+        table = locks.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 12345 fe:00:2197075 0 EOF"; blocked waiters start "->".
+        if fields[1:2] == ["FLOCK"] and fields[3:4] == ["WRITE"] and fields[5:6] == [device]:
+            return int(fields[4]) if fields[4].isdigit() else None
+    return None
+
+
 class DaemonLock:
     """The daemon's exclusive hold on one journal (a context manager)."""
 

@@ -95,6 +95,8 @@ def build_app(runtime: Runtime) -> web.Application:
     signatures = SignatureGate(runtime.settings.trusted_keys_file)
     app[SIGNATURE_GATE_KEY] = signatures
     app.on_startup.append(signatures.load)
+    # SIGHUP re-reads both files (Runtime.reload); in-flight requests keep the set they had.
+    runtime.reloaders = [gate.reload, signatures.reload]
     routes = list(all_routes())
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)

@@ -198,11 +198,19 @@ class AuthGate:
             )
             self.authenticator = Authenticator(tokens=None)
             return
+        await self.reload()
+
+    async def reload(self) -> str:
+        """Read the token file again and swap the tokens in at once (SIGHUP); on an error the
+        tokens in force stay. Returns what was loaded, for the audit record."""
+        if self.token_file is None:
+            return "api tokens: none (loopback-only)"
         tokens = await load_token_file(self.token_file)
         log.info(
             "web.auth_tokens_loaded", extra={"tokens": len(tokens), "path": str(self.token_file)}
         )
         self.authenticator = Authenticator(tokens=tokens)
+        return f"api tokens: {len(tokens)} from {self.token_file}"
 
 
 AUTH_GATE_KEY = web.AppKey("auth_gate", AuthGate)

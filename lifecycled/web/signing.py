@@ -82,12 +82,20 @@ class SignatureGate:
                 },
             )
         else:
-            self.keys = await load_trusted_keys(self.keys_file)
-            log.info(
-                "web.trusted_keys_loaded",
-                extra={"keys": sorted(self.keys), "path": str(self.keys_file)},
-            )
+            await self.reload()
         self.loaded = True
+
+    async def reload(self) -> str:
+        """Read the trusted keys again and swap them in at once (SIGHUP); on an error the keys
+        in force stay. Returns what was loaded, for the audit record."""
+        if self.keys_file is None:
+            return "trusted keys: none (signatures not required)"
+        keys = await load_trusted_keys(self.keys_file)
+        log.info(
+            "web.trusted_keys_loaded", extra={"keys": sorted(keys), "path": str(self.keys_file)}
+        )
+        self.keys = keys
+        return f"trusted keys: {', '.join(sorted(keys)) or 'none'} from {self.keys_file}"
 
 
 SIGNATURE_GATE_KEY = web.AppKey("signature_gate", SignatureGate)

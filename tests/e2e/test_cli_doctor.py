@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,10 @@ from test_cli_admin import Result, cli
 from test_cli_guests import pve_args
 
 from lifecycled.sim import SimServer
+
+
+def _run(args: list[str], cwd: Path) -> Result:
+    return cli("doctor", *args, cwd=cwd)
 
 
 async def doctor(*args: str, cwd: Path) -> Result:
@@ -38,9 +43,9 @@ async def test_doctor_all_green_against_the_simulator(sim: SimServer, tmp_path: 
     found = statuses(result)
     assert set(found.values()) == {"ok"}, found
     names = list(found)
-    order = ["config", "journal", "journal integrity", "journal schema", "proxmox reachable"]
-    assert names[:5] == order
-    assert names[5:8] == ["tls", "token", "privileges: read"]
+    order = ["config", "journal", "journal integrity", "journal schema", "daemon lock"]
+    assert names[:6] == [*order, "proxmox reachable"]
+    assert names[6:9] == ["tls", "token", "privileges: read"]
     assert names[-2:] == ["node", "clock"]
     assert "privileges: terminate" in found and "privileges: clone" in found
 
@@ -165,3 +170,17 @@ async def test_doctor_tls_trust(sim_factory: SimFactory, tmp_path: Path) -> None
     trusted = await doctor(*base, *pve_args(sim, tmp_path), "--pve-ca-file", str(ca), cwd=tmp_path)
     assert trusted.code == 0, trusted
     assert str(ca) in checks(trusted)["tls"]["detail"]
+
+
+async def test_doctor_names_the_daemon_holding_the_journal(sim: SimServer, tmp_path: Path) -> None:
+    """While a daemon holds the journal's lock doctor says ✗ with its pid; the lock is not touched."""
+    from lifecycled.journal.daemonlock import DaemonLock
+
+    db = tmp_path / "j.sqlite3"
+    args = ["--db", str(db), "--node", "pve1", "--json", *pve_args(sim, tmp_path)]
+    with DaemonLock(db):
+        held = checks(await asyncio.to_thread(_run, args, tmp_path))
+        assert held["daemon lock"]["status"] == "fail"
+        assert f"pid {os.getpid()}" in held["daemon lock"]["detail"]
+    free = checks(await asyncio.to_thread(_run, args, tmp_path))
+    assert free["daemon lock"]["status"] == "ok"
