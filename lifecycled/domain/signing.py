@@ -31,15 +31,12 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
 
 import attrs
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from lifecycled.domain.actions import Action, UnsupportedAction, is_destructive, spec_for
-from lifecycled.domain.op import GuestKind
 from lifecycled.errors import ConfigError
 
 KEY_ID_HEADER = "X-Lifecycled-Key-Id"
@@ -274,21 +271,3 @@ def verify(
         signed_at=signed_at,
         nonce_expires_at=max(signed_at, now) + skew,
     )
-
-
-def needs_signature(action: str, kind: str | None, params: Mapping[str, Any]) -> bool:
-    """Whether a submission is destructive (SPEC §1): terminate, stop, reset, and migrate with
-    local disks. With the kind not given yet, destructive for any kind counts."""
-    try:
-        act = Action(action)
-    except ValueError:
-        return False  # refused as invalid later; nothing to sign
-    kinds = [GuestKind(kind)] if kind in {k.value for k in GuestKind} else list(GuestKind)
-    for each in kinds:
-        try:
-            spec = spec_for(each, act)
-        except UnsupportedAction:
-            continue
-        if is_destructive(spec, params):
-            return True
-    return False

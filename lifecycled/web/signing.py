@@ -17,13 +17,13 @@ from pathlib import Path
 from aiohttp import web
 
 from lifecycled.audit import AuditRecord, Decision
+from lifecycled.domain.actions import is_destructive
 from lifecycled.domain.signing import (
     KEY_ID_HEADER,
     KEY_ID_RE,
     NONCE_REPLAYED,
     SignatureRefused,
     TrustedKey,
-    needs_signature,
     parse_trusted_keys,
     verify,
 )
@@ -121,7 +121,7 @@ async def require_signature(
     gate = request.app[SIGNATURE_GATE_KEY]
     if not gate.loaded:
         raise ApiError(503, "not_ready", "signature keys are not loaded yet")
-    if gate.keys is None or not needs_signature(sub.action, sub.kind, sub.params):
+    if gate.keys is None or not is_destructive(sub.action, sub.kind, sub.params):
         return
     now = runtime.clock.now()
     raw_key_id = request.headers.get(KEY_ID_HEADER)

@@ -18,7 +18,6 @@ from lifecycled.domain.signing import (
     SignatureRefused,
     TrustedKey,
     canonical_string,
-    needs_signature,
     parse_timestamp,
     parse_trusted_keys,
     sign,
@@ -242,28 +241,6 @@ def test_duplicate_key_ids_are_refused() -> None:
     line = trusted_key_line("k1", Ed25519PrivateKey.generate().public_key())
     with pytest.raises(ConfigError, match="duplicate"):
         parse_trusted_keys(f"{line}\n{line}", "keys")
-
-
-@pytest.mark.parametrize(
-    ("action", "kind", "params", "expected"),
-    [
-        ("terminate", None, {}, True),
-        ("stop", "lxc", {}, True),
-        ("reset", None, {}, True),
-        ("reset", "qemu", {}, True),
-        ("migrate", None, {"target": "pve2"}, False),
-        ("migrate", "qemu", {"target": "pve2", "with_local_disks": True}, True),
-        ("migrate", None, {"target": "pve2", "with-local-disks": 1}, True),
-        ("start", None, {}, False),
-        ("shutdown", "qemu", {}, False),
-        ("nonsense", None, {}, False),
-    ],
-)
-def test_needs_signature_follows_the_destructive_actions(
-    action: str, kind: str | None, params: dict[str, object], expected: bool
-) -> None:
-    """terminate, stop, reset and migrate with local disks need a signature; nothing else."""
-    assert needs_signature(action, kind, params) is expected
 
 
 def test_nonce_header_name_is_stable() -> None:
