@@ -2,10 +2,13 @@
 check ``POST /v1/ops`` runs before anything is journaled.
 
 Without ``--trusted-keys-file`` no signature is required (logged once at start). With it, a
-destructive submission (terminate, stop, reset, migrate with local disks) needs the four
-``X-Lifecycled-*`` headers of :mod:`lifecycled.domain.signing`; a missing, invalid, expired
-or replayed signature is answered 401 with a stable code and audited as refused. The nonce
-is recorded in the journal, so a replay is refused even after a restart.
+destructive submission (:func:`lifecycled.domain.actions.is_destructive`: terminate, stop,
+reset, a forced shutdown, a disk-removing or protection-lifting configure, a local-disk
+migrate, a forced create) and the retry of such a dead letter need the ``X-Lifecycled-*``
+headers of :mod:`lifecycled.domain.signing` (v2); a missing, invalid, expired, outdated or
+replayed signature is answered 401 with a stable code and audited as refused. The nonce is
+recorded in the journal, so a replay is refused even after a restart; a re-armed idempotency
+key or a retried dead letter therefore needs a fresh signature.
 """
 
 from __future__ import annotations
@@ -117,7 +120,9 @@ def _refused(refusal: SignatureRefused) -> ApiError:
 async def require_signature(
     request: web.Request, runtime: Runtime, sub: Submission, actor: str
 ) -> None:
-    """Refuse (401, audited) a destructive submission without a valid, fresh signature."""
+    """Refuse (401, audited) a destructive request without a valid, fresh signature.
+
+    ``sub`` is what the request would run: the submission, or the dead letter to retry."""
     gate = request.app[SIGNATURE_GATE_KEY]
     if not gate.loaded:
         raise ApiError(503, "not_ready", "signature keys are not loaded yet")
@@ -132,6 +137,7 @@ async def require_signature(
         path=request.raw_path,
         body=await request.read(),
         headers=request.headers,
+        node=runtime.settings.node,
         now=now,
         skew=runtime.settings.signature_skew,
     )
