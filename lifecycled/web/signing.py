@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from lifecycled.audit import AuditRecord, Decision
+from lifecycled.config import read_secret_text
 from lifecycled.domain.actions import is_destructive
 from lifecycled.domain.signing import (
     KEY_ID_HEADER,
@@ -32,34 +33,16 @@ from lifecycled.domain.signing import (
 )
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import Submission
-from lifecycled.errors import ConfigError
 from lifecycled.web.errors import ApiError
 
 log = logging.getLogger("lifecycled.web")
 
-_MAX_KEYS_FILE_BYTES = 1024 * 1024
 _CHALLENGE = {"WWW-Authenticate": 'Signature realm="lifecycled", algorithm="ed25519"'}
-
-
-def _read_keys(path: Path) -> str:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(_MAX_KEYS_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"trusted keys file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"trusted keys file {path} cannot be read: {exc.strerror}") from None
-    if len(data) > _MAX_KEYS_FILE_BYTES:
-        raise ConfigError(f"trusted keys file {path} is larger than 1 MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"trusted keys file {path} is not UTF-8 text") from None
 
 
 async def load_trusted_keys(path: Path) -> dict[str, TrustedKey]:
     """Read and parse the trusted keys file off the event loop."""
-    text = await asyncio.to_thread(_read_keys, path)
+    text = await asyncio.to_thread(read_secret_text, path, "trusted keys")
     return parse_trusted_keys(text, str(path))
 
 

@@ -35,6 +35,7 @@ def write_keys(tmp_path: Path, **keys: Ed25519PrivateKey) -> Path:
     lines = ["# trusted signing keys"]
     lines += [trusted_key_line(key_id, key.public_key()) for key_id, key in keys.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
     return path
 
 

@@ -65,6 +65,7 @@ def test_secret_file_errors_never_echo_content(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         read_secret_file(f, "token")
     f.write_text("# comment\n\n")
+    f.chmod(0o600)
     with pytest.raises(ConfigError, match="empty"):
         read_secret_file(f, "token")
     f.write_text("# comment\nroot@pam!x=s3cret\n")
