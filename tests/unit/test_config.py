@@ -76,3 +76,48 @@ def test_listen_parts() -> None:
     """listen splits into host and port (IPv6 in brackets too)."""
     assert Settings(listen="[::1]:9000").listen_host == "::1"
     assert Settings(listen="127.0.0.1:0").listen_port == 0
+
+
+def test_listen_and_pve_url_rules(tmp_path: Path) -> None:
+    """Loopback listens need nothing; a public one needs tokens and TLS (or an explicit
+    --insecure-listen); plain http:// to Proxmox only on loopback (the simulator)."""
+    tokens, cert, key = tmp_path / "t", tmp_path / "c.pem", tmp_path / "k.pem"
+    assert load_settings({"listen": "[::1]:8090"}, env={}).listen_host == "::1"
+    assert load_settings({"pve_url": "http://127.0.0.1:8006"}, env={}).pve_url.startswith("http:")
+    assert load_settings({"pve_url": "http://localhost:1"}, env={})
+    public = {"listen": "0.0.0.0:8090", "api_token_file": str(tokens)}
+    loaded = load_settings({**public, "tls_cert_file": str(cert), "tls_key_file": str(key)})
+    assert loaded.tls_cert_file == cert
+    assert load_settings({**public, "insecure_listen": True}, env={}).insecure_listen
+    with pytest.raises(ConfigError, match="serve TLS"):
+        load_settings(public, env={})
+    with pytest.raises(ConfigError, match="api-token-file"):
+        load_settings({"listen": "10.0.0.5:8090", "insecure_listen": True}, env={})
+    with pytest.raises(ConfigError, match="needs --tls-cert-file"):
+        load_settings({"tls_client_ca_file": str(cert)}, env={})
+    with pytest.raises(ConfigError, match="plain http"):
+        load_settings({"pve_url": "http://pve1.example.net:8006"}, env={})
+    with pytest.raises(ConfigError, match="needs --notify-url"):
+        load_settings({"push_secret_file": str(key)}, env={})
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "high"),
+    [("workers", "0", "257"), ("poll_interval", "0s", "2h"), ("signature_skew", "0s", "2d")],
+)
+def test_numeric_settings_are_bounded(name: str, low: str, high: str) -> None:
+    """Below or above its bounds a number is refused, naming the setting and the range."""
+    for value in (low, high):
+        with pytest.raises(ConfigError, match=f"{name} must be between"):
+            load_settings({name: value}, env={})
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o660, 0o604, 0o602])
+def test_secret_files_open_to_others_are_refused(tmp_path: Path, mode: int) -> None:
+    """Any group or other permission on a secret file: refused, naming the mode and chmod."""
+    f = tmp_path / "tok"
+    f.write_text("s3cret\n")
+    f.chmod(mode)
+    with pytest.raises(ConfigError, match=f"mode {mode:04o}.*chmod 600") as info:
+        read_secret_file(f, "API token")
+    assert "s3cret" not in str(info.value)
