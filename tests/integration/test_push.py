@@ -183,8 +183,13 @@ async def test_pushes_carry_a_verifiable_standard_webhooks_signature(
     await good.start()
     try:
         guest = pick(sim, "qemu", False)
-        settings = {"notify_url": good.url, "notify_heartbeat": 0.2}
-        async with running(sim, tmp_path, push_secret_file=secret_file, **settings) as rt:
+        async with running(
+            sim,
+            tmp_path,
+            push_secret_file=secret_file,
+            notify_url=good.url,
+            notify_heartbeat=0.2,
+        ) as rt:
             op = await submit(rt, "start", guest, key="signed-push")
             await wait_terminal(rt, op.id)
             await good.wait_for(
@@ -205,8 +210,13 @@ async def test_pushes_carry_a_verifiable_standard_webhooks_signature(
     stranger = Receiver(secret=bytes(32))
     await stranger.start()
     try:
-        settings = {"notify_url": stranger.url, "notify_heartbeat": 0.2}
-        async with running(sim, tmp_path / "2", push_secret_file=secret_file, **settings):
+        async with running(
+            sim,
+            tmp_path / "2",
+            push_secret_file=secret_file,
+            notify_url=stranger.url,
+            notify_heartbeat=0.2,
+        ):
             async with asyncio.timeout(15):
                 while stranger.unverified < 2:
                     await asyncio.sleep(0.05)

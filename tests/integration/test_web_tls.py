@@ -65,18 +65,20 @@ async def test_client_certificates_are_required_with_a_client_ca(
             ca.issue_cert("controlplane@example.net").configure_cert(ctx)
         return ctx
 
-    async with serving(
-        sim,
-        tmp_path,
-        run=False,
-        tls_cert_file=cert_file,
-        tls_key_file=key_file,
-        tls_client_ca_file=client_ca_file,
-    ) as env:
-        async with aiohttp.ClientSession(headers=ALICE) as http:
-            for refused in (context(None), context(stranger_ca)):
-                with pytest.raises(aiohttp.ClientError):
-                    async with http.get(env.url + "/v1/status", ssl=refused) as resp:
-                        await resp.read()
-            async with http.get(env.url + "/v1/status", ssl=context(client_ca)) as resp:
-                assert resp.status == 200
+    async with (
+        serving(
+            sim,
+            tmp_path,
+            run=False,
+            tls_cert_file=cert_file,
+            tls_key_file=key_file,
+            tls_client_ca_file=client_ca_file,
+        ) as env,
+        aiohttp.ClientSession(headers=ALICE) as http,
+    ):
+        for refused in (context(None), context(stranger_ca)):
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(env.url + "/v1/status", ssl=refused) as resp:
+                    await resp.read()
+        async with http.get(env.url + "/v1/status", ssl=context(client_ca)) as resp:
+            assert resp.status == 200
