@@ -104,7 +104,7 @@ def _restrict_files(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError, PermissionError):
             if file.stat().st_mode & 0o077:
                 file.chmod(0o600)
-                logger.warning("journal.permissions_tightened", extra={"path": str(file)})
+                logger.info("journal.permissions_tightened", extra={"path": str(file)})
 
 
 async def in_thread(conn: aiosqlite.Connection, fn: SyncUnit[T]) -> T:
