@@ -63,6 +63,7 @@ from lifecycled.cli.options import (
 from lifecycled.config import Settings
 from lifecycled.domain.op import Origin
 from lifecycled.domain.serialize import op_to_dict
+from lifecycled.engine.submit import VMID_MAX, VMID_MIN
 from lifecycled.logs import configure_logging
 
 log = logging.getLogger("lifecycled.cli")
@@ -223,7 +224,12 @@ def submit(
         ),
     ],
     vmid: Annotated[
-        int, typer.Argument(help="The guest's VMID (the new VMID for create and clone).")
+        int,
+        typer.Argument(
+            min=VMID_MIN,
+            max=VMID_MAX,
+            help="The guest's VMID (the new VMID for create and clone).",
+        ),
     ],
     kind: Annotated[
         str | None, typer.Option("--kind", help="qemu or lxc (resolved from Proxmox if omitted).")
@@ -244,7 +250,7 @@ def submit(
         bool, typer.Option("--wait", help="Wait until the op is terminal (needs a running daemon).")
     ] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds to wait with --wait.")
+        float, typer.Option("--timeout", min=0.0, max=86400.0, help="Seconds to wait with --wait.")
     ] = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOpt = None,

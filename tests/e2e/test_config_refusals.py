@@ -162,3 +162,41 @@ def test_bad_configuration_is_one_line_and_exit_2_at_start(
     assert lines[0].startswith("lifecycled: error: ") and needle in lines[0], lines[0]
     assert not (tmp_path / "j.sqlite3").exists()
     assert "0123456789abcdef" not in output and PVE_TOKEN not in output
+
+
+HUGE = "99999999999999999999"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["ops", "show", HUGE], id="ops-show-id"),
+        pytest.param(["ops", "cancel", HUGE], id="ops-cancel-id"),
+        pytest.param(["ops", "list", "--vmid", HUGE], id="ops-list-vmid"),
+        pytest.param(["ops", "list", "--cursor", HUGE], id="ops-list-cursor"),
+        pytest.param(["audit", "list", "--vmid", HUGE], id="audit-vmid"),
+        pytest.param(["audit", "list", "--cursor", "0"], id="audit-cursor-0"),
+        pytest.param(["dlq", "show", HUGE], id="dlq-show-id"),
+        pytest.param(["dlq", "discard", "1", HUGE], id="dlq-discard-ids"),
+        pytest.param(["guests", "list", "--cursor", HUGE], id="guests-cursor"),
+        pytest.param(["submit", "start", HUGE], id="submit-vmid"),
+        pytest.param(["submit", "start", "101", "--wait", "--timeout", "nan"], id="timeout-nan"),
+    ],
+)
+def test_out_of_range_numbers_on_the_cli_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    """An id, vmid or cursor beyond SQLite's 64 bits (or Proxmox's VMID range), or a NaN
+    timeout: one usage line and exit 2, never an OverflowError traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLED_")}
+    done = subprocess.run(
+        [str(LIFECYCLED), *args, "--db", str(tmp_path / "j.sqlite3")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lifecycled: error: "), done.stderr
