@@ -149,6 +149,8 @@ _DURATIONS = {
 }
 _BOOLS = {"pve_insecure", "reconcile_on_start", "system_node", "insecure_listen"}
 _INTS = {"workers", "node_cap", "max_retries", "reconcile_max_commands", "max_body_bytes"}
+#: Plain numbers that are not durations (none yet; bounded in BOUNDS like the others).
+_FLOATS: set[str] = set()
 _PATHS = {
     "db",
     "pve_token_file",
@@ -226,7 +228,8 @@ def _check_type(name: str, value: Any) -> None:
         return
     if name in _INTS and isinstance(value, int) and not isinstance(value, bool):
         return
-    if name in _DURATIONS and isinstance(value, int | float) and not isinstance(value, bool):
+    numeric = _DURATIONS | _FLOATS
+    if name in numeric and isinstance(value, int | float) and not isinstance(value, bool):
         return
     if name in _PATHS and isinstance(value, os.PathLike):
         return
@@ -237,6 +240,8 @@ def _check_type(name: str, value: Any) -> None:
         if name in _INTS
         else "a duration such as 10s or a number of seconds"
         if name in _DURATIONS
+        else "a number"
+        if name in _FLOATS
         else "a list of VMIDs"
         if name == "protected_vmids"
         else "a string"
@@ -270,6 +275,11 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             raise ValueError(f"expected true or false, got {value!r}")
         if name in _INTS:
             return int(str(value).strip()) if isinstance(value, str) else int(value)
+        if name in _FLOATS:
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(f"{value!r} is not a finite number")
+            return number
         if name in _PATHS:
             text = os.fspath(value)
             if not text or "\x00" in text:
