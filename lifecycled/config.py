@@ -164,18 +164,8 @@ _PATHS = {
     "tls_client_ca_file",
     "push_secret_file",
 }
-#: Secret files: refused when group or others have any permission on them.
-SECRET_FILES = {
-    "pve_token_file": "Proxmox token",
-    "pve_password_file": "Proxmox password",
-    "api_token_file": "API token",
-    "trusted_keys_file": "trusted keys",
-    "notify_token_file": "notify token",
-    "push_secret_file": "push secret",
-    "tls_key_file": "TLS key",
-}
 
-_MINUTE, _HOUR, _DAY = 60.0, 3600.0, 86400.0
+_HOUR, _DAY = 3600.0, 86400.0
 #: Inclusive bounds of every numeric setting (refused at start with one line). The lower
 #: bounds of durations allow the sub-second values tests and benchmarks use.
 BOUNDS: dict[str, tuple[float, float]] = {
