@@ -132,6 +132,7 @@ def run(
     # One daemon per journal, held from before the journal is opened (migrations, Recover)
     # until the process ends; a second `run` exits 1 at once naming the holder's pid.
     with DaemonLock(settings.db):
+        _warn_plain_http(settings)
         asyncio.run(_run_daemon(settings))
 
 
@@ -163,6 +164,10 @@ def _preflight(settings: Settings) -> None:
     if settings.push_secret_file is not None:
         parse_secret(read_secret_text(settings.push_secret_file, "push secret"))
     server_tls_context(settings)
+
+
+def _warn_plain_http(settings: Settings) -> None:
+    """Plain http:// to Proxmox is allowed for a loopback host only (config) — and said."""
     if settings.pve_url.startswith("http://"):
         log.warning(
             "config.pve_plain_http",
