@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import stat
+import struct
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -428,6 +429,34 @@ def load_settings(
     return _validate(Settings(**values))
 
 
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK = 0x02, 0x04, 0x08, 0x10
+_ACL_ENTRY = struct.Struct("<HHI")
+
+
+def _open_to_others(fd: int, mode: int) -> bool:
+    """Whether anyone but the file's owner and this process's user may read or write it.
+
+    Without an ACL that is any group or other mode bit. With a POSIX ACL (systemd's
+    ``LoadCredential=`` gives a ``User=`` service read access with ``user:<uid>:r--`` on a
+    0400 root file, which ``stat`` shows as 0440: the group bits are the ACL mask), the
+    entries decide: the owning group, a named group, or a named user other than us."""
+    if mode & 0o007:
+        return True
+    try:
+        raw = os.getxattr(fd, _ACL_XATTR)
+    except (OSError, AttributeError):  # no ACL, no xattr support, or not Linux
+        return bool(mode & 0o070)
+    entries = [_ACL_ENTRY.unpack_from(raw, off) for off in range(4, len(raw), _ACL_ENTRY.size)]
+    mask = next((perm for tag, perm, _ in entries if tag == _ACL_MASK), 0o7)
+    for tag, perm, ident in entries:
+        if not perm & mask:
+            continue
+        if tag in (_ACL_GROUP_OBJ, _ACL_GROUP) or (tag == _ACL_USER and ident != os.geteuid()):
+            return True
+    return False
+
+
 def read_secret_text(path: Path, what: str, *, max_bytes: int = MAX_SECRET_BYTES) -> str:
     """The text of a secret file (a token, a key list, a password), checked: it exists, is a
     regular file, no larger than ``max_bytes``, UTF-8, and neither group nor others have any
@@ -438,6 +467,7 @@ def read_secret_text(path: Path, what: str, *, max_bytes: int = MAX_SECRET_BYTES
             mode = os.fstat(fh.fileno()).st_mode
             if not stat.S_ISREG(mode):
                 raise ConfigError(f"{what} file {path} is not a regular file")
+            loose = _open_to_others(fh.fileno(), mode)
             data = fh.read(max_bytes + 1)
     except FileNotFoundError:
         raise ConfigError(f"{what} file {path} does not exist") from None
@@ -447,7 +477,7 @@ def read_secret_text(path: Path, what: str, *, max_bytes: int = MAX_SECRET_BYTES
         raise ConfigError(f"{what} file {path} is not readable (permission denied)") from None
     except OSError as exc:
         raise ConfigError(f"{what} file {path} cannot be read: {exc.strerror}") from None
-    if mode & 0o077:
+    if loose:
         raise ConfigError(
             f"{what} file {path} is open to group or others (mode "
             f"{stat.S_IMODE(mode):04o}): make it owner-only with chmod 600 {path}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import struct
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,34 @@ def test_secret_files_open_to_others_are_refused(tmp_path: Path, mode: int) -> N
     with pytest.raises(ConfigError, match=f"mode {mode:04o}.*chmod 600") as info:
         read_secret_file(f, "API token")
     assert "s3cret" not in str(info.value)
+
+
+def _set_acl(path: Path, *extra: tuple[int, int, int]) -> None:
+    """A POSIX ACL (user::r--, the extra entries, group::---, mask::r--, other::---)."""
+    none = 0xFFFFFFFF
+    entries = [(0x01, 4, none), *extra, (0x04, 0, none), (0x10, 4, none), (0x20, 0, none)]
+    raw = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in sorted(entries))
+    try:
+        os.setxattr(path, "system.posix_acl_access", raw)
+    except OSError as exc:
+        pytest.skip(f"no POSIX ACL support here: {exc}")
+
+
+def test_a_systemd_credential_readable_only_by_us_through_an_acl_is_accepted(
+    tmp_path: Path,
+) -> None:
+    """systemd's LoadCredential= gives the service user read access by an ACL on a 0400 file
+    (stat shows 0440): accepted. An ACL granting a group or another user is refused."""
+    ours = tmp_path / "credential"
+    ours.write_text("s3cret\n")
+    ours.chmod(0o400)
+    _set_acl(ours, (0x02, 4, os.geteuid()))
+    assert stat.S_IMODE(ours.stat().st_mode) == 0o440
+    assert read_secret_file(ours, "API token") == "s3cret"
+    for name, entry in (("other-user", (0x02, 4, os.geteuid() + 4242)), ("group", (0x08, 4, 4242))):
+        loose = tmp_path / name
+        loose.write_text("s3cret\n")
+        loose.chmod(0o400)
+        _set_acl(loose, entry)
+        with pytest.raises(ConfigError, match="open to group or others"):
+            read_secret_file(loose, "API token")
