@@ -44,9 +44,8 @@ DEFAULT_URL = os.environ.get("LIFECYCLED_URL", "http://127.0.0.1:8090")
 
 #: States after which no worker touches the op again (SPEC §1 "Op states").
 TERMINAL_STATES = frozenset({"succeeded", "failed", "dead_lettered", "cancelled"})
-#: Actions that may require a signature once signed destructive ops are enabled (SPEC §4).
-#: ``migrate`` is destructive only with local disks; the server decides, we sign it anyway.
-DESTRUCTIVE_ACTIONS = frozenset({"terminate", "stop", "reset", "migrate"})
+#: The signature version this client speaks (docs/HTTP_API.md "Signed destructive ops").
+SIGNATURE_VERSION = "v2"
 #: Statuses worth retrying with the same key: the daemon is starting, stopping or its
 #: journal cannot write (503), or a proxy in front of it failed (502, 504).
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -148,15 +147,27 @@ class Signer:
         self._key = key
         self.key_id = key_id
 
-    def headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
-        """The four signature headers; a fresh timestamp and nonce on every call."""
+    def headers(
+        self, method: str, path: str, body: bytes, *, node: str, idempotency_header: str | None
+    ) -> dict[str, str]:
+        """The five v2 signature headers; a fresh timestamp and nonce on every call."""
         timestamp = str(int(time.time()))
         nonce = secrets.token_urlsafe(18)
         canonical = "\n".join(
-            (method.upper(), path, timestamp, nonce, hashlib.sha256(body).hexdigest())
+            (
+                SIGNATURE_VERSION,
+                method.upper(),
+                path,
+                node,
+                idempotency_header or "",
+                timestamp,
+                nonce,
+                hashlib.sha256(body).hexdigest(),
+            )
         )
         signature = self._key.sign(canonical.encode("utf-8"))
         return {
+            "X-Lifecycled-Signature-Version": SIGNATURE_VERSION,
             "X-Lifecycled-Key-Id": self.key_id,
             "X-Lifecycled-Timestamp": timestamp,
             "X-Lifecycled-Nonce": nonce,
@@ -170,22 +181,30 @@ def sign_request(
     body: bytes,
     headers: Mapping[str, str],
     signer: Signer | None = None,
+    *,
+    node: str = "",
 ) -> dict[str, str]:
-    """Extra headers that authorise a destructive submission (none without a signer).
+    """Extra headers that authorise a destructive request (none without a signer).
 
     SPEC §4 "signed destructive ops": when the daemon is configured with trusted ed25519
-    public keys, a destructive submission must carry a signature over the method, the path,
-    a timestamp, a nonce and the SHA-256 of the body, as the canonical string
-    ``METHOD\\nPATH\\nTIMESTAMP\\nNONCE\\nHEX_SHA256(BODY)``. The private key comes from
-    a file given on the command line (``--signing-key``), never from an argument.
-    This is called for every attempt of a submission, not once: the nonce is recorded by
-    the daemon and a replayed one is refused (401 ``nonce_replayed``), so each retry is
-    signed afresh even though it carries the same body and the same idempotency key.
+    public keys, a destructive request must carry a v2 signature over the canonical string
+    ``v2\\nMETHOD\\nPATH\\nNODE\\nIDEMPOTENCY_KEY\\nTIMESTAMP\\nNONCE\\nHEX_SHA256(BODY)``,
+    where NODE is the node the daemon serves (so a captured request does not verify at
+    another node's sidecar) and IDEMPOTENCY_KEY the ``Idempotency-Key`` header of ``headers``
+    (empty without it). The private key comes from a file given on the command line
+    (``--signing-key``), never from an argument.
+    Whether an op is destructive depends on its params too (a ``shutdown`` with
+    ``force_stop``, a ``configure`` deleting a disk, …): the server decides, so every
+    submission is signed when a signer is given. This is called for every attempt, not once:
+    the nonce is recorded by the daemon and a replayed one is refused (401
+    ``nonce_replayed``), so each retry is signed afresh even though it carries the same body
+    and the same idempotency key.
     """
-    del headers  # the signature covers the body, not other headers
     if signer is None:
         return {}
-    return signer.headers(method, path, body)
+    return signer.headers(
+        method, path, body, node=node, idempotency_header=headers.get("Idempotency-Key")
+    )
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -281,6 +300,7 @@ def submit(
     *,
     attempts: int,
     signer: Signer | None = None,
+    node: str = "",
 ) -> dict[str, Any]:
     """POST /v1/ops, retrying what cannot have done harm twice — always with the SAME key.
 
@@ -297,8 +317,7 @@ def submit(
     delay = 1.0
     for attempt in range(1, attempts + 1):
         headers: dict[str, str] = {}
-        if payload["action"] in DESTRUCTIVE_ACTIONS:
-            headers.update(sign_request("POST", path, body, headers, signer))  # afresh
+        headers.update(sign_request("POST", path, body, headers, signer, node=node))  # afresh
         try:
             status, op = client.request("POST", path, body, headers=headers)
         except Unreachable as exc:
@@ -319,6 +338,18 @@ def submit(
         time.sleep(wait + random.uniform(0, wait / 2))  # noqa: S311 - jitter, not crypto
         delay = min(delay * 2, 30.0)
     raise failure(f"gave up after {attempts} attempts: {problem}")
+
+
+def served_node(client: Client) -> str:
+    """The node the daemon serves (``node`` of ``GET /v1/status``): a v2 signature covers it."""
+    try:
+        _, status = client.request("GET", "/v1/status")
+    except (ApiError, Unreachable) as exc:
+        raise failure(f"cannot read the served node from /v1/status ({exc}); give --node") from None
+    node = status.get("node")
+    if not isinstance(node, str) or not node:
+        raise failure("/v1/status names no node; give --node")
+    return node
 
 
 def wait_for(client: Client, op_id: int, *, timeout: float, poll_interval: float) -> dict[str, Any]:
@@ -410,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="ed25519 private key (PEM or 32 raw bytes) to sign destructive ops (terminate, "
-        "stop, reset, migrate) when the daemon has --trusted-keys-file; needs 'cryptography'",
+        "stop, reset, a forced shutdown, a disk-removing configure, a local-disk migrate, …) "
+        "when the daemon has --trusted-keys-file; needs 'cryptography'",
     )
     parser.add_argument(
         "--key-id", help="the id of --signing-key in the daemon's trusted keys file"
@@ -451,7 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.node is not None:
         payload["node"] = args.node
     signer = Signer(args.signing_key, args.key_id) if args.signing_key is not None else None
-    op = submit(client, payload, attempts=args.attempts, signer=signer)
+    node = ""
+    if signer is not None:
+        node = args.node if args.node is not None else served_node(client)
+    op = submit(client, payload, attempts=args.attempts, signer=signer, node=node)
     if args.no_wait:
         print_op(op)
         return 0

@@ -7,8 +7,13 @@ settings hold the *paths* of the files that contain them.
 from __future__ import annotations
 
 import ipaddress
+import math
+import os
 import socket
+import stat
+import struct
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,13 @@ class Settings:
 
     db: Path = Path("data/lifecycled.sqlite3")
     listen: str = "127.0.0.1:8090"
+    #: TLS for the API listener (a non-loopback --listen needs it unless insecure_listen).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: Client certificates signed by this CA are required (mutual TLS).
+    tls_client_ca_file: Path | None = None
+    #: Serve a non-loopback --listen over plain HTTP anyway (tokens in clear text).
+    insecure_listen: bool = False
     node: str = attrs.field(factory=_default_node)
     pve_url: str = "https://127.0.0.1:8006"
     pve_backend: str = "http"
@@ -73,6 +85,8 @@ class Settings:
     notify_url: str | None = None
     notify_token_file: Path | None = None
     notify_heartbeat: float = 30.0
+    #: Standard Webhooks secret (``whsec_`` + base64) signing every push request.
+    push_secret_file: Path | None = None
     max_body_bytes: int = 64 * 1024
     #: Node lifecycle (SPEC §4): a younger node is never decommissioned; a system node never is.
     node_min_age: float = 7 * 86400.0
@@ -134,8 +148,10 @@ _DURATIONS = {
     "signature_skew",
     "terminate_stop_timeout",
 }
-_BOOLS = {"pve_insecure", "reconcile_on_start", "system_node"}
+_BOOLS = {"pve_insecure", "reconcile_on_start", "system_node", "insecure_listen"}
 _INTS = {"workers", "node_cap", "max_retries", "reconcile_max_commands", "max_body_bytes"}
+#: Plain numbers that are not durations (none yet; bounded in BOUNDS like the others).
+_FLOATS: set[str] = set()
 _PATHS = {
     "db",
     "pve_token_file",
@@ -144,7 +160,37 @@ _PATHS = {
     "api_token_file",
     "notify_token_file",
     "trusted_keys_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "push_secret_file",
 }
+
+_HOUR, _DAY = 3600.0, 86400.0
+#: Inclusive bounds of every numeric setting (refused at start with one line). The lower
+#: bounds of durations allow the sub-second values tests and benchmarks use.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "workers": (1, 256),
+    "node_cap": (1, 1024),
+    "max_retries": (1, 1000),
+    "reconcile_max_commands": (0, 100_000),
+    "max_body_bytes": (1024, 16 * 1024 * 1024),
+    "retry_backoff": (0.01, _DAY),
+    "max_backoff": (0.01, 7 * _DAY),
+    "lock_wait_max": (1.0, 7 * _DAY),
+    "poll_interval": (0.01, _HOUR),
+    "reconcile_interval": (0.1, 7 * _DAY),
+    "stale_after": (1.0, 30 * _DAY),
+    "startup_jitter": (0.0, _DAY),
+    "task_search_skew": (0.0, _HOUR),
+    "ha_confirm_timeout": (1.0, 7 * _DAY),
+    "notify_heartbeat": (0.1, _DAY),
+    "node_min_age": (0.0, 3650 * _DAY),
+    "signature_skew": (1.0, _DAY),
+    "terminate_stop_timeout": (0.1, _DAY),
+}
+#: Largest secret file read (a token, a key list, a password).
+MAX_SECRET_BYTES = 1024 * 1024
 
 
 def _vmid_set(value: Any) -> frozenset[int]:
@@ -163,16 +209,52 @@ def _vmid_set(value: Any) -> frozenset[int]:
     return frozenset(out)
 
 
+def _check_type(name: str, value: Any) -> None:
+    """A TOML value of the wrong type (a table, an array, a number for a name, …)."""
+    if isinstance(value, str):
+        return
+    if name == "protected_vmids" and isinstance(value, list | tuple | set | frozenset | int):
+        return
+    if name in _BOOLS and isinstance(value, bool):
+        return
+    if name in _INTS and isinstance(value, int) and not isinstance(value, bool):
+        return
+    numeric = _DURATIONS | _FLOATS
+    if name in numeric and isinstance(value, int | float) and not isinstance(value, bool):
+        return
+    if name in _PATHS and isinstance(value, os.PathLike):
+        return
+    expected = (
+        "true or false"
+        if name in _BOOLS
+        else "a whole number"
+        if name in _INTS
+        else "a duration such as 10s or a number of seconds"
+        if name in _DURATIONS
+        else "a number"
+        if name in _FLOATS
+        else "a list of VMIDs"
+        if name == "protected_vmids"
+        else "a string"
+    )
+    raise ValueError(f"expected {expected}, got {type(value).__name__} {value!r:.40}")
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
     try:
         if value is None:
             return None
+        _check_type(name, value)
         if name == "protected_vmids":
             return _vmid_set(value)
         if name in _DURATIONS:
             if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
-            return parse_duration(str(value))
+                seconds = float(value)
+            else:
+                seconds = parse_duration(str(value))
+            if not math.isfinite(seconds):
+                raise ValueError(f"{value!r} is not a finite duration")
+            return seconds
         if name in _BOOLS:
             if isinstance(value, bool):
                 return value
@@ -183,29 +265,69 @@ def _coerce(name: str, value: Any, where: str) -> Any:
                 return False
             raise ValueError(f"expected true or false, got {value!r}")
         if name in _INTS:
-            if isinstance(value, bool):
-                raise ValueError(f"expected a whole number, got {value!r}")
-            return int(value)
+            return int(str(value).strip()) if isinstance(value, str) else int(value)
+        if name in _FLOATS:
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(f"{value!r} is not a finite number")
+            return number
         if name in _PATHS:
-            return Path(str(value)).expanduser()
+            text = os.fspath(value)
+            if not text or "\x00" in text:
+                raise ValueError("expected a file path")
+            return Path(text).expanduser()
+        if "\x00" in value:
+            raise ValueError("a NUL character is not allowed")
         return str(value)
-    except ValueError as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _bounds_problems(s: Settings) -> list[str]:
+    problems = []
+    for name, (low, high) in BOUNDS.items():
+        value = getattr(s, name)
+        if not low <= value <= high:
+            problems.append(f"{name} must be between {low:g} and {high:g} (got {value:g})")
+    return problems
+
+
+def _url_host(url: str) -> str:
+    try:
+        return urllib.parse.urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
 def _validate(s: Settings) -> Settings:
-    _split_listen(s.listen)
+    for problem in _bounds_problems(s):
+        raise ConfigError(problem)
+    listen_host = _split_listen(s.listen)[0]
+    public = not is_loopback(listen_host)
+    tls = s.tls_cert_file is not None
+    pve_host = _url_host(s.pve_url)
     checks: list[tuple[bool, str]] = [
-        (s.workers >= 1, "workers must be at least 1"),
-        (s.node_cap >= 1, "node_cap must be at least 1"),
-        (s.max_retries >= 1, "max_retries must be at least 1"),
-        (s.retry_backoff > 0, "retry_backoff must be positive"),
         (s.max_backoff >= s.retry_backoff, "max_backoff must be at least retry_backoff"),
-        (s.poll_interval > 0, "poll_interval must be positive"),
-        (s.reconcile_interval > 0, "reconcile_interval must be positive"),
-        (s.stale_after > 0, "stale_after must be positive"),
-        (s.startup_jitter >= 0, "startup_jitter must not be negative"),
-        (s.reconcile_max_commands >= 0, "reconcile_max_commands must not be negative"),
+        (
+            (s.tls_cert_file is None) == (s.tls_key_file is None),
+            "--tls-cert-file and --tls-key-file go together",
+        ),
+        (tls or s.tls_client_ca_file is None, "--tls-client-ca-file needs --tls-cert-file"),
+        (
+            not public or s.api_token_file is not None,
+            f"--listen {s.listen} is not a loopback address: without --api-token-file anyone "
+            "who can reach it could act; give --api-token-file or listen on 127.0.0.1",
+        ),
+        (
+            not public or tls or s.insecure_listen,
+            f"--listen {s.listen} is not a loopback address: serve TLS (--tls-cert-file and "
+            "--tls-key-file) or, behind a TLS proxy on a private network, say --insecure-listen",
+        ),
+        (
+            not s.pve_url.startswith("http://") or is_loopback(pve_host),
+            f"--pve-url {s.pve_url}: plain http:// is allowed only to a loopback host (the "
+            "simulator); Proxmox is https://",
+        ),
         (s.pve_backend in _BACKENDS, f"pve_backend must be one of {', '.join(_BACKENDS)}"),
         (s.synchronous in _SYNC_MODES, f"synchronous must be one of {', '.join(_SYNC_MODES)}"),
         (s.log_format in _LOG_FORMATS, "log_format must be text or json"),
@@ -214,16 +336,19 @@ def _validate(s: Settings) -> Settings:
             s.manage_discovered in _MANAGE_DISCOVERED,
             "manage_discovered must be off, native or adopted",
         ),
-        (s.pve_url.startswith(("http://", "https://")), "pve_url must start with https://"),
-        (bool(s.node), "node must not be empty"),
-        (s.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
-        (s.notify_heartbeat > 0, "notify_heartbeat must be positive"),
-        (s.node_min_age >= 0, "node_min_age must not be negative"),
-        (s.signature_skew > 0, "signature_skew must be positive"),
-        (s.terminate_stop_timeout > 0, "terminate_stop_timeout must be positive"),
         (
-            s.notify_url is None or s.notify_url.startswith(("http://", "https://")),
+            s.pve_url.startswith(("http://", "https://")) and bool(pve_host),
+            "pve_url must be an https:// URL with a host",
+        ),
+        (bool(s.node), "node must not be empty"),
+        (
+            s.notify_url is None
+            or (s.notify_url.startswith(("http://", "https://")) and bool(_url_host(s.notify_url))),
             "notify_url must be an http:// or https:// URL",
+        ),
+        (
+            s.push_secret_file is None or s.notify_url is not None,
+            "--push-secret-file needs --notify-url",
         ),
     ]
     for ok, message in checks:
@@ -240,6 +365,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     # Accept a top-level table or a [lifecycled] section; keys with dashes or underscores.
@@ -300,14 +429,70 @@ def load_settings(
     return _validate(Settings(**values))
 
 
-def read_secret_file(path: Path, what: str) -> str:
-    """The first non-empty line of a secret file; clear errors that never echo the content."""
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK = 0x02, 0x04, 0x08, 0x10
+_ACL_ENTRY = struct.Struct("<HHI")
+
+
+def _open_to_others(fd: int, mode: int) -> bool:
+    """Whether anyone but the file's owner and this process's user may read or write it.
+
+    Without an ACL that is any group or other mode bit. With a POSIX ACL (systemd's
+    ``LoadCredential=`` gives a ``User=`` service read access with ``user:<uid>:r--`` on a
+    0400 root file, which ``stat`` shows as 0440: the group bits are the ACL mask), the
+    entries decide: the owning group, a named group, or a named user other than us."""
+    if mode & 0o007:
+        return True
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = os.getxattr(fd, _ACL_XATTR)
+    except (OSError, AttributeError):  # no ACL, no xattr support, or not Linux
+        return bool(mode & 0o070)
+    entries = [_ACL_ENTRY.unpack_from(raw, off) for off in range(4, len(raw), _ACL_ENTRY.size)]
+    mask = next((perm for tag, perm, _ in entries if tag == _ACL_MASK), 0o7)
+    for tag, perm, ident in entries:
+        if not perm & mask:
+            continue
+        if tag in (_ACL_GROUP_OBJ, _ACL_GROUP) or (tag == _ACL_USER and ident != os.geteuid()):
+            return True
+    return False
+
+
+def read_secret_text(path: Path, what: str, *, max_bytes: int = MAX_SECRET_BYTES) -> str:
+    """The text of a secret file (a token, a key list, a password), checked: it exists, is a
+    regular file, no larger than ``max_bytes``, UTF-8, and neither group nor others have any
+    permission on it. :class:`ConfigError` says what is wrong in one line and never echoes
+    the content."""
+    try:
+        with path.open("rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise ConfigError(f"{what} file {path} is not a regular file")
+            loose = _open_to_others(fh.fileno(), mode)
+            data = fh.read(max_bytes + 1)
     except FileNotFoundError:
         raise ConfigError(f"{what} file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} file {path} is a directory") from None
+    except PermissionError:
+        raise ConfigError(f"{what} file {path} is not readable (permission denied)") from None
     except OSError as exc:
         raise ConfigError(f"{what} file {path} cannot be read: {exc.strerror}") from None
+    if loose:
+        raise ConfigError(
+            f"{what} file {path} is open to group or others (mode "
+            f"{stat.S_IMODE(mode):04o}): make it owner-only with chmod 600 {path}"
+        )
+    if len(data) > max_bytes:
+        raise ConfigError(f"{what} file {path} is larger than {max_bytes} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} file {path} is not UTF-8 text") from None
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The first non-empty line of a secret file; clear errors that never echo the content."""
+    text = read_secret_text(path, what)
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             return line.strip()

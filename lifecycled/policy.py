@@ -6,8 +6,13 @@ Rules, in order:
 1. create/clone may only land on a vmid lifecycled owns or does not know, or one whose
    guest is gone from Proxmox (the submission checked the journal's row);
 2. anything else needs a managed guest (``native`` or ``adopted``): ``guest_not_managed``;
-3. ``terminate`` never destroys a guest with the Proxmox ``protection`` flag or one listed as
-   protected: ``protected``;
+3. a destructive op (:func:`lifecycled.domain.actions.is_destructive`: terminate, stop,
+   reset, a forced shutdown, a configure that removes a disk, a local-disk migrate, a forced
+   create) never touches a guest with the Proxmox ``protection`` flag or one listed as
+   protected: ``protected``. Two exceptions: a configure whose only destructive effect is
+   turning ``protection`` off (the one way to lift it; signed and audited like any other
+   destructive op), and reconcile's own ops (a forced shutdown towards desired ``stopped``;
+   audited);
 4. a destructive op verifies the guest's identity fingerprint: a reused VMID is refused,
    ``fingerprint_mismatch``;
 5. ``terminate`` of an ``adopted`` guest is a soft delete: released, never destroyed.
@@ -23,12 +28,13 @@ import attrs
 from lifecycled.domain.actions import (
     Action,
     ActionSpec,
+    Effect,
     GuestView,
+    destructive_effects,
     fingerprint_matches,
     fingerprint_of,
-    is_destructive,
 )
-from lifecycled.domain.op import Op
+from lifecycled.domain.op import Op, Origin
 from lifecycled.errors import PolicyRefused
 
 _MANAGED = frozenset({"native", "adopted"})
@@ -69,6 +75,30 @@ def _refuse(code: str, reason: str) -> PolicyVerdict:
     return PolicyVerdict(verdict=Verdict.REFUSE, code=code, reason=reason)
 
 
+def _protection(
+    op: Op,
+    spec: ActionSpec,
+    view: GuestView,
+    facts: GuestFacts,
+    effects: frozenset[Effect],
+    protected_vmids: frozenset[int],
+) -> PolicyVerdict | None:
+    """Rule 3: the refusal of a destructive op on a protected guest, or ``None``."""
+    if not effects - {Effect.PROTECTION_OFF} or op.origin is Origin.RECONCILE:
+        return None
+    vmid = op.guest.vmid
+    what = f"{spec.action} ({', '.join(sorted(effects))})"
+    if str(view.config.get("protection", "0")) == "1":
+        return _refuse(
+            "protected",
+            f"guest {vmid} has the Proxmox protection flag set; {what} is refused "
+            "(turning protection off first is itself a destructive, signed configure)",
+        )
+    if vmid in protected_vmids or facts.protected:
+        return _refuse("protected", f"guest {vmid} is listed as protected; {what} is refused")
+    return None
+
+
 def decide(
     op: Op,
     spec: ActionSpec,
@@ -79,22 +109,18 @@ def decide(
 ) -> PolicyVerdict:
     """The verdict for ``op`` (see the module docstring for the rules)."""
     vmid = op.guest.vmid
+    effects = destructive_effects(spec.action, spec.kind, op.params)
     if spec.action in (Action.CREATE, Action.CLONE):
         if facts.origin in (None, "native") or not view.exists:
-            return ALLOW
+            return _protection(op, spec, view, facts, effects, protected_vmids) or ALLOW
         return _refuse("vmid_in_use", f"vmid {vmid} belongs to a {facts.origin} guest")
     if facts.origin not in _MANAGED:
         what = "unknown to lifecycled" if facts.origin is None else f"{facts.origin}"
         return _refuse("guest_not_managed", f"guest {vmid} is {what}, not managed by lifecycled")
-    if spec.action is Action.TERMINATE:
-        if str(view.config.get("protection", "0")) == "1":
-            return _refuse(
-                "protected",
-                f"guest {vmid} has the Proxmox protection flag set; it is never destroyed",
-            )
-        if vmid in protected_vmids or facts.protected:
-            return _refuse("protected", f"guest {vmid} is listed as protected; never destroyed")
-    if is_destructive(spec, op.params) and facts.fingerprint and view.exists:
+    refused = _protection(op, spec, view, facts, effects, protected_vmids)
+    if refused is not None:
+        return refused
+    if effects and facts.fingerprint and view.exists:
         current = fingerprint_of(op.guest.kind, view.config)
         if not fingerprint_matches(facts.fingerprint, current):
             return _refuse(

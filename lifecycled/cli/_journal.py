@@ -17,6 +17,7 @@ from lifecycled.config import config_file_for, load_settings
 from lifecycled.domain.durations import parse_duration
 from lifecycled.domain.op import HistoryEntry, Op
 from lifecycled.domain.serialize import op_to_dict, rfc3339
+from lifecycled.engine.submit import VMID_MAX, VMID_MIN
 from lifecycled.errors import ConfigError
 from lifecycled.journal import Journal, OpPage
 
@@ -58,8 +59,15 @@ DbOpt = Annotated[
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 LimitOpt = Annotated[int, typer.Option("--limit", min=1, max=1000, help="Page size.")]
+#: Ids are SQLite integers (64-bit); a larger number is a usage error, not an overflow.
+MAX_ID = 2**63 - 1
 CursorOpt = Annotated[
-    int | None, typer.Option("--cursor", help="Last id of the previous page (next page).")
+    int | None,
+    typer.Option("--cursor", min=1, max=MAX_ID, help="Last id of the previous page (next page)."),
+]
+VmidFilterOpt = Annotated[
+    int | None,
+    typer.Option("--vmid", min=VMID_MIN, max=VMID_MAX, help="Only this guest."),
 ]
 ActionOpt = Annotated[str | None, typer.Option("--action", help="Only ops of this action.")]
 

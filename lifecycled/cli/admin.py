@@ -17,12 +17,14 @@ import typer
 from lifecycled.cli._app import app, fail, handle_errors, print_json
 from lifecycled.cli._journal import (
     DEFAULT_DB,
+    MAX_ID,
     ActionOpt,
     ConfigOpt,
     CursorOpt,
     DbOpt,
     JsonOpt,
     LimitOpt,
+    VmidFilterOpt,
     duration_option,
     print_op,
     print_ops,
@@ -129,7 +131,7 @@ def ops_list(
     state: Annotated[
         OpState | None, typer.Option("--state", help="Only ops in this state.")
     ] = None,
-    vmid: Annotated[int | None, typer.Option("--vmid", help="Only ops on this guest.")] = None,
+    vmid: VmidFilterOpt = None,
     action: ActionOpt = None,
     limit: LimitOpt = 50,
     cursor: CursorOpt = None,
@@ -151,7 +153,7 @@ def ops_list(
 @ops_app.command("show")
 @handle_errors
 def ops_show(
-    op_id: Annotated[int, typer.Argument(metavar="ID", help="Op id.")],
+    op_id: Annotated[int, typer.Argument(metavar="ID", min=1, max=MAX_ID, help="Op id.")],
     db: DbOpt = DEFAULT_DB,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -168,7 +170,9 @@ def ops_show(
 @ops_app.command("cancel")
 @handle_errors
 def ops_cancel(
-    op_id: Annotated[int, typer.Argument(metavar="ID", help="Op id (must be pending).")],
+    op_id: Annotated[
+        int, typer.Argument(metavar="ID", min=1, max=MAX_ID, help="Op id (must be pending).")
+    ],
     db: DbOpt = DEFAULT_DB,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,

@@ -11,6 +11,7 @@ import typer
 from lifecycled.cli._app import EXIT_USAGE, app, fail, handle_errors, print_json
 from lifecycled.cli._journal import (
     DEFAULT_DB,
+    MAX_ID,
     ActionOpt,
     CursorOpt,
     DbOpt,
@@ -64,7 +65,9 @@ def dlq_list(
 @dlq_app.command("show")
 @handle_errors
 def dlq_show(
-    op_id: Annotated[int, typer.Argument(metavar="ID", help="Dead letter (op) id.")],
+    op_id: Annotated[
+        int, typer.Argument(metavar="ID", min=1, max=MAX_ID, help="Dead letter (op) id.")
+    ],
     db: DbOpt = DEFAULT_DB,
     as_json: JsonOpt = False,
     log_lines: Annotated[
@@ -181,7 +184,9 @@ def _check_selection(ids: list[int] | None, all_: bool, action: str | None) -> N
         fail("--action only applies with --all", EXIT_USAGE)
 
 
-IdsArg = Annotated[list[int] | None, typer.Argument(metavar="[ID]...", help="Op ids.")]
+IdsArg = Annotated[
+    list[int] | None, typer.Argument(metavar="[ID]...", min=1, max=MAX_ID, help="Op ids.")
+]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every dead letter (see --action).")]
 
 
@@ -221,7 +226,9 @@ def dlq_retry(
 @dlq_app.command("discard")
 @handle_errors
 def dlq_discard(
-    ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Dead letter ids.")],
+    ids: Annotated[
+        list[int], typer.Argument(metavar="ID...", min=1, max=MAX_ID, help="Dead letter ids.")
+    ],
     db: DbOpt = DEFAULT_DB,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,

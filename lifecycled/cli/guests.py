@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from lifecycled.cli._app import EXIT_USAGE, app, fail, handle_errors, print_json, print_table
-from lifecycled.cli._journal import DEFAULT_DB, DbOpt
+from lifecycled.cli._journal import DEFAULT_DB, MAX_ID, DbOpt, VmidFilterOpt
 from lifecycled.cli.options import (
     ConfigOpt,
     NodeOpt,
@@ -41,6 +41,7 @@ from lifecycled.domain.guests import (
 )
 from lifecycled.domain.serialize import parse_rfc3339, rfc3339
 from lifecycled.engine.clock import SystemClock
+from lifecycled.engine.submit import VMID_MAX, VMID_MIN
 from lifecycled.journal import Journal
 from lifecycled.journal.guests import GuestPage, Ownership
 
@@ -56,7 +57,7 @@ app.add_typer(audit_app, name="audit")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 LimitOpt = Annotated[int, typer.Option("--limit", min=1, max=1000, help="Page size.")]
-VmidArg = Annotated[int, typer.Argument(help="The guest's VMID.", min=100, max=999_999_999)]
+VmidArg = Annotated[int, typer.Argument(help="The guest's VMID.", min=VMID_MIN, max=VMID_MAX)]
 
 
 def _with_journal(db: Path, work: Callable[[Journal], Awaitable[T]], *, create: bool = False) -> T:
@@ -138,7 +139,8 @@ def guests_list(
     ] = None,
     limit: LimitOpt = 100,
     cursor: Annotated[
-        int | None, typer.Option("--cursor", help="Last vmid of the previous page.")
+        int | None,
+        typer.Option("--cursor", min=1, max=VMID_MAX, help="Last vmid of the previous page."),
     ] = None,
     db: DbOpt = DEFAULT_DB,
     config: ConfigOpt = None,
@@ -303,7 +305,7 @@ def _time(text: str | None, option: str) -> float | None:
 @audit_app.command("list")
 @handle_errors
 def audit_list(
-    vmid: Annotated[int | None, typer.Option("--vmid", help="Only this guest.")] = None,
+    vmid: VmidFilterOpt = None,
     action: Annotated[str | None, typer.Option("--action", help="Only this action.")] = None,
     decision: Annotated[
         str | None,
@@ -312,7 +314,9 @@ def audit_list(
     since: Annotated[str | None, typer.Option("--since", help="At or after (RFC 3339).")] = None,
     until: Annotated[str | None, typer.Option("--until", help="Before (RFC 3339).")] = None,
     limit: LimitOpt = 50,
-    cursor: Annotated[int | None, typer.Option("--cursor", help="Next page.")] = None,
+    cursor: Annotated[
+        int | None, typer.Option("--cursor", min=1, max=MAX_ID, help="Next page.")
+    ] = None,
     db: DbOpt = DEFAULT_DB,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,

@@ -40,6 +40,28 @@ DbOpt = Annotated[
 ListenOpt = Annotated[
     str | None, typer.Option("--listen", help="HTTP HOST:PORT [default 127.0.0.1:8090].")
 ]
+TlsCertFileOpt = Annotated[
+    Path | None,
+    typer.Option("--tls-cert-file", help="PEM certificate (chain) the API serves TLS with."),
+]
+TlsKeyFileOpt = Annotated[
+    Path | None,
+    typer.Option("--tls-key-file", help="PEM private key of --tls-cert-file (mode 0600)."),
+]
+TlsClientCaFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-client-ca-file", help="Require client certificates signed by this CA (mTLS)."
+    ),
+]
+InsecureListenOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--insecure-listen/--no-insecure-listen",
+        help="Serve a non-loopback --listen over plain HTTP (bearer tokens in clear text).",
+        show_default=False,
+    ),
+]
 NodeOpt = Annotated[
     str | None, typer.Option("--node", help="The Proxmox node served [default: this host's name].")
 ]
@@ -159,6 +181,13 @@ NotifyUrlOpt = Annotated[
 ]
 NotifyTokenFileOpt = Annotated[
     Path | None, typer.Option("--notify-token-file", help="Bearer token file for --notify-url.")
+]
+PushSecretFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--push-secret-file",
+        help="Standard Webhooks secret (whsec_…) that signs every push to --notify-url.",
+    ),
 ]
 NotifyHeartbeatOpt = Annotated[
     str | None,

@@ -499,11 +499,130 @@ def all_specs() -> list[ActionSpec]:
     return list(_CATALOGUE.values())
 
 
-def is_destructive(spec: ActionSpec, params: Mapping[str, Any]) -> bool:
-    """Destructive per SPEC §1: terminate, stop, reset, and migrate with local disks."""
-    if spec.action is Action.MIGRATE:
-        return _as_bool(params.get("with-local-disks")) or _as_bool(params.get("with_local_disks"))
-    return spec.destructive
+class Effect(enum.StrEnum):
+    """What a destructive op may lose (the reasons :func:`is_destructive` says yes)."""
+
+    #: ``terminate``: the guest and its disks are gone.
+    DESTROY = "destroy"
+    #: ``stop``, ``reset``, ``shutdown`` with ``force_stop``: the running state is lost.
+    POWER_KILL = "power_kill"
+    #: ``configure`` deleting, detaching, reverting or emptying a disk or an ``unusedN`` volume.
+    DISK_REMOVAL = "disk_removal"
+    #: ``configure`` turning the Proxmox ``protection`` flag off.
+    PROTECTION_OFF = "protection_off"
+    #: ``migrate`` moving local disks (QEMU ``with-local-disks``; a target storage mapping).
+    LOCAL_DISK_MIGRATION = "local_disk_migration"
+    #: ``create`` with ``force``: a restore that overwrites an existing guest.
+    OVERWRITE = "overwrite"
+
+
+#: Config keys that hold a disk or a volume (reference §1.1/§1.2, pve-api-schema.json).
+DISK_KEY_RE = re.compile(
+    r"(?:ide|sata|scsi|virtio|mp|unused)\d+|efidisk0|tpmstate0|rootfs", re.ASCII
+)
+#: Separators of a ``pve-configid-list`` (``delete``, ``revert``).
+_CONFIGID_SPLIT = re.compile(r"[,;\s]+")
+_POWER_KILL_FLAGS = ("force_stop", "forceStop")
+_LOCAL_DISK_FLAGS = ("with-local-disks", "with_local_disks")
+_TARGET_STORAGE = ("targetstorage", "target-storage", "target_storage")
+
+
+def _sent(params: Mapping[str, Any], key: str) -> bool:
+    """Whether ``key`` is sent to Proxmox (a ``None`` value is not: see :func:`wire_params`)."""
+    return params.get(key) is not None
+
+
+def _truthy(params: Mapping[str, Any], *keys: str) -> bool:
+    return any(_sent(params, k) and _as_bool(params[k]) for k in keys)
+
+
+def _configid_list(value: Any) -> list[str]:
+    return [k for k in _CONFIGID_SPLIT.split(_wire_value(value).strip()) if k]
+
+
+def _empties_a_disk(key: str, value: Any) -> bool:
+    """``scsi0: none`` / ``""`` / ``file=none,…``: the disk's volume is taken away."""
+    first = _wire_value(value).split(",", 1)[0].strip()
+    volume = first.partition("=")[2] if first.startswith(("file=", "volume=")) else first
+    return DISK_KEY_RE.fullmatch(key) is not None and volume.strip().lower() in ("", "none")
+
+
+def _configure_effects(params: Mapping[str, Any]) -> set[Effect]:
+    effects: set[Effect] = set()
+    for control in ("delete", "revert"):
+        if not _sent(params, control):
+            continue
+        for key in _configid_list(params[control]):
+            if DISK_KEY_RE.fullmatch(key):
+                effects.add(Effect.DISK_REMOVAL)
+            elif key == "protection":
+                effects.add(Effect.PROTECTION_OFF)
+    for key, value in params.items():
+        if value is None or key in CONFIG_CONTROL_KEYS:
+            continue
+        if _empties_a_disk(key, value):
+            effects.add(Effect.DISK_REMOVAL)
+        elif key == "protection" and not _as_bool(value):
+            effects.add(Effect.PROTECTION_OFF)
+    return effects
+
+
+def _effects_of(spec: ActionSpec, params: Mapping[str, Any]) -> set[Effect]:
+    action = spec.action
+    if action is Action.TERMINATE:
+        return {Effect.DESTROY}
+    if spec.destructive or (action is Action.SHUTDOWN and _truthy(params, *_POWER_KILL_FLAGS)):
+        return {Effect.POWER_KILL}
+    if action is Action.CONFIGURE:
+        return _configure_effects(params)
+    if action is Action.MIGRATE and (
+        _truthy(params, *_LOCAL_DISK_FLAGS)
+        or any(_sent(params, k) and _wire_value(params[k]).strip() for k in _TARGET_STORAGE)
+    ):
+        return {Effect.LOCAL_DISK_MIGRATION}
+    if action is Action.CREATE and _truthy(params, "force"):
+        return {Effect.OVERWRITE}
+    return set()
+
+
+def destructive_effects(
+    action: Action | str, kind: GuestKind | str | None, params: Mapping[str, Any]
+) -> frozenset[Effect]:
+    """What ``action`` with ``params`` may lose on a guest of ``kind`` (SPEC §1, issue 11).
+
+    Destructive whatever the action's name: ``terminate``; ``stop`` and ``reset``;
+    ``shutdown`` with ``force_stop``; ``configure`` that deletes, detaches (``delete``),
+    reverts or empties (``none``) a disk or an ``unusedN`` volume, or turns ``protection``
+    off; ``migrate`` that moves local disks (``with-local-disks``, or a target storage
+    mapping, online or offline — an LXC ``restart`` migration is downtime, not data loss);
+    ``create`` with ``force`` (a restore over an existing guest). ``kind`` ``None`` (not
+    resolved yet) counts what the action does for any kind. An unknown action or kind is not
+    destructive here (it is refused as invalid elsewhere).
+    """
+    kinds: list[GuestKind]
+    if kind is None:
+        kinds = list(GuestKind)
+    else:
+        try:
+            kinds = [GuestKind(kind)]
+        except ValueError:
+            return frozenset()
+    effects: set[Effect] = set()
+    for each in kinds:
+        try:
+            spec = spec_for(each, action)
+        except UnsupportedAction:
+            continue
+        effects |= _effects_of(spec, params)
+    return frozenset(effects)
+
+
+def is_destructive(
+    action: Action | str, kind: GuestKind | str | None, params: Mapping[str, Any]
+) -> bool:
+    """The one predicate of "destructive" (signature gate, protection check, audit, token
+    roles): whether :func:`destructive_effects` names any effect."""
+    return bool(destructive_effects(action, kind, params))
 
 
 def wire_params(

@@ -1,20 +1,30 @@
 """Signed destructive ops (SPEC §4) — pure: the trusted key file, the canonical string, and
 the verdict on a request's signature headers. Replays are the journal's job (``nonces``).
 
-A signing client sends four headers with a destructive ``POST /v1/ops``::
+A signing client sends five headers with a destructive request (a ``POST /v1/ops`` that
+:func:`lifecycled.domain.actions.is_destructive` calls destructive, or the retry of such a
+dead letter)::
 
-    X-Lifecycled-Key-Id:     the id of a key in the trusted keys file
-    X-Lifecycled-Timestamp:  epoch seconds (e.g. 1732291200) or RFC 3339 (2024-11-22T16:00:00Z)
-    X-Lifecycled-Nonce:      16-128 characters of A-Z a-z 0-9 - _ . = (fresh for each request)
-    X-Lifecycled-Signature:  base64 of the ed25519 signature of the canonical string
+    X-Lifecycled-Signature-Version:  v2 (the version of the canonical string below)
+    X-Lifecycled-Key-Id:             the id of a key in the trusted keys file
+    X-Lifecycled-Timestamp:          epoch seconds (e.g. 1732291200) or RFC 3339
+    X-Lifecycled-Nonce:              16-128 characters of A-Z a-z 0-9 - _ . = (fresh each time)
+    X-Lifecycled-Signature:          base64 of the ed25519 signature of the canonical string
 
-The canonical string is five lines joined by ``\\n`` (no trailing newline)::
+The v2 canonical string is eight lines joined by ``\\n`` (no trailing newline)::
 
+    v2                the signature version
     METHOD            upper case, e.g. POST
     PATH              the request target as sent, e.g. /v1/ops
+    NODE              the node the daemon serves (its --node, ``node`` in /v1/status)
+    IDEMPOTENCY_KEY   the Idempotency-Key header verbatim, or an empty line without it
     TIMESTAMP         the X-Lifecycled-Timestamp header, verbatim
     NONCE             the X-Lifecycled-Nonce header, verbatim
     HEX_SHA256(BODY)  lower-case hex SHA-256 of the exact body bytes
+
+A request signed for another sidecar (another node) or with its Idempotency-Key header
+changed does not verify. A request without the version header (a v1 client: five lines, no
+node, no key) or with another version is refused with ``signature_version_unsupported``.
 
 The trusted keys file holds one key per line, ``KEYID ed25519 BASE64``, where ``BASE64`` is
 the 32-byte raw public key (or its 44-byte DER SubjectPublicKeyInfo); blank lines and ``#``
@@ -31,22 +41,23 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
 
 import attrs
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from lifecycled.domain.actions import Action, UnsupportedAction, is_destructive, spec_for
-from lifecycled.domain.op import GuestKind
 from lifecycled.errors import ConfigError
 
+VERSION_HEADER = "X-Lifecycled-Signature-Version"
 KEY_ID_HEADER = "X-Lifecycled-Key-Id"
 TIMESTAMP_HEADER = "X-Lifecycled-Timestamp"
 NONCE_HEADER = "X-Lifecycled-Nonce"
 SIGNATURE_HEADER = "X-Lifecycled-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 HEADERS = (KEY_ID_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER)
+#: The one canonical-string version this server verifies.
+VERSION = "v2"
 
 ALGORITHM = "ed25519"
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
@@ -61,6 +72,7 @@ SIGNATURE_INVALID = "signature_invalid"
 SIGNATURE_EXPIRED = "signature_expired"
 UNKNOWN_KEY = "unknown_key"
 NONCE_REPLAYED = "nonce_replayed"
+SIGNATURE_VERSION_UNSUPPORTED = "signature_version_unsupported"
 
 
 @attrs.frozen(kw_only=True)
@@ -159,9 +171,28 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def canonical_string(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
-    """``METHOD\\nPATH\\nTIMESTAMP\\nNONCE\\nHEX_SHA256(BODY)`` as UTF-8 — what is signed."""
-    return "\n".join((method.upper(), path, timestamp, nonce, body_digest(body))).encode("utf-8")
+def canonical_string(
+    method: str,
+    path: str,
+    timestamp: str,
+    nonce: str,
+    body: bytes,
+    *,
+    node: str,
+    idempotency_key: str | None,
+) -> bytes:
+    """The v2 canonical string as UTF-8 — what is signed (see the module docstring)."""
+    lines = (
+        VERSION,
+        method.upper(),
+        path,
+        node,
+        idempotency_key or "",
+        timestamp,
+        nonce,
+        body_digest(body),
+    )
+    return "\n".join(lines).encode("utf-8")
 
 
 def parse_timestamp(text: str) -> float:
@@ -190,14 +221,21 @@ def sign(
     body: bytes,
     timestamp: str,
     nonce: str,
+    node: str,
+    idempotency_key: str | None = None,
 ) -> dict[str, str]:
-    """The four signature headers for one request (the client side; used by tests and tools)."""
-    signature = private_key.sign(canonical_string(method, path, timestamp, nonce, body))
+    """The five signature headers for one request (the client side; used by tests and tools).
+
+    ``idempotency_key`` is the Idempotency-Key *header* the request will carry (if any)."""
+    canonical = canonical_string(
+        method, path, timestamp, nonce, body, node=node, idempotency_key=idempotency_key
+    )
     return {
+        VERSION_HEADER: VERSION,
         KEY_ID_HEADER: key_id,
         TIMESTAMP_HEADER: timestamp,
         NONCE_HEADER: nonce,
-        SIGNATURE_HEADER: base64.b64encode(signature).decode("ascii"),
+        SIGNATURE_HEADER: base64.b64encode(private_key.sign(canonical)).decode("ascii"),
     }
 
 
@@ -211,12 +249,33 @@ def verify(
     path: str,
     body: bytes,
     headers: Mapping[str, str],
+    node: str,
     now: float,
     skew: float,
 ) -> SignatureAccepted | SignatureRefused:
-    """The verdict on a request's signature headers (``headers`` may hold others too)."""
+    """The verdict on a request's signature headers (``headers`` may hold others too);
+    ``node`` is the node this daemon serves."""
     values = {name: headers.get(name) for name in HEADERS}
     missing = [name for name, value in values.items() if not value]
+    if len(missing) == len(HEADERS):
+        return SignatureRefused(
+            code=SIGNATURE_REQUIRED,
+            reason=(
+                f"a destructive op needs a {VERSION} signature from a trusted key; missing "
+                + ", ".join((VERSION_HEADER, *missing))
+            ),
+        )
+    version = headers.get(VERSION_HEADER)
+    if version != VERSION:
+        shown = "none" if not version else repr(version[:16])
+        return SignatureRefused(
+            code=SIGNATURE_VERSION_UNSUPPORTED,
+            reason=(
+                f"signature version {shown} is not supported: this server verifies {VERSION} "
+                f"only (send {VERSION_HEADER}: {VERSION} and sign the {VERSION} canonical "
+                "string, which adds the served node and the Idempotency-Key header)"
+            ),
+        )
     if missing:
         return SignatureRefused(
             code=SIGNATURE_REQUIRED,
@@ -254,11 +313,23 @@ def verify(
             code=SIGNATURE_INVALID, reason=f"{SIGNATURE_HEADER} is not a base64 ed25519 signature"
         )
     try:
-        key.public_key.verify(signature, canonical_string(method, path, stamp, nonce, body))
+        canonical = canonical_string(
+            method,
+            path,
+            stamp,
+            nonce,
+            body,
+            node=node,
+            idempotency_key=headers.get(IDEMPOTENCY_HEADER),
+        )
+        key.public_key.verify(signature, canonical)
     except InvalidSignature:
         return SignatureRefused(
             code=SIGNATURE_INVALID,
-            reason=f"the signature does not match the request for key {key_id}",
+            reason=(
+                f"the signature does not match the request for key {key_id} (signed for "
+                f"another node than {node}, another body, path or Idempotency-Key?)"
+            ),
         )
     if abs(now - signed_at) > skew:
         return SignatureRefused(
@@ -274,21 +345,3 @@ def verify(
         signed_at=signed_at,
         nonce_expires_at=max(signed_at, now) + skew,
     )
-
-
-def needs_signature(action: str, kind: str | None, params: Mapping[str, Any]) -> bool:
-    """Whether a submission is destructive (SPEC §1): terminate, stop, reset, and migrate with
-    local disks. With the kind not given yet, destructive for any kind counts."""
-    try:
-        act = Action(action)
-    except ValueError:
-        return False  # refused as invalid later; nothing to sign
-    kinds = [GuestKind(kind)] if kind in {k.value for k in GuestKind} else list(GuestKind)
-    for each in kinds:
-        try:
-            spec = spec_for(each, act)
-        except UnsupportedAction:
-            continue
-        if is_destructive(spec, params):
-            return True
-    return False

@@ -182,7 +182,7 @@ class Executor:
         destructive actions (fingerprint) and terminate (protection flag).
         """
         kind, vmid = op.guest.kind, op.guest.vmid
-        if spec.action in _STATUS_ONLY and not is_destructive(spec, op.params):
+        if spec.action in _STATUS_ONLY and not is_destructive(spec.action, spec.kind, op.params):
             return await read_guest_status(self.pve, op.guest.node, kind, vmid)
         if spec.action is Action.MIGRATE and op.params.get("target"):
             target = str(op.params["target"])

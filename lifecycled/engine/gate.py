@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from lifecycled.audit import AuditRecord, Decision
-from lifecycled.domain.actions import ActionSpec, GuestView, fingerprint_of, is_destructive
+from lifecycled.domain.actions import ActionSpec, GuestView, destructive_effects, fingerprint_of
 from lifecycled.domain.guests import GuestRecord
 from lifecycled.domain.op import Op
 from lifecycled.engine.clock import Clock
@@ -89,9 +89,15 @@ class Policy:
         return verdict
 
     async def audit_allowed(self, op: Op, spec: ActionSpec, view: GuestView) -> None:
-        """Audit a destructive op the moment before it is sent."""
-        if is_destructive(spec, op.params):
-            await self.audit(op, view, Decision.ALLOWED, "destructive op allowed by policy")
+        """Audit a destructive op (reconcile's own included) the moment before it is sent."""
+        effects = destructive_effects(spec.action, spec.kind, op.params)
+        if effects:
+            await self.audit(
+                op,
+                view,
+                Decision.ALLOWED,
+                f"destructive op allowed by policy ({', '.join(sorted(effects))})",
+            )
 
     async def record(self, op: Op, view: GuestView, decision: Decision, reason: str) -> AuditRecord:
         """The audit record of a decision about ``op`` (not yet written)."""

@@ -4,14 +4,21 @@ At least once and in order: a batch is marked sent only after the receiver answe
 on failure the same batch (same sequence numbers) is sent again after a backoff, so the
 receiver drops duplicates by ``seq``. A periodic heartbeat carries the observed-state hash;
 an answer ``{"full_sync": true}`` makes the sender push the whole guest table.
+
+With a push secret (``--push-secret-file``) every request carries the Standard Webhooks
+headers (:mod:`lifecycled.domain.webhooks`): an HMAC-SHA256 over the id, the timestamp and
+the exact body bytes, so the receiver can tell lifecycled's requests from anyone else's. A
+batch of events keeps its ``webhook-id`` across retries (``evt_<node>_<first>-<last>``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +27,7 @@ import aiohttp
 from lifecycled.domain.backoff import backoff_delay
 from lifecycled.domain.events import events_body, full_sync_body, heartbeat_body, wants_full_sync
 from lifecycled.domain.guests import guest_to_dict
+from lifecycled.domain.webhooks import headers as webhook_headers
 from lifecycled.engine.clock import Clock
 from lifecycled.journal import Journal
 
@@ -44,6 +52,7 @@ class Pusher:
         clock: Clock,
         state_hash: StateHash,
         token: str | None = None,
+        secret: bytes | None = None,
         heartbeat: float = 30.0,
         idle_poll: float = 1.0,
         batch: int = 100,
@@ -57,6 +66,7 @@ class Pusher:
         self.clock = clock
         self.state_hash = state_hash
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._secret = secret
         self.heartbeat_every = heartbeat
         self.idle_poll = idle_poll
         self.batch = batch
@@ -101,7 +111,8 @@ class Pusher:
             return 0
         seqs = [e.seq for e in events]
         try:
-            await self._post(session, events_body(self.node, events))
+            msg_id = f"evt_{self.node}_{seqs[0]}-{seqs[-1]}"
+            await self._post(session, events_body(self.node, events), msg_id=msg_id)
         except PushError:
             await self.journal.note_attempt(seqs)
             raise
@@ -124,9 +135,16 @@ class Pusher:
             )
             log.info("push.full_sync", extra={"guests": len(guests)})
 
-    async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> Any:
+    async def _post(
+        self, session: aiohttp.ClientSession, body: dict[str, Any], *, msg_id: str | None = None
+    ) -> Any:
+        data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if self._secret is not None:
+            msg_id = msg_id or f"msg_{secrets.token_hex(12)}"
+            headers |= webhook_headers(self._secret, msg_id, int(self.clock.now()), data)
         try:
-            async with session.post(self.url, json=body) as resp:
+            async with session.post(self.url, data=data, headers=headers) as resp:
                 if not 200 <= resp.status < 300:
                     raise PushError(f"{body['type']}: HTTP {resp.status}")
                 if resp.content_type == "application/json":

@@ -18,11 +18,12 @@ from typing import Any
 import attrs
 from prometheus_async import aio
 
-from lifecycled.config import Settings, read_secret_file
+from lifecycled.config import Settings, read_secret_file, read_secret_text
 from lifecycled.domain.node import NodeRecord
 from lifecycled.domain.outcome import RetryBudget
 from lifecycled.domain.serialize import rfc3339
 from lifecycled.domain.states import OpState
+from lifecycled.domain.webhooks import parse_secret
 from lifecycled.engine.clock import Clock, SystemClock
 from lifecycled.engine.dispatcher import Dispatcher
 from lifecycled.engine.executor import Executor, internal_text
@@ -419,6 +420,11 @@ class Runtime:
             if self.settings.notify_token_file is not None
             else None
         )
+        secret = (
+            parse_secret(read_secret_text(self.settings.push_secret_file, "push secret"))
+            if self.settings.push_secret_file is not None
+            else None
+        )
         pusher = Pusher(
             journal=self.journal,
             url=url,
@@ -426,6 +432,7 @@ class Runtime:
             clock=self.clock,
             state_hash=self.observed_state_hash,
             token=token,
+            secret=secret,
             heartbeat=self.settings.notify_heartbeat,
         )
         await pusher.run(self.stopping)

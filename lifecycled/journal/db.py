@@ -96,13 +96,15 @@ def _prepare_file(path: Path, *, create: bool) -> Path:
     return path.absolute()
 
 
-def _restrict_sidecars(path: Path) -> None:
-    # SQLite gives -wal/-shm the database file's mode; make sure anyway.
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
+def _restrict_files(path: Path) -> None:
+    """Make the journal and its -wal/-shm owner-only (0600) on every open, not only when
+    created: a journal copied in, restored from a backup or loosened by hand is tightened
+    again. A file of another owner is left alone (chmod would fail)."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         with contextlib.suppress(FileNotFoundError, PermissionError):
-            if side.stat().st_mode & 0o077:
-                side.chmod(0o600)
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+                logger.info("journal.permissions_tightened", extra={"path": str(file)})
 
 
 async def in_thread(conn: aiosqlite.Connection, fn: SyncUnit[T]) -> T:
@@ -197,6 +199,7 @@ class Database:
             )
         file = Path(path)
         absolute = await asyncio.to_thread(_prepare_file, file, create=create and not readonly)
+        await asyncio.to_thread(_restrict_files, file)
         mode = "ro" if readonly else "rw"
         uri = f"file:{urllib.parse.quote(str(absolute))}?mode={mode}"
         with translated(file):
@@ -215,8 +218,7 @@ class Database:
                 await conn.execute("PRAGMA temp_store = MEMORY")
                 # Touch the schema now so a corrupt or foreign file fails at open.
                 await rows(conn, "SELECT count(*) FROM sqlite_master")
-            if not readonly:
-                await asyncio.to_thread(_restrict_sidecars, file)
+            await asyncio.to_thread(_restrict_files, file)  # the -wal/-shm exist now
         except BaseException:
             await db.close()
             raise

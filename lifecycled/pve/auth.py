@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import stat
+from pathlib import Path
 
 import attrs
 
+from lifecycled.config import read_secret_text
 from lifecycled.domain.userid import (
     TOKENID_PATTERN,
     USERID_PATTERN,
@@ -103,22 +104,7 @@ def load_token_file(path: str | os.PathLike[str]) -> TokenAuth:
     in the message.
     """
     shown = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read(64 * 1024)
-            mode = os.fstat(fh.fileno()).st_mode
-    except FileNotFoundError:
-        raise ConfigError(f"Proxmox token file {shown} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"Proxmox token file {shown} is a directory") from None
-    except PermissionError:
-        raise ConfigError(
-            f"Proxmox token file {shown} is not readable (permission denied)"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"Proxmox token file {shown} is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"Proxmox token file {shown} cannot be read: {exc.strerror}") from None
+    text = read_secret_text(Path(path), "Proxmox token", max_bytes=64 * 1024)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise ConfigError(
@@ -134,10 +120,5 @@ def load_token_file(path: str | os.PathLike[str]) -> TokenAuth:
         raise ConfigError(
             f"Proxmox token file {shown} is malformed: expected one line "
             "USER@REALM!TOKENID=SECRET (e.g. root@pam!lifecycled=<uuid>)"
-        )
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        logger.warning(
-            "pve.token_file_permissions",
-            extra={"path": shown, "mode": oct(stat.S_IMODE(mode))},
         )
     return TokenAuth(user=m["user"], secret=m["secret"])

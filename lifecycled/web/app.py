@@ -29,6 +29,7 @@ from lifecycled.web.handlers_system import OPENAPI_KEY
 from lifecycled.web.openapi import build_document
 from lifecycled.web.routes import RUNTIME_KEY, Route
 from lifecycled.web.signing import SIGNATURE_GATE_KEY, SignatureGate
+from lifecycled.web.tls import server_tls_context
 
 log = logging.getLogger("lifecycled.web")
 
@@ -104,9 +105,9 @@ def build_app(runtime: Runtime) -> web.Application:
     return app
 
 
-def _url(host: str, port: int) -> str:
+def _url(host: str, port: int, *, tls: bool) -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 async def start_web(runtime: Runtime) -> Callable[[], Awaitable[None]]:
@@ -121,7 +122,8 @@ async def start_web(runtime: Runtime) -> Callable[[], Awaitable[None]]:
     )
     try:
         await runner.setup()  # runs the start-up hooks: the token file is read here
-        site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+        tls = server_tls_context(settings)
+        site = web.TCPSite(runner, settings.listen_host, settings.listen_port, ssl_context=tls)
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -130,7 +132,7 @@ async def start_web(runtime: Runtime) -> Callable[[], Awaitable[None]]:
     for address in runner.addresses:
         port = int(address[1])
         break
-    runtime.web_url = _url(settings.listen_host, port)
+    runtime.web_url = _url(settings.listen_host, port, tls=tls is not None)
     log.info("web.listening", extra={"url": runtime.web_url})
 
     stopped = False

@@ -21,7 +21,7 @@ import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from lifecycled.config import is_loopback
+from lifecycled.config import is_loopback, read_secret_text
 from lifecycled.errors import ConfigError
 from lifecycled.web.errors import ApiError
 
@@ -33,7 +33,6 @@ PROTECTED_PREFIX = "/v1/"
 LOOPBACK_ACTOR = "api:loopback"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
-_MAX_TOKEN_FILE_BYTES = 1024 * 1024
 
 
 @attrs.frozen(kw_only=True)
@@ -80,29 +79,10 @@ def parse_token_file(text: str, source: str) -> tuple[ApiToken, ...]:
     return tuple(tokens)
 
 
-def _read_text(path: Path) -> str:
-    with path.open("rb") as fh:
-        data = fh.read(_MAX_TOKEN_FILE_BYTES + 1)
-    if len(data) > _MAX_TOKEN_FILE_BYTES:
-        raise ConfigError(f"API token file {path} is larger than 1 MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"API token file {path} is not UTF-8 text") from None
-
-
 async def load_token_file(path: Path) -> tuple[ApiToken, ...]:
-    """Read and parse the token file off the event loop."""
-    try:
-        text = await asyncio.to_thread(_read_text, path)
-    except FileNotFoundError:
-        raise ConfigError(f"API token file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"API token file {path} is a directory") from None
-    except PermissionError:
-        raise ConfigError(f"API token file {path} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise ConfigError(f"API token file {path} cannot be read: {exc.strerror}") from None
+    """Read (off the event loop) and parse the token file; like every secret file it must be
+    owner-only (:func:`lifecycled.config.read_secret_text`)."""
+    text = await asyncio.to_thread(read_secret_text, path, "API token")
     return parse_token_file(text, str(path))
 
 

@@ -17,7 +17,7 @@ from lifecycled.domain.op import Op
 from lifecycled.domain.serialize import op_to_dict
 from lifecycled.domain.states import OpState
 from lifecycled.engine.runtime import Runtime
-from lifecycled.engine.submit import VMID_MAX, VMID_MIN, ProxmoxUnreachable, validate
+from lifecycled.engine.submit import VMID_MAX, VMID_MIN, ProxmoxUnreachable, Submission, validate
 from lifecycled.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from lifecycled.journal import OpPage
 from lifecycled.web.auth import request_actor
@@ -190,6 +190,7 @@ async def retry_dead_letter(request: web.Request) -> web.Response:
     if op.state is OpState.DEAD_LETTERED:
         if await journal.discarded_at(op_id) is not None:
             raise ApiError(404, "not_found", f"dead letter {op_id} was discarded")
+        await require_signature(request, runtime, _as_submission(op, actor), actor)
         try:
             op = await journal.retry(op_id, now=runtime.clock.now(), reason=f"retried by {actor}")
         except InvalidTransition:
@@ -201,6 +202,19 @@ async def retry_dead_letter(request: web.Request) -> web.Response:
     if await _was_retried_from_dead_letter(runtime, op):
         return _op_response(op)
     raise ApiError(404, "not_found", f"op {op_id} is {op.state}, not a dead letter")
+
+
+def _as_submission(op: Op, actor: str) -> Submission:
+    """What retrying ``op`` runs again: the signature gate's view of it."""
+    return Submission(
+        action=op.action,
+        vmid=op.guest.vmid,
+        kind=str(op.guest.kind),
+        node=op.guest.node,
+        params=op.params,
+        idempotency_key=op.idempotency_key,
+        actor=actor,
+    )
 
 
 async def _was_retried_from_dead_letter(runtime: Runtime, op: Op) -> bool:
@@ -304,7 +318,7 @@ ROUTES: tuple[Route, ...] = (
                 "Missing or invalid bearer token (`unauthorized`); with trusted keys "
                 "configured, a destructive op without a valid fresh signature "
                 "(`signature_required`, `signature_invalid`, `signature_expired`, "
-                "`unknown_key`, `nonce_replayed`)."
+                "`signature_version_unsupported`, `unknown_key`, `nonce_replayed`)."
             ),
             404: error(
                 "The guest (or clone source) is not in the cluster (`guest_not_found`; give "
@@ -391,10 +405,22 @@ ROUTES: tuple[Route, ...] = (
         tag="dead-letters",
         description=(
             "Takes the dead letter back to pending with a fresh attempt count. Repeating "
-            "the call answers the op again and changes nothing."
+            "the call answers the op again and changes nothing. With trusted keys "
+            "configured, retrying a destructive op needs a fresh signature (v2, over an "
+            "empty body)."
         ),
         parameters=(_ID,),
-        responses={200: ok("The op.", "Op"), 404: _NOT_FOUND, 503: _UNAVAILABLE},
+        responses={
+            200: ok("The op.", "Op"),
+            401: error(
+                "Missing or invalid bearer token (`unauthorized`); with trusted keys "
+                "configured, the retry of a destructive op without a valid fresh signature "
+                "(`signature_required`, `signature_invalid`, `signature_expired`, "
+                "`signature_version_unsupported`, `unknown_key`, `nonce_replayed`)."
+            ),
+            404: _NOT_FOUND,
+            503: _UNAVAILABLE,
+        },
     ),
     Route(
         method="DELETE",

@@ -2,10 +2,13 @@
 check ``POST /v1/ops`` runs before anything is journaled.
 
 Without ``--trusted-keys-file`` no signature is required (logged once at start). With it, a
-destructive submission (terminate, stop, reset, migrate with local disks) needs the four
-``X-Lifecycled-*`` headers of :mod:`lifecycled.domain.signing`; a missing, invalid, expired
-or replayed signature is answered 401 with a stable code and audited as refused. The nonce
-is recorded in the journal, so a replay is refused even after a restart.
+destructive submission (:func:`lifecycled.domain.actions.is_destructive`: terminate, stop,
+reset, a forced shutdown, a disk-removing or protection-lifting configure, a local-disk
+migrate, a forced create) and the retry of such a dead letter need the ``X-Lifecycled-*``
+headers of :mod:`lifecycled.domain.signing` (v2); a missing, invalid, expired, outdated or
+replayed signature is answered 401 with a stable code and audited as refused. The nonce is
+recorded in the journal, so a replay is refused even after a restart; a re-armed idempotency
+key or a retried dead letter therefore needs a fresh signature.
 """
 
 from __future__ import annotations
@@ -18,48 +21,31 @@ from pathlib import Path
 from aiohttp import web
 
 from lifecycled.audit import AuditRecord, Decision
+from lifecycled.config import read_secret_text
+from lifecycled.domain.actions import is_destructive
 from lifecycled.domain.signing import (
     KEY_ID_HEADER,
     KEY_ID_RE,
     NONCE_REPLAYED,
     SignatureRefused,
     TrustedKey,
-    needs_signature,
     parse_trusted_keys,
     verify,
 )
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import Submission
-from lifecycled.errors import ConfigError
 from lifecycled.web.errors import ApiError
 
 log = logging.getLogger("lifecycled.web")
 
-_MAX_KEYS_FILE_BYTES = 1024 * 1024
 #: Param names kept in a refusal's audit record (names only; values are in the digest).
 _AUDITED_PARAM_NAMES = 32
 _CHALLENGE = {"WWW-Authenticate": 'Signature realm="lifecycled", algorithm="ed25519"'}
 
 
-def _read_keys(path: Path) -> str:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(_MAX_KEYS_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"trusted keys file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"trusted keys file {path} cannot be read: {exc.strerror}") from None
-    if len(data) > _MAX_KEYS_FILE_BYTES:
-        raise ConfigError(f"trusted keys file {path} is larger than 1 MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"trusted keys file {path} is not UTF-8 text") from None
-
-
 async def load_trusted_keys(path: Path) -> dict[str, TrustedKey]:
     """Read and parse the trusted keys file off the event loop."""
-    text = await asyncio.to_thread(_read_keys, path)
+    text = await asyncio.to_thread(read_secret_text, path, "trusted keys")
     return parse_trusted_keys(text, str(path))
 
 
@@ -137,11 +123,13 @@ def _refused(refusal: SignatureRefused) -> ApiError:
 async def require_signature(
     request: web.Request, runtime: Runtime, sub: Submission, actor: str
 ) -> None:
-    """Refuse (401, audited) a destructive submission without a valid, fresh signature."""
+    """Refuse (401, audited) a destructive request without a valid, fresh signature.
+
+    ``sub`` is what the request would run: the submission, or the dead letter to retry."""
     gate = request.app[SIGNATURE_GATE_KEY]
     if not gate.loaded:
         raise ApiError(503, "not_ready", "signature keys are not loaded yet")
-    if gate.keys is None or not needs_signature(sub.action, sub.kind, sub.params):
+    if gate.keys is None or not is_destructive(sub.action, sub.kind, sub.params):
         return
     now = runtime.clock.now()
     raw_key_id = request.headers.get(KEY_ID_HEADER)
@@ -153,6 +141,7 @@ async def require_signature(
         path=request.raw_path,
         body=body,
         headers=request.headers,
+        node=runtime.settings.node,
         now=now,
         skew=runtime.settings.signature_skew,
     )

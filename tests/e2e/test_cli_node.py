@@ -175,3 +175,22 @@ async def test_without_node_the_journals_only_node_is_meant(journal_dir: Path) -
         ]
         == "draining"
     )
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        pytest.param("[link=https://evil.example]click[/link] me", id="link-markup"),
+        pytest.param("oops [/bogus] closing tag", id="unbalanced-close"),
+    ],
+)
+def test_stored_strings_are_printed_literally(journal_dir: Path, reason: str) -> None:
+    """A drain reason holding rich markup is shown as written by `audit list` and
+    `node status`, never rendered as a link nor crashing the table."""
+    assert node_cli(journal_dir, "drain", "--reason", reason).code == 0
+    listed = cli("audit", "list", "--db", "j.sqlite3", cwd=journal_dir)
+    assert listed.code == 0, listed
+    assert reason in listed.out
+    assert "\x1b]8;" not in listed.out  # no OSC 8 hyperlink escape
+    status = node_cli(journal_dir, "status")
+    assert status.code == 0 and reason in status.out, status

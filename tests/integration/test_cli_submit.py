@@ -92,6 +92,7 @@ async def test_submit_resolves_kind_and_node_from_proxmox(sim: SimServer, tmp_pa
     guest = pick(sim, "lxc", False)
     token = tmp_path / "tok"
     token.write_text(sim.sim.cfg.token + "\n")
+    token.chmod(0o600)
     db = str(tmp_path / "journal.sqlite3")
     async with running(sim, tmp_path):
         code, out, err = await _cli(

@@ -70,6 +70,7 @@ async def test_dlq_show_tails_the_task_log(sim: SimServer, tmp_path: Path) -> No
     op_id, upid = await _dead_letter_with_task(sim, db)
     token = tmp_path / "tok"
     token.write_text(sim.sim.cfg.token + "\n")
+    token.chmod(0o600)
     code, out, err = await _cli(
         "dlq",
         "show",
@@ -99,6 +100,7 @@ async def test_dlq_show_without_proxmox_says_why(sim: SimServer, tmp_path: Path)
     assert "pve-token-file" in json.loads(out)["task_log_unavailable"]
     token = tmp_path / "tok"
     token.write_text(sim.sim.cfg.token + "\n")
+    token.chmod(0o600)
     code, out, _ = await _cli(
         "dlq",
         "show",

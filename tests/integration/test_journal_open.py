@@ -35,6 +35,24 @@ async def test_new_journal_is_created_owner_only(tmp_path: Path) -> None:
     assert _mode(path.parent) == 0o700
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+async def test_an_existing_loose_journal_is_made_owner_only_on_open(
+    tmp_path: Path, readonly: bool
+) -> None:
+    """A journal (and its -wal/-shm) left 0644 — copied in, restored, chmodded by hand — is
+    0600 again after any open, read-only included, not only at creation."""
+    path = tmp_path / "j.sqlite3"
+    async with await Journal.open(path) as journal:
+        await submit(journal, "k1")
+        sides = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+        for file in (path, *sides):
+            file.chmod(0o644)
+    path.chmod(0o644)
+    async with await Journal.open(path, readonly=readonly):
+        for file in (path, *(s for s in sides if s.exists())):
+            assert _mode(file) == 0o600, file
+
+
 async def test_new_journal_is_migrated_and_marked(tmp_path: Path) -> None:
     """A new journal gets every migration, user_version and the lifecycled application id."""
     path = tmp_path / "j.sqlite3"

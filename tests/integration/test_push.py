@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,17 +24,39 @@ from lifecycled.sim import SimServer
 class Receiver:
     """A control plane that fails the first ``fail`` requests, then records everything."""
 
-    def __init__(self, *, fail: int = 0, full_sync: bool = False) -> None:
+    def __init__(
+        self, *, fail: int = 0, full_sync: bool = False, secret: bytes | None = None
+    ) -> None:
         self.fail = fail
         self.full_sync = full_sync
+        self.secret = secret
+        self.unverified = 0
+        self.ids: list[tuple[str, dict[str, Any]]] = []
         self.bodies: list[dict[str, Any]] = []
         self.failed = 0
         self.runner: web.AppRunner | None = None
         self.url = ""
         self.changed = asyncio.Event()
 
+    def verified(self, request: web.Request, raw: bytes) -> bool:
+        """Standard Webhooks verification as a receiver does it (docs/PUSH.md)."""
+        assert self.secret is not None
+        msg_id = request.headers.get("webhook-id", "")
+        stamp = request.headers.get("webhook-timestamp", "")
+        if not stamp.isdigit() or abs(time.time() - int(stamp)) > 300:
+            return False
+        mac = hmac.new(self.secret, f"{msg_id}.{stamp}.".encode() + raw, hashlib.sha256)
+        expected = "v1," + base64.b64encode(mac.digest()).decode()
+        offered = request.headers.get("webhook-signature", "").split()
+        self.ids.append((msg_id, json.loads(raw)))
+        return any(hmac.compare_digest(expected, sig) for sig in offered)
+
     async def handle(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        raw = await request.read()
+        if self.secret is not None and not self.verified(request, raw):
+            self.unverified += 1
+            return web.json_response({"error": "bad signature"}, status=401)
+        body = json.loads(raw)
         if self.failed < self.fail:
             self.failed += 1
             return web.json_response({"error": "not yet"}, status=503)
@@ -141,6 +167,62 @@ async def test_heartbeat_and_full_sync(sim: SimServer, tmp_path: Path) -> None:
     assert sync["state_hash"] == beat["state_hash"]
     assert {g["vmid"] for g in sync["guests"]} == managed == set(sim.sim.guests)
     assert all(g["origin"] == "native" for g in sync["guests"])
+
+
+async def test_pushes_carry_a_verifiable_standard_webhooks_signature(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """With --push-secret-file every push (events, heartbeat, full sync) verifies with the
+    Standard Webhooks HMAC over id.timestamp.body; a batch's webhook-id follows from its
+    seqs (so a retry keeps it); a receiver holding another secret refuses them all."""
+    key = bytes(range(32))
+    secret_file = tmp_path / "push.secret"
+    secret_file.write_text("whsec_" + base64.b64encode(key).decode() + "\n")
+    secret_file.chmod(0o600)
+    good = Receiver(fail=1, full_sync=True, secret=key)
+    await good.start()
+    try:
+        guest = pick(sim, "qemu", False)
+        async with running(
+            sim,
+            tmp_path,
+            push_secret_file=secret_file,
+            notify_url=good.url,
+            notify_heartbeat=0.2,
+        ) as rt:
+            op = await submit(rt, "start", guest, key="signed-push")
+            await wait_terminal(rt, op.id)
+            await good.wait_for(
+                lambda: (
+                    {"events", "heartbeat", "full_sync"} <= {b["type"] for b in good.bodies}
+                    and any(e["data"].get("op_id") == op.id for e in good.events())
+                )
+            )
+    finally:
+        await good.stop()
+    assert good.unverified == 0 and good.failed == 1
+    batches = [(i, b) for i, b in good.ids if b["type"] == "events"]
+    assert batches
+    for msg_id, body in batches:  # derived from the seqs: a resent batch keeps its id
+        seqs = [e["seq"] for e in body["events"]]
+        assert msg_id == f"evt_pve1_{seqs[0]}-{seqs[-1]}"
+
+    stranger = Receiver(secret=bytes(32))
+    await stranger.start()
+    try:
+        async with running(
+            sim,
+            tmp_path / "2",
+            push_secret_file=secret_file,
+            notify_url=stranger.url,
+            notify_heartbeat=0.2,
+        ):
+            async with asyncio.timeout(15):
+                while stranger.unverified < 2:
+                    await asyncio.sleep(0.05)
+    finally:
+        await stranger.stop()
+    assert stranger.bodies == []
 
 
 async def test_outbox_is_written_with_the_change(tmp_path: Path) -> None:

@@ -92,6 +92,27 @@ async def test_desired_stopped_running_guest_gets_a_shutdown(
     assert not sim.sim.guests[guest.vmid].running
 
 
+async def test_reconciles_forced_shutdown_of_a_protected_guest_is_exempt_but_audited(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """Reconcile's own forced shutdown (a destructive variant) of a guest with the Proxmox
+    protection flag is not refused, and it is audited as allowed with actor reconcile."""
+    guest = on_pve1(sim, "qemu", True)
+    async with running(sim, tmp_path, manage_guests=False) as rt:
+        await manage(rt, guest)
+        guest.config["protection"] = 1
+        await rt.guests.set_desired(guest.vmid, DesiredState.STOPPED, actor="test")
+        report = await rt.reconciler.pass_once()
+        op = await wait_terminal(rt, report.enqueued[0]["op_id"])
+        allowed = (await rt.journal.list_audit(vmid=guest.vmid, decision="allowed")).items
+    assert op.params == {"force_stop": True}
+    assert op.state is OpState.SUCCEEDED
+    assert not sim.sim.guests[guest.vmid].running
+    assert [(r.actor, r.action, r.reason) for r in allowed] == [
+        ("reconcile", "shutdown", "destructive op allowed by policy (power_kill)")
+    ]
+
+
 async def test_guest_deleted_out_of_band_is_lost_never_recreated_and_found_again(
     sim: SimServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

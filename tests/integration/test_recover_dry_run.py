@@ -53,6 +53,7 @@ async def test_dry_run_plans_without_writing(sim: SimServer, tmp_path: Path) -> 
         before = {op.id: op for op in await journal.in_flight()}
     token = tmp_path / "tok"
     token.write_text(sim.sim.cfg.token + "\n")
+    token.chmod(0o600)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

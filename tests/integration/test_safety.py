@@ -177,6 +177,40 @@ async def test_protected_guests_are_never_destroyed(
     assert [r.reason.split(":")[0] for r in refused] == ["protected"]
 
 
+async def test_protection_covers_every_destructive_variant_and_can_be_lifted(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """On a guest with the Proxmox protection flag, a disk delete and a forced shutdown are
+    refused (audited, nothing written, the disk stays); turning protection off is allowed
+    (audited as an allowed destructive op) and the disk delete then goes through."""
+    guest = plain(sim, "qemu", True)
+    guest.config["unused0"] = f"local-lvm:vm-{guest.vmid}-disk-9"
+    async with running(sim, tmp_path, manage_guests=False) as rt:
+        await manage(rt, guest)
+        guest.config["protection"] = 1  # set in Proxmox after lifecycled took the guest on
+        delete = await submit(rt, "configure", guest, key="del-1", delete="unused0")
+        forced = await submit(rt, "shutdown", guest, key="forced", force_stop=True)
+        refused_ops = [await wait_terminal(rt, op.id) for op in (delete, forced)]
+        assert writes(sim, guest.vmid) == []
+        lift = await submit(rt, "configure", guest, key="lift", protection=0)
+        lifted = await wait_terminal(rt, lift.id)
+        again = await submit(rt, "configure", guest, key="del-2", delete="unused0")
+        deleted = await wait_terminal(rt, again.id)
+        refused = (await rt.journal.list_audit(vmid=guest.vmid, decision="refused")).items
+        allowed = (await rt.journal.list_audit(vmid=guest.vmid, decision="allowed")).items
+    for op in refused_ops:
+        assert op.state is OpState.FAILED and op.error is not None
+        assert "protection" in op.error.message
+    assert [r.reason.split(":")[0] for r in refused] == ["protected", "protected"]
+    assert lifted.state is OpState.SUCCEEDED and deleted.state is OpState.SUCCEEDED
+    assert "unused0" not in sim.sim.guests[guest.vmid].config
+    assert str(sim.sim.guests[guest.vmid].config.get("protection", 0)) == "0"
+    assert sorted(r.reason.rsplit("(", 1)[1] for r in allowed) == [
+        "disk_removal)",
+        "protection_off)",
+    ]
+
+
 async def test_ops_need_a_managed_guest_and_nothing_is_written_otherwise(
     sim: SimServer, tmp_path: Path
 ) -> None:

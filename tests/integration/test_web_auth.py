@@ -184,6 +184,22 @@ async def test_an_unreadable_token_file_stops_the_start(sim: SimServer, tmp_path
         await runtime.close()
 
 
+async def test_a_token_file_open_to_others_stops_the_start(sim: SimServer, tmp_path: Path) -> None:
+    """A token file readable by group or others (0644) is refused like every secret file
+    (it was silently accepted before); nothing listens and the token is not echoed."""
+    settings = web_settings(tmp_path, sim)
+    assert settings.api_token_file is not None
+    settings.api_token_file.chmod(0o644)
+    runtime = await Runtime.build(settings, pve=pve_client(sim))
+    try:
+        with pytest.raises(ConfigError, match="mode 0644") as caught:
+            await start_web(runtime)
+        assert runtime.web_url is None
+        assert "alice-secret" not in str(caught.value)
+    finally:
+        await runtime.close()
+
+
 async def test_tokens_never_reach_the_log(
     sim: SimServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

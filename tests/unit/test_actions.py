@@ -14,10 +14,12 @@ from lifecycled.domain.actions import (
     HA_ROUTED,
     Action,
     BadParam,
+    Effect,
     GuestView,
     UnsupportedAction,
     all_specs,
     as_boolean,
+    destructive_effects,
     disk_size,
     fingerprint_matches,
     fingerprint_of,
@@ -201,36 +203,67 @@ def test_endpoint_and_task_vmid(
 
 # --- destructiveness -------------------------------------------------------------------------
 
+D = Effect.DISK_REMOVAL
+
 
 @pytest.mark.parametrize(
-    ("action", "params", "destructive"),
+    ("action", "kind", "params", "effects"),
     [
-        pytest.param(Action.TERMINATE, {}, True, id="terminate"),
-        pytest.param(Action.STOP, {}, True, id="stop"),
-        pytest.param(Action.RESET, {}, True, id="reset"),
-        pytest.param(Action.START, {}, False, id="start"),
-        pytest.param(Action.SHUTDOWN, {"force_stop": True}, False, id="shutdown-force"),
-        pytest.param(Action.REBOOT, {}, False, id="reboot"),
-        pytest.param(Action.SUSPEND, {}, False, id="suspend"),
-        pytest.param(Action.RESUME, {}, False, id="resume"),
-        pytest.param(Action.RESIZE, {}, False, id="resize"),
-        pytest.param(Action.CONFIGURE, {}, False, id="configure"),
-        pytest.param(Action.CREATE, {}, False, id="create"),
-        pytest.param(Action.CLONE, {}, False, id="clone"),
-        pytest.param(Action.MIGRATE, {"target": "pve2"}, False, id="migrate-shared-storage"),
-        pytest.param(Action.MIGRATE, {"with-local-disks": 1}, True, id="migrate-local-wire-key"),
-        pytest.param(Action.MIGRATE, {"with_local_disks": True}, True, id="migrate-local-param"),
-        pytest.param(Action.MIGRATE, {"with_local_disks": "1"}, True, id="migrate-local-text-1"),
-        pytest.param(Action.MIGRATE, {"with-local-disks": 0}, False, id="migrate-local-0"),
-        pytest.param(Action.MIGRATE, {"with_local_disks": "0"}, False, id="migrate-local-text-0"),
+        pytest.param("terminate", Q, {}, {Effect.DESTROY}, id="terminate"),
+        pytest.param("stop", X, {}, {Effect.POWER_KILL}, id="stop"),
+        pytest.param("reset", None, {}, {Effect.POWER_KILL}, id="reset-any-kind"),
+        pytest.param("reset", X, {}, set(), id="reset-not-for-lxc"),
+        pytest.param("start", None, {}, set(), id="start"),
+        pytest.param("reboot", Q, {}, set(), id="reboot"),
+        pytest.param("suspend", Q, {"todisk": 1}, set(), id="suspend"),
+        pytest.param("resume", Q, {}, set(), id="resume"),
+        pytest.param("resize", Q, {"disk": "scsi0", "size": "40G"}, set(), id="resize"),
+        pytest.param("clone", Q, {"source_vmid": 100}, set(), id="clone"),
+        pytest.param("create", Q, {}, set(), id="create"),
+        pytest.param("create", X, {"force": 1}, {Effect.OVERWRITE}, id="create-force"),
+        pytest.param("shutdown", Q, {}, set(), id="shutdown"),
+        pytest.param("shutdown", Q, {"force_stop": True}, {Effect.POWER_KILL}, id="force-stop"),
+        pytest.param("shutdown", X, {"forceStop": "1"}, {Effect.POWER_KILL}, id="forceStop-1"),
+        pytest.param("shutdown", Q, {"force_stop": "0"}, set(), id="force-stop-text-0"),
+        pytest.param("shutdown", Q, {"force_stop": None}, set(), id="force-stop-null"),
+        pytest.param("configure", Q, {"cores": 4}, set(), id="configure-cores"),
+        pytest.param("configure", Q, {"delete": "balloon"}, set(), id="delete-plain-key"),
+        pytest.param("configure", Q, {"delete": "scsi0"}, {D}, id="delete-scsi0"),
+        pytest.param("configure", Q, {"delete": "cores,virtio1"}, {D}, id="delete-list"),
+        pytest.param("configure", Q, {"delete": "ide2;sata0"}, {D}, id="delete-semicolons"),
+        pytest.param("configure", Q, {"delete": "efidisk0"}, {D}, id="delete-efidisk0"),
+        pytest.param("configure", Q, {"delete": "tpmstate0"}, {D}, id="delete-tpmstate0"),
+        pytest.param("configure", Q, {"delete": "unused3"}, {D}, id="delete-unused3"),
+        pytest.param("configure", X, {"delete": "mp0"}, {D}, id="delete-mp0"),
+        pytest.param("configure", X, {"delete": "rootfs"}, {D}, id="delete-rootfs"),
+        pytest.param("configure", Q, {"revert": "scsi1"}, {D}, id="revert-disk"),
+        pytest.param("configure", Q, {"scsi0": "none"}, {D}, id="disk-none"),
+        pytest.param("configure", Q, {"virtio2": ""}, {D}, id="disk-empty"),
+        pytest.param("configure", Q, {"sata1": "file=none,media=disk"}, {D}, id="disk-file-none"),
+        pytest.param("configure", Q, {"scsi1": "local-lvm:32"}, set(), id="disk-added"),
+        pytest.param("configure", Q, {"protection": 0}, {Effect.PROTECTION_OFF}, id="prot-0"),
+        pytest.param("configure", X, {"protection": False}, {Effect.PROTECTION_OFF}, id="prot-f"),
+        pytest.param("configure", Q, {"delete": "protection"}, {Effect.PROTECTION_OFF}, id="del-p"),
+        pytest.param("configure", Q, {"protection": 1}, set(), id="protection-on"),
+        pytest.param("migrate", Q, {"target": "pve2"}, set(), id="migrate-shared"),
+        pytest.param("migrate", Q, {"with-local-disks": 1}, {Effect.LOCAL_DISK_MIGRATION}),
         pytest.param(
-            Action.MIGRATE, {"with_local_disks": "false"}, False, id="migrate-local-text-false"
+            "migrate", None, {"with_local_disks": True, "online": 1}, {Effect.LOCAL_DISK_MIGRATION}
         ),
+        pytest.param("migrate", Q, {"with_local_disks": "false"}, set(), id="local-text-false"),
+        pytest.param("migrate", Q, {"targetstorage": "local"}, {Effect.LOCAL_DISK_MIGRATION}),
+        pytest.param("migrate", X, {"target-storage": "a:b"}, {Effect.LOCAL_DISK_MIGRATION}),
+        pytest.param("migrate", X, {"target": "pve2", "restart": 1}, set(), id="lxc-restart"),
+        pytest.param("nonsense", None, {}, set(), id="unknown-action"),
+        pytest.param("stop", "xen", {}, set(), id="unknown-kind"),
     ],
 )
-def test_is_destructive(action: Action, params: Mapping[str, Any], destructive: bool) -> None:
-    """Destructive: terminate, stop, reset, and migrate only with local disks (SPEC §1)."""
-    assert is_destructive(spec_for(Q, action), params) is destructive
+def test_destructive_means_destructive_whatever_the_name(
+    action: str, kind: GuestKind | None, params: Mapping[str, Any], effects: set[Effect]
+) -> None:
+    """The one predicate names the data-losing variants of every action (issue 11 point 3)."""
+    assert destructive_effects(action, kind, params) == effects
+    assert is_destructive(action, kind, params) is bool(effects)
 
 
 # --- target predicates -----------------------------------------------------------------------

@@ -433,7 +433,8 @@ def test_systemd_execstart_is_a_valid_run_with_credentials() -> None:
 
 
 def test_containerfile_runs_unprivileged_with_an_api_token() -> None:
-    """The image: two stages, non-root numeric user, volume, port, healthcheck; 0.0.0.0 needs tokens."""
+    """The image: two stages, non-root numeric user, volume, port, healthcheck; 0.0.0.0 needs
+    tokens and TLS (no bearer token in clear text)."""
     text = CONTAINERFILE.read_text(encoding="utf-8")
     instructions = containerfile_instructions(text)
     by_word: dict[str, list[str]] = {}
@@ -463,6 +464,8 @@ def test_containerfile_runs_unprivileged_with_an_api_token() -> None:
     settings = load_settings(flags, env=env, config_file=TOML)
     assert settings.listen_host == "0.0.0.0"
     assert settings.api_token_file is not None  # a non-loopback listener MUST have tokens
+    assert settings.tls_cert_file is not None and settings.tls_key_file is not None
+    assert settings.insecure_listen is False
     assert [str(settings.listen_port)] == by_word["EXPOSE"]
     assert [str(settings.db.parent)] == by_word["VOLUME"]
 

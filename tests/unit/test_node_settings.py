@@ -41,7 +41,7 @@ def test_flag_env_and_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flags", "problem"),
     [
-        ({"signature_skew": "0s"}, "signature_skew must be positive"),
+        ({"signature_skew": "0s"}, "signature_skew must be between 1 and 86400"),
         ({"node_min_age": "soon"}, "--node-min-age"),
         ({"system_node": "maybe"}, "--system-node"),
     ],

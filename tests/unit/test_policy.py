@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 
 from lifecycled.config import load_settings
@@ -19,7 +20,7 @@ from lifecycled.domain.guests import (
     observed_hash,
     resources_of,
 )
-from lifecycled.domain.op import GuestKind, GuestRef, Op
+from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.errors import ConfigError
 from lifecycled.policy import GuestFacts, Verdict, decide, evaluate
 
@@ -83,11 +84,61 @@ def test_protected_guests_are_never_destroyed() -> None:
     assert verdict("terminate", facts, view(protection=1)).code == "protected"
     assert verdict("terminate", facts, protected_vmids=frozenset({101})).code == "protected"
     assert verdict("terminate", GuestFacts(origin="native", protected=True)).code == "protected"
-    assert verdict("stop", facts, view(protection=1)).verdict is Verdict.ALLOW
+    assert verdict("start", facts, view(protection=1)).verdict is Verdict.ALLOW
     refusal = evaluate(
         op("terminate"), spec_for(GuestKind.QEMU, "terminate"), view(protection=1), facts
     )
     assert refusal is not None and refusal.code == "protected"
+
+
+def with_params(action: str, facts: GuestFacts, v: GuestView, **params: Any) -> Any:
+    o = attrs.evolve(op(action), params=params)
+    return decide(o, spec_for(GuestKind.QEMU, action), v, facts)
+
+
+@pytest.mark.parametrize(
+    ("action", "params"),
+    [
+        ("stop", {}),
+        ("reset", {}),
+        ("shutdown", {"force_stop": True}),
+        ("configure", {"delete": "scsi0"}),
+        ("configure", {"delete": "unused0"}),
+        ("configure", {"virtio1": "none"}),
+        ("configure", {"delete": "unused0", "protection": 0}),
+        ("migrate", {"target": "pve2", "with-local-disks": 1}),
+    ],
+)
+def test_protection_refuses_every_destructive_variant(action: str, params: dict[str, Any]) -> None:
+    """Not only terminate: a forced shutdown, a disk removal or a local-disk migrate of a
+    protected guest is refused, from the Proxmox flag or the row's flag."""
+    facts = GuestFacts(origin="native", fingerprint=FP)
+    assert with_params(action, facts, view(protection=1), **params).code == "protected"
+    row = GuestFacts(origin="native", fingerprint=FP, protected=True)
+    assert with_params(action, row, view(), **params).code == "protected"
+
+
+def test_protection_allows_lifting_it_and_the_harmless_variants() -> None:
+    """Turning protection off is the way out (signed, audited: not refused by protection);
+    a plain shutdown, a config change and a shared-storage migrate stay allowed."""
+    facts = GuestFacts(origin="native", fingerprint=FP)
+    protected = view(protection=1)
+    for action, params in (
+        ("configure", {"protection": 0}),
+        ("configure", {"delete": "protection"}),
+        ("configure", {"cores": 4}),
+        ("shutdown", {}),
+        ("migrate", {"target": "pve2"}),
+    ):
+        assert with_params(action, facts, protected, **params).verdict is Verdict.ALLOW
+
+
+def test_reconciles_own_forced_shutdown_is_exempt_from_protection() -> None:
+    """Reconcile converges a protected native guest to stopped with its forced shutdown."""
+    o = attrs.evolve(op("shutdown"), params={"force_stop": True}, origin=Origin.RECONCILE)
+    facts = GuestFacts(origin="native", fingerprint=FP, protected=True)
+    v = decide(o, spec_for(GuestKind.QEMU, "shutdown"), view(protection=1), facts)
+    assert v.verdict is Verdict.ALLOW
 
 
 def test_observed_state_from_proxmox_status_and_lock() -> None:

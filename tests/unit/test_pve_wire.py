@@ -1219,10 +1219,23 @@ def test_bad_token_files(tmp_path: Path, content: str | None, message: str) -> N
     path = tmp_path / "token"
     if content is not None:
         path.write_text(content)
+        path.chmod(0o600)
     with pytest.raises(ConfigError, match=message) as info:
         load_token_file(path)
     assert SECRET not in str(info.value)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_token_file_open_to_others_is_refused(tmp_path: Path, mode: int) -> None:
+    """Readable (or writable) by group or others: refused in one line naming the mode and
+    the fix, never echoing the secret (it only warned before)."""
+    path = tmp_path / "token"
+    path.write_text(f"root@pam!lifecycled={SECRET}\n")
+    path.chmod(mode)
+    with pytest.raises(ConfigError, match=f"mode {mode:04o}.*chmod 600") as info:
+        load_token_file(path)
+    assert SECRET not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_token_user_is_validated() -> None:

@@ -11,14 +11,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lifecycled.domain.signing import (
     HEADERS,
+    IDEMPOTENCY_HEADER,
     NONCE_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    VERSION_HEADER,
     SignatureAccepted,
     SignatureRefused,
     TrustedKey,
     canonical_string,
-    needs_signature,
     parse_timestamp,
     parse_trusted_keys,
     sign,
@@ -31,6 +32,7 @@ NOW = 1_732_291_200.0
 BODY = b'{"action": "terminate", "vmid": 101}'
 NONCE = "n-0123456789abcdef"
 SKEW = 300.0
+NODE = "pve1"
 
 
 def keypair(key_id: str) -> tuple[Ed25519PrivateKey, dict[str, TrustedKey]]:
@@ -47,8 +49,10 @@ def signed(
     nonce: str = NONCE,
     body: bytes = BODY,
     path: str = "/v1/ops",
+    node: str = NODE,
+    idempotency_key: str | None = None,
 ) -> dict[str, str]:
-    return sign(
+    headers = sign(
         private,
         key_id=key_id,
         method="POST",
@@ -56,7 +60,12 @@ def signed(
         body=body,
         timestamp=timestamp,
         nonce=nonce,
+        node=node,
+        idempotency_key=idempotency_key,
     )
+    if idempotency_key is not None:
+        headers[IDEMPOTENCY_HEADER] = idempotency_key
+    return headers
 
 
 def check(
@@ -67,17 +76,50 @@ def check(
     body: bytes = BODY,
     path: str = "/v1/ops",
     method: str = "POST",
+    node: str = NODE,
 ) -> SignatureAccepted | SignatureRefused:
-    return verify(keys, method=method, path=path, body=body, headers=headers, now=now, skew=SKEW)
-
-
-def test_canonical_string_is_five_lines_with_the_body_hash() -> None:
-    """METHOD, PATH, TIMESTAMP, NONCE and the hex SHA-256 of the body, joined by newlines."""
-    text = canonical_string("post", "/v1/ops", "1732291200", NONCE, BODY)
-    assert (
-        text == (f"POST\n/v1/ops\n1732291200\n{NONCE}\n{hashlib.sha256(BODY).hexdigest()}").encode()
+    return verify(
+        keys, method=method, path=path, body=body, headers=headers, node=node, now=now, skew=SKEW
     )
+
+
+def test_canonical_string_v2_has_the_node_and_the_idempotency_key() -> None:
+    """v2, METHOD, PATH, NODE, Idempotency-Key header, TIMESTAMP, NONCE, SHA-256 of the body."""
+    digest = hashlib.sha256(BODY).hexdigest()
+    text = canonical_string(
+        "post", "/v1/ops", "1732291200", NONCE, BODY, node="pve1", idempotency_key="k-1"
+    )
+    assert text == f"v2\nPOST\n/v1/ops\npve1\nk-1\n1732291200\n{NONCE}\n{digest}".encode()
     assert not text.endswith(b"\n")
+    bare = canonical_string("POST", "/v1/ops", "1", NONCE, BODY, node="pve1", idempotency_key=None)
+    assert bare.split(b"\n")[4] == b""
+
+
+def test_a_v1_client_is_told_which_version_to_speak() -> None:
+    """A v1 signature (no version header) or another version: signature_version_unsupported,
+    naming v2 — not a bare signature_invalid."""
+    private, keys = keypair("ops-2024")
+    v1 = signed(private)
+    del v1[VERSION_HEADER]
+    for headers in (v1, {**signed(private), VERSION_HEADER: "v1"}):
+        verdict = check(keys, headers)
+        assert isinstance(verdict, SignatureRefused)
+        assert verdict.code == "signature_version_unsupported" and "v2" in verdict.reason
+
+
+def test_a_signature_for_another_node_or_idempotency_key_is_invalid() -> None:
+    """Captured at pve1's sidecar and replayed at pve2's, or with the Idempotency-Key header
+    swapped: signature_invalid."""
+    private, keys = keypair("ops-2024")
+    assert isinstance(check(keys, signed(private), node="pve2"), SignatureRefused)
+    headers = signed(private, idempotency_key="order-1")
+    assert isinstance(check(keys, headers), SignatureAccepted)
+    swapped = {**headers, IDEMPOTENCY_HEADER: "order-2"}
+    verdict = check(keys, swapped)
+    assert isinstance(verdict, SignatureRefused) and verdict.code == "signature_invalid"
+    dropped = dict(headers)
+    del dropped[IDEMPOTENCY_HEADER]
+    assert isinstance(check(keys, dropped), SignatureRefused)
 
 
 def test_a_good_signature_is_accepted_with_its_nonce_expiry() -> None:
@@ -91,7 +133,7 @@ def test_a_good_signature_is_accepted_with_its_nonce_expiry() -> None:
 
 @pytest.mark.parametrize("missing", HEADERS)
 def test_each_missing_header_means_signature_required(missing: str) -> None:
-    """Without any one of the four headers: signature_required, naming the header."""
+    """Without any one of the four v2 signature headers: signature_required, naming it."""
     private, keys = keypair("ops-2024")
     headers = signed(private)
     del headers[missing]
@@ -242,28 +284,6 @@ def test_duplicate_key_ids_are_refused() -> None:
     line = trusted_key_line("k1", Ed25519PrivateKey.generate().public_key())
     with pytest.raises(ConfigError, match="duplicate"):
         parse_trusted_keys(f"{line}\n{line}", "keys")
-
-
-@pytest.mark.parametrize(
-    ("action", "kind", "params", "expected"),
-    [
-        ("terminate", None, {}, True),
-        ("stop", "lxc", {}, True),
-        ("reset", None, {}, True),
-        ("reset", "qemu", {}, True),
-        ("migrate", None, {"target": "pve2"}, False),
-        ("migrate", "qemu", {"target": "pve2", "with_local_disks": True}, True),
-        ("migrate", None, {"target": "pve2", "with-local-disks": 1}, True),
-        ("start", None, {}, False),
-        ("shutdown", "qemu", {}, False),
-        ("nonsense", None, {}, False),
-    ],
-)
-def test_needs_signature_follows_the_destructive_actions(
-    action: str, kind: str | None, params: dict[str, object], expected: bool
-) -> None:
-    """terminate, stop, reset and migrate with local disks need a signature; nothing else."""
-    assert needs_signature(action, kind, params) is expected
 
 
 def test_nonce_header_name_is_stable() -> None:
