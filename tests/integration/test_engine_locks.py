@@ -91,7 +91,6 @@ async def test_boolean_that_is_no_boolean_is_refused_at_submission(
     async with running(sim, tmp_path) as rt:
         with pytest.raises(ValidationError) as info:
             await submit(rt, "stop", guest, key="bad-bool", **{"overrule-shutdown": "yes"})
-    assert info.value.details == {
-        "params.overrule-shutdown": "expected a boolean (true, false, 1 or 0), got 'yes'"
-    }
+    assert list(info.value.details) == ["params.overrule-shutdown"]
+    assert "boolean" in info.value.details["params.overrule-shutdown"]
     assert writes_to(sim, guest.vmid) == []
