@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from typing import Annotated
 
@@ -23,6 +24,7 @@ from lifecycled.cli.options import (
     PveUserOpt,
     settings_from,
 )
+from lifecycled.config import config_file_for
 from lifecycled.errors import LifecycledError
 
 _MARK = {"ok": "✓", "fail": "✗", "skip": "-"}
@@ -59,7 +61,8 @@ def doctor(
     except LifecycledError as exc:
         findings = [bad("config", str(exc), "fix the file or flag named above")]
     else:
-        where = config or "defaults, environment and flags"
+        used = config_file_for(config, os.environ)
+        where = used if used is not None else "no config file: defaults, environment and flags"
         findings = [ok("config", f"valid ({where})")]
         findings += asyncio.run(diagnose(settings, lambda s: build_pve_client(s, Metrics())))
     failed = any(f.status.value == "fail" for f in findings)

@@ -53,6 +53,11 @@ async def test_doctor_all_green_against_the_simulator(sim: SimServer, tmp_path: 
     assert text.code == 0
     lines = text.out.splitlines()
     assert all(line.startswith("✓ ") for line in lines), lines
+    assert lines[0] == "✓ config: valid (no config file: defaults, environment and flags)"
+    cfg = tmp_path / "lifecycled.toml"
+    cfg.write_text('node = "pve1"\n')
+    named = await doctor(*args, "--config", str(cfg), cwd=tmp_path)
+    assert named.out.splitlines()[0] == f"✓ config: valid ({cfg})"
     assert len(lines) == len(found)
 
 
