@@ -233,7 +233,7 @@ async def door_middleware(request: web.Request, handler: Handler) -> web.StreamR
             await audit_refusal(
                 request,
                 actor=f"http:{request.remote or 'unknown'}",
-                action=f"http:{request.method}",
+                action="door",
                 reason=f"{refusal.code}: {refusal.reason}",
                 extra={
                     "host": (request.headers.get("Host") or "")[:200],
@@ -259,7 +259,7 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
             await audit_refusal(
                 request,
                 actor=key,
-                action=request.match_info.route.name or f"http:{request.method}",
+                action=request.match_info.route.name or "write",
                 reason=f"rate_limited: more than {guard.writes.limit.burst} writes at once "
                 f"or {guard.writes.limit.rate:g} a second",
             )

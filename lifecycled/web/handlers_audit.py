@@ -1,5 +1,5 @@
 """``GET /v1/audit``: the append-only audit log, filtered by guest, action, decision and
-time, newest first (SPEC §4 "Audit log")."""
+time, newest first (SPEC §4 "Audit log"); ``POST /v1/audit/prune``: its retention (admin)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from typing import Any
 
 from aiohttp import web
 
-from lifecycled.audit import AuditPage, Decision
-from lifecycled.domain.serialize import parse_rfc3339
+from lifecycled.audit import AuditPage, Decision, prune_cutoff
+from lifecycled.domain.durations import parse_duration
+from lifecycled.domain.serialize import parse_rfc3339, rfc3339
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
+from lifecycled.web.auth import request_actor
+from lifecycled.web.errors import ApiError
 from lifecycled.web.inputs import (
     DEFAULT_LIMIT,
     MAX_ID,
@@ -19,8 +22,9 @@ from lifecycled.web.inputs import (
     parse_limit,
     parse_query,
     parse_vmid,
+    read_json_object,
 )
-from lifecycled.web.routes import Route, error, ok, query, runtime_of
+from lifecycled.web.routes import JSON, Route, error, ok, query, ref, runtime_of
 
 DECISIONS = [str(d) for d in Decision]
 
@@ -88,6 +92,35 @@ async def list_audit(request: web.Request) -> web.Response:
     return web.json_response(_audit_body(page))
 
 
+async def prune_audit(request: web.Request) -> web.Response:
+    """``POST /v1/audit/prune``: delete records older than ``older_than`` (audited itself)."""
+    runtime = runtime_of(request)
+    body = await read_json_object(request, runtime.settings.max_body_bytes)
+    unknown = sorted(k for k in body if k != "older_than")
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_field",
+            f"unknown field(s): {', '.join(unknown)}",
+            details=dict.fromkeys(unknown, "unknown field"),
+        )
+    older_than = body.get("older_than")
+    now = runtime.clock.now()
+    try:
+        if not isinstance(older_than, str) or len(older_than) > 32:
+            raise ValueError("must be a duration such as 90d")
+        before = prune_cutoff(now, parse_duration(older_than))
+    except ValueError as exc:
+        raise ApiError(
+            422, "validation_failed", f"older_than: {exc}", details={"older_than": str(exc)}
+        ) from None
+    record = await runtime.journal.prune_audit(before=before, actor=request_actor(request), now=now)
+    assert record.snapshot is not None
+    return web.json_response(
+        {"pruned": record.snapshot["pruned"], "before": rfc3339(before), "audit": record.to_dict()}
+    )
+
+
 _LIMIT = query(
     "limit",
     f"Page size (default {DEFAULT_LIMIT}).",
@@ -130,5 +163,57 @@ ROUTES: tuple[Route, ...] = (
             ),
         ),
         responses={200: ok("One page of audit records.", "AuditPage"), 400: _BAD_QUERY},
+    ),
+    Route(
+        method="POST",
+        path="/v1/audit/prune",
+        handler=prune_audit,
+        operation_id="pruneAudit",
+        summary="Delete audit records older than a retention (admin)",
+        tag="audit",
+        description=(
+            "Deletes records older than `older_than` (at least `1d`); the prune itself is "
+            "audited (decision `pruned`, action `audit_prune`). Needs the admin role."
+        ),
+        request_body={
+            "required": True,
+            "content": {
+                JSON: {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["older_than"],
+                        "properties": {
+                            "older_than": {
+                                "type": "string",
+                                "maxLength": 32,
+                                "description": "A duration of at least 1d, e.g. 90d.",
+                            }
+                        },
+                    }
+                }
+            },
+        },
+        responses={
+            200: {
+                "description": "How many records were deleted, and the prune's own record.",
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["pruned", "before", "audit"],
+                            "properties": {
+                                "pruned": {"type": "integer", "minimum": 0},
+                                "before": {"type": "string", "format": "date-time"},
+                                "audit": ref("AuditRecord"),
+                            },
+                        }
+                    }
+                },
+            },
+            400: error("Malformed JSON or an unknown field."),
+            413: error("The body is larger than max_body_bytes (`body_too_large`)."),
+            422: error("older_than is not a duration of at least 1d (`validation_failed`)."),
+        },
     ),
 )

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 from conftest_web import ALICE, OPERATOR, READER, WebEnv, pick, serving
 
+from lifecycled.audit import AuditRecord, Decision
 from lifecycled.sim import SimServer
 
 EVIL = "http://evil.example"
@@ -284,3 +285,36 @@ async def test_loopback_writes_are_limited_per_peer(sim: SimServer, tmp_path: Pa
         async with env.http.post("/v1/ops/999/cancel") as resp:
             assert resp.status == 429
             assert resp.headers["Retry-After"] == "10"
+
+
+# --- audit retention ---------------------------------------------------------------------------
+
+
+async def test_audit_prune_over_http_is_admin_only(sim: SimServer, tmp_path: Path) -> None:
+    """POST /v1/audit/prune: operate is 403; admin deletes older records and is audited."""
+    async with serving(sim, tmp_path, run=False, headers=ALICE) as env:
+        journal = env.runtime.journal
+        now = env.runtime.clock.now()
+        await journal.append_audit(
+            AuditRecord(
+                at=now - 100 * 86400,
+                actor="cli",
+                action="stop",
+                decision=Decision.ALLOWED,
+                reason="old",
+            )
+        )
+        async with env.http.post(
+            "/v1/audit/prune", json={"older_than": "90d"}, headers=OPERATOR
+        ) as resp:
+            assert resp.status == 403
+        async with env.http.post("/v1/audit/prune", json={"older_than": "1h"}) as resp:
+            assert resp.status == 422
+        async with env.http.post("/v1/audit/prune", json={"older_than": "90d"}) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert body["pruned"] == 1
+        assert body["audit"]["actor"] == "api:alice"
+        left = (await journal.list_audit()).items
+        assert "old" not in {r.reason for r in left}
+        assert [r.action for r in left if r.decision is Decision.PRUNED] == ["audit_prune"]
