@@ -154,3 +154,28 @@ def test_bucket_never_allows_more_than_burst_plus_rate(
         else:
             assert wait >= 1
     assert allowed <= burst + rate * now + 1e-6
+
+
+def test_limit_settings_load_and_are_bounded() -> None:
+    """http_timeout, max_connections, write_rate and write_burst load from env; out of range
+    is a ConfigError naming the option."""
+    from lifecycled.config import load_settings
+    from lifecycled.errors import ConfigError
+
+    env = {
+        "LIFECYCLED_HTTP_TIMEOUT": "2s",
+        "LIFECYCLED_MAX_CONNECTIONS": "8",
+        "LIFECYCLED_WRITE_RATE": "0.5",
+        "LIFECYCLED_WRITE_BURST": "3",
+    }
+    s = load_settings({}, env=env, system_config=None)
+    assert (s.http_timeout, s.max_connections, s.write_rate, s.write_burst) == (2.0, 8, 0.5, 3)
+    for name, value in (
+        ("http_timeout", "0s"),
+        ("max_connections", "0"),
+        ("write_rate", "0"),
+        ("write_rate", "nan"),
+        ("write_burst", "0"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            load_settings({name: value}, env={}, system_config=None)
