@@ -31,7 +31,7 @@ from lifecycled.config import is_loopback, read_secret_text
 from lifecycled.domain.access import Role, allows, required_role
 from lifecycled.errors import ConfigError
 from lifecycled.web.errors import ApiError
-from lifecycled.web.guard import RATE_KEY, audit_refusal
+from lifecycled.web.guard import CALLER_KEY, Caller, audit_refusal
 
 log = logging.getLogger("lifecycled.web")
 
@@ -293,11 +293,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[ACTOR_KEY] = identity.actor
         request[ROLE_KEY] = identity.role
         # Writes are limited per token; in loopback-only mode per peer address.
-        request[RATE_KEY] = (
+        bucket = (
             f"peer:{request.remote or 'unknown'}"
             if identity is LOOPBACK_IDENTITY
             else identity.actor
         )
+        request[CALLER_KEY] = Caller(actor=identity.actor, bucket=bucket)
         name = request.match_info.route.name
         if name is not None:
             declared = request.app[ROUTE_ROLES_KEY].get(name)

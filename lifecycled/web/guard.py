@@ -108,8 +108,18 @@ class Guard:
 
 
 GUARD_KEY = web.AppKey("guard", Guard)
-#: The write-rate bucket of an authenticated request, set by the auth middleware.
-RATE_KEY = web.RequestKey("rate_key", str)
+
+
+@attrs.frozen(kw_only=True)
+class Caller:
+    """An authenticated request's actor and the write-rate bucket it spends from."""
+
+    actor: str
+    bucket: str
+
+
+#: Set by the auth middleware on every authenticated request.
+CALLER_KEY = web.RequestKey("caller", Caller)
 
 
 def body_digest(body: bytes | None) -> dict[str, Any]:
@@ -249,16 +259,19 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Writes: the caller's rate limit (429), then the whole body within the timeout (408)."""
     if not _is_write(request):
         return await handler(request)
-    key = request.get(RATE_KEY)
-    if key is not None:
+    caller = request.get(CALLER_KEY)
+    if caller is not None:
         guard = request.app[GUARD_KEY]
         now = request.app[RUNTIME_KEY].clock.now()
-        wait = guard.writes.check(key, now)
+        wait = guard.writes.check(caller.bucket, now)
         if wait is not None:
-            log.warning("http.rate_limited", extra={"caller": key, "retry_after": wait})
+            log.warning(
+                "http.rate_limited",
+                extra={"actor": caller.actor, "bucket": caller.bucket, "retry_after": wait},
+            )
             await audit_refusal(
                 request,
-                actor=key,
+                actor=caller.actor,
                 action=request.match_info.route.name or "write",
                 reason=f"rate_limited: more than {guard.writes.limit.burst} writes at once "
                 f"or {guard.writes.limit.rate:g} a second",

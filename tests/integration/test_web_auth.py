@@ -238,3 +238,18 @@ async def test_a_second_server_cannot_bind_the_same_port(sim: SimServer, tmp_pat
                 await start_web(runtime)
         finally:
             await runtime.close()
+
+
+async def test_role_less_token_lines_are_warned_about_once(
+    sim: SimServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Older name:token and bare-token lines load as admin with one warning naming them."""
+    caplog.set_level(logging.INFO)
+    async with (
+        serving(sim, tmp_path, run=False, headers=BOB) as env,
+        env.http.post("/v1/node/drain") as resp,
+    ):
+        assert resp.status == 200  # bob's line has no role: admin
+    warned = [r for r in caplog.records if r.getMessage() == "web.auth_tokens_without_role"]
+    assert len(warned) == 1
+    assert warned[0].names == ["bob", "token-3"]  # type: ignore[attr-defined]
