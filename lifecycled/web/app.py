@@ -1,4 +1,5 @@
-"""The aiohttp application and its embedding (``AppRunner``/``TCPSite``, never ``run_app``).
+"""The aiohttp application and its embedding: ``AppRunner`` and a guarded listener (never
+``run_app``).
 
 :func:`start_web` is the runtime's :data:`~lifecycled.engine.runtime.WebStarter`: it binds
 ``settings.listen``, records the real URL on ``runtime.web_url`` (port 0 included) and
