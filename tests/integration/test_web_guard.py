@@ -74,6 +74,18 @@ async def test_a_cross_origin_text_plain_terminate_is_refused(
         assert status == 202, answer
 
 
+async def test_with_tokens_a_foreign_origin_is_refused_too(sim: SimServer, tmp_path: Path) -> None:
+    """Token mode: even with a valid admin token, a write from another origin is 403."""
+    guest = pick(sim, "qemu", running=False)
+    async with serving(sim, tmp_path, run=False, headers=ALICE) as env:
+        status, answer = await env.submit(
+            {"action": "start", "vmid": guest.vmid, "kind": "qemu"}, headers={"Origin": EVIL}
+        )
+        assert status == 403
+        assert answer["error"]["code"] == "cross_origin"
+        assert await env.op_count() == 0
+
+
 async def test_a_rebinding_host_is_refused(sim: SimServer, tmp_path: Path) -> None:
     """A Host naming another site (DNS rebinding) is 421 on every path; own names pass."""
     async with serving(sim, tmp_path, run=False, tokens=None) as env:
