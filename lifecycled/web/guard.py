@@ -171,10 +171,11 @@ async def audit_refusal(
     source = request.remote or "unknown"
     if guard.refusal_audits.check(source, now) is not None:
         guard.unaudited += 1
-        log.warning(
-            "http.refusal_not_audited",
-            extra={"remote": source, "reason": reason, "unaudited": guard.unaudited},
-        )
+        if guard.unaudited == 1 or guard.unaudited % 100 == 0:
+            log.warning(
+                "http.refusal_not_audited",
+                extra={"remote": source, "reason": reason, "unaudited": guard.unaudited},
+            )
         return
     body: bytes | None = None
     if request.body_exists:

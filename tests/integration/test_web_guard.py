@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,23 @@ async def test_a_refused_write_is_audited_with_a_bounded_digest(
     assert row.snapshot["body_head"] == body[:32].decode()
     assert len(row.snapshot["body_sha256"]) == 64
     assert len(json.dumps(row.snapshot)) < 1024
+
+
+async def test_a_flood_of_refusals_cannot_flood_the_audit_log(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """60 refused cross-site writes: all answered 403, audited only up to the burst (30) plus
+    one a second."""
+    async with serving(sim, tmp_path, run=False, tokens=None) as env:
+        started = env.runtime.clock.now()
+        for _ in range(60):
+            status, _h, _a = await _raw_post(
+                env, "/v1/ops", b"{}", {"Content-Type": "text/plain", "Origin": EVIL}
+            )
+            assert status == 403
+        elapsed = env.runtime.clock.now() - started
+        audited = len(await _audit_refusals(env))
+    assert 30 <= audited <= 30 + math.ceil(elapsed)
 
 
 # --- roles -------------------------------------------------------------------------------------
