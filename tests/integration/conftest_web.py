@@ -63,6 +63,9 @@ def web_settings(
         "poll_interval": 0.1,
         "stale_after": 120.0,
         "reconcile_on_start": False,
+        # Tests of other rules send many writes quickly; the write-rate tests set their own.
+        "write_rate": 10_000.0,
+        "write_burst": 100_000,
     }
     values.update(overrides)
     return Settings(**values)

@@ -348,3 +348,23 @@ async def test_audit_prune_over_http_is_admin_only(sim: SimServer, tmp_path: Pat
         left = (await journal.list_audit()).items
         assert "old" not in {r.reason for r in left}
         assert [r.action for r in left if r.decision is Decision.PRUNED] == ["audit_prune"]
+
+
+async def test_the_openapi_document_names_roles_and_limits(sim: SimServer, tmp_path: Path) -> None:
+    """Each /v1 operation names its role; writes declare 408 and 429, every route 421."""
+    async with serving(sim, tmp_path, run=False) as env:
+        _status, doc = await env.get_json("/openapi.json")
+    paths = doc["paths"]
+    roles = {
+        ("post", "/v1/ops"): "operate",
+        ("get", "/v1/ops"): "read",
+        ("post", "/v1/ops/{id}/cancel"): "operate",
+        ("delete", "/v1/dead-letters/{id}"): "admin",
+        ("post", "/v1/guests/{vmid}/manage"): "admin",
+        ("post", "/v1/audit/prune"): "admin",
+    }
+    for (method, path), role in roles.items():
+        assert paths[path][method]["x-lifecycled-role"] == role, (method, path)
+    assert {"408", "429"} <= paths["/v1/ops"]["post"]["responses"].keys()
+    assert "429" not in paths["/v1/ops"]["get"]["responses"]
+    assert "421" in paths["/healthz"]["get"]["responses"]
