@@ -9,7 +9,6 @@ from typing import Any
 from aiohttp import web
 
 from lifecycled.audit import AuditPage, Decision, prune_cutoff
-from lifecycled.domain.durations import parse_duration
 from lifecycled.domain.serialize import parse_rfc3339, rfc3339
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
 from lifecycled.web.auth import request_actor
@@ -92,11 +91,15 @@ async def list_audit(request: web.Request) -> web.Response:
     return web.json_response(_audit_body(page))
 
 
+#: The longest retention a prune may name (100 years).
+MAX_PRUNE_DAYS = 36500
+
+
 async def prune_audit(request: web.Request) -> web.Response:
-    """``POST /v1/audit/prune``: delete records older than ``older_than`` (audited itself)."""
+    """``POST /v1/audit/prune``: delete records older than ``older_than_days`` (audited)."""
     runtime = runtime_of(request)
     body = await read_json_object(request, runtime.settings.max_body_bytes)
-    unknown = sorted(k for k in body if k != "older_than")
+    unknown = sorted(k for k in body if k != "older_than_days")
     if unknown:
         raise ApiError(
             400,
@@ -104,16 +107,16 @@ async def prune_audit(request: web.Request) -> web.Response:
             f"unknown field(s): {', '.join(unknown)}",
             details=dict.fromkeys(unknown, "unknown field"),
         )
-    older_than = body.get("older_than")
-    now = runtime.clock.now()
-    try:
-        if not isinstance(older_than, str) or len(older_than) > 32:
-            raise ValueError("must be a duration such as 90d")
-        before = prune_cutoff(now, parse_duration(older_than))
-    except ValueError as exc:
+    days = body.get("older_than_days")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_PRUNE_DAYS:
         raise ApiError(
-            422, "validation_failed", f"older_than: {exc}", details={"older_than": str(exc)}
-        ) from None
+            400,
+            "invalid_request",
+            "the request body has the wrong shape",
+            details={"older_than_days": f"must be a whole number from 1 to {MAX_PRUNE_DAYS}"},
+        )
+    now = runtime.clock.now()
+    before = prune_cutoff(now, days * 86400.0)
     record = await runtime.journal.prune_audit(before=before, actor=request_actor(request), now=now)
     assert record.snapshot is not None
     return web.json_response(
@@ -172,7 +175,7 @@ ROUTES: tuple[Route, ...] = (
         summary="Delete audit records older than a retention (admin)",
         tag="audit",
         description=(
-            "Deletes records older than `older_than` (at least `1d`); the prune itself is "
+            "Deletes records older than `older_than_days` (at least 1); the prune itself is "
             "audited (decision `pruned`, action `audit_prune`). Needs the admin role."
         ),
         request_body={
@@ -182,12 +185,13 @@ ROUTES: tuple[Route, ...] = (
                     "schema": {
                         "type": "object",
                         "additionalProperties": False,
-                        "required": ["older_than"],
+                        "required": ["older_than_days"],
                         "properties": {
-                            "older_than": {
-                                "type": "string",
-                                "maxLength": 32,
-                                "description": "A duration of at least 1d, e.g. 90d.",
+                            "older_than_days": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_PRUNE_DAYS,
+                                "description": "Delete records older than this many days.",
                             }
                         },
                     }
@@ -211,9 +215,11 @@ ROUTES: tuple[Route, ...] = (
                     }
                 },
             },
-            400: error("Malformed JSON or an unknown field."),
+            400: error(
+                "Malformed JSON, an unknown field, or older_than_days not a whole number "
+                "from 1 to 36500 (`invalid_request`)."
+            ),
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
-            422: error("older_than is not a duration of at least 1d (`validation_failed`)."),
         },
     ),
 )

@@ -335,12 +335,13 @@ async def test_audit_prune_over_http_is_admin_only(sim: SimServer, tmp_path: Pat
             )
         )
         async with env.http.post(
-            "/v1/audit/prune", json={"older_than": "90d"}, headers=OPERATOR
+            "/v1/audit/prune", json={"older_than_days": 90}, headers=OPERATOR
         ) as resp:
             assert resp.status == 403
-        async with env.http.post("/v1/audit/prune", json={"older_than": "1h"}) as resp:
-            assert resp.status == 422
-        async with env.http.post("/v1/audit/prune", json={"older_than": "90d"}) as resp:
+        for bad in (0, "90d", True, 36501):
+            async with env.http.post("/v1/audit/prune", json={"older_than_days": bad}) as resp:
+                assert resp.status == 400, bad
+        async with env.http.post("/v1/audit/prune", json={"older_than_days": 90}) as resp:
             assert resp.status == 200
             body = await resp.json()
         assert body["pruned"] == 1
