@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import trustme
 from conftest_web import ALICE, OPERATOR, READER, WebEnv, pick, serving
 
 from lifecycled.audit import AuditRecord, Decision
@@ -369,3 +370,24 @@ async def test_the_openapi_document_names_roles_and_limits(sim: SimServer, tmp_p
     assert {"408", "429"} <= paths["/v1/ops"]["post"]["responses"].keys()
     assert "429" not in paths["/v1/ops"]["get"]["responses"]
     assert "421" in paths["/healthz"]["get"]["responses"]
+
+
+async def test_an_unfinished_tls_handshake_is_closed_within_the_timeout(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """A TLS listener closes a connection that sends a partial ClientHello, after http_timeout."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    key_file.chmod(0o600)
+    async with serving(
+        sim, tmp_path, run=False, tls_cert_file=cert_file, tls_key_file=key_file, http_timeout=1.0
+    ) as env:
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(env))
+        writer.write(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, never finished
+        try:
+            assert await _closed_within(reader, 5.0) == b""
+        finally:
+            writer.close()
