@@ -239,12 +239,16 @@ class DaemonProc:
         return counts
 
 
+#: The benchmarks' API token (admin: they submit every action).
+BENCH_API_TOKEN = "bench-api-token-0001"
+
+
 def daemon_args(db: Path, sim_url: str, work: Path, port: int, **flags: Any) -> list[str]:
     token_file = work / "pve.token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
     api_file = work / "api.tokens"
-    api_file.write_text("bench:bench-api-token\n")
+    api_file.write_text(f"bench:admin:{BENCH_API_TOKEN}\n")
     api_file.chmod(0o600)
     args = [
         "run",
@@ -261,6 +265,11 @@ def daemon_args(db: Path, sim_url: str, work: Path, port: int, **flags: Any) -> 
         "--api-token-file",
         str(api_file),
         "--no-reconcile-on-start",
+        # Benchmarks measure the daemon, not its per-token write limit.
+        "--write-rate",
+        "100000",
+        "--write-burst",
+        "1000000",
         "--log-format",
         "json",
     ]
@@ -293,7 +302,7 @@ async def daemon_process(
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
             await wait_ready(session, f"{url}/readyz", child, ready_within)
-            yield DaemonProc(child=child, url=url, session=session, api_token="bench-api-token")
+            yield DaemonProc(child=child, url=url, session=session, api_token=BENCH_API_TOKEN)
     finally:
         await child.stop(30)
 

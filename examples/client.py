@@ -72,8 +72,8 @@ class Unreachable(Exception):
 def read_token(path: Path) -> str:
     """The bearer token: the first non-empty, non-comment line of ``path``.
 
-    A line of the daemon's own token file format (``name:token``) is accepted too; only the
-    part after the first ``:`` is sent.
+    A line of the daemon's own token file format (``name:role:token``, or the older
+    ``name:token``) is accepted too; only the part after the last ``:`` is sent.
     """
     try:
         text = path.expanduser().read_text(encoding="utf-8")
@@ -82,7 +82,7 @@ def read_token(path: Path) -> str:
     for raw in text.splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
-            return line.partition(":")[2] if ":" in line else line
+            return line.rpartition(":")[2]
     raise SystemExit(f"{PROG}: error: token file {path} holds no token")
 
 

@@ -26,6 +26,19 @@ class Decision(enum.StrEnum):
     ADOPTED = "adopted"
     RELEASED = "released"
     NODE_TRANSITION = "node_transition"
+    PRUNED = "pruned"  # ``lifecycled audit prune`` removed older records (it audits itself)
+
+
+#: The youngest records ``audit prune`` may remove: a prune never erases the last day.
+MIN_AUDIT_RETENTION = 86400.0
+
+
+def prune_cutoff(now: float, older_than: float) -> float:
+    """The time before which ``audit prune --older-than`` removes records (ValueError if the
+    retention is shorter than :data:`MIN_AUDIT_RETENTION`)."""
+    if not older_than >= MIN_AUDIT_RETENTION:
+        raise ValueError("the audit log keeps at least one day: --older-than must be 1d or more")
+    return now - older_than
 
 
 def _snapshot(value: Mapping[str, Any] | None) -> dict[str, Any] | None:

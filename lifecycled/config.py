@@ -98,6 +98,13 @@ class Settings:
     protected_vmids: frozenset[int] = frozenset()
     #: How long a native terminate waits for its stop op before it fails (guest kept).
     terminate_stop_timeout: float = 300.0
+    #: HTTP limits (docs/SECURITY.md): a request head, an idle keep-alive connection and a
+    #: request body must each arrive within this time; at most this many connections at once.
+    http_timeout: float = 20.0
+    max_connections: int = 256
+    #: Writes per token (per peer in loopback-only mode): a burst, then a rate per second.
+    write_rate: float = 20.0
+    write_burst: int = 100
 
     @property
     def listen_host(self) -> str:
@@ -147,11 +154,20 @@ _DURATIONS = {
     "node_min_age",
     "signature_skew",
     "terminate_stop_timeout",
+    "http_timeout",
 }
 _BOOLS = {"pve_insecure", "reconcile_on_start", "system_node", "insecure_listen"}
-_INTS = {"workers", "node_cap", "max_retries", "reconcile_max_commands", "max_body_bytes"}
-#: Plain numbers that are not durations (none yet; bounded in BOUNDS like the others).
-_FLOATS: set[str] = set()
+_INTS = {
+    "workers",
+    "node_cap",
+    "max_retries",
+    "reconcile_max_commands",
+    "max_body_bytes",
+    "max_connections",
+    "write_burst",
+}
+#: Plain numbers that are not durations (bounded in BOUNDS like the others).
+_FLOATS: set[str] = {"write_rate"}
 _PATHS = {
     "db",
     "pve_token_file",
@@ -188,6 +204,10 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "node_min_age": (0.0, 3650 * _DAY),
     "signature_skew": (1.0, _DAY),
     "terminate_stop_timeout": (0.1, _DAY),
+    "http_timeout": (0.5, _HOUR),
+    "max_connections": (1, 100_000),
+    "write_rate": (0.01, 100_000),
+    "write_burst": (1, 1_000_000),
 }
 #: Largest secret file read (a token, a key list, a password).
 MAX_SECRET_BYTES = 1024 * 1024

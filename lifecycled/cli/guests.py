@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -349,6 +350,41 @@ def audit_list(
         )
     if page.next_cursor is not None:
         typer.echo(f"more: --cursor {page.next_cursor}", err=as_json)
+
+
+@audit_app.command("prune")
+@handle_errors
+def audit_prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than", help="Delete records older than this (at least 1d), e.g. 90d."
+        ),
+    ] = "90d",
+    db: DbOpt = DEFAULT_DB,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete audit records older than --older-than; the prune is itself audited."""
+    from lifecycled.audit import prune_cutoff
+    from lifecycled.cli._journal import duration_option
+
+    now = time.time()
+    try:
+        before = prune_cutoff(now, duration_option(older_than, "--older-than"))
+    except ValueError as exc:
+        fail(f"--older-than: {exc}", EXIT_USAGE)
+
+    async def work(journal: Journal) -> Any:
+        return await journal.prune_audit(before=before, actor="cli", now=now)
+
+    record = _with_journal(db, work, create=False)
+    assert record.snapshot is not None
+    pruned = record.snapshot["pruned"]
+    if as_json:
+        print_json({"pruned": pruned, "before": rfc3339(before), "audit_id": record.id})
+    else:
+        typer.echo(f"pruned {pruned} audit records older than {rfc3339(before)}")
 
 
 # -- reconcile ---------------------------------------------------------------------------------

@@ -106,8 +106,31 @@ PveInsecureOpt = Annotated[
 ApiTokenFileOpt = Annotated[
     Path | None,
     typer.Option(
-        "--api-token-file", help="File of API tokens (one per line, optionally name:token)."
+        "--api-token-file",
+        help="File of API tokens, one per line: name:role:token (role read, operate or admin).",
     ),
+]
+HttpTimeoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--http-timeout",
+        help="A request head, an idle connection and a request body must arrive within this "
+        "[default 20s].",
+    ),
+]
+MaxConnectionsOpt = Annotated[
+    int | None,
+    typer.Option("--max-connections", help="HTTP connections served at once [default 256]."),
+]
+WriteRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--write-rate", help="Writes a second per API token, after the burst [default 20]."
+    ),
+]
+WriteBurstOpt = Annotated[
+    int | None,
+    typer.Option("--write-burst", help="Writes at once per API token [default 100]."),
 ]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", help="Dispatcher coroutines [default 2].")

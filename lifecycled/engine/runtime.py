@@ -248,6 +248,8 @@ class Runtime:
     async def run(self, *, web: WebStarter | None = None) -> None:
         """Recover, then serve until :meth:`request_stop`."""
         self.started_at = self.clock.now()
+        # The outbox is written only while push is configured (before anything can change).
+        await self.journal.set_push(enabled=self.settings.notify_url is not None)
         stop_web: Callable[[], Awaitable[None]] | None = None
         if web is not None:
             stop_web = await web(self)

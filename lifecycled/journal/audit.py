@@ -65,6 +65,35 @@ class AuditVerbs:
         new_id = await self._db.write(unit)
         return attrs.evolve(rec, id=new_id)
 
+    async def prune_audit(self, *, before: float, actor: str, now: float) -> AuditRecord:
+        """Delete audit records older than ``before``; the prune's own audit record (its
+        snapshot holds the count), written in the same transaction.
+
+        The append-only trigger lets a delete through only below the cutoff this transaction
+        sets in ``journal_flags`` (removed again before it commits).
+        """
+
+        async def unit(conn: aiosqlite.Connection) -> AuditRecord:
+            await conn.execute(
+                "INSERT OR REPLACE INTO journal_flags (name, value) "
+                "VALUES ('audit_prune_before', ?)",
+                (before,),
+            )
+            cursor = await conn.execute("DELETE FROM audit WHERE at < ?", (before,))
+            count = int(cursor.rowcount)
+            await conn.execute("DELETE FROM journal_flags WHERE name = 'audit_prune_before'")
+            rec = AuditRecord(
+                at=now,
+                actor=actor,
+                action="audit_prune",
+                decision=Decision.PRUNED,
+                reason=f"pruned {count} audit records older than the cutoff",
+                snapshot={"before": before, "pruned": count},
+            )
+            return attrs.evolve(rec, id=await insert_audit(conn, rec))
+
+        return await self._db.write(unit)
+
     async def list_audit(
         self,
         *,

@@ -1,10 +1,16 @@
-"""Bearer-token authentication of ``/v1/*`` (SPEC §5 "HTTP", "Configuration").
+"""Bearer-token authentication and roles of ``/v1/*`` (SPEC §5 "HTTP"; docs/SECURITY.md).
 
-The token file (``--api-token-file``) holds one token per line, optionally ``name:token``;
-blank lines and ``#`` comments are ignored. A request's ``Authorization: Bearer <token>`` is
-compared in constant time with every token; the matching token's name (``token-N`` for an
-unnamed N-th token) becomes the actor ``api:<name>``. Without a token file, ``/v1/*`` serves
-loopback clients only, with no token. Tokens never reach a log line or an error text.
+The token file (``--api-token-file``) holds one token per line, ``name:role:token`` with a
+role of :class:`~lifecycled.domain.access.Role` (``read``, ``operate``, ``admin``); blank lines
+and ``#`` comments are ignored. The older forms ``name:token`` and a bare ``token`` still load
+as ``admin`` (warned about once at start). A token shorter than :data:`MIN_TOKEN_LENGTH`
+characters stops the start. A request's ``Authorization: Bearer <token>`` is compared in
+constant time with every token; the matching token's name (``token-N`` for an unnamed N-th
+token) becomes the actor ``api:<name>`` and its role bounds what the request may do (403
+``insufficient_scope`` otherwise). Without a token file, ``/v1/*`` serves loopback clients
+only, with no token, as ``admin``: loopback is the trust boundary there, and the door checks
+of :mod:`lifecycled.web.guard` keep a local browser's pages out. Tokens never reach a log line
+or an error text.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from lifecycled.config import is_loopback, read_secret_text
+from lifecycled.domain.access import Role, allows, required_role
 from lifecycled.errors import ConfigError
 from lifecycled.web.errors import ApiError
+from lifecycled.web.guard import CALLER_KEY, Caller, audit_refusal
 
 log = logging.getLogger("lifecycled.web")
 
@@ -33,6 +41,9 @@ PROTECTED_PREFIX = "/v1/"
 LOOPBACK_ACTOR = "api:loopback"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+#: Shorter tokens can be guessed; they stop the start.
+MIN_TOKEN_LENGTH = 16
+_ROLES = ", ".join(str(r) for r in Role)
 
 
 @attrs.frozen(kw_only=True)
@@ -41,6 +52,9 @@ class ApiToken:
 
     name: str
     secret: bytes = attrs.field(repr=False)
+    role: Role = Role.ADMIN
+    #: Written in an older form without a role (``name:token`` or a bare token): admin.
+    legacy: bool = False
 
     @property
     def actor(self) -> str:
@@ -55,26 +69,41 @@ def parse_token_file(text: str, source: str) -> tuple[ApiToken, ...]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        name, sep, secret = line.partition(":")
-        if not sep:
+        where = f"API token file {source}, line {lineno}"
+        parts = line.split(":", 2)
+        role = Role.ADMIN
+        if len(parts) == 1:
             name, secret = f"token-{len(tokens) + 1}", line
-        elif not _NAME_RE.fullmatch(name):
+        elif len(parts) == 2:
+            name, secret = parts
+        else:
+            name, role_text, secret = parts
+            try:
+                role = Role(role_text)
+            except ValueError:
+                raise ConfigError(
+                    f"{where}: the role must be one of {_ROLES} (name:role:token)"
+                ) from None
+        if len(parts) > 1 and not _NAME_RE.fullmatch(name):
             raise ConfigError(
-                f"API token file {source}, line {lineno}: the name before ':' must be 1-64 "
-                "letters, digits, '.', '_' or '-'"
+                f"{where}: the name before ':' must be 1-64 letters, digits, '.', '_' or '-'"
             )
         if not secret or any(c.isspace() for c in secret):
+            raise ConfigError(f"{where}: the token must be non-empty and without spaces")
+        if len(secret) < MIN_TOKEN_LENGTH:
             raise ConfigError(
-                f"API token file {source}, line {lineno}: the token must be non-empty "
-                "and without spaces"
+                f"{where}: the token is shorter than {MIN_TOKEN_LENGTH} characters "
+                "(make one with: openssl rand -hex 32)"
             )
         if name in names:
-            raise ConfigError(f"API token file {source}, line {lineno}: duplicate name {name!r}")
+            raise ConfigError(f"{where}: duplicate name {name!r}")
         names.add(name)
-        tokens.append(ApiToken(name=name, secret=secret.encode("utf-8")))
+        tokens.append(
+            ApiToken(name=name, secret=secret.encode("utf-8"), role=role, legacy=len(parts) < 3)
+        )
     if not tokens:
         raise ConfigError(
-            f"API token file {source} holds no token: one token per line, optionally name:token"
+            f"API token file {source} holds no token: one per line, name:role:token (role {_ROLES})"
         )
     return tuple(tokens)
 
@@ -123,16 +152,28 @@ _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="lifecycled"'}
 
 
 @attrs.frozen(kw_only=True)
+class Identity:
+    """Who a request acts as and what it may do."""
+
+    actor: str
+    role: Role
+
+
+#: Loopback-only mode: loopback is the trust boundary, so a loopback client is admin.
+LOOPBACK_IDENTITY = Identity(actor=LOOPBACK_ACTOR, role=Role.ADMIN)
+
+
+@attrs.frozen(kw_only=True)
 class Authenticator:
     """Decides who a request acts as; ``tokens`` is ``None`` in loopback-only mode."""
 
     tokens: tuple[ApiToken, ...] | None
 
-    def actor_for(self, authorization: str | None, remote: str | None) -> str:
-        """The actor of a ``/v1/*`` request, or raise a 401/403 :class:`ApiError`."""
+    def identify(self, authorization: str | None, remote: str | None) -> Identity:
+        """The identity of a ``/v1/*`` request, or raise a 401/403 :class:`ApiError`."""
         if self.tokens is None:
             if client_is_loopback(remote):
-                return LOOPBACK_ACTOR
+                return LOOPBACK_IDENTITY
             raise ApiError(
                 403,
                 "loopback_only",
@@ -152,7 +193,11 @@ class Authenticator:
             raise ApiError(
                 401, "unauthorized", "invalid bearer token", headers=_UNAUTHORIZED_HEADERS
             )
-        return token.actor
+        return Identity(actor=token.actor, role=token.role)
+
+    def actor_for(self, authorization: str | None, remote: str | None) -> str:
+        """The actor of a ``/v1/*`` request (see :meth:`identify`)."""
+        return self.identify(authorization, remote).actor
 
 
 class AuthGate:
@@ -173,7 +218,7 @@ class AuthGate:
                 "web.no_auth_loopback_only",
                 extra={
                     "hint": "no --api-token-file: /v1/* accepts loopback clients only, "
-                    "without a token"
+                    "without a token, with the admin role"
                 },
             )
             self.authenticator = Authenticator(tokens=None)
@@ -186,33 +231,104 @@ class AuthGate:
         if self.token_file is None:
             return "api tokens: none (loopback-only)"
         tokens = await load_token_file(self.token_file)
+        legacy = [t.name for t in tokens if t.legacy]
+        if legacy:
+            log.warning(
+                "web.auth_tokens_without_role",
+                extra={
+                    "names": legacy,
+                    "path": str(self.token_file),
+                    "hint": "lines without a role (name:token or a bare token) act as admin; "
+                    "write name:role:token with a role of read, operate or admin",
+                },
+            )
         log.info(
-            "web.auth_tokens_loaded", extra={"tokens": len(tokens), "path": str(self.token_file)}
+            "web.auth_tokens_loaded",
+            extra={
+                "tokens": len(tokens),
+                "roles": {str(r): sum(t.role is r for t in tokens) for r in Role},
+                "path": str(self.token_file),
+            },
         )
         self.authenticator = Authenticator(tokens=tokens)
         return f"api tokens: {len(tokens)} from {self.token_file}"
 
 
 AUTH_GATE_KEY = web.AppKey("auth_gate", AuthGate)
+#: Each route's declared role by operation id (``None``: read for GET, admin otherwise).
+ROUTE_ROLES_KEY = web.AppKey("route_roles", dict[str, Role | None])
 #: The actor of an authenticated request (``api:<name>``), set by :func:`auth_middleware`.
 ACTOR_KEY = web.RequestKey("actor", str)
+#: The role of an authenticated request, set by :func:`auth_middleware`.
+ROLE_KEY = web.RequestKey("role", Role)
 
 
 def is_protected(path: str) -> bool:
     return path.startswith(PROTECTED_PREFIX) or path == PROTECTED_PREFIX.rstrip("/")
 
 
+def scope_error(have: Role, need: Role) -> ApiError:
+    """The 403 of a token whose role does not cover the request."""
+    return ApiError(
+        403,
+        "insufficient_scope",
+        f"this needs a token with the {need} role; this token has the {have} role",
+        details={"required_role": str(need), "role": str(have)},
+        headers={
+            "WWW-Authenticate": f'Bearer realm="lifecycled", error="insufficient_scope", '
+            f'scope="{need}"'
+        },
+    )
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate ``/v1/*``; everything else (health, metrics, OpenAPI) is public."""
+    """Authenticate ``/v1/*`` and check the route's role; health, metrics and the OpenAPI
+    document are public."""
     if is_protected(request.path):
         authenticator = request.app[AUTH_GATE_KEY].authenticator
         if authenticator is None:
             raise ApiError(503, "not_ready", "authentication is not set up yet")
-        request[ACTOR_KEY] = authenticator.actor_for(
-            request.headers.get("Authorization"), request.remote
+        identity = authenticator.identify(request.headers.get("Authorization"), request.remote)
+        request[ACTOR_KEY] = identity.actor
+        request[ROLE_KEY] = identity.role
+        # Writes are limited per token; in loopback-only mode per peer address.
+        bucket = (
+            f"peer:{request.remote or 'unknown'}"
+            if identity is LOOPBACK_IDENTITY
+            else identity.actor
         )
+        request[CALLER_KEY] = Caller(actor=identity.actor, bucket=bucket)
+        name = request.match_info.route.name
+        if name is not None:
+            declared = request.app[ROUTE_ROLES_KEY].get(name)
+            await require_role(request, required_role(request.method, declared))
     return await handler(request)
+
+
+async def require_role(
+    request: web.Request,
+    need: Role,
+    *,
+    action: str | None = None,
+    vmid: int | None = None,
+    node: str | None = None,
+) -> None:
+    """Refuse (403 ``insufficient_scope``, audited) a request its token's role does not cover."""
+    have = request[ROLE_KEY]
+    if allows(have, need):
+        return
+    route = request.match_info.route.name or request.method
+    await audit_refusal(
+        request,
+        actor=request[ACTOR_KEY],
+        action=action or route,
+        reason=f"insufficient_scope: needs the {need} role, the token has {have}",
+        vmid=vmid,
+        node=node,
+        extra={"role": str(have), "required_role": str(need)},
+    )
+    raise scope_error(have, need)
 
 
 def request_actor(request: web.Request) -> str:

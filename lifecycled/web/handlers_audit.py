@@ -1,5 +1,5 @@
 """``GET /v1/audit``: the append-only audit log, filtered by guest, action, decision and
-time, newest first (SPEC §4 "Audit log")."""
+time, newest first (SPEC §4 "Audit log"); ``POST /v1/audit/prune``: its retention (admin)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from lifecycled.audit import AuditPage, Decision
-from lifecycled.domain.serialize import parse_rfc3339
+from lifecycled.audit import AuditPage, Decision, prune_cutoff
+from lifecycled.domain.serialize import parse_rfc3339, rfc3339
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
+from lifecycled.web.auth import request_actor
+from lifecycled.web.errors import ApiError
 from lifecycled.web.inputs import (
     DEFAULT_LIMIT,
     MAX_ID,
@@ -19,8 +21,9 @@ from lifecycled.web.inputs import (
     parse_limit,
     parse_query,
     parse_vmid,
+    read_json_object,
 )
-from lifecycled.web.routes import Route, error, ok, query, runtime_of
+from lifecycled.web.routes import JSON, Route, error, ok, query, ref, runtime_of
 
 DECISIONS = [str(d) for d in Decision]
 
@@ -88,6 +91,39 @@ async def list_audit(request: web.Request) -> web.Response:
     return web.json_response(_audit_body(page))
 
 
+#: The longest retention a prune may name (100 years).
+MAX_PRUNE_DAYS = 36500
+
+
+async def prune_audit(request: web.Request) -> web.Response:
+    """``POST /v1/audit/prune``: delete records older than ``older_than_days`` (audited)."""
+    runtime = runtime_of(request)
+    body = await read_json_object(request, runtime.settings.max_body_bytes)
+    unknown = sorted(k for k in body if k != "older_than_days")
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_field",
+            f"unknown field(s): {', '.join(unknown)}",
+            details=dict.fromkeys(unknown, "unknown field"),
+        )
+    days = body.get("older_than_days")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_PRUNE_DAYS:
+        raise ApiError(
+            400,
+            "invalid_request",
+            "the request body has the wrong shape",
+            details={"older_than_days": f"must be a whole number from 1 to {MAX_PRUNE_DAYS}"},
+        )
+    now = runtime.clock.now()
+    before = prune_cutoff(now, days * 86400.0)
+    record = await runtime.journal.prune_audit(before=before, actor=request_actor(request), now=now)
+    assert record.snapshot is not None
+    return web.json_response(
+        {"pruned": record.snapshot["pruned"], "before": rfc3339(before), "audit": record.to_dict()}
+    )
+
+
 _LIMIT = query(
     "limit",
     f"Page size (default {DEFAULT_LIMIT}).",
@@ -130,5 +166,60 @@ ROUTES: tuple[Route, ...] = (
             ),
         ),
         responses={200: ok("One page of audit records.", "AuditPage"), 400: _BAD_QUERY},
+    ),
+    Route(
+        method="POST",
+        path="/v1/audit/prune",
+        handler=prune_audit,
+        operation_id="pruneAudit",
+        summary="Delete audit records older than a retention (admin)",
+        tag="audit",
+        description=(
+            "Deletes records older than `older_than_days` (at least 1); the prune itself is "
+            "audited (decision `pruned`, action `audit_prune`). Needs the admin role."
+        ),
+        request_body={
+            "required": True,
+            "content": {
+                JSON: {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["older_than_days"],
+                        "properties": {
+                            "older_than_days": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_PRUNE_DAYS,
+                                "description": "Delete records older than this many days.",
+                            }
+                        },
+                    }
+                }
+            },
+        },
+        responses={
+            200: {
+                "description": "How many records were deleted, and the prune's own record.",
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["pruned", "before", "audit"],
+                            "properties": {
+                                "pruned": {"type": "integer", "minimum": 0},
+                                "before": {"type": "string", "format": "date-time"},
+                                "audit": ref("AuditRecord"),
+                            },
+                        }
+                    }
+                },
+            },
+            400: error(
+                "Malformed JSON, an unknown field, or older_than_days not a whole number "
+                "from 1 to 36500 (`invalid_request`)."
+            ),
+            413: error("The body is larger than max_body_bytes (`body_too_large`)."),
+        },
     ),
 )

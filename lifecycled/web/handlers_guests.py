@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lifecycled.domain.access import Role
 from lifecycled.domain.guests import DesiredState, GuestOrigin, ObservedState, guest_to_dict
 from lifecycled.domain.text import shown
 from lifecycled.engine.runtime import Runtime
@@ -294,6 +295,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         method="PUT",
         path="/v1/guests/{vmid}/desired",
+        role=Role.OPERATE,
         handler=set_desired,
         operation_id="setDesiredState",
         summary="Set a managed guest's desired power state",

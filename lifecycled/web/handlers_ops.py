@@ -11,6 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
+from lifecycled.domain.access import Role, required_role
+from lifecycled.domain.actions import is_destructive
 from lifecycled.domain.guests import PlacementMismatch
 from lifecycled.domain.node import NodeRefused
 from lifecycled.domain.op import Op
@@ -20,7 +22,7 @@ from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN, ProxmoxUnreachable, Submission, validate
 from lifecycled.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from lifecycled.journal import OpPage
-from lifecycled.web.auth import request_actor
+from lifecycled.web.auth import request_actor, require_role
 from lifecycled.web.errors import ApiError, unavailable
 from lifecycled.web.handlers_node import node_refusal
 from lifecycled.web.inputs import (
@@ -74,6 +76,16 @@ async def submit_op(request: web.Request) -> web.Response:
         validate(sub)
     except ValidationError as exc:
         raise ApiError(422, "validation_failed", str(exc), details=exc.details) from None
+    # One predicate of "destructive" (the one signatures use): such a submission needs admin
+    # (checked after validation, so a refusal is audited only for a well-formed submission).
+    destructive = is_destructive(sub.action, sub.kind, sub.params)
+    await require_role(
+        request,
+        required_role(request.method, Role.OPERATE, destructive=destructive),
+        action=sub.action,
+        vmid=sub.vmid,
+        node=sub.node,
+    )
     await require_signature(request, runtime, sub, sub.actor)
     try:
         result = await runtime.submit(sub)
@@ -285,6 +297,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         method="POST",
         path="/v1/ops",
+        role=Role.OPERATE,
         handler=submit_op,
         operation_id="submitOp",
         summary="Submit a lifecycle op",
@@ -373,6 +386,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         method="POST",
         path="/v1/ops/{id}/cancel",
+        role=Role.OPERATE,
         handler=cancel_op,
         operation_id="cancelOp",
         summary="Cancel a pending op",

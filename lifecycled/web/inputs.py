@@ -98,14 +98,14 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
     """The request body as a JSON object; 413 beyond ``max_bytes``, 415 when not JSON, 400
     when malformed, with a repeated key or a number beyond 64 bits."""
     if request.content_length is not None and request.content_length > max_bytes:
-        raise _too_large(max_bytes)
+        raise body_too_large(max_bytes)
     require_json(request)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise _too_large(max_bytes) from None
+        raise body_too_large(max_bytes) from None
     if len(raw) > max_bytes:
-        raise _too_large(max_bytes)
+        raise body_too_large(max_bytes)
     if not raw.strip():
         raise bad_request("malformed_json", "the request body must be a JSON object")
     try:
@@ -141,7 +141,7 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
     return value
 
 
-def _too_large(max_bytes: int) -> ApiError:
+def body_too_large(max_bytes: int) -> ApiError:
     return ApiError(
         413,
         "body_too_large",

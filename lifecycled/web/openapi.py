@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from lifecycled.domain.access import SAFE_METHODS, required_role
 from lifecycled.domain.actions import Action, UnsupportedAction, spec_for
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.node import NodeState
@@ -395,8 +396,13 @@ def _operation(route: Route) -> dict[str, Any]:
         )
         responses.setdefault(
             "403",
-            error("No token file is configured and the client is not loopback (`loopback_only`)."),
+            error(
+                "No token file is configured and the client is not loopback (`loopback_only`); "
+                "the token's role does not cover this (`insufficient_scope`, details name "
+                "`required_role`); a request from another origin (`cross_origin`)."
+            ),
         )
+    _door_responses(route, responses)
     op: dict[str, Any] = {
         "operationId": route.operation_id,
         "summary": route.summary,
@@ -410,7 +416,27 @@ def _operation(route: Route) -> dict[str, Any]:
     if route.request_body is not None:
         op["requestBody"] = dict(route.request_body)
     op["security"] = [] if route.public else [{"bearer": []}]
+    if not route.public:
+        op["x-lifecycled-role"] = str(required_role(route.method, route.role))
     return op
+
+
+def _door_responses(route: Route, responses: dict[str, Any]) -> None:
+    """The answers of the door (lifecycled.web.guard) that any route may give."""
+    responses.setdefault("403", error("A request from another origin or site (`cross_origin`)."))
+    responses.setdefault(
+        "421",
+        error("A loopback listener was reached under another name (`host_not_allowed`)."),
+    )
+    if route.method.upper() not in SAFE_METHODS:
+        responses.setdefault(
+            "408", error("The request body did not arrive within http_timeout (`request_timeout`).")
+        )
+        if not route.public:
+            responses.setdefault(
+                "429",
+                error("Too many writes by this token (`rate_limited`).", retry_after=True),
+            )
 
 
 def build_document(routes: Iterable[Route], *, version: str) -> dict[str, Any]:

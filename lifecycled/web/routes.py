@@ -15,6 +15,7 @@ import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from lifecycled.domain.access import Role
 from lifecycled.engine.runtime import Runtime
 
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
@@ -34,6 +35,8 @@ class Route:
     tag: str
     #: No bearer token needed (health, readiness, metrics, the OpenAPI document).
     public: bool = False
+    #: The role a token needs (``None``: ``read`` for GET, ``admin`` for any other method).
+    role: Role | None = None
     description: str = ""
     parameters: tuple[Mapping[str, Any], ...] = ()
     request_body: Mapping[str, Any] | None = None

@@ -306,7 +306,8 @@ def run_round(
     work.mkdir(parents=True, exist_ok=True)
     sim = Sim(work, guests=guests, task_seconds=1.0, nodes="pve1,pve2")
     db = work / "journal.sqlite3"
-    daemon = Daemon(work, sim, db)
+    # The campaign measures crash safety, not the per-peer write limit.
+    daemon = Daemon(work, sim, db, extra=["--write-rate", "100000", "--write-burst", "1000000"])
     armed = 0
     submitted: list[Planned] = []
     refused = 0

@@ -8,11 +8,13 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind, GuestRef, OpError, Origin
 from lifecycled.domain.states import OpState
@@ -300,6 +302,38 @@ def test_db_migrate_check_backup_prune(tmp_path: Path) -> None:
     assert prune.code == 0 and prune.out.startswith("pruned 1 ops")
     missing = cli("db", "check", "--db", "nope.sqlite3", cwd=tmp_path)
     assert "no journal at nope.sqlite3" in one_error_line(missing, 1)
+
+
+def test_audit_prune(tmp_path: Path) -> None:
+    """audit prune --older-than 90d deletes older records, audits itself, refuses < 1d."""
+
+    async def seed() -> None:
+        async with await Journal.open(tmp_path / "j.sqlite3") as journal:
+            for age, reason in ((200 * 86400, "old"), (3600, "recent")):
+                await journal.append_audit(
+                    AuditRecord(
+                        at=time.time() - age,
+                        actor="cli",
+                        action="stop",
+                        decision=Decision.ALLOWED,
+                        reason=reason,
+                    )
+                )
+
+    asyncio.run(seed())
+    pruned = cli(
+        "audit", "prune", "--older-than", "90d", "--db", "j.sqlite3", "--json", cwd=tmp_path
+    )
+    assert pruned.code == 0, pruned
+    assert json.loads(pruned.out)["pruned"] == 1
+    listed = cli("audit", "list", "--db", "j.sqlite3", "--json", cwd=tmp_path)
+    rows = json.loads(listed.out)
+    assert [(r["action"], r["decision"], r["actor"]) for r in rows] == [
+        ("audit_prune", "pruned", "cli"),
+        ("stop", "allowed", "cli"),
+    ]
+    too_short = cli("audit", "prune", "--older-than", "1h", "--db", "j.sqlite3", cwd=tmp_path)
+    assert "at least one day" in one_error_line(too_short, 2)
 
 
 def test_db_path_from_the_environment(tmp_path: Path) -> None:

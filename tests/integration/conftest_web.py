@@ -20,11 +20,17 @@ from lifecycled.pve.http import HttpPveClient
 from lifecycled.sim import Guest, SimServer
 from lifecycled.web import start_web
 
-#: A token file with two named tokens, a comment, a blank line and one unnamed token.
-TOKEN_FILE_TEXT = "# API tokens\nalice:alice-secret-1\n\nbob:bob-secret-2\nplain-secret-3\n"
-ALICE = {"Authorization": "Bearer alice-secret-1"}
-BOB = {"Authorization": "Bearer bob-secret-2"}
-UNNAMED = {"Authorization": "Bearer plain-secret-3"}
+#: A token file: alice (admin), bob and an unnamed token in the older role-less forms (admin),
+#: a read and an operate token, a comment and a blank line.
+TOKEN_FILE_TEXT = (
+    "# API tokens\nalice:admin:alice-secret-0001\n\nbob:bob-secret-00002\n"
+    "plain-secret-000003\nreader:read:reader-secret-0004\noperator:operate:operator-secret-05\n"
+)
+ALICE = {"Authorization": "Bearer alice-secret-0001"}
+BOB = {"Authorization": "Bearer bob-secret-00002"}
+UNNAMED = {"Authorization": "Bearer plain-secret-000003"}
+READER = {"Authorization": "Bearer reader-secret-0004"}
+OPERATOR = {"Authorization": "Bearer operator-secret-05"}
 
 
 def pve_client(server: SimServer) -> HttpPveClient:
@@ -57,6 +63,9 @@ def web_settings(
         "poll_interval": 0.1,
         "stale_after": 120.0,
         "reconcile_on_start": False,
+        # Tests of other rules send many writes quickly; the write-rate tests set their own.
+        "write_rate": 10_000.0,
+        "write_burst": 100_000,
     }
     values.update(overrides)
     return Settings(**values)

@@ -59,3 +59,27 @@ async def test_audit_rows_cannot_be_changed(tmp_path: Path) -> None:
             conn.execute("DELETE FROM audit")
     finally:
         conn.close()
+
+
+def _record(at: float, reason: str) -> AuditRecord:
+    return AuditRecord(at=at, actor="cli", action="stop", decision=Decision.ALLOWED, reason=reason)
+
+
+async def test_prune_deletes_old_records_and_audits_itself(tmp_path: Path) -> None:
+    """prune_audit removes records before the cutoff only, in one transaction with its own
+    record; outside a prune the log stays append-only."""
+    async with await Journal.open(tmp_path / "j.sqlite3") as journal:
+        for at, reason in ((100.0, "old-1"), (150.0, "old-2"), (300.0, "new")):
+            await journal.append_audit(_record(at, reason))
+        pruned = await journal.prune_audit(before=200.0, actor="api:alice", now=400.0)
+        assert pruned.decision is Decision.PRUNED and pruned.action == "audit_prune"
+        assert pruned.snapshot == {"before": 200.0, "pruned": 2}
+        items = (await journal.list_audit()).items
+        assert [(r.reason, r.actor) for r in items] == [
+            ("pruned 2 audit records older than the cutoff", "api:alice"),
+            ("new", "cli"),
+        ]
+    with sqlite3.connect(tmp_path / "j.sqlite3") as conn:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("DELETE FROM audit WHERE at < 1000")
+        assert conn.execute("SELECT COUNT(*) FROM journal_flags").fetchone() == (0,)

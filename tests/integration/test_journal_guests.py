@@ -203,7 +203,8 @@ async def test_soft_delete_and_lost_write_their_audit_in_the_same_transaction(
     journal: Journal,
 ) -> None:
     """soft_delete: op succeeded + guest released + audit; LOST: row kept + audit; each
-    produces its push event."""
+    produces its push event (push on)."""
+    await journal.set_push(enabled=True)
     await journal.take_guest(rec(101, GuestOrigin.ADOPTED), audit=audit(101), now=T0)
     await journal.take_guest(rec(102), audit=audit(102), now=T0)
     term = (await journal.submit_guest_op(req(101, "terminate", key="t"), now=T0)).op

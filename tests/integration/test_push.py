@@ -117,6 +117,9 @@ async def test_events_arrive_in_order_after_failures(
         async with asyncio.timeout(10):
             while (await rt.journal.outbox_position())[1]:
                 await asyncio.sleep(0.05)  # acknowledged once the receiver's answer arrived
+        # Delivered events are deleted; the newest stays to keep the sequence position.
+        assert await rt.journal.outbox_size() == 1
+        assert (await rt.journal.outbox_position())[0] == max(e["seq"] for e in receiver.events())
     assert receiver.failed == 2
     events = receiver.events()
     seqs = [e["seq"] for e in events]
@@ -124,6 +127,16 @@ async def test_events_arrive_in_order_after_failures(
     assert {e["data"]["op_id"] for e in events if e["type"] == "op.succeeded"} == {
         op.id for op in ops
     }
+
+
+async def test_without_push_the_outbox_stays_empty(sim: SimServer, tmp_path: Path) -> None:
+    """No --notify-url: ops finish and guests change, and the outbox holds nothing."""
+    guest = pick(sim, "qemu", False)
+    async with running(sim, tmp_path) as rt:
+        op = await submit(rt, "start", guest, key="quiet")
+        await wait_terminal(rt, op.id)
+        assert not await rt.journal.push_enabled()
+        assert await rt.journal.outbox_size() == 0
 
 
 async def test_undelivered_events_survive_a_restart(sim: SimServer, tmp_path: Path) -> None:
@@ -226,8 +239,10 @@ async def test_pushes_carry_a_verifiable_standard_webhooks_signature(
 
 
 async def test_outbox_is_written_with_the_change(tmp_path: Path) -> None:
-    """The terminal transition and its outbox event commit together (a trigger), in order."""
+    """With push on, the terminal transition and its outbox event commit together (a
+    trigger), in order."""
     async with await Journal.open(tmp_path / "j.sqlite3") as journal:
+        await journal.set_push(enabled=True)
         guest = GuestRef(node="pve1", kind=GuestKind.QEMU, vmid=100)
         res = await journal.submit(
             SubmitRequest(

@@ -25,7 +25,7 @@ from lifecycled.sim import SimServer
 from lifecycled.web import start_web
 from lifecycled.web.auth import client_is_loopback, match_token, parse_token_file
 
-SECRETS = ("alice-secret-1", "bob-secret-2", "plain-secret-3", "wrong-secret-9")
+SECRETS = ("alice-secret-0001", "bob-secret-00002", "plain-secret-000003", "wrong-secret-9")
 
 
 async def _first_reason(http: aiohttp.ClientSession, op_id: int) -> str:
@@ -58,7 +58,7 @@ async def test_missing_or_wrong_tokens_are_401(sim: SimServer, tmp_path: Path) -
             {"Authorization": "Bearer wrong-secret-9"},
             {"Authorization": "Bearer "},
             {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
-            {"Authorization": "alice-secret-1"},
+            {"Authorization": "alice-secret-0001"},
             {"Authorization": "Bearer alice-secret-1x"},
         ):
             for method, path in (
@@ -74,7 +74,9 @@ async def test_missing_or_wrong_tokens_are_401(sim: SimServer, tmp_path: Path) -
                     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
                     body = await resp.json()
                 assert body["error"]["code"] == "unauthorized"
-        async with env.http.get("/v1/ops", headers={"Authorization": "bearer bob-secret-2"}) as r:
+        async with env.http.get(
+            "/v1/ops", headers={"Authorization": "bearer bob-secret-00002"}
+        ) as r:
             assert r.status == 200  # the scheme is case-insensitive
         assert await env.op_count() == 0
 
@@ -145,12 +147,16 @@ def test_client_loopback_detection() -> None:
 
 
 def test_token_file_format() -> None:
-    """Names, token-N for unnamed lines, comments and blank lines ignored."""
-    tokens = parse_token_file(TOKEN_FILE_TEXT + "  # trailing comment\n\n  x:y:z  \n", "f")
-    assert [t.name for t in tokens] == ["alice", "bob", "token-3", "x"]
-    assert tokens[3].secret == b"y:z"
-    assert "secret" not in repr(tokens[0]) and "alice-secret-1" not in repr(tokens)
-    assert match_token(tokens, b"bob-secret-2") is tokens[1]
+    """name:role:token, the older role-less forms as admin, token-N for unnamed lines, comments
+    and blank lines ignored; a token may hold ':' after the role."""
+    text = TOKEN_FILE_TEXT + "  # trailing comment\n\n  x:read:y:z-0123456789abcdef  \n"
+    tokens = parse_token_file(text, "f")
+    assert [t.name for t in tokens] == ["alice", "bob", "token-3", "reader", "operator", "x"]
+    assert [str(t.role) for t in tokens] == ["admin", "admin", "admin", "read", "operate", "read"]
+    assert [t.legacy for t in tokens] == [False, True, True, False, False, False]
+    assert tokens[5].secret == b"y:z-0123456789abcdef"
+    assert "secret" not in repr(tokens[0]) and "alice-secret-0001" not in repr(tokens)
+    assert match_token(tokens, b"bob-secret-00002") is tokens[1]
     assert match_token(tokens, b"bob-secret") is None
 
 
@@ -159,10 +165,13 @@ def test_token_file_format() -> None:
     [
         ("", "holds no token"),
         ("# only a comment\n\n", "holds no token"),
-        ("alice:s3cr3t-1\nalice:s3cr3t-2\n", "line 2: duplicate name"),
+        ("alice:s3cr3t-0123456789-1\nalice:s3cr3t-0123456789-2\n", "line 2: duplicate name"),
         ("alice:\n", "line 1"),
-        ("bad name:s3cr3t\n", "the name before"),
-        ("s3cr3t words\n", "without spaces"),
+        ("bad name:s3cr3t-0123456789\n", "the name before"),
+        ("s3cr3t-0123456789 words\n", "without spaces"),
+        ("alice:root:s3cr3t-0123456789\n", "the role must be one of read, operate, admin"),
+        ("alice:admin:s3cr3t-short\n", "shorter than 16 characters"),
+        ("s3cr3t-short\n", "shorter than 16 characters"),
     ],
 )
 def test_bad_token_files_are_config_errors(text: str, problem: str) -> None:
@@ -229,3 +238,18 @@ async def test_a_second_server_cannot_bind_the_same_port(sim: SimServer, tmp_pat
                 await start_web(runtime)
         finally:
             await runtime.close()
+
+
+async def test_role_less_token_lines_are_warned_about_once(
+    sim: SimServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Older name:token and bare-token lines load as admin with one warning naming them."""
+    caplog.set_level(logging.INFO)
+    async with (
+        serving(sim, tmp_path, run=False, headers=BOB) as env,
+        env.http.post("/v1/node/drain") as resp,
+    ):
+        assert resp.status == 200  # bob's line has no role: admin
+    warned = [r for r in caplog.records if r.getMessage() == "web.auth_tokens_without_role"]
+    assert len(warned) == 1
+    assert warned[0].names == ["bob", "token-3"]  # type: ignore[attr-defined]

@@ -245,7 +245,7 @@ async def test_a_client_error_does_not_break_the_connection(sim: SimServer, tmp_
         async with aiohttp.ClientSession(
             base_url=env.url,
             connector=connector,
-            headers={"Authorization": "Bearer alice-secret-1"},
+            headers={"Authorization": "Bearer alice-secret-0001"},
         ) as one:
             async with one.post(
                 "/v1/ops", data=b"{", headers={"Content-Type": "application/json"}
