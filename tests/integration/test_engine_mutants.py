@@ -380,3 +380,119 @@ async def test_recover_keeps_tracking_still_running_tasks(
     assert {v: (op.state, op.upid) for v, op in done.items()} == {
         v: (OpState.SUCCEEDED, upids[v]) for v in ids
     }
+
+
+# --- rules guarded before only by unit tests of the pure functions ----------------------------
+
+
+async def test_one_shot_with_unknown_outcome_is_never_sent_again(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """A reboot POST answered 596 (the request never ran) leaves its outcome unknown: no task
+    is found, so the op fails as ambiguous and Proxmox saw exactly one reboot request."""
+    guest = pick(sim, "qemu", True)
+    sim.sim.add_fault(
+        method="POST", path=f"/{guest.vmid}/status/reboot$", status=596, reason="Broken pipe"
+    )
+    async with running(sim, tmp_path) as rt:
+        op = await submit(rt, "reboot", guest, key="rb-596")
+        done = await wait_terminal(rt, op.id)
+    assert done.state is OpState.FAILED
+    assert done.error is not None and done.error.error_class == "ambiguous"
+    assert len(writes_to(sim, guest.vmid, "/status/reboot")) == 1
+
+
+async def test_one_shot_task_ending_without_status_is_never_sent_again(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """A reset whose task dies without a final line (`unexpected status`) is failed, not
+    retried: one reset request in all."""
+    guest = pick(sim, "qemu", True)
+    sim.sim.add_fault(
+        method="POST", path=f"/{guest.vmid}/status/reset$", exitstatus="unexpected status"
+    )
+    async with running(sim, tmp_path) as rt:
+        op = await submit(rt, "reset", guest, key="reset-unknown")
+        done = await wait_terminal(rt, op.id)
+    assert done.state is OpState.FAILED
+    assert done.exitstatus == "unexpected status"
+    assert len(writes_to(sim, guest.vmid, "/status/reset")) == 1
+
+
+async def test_recover_fails_a_one_shot_whose_task_log_is_gone(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """After a crash, a reboot whose task log was rotated away has an unknown outcome:
+    Recover fails it and sends nothing."""
+    guest = pick(sim, "qemu", True)
+    settings = fast_settings(tmp_path, sim)
+    await seed_guests(settings.db, sim.sim.guests.values())
+    claimed_at = time.time() - 1
+    upid = await post_task(sim, guest, "reboot")
+    ids = await crash_journal(
+        settings.db, [Crashed(guest=guest, action="reboot", upid=upid)], claimed_at=claimed_at
+    )
+    await sim.sim.settle()
+    assert sim.sim.rotate_tasks(guest.node) >= 1
+    async with running(sim, tmp_path) as rt:
+        done = await wait_terminal(rt, ids[guest.vmid])
+    assert done.state is OpState.FAILED
+    assert done.error is not None and done.error.error_class == "ambiguous"
+    assert len(writes_to(sim, guest.vmid, "/status/reboot")) == 1
+
+
+async def test_lock_answers_do_not_use_up_the_retry_budget(sim: SimServer, tmp_path: Path) -> None:
+    """`VM is locked (backup)` four times with max_retries 2: the op keeps waiting for the
+    lock (lock_wait_max), then succeeds on the fifth POST instead of being dead-lettered."""
+    guest = pick(sim, "qemu", False)
+    sim.sim.add_fault(
+        method="POST",
+        path=f"/{guest.vmid}/status/start$",
+        count=4,
+        status=500,
+        reason="VM is locked (backup)",
+    )
+    async with running(sim, tmp_path, max_retries=2) as rt:
+        op = await submit(rt, "start", guest, key="locked-answers")
+        done = await wait_terminal(rt, op.id)
+    assert done.state is OpState.SUCCEEDED, done.error
+    assert done.attempts == 5
+    assert len(writes_to(sim, guest.vmid, "/status/start")) == 5
+
+
+async def test_a_lock_held_past_lock_wait_max_dead_letters_without_a_post(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """A config lock that never clears is waited on only up to lock_wait_max: then the op is
+    dead-lettered as locked, and nothing was ever sent."""
+    guest = pick(sim, "qemu", False)
+    guest.config["lock"] = "backup"
+    async with running(sim, tmp_path, max_retries=50, lock_wait_max=1.0) as rt:
+        op = await submit(rt, "start", guest, key="locked-forever")
+        done = await wait_terminal(rt, op.id)
+    assert done.state is OpState.DEAD_LETTERED
+    assert done.error is not None and done.error.error_class == "locked"
+    assert writes_to(sim, guest.vmid) == []
+
+
+@pytest.mark.parametrize("kind", ["qemu", "lxc"])
+async def test_protection_flag_set_in_proxmox_refuses_terminate_before_anything_is_sent(
+    sim: SimServer, tmp_path: Path, kind: str
+) -> None:
+    """The protection flag is read live: set in Proxmox after the guest was managed, it makes
+    terminate of a running guest fail as refused, with no stop and no destroy sent, audited."""
+    guest = pick(sim, kind, True)
+    async with running(sim, tmp_path) as rt:
+        row = await rt.journal.get_guest(guest.vmid)
+        assert not row.protected
+        guest.config["protection"] = 1
+        op = await submit(rt, "terminate", guest, key="protected-live")
+        done = await wait_terminal(rt, op.id)
+        refused = (await rt.journal.list_audit(vmid=guest.vmid, decision="refused")).items
+        allowed = (await rt.journal.list_audit(vmid=guest.vmid, decision="allowed")).items
+    assert done.state is OpState.FAILED and done.error is not None
+    assert done.error.error_class == "permanent" and "protection" in done.error.message
+    assert writes_to(sim, guest.vmid) == []
+    assert sim.sim.guests[guest.vmid].running
+    assert [r.reason.split(":")[0] for r in refused] == ["protected"]
+    assert allowed == []
