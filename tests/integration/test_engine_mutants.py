@@ -496,3 +496,74 @@ async def test_protection_flag_set_in_proxmox_refuses_terminate_before_anything_
     assert sim.sim.guests[guest.vmid].running
     assert [r.reason.split(":")[0] for r in refused] == ["protected"]
     assert allowed == []
+
+
+# --- branches mutation testing found unasserted (docs/TESTING.md, "survivors") ---------------
+
+
+async def test_recover_retries_a_convergent_op_whose_task_log_is_gone_and_target_not_held(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """After a crash, a start whose task log was rotated away and whose guest is still stopped
+    is requeued (target not held) and started by a new attempt: two start POSTs in all."""
+    guest = pick(sim, "qemu", False)
+    settings = fast_settings(tmp_path, sim)
+    await seed_guests(settings.db, sim.sim.guests.values())
+    claimed_at = time.time() - 1
+    upid = await post_task(sim, guest, "start", exitstatus="command failed", effect=False)
+    ids = await crash_journal(
+        settings.db, [Crashed(guest=guest, action="start", upid=upid)], claimed_at=claimed_at
+    )
+    await sim.sim.settle()
+    assert sim.sim.rotate_tasks(guest.node) >= 1
+    async with running(sim, tmp_path) as rt:
+        done = await wait_terminal(rt, ids[guest.vmid])
+        history = await rt.journal.history(ids[guest.vmid])
+    assert done.state is OpState.SUCCEEDED, done.error
+    assert done.attempts == 2
+    assert any(h.reason == "task log rotated and target not held" for h in history)
+    assert len(writes_to(sim, guest.vmid, "/status/start")) == 2
+    assert sim.sim.guests[guest.vmid].running
+
+
+async def test_satisfied_answer_with_target_not_held_fails_permanently(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """`VM N already running` to a start while the guest is stopped is not taken on faith:
+    the guest is read, the target does not hold, and the op fails permanently with that
+    answer as its error; nothing is re-sent."""
+    guest = pick(sim, "qemu", False)
+    answer = f"VM {guest.vmid} already running"
+    sim.sim.add_fault(method="POST", path=f"/{guest.vmid}/status/start$", status=500, reason=answer)
+    async with running(sim, tmp_path) as rt:
+        op = await submit(rt, "start", guest, key="satisfied-not-held")
+        done = await wait_terminal(rt, op.id)
+    assert done.state is OpState.FAILED
+    assert done.error is not None
+    assert (done.error.error_class, done.error.message) == ("permanent", answer)
+    assert len(writes_to(sim, guest.vmid, "/status/start")) == 1
+    assert not sim.sim.guests[guest.vmid].running
+
+
+async def test_convergent_task_ending_without_status_and_target_not_held_is_retried(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """A start whose task dies without a final line (`unexpected status`) and left the guest
+    stopped is retried as ambiguous (a convergent op may be sent again once its task is
+    over) and succeeds on the second attempt."""
+    guest = pick(sim, "qemu", False)
+    sim.sim.add_fault(
+        method="POST",
+        path=f"/{guest.vmid}/status/start$",
+        exitstatus="unexpected status",
+        effect=False,
+    )
+    async with running(sim, tmp_path) as rt:
+        op = await submit(rt, "start", guest, key="unknown-not-held")
+        done = await wait_terminal(rt, op.id)
+        history = await rt.journal.history(op.id)
+    assert done.state is OpState.SUCCEEDED, done.error
+    assert done.attempts == 2
+    requeued = [h for h in history if h.to_state == "pending" and h.from_state is not None]
+    assert [h.reason for h in requeued] == ["task outcome unknown; target not held"]
+    assert len(writes_to(sim, guest.vmid, "/status/start")) == 2
