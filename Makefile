@@ -52,7 +52,7 @@ $(MUT_STAMP): pyproject.toml
 	touch $(MUT_STAMP)
 
 mutants: $(MUT_STAMP)
-	$(MUT_VENV)/bin/mutmut run $(MUTMUT_ARGS) $(MUTANTS)
+	$(MUT_VENV)/bin/mutmut run $(MUTMUT_ARGS) $(if $(MUTANTS),"$(MUTANTS)")
 	$(MUT_VENV)/bin/mutmut results
 
 chaos: $(STAMP)

@@ -567,3 +567,27 @@ async def test_convergent_task_ending_without_status_and_target_not_held_is_retr
     requeued = [h for h in history if h.to_state == "pending" and h.from_state is not None]
     assert [h.reason for h in requeued] == ["task outcome unknown; target not held"]
     assert len(writes_to(sim, guest.vmid, "/status/start")) == 2
+
+
+async def test_recover_adopts_the_ha_task_of_an_ha_managed_guest(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """An HA-managed guest's stop is an `hastop` request task: Recover's search for an op
+    that crashed before its UPID was journaled recognises and adopts that task too."""
+    guest = next(g for g in sim.sim.guests.values() if g.ha is not None and g.running)
+    settings = fast_settings(tmp_path, sim)
+    await seed_guests(settings.db, sim.sim.guests.values())
+    claimed_at = time.time() - 1
+    ids = await crash_journal(
+        settings.db, [Crashed(guest=guest, action="stop")], claimed_at=claimed_at
+    )
+    upid = await post_task(sim, guest, "stop")
+    assert ":hastop:" in upid
+    async with running(sim, tmp_path) as rt:
+        report = rt.recoverer.last_report
+        done = await wait_terminal(rt, ids[guest.vmid])
+        history = await rt.journal.history(ids[guest.vmid])
+    assert report is not None and report.counts.get("adopted") == 1, report
+    assert done.state is OpState.SUCCEEDED, done.error
+    assert any(h.reason.startswith("adopted") and h.upid == upid for h in history)
+    assert not sim.sim.guests[guest.vmid].running
