@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo sim bench chaos wheel-check clean fmt dist deb deb-check tools
+.PHONY: test lint demo sim bench chaos mutants wheel-check clean fmt dist deb deb-check tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,24 @@ $(BENCH_STAMP): pyproject.toml
 
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m bench.run
+
+# Mutation testing (docs/TESTING.md): mutmut over the engine's safety modules ([tool.mutmut] in
+# pyproject.toml) against the engine tests. Its own venv; never part of `make test`.
+# `make mutants MUTANTS='lifecycled.domain.outcome*'` restricts the run to one module.
+MUT_VENV    := .venv-mutmut
+MUT_STAMP   := $(MUT_VENV)/.installed
+MUTANTS     ?=
+MUTMUT_ARGS ?= --max-children 2
+
+$(MUT_STAMP): pyproject.toml
+	test -x $(MUT_VENV)/bin/python || $(PYTHON) -m venv $(MUT_VENV)
+	$(MUT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MUT_VENV)/bin/python -m pip install --quiet -e '.[dev]' 'mutmut>=3.8,<4'
+	touch $(MUT_STAMP)
+
+mutants: $(MUT_STAMP)
+	$(MUT_VENV)/bin/mutmut run $(MUTMUT_ARGS) $(if $(MUTANTS),"$(MUTANTS)")
+	$(MUT_VENV)/bin/mutmut results
 
 chaos: $(STAMP)
 	$(BIN)/python tests/e2e/chaos.py $(CHAOS_ARGS)
@@ -81,4 +99,4 @@ deb-check: deb
 	packaging/deb/check.sh dist/lifecycled_*.deb
 
 clean:
-	rm -rf .tools $(VENV) $(BENCH_VENV) bench/.work build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf .tools $(VENV) $(BENCH_VENV) $(MUT_VENV) mutants bench/.work build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -15,17 +15,27 @@ started and SIGKILLed ``kills`` times, with a random simulator fault armed now a
 (5xx, 595, a dropped connection or a 596 after the task started, a failing task, slow
 answers, an unreadable task list). Faults are cleared, the daemon runs until every op is
 terminal, and the checks run on the journal, the simulator's request log and its state.
+
+Kills are timed to in-flight work: the workload is fed in small waves whenever nothing is
+pending, each kill waits until the daemon's API lists an op ``dispatching`` or ``running``,
+and every fifth kill lands between a write and the journaling of its UPID (the write is
+answered 596 after its task started and the task list the engine then searches is held
+back). Each restart's Recover logs ``recover.finished`` with what it examined, adopted,
+resumed, ...; the round sums those events from the daemon's log, so a campaign shows (and
+``tests/e2e/test_crash.py`` asserts) that recovery was really exercised.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +43,16 @@ import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from crash_support import TOKEN_USER, Daemon, Sim, http_json, wait_for
+from crash_support import TOKEN_USER, Daemon, Sim, healthy, http_json, wait_for
 
 from lifecycled.domain.actions import Action, GuestView, spec_for
 from lifecycled.domain.op import GuestKind, Op
+from lifecycled.engine.recover import RESULTS
 from lifecycled.journal import Journal
 
 ONE_SHOT = frozenset({"reboot", "reset"})
+#: The result keys of a ``recover.finished`` event (lifecycled.engine.recover.RESULTS).
+RECOVER_RESULTS = RESULTS
 #: Worker types of the one-shot actions (a second task of one of these for a guest is a
 #: one-shot op dispatched twice: each guest gets at most one op per round).
 ONE_SHOT_WORKERS = frozenset({"qmreboot", "qmreset", "vzreboot"})
@@ -108,6 +121,16 @@ class RoundResult:
     integrity: list[str]
     states: dict[str, int]
     seconds: float
+    #: Kills that landed while the daemon's API listed ops dispatching or running.
+    busy_kills: int = 0
+    #: Kills aimed between a POST and its UPID whose POST did run.
+    aimed_kills: int = 0
+    #: Recover passes the daemon finished (its ``recover.finished`` log events) ...
+    recover_passes: int = 0
+    #: ... those that examined at least one op ...
+    recover_working: int = 0
+    #: ... and their results summed (examined, adopted, resumed, failed, ...).
+    recover: dict[str, int] = attrs.field(factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -286,6 +309,90 @@ def view_of(guest: dict[str, Any] | None) -> GuestView:
 # --- one round -----------------------------------------------------------------------------------
 
 
+#: Every this many kills (from the 3rd on) is aimed at the window between a POST and its
+#: UPID being journaled (see :func:`_kill_between_post_and_upid`).
+ADOPT_EVERY = 5
+#: The next write answered 596 after its task started, for those kills (one fault per
+#: write method: POST for most actions, PUT for resize and LXC configure, DELETE to destroy).
+LOST_ANSWERS: tuple[dict[str, Any], ...] = tuple(
+    {
+        "method": method,
+        "path": ".*",
+        "count": 1,
+        "status": 596,
+        "execute": True,
+        "reason": "Connection timed out",
+    }
+    for method in ("POST", "PUT", "DELETE")
+)
+#: ... and the task list that the ambiguity search then reads, held back until the kill.
+SLOW_TASK_LIST: dict[str, Any] = {"method": "GET", "path": "/tasks$", "count": None, "delay": 5.0}
+
+
+def _ops_in(daemon: Daemon, state: str) -> int | None:
+    """How many ops the daemon's API lists in ``state`` (up to 100); None when it does not answer."""
+    try:
+        page = http_json(f"{daemon.url}/v1/ops?state={state}&limit=100")
+    except OSError:
+        return None
+    return len(page["items"])
+
+
+def _in_flight(daemon: Daemon) -> int | None:
+    counts = [_ops_in(daemon, s) for s in ("dispatching", "running")]
+    return None if None in counts else sum(c or 0 for c in counts)
+
+
+def _wait_in_flight(daemon: Daemon, within: float) -> int:
+    """Wait until the daemon has ops dispatching or running; how many (0 on timeout)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        n = _in_flight(daemon)
+        if n:
+            return n
+        if daemon.proc is not None and daemon.proc.poll() is not None:
+            return 0
+        time.sleep(0.05)
+    return 0
+
+
+def _kill_between_post_and_upid(daemon: Daemon, sim: Sim, feed: Callable[[], None]) -> bool:
+    """Arm a 596-after-the-task-started answer to the next write and hold back the task list
+    that the engine then searches; ``feed`` submits work; SIGKILL once the write has run:
+    its op is left ``dispatching`` without a UPID while its task exists, and the next
+    Recover has to find and adopt it. False when no write came within a few seconds (the
+    daemon is killed anyway)."""
+    sim.control("/faults", "DELETE")  # nothing else may answer that write
+    lost = {sim.control("/faults", "POST", f)["fault"]["id"] for f in LOST_ANSWERS}
+    sim.control("/faults", "POST", SLOW_TASK_LIST)
+    feed()
+    deadline = time.monotonic() + 4
+    hit = False
+    while time.monotonic() < deadline and not hit:
+        hit = len(lost & {f["id"] for f in sim.control("/faults")["faults"]}) < len(lost)
+        time.sleep(0.05)
+    if hit:
+        time.sleep(0.4)  # the 596 reaches the engine, which starts its (slow) search
+    daemon.kill()
+    sim.control("/faults", "DELETE")
+    return hit
+
+
+def recover_reports(log: Path) -> list[dict[str, Any]]:
+    """Every ``recover.finished`` event the daemon logged (JSON lines), in order."""
+    reports = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '"recover.finished"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "recover.finished":
+            reports.append(event)
+    return reports
+
+
 def run_round(
     work: Path,
     *,
@@ -293,13 +400,16 @@ def run_round(
     kills: int,
     seed: int,
     guests: int = 48,
-    waves: int = 4,
+    waves: int | None = None,
     faults: bool = True,
 ) -> RoundResult:
     """One round of the campaign in ``work`` (see the module docstring).
 
-    The workload goes in ``waves`` submitted between kills (so that ops are in flight at
-    most of the kills), each by a daemon allowed to get ready first.
+    The workload goes in ``waves`` (default: one per kill), the next one submitted whenever
+    nothing is pending, so that ops are in flight at most kills. Each kill waits
+    (a few seconds at most) until the daemon has an op dispatching or running, then lands
+    at a random moment; every :data:`ADOPT_EVERY`-th kill is aimed between a POST and its
+    UPID (see :func:`_kill_between_post_and_upid`).
     """
     started = time.monotonic()
     rng = random.Random(seed)
@@ -309,35 +419,51 @@ def run_round(
     # The campaign measures crash safety, not the per-peer write limit.
     daemon = Daemon(work, sim, db, extra=["--write-rate", "100000", "--write-burst", "1000000"])
     armed = 0
+    busy_kills = 0
+    aimed = 0
     submitted: list[Planned] = []
     refused = 0
+
+    def submit_next() -> None:
+        nonlocal refused
+        if daemon.proc is None or daemon.proc.poll() is not None:
+            daemon.start()
+        else:
+            wait_for(lambda: healthy(f"{daemon.url}/readyz"), 30, "daemon ready", daemon.proc)
+        accepted, n = submit(daemon, parts.pop(0))
+        submitted.extend(accepted)
+        refused += n
+
     try:
         plan = plan_workload(sim, rng, round_no)
         rng.shuffle(plan)
-        parts = [plan[i::waves] for i in range(waves)]
-        every = max(1, kills // waves)
+        n_waves = waves or max(4, kills)
+        parts = [p for p in (plan[i::n_waves] for i in range(n_waves)) if p]
         daemon.start()
         manage_all(daemon, sim)
         for k in range(kills):
-            wave = parts[k // every] if k % every == 0 and k // every < len(parts) else None
-            if wave is not None:
+            if daemon.proc is None or daemon.proc.poll() is not None:
+                daemon.start(wait_ready=False)
+            if faults and k % ADOPT_EVERY == 2 and parts:
                 if daemon.proc is None or daemon.proc.poll() is not None:
                     daemon.start()
-                accepted, n = submit(daemon, wave)
-                submitted += accepted
-                refused += n
-            elif daemon.proc is None or daemon.proc.poll() is not None:
-                daemon.start(wait_ready=False)
-            time.sleep(rng.uniform(0.5, 2.5))
+                wait_for(lambda: healthy(f"{daemon.url}/readyz"), 30, "ready", daemon.proc)
+                hit = _kill_between_post_and_upid(daemon, sim, submit_next)
+                aimed += hit
+                busy_kills += hit
+                armed += 1
+                continue
+            if parts and not _ops_in(daemon, "pending"):
+                submit_next()
+            busy = _wait_in_flight(daemon, 3.0)
+            time.sleep(rng.uniform(0.0, 0.5))
             if faults and rng.random() < 0.5:
                 sim.control("/faults", "POST", dict(rng.choice(FAULTS)))
                 armed += 1
+            busy_kills += busy > 0
             daemon.kill()
-        for wave in parts[(kills + every - 1) // every :]:
-            daemon.start()
-            accepted, n = submit(daemon, wave)
-            submitted += accepted
-            refused += n
+        while parts:
+            submit_next()
         sim.control("/faults", "DELETE")
         if daemon.proc is None or daemon.proc.poll() is not None:
             daemon.start()
@@ -362,6 +488,9 @@ def run_round(
         kills=kills,
         armed=armed,
         seconds=time.monotonic() - started,
+        recovers=recover_reports(daemon.log),
+        busy_kills=busy_kills,
+        aimed=aimed,
     )
 
 
@@ -377,6 +506,9 @@ def _judge(
     kills: int,
     armed: int,
     seconds: float,
+    recovers: list[dict[str, Any]],
+    busy_kills: int,
+    aimed: int,
 ) -> RoundResult:
     by_key = {op.idempotency_key: op for op in ops}
     lost = [item.key for item in submitted if item.key not in by_key]
@@ -413,6 +545,16 @@ def _judge(
         integrity=check,
         states=dict(Counter(op.state.value for op in ops)),
         seconds=seconds,
+        busy_kills=busy_kills,
+        aimed_kills=aimed,
+        recover_passes=len(recovers),
+        recover_working=sum(1 for r in recovers if r.get("examined", 0) > 0),
+        recover=dict(
+            sum(
+                (Counter({k: int(r.get(k, 0)) for k in RECOVER_RESULTS}) for r in recovers),
+                Counter(),
+            )
+        ),
     )
 
 
@@ -429,7 +571,22 @@ def summary(results: list[RoundResult]) -> str:
         f"{sum(len(r.unjournaled) for r in results)} unjournaled, "
         f"{sum(len(r.wrong_targets) for r in results)} wrong targets, "
         f"integrity {'ok' if all(r.integrity == ['ok'] for r in results) else 'FAILED'}; "
-        f"{dict(states)}; {sum(r.seconds for r in results):.0f} s"
+        f"{dict(states)}; {recovery(results)}; {sum(r.seconds for r in results):.0f} s"
+    )
+
+
+def recovery(results: list[RoundResult]) -> str:
+    """What the kills made Recover do: the proof that the campaign exercised recovery."""
+    totals: Counter[str] = Counter()
+    for r in results:
+        totals.update(r.recover)
+    return (
+        f"{sum(r.busy_kills for r in results)} kills with ops in flight "
+        f"({sum(r.aimed_kills for r in results)} between a POST and its UPID), "
+        f"{sum(r.recover_passes for r in results)} Recover passes "
+        f"({sum(r.recover_working for r in results)} with work) examined "
+        f"{totals['examined']} ops: "
+        + ", ".join(f"{k} {totals[k]}" for k in RECOVER_RESULTS if k != "examined" and totals[k])
     )
 
 
@@ -454,12 +611,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(
                 f"round {n}: {result.ops} ops, {result.kills} kills, {result.faults} faults, "
-                f"{result.tasks} tasks, {result.states}, {result.seconds:.0f} s"
+                f"{result.tasks} tasks, {result.states}, {recovery([result])}, "
+                f"{result.seconds:.0f} s"
                 + ("" if result.ok else f" — PROBLEMS: {result.problems()}"),
                 flush=True,
             )
             results.append(result)
     print(summary(results))
+    if not any(r.recover.get("adopted") for r in results):
+        print("Recover adopted no task in the whole campaign: recovery was not exercised")
+        return 1
     return 0 if all(r.ok for r in results) else 1
 
 
