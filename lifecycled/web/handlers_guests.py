@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
@@ -41,6 +42,8 @@ ORIGINS = [str(o) for o in GuestOrigin]
 OBSERVED = [str(o) for o in ObservedState]
 SETTABLE = [str(DesiredState.RUNNING), str(DesiredState.STOPPED)]
 _DESIRED_FIELDS = frozenset({"state"})
+SCOPES = ["local", "cluster"]
+NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$")
 
 
 def _choice(name: str, allowed: list[str]) -> Any:
@@ -79,18 +82,29 @@ def _etag(listing_hash: str, request: web.Request) -> str:
 # --- guests ----------------------------------------------------------------------------------
 
 
+def _node_name(value: str) -> str:
+    if not NODE_RE.match(value):
+        raise ValueError("not a Proxmox node name")
+    return value
+
+
 async def list_guests(request: web.Request) -> web.StreamResponse:
-    """``GET /v1/guests``: in vmid order, filtered, cursor-paginated; ETag / 304."""
+    """``GET /v1/guests``: in vmid order, filtered, cursor-paginated; ETag / 304.
+    ``scope=cluster``: every guest of the cluster from the shared record (SPEC §7)."""
     q = parse_query(
         request,
         {
             "origin": _choice("origin", ORIGINS),
             "observed": _choice("observed", OBSERVED),
             "drifted": _bool,
+            "node": _node_name,
+            "scope": _choice("scope", SCOPES),
             "limit": parse_limit,
             "cursor": parse_vmid,
         },
     )
+    if q.get("scope") == "cluster":
+        return await _cluster_guests(request, q)
     journal = runtime_of(request).journal
     state_hash, listing = await journal.guest_hashes()
     etag = _etag(listing, request)
@@ -102,6 +116,7 @@ async def list_guests(request: web.Request) -> web.StreamResponse:
         origin=GuestOrigin(origin) if origin else None,
         observed=ObservedState(observed) if observed else None,
         drifted=q.get("drifted"),
+        node=q.get("node"),
         limit=q.get("limit", DEFAULT_LIMIT),
         cursor=q.get("cursor"),
     )
@@ -111,6 +126,40 @@ async def list_guests(request: web.Request) -> web.StreamResponse:
         "state_hash": state_hash,
     }
     return web.json_response(body, headers=headers)
+
+
+async def _cluster_guests(request: web.Request, q: dict[str, Any]) -> web.Response:
+    """The cluster view: one ``/cluster/resources`` read with the records in the tags."""
+    cluster = runtime_of(request).guests.cluster
+    if cluster is None:
+        raise ApiError(404, "not_found", "no cluster view here")
+    if q.get("observed") is not None or q.get("drifted") is not None:
+        raise ApiError(
+            422,
+            "validation_failed",
+            "scope=cluster filters by node and origin only",
+            details={"scope": "observed and drifted are journal filters (scope=local)"},
+        )
+    try:
+        items = await cluster.view(node=q.get("node"))
+    except PveError as exc:
+        raise unavailable("proxmox_unavailable", f"Proxmox could not be read: {exc.text}") from None
+    origin = q.get("origin")
+    if origin is not None:
+        items = [i for i in items if (i["origin"] or "discovered") == origin]
+    cursor = q.get("cursor")
+    if cursor is not None:
+        items = [i for i in items if i["vmid"] > cursor]
+    limit = q.get("limit", DEFAULT_LIMIT)
+    page = items[:limit]
+    more = len(items) > limit
+    return web.json_response(
+        {
+            "items": page,
+            "next_cursor": page[-1]["vmid"] if more and page else None,
+            "scope": "cluster",
+        }
+    )
 
 
 async def get_guest(request: web.Request) -> web.Response:
@@ -262,6 +311,13 @@ ROUTES: tuple[Route, ...] = (
                 "Only managed guests whose config drifted (true) or did not (false).",
                 {"type": "string", "enum": ["true", "false"]},
             ),
+            query("node", "Only guests on this node.", {"type": "string"}),
+            query(
+                "scope",
+                "local (default): this daemon's journal; cluster: every guest of the cluster "
+                "from the ownership records in the Proxmox tags and /cluster/resources.",
+                {"type": "string", "enum": SCOPES},
+            ),
             _LIMIT,
             query(
                 "cursor",
@@ -272,7 +328,7 @@ ROUTES: tuple[Route, ...] = (
         responses={
             200: ok(
                 "One page of guests.",
-                "GuestPage",
+                "GuestListing",
                 headers={
                     "ETag": {"description": "The listing's ETag.", "schema": {"type": "string"}}
                 },

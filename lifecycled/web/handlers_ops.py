@@ -88,7 +88,8 @@ async def submit_op(request: web.Request) -> web.Response:
     except NotFound as exc:
         raise ApiError(404, "guest_not_found", str(exc), details={"vmid": sub.vmid}) from None
     except Conflict as exc:
-        raise ApiError(409, "idempotency_conflict", str(exc)) from None
+        code = getattr(exc, "code", "idempotency_conflict")
+        raise ApiError(409, code, str(exc)) from None
     op = result.op
     log.info(
         "http.op_submitted",

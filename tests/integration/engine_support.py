@@ -32,6 +32,17 @@ from lifecycled.sim.model import Guest
 WRITES = ("POST", "PUT", "DELETE")
 
 
+def is_record_write(method: str, path: str, params: dict[str, Any]) -> bool:
+    """A write of the ownership record alone (SPEC §7: ``PUT …/config`` with ``tags`` and
+    ``digest``) — it changes no guest state, so write-counting tests leave it out."""
+    return method == "PUT" and path.endswith("/config") and set(params) <= {"tags", "digest"}
+
+
+def guest_writes(method: str, path: str, params: dict[str, Any]) -> bool:
+    """A mutating request that changes a guest (not its ownership record)."""
+    return method in WRITES and not is_record_write(method, path, params)
+
+
 def client_for(server: SimServer) -> HttpPveClient:
     user, _, secret = server.sim.cfg.token.partition("=")
     return HttpPveClient(server.url, auth=TokenAuth(user=user, secret=secret))
@@ -40,7 +51,7 @@ def client_for(server: SimServer) -> HttpPveClient:
 def fast_settings(tmp_path: Path, server: SimServer, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "db": tmp_path / "journal.sqlite3",
-        "node": server.sim.cfg.nodes[0],
+        "node": ",".join(server.sim.cfg.nodes),  # one daemon serving every node
         "pve_url": server.url,
         "workers": 2,
         "node_cap": 4,
@@ -182,5 +193,7 @@ def writes_to(server: SimServer, vmid: int, suffix: str = "") -> list[str]:
     return [
         f"{r.method} {r.path}"
         for r in server.sim.requests
-        if r.method in WRITES and f"/{vmid}" in r.path and r.path.endswith(suffix)
+        if guest_writes(r.method, r.path, r.params)
+        and f"/{vmid}" in r.path
+        and r.path.endswith(suffix)
     ]
