@@ -1,4 +1,4 @@
--- lifecycled journal, schema version 4: the hand-off event of a cluster (SPEC §7).
+-- lifecycled journal, schema version 5: the hand-off event of a cluster (SPEC §7).
 --
 -- A managed guest's node changed (a migration, ours or out of band, or a hand-off from the
 -- shared record): `guest.moved` with the generation of its ownership record, so a control
