@@ -33,9 +33,12 @@ WRITES = ("POST", "PUT", "DELETE")
 
 
 def is_record_write(method: str, path: str, params: dict[str, Any]) -> bool:
-    """A write of the ownership record alone (SPEC §7: ``PUT …/config`` with ``tags`` and
-    ``digest``) — it changes no guest state, so write-counting tests leave it out."""
-    return method == "PUT" and path.endswith("/config") and set(params) <= {"tags", "digest"}
+    """A write of the cluster's shared record alone (SPEC §7: a guest's ``PUT …/config`` with
+    ``tags`` and ``digest``, or a node's published lifecycle state, ``PUT /nodes/{node}/config``
+    with ``description``) — it changes no guest, so write-counting tests leave it out."""
+    if method != "PUT" or not path.endswith("/config"):
+        return False
+    return set(params) <= {"tags", "digest"} or set(params) <= {"description", "digest"}
 
 
 def guest_writes(method: str, path: str, params: dict[str, Any]) -> bool:
