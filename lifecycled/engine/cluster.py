@@ -180,7 +180,7 @@ class Cluster:
         except PveError as err:
             if is_guest_missing(err):
                 res = await self.locate(vmid)
-                if res is not None and res.node != node:
+                if res is not None and res.node != node and not self.serves(res.node):
                     raise WrongNode(vmid, res.node, self.served) from None
                 raise NotFound(f"guest {vmid} not found on node {node}") from None
             raise

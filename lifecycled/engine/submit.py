@@ -226,7 +226,10 @@ async def _ownership_first(
         return 0
     action = Action(sub.action)
     desired = desired_for(action)
-    record = await guests.record_for(guest.vmid, guest.node, guest.kind)
+    try:
+        record = await guests.record_for(guest.vmid, guest.node, guest.kind)
+    except NotFound:
+        return 0  # not there (or named with another node/kind): the journal decides
     if record is None or not record.managed:
         return 0  # the journal refuses it (guest_not_managed)
     digest = key_digest(key) if key is not None else None
