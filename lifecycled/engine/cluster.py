@@ -59,6 +59,8 @@ class Cluster:
         self.pve = pve
         self.journal = journal
         self.served = served
+        #: The cluster's nodes as ``GET /nodes`` last listed them (empty: not read yet).
+        self.known: frozenset[str] = frozenset()
 
     # --- placement ------------------------------------------------------------------------
 
@@ -66,9 +68,13 @@ class Cluster:
         return serves(self.served, node)
 
     def require_served(self, vmid: int, node: str) -> None:
-        """Raise :class:`WrongNode` (HTTP 421) when ``node`` is not served here."""
-        if not self.serves(node):
-            raise WrongNode(vmid, node, self.served)
+        """Raise :class:`WrongNode` (HTTP 421) when ``node`` is another node of the cluster,
+        :class:`NotFound` when the cluster has no such node."""
+        if self.serves(node):
+            return
+        if self.known and node not in self.known:
+            raise NotFound(f"guest {vmid}: the cluster has no node {node!r}")
+        raise WrongNode(vmid, node, self.served)
 
     async def check_nodes(self) -> list[NodeEntry]:
         """At start: every served node must be a node of the cluster (else ConfigError).
@@ -80,6 +86,7 @@ class Cluster:
         except PveError as err:
             log.warning("cluster.nodes_unreadable", extra={"error": err.text})
             return []
+        self.known = frozenset(n.node for n in nodes)
         missing = missing_nodes(self.served, [n.node for n in nodes])
         if missing:
             names = ", ".join(sorted(n.node for n in nodes)) or "none"
@@ -92,7 +99,9 @@ class Cluster:
         """Every cluster node and whether ``GET /nodes`` says it is online (empty: the list
         could not be read)."""
         try:
-            return {n.node: n.status == "online" for n in await self.pve.nodes()}
+            online = {n.node: n.status == "online" for n in await self.pve.nodes()}
+            self.known = frozenset(online)
+            return online
         except PveError as err:
             log.warning("cluster.nodes_unreadable", extra={"error": err.text})
             return {}

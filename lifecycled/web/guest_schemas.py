@@ -129,6 +129,8 @@ SCHEMAS: dict[str, Any] = {
             "generation": {"type": ["integer", "null"]},
             "protected": {"type": "boolean"},
             "served_here": {"type": "boolean"},
+            "observed_state": _enum([str(o) for o in ObservedState]),
+            "drifted": {"type": "boolean"},
         },
     },
     "GuestListing": {

@@ -14,7 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
-from lifecycled.domain.guests import DesiredState, GuestOrigin, ObservedState, guest_to_dict
+from lifecycled.domain.guests import (
+    DesiredState,
+    GuestOrigin,
+    ObservedState,
+    guest_to_dict,
+    observed_from,
+)
 from lifecycled.domain.text import shown
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
@@ -133,20 +139,24 @@ async def _cluster_guests(request: web.Request, q: dict[str, Any]) -> web.Respon
     cluster = runtime_of(request).guests.cluster
     if cluster is None:
         raise ApiError(404, "not_found", "no cluster view here")
-    if q.get("observed") is not None or q.get("drifted") is not None:
-        raise ApiError(
-            422,
-            "validation_failed",
-            "scope=cluster filters by node and origin only",
-            details={"scope": "observed and drifted are journal filters (scope=local)"},
-        )
     try:
         items = await cluster.view(node=q.get("node"))
     except PveError as exc:
         raise unavailable("proxmox_unavailable", f"Proxmox could not be read: {exc.text}") from None
+    drifted = {
+        g.vmid
+        for g in (await runtime_of(request).journal.list_guests(drifted=True, limit=1000)).items
+    }
+    for item in items:
+        item["observed_state"] = str(observed_from(item["status"], item["lock"]))
+        item["drifted"] = item["vmid"] in drifted
     origin = q.get("origin")
     if origin is not None:
         items = [i for i in items if (i["origin"] or "discovered") == origin]
+    if q.get("observed") is not None:
+        items = [i for i in items if i["observed_state"] == q["observed"]]
+    if q.get("drifted") is not None:
+        items = [i for i in items if i["drifted"] is q["drifted"]]
     cursor = q.get("cursor")
     if cursor is not None:
         items = [i for i in items if i["vmid"] > cursor]
@@ -257,6 +267,10 @@ _LIMIT = query(
     f"Page size (default {DEFAULT_LIMIT}).",
     {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
 )
+_WRONG_NODE = error(
+    "The guest is on a node of the cluster this lifecycled does not serve (`wrong_node`, "
+    "`details.node` names it). Nothing was written."
+)
 _NOT_FOUND = error("lifecycled does not know this guest (`guest_not_found`).")
 _STOPPING = error("lifecycled is shutting down or the journal cannot write.", retry_after=True)
 _BAD_QUERY = error("Unknown, repeated or malformed query parameter (`invalid_query`).")
@@ -281,7 +295,13 @@ def _take_route(path: str, handler: Any, op_id: str, summary: str, note: str) ->
             200: ok("The guest and whether anything changed.", "Ownership"),
             404: error("No such guest in the cluster (`guest_not_found`)."),
             502: error("Proxmox could not be read (`proxmox_error`)."),
-            503: _STOPPING,
+            421: _WRONG_NODE,
+            503: error(
+                "lifecycled is shutting down (`shutting_down`), or the guest's ownership "
+                "record cannot be written to its Proxmox tags (`ownership_unavailable`: no "
+                "quorum, the config locked); nothing was written.",
+                retry_after=True,
+            ),
         },
     )
 
@@ -311,7 +331,9 @@ ROUTES: tuple[Route, ...] = (
                 "Only managed guests whose config drifted (true) or did not (false).",
                 {"type": "string", "enum": ["true", "false"]},
             ),
-            query("node", "Only guests on this node.", {"type": "string"}),
+            query(
+                "node", "Only guests on this node.", {"type": "string", "pattern": NODE_RE.pattern}
+            ),
             query(
                 "scope",
                 "local (default): this daemon's journal; cluster: every guest of the cluster "
@@ -375,7 +397,13 @@ ROUTES: tuple[Route, ...] = (
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
             409: error("The guest is not managed (`guest_not_managed`)."),
             422: error("Not running/stopped (`validation_failed`)."),
-            503: _STOPPING,
+            421: _WRONG_NODE,
+            503: error(
+                "lifecycled is shutting down (`shutting_down`), or the guest's ownership "
+                "record cannot be written to its Proxmox tags (`ownership_unavailable`: no "
+                "quorum, the config locked); nothing was written.",
+                retry_after=True,
+            ),
         },
     ),
     _take_route(
@@ -408,7 +436,13 @@ ROUTES: tuple[Route, ...] = (
             200: ok("The guest and whether anything changed.", "Ownership"),
             404: _NOT_FOUND,
             409: error("The guest is discovered, not managed (`guest_not_managed`)."),
-            503: _STOPPING,
+            421: _WRONG_NODE,
+            503: error(
+                "lifecycled is shutting down (`shutting_down`), or the guest's ownership "
+                "record cannot be written to its Proxmox tags (`ownership_unavailable`: no "
+                "quorum, the config locked); nothing was written.",
+                retry_after=True,
+            ),
         },
     ),
 )

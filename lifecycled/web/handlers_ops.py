@@ -334,7 +334,13 @@ ROUTES: tuple[Route, ...] = (
                 "Proxmox) does not have (`unsupported_action`) or params it does not take "
                 "(`unsupported_params`); a managed guest named with another node or kind "
                 "than its journal record (`placement_mismatch`, details per field); the node "
-                "is decommissioned (`node_decommissioned`)."
+                "is decommissioned (`node_decommissioned`); the key was accepted by the "
+                "lifecycled of the guest's previous node (`idempotency_key_used_elsewhere`)."
+            ),
+            421: error(
+                "The guest is on a node of the cluster this lifecycled does not serve "
+                "(`wrong_node`, `details.node` names it): send the request to that node's "
+                "lifecycled. Nothing was written."
             ),
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
             422: error(
