@@ -406,7 +406,7 @@ class Runtime:
                     action="reload",
                     decision=Decision.ALLOWED if ok else Decision.REFUSED,
                     reason=reason,
-                    node=self.settings.node,
+                    node=self.settings.primary_node,
                 )
             )
         except JournalError as exc:
