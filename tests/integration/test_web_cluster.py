@@ -111,6 +111,7 @@ async def test_cli_lists_the_cluster_from_the_tags(sim: SimServer, tmp_path: Pat
     )
     token = tmp_path / "token"
     token.write_text(sim.cfg.token + "\n")
+    token.chmod(0o600)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
