@@ -225,6 +225,12 @@ def _check_type(name: str, value: Any) -> None:
         return
     if name == "protected_vmids" and isinstance(value, list | tuple | set | frozenset | int):
         return
+    if (
+        name == "node"
+        and isinstance(value, list | tuple)
+        and all(isinstance(v, str) for v in value)
+    ):
+        return  # --node repeated, or a TOML array of node names
     if name in _BOOLS and isinstance(value, bool):
         return
     if name in _INTS and isinstance(value, int) and not isinstance(value, bool):

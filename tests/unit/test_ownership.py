@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -178,3 +180,20 @@ def test_node_mark_keeps_the_operators_text_and_publishes_only_drain_states() ->
     assert with_node_mark(text, NodeState.ACTIVE) == "rack 4, row B"
     assert with_node_mark("", NodeState.UNHEALTHY) == ""
     assert node_mark("lifecycled-node-state: bogus") is None
+
+
+def test_settings_take_node_lists_from_flags_env_and_toml(tmp_path: Any) -> None:
+    """--node repeated, a comma list in the environment and a TOML array all serve the same
+    nodes; the first is the primary one; a bad name is one ConfigError."""
+    from lifecycled.config import load_settings
+    from lifecycled.errors import ConfigError
+
+    flags = load_settings({"node": ["pve1", "pve2,pve3"]}, env={}, system_config=None)
+    assert flags.nodes == ("pve1", "pve2", "pve3") and flags.primary_node == "pve1"
+    env = load_settings({}, env={"LIFECYCLED_NODE": "pve2, pve1"}, system_config=None)
+    assert env.nodes == ("pve2", "pve1")
+    toml = tmp_path / "l.toml"
+    toml.write_text('node = ["pve3", "pve1"]\n')
+    assert load_settings({}, env={}, config_file=toml).nodes == ("pve3", "pve1")
+    with pytest.raises(ConfigError, match="not a Proxmox node name"):
+        load_settings({"node": ["pve1,no_way!"]}, env={}, system_config=None)
