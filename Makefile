@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo sim bench chaos mutants wheel-check clean fmt dist deb deb-check tools
+.PHONY: test lint demo demo-cluster sim bench chaos mutants wheel-check clean fmt dist deb deb-check tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,9 @@ chaos: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/lifecycled demo
+
+demo-cluster: $(STAMP)
+	$(BIN)/lifecycled demo-cluster
 
 sim: $(STAMP)
 	$(BIN)/lifecycled sim --guests 20

@@ -107,6 +107,16 @@ class Settings:
     write_burst: int = 100
 
     @property
+    def nodes(self) -> tuple[str, ...]:
+        """The nodes this daemon serves (``--node``, comma-separated or repeated; SPEC §7)."""
+        return tuple(n for n in self.node.split(",") if n)
+
+    @property
+    def primary_node(self) -> str:
+        """The first served node: the one whose lifecycle row this daemon keeps."""
+        return self.nodes[0]
+
+    @property
     def listen_host(self) -> str:
         return _split_listen(self.listen)[0]
 
@@ -235,6 +245,12 @@ def _check_type(name: str, value: Any) -> None:
         return
     if name == "protected_vmids" and isinstance(value, list | tuple | set | frozenset | int):
         return
+    if (
+        name == "node"
+        and isinstance(value, list | tuple)
+        and all(isinstance(v, str) for v in value)
+    ):
+        return  # --node repeated, or a TOML array of node names
     if name in _BOOLS and isinstance(value, bool):
         return
     if name in _INTS and isinstance(value, int) and not isinstance(value, bool):
@@ -267,6 +283,10 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         _check_type(name, value)
         if name == "protected_vmids":
             return _vmid_set(value)
+        if name == "node":
+            from lifecycled.domain.cluster import parse_nodes
+
+            return ",".join(parse_nodes(value if isinstance(value, list | tuple) else str(value)))
         if name in _DURATIONS:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 seconds = float(value)

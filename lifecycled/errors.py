@@ -80,6 +80,15 @@ class RequestNotSent(LifecycledError):
     ends the op with the error class ``internal``."""
 
 
+class OwnershipUnavailable(LifecycledError):
+    """The cluster's ownership record cannot be written now (no quorum, pmxcfs read-only, the
+    guest's config locked or changing under us): the ownership change is refused, retry later."""
+
+
+class OwnershipLocked(OwnershipUnavailable):
+    """The guest's config is locked (backup, snapshot, …): the record is written later."""
+
+
 class PveError(LifecycledError):
     """A Proxmox call failed.
 

@@ -349,7 +349,7 @@ async def _submit(
     async with await Journal.open(settings.db, synchronous=settings.synchronous) as journal:
         try:
             result = await submit(
-                journal, sub, pve=pve, default_node=settings.node, now=time.time()
+                journal, sub, pve=pve, default_node=settings.primary_node, now=time.time()
             )
         finally:
             if pve is not None:

@@ -27,3 +27,21 @@ def demo(
         console = Console(width=140)  # a log or CI: room for the whole table
     code = asyncio.run(run_demo(console, workdir))
     raise typer.Exit(code)
+
+
+@app.command("demo-cluster")
+@handle_errors
+def demo_cluster(
+    workdir: Annotated[
+        Path | None, typer.Option("--workdir", help="Keep the journals and logs here.")
+    ] = None,
+) -> None:
+    """Three sidecars on a three-node simulator: placement, hand-off, a node crash, LOST once,
+    a drain, one key one run (SPEC §7)."""
+    from lifecycled.demo.cluster import run_cluster_demo
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)
+    code = asyncio.run(run_cluster_demo(console, workdir))
+    raise typer.Exit(code)

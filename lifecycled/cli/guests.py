@@ -138,6 +138,15 @@ def guests_list(
         bool | None,
         typer.Option("--drifted/--not-drifted", help="Only guests whose config drifted (or not)."),
     ] = None,
+    node: Annotated[str | None, typer.Option("--node", help="Only guests on this node.")] = None,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="Every guest of the cluster, from the ownership records in the Proxmox tags "
+            "(reads Proxmox; needs the --pve-* options or the config file).",
+        ),
+    ] = False,
     limit: LimitOpt = 100,
     cursor: Annotated[
         int | None,
@@ -146,20 +155,76 @@ def guests_list(
     db: DbOpt = DEFAULT_DB,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
+    pve_url: PveUrlOpt = None,
+    pve_backend: PveBackendOpt = None,
+    pve_token_file: PveTokenFileOpt = None,
+    pve_user: PveUserOpt = None,
+    pve_ca_file: PveCaFileOpt = None,
+    pve_fingerprint: PveFingerprintOpt = None,
+    pve_insecure: PveInsecureOpt = None,
 ) -> None:
-    """List the guests in the journal (managed, discovered, released), in vmid order."""
+    """List the guests in the journal (managed, discovered, released), in vmid order;
+    ``--cluster``: every guest of the cluster with its shared ownership record."""
     try:
         origin_v = GuestOrigin(origin) if origin is not None else None
         observed_v = ObservedState(observed) if observed is not None else None
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
+    if cluster:
+        pve_flags = {k: v for k, v in locals().items() if k.startswith("pve_")}
+        _print_cluster(settings_from(config, **pve_flags), node, origin, as_json)
+        return
 
     async def work(journal: Journal) -> GuestPage:
         return await journal.list_guests(
-            origin=origin_v, observed=observed_v, drifted=drifted, limit=limit, cursor=cursor
+            origin=origin_v,
+            observed=observed_v,
+            drifted=drifted,
+            node=node,
+            limit=limit,
+            cursor=cursor,
         )
 
     _print_guests(_with_journal(db, work, create=False), as_json)
+
+
+def _print_cluster(settings: Settings, node: str | None, origin: str | None, as_json: bool) -> None:
+    from lifecycled.engine.cluster import Cluster
+    from lifecycled.engine.runtime import build_pve_client
+    from lifecycled.metrics import Metrics
+
+    async def main() -> list[dict[str, Any]]:
+        pve = build_pve_client(settings, Metrics())
+        try:
+            return await Cluster(pve=pve, journal=None, served=settings.nodes).view(node=node)
+        finally:
+            await pve.close()
+
+    items = asyncio.run(main())
+    if origin is not None:
+        items = [i for i in items if (i["origin"] or "discovered") == origin]
+    if as_json:
+        print_json(items)
+        return
+    print_table(
+        "cluster guests",
+        ["VMID", "NODE", "KIND", "NAME", "ORIGIN", "DESIRED", "GEN", "STATUS", "LOCK", "HERE"],
+        (
+            [
+                i["vmid"],
+                i["node"],
+                i["kind"],
+                i["name"],
+                i["origin"] or "-",
+                i["desired_state"] or "-",
+                "" if i["generation"] is None else i["generation"],
+                i["status"],
+                i["lock"] or "",
+                "yes" if i["served_here"] else "",
+            ]
+            for i in items
+        ),
+    )
 
 
 @guests_app.command("show")
@@ -419,7 +484,7 @@ def reconcile(
     if as_json:
         print_json(report)
         return
-    typer.echo(f"reconcile plan for node {settings.node} (dry run: nothing was changed)")
+    typer.echo(f"reconcile plan for node {settings.primary_node} (dry run: nothing was changed)")
     print_table(
         "would enqueue",
         ["VMID", "ACTION", "KEY", "WHY"],

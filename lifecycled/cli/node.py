@@ -52,13 +52,13 @@ ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded i
 ACTOR = "cli"
 
 
-def _served(settings: Settings, given: str | None) -> Settings:
+def _served(settings: Settings, given: list[str] | None) -> Settings:
     """The node to act on: as given, else the journal's only registered node, else the host's.
 
     A sidecar's journal serves one node; an operator running ``lifecycled node status`` on a
     host whose name differs from the ``--node`` the daemon runs with means that node.
     """
-    if given is not None or settings.node != default_node() or not settings.db.exists():
+    if given is not None or settings.primary_node != default_node() or not settings.db.exists():
         return settings
 
     async def main() -> list[str]:
@@ -137,14 +137,16 @@ def status(
     settings = _served(settings_from(config, db=db, node=node), node)
 
     async def work(journal: Journal) -> NodeRecord | None:
-        return await journal.get_node(settings.node)
+        return await journal.get_node(settings.primary_node)
 
     record = _with_journal(settings, work)
     if record is None:
         if as_json:
-            print_json({"node": settings.node, "state": None})
+            print_json({"node": settings.primary_node, "state": None})
         else:
-            typer.echo(f"node {settings.node}: not registered yet (lifecycled never ran for it)")
+            typer.echo(
+                f"node {settings.primary_node}: not registered yet (lifecycled never ran for it)"
+            )
         return
     if as_json:
         print_json(_record_dict(record, settings))
@@ -179,7 +181,12 @@ def undrain(
 
 
 def _change(
-    verb: str, reason: str, as_json: bool, config: Path | None, db: Path | None, node: str | None
+    verb: str,
+    reason: str,
+    as_json: bool,
+    config: Path | None,
+    db: Path | None,
+    node: list[str] | None,
 ) -> None:
     """Run ``engine.node.drain`` or ``undrain`` on the served node and report the change."""
     from lifecycled.engine import node as service
@@ -188,7 +195,9 @@ def _change(
     step = service.drain if verb == "drain" else service.undrain
 
     async def work(journal: Journal) -> NodeChange:
-        return await step(journal, settings.node, actor=ACTOR, reason=reason, now=time.time())
+        return await step(
+            journal, settings.primary_node, actor=ACTOR, reason=reason, now=time.time()
+        )
 
     _report(_with_journal(settings, work), settings, as_json)
 
@@ -238,7 +247,7 @@ def decommission(
         try:
             return await service.decommission(
                 journal,
-                settings.node,
+                settings.primary_node,
                 pve=pve,
                 actor=ACTOR,
                 min_age=settings.node_min_age,

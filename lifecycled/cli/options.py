@@ -63,7 +63,11 @@ InsecureListenOpt = Annotated[
     ),
 ]
 NodeOpt = Annotated[
-    str | None, typer.Option("--node", help="The Proxmox node served [default: this host's name].")
+    list[str] | None,
+    typer.Option(
+        "--node",
+        help="The Proxmox node(s) served: repeat or comma-separate [default: this host's name].",
+    ),
 ]
 PveUrlOpt = Annotated[
     str | None,

@@ -97,7 +97,7 @@ class Demo:
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--node",
-                "pve1",
+                "pve1,pve2",  # one daemon serving both nodes of the cluster (SPEC §7)
                 "--pve-url",
                 self.sim_url,
                 "--pve-token-file",

@@ -20,6 +20,7 @@ GUEST_EVENTS = (
     "guest.adopted",
     "guest.released",
     "guest.discovered",
+    "guest.moved",
 )
 
 

@@ -328,9 +328,15 @@ def guest_name(kind: GuestKind, config: Mapping[str, Any]) -> str | None:
 
 
 def observed_hash(records: Iterable[GuestRecord]) -> str:
-    """The observed-state hash (``vmid:observed:lock`` sorted by vmid), as in heartbeats."""
+    """The observed-state hash sent in heartbeats: per guest (sorted by vmid) its observed
+    state, lock, node and ownership (origin, desired state, generation) — SPEC §7."""
     lines = sorted(
-        (r.vmid, f"{r.vmid}:{r.observed_state or 'None'}:{r.lock or ''}") for r in records
+        (
+            r.vmid,
+            f"{r.vmid}:{r.observed_state or 'None'}:{r.lock or ''}:{r.node}:{r.origin}:"
+            f"{r.desired_state or ''}:{r.desired_generation}",
+        )
+        for r in records
     )
     text = "\n".join(line for _, line in lines)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

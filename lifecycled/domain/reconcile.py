@@ -4,7 +4,7 @@ what to write, what to enqueue, what to cancel and what to look at more closely 
 The shell (:mod:`lifecycled.engine.reconcile`) carries the plan out; ``lifecycled reconcile
 --dry-run`` prints it. Rules:
 
-* only guests on the served node are acted on, by their live power state (the node's own
+* only guests on the served nodes are acted on, by their live power state (each node's own
   guest list, never ``/cluster/resources``' lagging one); known guests seen anywhere are
   observed;
 * a managed guest whose observed power state differs from its desired state, with no op
@@ -13,7 +13,9 @@ The shell (:mod:`lifecycled.engine.reconcile`) carries the plan out; ``lifecycle
   keyed ``reconcile:{vmid}:{generation}:{action}:{n}``;
 * a pending reconcile op whose target is no longer desired is cancelled (superseded);
 * a managed guest gone from the cluster is an *expected* orphan (desired absent, a
-  terminate/migrate/create/clone open, a transient lock) or *anomalous*: LOST;
+  terminate/migrate/create/clone open, a transient lock) or *anomalous*: LOST — reported by
+  exactly one daemon of the cluster (:func:`lifecycled.domain.cluster.lost_reporter`); the
+  others only mark it ``missing``;
 * an unknown guest on the node becomes ``discovered`` (or managed, with
   ``--manage-discovered``); a LOST guest that reappears is re-checked by its fingerprint;
 * config drift is looked for by reading a few managed guests' configs per pass.
@@ -28,6 +30,7 @@ from typing import Any
 import attrs
 
 from lifecycled.domain.actions import Action
+from lifecycled.domain.cluster import lost_reporter
 from lifecycled.domain.guests import (
     TRANSIENT_LOCKS,
     DesiredState,
@@ -60,6 +63,12 @@ class ReconcileInput:
     node: str
     now: float
     observations: Sequence[Observation]
+    #: Every node this daemon serves (``node`` alone when empty).
+    served: frozenset[str] = frozenset()
+    #: Every cluster node and whether it is online (``GET /nodes``); empty: unknown.
+    online: Mapping[str, bool] = attrs.field(factory=dict)
+    #: Guests whose identity did not match their record after a move (SPEC §7): never acted on.
+    suspect: frozenset[int] = frozenset()
     guests: Mapping[int, GuestRecord]
     open_ops: Mapping[int, Sequence[Op]] = attrs.field(factory=dict)
     latest_reconcile: Mapping[int, Op] = attrs.field(factory=dict)
@@ -67,6 +76,10 @@ class ReconcileInput:
     max_commands: int = 20
     manage_discovered: str = "off"
     drift_checks: int = 10
+
+    @property
+    def nodes(self) -> frozenset[str]:
+        return self.served or frozenset({self.node})
 
 
 @attrs.frozen(kw_only=True)
@@ -196,7 +209,7 @@ def plan(inp: ReconcileInput) -> Plan:
     for obs in sorted(inp.observations, key=lambda o: o.vmid):
         guest = inp.guests.get(obs.vmid)
         if guest is None:
-            if obs.node == inp.node:
+            if obs.node in inp.nodes:
                 if inp.manage_discovered in ("native", "adopted"):
                     out.to_manage.append((obs, GuestOrigin(inp.manage_discovered)))
                 else:
@@ -206,12 +219,15 @@ def plan(inp: ReconcileInput) -> Plan:
             out.recheck_lost.append(obs)
             continue
         out.seen.append(obs)
-        if obs.node != inp.node or not guest.managed:
+        if obs.node not in inp.nodes or not guest.managed:
+            continue
+        if obs.vmid in inp.suspect:
+            out.skipped.append((obs.vmid, "identity does not match its record: not acted on"))
             continue
         budget = _converge(inp, guest, obs, out, budget)
         _drift(inp, guest, obs, out)
     for guest in sorted(inp.guests.values(), key=lambda g: g.vmid):
-        if guest.vmid not in by_vmid and guest.node == inp.node:
+        if guest.vmid not in by_vmid:
             _gone(inp, guest, out)
     out.digest_checks.sort(key=lambda v: (inp.guests[v].digest_checked_at or 0.0, v))
     del out.digest_checks[max(inp.drift_checks, 0) :]
@@ -299,8 +315,13 @@ def _gone(inp: ReconcileInput, guest: GuestRecord, out: Plan) -> None:
     if guest.observed_state in (ObservedState.LOST, ObservedState.MISSING):
         return
     vmid = guest.vmid
-    if not guest.managed or guest.observed_state is None:
-        out.vanished.append(vmid)
+    reporter = (
+        lost_reporter(guest.node, inp.online, inp.nodes) if inp.online else guest.node in inp.nodes
+    )
+    if not guest.managed or guest.observed_state is None or not reporter:
+        # Not ours to report (SPEC §7 "one reporter"), or never ours: simply missing here.
+        if guest.managed or guest.node in inp.nodes:
+            out.vanished.append(vmid)
         return
     why = _expected_absence(inp, guest)
     if why is not None:

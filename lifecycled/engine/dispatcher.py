@@ -7,6 +7,7 @@ import logging
 
 from lifecycled.domain.actions import (
     Action,
+    ActionSpec,
     GuestView,
     UnsupportedAction,
     lock_blocks,
@@ -24,6 +25,7 @@ from lifecycled.domain.outcome import (
     succeed,
 )
 from lifecycled.engine.clock import Clock
+from lifecycled.engine.cluster import Cluster
 from lifecycled.engine.durable import durable
 from lifecycled.engine.executor import Executor, internal_text, op_fields
 from lifecycled.engine.gate import Policy
@@ -54,6 +56,8 @@ class Dispatcher:
         idle_poll: float,
         terminate_stop_timeout: float = 300.0,
     ) -> None:
+        #: Placement across the cluster (SPEC §7); set by the composition root.
+        self.cluster: Cluster | None = None
         self.journal = journal
         self.executor = executor
         self.tracker = tracker
@@ -170,6 +174,10 @@ class Dispatcher:
         except PveError as err:
             await self.executor.apply(op, retry("guest read failed", err.error_class, err.text))
             return
+        moved = await self._placement(op, spec, view)
+        if moved is not None:
+            await self.executor.apply(op, moved)
+            return
         verdict = await self.policy.check(op, spec, view)
         if verdict.verdict is PolicyOutcome.REFUSE:
             await self.executor.apply(
@@ -218,6 +226,35 @@ class Dispatcher:
         op = await durable(self.journal.record_upid(op.id, str(upid), now=self.clock.now()))
         log.info("op.dispatched", extra=op_fields(op))
         self.tracker.track(op)
+
+    async def _placement(self, op: Op, spec: ActionSpec, view: GuestView) -> Decision | None:
+        """Re-checked at claim time (SPEC §7): an op whose guest is not on a node served
+        here — never served, or migrated away since the submission — is not acted on here:
+        it fails with a ``wrong_node:`` error (permanent); the daemon of the guest's node
+        holds its desired state from the shared record."""
+        cluster = self.cluster
+        if cluster is None:
+            return None
+        node = op.guest.node
+        if cluster.serves(node) and (view.exists or spec.action not in _NEEDS_GUEST):
+            return None
+        if cluster.serves(node) and spec.action is Action.MIGRATE:
+            return None  # a migrate done meanwhile: its own check decides
+        where = node
+        if not view.exists:
+            try:
+                res = await cluster.locate(op.guest.vmid)
+            except PveError:
+                return None  # the normal check decides
+            if res is None or res.node == node:
+                return None
+            where = res.node
+        return fail(
+            "wrong_node",
+            ErrorClass.PERMANENT,
+            f"wrong_node: guest {op.guest.vmid} is on node {where}, not served by this "
+            f"daemon (it serves {', '.join(cluster.served)}); nothing was sent",
+        )
 
     def _precheck(self, op: Op, view: GuestView) -> Decision | None:
         """Step 3 "Check" of SPEC §2: target held, guest missing, config lock."""

@@ -226,7 +226,7 @@ async def _privileges(settings: Settings, pve: PveClient) -> list[Finding]:
     except PveError as err:
         return [bad("privileges", f"cannot read /access/permissions: {err.text}", "")]
     out: list[Finding] = []
-    for v in verdicts(perms, node=settings.node):
+    for v in verdicts(perms, node=settings.primary_node):
         name = f"privileges: {v.subject}"
         if v.missing:
             out.append(
@@ -254,25 +254,29 @@ async def _node_and_clock(
     except PveError as err:
         return [bad("node", f"cannot list nodes: {err.text}", ""), skipped("clock", "no node")]
     names = sorted(n.node for n in nodes)
-    entry = next((n for n in nodes if n.node == settings.node), None)
+    entry = next((n for n in nodes if n.node == settings.primary_node), None)
     if entry is None:
         return [
             bad(
                 "node",
-                f"no node {settings.node!r} in the cluster (nodes: {', '.join(names) or 'none'})",
+                f"no node {settings.primary_node!r} in the cluster (nodes: {', '.join(names) or 'none'})",
                 "set node to this host's Proxmox node name (hostname -s)",
             ),
             skipped("clock", "unknown node"),
         ]
     if entry.status != "online":
         return [
-            bad("node", f"{settings.node} is {entry.status}", "check the node (pvecm status)"),
+            bad(
+                "node",
+                f"{settings.primary_node} is {entry.status}",
+                "check the node (pvecm status)",
+            ),
             skipped("clock", "node not online"),
         ]
-    out = [ok("node", f"{settings.node} is online (cluster nodes: {', '.join(names)})")]
+    out = [ok("node", f"{settings.primary_node} is online (cluster nodes: {', '.join(names)})")]
     try:
         sent = now()
-        node_time = await pve.node_time(settings.node)
+        node_time = await pve.node_time(settings.primary_node)
         mine = (sent + now()) / 2
     except PveError as err:
         return [*out, bad("clock", f"cannot read the node's time: {err.text}", "")]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import attrs
+
 from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.actions import fingerprint_of
 from lifecycled.domain.guests import (
@@ -23,12 +25,14 @@ from lifecycled.domain.guests import (
     resources_of,
 )
 from lifecycled.domain.op import GuestKind
+from lifecycled.domain.ownership import OwnershipRecord, fingerprint_digest
 from lifecycled.engine.clock import Clock
-from lifecycled.errors import NotFound, PveError, ValidationError
+from lifecycled.engine.cluster import Cluster, same_identity
+from lifecycled.errors import NotFound, OwnershipLocked, PveError, ValidationError
 from lifecycled.journal import Journal
 from lifecycled.journal.guest_rows import snapshot_json
-from lifecycled.journal.guests import Ownership
-from lifecycled.pve.port import PveClient, is_guest_missing
+from lifecycled.journal.guests import Ownership, not_managed
+from lifecycled.pve.port import GuestConfig, PveClient, is_guest_missing
 
 log = logging.getLogger("lifecycled.guests")
 
@@ -48,14 +52,21 @@ class GuestService:
         pve: PveClient | None,
         clock: Clock,
         protected_vmids: frozenset[int] = frozenset(),
+        cluster: Cluster | None = None,
     ) -> None:
         self.journal = journal
         self.pve = pve
         self.clock = clock
         self.protected_vmids = protected_vmids
+        #: The shared ownership record (tags); ``None``: journal only (admin CLI, old tests).
+        self.cluster = cluster
 
     async def locate(self, vmid: int) -> tuple[str, GuestKind]:
-        """The guest's node and kind from ``/cluster/resources``; NotFound when absent."""
+        """The guest's node and kind from ``/cluster/resources``; NotFound when absent,
+        WrongNode when it is on a node this daemon does not serve."""
+        if self.cluster is not None:
+            res = await self.cluster.placed(vmid)
+            return res.node, res.kind
         if self.pve is None:
             raise ValidationError("Proxmox is not configured here", {"vmid": "cannot read"})
         for res in await self.pve.cluster_resources():
@@ -119,7 +130,27 @@ class GuestService:
         self, vmid: int, origin: GuestOrigin, *, actor: str, reason: str = ""
     ) -> Ownership:
         """``manage`` (native) or ``adopt``: capture the guest and record it, audited."""
-        rec = await self.capture(vmid, origin)
+        try:
+            taken = await self._write_taken(vmid, origin) if self.cluster is not None else None
+        except OwnershipLocked as err:
+            # A backup or snapshot holds the config (and no migration can run meanwhile):
+            # the journal takes the guest now, reconcile writes its record once unlocked.
+            log.warning("ownership.deferred", extra={"vmid": vmid, "error": str(err)})
+            taken = None
+        if taken is not None:
+            record, node, kind = taken
+            rec = await self.capture(vmid, origin, node=node, kind=kind)
+            rec = attrs.evolve(
+                rec,
+                desired_state=record.desired,
+                desired_generation=record.generation,
+                protected=rec.protected or record.protected,
+            )
+        else:
+            rec = await self.capture(vmid, origin)
+            if self.cluster is not None:  # deferred: one generation ahead of the tags
+                old, _ = await self.cluster.read(rec.node, rec.kind, vmid)
+                rec = attrs.evolve(rec, desired_generation=old.generation + 1 if old else 1)
         why = reason or f"{_DECISION[origin]} by {actor}"
         audit = AuditRecord(
             at=rec.created_at,
@@ -139,6 +170,42 @@ class GuestService:
             )
         return result
 
+    async def _write_taken(
+        self, vmid: int, origin: GuestOrigin
+    ) -> tuple[OwnershipRecord, str, GuestKind]:
+        """SPEC §7: the record goes to the guest's tags before anything is journaled (then
+        the capture reads the config with its tags, so the snapshot digest is the final one).
+        A guest the record already names as managed keeps its desired state."""
+        assert self.cluster is not None and self.pve is not None
+        node, kind = await self.locate(vmid)
+        try:
+            status = await self.pve.guest_status(node, kind, vmid)
+        except PveError as err:
+            if is_guest_missing(err):
+                raise NotFound(f"guest {vmid} not found on node {node}") from None
+            raise
+        observed = observed_from(status.qmpstatus or status.status, status.lock)
+        desired = {
+            ObservedState.RUNNING: DesiredState.RUNNING,
+            ObservedState.STOPPED: DesiredState.STOPPED,
+        }.get(observed)
+
+        def change(old: OwnershipRecord | None, config: GuestConfig) -> OwnershipRecord:
+            if old is not None and old.origin is origin:
+                return old
+            keep = old is not None and old.managed
+            values = config.values
+            return (old or OwnershipRecord(origin=origin)).bumped(
+                origin=origin,
+                desired=old.desired if keep and old is not None else desired,
+                protected=vmid in self.protected_vmids or str(values.get("protection", "0")) == "1",
+                fingerprint=fingerprint_digest(fingerprint_of(kind, values)),
+            )
+
+        record = await self.cluster.write(node, kind, vmid, change)
+        assert record is not None
+        return record, node, kind
+
     async def manage(self, vmid: int, *, actor: str) -> Ownership:
         return await self.take(vmid, GuestOrigin.NATIVE, actor=actor)
 
@@ -148,6 +215,20 @@ class GuestService:
     async def release(self, vmid: int, *, actor: str) -> Ownership:
         """Release a managed guest (kept as ``released``; never acted on again), audited."""
         guest = await self.journal.get_guest(vmid)
+        generation = 0
+        if self.cluster is not None and guest.managed:
+            node, kind = await self.locate(vmid)
+
+            def change(old: OwnershipRecord | None, _config: GuestConfig) -> OwnershipRecord:
+                base = old or OwnershipRecord(
+                    origin=guest.origin, generation=guest.desired_generation
+                )
+                if base.origin is GuestOrigin.RELEASED:
+                    return base
+                return base.bumped(origin=GuestOrigin.RELEASED, desired=None)
+
+            record = await self.cluster.write(node, kind, vmid, change)
+            generation = record.generation if record is not None else 0
         now = self.clock.now()
         audit = AuditRecord(
             at=now,
@@ -159,13 +240,31 @@ class GuestService:
             node=guest.node,
             snapshot=_snapshot(guest),
         )
-        result = await self.journal.release_guest(vmid, audit=audit, now=now)
+        result = await self.journal.release_guest(vmid, audit=audit, now=now, generation=generation)
         if result.changed:
             log.warning("guest.released", extra={"vmid": vmid, "node": guest.node, "actor": actor})
         return result
 
     async def set_desired(self, vmid: int, state: DesiredState, *, actor: str) -> GuestRecord:
-        guest = await self.journal.set_desired(vmid, state, now=self.clock.now())
+        generation = 0
+        if self.cluster is not None:
+            node, kind = await self.locate(vmid)
+            record = await self.record_for(vmid, node, kind)
+            if record is None or not record.managed:
+                cached = await self.journal.find_guest(vmid)
+                raise not_managed(vmid, cached.origin if cached else None)
+
+            def change(old: OwnershipRecord | None, _config: GuestConfig) -> OwnershipRecord:
+                base = old or record
+                if not base.managed or base.desired is state:
+                    return base
+                return base.bumped(desired=state)
+
+            written = await self.cluster.write(node, kind, vmid, change)
+            generation = written.generation if written is not None else 0
+        guest = await self.journal.set_desired(
+            vmid, state, now=self.clock.now(), generation=generation
+        )
         log.info(
             "guest.desired_set",
             extra={
@@ -177,6 +276,165 @@ class GuestService:
             },
         )
         return guest
+
+    # --- the shared record (SPEC §7) ---------------------------------------------------------
+
+    async def record_for(self, vmid: int, node: str, kind: GuestKind) -> OwnershipRecord | None:
+        """The guest's record from its tags, the journal's cache brought up to date with it
+        first (hand-off on demand); a managed cached guest without tags gets them (backfill)."""
+        assert self.cluster is not None
+        record, config = await self.cluster.read(node, kind, vmid)
+        cached = await self.journal.find_guest(vmid)
+        if record is None and (cached is None or not cached.managed):
+            return None
+        if ahead_of(cached, record):
+            assert cached is not None
+            return await self.push(cached)
+        assert record is not None
+        if needs_sync(cached, record, node):
+            await self.follow(vmid, node, kind, record, config=config)
+        return record
+
+    async def push(self, cached: GuestRecord) -> OwnershipRecord | None:
+        """Write the journal's newer ownership of a guest to its tags (backfill of a managed
+        guest without a record, or an op accepted while the tags could not be written)."""
+        assert self.cluster is not None
+
+        def change(old: OwnershipRecord | None, _c: GuestConfig) -> OwnershipRecord | None:
+            if old is not None and old.generation >= cached.desired_generation:
+                return old  # someone wrote a newer record meanwhile: it wins
+            return OwnershipRecord(
+                origin=cached.origin,
+                desired=cached.desired_state,
+                generation=max(cached.desired_generation, old.generation + 1 if old else 1),
+                protected=cached.protected,
+                fingerprint=fingerprint_digest(cached.fingerprint),
+                last_keys=old.last_keys if old else (),
+            )
+
+        record = await self.cluster.write(cached.node, cached.kind, cached.vmid, change)
+        if record is not None and record.generation > cached.desired_generation:
+            await self.journal.sync_ownership(
+                cached.vmid,
+                changes={"desired_generation": record.generation},
+                fresh=cached,
+                now=self.clock.now(),
+            )
+        return record
+
+    async def follow(
+        self,
+        vmid: int,
+        node: str,
+        kind: GuestKind,
+        record: OwnershipRecord,
+        *,
+        name: str | None = None,
+        config: GuestConfig | None = None,
+        verify: bool = False,
+    ) -> GuestRecord | None:
+        """Bring the journal's cached row of a guest on a served node up to its record in
+        the tags — the hand-off after a migration (SPEC §7). When the cached node or name
+        changed (or there is no cached identity) the guest's identity is checked first: a
+        guest whose fingerprint is not the record's is reported and never taken over."""
+        assert self.cluster is not None
+        cached = await self.journal.find_guest(vmid)
+        now = self.clock.now()
+        fingerprint: dict[str, str] | None = None
+        if (
+            verify
+            or cached is None
+            or not cached.fingerprint
+            or cached.node != node
+            or (name is not None and cached.name != name)
+        ):
+            if config is None:
+                try:
+                    config = await self.cluster.pve.guest_config(node, kind, vmid)
+                except PveError as err:
+                    log.warning("guest.follow_failed", extra={"vmid": vmid, "error": err.text})
+                    return None
+            ok, fingerprint = self.cluster.identity_holds(record, kind, config)
+            if cached is not None and cached.managed:
+                ok = ok and same_identity(cached.fingerprint, fingerprint)
+            if not ok:
+                log.critical(
+                    "guest.identity_mismatch",
+                    extra={
+                        "vmid": vmid,
+                        "node": node,
+                        "recorded": record.fingerprint,
+                        "found": fingerprint,
+                    },
+                )
+                return None
+            if name is None:
+                name = guest_name(kind, config.values)
+        changes: dict[str, Any] = {
+            "origin": record.origin,
+            "desired_state": record.desired if record.managed else None,
+            "desired_generation": max(
+                record.generation, cached.desired_generation if cached else 0
+            ),
+            "protected": record.protected or vmid in self.protected_vmids,
+            "node": node,
+            "kind": kind,
+            "lost_at": None,
+        }
+        if name is not None:
+            changes["name"] = name
+        if fingerprint:
+            changes["fingerprint"] = fingerprint
+        if cached is not None and cached.node != node:
+            changes["config_digest"] = None  # a new baseline on the new node (not drift)
+        fresh = GuestRecord(
+            vmid=vmid,
+            node=node,
+            kind=kind,
+            origin=record.origin,
+            name=name,
+            desired_state=changes["desired_state"],
+            desired_generation=record.generation,
+            protected=changes["protected"],
+            fingerprint=fingerprint or {},
+            created_at=now,
+            updated_at=now,
+        )
+        guest = await self.journal.sync_ownership(vmid, changes=changes, fresh=fresh, now=now)
+        if cached is None or cached.node != node or cached.origin is not record.origin:
+            log.warning(
+                "guest.handed_off",
+                extra={
+                    "vmid": vmid,
+                    "node": node,
+                    "previous_node": cached.node if cached else None,
+                    "origin": str(record.origin),
+                    "generation": record.generation,
+                },
+            )
+        return guest
+
+
+def ahead_of(cached: GuestRecord | None, record: OwnershipRecord | None) -> bool:
+    """Whether the journal holds a newer ownership than the tags (an op accepted while the
+    record could not be written): the tags are to be brought up to the journal."""
+    if cached is None or not cached.managed:
+        return False
+    return record is None or cached.desired_generation > record.generation
+
+
+def needs_sync(cached: GuestRecord | None, record: OwnershipRecord, node: str) -> bool:
+    """Whether the journal's cached row lags the guest's record (or its node)."""
+    if cached is None:
+        return record.managed
+    if ahead_of(cached, record):
+        return False
+    return (
+        cached.origin is not record.origin
+        or cached.node != node
+        or cached.desired_generation < record.generation
+        or (record.managed and cached.desired_state != record.desired)
+    )
 
 
 def _snapshot(rec: GuestRecord) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.node import (
@@ -27,6 +27,9 @@ from lifecycled.journal import Journal
 from lifecycled.journal.nodes import NodeChange
 from lifecycled.pve.port import PveClient
 
+if TYPE_CHECKING:
+    from lifecycled.engine.cluster import Cluster
+
 log = logging.getLogger("lifecycled.node")
 
 
@@ -40,19 +43,35 @@ async def admit(
     idempotency_key: str | None,
     actor: str,
     now: float,
+    cluster: Cluster | None = None,
 ) -> None:
-    """Raise :class:`NodeRefused` (audited) when the served node's state refuses a new op.
+    """Raise :class:`NodeRefused` (audited) when the served node's state refuses a new op —
+    or, with ``cluster``, the state another node publishes in its Proxmox description
+    (SPEC §7: every daemon respects a draining node: no start on it, no migrate into it).
 
     A resubmitted key whose op is in flight or succeeded is not a new op: it is answered by
     deduplication, so the node's state does not refuse it.
     """
     record = await journal.get_node(served)
-    if record is None:
-        return
-    refusal = admission_refusal(
-        record.state, served=served, action=action, guest_node=guest.node, params=params
-    )
-    if refusal is None:
+    refusal: Refusal | None = None
+    state: NodeState | None = None
+    if record is not None:
+        state = record.state
+        refusal = admission_refusal(
+            record.state, served=served, action=action, guest_node=guest.node, params=params
+        )
+    if refusal is None and cluster is not None:
+        for other in placed_on(action, guest, params) - {served}:
+            mark = await cluster.node_state(other)
+            if mark is None:
+                continue
+            refusal = admission_refusal(
+                mark, served=other, action=action, guest_node=guest.node, params=params
+            )
+            if refusal is not None:
+                state = mark
+                break
+    if refusal is None or state is None:
         return
     if idempotency_key is not None:
         existing = await journal.by_key(idempotency_key)
@@ -68,7 +87,7 @@ async def admit(
             vmid=guest.vmid,
             node=guest.node,
             snapshot={
-                "node_state": str(record.state),
+                "node_state": str(state),
                 "served_node": served,
                 "guest": {"node": guest.node, "kind": str(guest.kind), "vmid": guest.vmid},
                 "params": dict(params),
@@ -85,7 +104,18 @@ async def admit(
             "actor": actor,
         },
     )
-    raise NodeRefused(refusal, state=record.state)
+    raise NodeRefused(refusal, state=state)
+
+
+def placed_on(action: str, guest: GuestRef, params: Mapping[str, Any]) -> set[str]:
+    """The nodes an op would put a guest on (whose lifecycle state may refuse it)."""
+    out: set[str] = set()
+    if action in ("start", "create", "clone"):
+        out.add(guest.node)
+    target = params.get("target")
+    if action in ("migrate", "clone") and isinstance(target, str) and target:
+        out.add(target)
+    return out
 
 
 async def activate(journal: Journal, node: str, *, system: bool, now: float) -> NodeRecord:

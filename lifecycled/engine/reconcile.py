@@ -22,8 +22,9 @@ from prometheus_async import aio
 from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.actions import fingerprint_matches, fingerprint_of
 from lifecycled.domain.guests import GuestRecord, Observation
-from lifecycled.domain.node import admission_refusal
+from lifecycled.domain.node import NodeRecord, NodeState, admission_refusal
 from lifecycled.domain.op import GuestKind, Origin
+from lifecycled.domain.ownership import decode
 from lifecycled.domain.reconcile import (
     OrphanKind,
     Plan,
@@ -35,14 +36,18 @@ from lifecycled.domain.reconcile import (
     with_live_status,
 )
 from lifecycled.engine.clock import Clock
+from lifecycled.engine.cluster import Cluster
 from lifecycled.engine.executor import internal_text
-from lifecycled.engine.guests import GuestService
+from lifecycled.engine.guests import GuestService, ahead_of, needs_sync
 from lifecycled.errors import InvalidTransition, LifecycledError, PveError, RequestNotSent
 from lifecycled.journal import Journal, SubmitRequest
 from lifecycled.metrics import Metrics
-from lifecycled.pve.port import PveClient
+from lifecycled.pve.port import ClusterResource, PveClient
 
 log = logging.getLogger("lifecycled.reconcile")
+
+#: The reason prefix of an ``unhealthy`` state set by the health check (cleared by it too).
+AUTO_UNHEALTHY = "auto:"
 
 #: Config reads per pass looking for drift (oldest check first).
 DRIFT_CHECKS_PER_PASS = 10
@@ -79,7 +84,13 @@ class Reconciler:
         max_commands: int,
         manage_discovered: str,
         notify: Callable[[], None] = lambda: None,
+        served: tuple[str, ...] = (),
+        cluster: Cluster | None = None,
     ) -> None:
+        self.served = served or (node,)
+        self.cluster = cluster
+        #: Guests whose identity failed the check after a move (kept until it passes).
+        self.suspect: set[int] = set()
         self.journal = journal
         self.pve = pve
         self.guests = guests
@@ -91,22 +102,39 @@ class Reconciler:
         self.notify = notify
         self.last_report: ReconcileReport | None = None
 
-    async def gather(self) -> ReconcileInput:
-        """One cluster read (which guests, where), the served node's live guest lists (their
-        power state: the cluster's lags, reference §13.10) and the journal's view."""
+    async def gather(self, *, sync: bool = False) -> ReconcileInput:
+        """One cluster read (which guests, where, and their ownership records in the tags),
+        the served nodes' live guest lists (their power state: the cluster's lags, reference
+        §13.10) and the journal's view. ``sync`` first brings the journal's cache up to the
+        records (hand-off, SPEC §7)."""
         resources = await self.pve.cluster_resources()
-        live: dict[tuple[GuestKind, int], tuple[str, str | None]] = {}
-        try:
-            for kind in GuestKind:
-                for status in await self.pve.node_guests(self.node, kind):
-                    live[(kind, status.vmid)] = (status.qmpstatus or status.status, status.lock)
-        except PveError as err:
-            # No live state: the node's guests read "unknown" and nothing is done to them.
-            log.warning("reconcile.live_unreadable", extra={"node": self.node, "error": err.text})
-            live.clear()
-        observations = with_live_status(observations_from(resources), node=self.node, live=live)
+        online: dict[str, bool] = {}
+        if self.cluster is not None:
+            online = await self.cluster.online()
+            if sync:
+                await self.node_lifecycle(online)
+                await self.sync_records(resources)
+        suspect = frozenset(self.suspect)
+        observations = observations_from(resources)
+        for served in self.served:
+            live: dict[tuple[GuestKind, int], tuple[str, str | None]] = {}
+            try:
+                for kind in GuestKind:
+                    for status in await self.pve.node_guests(served, kind):
+                        live[(kind, status.vmid)] = (
+                            status.qmpstatus or status.status,
+                            status.lock,
+                        )
+            except PveError as err:
+                # No live state: the node's guests read "unknown"; nothing is done to them.
+                log.warning("reconcile.live_unreadable", extra={"node": served, "error": err.text})
+                live.clear()
+            observations = with_live_status(observations, node=served, live=live)
         return ReconcileInput(
             node=self.node,
+            served=frozenset(self.served),
+            online=online,
+            suspect=suspect,
             now=self.clock.now(),
             observations=observations,
             guests={g.vmid: g for g in await self.journal.all_guests()},
@@ -127,7 +155,7 @@ class Reconciler:
     async def _pass(self, *, dry_run: bool) -> ReconcileReport:
         started = self.clock.now()
         try:
-            inp = await self.gather()
+            inp = await self.gather(sync=not dry_run)
             the_plan = plan(inp)
             report = report_of(the_plan, started, dry_run=dry_run)
             if not dry_run:
@@ -164,8 +192,94 @@ class Reconciler:
             )
         return report
 
+    async def node_lifecycle(self, online: dict[str, bool]) -> NodeRecord | None:
+        """SPEC §7 "node lifecycle is cluster-wide": the served node's drain/decommission is
+        published in its Proxmox description for every daemon to respect; a node ``GET
+        /nodes`` lists offline is marked ``unhealthy`` (reason ``auto: …``), and cleared back
+        (to draining when its description says so, else active) once it is online again."""
+        assert self.cluster is not None
+        node = self.node
+        record = await self.journal.get_node(node)
+        if record is None:
+            return None
+        now = self.clock.now()
+        up = online.get(node)
+        if up is False and record.state not in (NodeState.UNHEALTHY, NodeState.DECOMMISSIONED):
+            change = await self.journal.transition_node(
+                node,
+                NodeState.UNHEALTHY,
+                now=now,
+                actor="reconcile",
+                action="health",
+                reason=f"{AUTO_UNHEALTHY} Proxmox lists node {node} offline",
+            )
+            log.warning("node.unhealthy", extra={"node": node})
+            return change.record
+        if up and record.state is NodeState.UNHEALTHY and record.reason.startswith(AUTO_UNHEALTHY):
+            back = await self.cluster.node_state(node)
+            target = NodeState.DRAINING if back is NodeState.DRAINING else NodeState.ACTIVE
+            change = await self.journal.transition_node(
+                node,
+                target,
+                now=now,
+                actor="reconcile",
+                action="health",
+                reason=f"Proxmox lists node {node} online again",
+            )
+            log.warning("node.healthy", extra={"node": node, "state": str(target)})
+            return change.record
+        if up is not False and record.state is not NodeState.UNHEALTHY:
+            try:
+                await self.cluster.publish_node_state(node, record.state)
+            except PveError as err:
+                log.warning("node.publish_failed", extra={"node": node, "error": err.text})
+        return record
+
+    async def sync_records(self, resources: list[ClusterResource]) -> list[int]:
+        """The journal's cache of every guest on a served node brought up to the record in
+        its tags: a guest that arrived (a migration, ours or out of band) is taken over with
+        its desired state — after its identity check — so this pass enforces it; a managed
+        guest without tags gets them (backfill). Returns the vmids whose cache changed."""
+        if self.cluster is None:
+            return []
+        cached = {g.vmid: g for g in await self.journal.all_guests()}
+        changed: list[int] = []
+        for res in resources:
+            if not self.cluster.serves(res.node):
+                continue
+            record = decode(res.tags)
+            guest = cached.get(res.vmid)
+            try:
+                if ahead_of(guest, record):  # backfill, or an op accepted without the tags
+                    assert guest is not None
+                    if guest.node == res.node:
+                        await self.guests.push(guest)
+                        changed.append(res.vmid)
+                    continue
+                if record is None:
+                    continue
+                if needs_sync(guest, record, res.node) or res.vmid in self.suspect:
+                    if await self.guests.follow(
+                        res.vmid,
+                        res.node,
+                        res.kind,
+                        record,
+                        name=res.name,
+                        verify=res.vmid in self.suspect,
+                    ):
+                        changed.append(res.vmid)
+                        self.suspect.discard(res.vmid)
+                    else:
+                        self.suspect.add(res.vmid)
+            except (PveError, LifecycledError) as err:
+                log.warning(
+                    "guest.sync_failed",
+                    extra={"vmid": res.vmid, "node": res.node, "error": str(err)},
+                )
+        return changed
+
     async def refresh_gauges(self) -> None:
-        self.metrics.set_guests(await self.journal.guest_counts())
+        self.metrics.set_guests(await self.journal.guest_counts(nodes=self.served))
         drifted = await self.journal.list_guests(drifted=True, limit=1000)
         self.metrics.config_drift.set(len(drifted.items))
 

@@ -25,6 +25,7 @@ from lifecycled.domain.serialize import rfc3339
 from lifecycled.domain.states import OpState
 from lifecycled.domain.webhooks import parse_secret
 from lifecycled.engine.clock import Clock, SystemClock
+from lifecycled.engine.cluster import Cluster
 from lifecycled.engine.dispatcher import Dispatcher
 from lifecycled.engine.executor import Executor, internal_text
 from lifecycled.engine.gate import Policy
@@ -195,16 +196,24 @@ class Runtime:
             idle_poll=min(1.0, settings.poll_interval),
             terminate_stop_timeout=settings.terminate_stop_timeout,
         )
+        cluster = Cluster(pve=pve, journal=journal, served=settings.nodes)
         guests = GuestService(
-            journal=journal, pve=pve, clock=clock, protected_vmids=settings.protected_vmids
+            journal=journal,
+            pve=pve,
+            clock=clock,
+            protected_vmids=settings.protected_vmids,
+            cluster=cluster,
         )
+        dispatcher.cluster = cluster
         reconciler = Reconciler(
             journal=journal,
             pve=pve,
             guests=guests,
             clock=clock,
             metrics=metrics,
-            node=settings.node,
+            node=settings.primary_node,
+            served=settings.nodes,
+            cluster=cluster,
             max_commands=settings.reconcile_max_commands,
             manage_discovered=settings.manage_discovered,
             notify=dispatcher.notify,
@@ -248,6 +257,8 @@ class Runtime:
     async def run(self, *, web: WebStarter | None = None) -> None:
         """Recover, then serve until :meth:`request_stop`."""
         self.started_at = self.clock.now()
+        assert self.guests.cluster is not None
+        await self.guests.cluster.check_nodes()  # ConfigError: --node names no cluster node
         # The outbox is written only while push is configured (before anything can change).
         await self.journal.set_push(enabled=self.settings.notify_url is not None)
         stop_web: Callable[[], Awaitable[None]] | None = None
@@ -256,7 +267,7 @@ class Runtime:
         try:
             self.node_record = await activate_node(
                 self.journal,
-                self.settings.node,
+                self.settings.primary_node,
                 system=self.settings.system_node,
                 now=self.started_at,
             )
@@ -397,7 +408,7 @@ class Runtime:
                     action="reload",
                     decision=Decision.ALLOWED if ok else Decision.REFUSED,
                     reason=reason,
-                    node=self.settings.node,
+                    node=self.settings.primary_node,
                 )
             )
         except JournalError as exc:
@@ -430,7 +441,7 @@ class Runtime:
         pusher = Pusher(
             journal=self.journal,
             url=url,
-            node=self.settings.node,
+            node=self.settings.primary_node,
             clock=self.clock,
             state_hash=self.observed_state_hash,
             token=token,
@@ -456,14 +467,19 @@ class Runtime:
         self.metrics.set_queue_depth(self._state_counts)
         self.metrics.dead_letters.set(dead_letters)
         self._dead_letters = dead_letters
-        self.node_record = await self.journal.get_node(self.settings.node)
+        self.node_record = await self.journal.get_node(self.settings.primary_node)
         await self.reconciler.refresh_gauges()
 
     # --- services used by the CLI and the HTTP API --------------------------------------
 
     async def submit(self, sub: Submission) -> SubmitResult:
         result = await submit(
-            self.journal, sub, pve=self.pve, default_node=self.settings.node, now=self.clock.now()
+            self.journal,
+            sub,
+            pve=self.pve,
+            default_node=self.settings.primary_node,
+            now=self.clock.now(),
+            guests=self.guests,
         )
         if not result.deduplicated:
             self.dispatcher.notify()
@@ -472,7 +488,8 @@ class Runtime:
     def status(self) -> dict[str, Any]:
         report: RecoverReport | None = self.recoverer.last_report
         return {
-            "node": self.settings.node,
+            "node": self.settings.primary_node,
+            "nodes": list(self.settings.nodes),
             "node_state": str(self.node_record.state) if self.node_record is not None else None,
             "ready": self.ready.is_set(),
             "stopping": self.stopping.is_set(),

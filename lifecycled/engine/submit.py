@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -17,15 +18,28 @@ from lifecycled.domain.actions import (
     parse_size,
     spec_for,
 )
-from lifecycled.domain.guests import desired_for
+from lifecycled.domain.guests import DesiredState, desired_for
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
+from lifecycled.domain.ownership import OwnershipRecord, key_digest
 from lifecycled.domain.text import shown
 from lifecycled.engine import node
-from lifecycled.errors import NotFound, PolicyRefused, PveError, ValidationError
+from lifecycled.errors import (
+    Conflict,
+    NotFound,
+    OwnershipUnavailable,
+    PolicyRefused,
+    PveError,
+    ValidationError,
+)
 from lifecycled.journal import Journal, SubmitRequest, SubmitResult
 from lifecycled.pve import wire
 from lifecycled.pve.params import param_problems
 from lifecycled.pve.port import PveClient
+
+if TYPE_CHECKING:
+    from lifecycled.engine.guests import GuestService
+
+log = logging.getLogger("lifecycled.submit")
 
 VMID_MIN, VMID_MAX = 100, 999_999_999
 # Always used with ``fullmatch`` (a ``$`` would let a trailing newline through); ASCII only,
@@ -186,6 +200,60 @@ def with_fingerprint(
     return out
 
 
+class KeyUsedElsewhere(Conflict):
+    """The key is the last one recorded in the guest's ownership record, but this daemon's
+    journal does not hold it: another daemon accepted it (before a migration). Never run twice."""
+
+    code = "idempotency_key_used_elsewhere"
+
+
+#: Actions whose key is recorded in the guest's tags even when the desired state stays.
+_RECORDED = frozenset({Action.REBOOT, Action.RESET, Action.MIGRATE, Action.TERMINATE})
+
+
+async def _ownership_first(
+    journal: Journal, guests: GuestService, sub: Submission, guest: GuestRef
+) -> int:
+    """SPEC §7: the ownership record in the guest's tags is written before the journal —
+    the new desired state and the op's key. Returns the record's generation (0: no write).
+
+    A key already in this journal goes straight to the journal (dedup, re-arm, conflict).
+    A key that is the record's last key but unknown here ran on another daemon:
+    :class:`KeyUsedElsewhere`, nothing is written.
+    """
+    key = sub.idempotency_key
+    if key is not None and await journal.by_key(key) is not None:
+        return 0
+    action = Action(sub.action)
+    desired = desired_for(action)
+    try:
+        record = await guests.record_for(guest.vmid, guest.node, guest.kind)
+    except NotFound:
+        return 0  # not there (or named with another node/kind): the journal decides
+    if record is None or not record.managed:
+        return 0  # the journal refuses it (guest_not_managed)
+    digest = key_digest(key) if key is not None else None
+    if digest is not None and digest in record.last_keys:
+        raise KeyUsedElsewhere(
+            f"idempotency key {key!r} was already accepted for guest {guest.vmid} by the "
+            "lifecycled of the node it ran on before it moved; it is not run again"
+        )
+    if (desired is None or desired is record.desired) and action not in _RECORDED:
+        return 0
+    assert guests.cluster is not None
+    wanted: DesiredState | None = desired
+
+    def change(old: OwnershipRecord | None, _config: object) -> OwnershipRecord | None:
+        if old is None or not old.managed:
+            return old
+        if digest is not None and digest in old.last_keys:
+            raise KeyUsedElsewhere(f"idempotency key {key!r} was accepted meanwhile")
+        return old.with_key(digest).bumped(desired=wanted or old.desired)
+
+    written = await guests.cluster.write(guest.node, guest.kind, guest.vmid, change)
+    return written.generation if written is not None else 0
+
+
 async def submit(
     journal: Journal,
     sub: Submission,
@@ -193,6 +261,7 @@ async def submit(
     pve: PveClient | None,
     default_node: str,
     now: float,
+    guests: GuestService | None = None,
 ) -> SubmitResult:
     """Validate, resolve and journal one submission. Nothing is written on any error, except
     the audit record of a refusal by the served node's state (draining: :class:`NodeRefused`).
@@ -205,6 +274,9 @@ async def submit(
     guest's desired state in the same transaction.
     """
     validate(sub)
+    cluster = guests.cluster if guests is not None else None
+    if cluster is not None and sub.node is not None:
+        cluster.require_served(sub.vmid, sub.node)
     placed = await _managed_guest(journal, sub)
     if placed is None:
         guest = await resolve_guest(sub, pve, default_node=default_node)
@@ -216,6 +288,8 @@ async def submit(
             kind=GuestKind(sub.kind) if sub.kind is not None else placed.kind,
             vmid=sub.vmid,
         )
+    if cluster is not None:
+        cluster.require_served(guest.vmid, guest.node)  # placement is Proxmox's (SPEC §7)
     try:
         spec_for(guest.kind, sub.action)  # the kind resolved from Proxmox may not support it
     except UnsupportedAction as exc:
@@ -239,6 +313,7 @@ async def submit(
         idempotency_key=sub.idempotency_key,
         actor=sub.actor,
         now=now,
+        cluster=cluster,
     )
     key = sub.idempotency_key
     try:  # booleans are journaled as JSON booleans, sent as 1/0 (§13.7)
@@ -256,9 +331,22 @@ async def submit(
         actor=sub.actor,
     )
     action = Action(sub.action)
+    generation = 0
+    if guests is not None and cluster is not None and action not in (Action.CREATE, Action.CLONE):
+        try:
+            generation = await _ownership_first(journal, guests, sub, guest)
+        except (PveError, OwnershipUnavailable) as err:
+            # No quorum, node unreachable, config locked: an op on a managed guest still goes
+            # to the journal (its desired state there is one generation ahead of the tags;
+            # reconcile writes it to the tags once they can be written — SPEC §7).
+            log.warning(
+                "ownership.deferred",
+                extra={"vmid": guest.vmid, "node": guest.node, "error": str(err)},
+            )
     return await journal.submit_guest_op(
         req,
         now=now,
+        generation=generation,
         desired=desired_for(action),
         create_fingerprint=expected_fingerprint(guest.kind, params)
         if action in (Action.CREATE, Action.CLONE)

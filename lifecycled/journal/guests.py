@@ -130,14 +130,23 @@ class GuestVerbs:
         guests = await self.all_guests()
         return observed_hash(guests), listing_hash(guests)
 
-    async def guest_counts(self) -> dict[tuple[str, str], int]:
-        """How many guests per (origin, observed state); never-observed rows count as unknown."""
+    async def guest_counts(
+        self, *, nodes: Sequence[str] | None = None
+    ) -> dict[tuple[str, str], int]:
+        """How many guests per (origin, observed state); never-observed rows count as unknown.
+        ``nodes``: only guests on these nodes (so a cluster counts each guest once, SPEC §7)."""
+        where = ""
+        params: list[Any] = []
+        if nodes is not None:
+            where = f" WHERE node IN ({', '.join('?' for _ in nodes)})"
+            params = list(nodes)
 
         async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
             return await rows(
                 conn,
                 "SELECT origin, COALESCE(observed_state, 'unknown') AS observed, count(*) AS n "
-                "FROM guests GROUP BY 1, 2",
+                f"FROM guests{where} GROUP BY 1, 2",
+                params,
             )
 
         return {(r["origin"], r["observed"]): int(r["n"]) for r in await self._db.read(unit)}
@@ -169,7 +178,9 @@ class GuestVerbs:
                 changes.update(released_at=None, lost_at=None)
                 if existing.desired_state != rec.desired_state:
                     changes["desired_state"] = rec.desired_state
-                    changes["desired_generation"] = existing.desired_generation + 1
+                    changes["desired_generation"] = max(
+                        rec.desired_generation, existing.desired_generation + 1
+                    )
             guest = await update_guest(conn, rec.vmid, changes, now=now)
             if columns == CAPTURED:
                 await cancel_superseded(conn, rec.vmid, guest.desired_state, now=now)
@@ -178,7 +189,9 @@ class GuestVerbs:
 
         return await self._db.write(unit)
 
-    async def release_guest(self, vmid: int, *, audit: AuditRecord, now: float) -> Ownership:
+    async def release_guest(
+        self, vmid: int, *, audit: AuditRecord, now: float, generation: int = 0
+    ) -> Ownership:
         """Release a managed guest: kept as ``released``, observed only, never acted on.
 
         Pending reconcile ops of the guest are cancelled; any other pending op is refused by
@@ -196,7 +209,12 @@ class GuestVerbs:
             guest = await update_guest(
                 conn,
                 vmid,
-                {"origin": GuestOrigin.RELEASED, "released_at": now, "desired_state": None},
+                {
+                    "origin": GuestOrigin.RELEASED,
+                    "released_at": now,
+                    "desired_state": None,
+                    "desired_generation": max(generation, guest.desired_generation + 1),
+                },
                 now=now,
             )
             await cancel_superseded(conn, vmid, None, now=now)
@@ -205,7 +223,9 @@ class GuestVerbs:
 
         return await self._db.write(unit)
 
-    async def set_desired(self, vmid: int, state: DesiredState, *, now: float) -> GuestRecord:
+    async def set_desired(
+        self, vmid: int, state: DesiredState, *, now: float, generation: int = 0
+    ) -> GuestRecord:
         """Set a managed guest's desired power state; a change bumps ``desired_generation``
         and cancels pending reconcile ops aiming elsewhere."""
 
@@ -218,13 +238,52 @@ class GuestVerbs:
             guest = await update_guest(
                 conn,
                 vmid,
-                {"desired_state": state, "desired_generation": guest.desired_generation + 1},
+                {
+                    "desired_state": state,
+                    "desired_generation": max(generation, guest.desired_generation + 1),
+                },
                 now=now,
             )
             await cancel_superseded(conn, vmid, state, now=now)
             return guest
 
         return await self._db.write(unit)
+
+    async def sync_ownership(
+        self, vmid: int, *, changes: Mapping[str, Any], fresh: GuestRecord, now: float
+    ) -> GuestRecord:
+        """Refresh the cached ownership of a guest from the cluster's record (its tags): the
+        row gets ``changes`` (pending reconcile ops no longer aiming at its desired state are
+        cancelled); a guest this journal never saw is inserted as ``fresh``."""
+
+        async def unit(conn: aiosqlite.Connection) -> GuestRecord:
+            existing = await load_guest(conn, vmid)
+            if existing is None:
+                guest = await insert_guest(conn, fresh)
+                if guest.managed:  # arrived from a node this journal never saw it on
+                    await conn.execute(
+                        "INSERT INTO outbox (vmid, kind, payload, created_at) VALUES (?, ?, ?, ?)",
+                        (vmid, "guest.moved", _moved_payload(guest, None), now),
+                    )
+                return guest
+            guest = await update_guest(conn, vmid, dict(changes), now=now)
+            await cancel_superseded(conn, vmid, guest.desired_state, now=now)
+            return guest
+
+        return await self._db.write(unit)
+
+    async def follow_digest(self, vmid: int, before: str, after: str) -> None:
+        """lifecycled's own write (its tags) moved the config digest from ``before`` to
+        ``after``: a baseline or observed digest equal to ``before`` becomes ``after``."""
+
+        async def unit(conn: aiosqlite.Connection) -> None:
+            for column in ("config_digest", "observed_digest"):
+                await conn.execute(
+                    f"UPDATE guests SET {column} = ? WHERE vmid = ? AND {column} = ?",
+                    (after, vmid, before),
+                )
+
+        await self._db.write(unit)
 
     # --- observations (Proxmox reads only) -------------------------------------------------
 
@@ -309,6 +368,23 @@ class GuestVerbs:
         if fingerprint:
             changes["fingerprint"] = dict(fingerprint)
         return await self._db.write(lambda c: update_guest(c, vmid, changes, now=now))
+
+
+def _moved_payload(guest: GuestRecord, from_node: str | None) -> str:
+    """The ``guest.moved`` payload, as the ``outbox_guest_moved`` trigger writes it."""
+    import json
+
+    return json.dumps(
+        {
+            "vmid": guest.vmid,
+            "kind": str(guest.kind),
+            "origin": str(guest.origin),
+            "from_node": from_node,
+            "to_node": guest.node,
+            "generation": guest.desired_generation,
+            "desired_state": str(guest.desired_state) if guest.desired_state else None,
+        }
+    )
 
 
 def _observed_columns(obs: Observation, now: float) -> dict[str, Any]:

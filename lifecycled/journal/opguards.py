@@ -93,6 +93,7 @@ class OpGuardVerbs:
         now: float,
         desired: DesiredState | None = None,
         create_fingerprint: Mapping[str, str] | None = None,
+        generation: int = 0,
     ) -> SubmitResult:
         """Journal an op for a guest under the ownership rule, and set the guest's desired
         state to ``desired`` — in the same transaction.
@@ -123,10 +124,15 @@ class OpGuardVerbs:
                 await update_guest(
                     conn,
                     guest.vmid,
-                    {"desired_state": desired, "desired_generation": guest.desired_generation + 1},
+                    {
+                        "desired_state": desired,
+                        "desired_generation": max(generation, guest.desired_generation + 1),
+                    },
                     now=now,
                 )
                 await cancel_superseded(conn, guest.vmid, desired, now=now)
+            elif generation > guest.desired_generation:  # the shared record moved on (§7)
+                await update_guest(conn, guest.vmid, {"desired_generation": generation}, now=now)
             return result
 
         return await self._db.write(unit)

@@ -249,6 +249,17 @@ class HttpPveClient:
         env = await self._get(path, wire.EP_NODE_GUESTS, seconds=self._timeouts.read)
         return self._decoded(path, lambda: wire.node_guests_from(env.get("data")))
 
+    async def set_tags(self, node: str, kind: GuestKind, vmid: int, tags: str, digest: str) -> None:
+        """``PUT …/{vmid}/config`` with ``tags`` and ``digest`` (sync for both kinds)."""
+        await self._request(
+            "PUT",
+            wire.guest_path(node, kind, vmid, "config"),
+            wire.EP_GUEST_CONFIG,
+            params=None,
+            data={"tags": tags, "digest": digest},
+            seconds=self._timeouts.sync_write,
+        )
+
     async def node_status(self, node: str) -> Mapping[str, Any]:
         path = f"/nodes/{node}/status"
         env = await self._get(path, wire.EP_NODE_STATUS, seconds=self._timeouts.read)
@@ -283,6 +294,21 @@ class HttpPveClient:
     async def nodes(self) -> list[NodeEntry]:
         env = await self._get("/nodes", wire.EP_NODES, seconds=self._timeouts.read)
         return self._decoded("/nodes", lambda: wire.nodes_from(env.get("data")))
+
+    async def node_config(self, node: str) -> tuple[str, str]:
+        path = f"/nodes/{node}/config"
+        env = await self._get(path, wire.EP_NODE_CONFIG, seconds=self._timeouts.read)
+        return self._decoded(path, lambda: wire.node_config_from(env.get("data")))
+
+    async def set_node_description(self, node: str, description: str, digest: str) -> None:
+        await self._request(
+            "PUT",
+            f"/nodes/{node}/config",
+            wire.EP_NODE_CONFIG,
+            params=None,
+            data={"description": description, "digest": digest},
+            seconds=self._timeouts.sync_write,
+        )
 
     async def node_time(self, node: str) -> float:
         path = f"/nodes/{node}/time"

@@ -122,6 +122,8 @@ class ClusterResource:
     maxcpu: float | None = None
     maxmem: int | None = None
     maxdisk: int | None = None
+    #: The guest's Proxmox tags (``;``-separated), where lifecycled keeps its ownership record.
+    tags: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -192,6 +194,11 @@ class PveClient(Protocol):
         """``GET /nodes/{node}/qemu|lxc``: the node's guests with their live status."""
         ...
 
+    async def set_tags(self, node: str, kind: GuestKind, vmid: int, tags: str, digest: str) -> None:
+        """``PUT …/{vmid}/config`` with ``tags`` and the config ``digest`` read before (a stale
+        digest is refused by Proxmox: the compare-and-swap of the ownership record)."""
+        ...
+
     async def node_status(self, node: str) -> Mapping[str, Any]: ...
 
     async def ha_resource(self, sid: str) -> Mapping[str, Any] | None:
@@ -208,6 +215,14 @@ class PveClient(Protocol):
 
     async def nodes(self) -> list[NodeEntry]:
         """``GET /nodes``: the cluster's nodes."""
+        ...
+
+    async def node_config(self, node: str) -> tuple[str, str]:
+        """``GET /nodes/{node}/config``: the node's ``description`` and config ``digest``."""
+        ...
+
+    async def set_node_description(self, node: str, description: str, digest: str) -> None:
+        """``PUT /nodes/{node}/config`` with ``description`` and the ``digest`` read before."""
         ...
 
     async def node_time(self, node: str) -> float:

@@ -210,6 +210,10 @@ class ProxmoxerPveClient:
         data = await self._call("GET", path, wire.EP_NODE_GUESTS, {})
         return self._decoded(path, lambda: wire.node_guests_from(data))
 
+    async def set_tags(self, node: str, kind: GuestKind, vmid: int, tags: str, digest: str) -> None:
+        path = wire.guest_path(node, kind, vmid, "config")
+        await self._call("PUT", path, wire.EP_GUEST_CONFIG, {"tags": tags, "digest": digest})
+
     async def node_status(self, node: str) -> Mapping[str, Any]:
         path = f"/nodes/{node}/status"
         data = await self._call("GET", path, wire.EP_NODE_STATUS, {})
@@ -222,6 +226,19 @@ class ProxmoxerPveClient:
     async def nodes(self) -> list[NodeEntry]:
         data = await self._call("GET", "/nodes", wire.EP_NODES, {})
         return self._decoded("/nodes", lambda: wire.nodes_from(data))
+
+    async def node_config(self, node: str) -> tuple[str, str]:
+        path = f"/nodes/{node}/config"
+        data = await self._call("GET", path, wire.EP_NODE_CONFIG, {})
+        return self._decoded(path, lambda: wire.node_config_from(data))
+
+    async def set_node_description(self, node: str, description: str, digest: str) -> None:
+        await self._call(
+            "PUT",
+            f"/nodes/{node}/config",
+            wire.EP_NODE_CONFIG,
+            {"description": description, "digest": digest},
+        )
 
     async def node_time(self, node: str) -> float:
         path = f"/nodes/{node}/time"

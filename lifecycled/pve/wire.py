@@ -55,6 +55,7 @@ EP_TASK = "/nodes/{node}/tasks/{upid}"
 EP_TASKS = "/nodes/{node}/tasks"
 EP_GUEST_STATUS = "/nodes/{node}/{kind}/{vmid}/status/current"
 EP_GUEST_CONFIG = "/nodes/{node}/{kind}/{vmid}/config"
+EP_NODE_CONFIG = "/nodes/{node}/config"
 EP_RESOURCES = "/cluster/resources"
 EP_NODE_GUESTS = "/nodes/{node}/{kind}"
 EP_NODE_STATUS = "/nodes/{node}/status"
@@ -512,6 +513,7 @@ def cluster_resources_from(data: Any) -> list[ClusterResource]:
                 maxcpu=_float(raw.get("maxcpu")),
                 maxmem=_int(raw.get("maxmem")),
                 maxdisk=_int(raw.get("maxdisk")),
+                tags=_str(raw.get("tags")) or None,
             )
         )
     return out
@@ -519,6 +521,12 @@ def cluster_resources_from(data: Any) -> list[ClusterResource]:
 
 def mapping_from(data: Any, what: str) -> Mapping[str, Any]:
     return dict(_object(data, what))
+
+
+def node_config_from(data: Any) -> tuple[str, str]:
+    """``GET /nodes/{node}/config``: ``(description, digest)``."""
+    obj = _object(data, "node config")
+    return str(obj.get("description") or ""), str(obj.get("digest") or "")
 
 
 def nodes_from(data: Any) -> list[NodeEntry]:

@@ -205,6 +205,34 @@ async def _node_status(ctx: Ctx) -> Reply:
     return Reply(data=views.node_status(ctx.sim.nodes[ctx.node]))
 
 
+@route("GET", "/nodes/{node}/config")
+async def _node_config(ctx: Ctx) -> Reply:
+    node = ctx.sim.nodes[ctx.node]
+    data: dict[str, Any] = {"digest": node.config_digest()}
+    if node.description:
+        data["description"] = node.description
+    return Reply(data=data)
+
+
+@route("PUT", "/nodes/{node}/config")
+async def _node_config_put(ctx: Ctx) -> Reply:
+    """Node options (only ``description`` here), with the ``digest`` compare-and-swap."""
+    node = ctx.sim.nodes[ctx.node]
+    unknown = sorted(set(ctx.params) - {"description", "digest", "delete"})
+    if unknown:
+        raise param_error(dict.fromkeys(unknown, "property is not defined in schema"))
+    digest = ctx.params.get("digest")
+    if digest and str(digest) != node.config_digest():
+        raise SimError(
+            500, "detected modified configuration - file changed by other user? Try again."
+        )
+    if "description" in ctx.params:
+        node.description = str(ctx.params["description"])
+    if "description" in str(ctx.params.get("delete", "")):
+        node.description = ""
+    return Reply(data=None)
+
+
 @route("GET", "/nodes/{node}/tasks")
 async def _tasks(ctx: Ctx) -> Reply:
     book = ctx.sim.books[ctx.node]

@@ -240,8 +240,15 @@ class Node:
     name: str
     online: bool = True
     boot_time: float = attrs.field(factory=time.time)
+    #: The node's notes (``/etc/pve/nodes/{node}/config``, ``GET/PUT /nodes/{node}/config``).
+    description: str = ""
     next_pid: int = 0x1000
     ip: str = "10.0.0.1"
+
+    def config_digest(self) -> str:
+        """The SHA-1 of the node config file, as ``digest`` (compare-and-swap of a PUT)."""
+        text = f"#{self.description}\n" if self.description else ""
+        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
     def pstart_now(self) -> int:
         """Clock ticks (100 Hz) since boot: what a new process's ``pstart`` is."""

@@ -23,11 +23,13 @@ from aiohttp import web
 from aiohttp.http import HttpProcessingError
 from aiohttp.typedefs import Handler
 
+from lifecycled.domain.cluster import WrongNode
 from lifecycled.errors import (
     InvalidTransition,
     JournalError,
     JournalUnavailable,
     NotFound,
+    OwnershipUnavailable,
     PolicyRefused,
     ValidationError,
 )
@@ -135,6 +137,10 @@ def from_domain_error(exc: Exception) -> web.Response | None:
         return error_response(422, "validation_failed", str(exc), details=exc.details)
     if isinstance(exc, NotFound):
         return error_response(404, "not_found", str(exc))
+    if isinstance(exc, WrongNode):  # SPEC §7: another daemon serves the guest's node
+        return error_response(421, exc.code, str(exc), details={"node": exc.node})
+    if isinstance(exc, OwnershipUnavailable):  # no quorum, pmxcfs read-only, config locked
+        return unavailable("ownership_unavailable", str(exc)).response()
     if isinstance(exc, PolicyRefused):
         # The target's state refuses the request (guest_not_managed, vmid_in_use,
         # unsupported_action): a conflict, not a malformed request. Nothing was written.

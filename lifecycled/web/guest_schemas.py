@@ -111,6 +111,43 @@ SCHEMAS: dict[str, Any] = {
             },
         ]
     },
+    "ClusterGuest": {
+        "type": "object",
+        "description": "A guest of the cluster as its Proxmox tags and /cluster/resources show it.",
+        "required": ["vmid", "node", "kind", "status", "managed", "served_here"],
+        "properties": {
+            "vmid": {"type": "integer"},
+            "node": {"type": "string"},
+            "kind": _enum([str(k) for k in GuestKind]),
+            "name": {"type": ["string", "null"]},
+            "status": {"type": "string"},
+            "lock": {"type": ["string", "null"]},
+            "ha_managed": {"type": "boolean"},
+            "managed": {"type": "boolean"},
+            "origin": _enum([str(o) for o in GuestOrigin], nullable=True),
+            "desired_state": _enum([str(d) for d in DesiredState], nullable=True),
+            "generation": {"type": ["integer", "null"]},
+            "protected": {"type": "boolean"},
+            "served_here": {"type": "boolean"},
+            "observed_state": _enum([str(o) for o in ObservedState]),
+            "drifted": {"type": "boolean"},
+        },
+    },
+    "GuestListing": {
+        "anyOf": [
+            _ref("GuestPage"),
+            {
+                "allOf": [
+                    _page("ClusterGuest", "Pass as `cursor` for the next page; null at the end."),
+                    {
+                        "type": "object",
+                        "required": ["scope"],
+                        "properties": {"scope": {"type": "string", "enum": ["cluster"]}},
+                    },
+                ]
+            },
+        ]
+    },
     "Ownership": {
         "type": "object",
         "required": ["guest", "changed"],

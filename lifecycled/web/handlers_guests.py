@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
 
 from lifecycled.domain.access import Role
-from lifecycled.domain.guests import DesiredState, GuestOrigin, ObservedState, guest_to_dict
+from lifecycled.domain.guests import (
+    DesiredState,
+    GuestOrigin,
+    ObservedState,
+    guest_to_dict,
+    observed_from,
+)
 from lifecycled.domain.text import shown
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
@@ -42,6 +49,8 @@ ORIGINS = [str(o) for o in GuestOrigin]
 OBSERVED = [str(o) for o in ObservedState]
 SETTABLE = [str(DesiredState.RUNNING), str(DesiredState.STOPPED)]
 _DESIRED_FIELDS = frozenset({"state"})
+SCOPES = ["local", "cluster"]
+NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$")
 
 
 def _choice(name: str, allowed: list[str]) -> Any:
@@ -80,18 +89,29 @@ def _etag(listing_hash: str, request: web.Request) -> str:
 # --- guests ----------------------------------------------------------------------------------
 
 
+def _node_name(value: str) -> str:
+    if not NODE_RE.match(value):
+        raise ValueError("not a Proxmox node name")
+    return value
+
+
 async def list_guests(request: web.Request) -> web.StreamResponse:
-    """``GET /v1/guests``: in vmid order, filtered, cursor-paginated; ETag / 304."""
+    """``GET /v1/guests``: in vmid order, filtered, cursor-paginated; ETag / 304.
+    ``scope=cluster``: every guest of the cluster from the shared record (SPEC §7)."""
     q = parse_query(
         request,
         {
             "origin": _choice("origin", ORIGINS),
             "observed": _choice("observed", OBSERVED),
             "drifted": _bool,
+            "node": _node_name,
+            "scope": _choice("scope", SCOPES),
             "limit": parse_limit,
             "cursor": parse_vmid,
         },
     )
+    if q.get("scope") == "cluster":
+        return await _cluster_guests(request, q)
     journal = runtime_of(request).journal
     state_hash, listing = await journal.guest_hashes()
     etag = _etag(listing, request)
@@ -103,6 +123,7 @@ async def list_guests(request: web.Request) -> web.StreamResponse:
         origin=GuestOrigin(origin) if origin else None,
         observed=ObservedState(observed) if observed else None,
         drifted=q.get("drifted"),
+        node=q.get("node"),
         limit=q.get("limit", DEFAULT_LIMIT),
         cursor=q.get("cursor"),
     )
@@ -112,6 +133,44 @@ async def list_guests(request: web.Request) -> web.StreamResponse:
         "state_hash": state_hash,
     }
     return web.json_response(body, headers=headers)
+
+
+async def _cluster_guests(request: web.Request, q: dict[str, Any]) -> web.Response:
+    """The cluster view: one ``/cluster/resources`` read with the records in the tags."""
+    cluster = runtime_of(request).guests.cluster
+    if cluster is None:
+        raise ApiError(404, "not_found", "no cluster view here")
+    try:
+        items = await cluster.view(node=q.get("node"))
+    except PveError as exc:
+        raise unavailable("proxmox_unavailable", f"Proxmox could not be read: {exc.text}") from None
+    drifted = {
+        g.vmid
+        for g in (await runtime_of(request).journal.list_guests(drifted=True, limit=1000)).items
+    }
+    for item in items:
+        item["observed_state"] = str(observed_from(item["status"], item["lock"]))
+        item["drifted"] = item["vmid"] in drifted
+    origin = q.get("origin")
+    if origin is not None:
+        items = [i for i in items if (i["origin"] or "discovered") == origin]
+    if q.get("observed") is not None:
+        items = [i for i in items if i["observed_state"] == q["observed"]]
+    if q.get("drifted") is not None:
+        items = [i for i in items if i["drifted"] is q["drifted"]]
+    cursor = q.get("cursor")
+    if cursor is not None:
+        items = [i for i in items if i["vmid"] > cursor]
+    limit = q.get("limit", DEFAULT_LIMIT)
+    page = items[:limit]
+    more = len(items) > limit
+    return web.json_response(
+        {
+            "items": page,
+            "next_cursor": page[-1]["vmid"] if more and page else None,
+            "scope": "cluster",
+        }
+    )
 
 
 async def get_guest(request: web.Request) -> web.Response:
@@ -209,6 +268,10 @@ _LIMIT = query(
     f"Page size (default {DEFAULT_LIMIT}).",
     {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
 )
+_WRONG_NODE = error(
+    "The guest is on a node of the cluster this lifecycled does not serve (`wrong_node`, "
+    "`details.node` names it). Nothing was written."
+)
 _NOT_FOUND = error("lifecycled does not know this guest (`guest_not_found`).")
 _STOPPING = error("lifecycled is shutting down or the journal cannot write.", retry_after=True)
 _BAD_QUERY = error("Unknown, repeated or malformed query parameter (`invalid_query`).")
@@ -233,7 +296,13 @@ def _take_route(path: str, handler: Any, op_id: str, summary: str, note: str) ->
             200: ok("The guest and whether anything changed.", "Ownership"),
             404: error("No such guest in the cluster (`guest_not_found`)."),
             502: error("Proxmox could not be read (`proxmox_error`)."),
-            503: _STOPPING,
+            421: _WRONG_NODE,
+            503: error(
+                "lifecycled is shutting down (`shutting_down`), or the guest's ownership "
+                "record cannot be written to its Proxmox tags (`ownership_unavailable`: no "
+                "quorum, the config locked); nothing was written.",
+                retry_after=True,
+            ),
         },
     )
 
@@ -263,6 +332,15 @@ ROUTES: tuple[Route, ...] = (
                 "Only managed guests whose config drifted (true) or did not (false).",
                 {"type": "string", "enum": ["true", "false"]},
             ),
+            query(
+                "node", "Only guests on this node.", {"type": "string", "pattern": NODE_RE.pattern}
+            ),
+            query(
+                "scope",
+                "local (default): this daemon's journal; cluster: every guest of the cluster "
+                "from the ownership records in the Proxmox tags and /cluster/resources.",
+                {"type": "string", "enum": SCOPES},
+            ),
             _LIMIT,
             query(
                 "cursor",
@@ -273,7 +351,7 @@ ROUTES: tuple[Route, ...] = (
         responses={
             200: ok(
                 "One page of guests.",
-                "GuestPage",
+                "GuestListing",
                 headers={
                     "ETag": {"description": "The listing's ETag.", "schema": {"type": "string"}}
                 },
@@ -321,7 +399,13 @@ ROUTES: tuple[Route, ...] = (
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
             409: error("The guest is not managed (`guest_not_managed`)."),
             422: error("Not running/stopped (`validation_failed`)."),
-            503: _STOPPING,
+            421: _WRONG_NODE,
+            503: error(
+                "lifecycled is shutting down (`shutting_down`), or the guest's ownership "
+                "record cannot be written to its Proxmox tags (`ownership_unavailable`: no "
+                "quorum, the config locked); nothing was written.",
+                retry_after=True,
+            ),
         },
     ),
     _take_route(
@@ -354,7 +438,13 @@ ROUTES: tuple[Route, ...] = (
             200: ok("The guest and whether anything changed.", "Ownership"),
             404: _NOT_FOUND,
             409: error("The guest is discovered, not managed (`guest_not_managed`)."),
-            503: _STOPPING,
+            421: _WRONG_NODE,
+            503: error(
+                "lifecycled is shutting down (`shutting_down`), or the guest's ownership "
+                "record cannot be written to its Proxmox tags (`ownership_unavailable`: no "
+                "quorum, the config locked); nothing was written.",
+                retry_after=True,
+            ),
         },
     ),
 )

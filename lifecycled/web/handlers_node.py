@@ -95,7 +95,7 @@ async def get_node(request: web.Request) -> web.Response:
     """``GET /v1/node``: the served node's lifecycle state."""
     runtime = runtime_of(request)
     record = await runtime.journal.ensure_node(
-        runtime.settings.node, now=runtime.clock.now(), actor=request_actor(request)
+        runtime.settings.primary_node, now=runtime.clock.now(), actor=request_actor(request)
     )
     return web.json_response(_info(request, runtime, record))
 
@@ -106,7 +106,11 @@ async def drain_node(request: web.Request) -> web.Response:
     actor = request_actor(request)
     reason = await _reason(request, f"drained by {actor}")
     change = await node_service.drain(
-        runtime.journal, runtime.settings.node, actor=actor, reason=reason, now=runtime.clock.now()
+        runtime.journal,
+        runtime.settings.primary_node,
+        actor=actor,
+        reason=reason,
+        now=runtime.clock.now(),
     )
     return _answer(request, runtime, change)
 
@@ -117,7 +121,11 @@ async def undrain_node(request: web.Request) -> web.Response:
     actor = request_actor(request)
     reason = await _reason(request, f"undrained by {actor}")
     change = await node_service.undrain(
-        runtime.journal, runtime.settings.node, actor=actor, reason=reason, now=runtime.clock.now()
+        runtime.journal,
+        runtime.settings.primary_node,
+        actor=actor,
+        reason=reason,
+        now=runtime.clock.now(),
     )
     return _answer(request, runtime, change)
 
@@ -129,7 +137,7 @@ async def decommission_node(request: web.Request) -> web.Response:
     reason = await _reason(request, f"decommissioned by {actor}")
     change, unread = await node_service.decommission(
         runtime.journal,
-        runtime.settings.node,
+        runtime.settings.primary_node,
         pve=runtime.pve,
         actor=actor,
         min_age=runtime.settings.node_min_age,

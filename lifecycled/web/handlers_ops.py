@@ -100,7 +100,8 @@ async def submit_op(request: web.Request) -> web.Response:
     except NotFound as exc:
         raise ApiError(404, "guest_not_found", str(exc), details={"vmid": sub.vmid}) from None
     except Conflict as exc:
-        raise ApiError(409, "idempotency_conflict", str(exc)) from None
+        code = getattr(exc, "code", "idempotency_conflict")
+        raise ApiError(409, code, str(exc)) from None
     op = result.op
     log.info(
         "http.op_submitted",
@@ -346,7 +347,13 @@ ROUTES: tuple[Route, ...] = (
                 "Proxmox) does not have (`unsupported_action`) or params it does not take "
                 "(`unsupported_params`); a managed guest named with another node or kind "
                 "than its journal record (`placement_mismatch`, details per field); the node "
-                "is decommissioned (`node_decommissioned`)."
+                "is decommissioned (`node_decommissioned`); the key was accepted by the "
+                "lifecycled of the guest's previous node (`idempotency_key_used_elsewhere`)."
+            ),
+            421: error(
+                "The guest is on a node of the cluster this lifecycled does not serve "
+                "(`wrong_node`, `details.node` names it): send the request to that node's "
+                "lifecycled. Nothing was written."
             ),
             413: error("The body is larger than max_body_bytes (`body_too_large`)."),
             422: error(

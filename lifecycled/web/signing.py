@@ -141,7 +141,7 @@ async def require_signature(
         path=request.raw_path,
         body=body,
         headers=request.headers,
-        node=runtime.settings.node,
+        node=runtime.settings.primary_node,
         now=now,
         skew=runtime.settings.signature_skew,
     )

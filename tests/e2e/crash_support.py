@@ -85,6 +85,7 @@ class Sim:
     """`lifecycled sim` as a subprocess."""
 
     def __init__(self, tmp: Path, *, guests: int, task_seconds: float, nodes: str = "pve1") -> None:
+        self.nodes = nodes
         self.ready = tmp / "sim.url"
         self.log = tmp / "sim.log"
         self.proc = spawn(
@@ -173,7 +174,7 @@ class Daemon:
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--node",
-                "pve1",
+                self.sim.nodes,  # one daemon serving every node of the simulator (SPEC §7)
                 "--pve-url",
                 self.sim.url,
                 "--pve-token-file",

@@ -51,7 +51,7 @@ def web_settings(
     values: dict[str, Any] = {
         "db": tmp_path / "journal.sqlite3",
         "listen": "127.0.0.1:0",
-        "node": server.sim.cfg.nodes[0],
+        "node": ",".join(server.sim.cfg.nodes),  # one daemon serving every node
         "pve_url": server.url,
         "api_token_file": token_file,
         "workers": 2,

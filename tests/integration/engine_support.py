@@ -32,6 +32,20 @@ from lifecycled.sim.model import Guest
 WRITES = ("POST", "PUT", "DELETE")
 
 
+def is_record_write(method: str, path: str, params: dict[str, Any]) -> bool:
+    """A write of the cluster's shared record alone (SPEC §7: a guest's ``PUT …/config`` with
+    ``tags`` and ``digest``, or a node's published lifecycle state, ``PUT /nodes/{node}/config``
+    with ``description``) — it changes no guest, so write-counting tests leave it out."""
+    if method != "PUT" or not path.endswith("/config"):
+        return False
+    return set(params) <= {"tags", "digest"} or set(params) <= {"description", "digest"}
+
+
+def guest_writes(method: str, path: str, params: dict[str, Any]) -> bool:
+    """A mutating request that changes a guest (not its ownership record)."""
+    return method in WRITES and not is_record_write(method, path, params)
+
+
 def client_for(server: SimServer) -> HttpPveClient:
     user, _, secret = server.sim.cfg.token.partition("=")
     return HttpPveClient(server.url, auth=TokenAuth(user=user, secret=secret))
@@ -40,7 +54,7 @@ def client_for(server: SimServer) -> HttpPveClient:
 def fast_settings(tmp_path: Path, server: SimServer, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "db": tmp_path / "journal.sqlite3",
-        "node": server.sim.cfg.nodes[0],
+        "node": ",".join(server.sim.cfg.nodes),  # one daemon serving every node
         "pve_url": server.url,
         "workers": 2,
         "node_cap": 4,
@@ -182,5 +196,7 @@ def writes_to(server: SimServer, vmid: int, suffix: str = "") -> list[str]:
     return [
         f"{r.method} {r.path}"
         for r in server.sim.requests
-        if r.method in WRITES and f"/{vmid}" in r.path and r.path.endswith(suffix)
+        if guest_writes(r.method, r.path, r.params)
+        and f"/{vmid}" in r.path
+        and r.path.endswith(suffix)
     ]

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from engine_support import WRITES, manage, pick, running, submit, wait_terminal
+from engine_support import guest_writes, manage, pick, running, submit, wait_terminal
 
 from lifecycled.domain.guests import DesiredState, GuestOrigin, ObservedState
 from lifecycled.domain.op import Origin
@@ -23,7 +23,11 @@ def on_pve1(sim: SimServer, kind: str, running_now: bool, avoid: set[int] | None
 
 
 def writes_since(sim: SimServer, seq: int) -> list[str]:
-    return [f"{r.method} {r.path}" for r in sim.sim.requests_since(seq) if r.method in WRITES]
+    return [
+        f"{r.method} {r.path}"
+        for r in sim.sim.requests_since(seq)
+        if guest_writes(r.method, r.path, r.params)
+    ]
 
 
 def last_seq(sim: SimServer) -> int:
@@ -178,7 +182,7 @@ async def test_unmanaged_guests_become_discovered_and_ops_for_them_are_refused(
 ) -> None:
     """The node's guests are listed as discovered; an op for one is refused (nothing written)."""
     guest = on_pve1(sim, "qemu", False)
-    async with running(sim, tmp_path, manage_guests=False) as rt:
+    async with running(sim, tmp_path, manage_guests=False, node="pve1") as rt:
         report = await rt.reconciler.pass_once()
         on_node = sorted(g.vmid for g in sim.sim.guests.values() if g.node == "pve1")
         assert report.discovered == on_node
@@ -195,7 +199,9 @@ async def test_manage_discovered_adopts_every_new_guest_of_the_node(
     sim: SimServer, tmp_path: Path
 ) -> None:
     """--manage-discovered adopted: the first pass adopts the node's guests (snapshot taken)."""
-    async with running(sim, tmp_path, manage_guests=False, manage_discovered="adopted") as rt:
+    async with running(
+        sim, tmp_path, manage_guests=False, manage_discovered="adopted", node="pve1"
+    ) as rt:
         report = await rt.reconciler.pass_once()
         on_node = sorted(g.vmid for g in sim.sim.guests.values() if g.node == "pve1")
         assert report.managed == on_node and report.discovered == []

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from engine_support import (
-    WRITES,
     client_for,
     fast_settings,
+    guest_writes,
     manage,
     pick,
     running,
@@ -34,7 +34,7 @@ def writes(sim: SimServer, vmid: int) -> list[str]:
     return [
         f"{r.method} {r.path.removeprefix('/api2/json')}"
         for r in sim.sim.requests
-        if r.method in WRITES and f"/{vmid}" in r.path
+        if guest_writes(r.method, r.path, r.params) and f"/{vmid}" in r.path
     ]
 
 

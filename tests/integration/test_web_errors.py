@@ -115,6 +115,12 @@ async def test_invalid_submissions_are_422_with_details(sim: SimServer, tmp_path
         status, body = await env.submit(
             {"action": "start", "vmid": qemu.vmid, "kind": "lxc", "node": "elsewhere"}
         )
+        assert status == 421  # a node this daemon does not serve (SPEC §7)
+        _assert_error(body, "wrong_node")
+        other = "pve2" if qemu.node == "pve1" else "pve1"
+        status, body = await env.submit(
+            {"action": "start", "vmid": qemu.vmid, "kind": "lxc", "node": other}
+        )
         assert status == 409
         _assert_error(body, "placement_mismatch")
         assert set(body["error"]["details"]) == {"node", "kind"}

@@ -473,7 +473,7 @@ async def _written(env: WebEnv) -> tuple[Any, ...]:
         len((await journal.list_audit(limit=500)).items),
         await journal.all_guests(),
         await journal.nonce_count(),
-        (await journal.ensure_node(env.runtime.settings.node, now=0.0, actor="test")).state,
+        (await journal.ensure_node(env.runtime.settings.primary_node, now=0.0, actor="test")).state,
     )
 
 

@@ -158,7 +158,7 @@ async def test_a_node_spelled_differently_cannot_bypass_a_drain(
     """A drain refuses a start however the request spells the node (``pve1\\n``)."""
     guest = pick_on(sim, sim.sim.cfg.nodes[0], "qemu", running=False)
     async with serving(sim, tmp_path) as env:
-        assert guest.node == env.runtime.settings.node
+        assert guest.node == env.runtime.settings.primary_node
         status, _ = await call(env, "POST", "/v1/node/drain", {"reason": "maintenance"})
         assert status == 200
         statuses: list[int] = []

@@ -156,9 +156,12 @@ async def test_decommission_refusals_are_409_and_each_is_audited(
 
 
 async def test_an_empty_old_drained_node_is_decommissioned_for_good(
-    sim: SimServer, tmp_path: Path
+    sim_factory: Any, tmp_path: Path
 ) -> None:
     """A node with no guests decommissions; then it refuses new guests (409) and undrain."""
+    sim = await sim_factory(nodes=("pve1", "pve2", "pve9"))
+    for guest in [g for g in sim.sim.guests.values() if g.node == "pve9"]:
+        sim.sim.move_guest(guest.vmid, "pve1")
     async with serving(sim, tmp_path, node="pve9", node_min_age=0.0) as env:
         await post(env, "/v1/node/drain")
         status, body = await post(env, "/v1/node/decommission", {"reason": "hardware retired"})

@@ -174,12 +174,14 @@ def record(vmid: int, **kw: Any) -> GuestRecord:
 
 
 def test_state_hashes_follow_what_they_cover() -> None:
-    """The observed hash moves with status and lock only, in any order; the listing hash also
-    with ownership and desired state."""
+    """The observed hash moves with status, lock, node and ownership (SPEC §7), in any order;
+    the listing hash too."""
     a, b = record(101), record(102, lock="backup")
     assert observed_hash([a, b]) == observed_hash([b, a])
     assert observed_hash([a]) != observed_hash([record(101, observed_state=ObservedState.STOPPED)])
-    assert observed_hash([a]) == observed_hash([record(101, origin=GuestOrigin.ADOPTED)])
+    assert observed_hash([a]) != observed_hash([record(101, origin=GuestOrigin.ADOPTED)])
+    assert observed_hash([a]) != observed_hash([record(101, node="pve9")])
+    assert observed_hash([a]) != observed_hash([record(101, desired_generation=7)])
     assert listing_hash([a]) != listing_hash([record(101, origin=GuestOrigin.ADOPTED)])
     assert listing_hash([a]) != listing_hash([record(101, desired_state=DesiredState.RUNNING)])
 

@@ -142,7 +142,8 @@ def test_manage_discovered_takes_new_guests_under_management() -> None:
 
 def test_missing_managed_guest_is_lost_unless_expected() -> None:
     """Gone with no terminate in flight → LOST; desired absent, an open terminate or a
-    migrate lock → expected orphan (missing); LOST and missing rows are not re-reported."""
+    migrate lock → expected orphan (missing); LOST and missing rows are not re-reported; a
+    managed guest last seen on a node another daemon serves is only marked missing here."""
     guests = [
         guest(101),
         guest(102, desired_state=DesiredState.ABSENT),
@@ -161,8 +162,8 @@ def test_missing_managed_guest_is_lost_unless_expected() -> None:
         104: OrphanKind.EXPECTED,
     }
     assert [o.vmid for o in p.lost] == [101]
-    assert p.vanished == [106]
-    assert sorted(p.missing) == [102, 103, 104, 106]
+    assert p.vanished == [106, 107]
+    assert sorted(p.missing) == [102, 103, 104, 106, 107]
 
 
 def test_lost_guest_seen_again_is_rechecked_not_acted_on() -> None:

@@ -1,0 +1,178 @@
+"""The ownership record kept in the guest's own Proxmox tags (SPEC §7) — pure.
+
+A managed guest carries its record in its config's ``tags`` so it follows the guest through
+every migration and every sidecar of the cluster reads the same one (``/cluster/resources``
+returns the tags of every guest; the Proxmox GUI shows them). The record is a handful of
+tags, all starting with ``lcd.``; any other tag of the guest is kept as it is:
+
+=====================  ==============================================================
+``lcd.o.<origin>``     ``native``, ``adopted`` or ``released`` (managed: the first two)
+``lcd.d.<desired>``    ``running``, ``stopped`` or ``absent`` (no tag: no desired state)
+``lcd.g.<n>``          the generation: grows by one with every write of the record
+``lcd.p``              protected: never destroyed
+``lcd.f.<hex>``        a short digest of the identity fingerprint
+``lcd.k.<hex>``        short digests of the idempotency keys of the last ops accepted
+                       (at most :data:`KEEP_KEYS`, newest first)
+=====================  ==============================================================
+
+Proxmox's tag charset is ``[a-z0-9_][a-z0-9_+.-]*``; every value above fits it. Writes go
+through ``PUT …/config`` with the config ``digest`` (Proxmox's compare-and-swap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from lifecycled.domain.guests import DesiredState, GuestOrigin
+
+PREFIX = "lcd."
+#: Proxmox's ``pve-tag`` format (one tag).
+TAG_RE = re.compile(r"^[a-z0-9_][a-z0-9_+.-]*$")
+_SEPARATORS = re.compile(r"[;,\s]+")
+_ORIGINS = (GuestOrigin.NATIVE, GuestOrigin.ADOPTED, GuestOrigin.RELEASED)
+#: How many recent idempotency keys the record keeps (a resend after a migration dedups).
+KEEP_KEYS = 4
+
+
+def _keys(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class OwnershipRecord:
+    """One guest's ownership as the cluster keeps it."""
+
+    origin: GuestOrigin
+    desired: DesiredState | None = None
+    generation: int = 0
+    protected: bool = False
+    #: :func:`fingerprint_digest` of the identity fingerprint (``None``: not recorded).
+    fingerprint: str | None = None
+    #: :func:`key_digest` of the keys of the last ops accepted for the guest, newest first.
+    last_keys: tuple[str, ...] = attrs.field(default=(), converter=_keys)
+
+    @property
+    def managed(self) -> bool:
+        return self.origin.managed
+
+    def with_key(self, digest: str | None) -> OwnershipRecord:
+        """The record with ``digest`` as the newest key (the oldest beyond KEEP_KEYS go)."""
+        if digest is None:
+            return self
+        keys = (digest, *(k for k in self.last_keys if k != digest))
+        return attrs.evolve(self, last_keys=keys[:KEEP_KEYS])
+
+    def bumped(self, **changes: Any) -> OwnershipRecord:
+        """The record after one write: ``changes`` applied, the generation one higher."""
+        return attrs.evolve(self, generation=self.generation + 1, **changes)
+
+
+def record_dict(record: OwnershipRecord | None) -> dict[str, Any]:
+    """The record as ``GET /v1/guests?scope=cluster`` shows it (unmanaged: no record)."""
+    if record is None:
+        return {
+            "managed": False,
+            "origin": None,
+            "desired_state": None,
+            "generation": None,
+            "protected": False,
+        }
+    return {
+        "managed": record.managed,
+        "origin": str(record.origin),
+        "desired_state": str(record.desired) if record.desired else None,
+        "generation": record.generation,
+        "protected": record.protected,
+    }
+
+
+def split_tags(text: str | None) -> list[str]:
+    """The tags of a ``tags`` value (Proxmox accepts ``;``, ``,`` and spaces between them)."""
+    return [t for t in _SEPARATORS.split(text or "") if t]
+
+
+def _digest(text: str, size: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:size]
+
+
+def fingerprint_digest(fingerprint: Mapping[str, str]) -> str | None:
+    """A short, tag-safe digest of an identity fingerprint; ``None`` for an empty one."""
+    if not fingerprint:
+        return None
+    return _digest("\n".join(f"{k}={fingerprint[k]}" for k in sorted(fingerprint)), 12)
+
+
+def key_digest(key: str) -> str:
+    """A short, tag-safe digest of an idempotency key (keys may hold upper case and ``:``)."""
+    return _digest(key, 16)
+
+
+def decode(tags: str | Iterable[str] | None) -> OwnershipRecord | None:
+    """The record in ``tags``; ``None`` when the guest carries no (valid) ``lcd.o.`` tag.
+
+    Unknown ``lcd.`` tags are ignored; of repeated tags the last counts, except that the
+    highest generation wins.
+    """
+    items = split_tags(tags) if isinstance(tags, str) or tags is None else list(tags)
+    origin: GuestOrigin | None = None
+    desired: DesiredState | None = None
+    generation = 0
+    protected = False
+    fingerprint: str | None = None
+    last_keys: list[str] = []
+    for tag in items:
+        if not tag.startswith(PREFIX):
+            continue
+        field, _, value = tag[len(PREFIX) :].partition(".")
+        if field == "o" and value in {str(o) for o in _ORIGINS}:
+            origin = GuestOrigin(value)
+        elif field == "d" and value in {str(d) for d in DesiredState}:
+            desired = DesiredState(value)
+        elif field == "g" and value.isdigit():
+            generation = max(generation, int(value))
+        elif field == "p" and not value:
+            protected = True
+        elif field == "f" and value:
+            fingerprint = value
+        elif field == "k" and value and value not in last_keys:
+            last_keys.append(value)
+    if origin is None:
+        return None
+    return OwnershipRecord(
+        origin=origin,
+        desired=desired,
+        generation=generation,
+        protected=protected,
+        fingerprint=fingerprint,
+        last_keys=tuple(last_keys[:KEEP_KEYS]),
+    )
+
+
+def record_tags(record: OwnershipRecord) -> list[str]:
+    """The ``lcd.`` tags of ``record``, in a fixed order."""
+    out = [f"{PREFIX}o.{record.origin}"]
+    if record.desired is not None:
+        out.append(f"{PREFIX}d.{record.desired}")
+    out.append(f"{PREFIX}g.{record.generation}")
+    if record.protected:
+        out.append(f"{PREFIX}p")
+    if record.fingerprint:
+        out.append(f"{PREFIX}f.{record.fingerprint}")
+    out.extend(f"{PREFIX}k.{k}" for k in record.last_keys)
+    return out
+
+
+def encode(record: OwnershipRecord | None, existing: str | None = None) -> str:
+    """The new ``tags`` value: the guest's own tags kept, its ``lcd.`` tags replaced by
+    ``record``'s (``None``: removed). Tags are joined with ``;`` as Proxmox writes them."""
+    own = [t for t in split_tags(existing) if not t.startswith(PREFIX)]
+    mine = record_tags(record) if record is not None else []
+    bad = [t for t in mine if not TAG_RE.match(t)]
+    if bad:
+        raise ValueError(f"not valid Proxmox tags: {bad}")
+    return ";".join(own + mine)
