@@ -193,12 +193,20 @@ class Reconciler:
         return report
 
     async def node_lifecycle(self, online: dict[str, bool]) -> NodeRecord | None:
-        """SPEC §7 "node lifecycle is cluster-wide": the served node's drain/decommission is
-        published in its Proxmox description for every daemon to respect; a node ``GET
-        /nodes`` lists offline is marked ``unhealthy`` (reason ``auto: …``), and cleared back
-        (to draining when its description says so, else active) once it is online again."""
+        """SPEC §7 "node lifecycle is cluster-wide", for every served node: its
+        drain/decommission is published in its Proxmox description for every daemon to
+        respect; a node ``GET /nodes`` lists offline is marked ``unhealthy`` (reason
+        ``auto: …``), and cleared back (to draining when its description says so, else
+        active) once it is online again. Returns the primary node's record."""
+        primary: NodeRecord | None = None
+        for node in self.served:
+            record = await self._node_lifecycle(node, online)
+            if node == self.node:
+                primary = record
+        return primary
+
+    async def _node_lifecycle(self, node: str, online: dict[str, bool]) -> NodeRecord | None:
         assert self.cluster is not None
-        node = self.node
         record = await self.journal.get_node(node)
         if record is None:
             return None

@@ -265,12 +265,13 @@ class Runtime:
         if web is not None:
             stop_web = await web(self)
         try:
-            self.node_record = await activate_node(
-                self.journal,
-                self.settings.primary_node,
-                system=self.settings.system_node,
-                now=self.started_at,
-            )
+            # Every served node has its lifecycle row (drain, unhealthy, decommission each).
+            for node in self.settings.nodes:
+                record = await activate_node(
+                    self.journal, node, system=self.settings.system_node, now=self.started_at
+                )
+                if node == self.settings.primary_node:
+                    self.node_record = record
             report = await aio.time(self.metrics.recover_duration, self.recoverer.recover())
             log.info("runtime.ready", extra={"recovered": report.counts.get("examined", 0)})
             self.ready.set()

@@ -270,3 +270,32 @@ async def test_a_reused_vmid_elsewhere_carrying_the_tags_is_never_acted_on(
         )
         assert not sim.sim.guests[101].running
         assert (await settle(rt)).enqueued == []  # and on every later pass
+
+
+async def test_a_daemon_serving_two_nodes_keeps_both_lifecycles(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    """--node pve1,pve2: both nodes are active at start; a drain of the second one is
+    published for every sidecar, and the second node going offline marks it unhealthy."""
+    from lifecycled.domain.node import NodeState
+    from lifecycled.engine import node as node_service
+
+    sim = await three_node_sim(sim_factory)
+    async with sidecar(sim, tmp_path, "pve1,pve2") as rt:
+        for name in ("pve1", "pve2"):
+            node = await rt.journal.get_node(name)
+            assert node is not None and node.state is NodeState.ACTIVE, name
+        await node_service.drain(rt.journal, "pve2", actor="test", reason="kernel", now=1.0)
+        await rt.reconciler.pass_once()
+        assert "lifecycled-node-state: draining" in sim.sim.nodes["pve2"].description
+        assert "lifecycled-node-state" not in sim.sim.nodes["pve1"].description
+        sim.sim.set_node_offline("pve2")
+        await rt.reconciler.pass_once()
+        second = await rt.journal.get_node("pve2")
+        assert second is not None and second.state is NodeState.UNHEALTHY
+        first = await rt.journal.get_node("pve1")
+        assert first is not None and first.state is NodeState.ACTIVE
+        sim.sim.set_node_offline("pve2", offline=False)
+        await rt.reconciler.pass_once()
+        second = await rt.journal.get_node("pve2")
+        assert second is not None and second.state is NodeState.DRAINING  # back to the drain
