@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from rich.console import Console
 
-from lifecycled.demo.procs import Child, free_port, wait_file, wait_ready
+from lifecycled.demo.procs import Child, free_port, start_simulator, wait_ready
 
 TOKEN = "root@pam!lifecycled=demo-not-a-secret"  # noqa: S105 - the demo simulator's own token
 API_TOKEN = "demo-api-token-not-a-secret"  # noqa: S105 - the demo daemons' own bearer token
@@ -66,32 +66,9 @@ class ClusterDemo:
     # --- processes ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        ready = self.dir / "sim.url"
-        self.sim = Child(
-            "simulator",
-            [
-                "sim",
-                "--listen",
-                "127.0.0.1:0",
-                "--ready-file",
-                str(ready),
-                "--nodes",
-                ",".join(NODES),
-                "--guests",
-                "0",
-                "--token",
-                TOKEN,
-                "--task-seconds",
-                "0.5",
-                "--seed",
-                "7",
-                "--auth-delay",
-                "0",
-            ],
-            self.dir / "sim.log",
+        self.sim, self.sim_url = await start_simulator(
+            self.dir, nodes=",".join(NODES), guests=0, token=TOKEN, task_seconds=0.5, extra=[]
         )
-        await self.sim.start()
-        self.sim_url = await wait_file(ready, self.sim, within=20)
         for vmid, (node, status) in GUESTS.items():
             await self.control(
                 "POST", "/guests", {"vmid": vmid, "kind": "qemu", "node": node, "status": status}

@@ -117,3 +117,37 @@ async def wait_ready(session: aiohttp.ClientSession, url: str, child: Child, wit
                     return
         await asyncio.sleep(0.1)
     raise RuntimeError(f"{child.name} was not ready within {within:g}s:\n{child.tail()}")
+
+
+async def start_simulator(
+    workdir: Path, *, nodes: str, guests: int, token: str, task_seconds: float, extra: list[str]
+) -> tuple[Child, str]:
+    """``lifecycled sim`` on a free loopback port (log in ``workdir/sim.log``): the child and
+    its URL, once it has written its ready file."""
+    ready = workdir / "sim.url"
+    child = Child(
+        "simulator",
+        [
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-file",
+            str(ready),
+            "--nodes",
+            nodes,
+            "--guests",
+            str(guests),
+            "--token",
+            token,
+            "--task-seconds",
+            str(task_seconds),
+            "--seed",
+            "7",
+            "--auth-delay",
+            "0",
+            *extra,
+        ],
+        workdir / "sim.log",
+    )
+    await child.start()
+    return child, await wait_file(ready, child, within=20)

@@ -15,7 +15,7 @@ import aiohttp
 from rich.console import Console
 from rich.live import Live
 
-from lifecycled.demo.procs import Child, free_port, wait_file, wait_ready
+from lifecycled.demo.procs import Child, free_port, start_simulator, wait_ready
 from lifecycled.demo.view import Planned, ops_table, screen, summary_table
 from lifecycled.domain.op import Op
 from lifecycled.domain.states import OpState
@@ -50,34 +50,14 @@ class Demo:
     # --- processes ----------------------------------------------------------------------
 
     async def start_sim(self) -> None:
-        ready = self.dir / "sim.url"
-        self.sim = Child(
-            "simulator",
-            [
-                "sim",
-                "--listen",
-                "127.0.0.1:0",
-                "--ready-file",
-                str(ready),
-                "--nodes",
-                "pve1,pve2",
-                "--guests",
-                "24",
-                "--token",
-                TOKEN,
-                "--task-seconds",
-                str(TASK_SECONDS),
-                "--seed",
-                "7",
-                "--lock-timeout",
-                "1",
-                "--auth-delay",
-                "0",
-            ],
-            self.dir / "sim.log",
+        self.sim, self.sim_url = await start_simulator(
+            self.dir,
+            nodes="pve1,pve2",
+            guests=24,
+            token=TOKEN,
+            task_seconds=TASK_SECONDS,
+            extra=["--lock-timeout", "1"],
         )
-        await self.sim.start()
-        self.sim_url = await wait_file(ready, self.sim, within=20)
         self.say(f"simulator serving a 2-node cluster with 24 guests at {self.sim_url}")
 
     async def start_daemon(self) -> None:

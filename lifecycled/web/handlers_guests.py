@@ -280,6 +280,12 @@ _OWNERSHIP_NOTE = (
     "identity fingerprint), then records it with an audit record. The desired state becomes "
     "the real power state. Repeating the request changes nothing (`changed: false`)."
 )
+_OWNERSHIP_UNAVAILABLE = error(
+    "lifecycled is shutting down (`shutting_down`), or the guest's ownership "
+    "record cannot be written to its Proxmox tags (`ownership_unavailable`: no "
+    "quorum, the config locked); nothing was written.",
+    retry_after=True,
+)
 
 
 def _take_route(path: str, handler: Any, op_id: str, summary: str, note: str) -> Route:
@@ -297,12 +303,7 @@ def _take_route(path: str, handler: Any, op_id: str, summary: str, note: str) ->
             404: error("No such guest in the cluster (`guest_not_found`)."),
             502: error("Proxmox could not be read (`proxmox_error`)."),
             421: _WRONG_NODE,
-            503: error(
-                "lifecycled is shutting down (`shutting_down`), or the guest's ownership "
-                "record cannot be written to its Proxmox tags (`ownership_unavailable`: no "
-                "quorum, the config locked); nothing was written.",
-                retry_after=True,
-            ),
+            503: _OWNERSHIP_UNAVAILABLE,
         },
     )
 
@@ -400,12 +401,7 @@ ROUTES: tuple[Route, ...] = (
             409: error("The guest is not managed (`guest_not_managed`)."),
             422: error("Not running/stopped (`validation_failed`)."),
             421: _WRONG_NODE,
-            503: error(
-                "lifecycled is shutting down (`shutting_down`), or the guest's ownership "
-                "record cannot be written to its Proxmox tags (`ownership_unavailable`: no "
-                "quorum, the config locked); nothing was written.",
-                retry_after=True,
-            ),
+            503: _OWNERSHIP_UNAVAILABLE,
         },
     ),
     _take_route(
@@ -439,12 +435,7 @@ ROUTES: tuple[Route, ...] = (
             404: _NOT_FOUND,
             409: error("The guest is discovered, not managed (`guest_not_managed`)."),
             421: _WRONG_NODE,
-            503: error(
-                "lifecycled is shutting down (`shutting_down`), or the guest's ownership "
-                "record cannot be written to its Proxmox tags (`ownership_unavailable`: no "
-                "quorum, the config locked); nothing was written.",
-                retry_after=True,
-            ),
+            503: _OWNERSHIP_UNAVAILABLE,
         },
     ),
 )
