@@ -70,13 +70,23 @@ def _with_journal(db: Path, work: Callable[[Journal], Awaitable[T]], *, create: 
 
 
 def _guest_service(journal: Journal, settings: Settings | None = None) -> Any:
+    from lifecycled.engine.cluster import Cluster
     from lifecycled.engine.guests import GuestService
     from lifecycled.engine.runtime import build_pve_client
     from lifecycled.metrics import Metrics
 
-    pve = build_pve_client(settings, Metrics()) if settings is not None else None
-    protected = settings.protected_vmids if settings is not None else frozenset()
-    return GuestService(journal=journal, pve=pve, clock=SystemClock(), protected_vmids=protected)
+    if settings is None:  # journal only: no Proxmox read, no shared record
+        return GuestService(journal=journal, pve=None, clock=SystemClock())
+    pve = build_pve_client(settings, Metrics())
+    # The same rules as the daemon: placement (wrong_node) and the record in the guest's tags.
+    cluster = Cluster(pve=pve, journal=journal, served=settings.nodes)
+    return GuestService(
+        journal=journal,
+        pve=pve,
+        clock=SystemClock(),
+        protected_vmids=settings.protected_vmids,
+        cluster=cluster,
+    )
 
 
 def _state(guest: GuestRecord) -> str:
@@ -280,6 +290,7 @@ def guests_manage(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     db: SettingsDbOpt = None,
+    node: NodeOpt = None,
     pve_url: PveUrlOpt = None,
     pve_backend: PveBackendOpt = None,
     pve_token_file: PveTokenFileOpt = None,
@@ -288,7 +299,7 @@ def guests_manage(
     pve_fingerprint: PveFingerprintOpt = None,
     pve_insecure: PveInsecureOpt = None,
 ) -> None:
-    """Take a guest under full management (native: destroy included); reads Proxmox."""
+    """Take a guest under full management (native: destroy included); reads Proxmox, writes the record to its tags; only for a guest on a node this lifecycled serves (--node)."""
     flags = {k: v for k, v in locals().items() if k not in ("vmid", "as_json", "config", "db")}
     _take(vmid, GuestOrigin.NATIVE, config, db, flags, as_json)
 
@@ -300,6 +311,7 @@ def guests_adopt(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     db: SettingsDbOpt = None,
+    node: NodeOpt = None,
     pve_url: PveUrlOpt = None,
     pve_backend: PveBackendOpt = None,
     pve_token_file: PveTokenFileOpt = None,
@@ -308,7 +320,7 @@ def guests_adopt(
     pve_fingerprint: PveFingerprintOpt = None,
     pve_insecure: PveInsecureOpt = None,
 ) -> None:
-    """Adopt a pre-existing guest (managed; terminate only releases it); reads Proxmox."""
+    """Adopt a pre-existing guest (managed; terminate only releases it); reads Proxmox, writes the record to its tags; only for a guest on a node this lifecycled serves (--node)."""
     flags = {k: v for k, v in locals().items() if k not in ("vmid", "as_json", "config", "db")}
     _take(vmid, GuestOrigin.ADOPTED, config, db, flags, as_json)
 

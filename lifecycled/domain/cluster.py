@@ -28,7 +28,7 @@ class WrongNode(PolicyRefused):
         names = ", ".join(sorted(served))
         super().__init__(
             "wrong_node",
-            f"guest {vmid} is on node {node}, which this daemon does not serve (it serves "
+            f"guest {vmid} is on node {node}, which this lifecycled does not serve (it serves "
             f"{names}): send the request to the lifecycled of node {node}",
         )
         self.vmid = vmid

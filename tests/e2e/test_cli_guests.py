@@ -26,12 +26,13 @@ async def run(*args: str, cwd: Path) -> Result:
 async def test_guests_commands_end_to_end(sim: SimServer, tmp_path: Path) -> None:
     """manage and adopt read Proxmox; list/show/desired/release/audit work on the file."""
     db = str(tmp_path / "j.sqlite3")
-    pve = pve_args(sim, tmp_path)
+    pve = [*pve_args(sim, tmp_path), "--node", "pve1,pve2"]  # serves both sim nodes
     stopped = sorted(g.vmid for g in sim.sim.guests.values() if not g.running and not g.template)
     first, second = stopped[0], stopped[1]
 
     managed = await run("guests", "manage", str(first), "--db", db, "--json", *pve, cwd=tmp_path)
     assert managed.code == 0, managed
+    assert "lcd.o.native" in str(sim.sim.guests[first].config.get("tags"))  # the shared record
     body = json.loads(managed.out)
     assert body["changed"] is True and body["guest"]["origin"] == "native"
     assert body["guest"]["desired_state"] == "stopped"
@@ -51,7 +52,8 @@ async def test_guests_commands_end_to_end(sim: SimServer, tmp_path: Path) -> Non
     assert detail["config_snapshot"]["name"] == sim.sim.guests[second].config["name"]
 
     desired = await run("guests", "desired", str(first), "running", "--db", db, cwd=tmp_path)
-    assert desired.code == 0 and "desired running (generation 1)" in desired.out
+    # manage wrote the record to the guest's tags (generation 1); this change is generation 2
+    assert desired.code == 0 and "desired running (generation 2)" in desired.out
 
     released = await run("guests", "release", str(second), "--db", db, "--json", cwd=tmp_path)
     assert json.loads(released.out)["guest"]["origin"] == "released"
@@ -81,6 +83,12 @@ async def test_guests_errors_are_one_line(sim: SimServer, tmp_path: Path) -> Non
     assert "RFC 3339" in one_error_line(when, 2)
     no_dry = await run("reconcile", "--db", db, *pve, cwd=tmp_path)
     assert "--dry-run" in one_error_line(no_dry, 2)
+    elsewhere = next(g for g in sim.sim.guests.values() if g.node == "pve2")
+    wrong = await run(
+        "guests", "manage", str(elsewhere.vmid), "--db", db, *pve, "--node", "pve1", cwd=tmp_path
+    )
+    assert "on node pve2, which this lifecycled does not serve" in one_error_line(wrong, 1)
+    assert sim.sim.guests[elsewhere.vmid].config.get("tags") in (None, "")
 
 
 async def test_reconcile_dry_run_prints_the_plan_and_changes_nothing(
@@ -88,7 +96,7 @@ async def test_reconcile_dry_run_prints_the_plan_and_changes_nothing(
 ) -> None:
     """The plan of a managed guest stopped out of band: a start; journal and Proxmox unchanged."""
     db = tmp_path / "j.sqlite3"
-    pve = pve_args(sim, tmp_path)
+    pve = [*pve_args(sim, tmp_path), "--node", "pve1,pve2"]  # serves both sim nodes
     guest = next(
         g
         for g in sorted(sim.sim.guests.values(), key=lambda g: g.vmid)
