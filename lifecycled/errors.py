@@ -25,6 +25,16 @@ class JournalError(LifecycledError):
     """The journal cannot be opened, migrated, read or written."""
 
 
+class JournalOutdated(JournalError):
+    """The journal's schema is older than this lifecycled and was not migrated (read-only or
+    ``migrate=False``); ``lifecycled db migrate`` or the daemon's start brings it up."""
+
+    def __init__(self, message: str, *, version: int, known: int) -> None:
+        super().__init__(message)
+        self.version = version
+        self.known = known
+
+
 class JournalUnavailable(JournalError):
     """The journal cannot write right now (disk full, read-only); try again later."""
 

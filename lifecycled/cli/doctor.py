@@ -49,12 +49,11 @@ def doctor(
 
     Reads only: the journal is opened read-only and Proxmox is sent GETs. Run it as the service user (sudo -u lifecycled lifecycled doctor) so file rights are checked as the daemon has them.
     """
+    flags = {k: v for k, v in locals().items() if k not in ("config", "as_json")}
     from lifecycled.engine.doctor import Finding, bad, diagnose, ok
     from lifecycled.engine.runtime import build_pve_client
     from lifecycled.metrics import Metrics
 
-    flags = {k: v for k, v in locals().items() if k not in ("config", "as_json")}
-    flags = {k: v for k, v in flags.items() if not callable(v)}
     findings: list[Finding]
     try:
         settings = settings_from(config, **flags)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import attrs
 
-from lifecycled.config import Settings
+from lifecycled.config import Settings, is_loopback
 from lifecycled.domain.privileges import verdicts
-from lifecycled.errors import JournalError, LifecycledError, PveError
+from lifecycled.errors import JournalError, JournalOutdated, LifecycledError, PveError
 from lifecycled.pve.port import PveClient
 
 #: Largest accepted difference between this host's clock and the node's (seconds).
@@ -91,14 +91,12 @@ async def journal_findings(settings: Settings) -> list[Finding]:
         async with await Journal.open(db, create=False, readonly=True) as journal:
             problems = await journal.integrity_check()
             version, known = journal.schema_version, journal.known_schema_version
+    except JournalOutdated as old:
+        detail = f"version {old.version} (this lifecycled knows {old.known})"
+        out.append(ok("journal schema", f"{detail}; the daemon migrates it at start"))
+        return out
     except JournalError as exc:
-        text = str(exc)
-        if "older than this lifecycled" in text:
-            out.append(
-                ok("journal schema", f"{text.split(':')[0]}; the daemon migrates it at start")
-            )
-        else:
-            out.append(bad("journal schema", text, "restore a backup (lifecycled db backup)"))
+        out.append(bad("journal schema", str(exc), "restore a backup (lifecycled db backup)"))
         return out
     if problems != ["ok"]:
         out.append(
@@ -213,8 +211,6 @@ async def proxmox_findings(
 
 def _plain(settings: Settings) -> Finding:
     host = urlsplit(settings.pve_url).hostname or ""
-    from lifecycled.config import is_loopback
-
     if is_loopback(host):
         return ok("tls", "plain HTTP on loopback (the simulator)")
     return bad("tls", f"plain HTTP to {host}", "use https:// with pve_ca_file or pve_fingerprint")
@@ -298,14 +294,11 @@ async def diagnose(
     settings: Settings,
     make_client: Callable[[Settings], PveClient],
     *,
-    extra: Callable[[Settings], Awaitable[list[Finding]]] | None = None,
     now: Callable[[], float] = time.time,
 ) -> list[Finding]:
     """Every check after the config's, in order."""
     out = await journal_findings(settings)
     out.append(lock_finding(settings.db))
-    if extra is not None:
-        out += await extra(settings)
     try:
         pve = make_client(settings)
     except LifecycledError as exc:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from lifecycled.domain.op import Op, OpError
 from lifecycled.domain.states import OpState
-from lifecycled.errors import JournalError
+from lifecycled.errors import JournalOutdated
 from lifecycled.journal import migrations, units
 from lifecycled.journal.audit import AuditVerbs
 from lifecycled.journal.db import DEFAULT_BUSY_TIMEOUT_MS, Database, translated
@@ -88,9 +88,11 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
                     applied = await migrations.apply_migrations(conn, known_migrations)
                     version = await migrations.read_version(conn)
             if version < known:
-                raise JournalError(
+                raise JournalOutdated(
                     f"journal schema version {version} is older than this lifecycled "
-                    f"(knows {known}): run lifecycled db migrate --db {db.path}"
+                    f"(knows {known}): run lifecycled db migrate --db {db.path}",
+                    version=version,
+                    known=known,
                 )
         except BaseException:
             await db.close()

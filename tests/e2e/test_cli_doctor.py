@@ -20,7 +20,7 @@ def _run(args: list[str], cwd: Path) -> Result:
 
 
 async def doctor(*args: str, cwd: Path) -> Result:
-    return await asyncio.to_thread(cli, "doctor", *args, cwd=cwd)
+    return await asyncio.to_thread(_run, list(args), cwd)
 
 
 def checks(result: Result) -> dict[str, dict[str, Any]]:
@@ -184,8 +184,33 @@ async def test_doctor_names_the_daemon_holding_the_journal(sim: SimServer, tmp_p
     db = tmp_path / "j.sqlite3"
     args = ["--db", str(db), "--node", "pve1", "--json", *pve_args(sim, tmp_path)]
     with DaemonLock(db):
-        held = checks(await asyncio.to_thread(_run, args, tmp_path))
+        held = checks(await doctor(*args, cwd=tmp_path))
         assert held["daemon lock"]["status"] == "fail"
         assert f"pid {os.getpid()}" in held["daemon lock"]["detail"]
-    free = checks(await asyncio.to_thread(_run, args, tmp_path))
+    free = checks(await doctor(*args, cwd=tmp_path))
     assert free["daemon lock"]["status"] == "ok"
+
+
+async def test_doctor_says_an_older_journal_is_migrated_at_start(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """A journal at an older schema version is ✓ (the daemon migrates it), never rewritten by doctor."""
+    import shutil
+
+    from lifecycled.journal import Journal
+
+    old = tmp_path / "old-migrations"
+    old.mkdir()
+    for sql in sorted(Path(__file__).parents[2].joinpath("migrations").glob("000[1-3]_*.sql")):
+        shutil.copy(sql, old / sql.name)
+    db = tmp_path / "j.sqlite3"
+    async with await Journal.open(db, migrations_dir=old) as journal:
+        assert journal.schema_version == 3
+    before = db.read_bytes()
+    result = await doctor(
+        "--db", str(db), "--node", "pve1", "--json", *pve_args(sim, tmp_path), cwd=tmp_path
+    )
+    schema = checks(result)["journal schema"]
+    assert schema["status"] == "ok" and schema["detail"].startswith("version 3 (")
+    assert "migrates it at start" in schema["detail"]
+    assert db.read_bytes() == before
