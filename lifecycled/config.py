@@ -6,6 +6,7 @@ settings hold the *paths* of the files that contain them.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import math
 import os
@@ -14,22 +15,17 @@ import stat
 import struct
 import tomllib
 import urllib.parse
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from lifecycled.domain.durations import parse_duration
+from lifecycled.domain.durations import format_duration, parse_duration
 from lifecycled.errors import ConfigError
 
 ENV_PREFIX = "LIFECYCLED_"
-
-_BACKENDS = ("http", "proxmoxer-local", "proxmoxer-ssh", "proxmoxer-https")
-_SYNC_MODES = ("NORMAL", "FULL", "EXTRA")
-_LOG_FORMATS = ("text", "json")
-_LOG_LEVELS = ("debug", "info", "warning", "error")
-_MANAGE_DISCOVERED = ("off", "native", "adopted")
 
 
 def default_node() -> str:
@@ -41,70 +37,410 @@ def _default_node() -> str:
     return socket.gethostname().split(".", 1)[0] or "localhost"
 
 
+# -- the choices ------------------------------------------------------------------------------
+
+
+class PveBackend(enum.StrEnum):
+    """The Proxmox client (docs/PVE_CLIENT.md)."""
+
+    HTTP = "http"
+    PROXMOXER_LOCAL = "proxmoxer-local"
+    PROXMOXER_SSH = "proxmoxer-ssh"
+    PROXMOXER_HTTPS = "proxmoxer-https"
+
+
+class Synchronous(enum.StrEnum):
+    """SQLite's ``PRAGMA synchronous`` for the journal."""
+
+    NORMAL = "NORMAL"
+    FULL = "FULL"
+    EXTRA = "EXTRA"
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class ManageDiscovered(enum.StrEnum):
+    """What reconcile does with the unmanaged guests it finds (SPEC §2)."""
+
+    OFF = "off"
+    NATIVE = "native"
+    ADOPTED = "adopted"
+
+
+# -- what a setting is --------------------------------------------------------------------------
+
+
+class Kind(enum.Enum):
+    """How a setting's value is written (flag, ``LIFECYCLED_*`` variable or TOML key)."""
+
+    TEXT = "text"
+    PATH = "path"
+    INT = "int"
+    NUMBER = "number"
+    DURATION = "duration"
+    BOOL = "bool"
+    CHOICE = "choice"
+    VMIDS = "vmids"
+    NODES = "nodes"
+
+
+#: What a value of each kind must look like (said in type errors).
+_EXPECTED = {
+    Kind.TEXT: "a string",
+    Kind.PATH: "a file path",
+    Kind.INT: "a whole number",
+    Kind.NUMBER: "a number",
+    Kind.DURATION: "a duration such as 10s or a number of seconds",
+    Kind.BOOL: "true or false",
+    Kind.CHOICE: "a string",
+    Kind.VMIDS: "a list of VMIDs",
+    Kind.NODES: "a node name or a list of them",
+}
+
+
+class Scope(enum.Enum):
+    """Which commands offer a setting as a flag. ``run`` offers every setting; every command
+    reads every setting from the environment and the config file."""
+
+    #: ``lifecycled run`` only.
+    DAEMON = "daemon"
+    #: Every command that opens the journal through the settings (``--db``).
+    JOURNAL = "journal"
+    #: Commands that act for the served node (``--node``).
+    NODE = "node"
+    #: Commands that read Proxmox (``--pve-*``).
+    PROXMOX = "proxmox"
+    #: ``run`` and ``node decommission``.
+    NODE_LIFECYCLE = "node-lifecycle"
+
+
+@attrs.frozen(kw_only=True)
+class Spec:
+    """A setting's declaration, kept in its :class:`Settings` field's metadata."""
+
+    kind: Kind
+    help: str
+    scopes: frozenset[Scope] = frozenset({Scope.DAEMON})
+    #: The flag when it is not ``--<name with dashes>`` (``--protected``).
+    flag: str | None = None
+    #: A boolean's "off" flag when it is not ``--no-<name>`` (``--pve-verify``).
+    off_flag: str | None = None
+    #: Inclusive bounds of a number (refused at start with one line).
+    bounds: tuple[float, float] | None = None
+    choices: type[enum.StrEnum] | None = None
+    #: How the default reads when it is computed or absent (``this host's name``, ``none``).
+    shown_default: str | None = None
+
+
+_SPEC = "lifecycled.setting"
+
+
+def _setting(
+    default: Any,
+    kind: Kind,
+    help: str,
+    *,
+    factory: Any = None,
+    **spec: Any,
+) -> Any:
+    """A :class:`Settings` field declared with its :class:`Spec` (one place per setting)."""
+    choices = spec.get("choices")
+    return attrs.field(
+        default=attrs.Factory(factory) if factory is not None else default,
+        converter=choices,  # an enum of choices also accepts its plain value
+        metadata={_SPEC: Spec(kind=kind, help=help, **spec)},
+    )
+
+
+_HOUR, _DAY = 3600.0, 86400.0
+_PVE = {"scopes": frozenset({Scope.DAEMON, Scope.PROXMOX}), "shown_default": "none"}
+_NONE = {"shown_default": "none"}
+_NODE_LIFECYCLE = frozenset({Scope.DAEMON, Scope.NODE_LIFECYCLE})
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
-    """Every option of lifecycled (SPEC §5 "Configuration"), validated."""
+    """Every option of lifecycled (SPEC §5 "Configuration"), validated.
 
-    db: Path = Path("data/lifecycled.sqlite3")
-    listen: str = "127.0.0.1:8090"
-    #: TLS for the API listener (a non-loopback --listen needs it unless insecure_listen).
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    #: Client certificates signed by this CA are required (mutual TLS).
-    tls_client_ca_file: Path | None = None
-    #: Serve a non-loopback --listen over plain HTTP anyway (tokens in clear text).
-    insecure_listen: bool = False
-    node: str = attrs.field(factory=_default_node)
-    pve_url: str = "https://127.0.0.1:8006"
-    pve_backend: str = "http"
-    pve_token_file: Path | None = None
-    pve_user: str | None = None
-    pve_password_file: Path | None = None
-    pve_ca_file: Path | None = None
-    pve_fingerprint: str | None = None
-    pve_insecure: bool = False
-    api_token_file: Path | None = None
-    workers: int = 2
-    node_cap: int = 3
-    max_retries: int = 5
-    retry_backoff: float = 10.0
-    max_backoff: float = 300.0
-    lock_wait_max: float = 3600.0
-    poll_interval: float = 2.0
-    reconcile_interval: float = 300.0
-    reconcile_on_start: bool = True
-    reconcile_max_commands: int = 20
-    manage_discovered: str = "off"
-    stale_after: float = 1200.0
-    startup_jitter: float = 10.0
-    task_search_skew: float = 5.0
-    ha_confirm_timeout: float = 300.0
-    synchronous: str = "FULL"
-    log_format: str = "text"
-    log_level: str = "info"
-    notify_url: str | None = None
-    notify_token_file: Path | None = None
-    notify_heartbeat: float = 30.0
-    #: Standard Webhooks secret (``whsec_`` + base64) signing every push request.
-    push_secret_file: Path | None = None
-    max_body_bytes: int = 64 * 1024
-    #: Node lifecycle (SPEC §4): a younger node is never decommissioned; a system node never is.
-    node_min_age: float = 7 * 86400.0
-    system_node: bool = False
-    #: Signed destructive ops (SPEC §4): trusted ed25519 keys; absent → no signature needed.
-    trusted_keys_file: Path | None = None
-    signature_skew: float = 300.0
-    #: Guests never destroyed whatever the request (SPEC §4); a comma list or a TOML array.
-    protected_vmids: frozenset[int] = frozenset()
-    #: How long a native terminate waits for its stop op before it fails (guest kept).
-    terminate_stop_timeout: float = 300.0
-    #: HTTP limits (docs/SECURITY.md): a request head, an idle keep-alive connection and a
-    #: request body must each arrive within this time; at most this many connections at once.
-    http_timeout: float = 20.0
-    max_connections: int = 256
-    #: Writes per token (per peer in loopback-only mode): a burst, then a rate per second.
-    write_rate: float = 20.0
-    write_burst: int = 100
+    Each field is declared once, with its help, kind, bounds and the commands that offer it
+    as a flag (:class:`Spec`); the TOML, environment and flag parsing, the typer options and
+    docs/CONFIG.md are all made from these declarations.
+    """
+
+    # --- journal
+    db: Path = _setting(
+        Path("data/lifecycled.sqlite3"),
+        Kind.PATH,
+        "The SQLite journal, the source of truth for every op; keep it on local disk.",
+        scopes=frozenset({Scope.DAEMON, Scope.JOURNAL}),
+    )
+    synchronous: Synchronous = _setting(
+        Synchronous.FULL,
+        Kind.CHOICE,
+        "SQLite durability of each commit: FULL fsyncs every commit, NORMAL may lose the "
+        "last ones on power loss, EXTRA also fsyncs the directory.",
+        choices=Synchronous,
+    )
+    # --- HTTP API
+    listen: str = _setting(
+        "127.0.0.1:8090",
+        Kind.TEXT,
+        "HOST:PORT of the API, /healthz, /readyz and /metrics; a non-loopback address needs "
+        "--api-token-file and TLS.",
+    )
+    tls_cert_file: Path | None = _setting(
+        None, Kind.PATH, "PEM certificate (chain) the API serves TLS with.", **_NONE
+    )
+    tls_key_file: Path | None = _setting(
+        None, Kind.PATH, "PEM private key of --tls-cert-file (mode 0600).", **_NONE
+    )
+    tls_client_ca_file: Path | None = _setting(
+        None,
+        Kind.PATH,
+        "Require client certificates signed by this CA (mutual TLS).",
+        **_NONE,
+    )
+    insecure_listen: bool = _setting(
+        False,
+        Kind.BOOL,
+        "Serve a non-loopback --listen over plain HTTP (bearer tokens in clear text), only "
+        "behind a TLS proxy on a private network.",
+    )
+    api_token_file: Path | None = _setting(
+        None,
+        Kind.PATH,
+        "File of API tokens, one per line: name:role:token (role read, operate or admin); "
+        "without it /v1/* serves loopback clients only.",
+        **_NONE,
+    )
+    max_body_bytes: int = _setting(
+        64 * 1024,
+        Kind.INT,
+        "Largest accepted request body in bytes (413 above it).",
+        bounds=(1024, 16 * 1024 * 1024),
+    )
+    http_timeout: float = _setting(
+        20.0,
+        Kind.DURATION,
+        "A request head, an idle connection and a request body must each arrive within this.",
+        bounds=(0.5, _HOUR),
+    )
+    max_connections: int = _setting(
+        256,
+        Kind.INT,
+        "HTTP connections served at once (one more is answered 503).",
+        bounds=(1, 100_000),
+    )
+    write_rate: float = _setting(
+        20.0,
+        Kind.NUMBER,
+        "Writes a second per API token (per peer without a token file), after the burst.",
+        bounds=(0.01, 100_000),
+    )
+    write_burst: int = _setting(
+        100,
+        Kind.INT,
+        "Writes at once per API token (per peer without a token file).",
+        bounds=(1, 1_000_000),
+    )
+    # --- the Proxmox node and API
+    node: str = _setting(
+        None,
+        Kind.NODES,
+        "The Proxmox node(s) served: repeat or comma-separate.",
+        factory=_default_node,
+        scopes=frozenset({Scope.DAEMON, Scope.NODE}),
+        shown_default="this host's name",
+    )
+    pve_url: str = _setting(
+        "https://127.0.0.1:8006",
+        Kind.TEXT,
+        "Proxmox API origin (/api2/json is appended).",
+        scopes=_PVE["scopes"],
+    )
+    pve_backend: PveBackend = _setting(
+        PveBackend.HTTP,
+        Kind.CHOICE,
+        "Proxmox client: http (API token), proxmoxer-local (pvesh on the node), "
+        "proxmoxer-ssh or proxmoxer-https (password tickets).",
+        choices=PveBackend,
+        scopes=_PVE["scopes"],
+    )
+    pve_token_file: Path | None = _setting(
+        None, Kind.PATH, "File with one line USER@REALM!TOKENID=SECRET.", **_PVE
+    )
+    pve_user: str | None = _setting(
+        None, Kind.TEXT, "User for ticket (password) or ssh access (proxmoxer backends).", **_PVE
+    )
+    pve_password_file: Path | None = _setting(
+        None, Kind.PATH, "File with the Proxmox password.", **_PVE
+    )
+    pve_ca_file: Path | None = _setting(
+        None, Kind.PATH, "CA file to verify pveproxy, e.g. /etc/pve/pve-root-ca.pem.", **_PVE
+    )
+    pve_fingerprint: str | None = _setting(
+        None, Kind.TEXT, "Pin pveproxy's SHA-256 certificate fingerprint.", **_PVE
+    )
+    pve_insecure: bool = _setting(
+        False,
+        Kind.BOOL,
+        "Skip TLS verification of pveproxy (warned in the log; test labs only).",
+        off_flag="--pve-verify",
+        scopes=_PVE["scopes"],
+    )
+    # --- workers and retries
+    workers: int = _setting(
+        2,
+        Kind.INT,
+        "Dispatcher coroutines (ops claimed at once across all nodes).",
+        bounds=(1, 256),
+    )
+    node_cap: int = _setting(3, Kind.INT, "Ops in flight per Proxmox node.", bounds=(1, 1024))
+    max_retries: int = _setting(
+        5, Kind.INT, "Transient attempts before an op is dead-lettered.", bounds=(1, 1000)
+    )
+    retry_backoff: float = _setting(
+        10.0,
+        Kind.DURATION,
+        "Backoff base: min(max-backoff, retry-backoff × 2^(attempt-1)) with full jitter.",
+        bounds=(0.01, _DAY),
+    )
+    max_backoff: float = _setting(
+        300.0,
+        Kind.DURATION,
+        "Backoff cap (at least --retry-backoff).",
+        bounds=(0.01, 7 * _DAY),
+    )
+    lock_wait_max: float = _setting(
+        3600.0,
+        Kind.DURATION,
+        "How long an op keeps retrying while its guest is locked (backup, migrate, …) before "
+        "it is dead-lettered.",
+        bounds=(1.0, 7 * _DAY),
+    )
+    poll_interval: float = _setting(
+        2.0,
+        Kind.DURATION,
+        "Task tracking tick: one task-list call per node per tick.",
+        bounds=(0.01, _HOUR),
+    )
+    stale_after: float = _setting(
+        1200.0,
+        Kind.DURATION,
+        "An op in flight longer than this is re-examined by the janitor (read-only).",
+        bounds=(1.0, 30 * _DAY),
+    )
+    task_search_skew: float = _setting(
+        5.0,
+        Kind.DURATION,
+        "Clock slack when searching a node's task list for a task started after the claim.",
+        bounds=(0.0, _HOUR),
+    )
+    # --- reconcile
+    reconcile_interval: float = _setting(
+        300.0,
+        Kind.DURATION,
+        "Period of the desired-vs-observed comparison.",
+        bounds=(0.1, 7 * _DAY),
+    )
+    reconcile_on_start: bool = _setting(
+        True, Kind.BOOL, "Reconcile once at start (after Recover and --startup-jitter)."
+    )
+    startup_jitter: float = _setting(
+        10.0,
+        Kind.DURATION,
+        "Random delay before the first reconcile.",
+        bounds=(0.0, _DAY),
+    )
+    reconcile_max_commands: int = _setting(
+        20,
+        Kind.INT,
+        "Most convergent ops one reconcile pass enqueues (0: none).",
+        bounds=(0, 100_000),
+    )
+    manage_discovered: ManageDiscovered = _setting(
+        ManageDiscovered.OFF,
+        Kind.CHOICE,
+        "What reconcile does with the unmanaged guests it finds on the node: off (list them "
+        "as discovered), native or adopted.",
+        choices=ManageDiscovered,
+    )
+    # --- safety
+    protected_vmids: frozenset[int] = _setting(
+        frozenset(),
+        Kind.VMIDS,
+        "VMIDs never destroyed, comma-separated, e.g. 100,101 (a TOML array in the file).",
+        flag="--protected",
+        shown_default="none",
+    )
+    terminate_stop_timeout: float = _setting(
+        300.0,
+        Kind.DURATION,
+        "How long a terminate waits for its guest to stop before it fails (guest kept).",
+        bounds=(0.1, _DAY),
+    )
+    # --- push notifications
+    notify_url: str | None = _setting(
+        None, Kind.TEXT, "Push op and guest events to this control-plane URL.", **_NONE
+    )
+    notify_token_file: Path | None = _setting(
+        None, Kind.PATH, "Bearer token file for --notify-url.", **_NONE
+    )
+    push_secret_file: Path | None = _setting(
+        None,
+        Kind.PATH,
+        "Standard Webhooks secret (whsec_…) that signs every push to --notify-url.",
+        **_NONE,
+    )
+    notify_heartbeat: float = _setting(
+        30.0, Kind.DURATION, "Heartbeat period towards --notify-url.", bounds=(0.1, _DAY)
+    )
+    # --- node lifecycle and signed destructive ops (SPEC §4)
+    node_min_age: float = _setting(
+        7 * _DAY,
+        Kind.DURATION,
+        "A node first seen less than this long ago is never decommissioned.",
+        bounds=(0.0, 3650 * _DAY),
+        scopes=_NODE_LIFECYCLE,
+    )
+    system_node: bool = _setting(
+        False,
+        Kind.BOOL,
+        "This node runs the cluster's own services: never decommissioned.",
+        scopes=_NODE_LIFECYCLE,
+    )
+    trusted_keys_file: Path | None = _setting(
+        None,
+        Kind.PATH,
+        "Trusted ed25519 keys (KEYID ed25519 BASE64 per line): destructive ops must be signed.",
+        **_NONE,
+    )
+    signature_skew: float = _setting(
+        300.0,
+        Kind.DURATION,
+        "Accepted clock skew of a signature's timestamp.",
+        bounds=(1.0, _DAY),
+    )
+    # --- logs
+    log_format: LogFormat = _setting(
+        LogFormat.TEXT,
+        Kind.CHOICE,
+        "text (reads well in journalctl) or json (one object per line).",
+        choices=LogFormat,
+    )
+    log_level: LogLevel = _setting(
+        LogLevel.INFO, Kind.CHOICE, "The lowest level logged.", choices=LogLevel
+    )
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -123,6 +459,64 @@ class Settings:
     @property
     def listen_port(self) -> int:
         return _split_listen(self.listen)[1]
+
+
+@attrs.frozen(kw_only=True)
+class Option:
+    """One setting as every face sees it: its name, declaration and default."""
+
+    name: str
+    spec: Spec
+    default: Any
+
+    @property
+    def env(self) -> str:
+        """Its environment variable, ``LIFECYCLED_<NAME>``."""
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return self.spec.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def off_flag(self) -> str | None:
+        """The "off" flag of a boolean (``--no-<name>`` unless declared)."""
+        if self.spec.kind is not Kind.BOOL:
+            return None
+        return self.spec.off_flag or "--no-" + self.flag.removeprefix("--")
+
+    @property
+    def default_text(self) -> str:
+        """The default as an operator writes it (``10s``, ``2``, ``true``, ``none``)."""
+        if self.spec.shown_default is not None:
+            return self.spec.shown_default
+        value = self.default
+        if self.spec.kind is Kind.DURATION:
+            return format_duration(value)
+        if self.spec.kind is Kind.BOOL:
+            return "true" if value else "false"
+        return str(value)
+
+
+def _options() -> dict[str, Option]:
+    defaults = Settings()
+    return {
+        f.name: Option(name=f.name, spec=f.metadata[_SPEC], default=getattr(defaults, f.name))
+        for f in attrs.fields(Settings)
+    }
+
+
+#: Every setting, in declaration order.
+OPTIONS: Mapping[str, Option] = _options()
+
+#: Keys an older lifecycled read and this one ignores (with a warning), and why.
+REMOVED: Mapping[str, str] = {
+    "ha_confirm_timeout": "it never had any effect",
+}
+
+
+class ConfigWarning(UserWarning):
+    """A config file key that no longer has any effect (it is ignored); delete it."""
 
 
 def _split_listen(value: str) -> tuple[str, int]:
@@ -149,76 +543,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-_FIELDS = {f.name: f for f in attrs.fields(Settings)}
-_DURATIONS = {
-    "retry_backoff",
-    "max_backoff",
-    "lock_wait_max",
-    "poll_interval",
-    "reconcile_interval",
-    "stale_after",
-    "startup_jitter",
-    "task_search_skew",
-    "ha_confirm_timeout",
-    "notify_heartbeat",
-    "node_min_age",
-    "signature_skew",
-    "terminate_stop_timeout",
-    "http_timeout",
-}
-_BOOLS = {"pve_insecure", "reconcile_on_start", "system_node", "insecure_listen"}
-_INTS = {
-    "workers",
-    "node_cap",
-    "max_retries",
-    "reconcile_max_commands",
-    "max_body_bytes",
-    "max_connections",
-    "write_burst",
-}
-#: Plain numbers that are not durations (bounded in BOUNDS like the others).
-_FLOATS: set[str] = {"write_rate"}
-_PATHS = {
-    "db",
-    "pve_token_file",
-    "pve_password_file",
-    "pve_ca_file",
-    "api_token_file",
-    "notify_token_file",
-    "trusted_keys_file",
-    "tls_cert_file",
-    "tls_key_file",
-    "tls_client_ca_file",
-    "push_secret_file",
-}
-
-_HOUR, _DAY = 3600.0, 86400.0
-#: Inclusive bounds of every numeric setting (refused at start with one line). The lower
-#: bounds of durations allow the sub-second values tests and benchmarks use.
-BOUNDS: dict[str, tuple[float, float]] = {
-    "workers": (1, 256),
-    "node_cap": (1, 1024),
-    "max_retries": (1, 1000),
-    "reconcile_max_commands": (0, 100_000),
-    "max_body_bytes": (1024, 16 * 1024 * 1024),
-    "retry_backoff": (0.01, _DAY),
-    "max_backoff": (0.01, 7 * _DAY),
-    "lock_wait_max": (1.0, 7 * _DAY),
-    "poll_interval": (0.01, _HOUR),
-    "reconcile_interval": (0.1, 7 * _DAY),
-    "stale_after": (1.0, 30 * _DAY),
-    "startup_jitter": (0.0, _DAY),
-    "task_search_skew": (0.0, _HOUR),
-    "ha_confirm_timeout": (1.0, 7 * _DAY),
-    "notify_heartbeat": (0.1, _DAY),
-    "node_min_age": (0.0, 3650 * _DAY),
-    "signature_skew": (1.0, _DAY),
-    "terminate_stop_timeout": (0.1, _DAY),
-    "http_timeout": (0.5, _HOUR),
-    "max_connections": (1, 100_000),
-    "write_rate": (0.01, 100_000),
-    "write_burst": (1, 1_000_000),
-}
 #: Largest secret file read (a token, a key list, a password).
 MAX_SECRET_BYTES = 1024 * 1024
 
@@ -239,96 +563,91 @@ def _vmid_set(value: Any) -> frozenset[int]:
     return frozenset(out)
 
 
-def _check_type(name: str, value: Any) -> None:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_type(kind: Kind, value: Any) -> None:
     """A TOML value of the wrong type (a table, an array, a number for a name, …)."""
-    if isinstance(value, str):
+    accepted = {
+        Kind.BOOL: isinstance(value, bool),
+        Kind.INT: isinstance(value, int) and not isinstance(value, bool),
+        Kind.NUMBER: _is_number(value),
+        Kind.DURATION: _is_number(value),
+        Kind.PATH: isinstance(value, os.PathLike),
+        Kind.VMIDS: isinstance(value, list | tuple | set | frozenset | int)
+        and not isinstance(value, bool),
+        Kind.NODES: isinstance(value, list | tuple) and all(isinstance(v, str) for v in value),
+    }
+    if isinstance(value, str) or accepted.get(kind, False):
         return
-    if name == "protected_vmids" and isinstance(value, list | tuple | set | frozenset | int):
-        return
-    if (
-        name == "node"
-        and isinstance(value, list | tuple)
-        and all(isinstance(v, str) for v in value)
-    ):
-        return  # --node repeated, or a TOML array of node names
-    if name in _BOOLS and isinstance(value, bool):
-        return
-    if name in _INTS and isinstance(value, int) and not isinstance(value, bool):
-        return
-    numeric = _DURATIONS | _FLOATS
-    if name in numeric and isinstance(value, int | float) and not isinstance(value, bool):
-        return
-    if name in _PATHS and isinstance(value, os.PathLike):
-        return
-    expected = (
-        "true or false"
-        if name in _BOOLS
-        else "a whole number"
-        if name in _INTS
-        else "a duration such as 10s or a number of seconds"
-        if name in _DURATIONS
-        else "a number"
-        if name in _FLOATS
-        else "a list of VMIDs"
-        if name == "protected_vmids"
-        else "a string"
-    )
-    raise ValueError(f"expected {expected}, got {type(value).__name__} {value!r:.40}")
+    raise ValueError(f"expected {_EXPECTED[kind]}, got {type(value).__name__} {value!r:.40}")
+
+
+def _parse(option: Option, value: Any) -> Any:
+    """``value`` (a flag's, a variable's text or a TOML value) as the setting's type."""
+    kind = option.spec.kind
+    _check_type(kind, value)
+    if kind is Kind.VMIDS:
+        return _vmid_set(value)
+    if kind is Kind.NODES:
+        from lifecycled.domain.cluster import parse_nodes
+
+        return ",".join(parse_nodes(value if isinstance(value, list | tuple) else str(value)))
+    if kind is Kind.DURATION:
+        seconds = float(value) if _is_number(value) else parse_duration(str(value))
+        if not math.isfinite(seconds):
+            raise ValueError(f"{value!r} is not a finite duration")
+        return seconds
+    if kind is Kind.BOOL:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if kind is Kind.INT:
+        return int(str(value).strip()) if isinstance(value, str) else int(value)
+    if kind is Kind.NUMBER:
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number")
+        return number
+    if kind is Kind.PATH:
+        text = os.fspath(value)
+        if not text or "\x00" in text:
+            raise ValueError("expected a file path")
+        return Path(text).expanduser()
+    if "\x00" in value:
+        raise ValueError("a NUL character is not allowed")
+    if kind is Kind.CHOICE:
+        assert option.spec.choices is not None
+        try:
+            return option.spec.choices(value)
+        except ValueError:
+            names = ", ".join(c.value for c in option.spec.choices)
+            raise ValueError(f"{option.name} must be one of {names}, not {value!r}") from None
+    return str(value)
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
     try:
-        if value is None:
-            return None
-        _check_type(name, value)
-        if name == "protected_vmids":
-            return _vmid_set(value)
-        if name == "node":
-            from lifecycled.domain.cluster import parse_nodes
-
-            return ",".join(parse_nodes(value if isinstance(value, list | tuple) else str(value)))
-        if name in _DURATIONS:
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                seconds = float(value)
-            else:
-                seconds = parse_duration(str(value))
-            if not math.isfinite(seconds):
-                raise ValueError(f"{value!r} is not a finite duration")
-            return seconds
-        if name in _BOOLS:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"expected true or false, got {value!r}")
-        if name in _INTS:
-            return int(str(value).strip()) if isinstance(value, str) else int(value)
-        if name in _FLOATS:
-            number = float(value)
-            if not math.isfinite(number):
-                raise ValueError(f"{value!r} is not a finite number")
-            return number
-        if name in _PATHS:
-            text = os.fspath(value)
-            if not text or "\x00" in text:
-                raise ValueError("expected a file path")
-            return Path(text).expanduser()
-        if "\x00" in value:
-            raise ValueError("a NUL character is not allowed")
-        return str(value)
+        return None if value is None else _parse(OPTIONS[name], value)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
 def _bounds_problems(s: Settings) -> list[str]:
     problems = []
-    for name, (low, high) in BOUNDS.items():
-        value = getattr(s, name)
+    for option in OPTIONS.values():
+        if option.spec.bounds is None:
+            continue
+        low, high = option.spec.bounds
+        value = getattr(s, option.name)
         if not low <= value <= high:
-            problems.append(f"{name} must be between {low:g} and {high:g} (got {value:g})")
+            problems.append(f"{option.name} must be between {low:g} and {high:g} (got {value:g})")
     return problems
 
 
@@ -367,14 +686,6 @@ def _validate(s: Settings) -> Settings:
             not s.pve_url.startswith("http://") or is_loopback(pve_host),
             f"--pve-url {s.pve_url}: plain http:// is allowed only to a loopback host (the "
             "simulator); Proxmox is https://",
-        ),
-        (s.pve_backend in _BACKENDS, f"pve_backend must be one of {', '.join(_BACKENDS)}"),
-        (s.synchronous in _SYNC_MODES, f"synchronous must be one of {', '.join(_SYNC_MODES)}"),
-        (s.log_format in _LOG_FORMATS, "log_format must be text or json"),
-        (s.log_level in _LOG_LEVELS, f"log_level must be one of {', '.join(_LOG_LEVELS)}"),
-        (
-            s.manage_discovered in _MANAGE_DISCOVERED,
-            "manage_discovered must be off, native or adopted",
         ),
         (
             s.pve_url.startswith(("http://", "https://")) and bool(pve_host),
@@ -453,19 +764,26 @@ def load_settings(
     config_file = config_file_for(config_file, env, system_config)
     if config_file is not None:
         for key, value in _read_toml(config_file).items():
-            if key not in _FIELDS:
+            if key in REMOVED:
+                warnings.warn(
+                    f"config file {config_file}: {key} is ignored ({REMOVED[key]}); delete it",
+                    ConfigWarning,
+                    stacklevel=2,
+                )
+                continue
+            if key not in OPTIONS:
                 raise ConfigError(f"config file {config_file}: unknown option {key!r}")
             values[key] = _coerce(key, value, f"config file {config_file}: {key}")
-    for name in _FIELDS:
-        raw = (env or {}).get(ENV_PREFIX + name.upper())
+    for option in OPTIONS.values():
+        raw = (env or {}).get(option.env)
         if raw is not None and raw != "":
-            values[name] = _coerce(name, raw, ENV_PREFIX + name.upper())
+            values[option.name] = _coerce(option.name, raw, option.env)
     for name, value in (flags or {}).items():
         if value is None:
             continue
-        if name not in _FIELDS:
+        if name not in OPTIONS:
             raise ConfigError(f"unknown option --{name.replace('_', '-')}")
-        values[name] = _coerce(name, value, "--" + name.replace("_", "-"))
+        values[name] = _coerce(name, value, OPTIONS[name].flag)
     return _validate(Settings(**values))
 
 

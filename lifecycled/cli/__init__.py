@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
+from typing import TextIO
 
 import typer
 
@@ -36,8 +38,29 @@ def _load_commands() -> None:
                 raise
 
 
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A config warning (a removed key, ignored) is one line like the errors."""
+    from lifecycled.config import ConfigWarning
+
+    if issubclass(category, ConfigWarning):
+        (file or sys.stderr).write(f"lifecycled: warning: {message}\n")
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
     """Console-script entry point: usage errors are one line and exit 2 (SPEC §5)."""
+    warnings.showwarning = _show_warning
     _load_commands()
     try:
         code = app(prog_name="lifecycled", standalone_mode=False)

@@ -12,8 +12,8 @@ from typing import Annotated, TypeVar
 import typer
 
 from lifecycled.cli._app import EXIT_USAGE, fail, print_json, print_table
-from lifecycled.cli.options import CONFIG_KEY, ConfigOpt
-from lifecycled.config import config_file_for, load_settings
+from lifecycled.cli.options import CONFIG_KEY, ConfigOpt, option_info
+from lifecycled.config import OPTIONS, config_file_for, load_settings
 from lifecycled.domain.durations import parse_duration
 from lifecycled.domain.op import HistoryEntry, Op
 from lifecycled.domain.serialize import op_to_dict, rfc3339
@@ -25,7 +25,7 @@ __all__ = ["ConfigOpt"]
 
 T = TypeVar("T")
 
-DEFAULT_DB = Path("data/lifecycled.sqlite3")
+DEFAULT_DB: Path = OPTIONS["db"].default
 
 
 def _resolve_db(ctx: typer.Context, param: typer.CallbackParam, value: Path) -> Path:
@@ -46,14 +46,14 @@ def _resolve_db(ctx: typer.Context, param: typer.CallbackParam, value: Path) -> 
         fail(str(exc), EXIT_USAGE)
 
 
+#: ``--db`` of the commands that work on the journal file alone: the ``db`` setting's flag,
+#: resolved at once (so the body gets the path in force, from the config file if need be).
 DbOpt = Annotated[
     Path,
-    typer.Option(
-        "--db",
-        envvar="LIFECYCLED_DB",
+    option_info(
+        OPTIONS["db"],
         callback=_resolve_db,
-        help="Journal file [default: db of the config file, else data/lifecycled.sqlite3].",
-        show_default=False,
+        show_default=f"db of the config file, else {OPTIONS['db'].default}",
     ),
 ]
 

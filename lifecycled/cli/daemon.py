@@ -16,56 +16,8 @@ from typing import Annotated, Any
 import typer
 
 from lifecycled.cli._app import EXIT_FAILED, app, fail, handle_errors, print_json, print_table
-from lifecycled.cli.options import (
-    ApiTokenFileOpt,
-    ConfigOpt,
-    DbOpt,
-    HttpTimeoutOpt,
-    InsecureListenOpt,
-    ListenOpt,
-    LogFormatOpt,
-    LogLevelOpt,
-    ManageDiscoveredOpt,
-    MaxBackoffOpt,
-    MaxConnectionsOpt,
-    MaxRetriesOpt,
-    NodeCapOpt,
-    NodeMinAgeOpt,
-    NodeOpt,
-    NotifyHeartbeatOpt,
-    NotifyTokenFileOpt,
-    NotifyUrlOpt,
-    PollIntervalOpt,
-    ProtectedOpt,
-    PushSecretFileOpt,
-    PveBackendOpt,
-    PveCaFileOpt,
-    PveFingerprintOpt,
-    PveInsecureOpt,
-    PvePasswordFileOpt,
-    PveTokenFileOpt,
-    PveUrlOpt,
-    PveUserOpt,
-    ReconcileIntervalOpt,
-    ReconcileMaxCommandsOpt,
-    ReconcileOnStartOpt,
-    RetryBackoffOpt,
-    SignatureSkewOpt,
-    StaleAfterOpt,
-    StartupJitterOpt,
-    SynchronousOpt,
-    SystemNodeOpt,
-    TerminateStopTimeoutOpt,
-    TlsCertFileOpt,
-    TlsClientCaFileOpt,
-    TlsKeyFileOpt,
-    TrustedKeysFileOpt,
-    WorkersOpt,
-    WriteBurstOpt,
-    WriteRateOpt,
-    settings_from,
-)
-from lifecycled.config import Settings
+from lifecycled.cli.options import SettingsInput, with_settings
+from lifecycled.config import Scope, Settings
 from lifecycled.domain.op import Origin
 from lifecycled.domain.serialize import op_to_dict
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
@@ -80,57 +32,10 @@ _GIL_SWITCH_INTERVAL = 0.001
 
 @app.command()
 @handle_errors
-def run(
-    config: ConfigOpt = None,
-    db: DbOpt = None,
-    listen: ListenOpt = None,
-    tls_cert_file: TlsCertFileOpt = None,
-    tls_key_file: TlsKeyFileOpt = None,
-    tls_client_ca_file: TlsClientCaFileOpt = None,
-    insecure_listen: InsecureListenOpt = None,
-    node: NodeOpt = None,
-    pve_url: PveUrlOpt = None,
-    pve_backend: PveBackendOpt = None,
-    pve_token_file: PveTokenFileOpt = None,
-    pve_user: PveUserOpt = None,
-    pve_password_file: PvePasswordFileOpt = None,
-    pve_ca_file: PveCaFileOpt = None,
-    pve_fingerprint: PveFingerprintOpt = None,
-    pve_insecure: PveInsecureOpt = None,
-    api_token_file: ApiTokenFileOpt = None,
-    http_timeout: HttpTimeoutOpt = None,
-    max_connections: MaxConnectionsOpt = None,
-    write_rate: WriteRateOpt = None,
-    write_burst: WriteBurstOpt = None,
-    workers: WorkersOpt = None,
-    node_cap: NodeCapOpt = None,
-    max_retries: MaxRetriesOpt = None,
-    retry_backoff: RetryBackoffOpt = None,
-    max_backoff: MaxBackoffOpt = None,
-    poll_interval: PollIntervalOpt = None,
-    reconcile_interval: ReconcileIntervalOpt = None,
-    reconcile_on_start: ReconcileOnStartOpt = None,
-    stale_after: StaleAfterOpt = None,
-    startup_jitter: StartupJitterOpt = None,
-    reconcile_max_commands: ReconcileMaxCommandsOpt = None,
-    manage_discovered: ManageDiscoveredOpt = None,
-    protected_vmids: ProtectedOpt = None,
-    terminate_stop_timeout: TerminateStopTimeoutOpt = None,
-    synchronous: SynchronousOpt = None,
-    notify_url: NotifyUrlOpt = None,
-    notify_token_file: NotifyTokenFileOpt = None,
-    push_secret_file: PushSecretFileOpt = None,
-    notify_heartbeat: NotifyHeartbeatOpt = None,
-    node_min_age: NodeMinAgeOpt = None,
-    system_node: SystemNodeOpt = None,
-    trusted_keys_file: TrustedKeysFileOpt = None,
-    signature_skew: SignatureSkewOpt = None,
-    log_format: LogFormatOpt = None,
-    log_level: LogLevelOpt = None,
-) -> None:
+@with_settings(*Scope)
+def run(given: SettingsInput) -> None:
     """Run the daemon: Recover, then dispatch, track and serve HTTP until SIGTERM."""
-    flags = {k: v for k, v in locals().items() if k != "config"}
-    settings = settings_from(config, **flags)
+    settings = given.load()
     configure_logging(settings.log_format, settings.log_level)
     _preflight(settings)
     # The journal's SQLite thread releases the GIL around every statement and must get it
@@ -143,7 +48,7 @@ def run(
     # until the process ends; a second `run` exits 1 at once naming the holder's pid.
     with DaemonLock(settings.db):
         _warn_plain_http(settings)
-        asyncio.run(_run_daemon(settings, reread=lambda: settings_from(config, **flags)))
+        asyncio.run(_run_daemon(settings, reread=given.load))
 
 
 def _preflight(settings: Settings) -> None:
@@ -246,7 +151,9 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 @app.command()
 @handle_errors
+@with_settings(Scope.JOURNAL, Scope.NODE, Scope.PROXMOX)
 def submit(
+    given: SettingsInput,
     action: Annotated[
         str,
         typer.Argument(
@@ -283,26 +190,9 @@ def submit(
         float, typer.Option("--timeout", min=0.0, max=86400.0, help="Seconds to wait with --wait.")
     ] = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    config: ConfigOpt = None,
-    db: DbOpt = None,
-    node: NodeOpt = None,
-    pve_url: PveUrlOpt = None,
-    pve_token_file: PveTokenFileOpt = None,
-    pve_ca_file: PveCaFileOpt = None,
-    pve_fingerprint: PveFingerprintOpt = None,
-    pve_insecure: PveInsecureOpt = None,
 ) -> None:
     """Journal an op directly (works while the daemon is down; it runs when the daemon does)."""
-    settings = settings_from(
-        config,
-        db=db,
-        node=node,
-        pve_url=pve_url,
-        pve_token_file=pve_token_file,
-        pve_ca_file=pve_ca_file,
-        pve_fingerprint=pve_fingerprint,
-        pve_insecure=pve_insecure,
-    )
+    settings = given.load()
     params = dict(_parse_param(p) for p in (param or []))
     out = asyncio.run(_submit(settings, action, vmid, kind, guest_node, params, key, wait, timeout))
     if as_json:
@@ -366,33 +256,18 @@ async def _submit(
 
 @app.command()
 @handle_errors
+@with_settings(Scope.JOURNAL, Scope.NODE, Scope.PROXMOX)
 def recover(
+    given: SettingsInput,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print what Recover would do; change nothing.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    config: ConfigOpt = None,
-    db: DbOpt = None,
-    node: NodeOpt = None,
-    pve_url: PveUrlOpt = None,
-    pve_token_file: PveTokenFileOpt = None,
-    pve_ca_file: PveCaFileOpt = None,
-    pve_fingerprint: PveFingerprintOpt = None,
-    pve_insecure: PveInsecureOpt = None,
 ) -> None:
     """Show how Recover would resolve the in-flight ops (the daemon runs it at start)."""
     if not dry_run:
         fail("only --dry-run is supported here: the daemon runs Recover itself at start", 2)
-    settings = settings_from(
-        config,
-        db=db,
-        node=node,
-        pve_url=pve_url,
-        pve_token_file=pve_token_file,
-        pve_ca_file=pve_ca_file,
-        pve_fingerprint=pve_fingerprint,
-        pve_insecure=pve_insecure,
-    )
+    settings = given.load()
     rows = asyncio.run(_recover_plan(settings))
     if as_json:
         print_json(rows)

@@ -22,16 +22,8 @@ from lifecycled.cli._journal import (
     print_ops,
     with_journal,
 )
-from lifecycled.cli.options import (
-    ConfigOpt,
-    PveCaFileOpt,
-    PveFingerprintOpt,
-    PveInsecureOpt,
-    PveTokenFileOpt,
-    PveUrlOpt,
-    settings_from,
-)
-from lifecycled.config import Settings
+from lifecycled.cli.options import ConfigOpt, SettingsInput, with_settings
+from lifecycled.config import Scope, Settings
 from lifecycled.domain.op import HistoryEntry, Op
 from lifecycled.domain.serialize import op_to_dict
 from lifecycled.domain.states import OpState
@@ -64,7 +56,9 @@ def dlq_list(
 
 @dlq_app.command("show")
 @handle_errors
+@with_settings(Scope.PROXMOX)
 def dlq_show(
+    given: SettingsInput,
     op_id: Annotated[
         int, typer.Argument(metavar="ID", min=1, max=MAX_ID, help="Dead letter (op) id.")
     ],
@@ -73,12 +67,6 @@ def dlq_show(
     log_lines: Annotated[
         int, typer.Option("--log-lines", min=1, max=1000, help="Task-log lines to show.")
     ] = 20,
-    config: ConfigOpt = None,
-    pve_url: PveUrlOpt = None,
-    pve_token_file: PveTokenFileOpt = None,
-    pve_ca_file: PveCaFileOpt = None,
-    pve_fingerprint: PveFingerprintOpt = None,
-    pve_insecure: PveInsecureOpt = None,
 ) -> None:
     """Show one dead letter: the op, its full history, its last error and UPID, and — when
     Proxmox is reachable (a --pve-token-file, flag/env/config) — the tail of its task log."""
@@ -88,15 +76,7 @@ def dlq_show(
 
     op, history = with_journal(db, work)
     upid = op.upid or next((h.upid for h in reversed(history) if h.upid), None)
-    settings = settings_from(
-        config,
-        db=db,
-        pve_url=pve_url,
-        pve_token_file=pve_token_file,
-        pve_ca_file=pve_ca_file,
-        pve_fingerprint=pve_fingerprint,
-        pve_insecure=pve_insecure,
-    )
+    settings = given.load(db=db)
     log, why = (
         (None, "the op never got a task (no UPID)")
         if upid is None

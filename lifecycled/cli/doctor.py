@@ -10,57 +10,34 @@ from typing import Annotated
 import typer
 
 from lifecycled.cli._app import EXIT_FAILED, EXIT_OK, app, print_json
-from lifecycled.cli.options import (
-    ConfigOpt,
-    DbOpt,
-    NodeOpt,
-    PveBackendOpt,
-    PveCaFileOpt,
-    PveFingerprintOpt,
-    PveInsecureOpt,
-    PvePasswordFileOpt,
-    PveTokenFileOpt,
-    PveUrlOpt,
-    PveUserOpt,
-    settings_from,
-)
-from lifecycled.config import config_file_for
+from lifecycled.cli.options import SettingsInput, with_settings
+from lifecycled.config import Scope, config_file_for
 from lifecycled.errors import LifecycledError
 
 _MARK = {"ok": "✓", "fail": "✗", "skip": "-"}
 
 
 @app.command()
+@with_settings(Scope.JOURNAL, Scope.NODE, Scope.PROXMOX)
 def doctor(
+    given: SettingsInput,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
-    config: ConfigOpt = None,
-    db: DbOpt = None,
-    node: NodeOpt = None,
-    pve_url: PveUrlOpt = None,
-    pve_backend: PveBackendOpt = None,
-    pve_token_file: PveTokenFileOpt = None,
-    pve_user: PveUserOpt = None,
-    pve_password_file: PvePasswordFileOpt = None,
-    pve_ca_file: PveCaFileOpt = None,
-    pve_fingerprint: PveFingerprintOpt = None,
-    pve_insecure: PveInsecureOpt = None,
 ) -> None:
     """Check the set-up before it goes live; one line per check, exit 1 on any ✗.
 
     Reads only: the journal is opened read-only and Proxmox is sent GETs. Run it as the service user (sudo -u lifecycled lifecycled doctor) so file rights are checked as the daemon has them.
     """
-    flags = {k: v for k, v in locals().items() if k not in ("config", "as_json")}
     from lifecycled.engine.doctor import Finding, bad, diagnose, ok
     from lifecycled.engine.runtime import build_pve_client
     from lifecycled.metrics import Metrics
 
     findings: list[Finding]
     try:
-        settings = settings_from(config, **flags)
+        settings = given.load()
     except LifecycledError as exc:
         findings = [bad("config", str(exc), "fix the file or flag named above")]
     else:
-        used = config_file_for(config, os.environ)
+        used = config_file_for(given.config, os.environ)
         where = used if used is not None else "no config file: defaults, environment and flags"
         findings = [ok("config", f"valid ({where})")]
         findings += asyncio.run(diagnose(settings, lambda s: build_pve_client(s, Metrics())))

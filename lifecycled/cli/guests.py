@@ -19,20 +19,8 @@ import typer
 
 from lifecycled.cli._app import EXIT_USAGE, app, fail, handle_errors, print_json, print_table
 from lifecycled.cli._journal import DEFAULT_DB, MAX_ID, DbOpt, VmidFilterOpt
-from lifecycled.cli.options import (
-    ConfigOpt,
-    NodeOpt,
-    PveBackendOpt,
-    PveCaFileOpt,
-    PveFingerprintOpt,
-    PveInsecureOpt,
-    PveTokenFileOpt,
-    PveUrlOpt,
-    PveUserOpt,
-    settings_from,
-)
-from lifecycled.cli.options import DbOpt as SettingsDbOpt
-from lifecycled.config import Settings
+from lifecycled.cli.options import ConfigOpt, SettingsInput, with_settings
+from lifecycled.config import Scope, Settings
 from lifecycled.domain.guests import (
     DesiredState,
     GuestOrigin,
@@ -134,7 +122,9 @@ def _print_ownership(result: Ownership, verb: str, as_json: bool) -> None:
 
 @guests_app.command("list")
 @handle_errors
+@with_settings(Scope.PROXMOX)
 def guests_list(
+    given: SettingsInput,
     origin: Annotated[
         str | None, typer.Option("--origin", help="native, adopted, discovered or released.")
     ] = None,
@@ -163,15 +153,7 @@ def guests_list(
         typer.Option("--cursor", min=1, max=VMID_MAX, help="Last vmid of the previous page."),
     ] = None,
     db: DbOpt = DEFAULT_DB,
-    config: ConfigOpt = None,
     as_json: JsonOpt = False,
-    pve_url: PveUrlOpt = None,
-    pve_backend: PveBackendOpt = None,
-    pve_token_file: PveTokenFileOpt = None,
-    pve_user: PveUserOpt = None,
-    pve_ca_file: PveCaFileOpt = None,
-    pve_fingerprint: PveFingerprintOpt = None,
-    pve_insecure: PveInsecureOpt = None,
 ) -> None:
     """List the guests in the journal (managed, discovered, released), in vmid order;
     ``--cluster``: every guest of the cluster with its shared ownership record."""
@@ -181,8 +163,7 @@ def guests_list(
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     if cluster:
-        pve_flags = {k: v for k, v in locals().items() if k.startswith("pve_")}
-        _print_cluster(settings_from(config, **pve_flags), node, origin, as_json)
+        _print_cluster(given.load(), node, origin, as_json)
         return
 
     async def work(journal: Journal) -> GuestPage:
@@ -260,15 +241,8 @@ def guests_show(
         print_table("config snapshot", ["KEY", "VALUE"], sorted(snapshot.items()))
 
 
-def _take(
-    vmid: int,
-    origin: GuestOrigin,
-    config: Path | None,
-    db: Path | None,
-    flags: dict[str, Any],
-    as_json: bool,
-) -> None:
-    settings = settings_from(config, db=db, **flags)
+def _take(vmid: int, origin: GuestOrigin, given: SettingsInput, as_json: bool) -> None:
+    settings = given.load()
 
     async def main() -> Ownership:
         async with await Journal.open(settings.db, synchronous=settings.synchronous) as journal:
@@ -285,44 +259,26 @@ def _take(
 
 @guests_app.command("manage")
 @handle_errors
+@with_settings(Scope.JOURNAL, Scope.NODE, Scope.PROXMOX)
 def guests_manage(
+    given: SettingsInput,
     vmid: VmidArg,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    db: SettingsDbOpt = None,
-    node: NodeOpt = None,
-    pve_url: PveUrlOpt = None,
-    pve_backend: PveBackendOpt = None,
-    pve_token_file: PveTokenFileOpt = None,
-    pve_user: PveUserOpt = None,
-    pve_ca_file: PveCaFileOpt = None,
-    pve_fingerprint: PveFingerprintOpt = None,
-    pve_insecure: PveInsecureOpt = None,
 ) -> None:
     """Take a guest under full management (native: destroy included); reads Proxmox, writes the record to its tags; only for a guest on a node this lifecycled serves (--node)."""
-    flags = {k: v for k, v in locals().items() if k not in ("vmid", "as_json", "config", "db")}
-    _take(vmid, GuestOrigin.NATIVE, config, db, flags, as_json)
+    _take(vmid, GuestOrigin.NATIVE, given, as_json)
 
 
 @guests_app.command("adopt")
 @handle_errors
+@with_settings(Scope.JOURNAL, Scope.NODE, Scope.PROXMOX)
 def guests_adopt(
+    given: SettingsInput,
     vmid: VmidArg,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    db: SettingsDbOpt = None,
-    node: NodeOpt = None,
-    pve_url: PveUrlOpt = None,
-    pve_backend: PveBackendOpt = None,
-    pve_token_file: PveTokenFileOpt = None,
-    pve_user: PveUserOpt = None,
-    pve_ca_file: PveCaFileOpt = None,
-    pve_fingerprint: PveFingerprintOpt = None,
-    pve_insecure: PveInsecureOpt = None,
 ) -> None:
     """Adopt a pre-existing guest (managed; terminate only releases it); reads Proxmox, writes the record to its tags; only for a guest on a node this lifecycled serves (--node)."""
-    flags = {k: v for k, v in locals().items() if k not in ("vmid", "as_json", "config", "db")}
-    _take(vmid, GuestOrigin.ADOPTED, config, db, flags, as_json)
+    _take(vmid, GuestOrigin.ADOPTED, given, as_json)
 
 
 @guests_app.command("release")
@@ -469,27 +425,18 @@ def audit_prune(
 
 @app.command()
 @handle_errors
+@with_settings(Scope.JOURNAL, Scope.NODE, Scope.PROXMOX)
 def reconcile(
+    given: SettingsInput,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; change nothing.")
     ] = False,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    db: SettingsDbOpt = None,
-    node: NodeOpt = None,
-    pve_url: PveUrlOpt = None,
-    pve_backend: PveBackendOpt = None,
-    pve_token_file: PveTokenFileOpt = None,
-    pve_user: PveUserOpt = None,
-    pve_ca_file: PveCaFileOpt = None,
-    pve_fingerprint: PveFingerprintOpt = None,
-    pve_insecure: PveInsecureOpt = None,
 ) -> None:
     """Show what the next reconcile pass would do (reads Proxmox and the journal only)."""
     if not dry_run:
         fail("only --dry-run is supported here: the daemon reconciles by itself", EXIT_USAGE)
-    flags = {k: v for k, v in locals().items() if k not in ("dry_run", "as_json", "config")}
-    settings = settings_from(config, **flags)
+    settings = given.load()
     report = asyncio.run(_reconcile_plan(settings))
     if report["outcome"] != "ok":
         fail(f"reconcile plan failed: {report['error']}")

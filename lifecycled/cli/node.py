@@ -10,30 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import attrs
 import typer
 
 from lifecycled.cli._app import EXIT_FAILED, app, fail, handle_errors, print_json, print_table
-from lifecycled.cli.options import (
-    ConfigOpt,
-    DbOpt,
-    NodeMinAgeOpt,
-    NodeOpt,
-    PveBackendOpt,
-    PveCaFileOpt,
-    PveFingerprintOpt,
-    PveInsecureOpt,
-    PvePasswordFileOpt,
-    PveTokenFileOpt,
-    PveUrlOpt,
-    PveUserOpt,
-    SystemNodeOpt,
-    settings_from,
-)
-from lifecycled.config import Settings, default_node
+from lifecycled.cli.options import SettingsInput, with_settings
+from lifecycled.config import Scope, Settings, default_node
 from lifecycled.domain.node import NodeRecord
 from lifecycled.journal import Journal
 from lifecycled.journal.nodes import NodeChange
@@ -52,13 +36,14 @@ ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded i
 ACTOR = "cli"
 
 
-def _served(settings: Settings, given: list[str] | None) -> Settings:
+def _served(given: SettingsInput) -> Settings:
     """The node to act on: as given, else the journal's only registered node, else the host's.
 
     A sidecar's journal serves one node; an operator running ``lifecycled node status`` on a
     host whose name differs from the ``--node`` the daemon runs with means that node.
     """
-    if given is not None or settings.primary_node != default_node() or not settings.db.exists():
+    settings = given.load()
+    if given.given("node") or settings.primary_node != default_node() or not settings.db.exists():
         return settings
 
     async def main() -> list[str]:
@@ -127,14 +112,13 @@ def _report(change: NodeChange, settings: Settings, as_json: bool, **extra: Any)
 
 @node_app.command("status")
 @handle_errors
+@with_settings(Scope.JOURNAL, Scope.NODE)
 def status(
+    given: SettingsInput,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    db: DbOpt = None,
-    node: NodeOpt = None,
 ) -> None:
     """Show the served node's lifecycle state."""
-    settings = _served(settings_from(config, db=db, node=node), node)
+    settings = _served(given)
 
     async def work(journal: Journal) -> NodeRecord | None:
         return await journal.get_node(settings.primary_node)
@@ -156,42 +140,38 @@ def status(
 
 @node_app.command("drain")
 @handle_errors
+@with_settings(Scope.JOURNAL, Scope.NODE)
 def drain(
+    given: SettingsInput,
     reason: ReasonOpt = None,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    db: DbOpt = None,
-    node: NodeOpt = None,
 ) -> None:
     """Drain the node: new start/create/clone and inbound migrate are refused (503)."""
-    _change("drain", reason or "drained by cli", as_json, config, db, node)
+    _change("drain", reason or "drained by cli", as_json, given)
 
 
 @node_app.command("undrain")
 @handle_errors
+@with_settings(Scope.JOURNAL, Scope.NODE)
 def undrain(
+    given: SettingsInput,
     reason: ReasonOpt = None,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    db: DbOpt = None,
-    node: NodeOpt = None,
 ) -> None:
     """Undrain a draining node: it takes new guests again (→ active)."""
-    _change("undrain", reason or "undrained by cli", as_json, config, db, node)
+    _change("undrain", reason or "undrained by cli", as_json, given)
 
 
 def _change(
     verb: str,
     reason: str,
     as_json: bool,
-    config: Path | None,
-    db: Path | None,
-    node: list[str] | None,
+    given: SettingsInput,
 ) -> None:
     """Run ``engine.node.drain`` or ``undrain`` on the served node and report the change."""
     from lifecycled.engine import node as service
 
-    settings = _served(settings_from(config, db=db, node=node), node)
+    settings = _served(given)
     step = service.drain if verb == "drain" else service.undrain
 
     async def work(journal: Journal) -> NodeChange:
@@ -217,30 +197,18 @@ def _pve_or_none(settings: Settings) -> PveClient | None:
 
 @node_app.command("decommission")
 @handle_errors
+@with_settings(Scope.JOURNAL, Scope.NODE, Scope.NODE_LIFECYCLE, Scope.PROXMOX)
 def decommission(
+    given: SettingsInput,
     reason: ReasonOpt = None,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    db: DbOpt = None,
-    node: NodeOpt = None,
-    node_min_age: NodeMinAgeOpt = None,
-    system_node: SystemNodeOpt = None,
-    pve_url: PveUrlOpt = None,
-    pve_backend: PveBackendOpt = None,
-    pve_token_file: PveTokenFileOpt = None,
-    pve_user: PveUserOpt = None,
-    pve_password_file: PvePasswordFileOpt = None,
-    pve_ca_file: PveCaFileOpt = None,
-    pve_fingerprint: PveFingerprintOpt = None,
-    pve_insecure: PveInsecureOpt = None,
 ) -> None:
     """Decommission a drained node (final). Refused for a system node, a node younger than
     --node-min-age, or while guests remain (journal's managed guests, and Proxmox's when the
     Proxmox options are given)."""
-    flags = {k: v for k, v in locals().items() if k not in ("reason", "as_json", "config")}
     from lifecycled.engine import node as service
 
-    settings = _served(settings_from(config, **flags), node)
+    settings = _served(given)
 
     async def work(journal: Journal) -> tuple[NodeChange, str | None]:
         pve = _pve_or_none(settings)

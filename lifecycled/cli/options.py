@@ -1,21 +1,35 @@
-"""Typer options shared by the commands that need :class:`Settings` (defined once here).
+"""The typer options of the settings, made from their declarations in :mod:`lifecycled.config`.
 
-Every option defaults to ``None`` so that :func:`lifecycled.config.load_settings` can tell a
-flag that was given from one that was not (precedence flag > env > file > default).
+A command that needs :class:`Settings` says which of them it offers as flags, by
+:class:`~lifecycled.config.Scope`, with :func:`with_settings`; it receives a
+:class:`SettingsInput` (``--config`` and the flags given) and loads the settings from it
+(precedence flag > ``LIFECYCLED_*`` > config file > default). ``lifecycled run`` offers every
+setting. Adding a setting is one field in ``config.Settings``: its flag, variable, help,
+default and shell completion follow.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec, TypeVar
 
+import attrs
 import typer
 
-from lifecycled.config import Settings, load_settings
+from lifecycled.config import OPTIONS, Kind, Option, Scope, Settings, load_settings
 
 #: Where the ``--config`` value is kept for the other options' callbacks (``--db``).
 CONFIG_KEY = "lifecycled.config"
+
+#: The help panel of the settings' flags.
+SETTINGS_PANEL = "Settings (flag, then LIFECYCLED_* variable, then config file, then default)"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _remember_config(ctx: typer.Context, value: Path | None) -> Path | None:
@@ -28,227 +42,127 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         envvar="LIFECYCLED_CONFIG",
+        show_envvar=True,
         is_eager=True,
         callback=_remember_config,
-        help="TOML config file [default: /etc/lifecycled/lifecycled.toml if present].",
+        metavar="FILE",
+        show_default="/etc/lifecycled/lifecycled.toml if present",
+        help="TOML config file.",
+        rich_help_panel=SETTINGS_PANEL,
     ),
-]
-DbOpt = Annotated[
-    Path | None,
-    typer.Option("--db", help="Journal file [env LIFECYCLED_DB; default data/lifecycled.sqlite3]."),
-]
-ListenOpt = Annotated[
-    str | None, typer.Option("--listen", help="HTTP HOST:PORT [default 127.0.0.1:8090].")
-]
-TlsCertFileOpt = Annotated[
-    Path | None,
-    typer.Option("--tls-cert-file", help="PEM certificate (chain) the API serves TLS with."),
-]
-TlsKeyFileOpt = Annotated[
-    Path | None,
-    typer.Option("--tls-key-file", help="PEM private key of --tls-cert-file (mode 0600)."),
-]
-TlsClientCaFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--tls-client-ca-file", help="Require client certificates signed by this CA (mTLS)."
-    ),
-]
-InsecureListenOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--insecure-listen/--no-insecure-listen",
-        help="Serve a non-loopback --listen over plain HTTP (bearer tokens in clear text).",
-        show_default=False,
-    ),
-]
-NodeOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--node",
-        help="The Proxmox node(s) served: repeat or comma-separate [default: this host's name].",
-    ),
-]
-PveUrlOpt = Annotated[
-    str | None,
-    typer.Option("--pve-url", help="Proxmox API origin [default https://127.0.0.1:8006]."),
-]
-PveBackendOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--pve-backend", help="http (default), proxmoxer-local, proxmoxer-ssh or proxmoxer-https."
-    ),
-]
-PveTokenFileOpt = Annotated[
-    Path | None,
-    typer.Option("--pve-token-file", help="File with one line USER@REALM!TOKENID=SECRET."),
-]
-PveUserOpt = Annotated[
-    str | None, typer.Option("--pve-user", help="User for ticket (password) or ssh access.")
-]
-PvePasswordFileOpt = Annotated[
-    Path | None, typer.Option("--pve-password-file", help="File with the Proxmox password.")
-]
-PveCaFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--pve-ca-file", help="CA file to verify pveproxy (e.g. /etc/pve/pve-root-ca.pem)."
-    ),
-]
-PveFingerprintOpt = Annotated[
-    str | None,
-    typer.Option("--pve-fingerprint", help="Pin pveproxy's SHA-256 certificate fingerprint."),
-]
-PveInsecureOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--pve-insecure/--pve-verify",
-        help="Skip TLS verification (warned in the log).",
-        show_default=False,
-    ),
-]
-ApiTokenFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--api-token-file",
-        help="File of API tokens, one per line: name:role:token (role read, operate or admin).",
-    ),
-]
-HttpTimeoutOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--http-timeout",
-        help="A request head, an idle connection and a request body must arrive within this "
-        "[default 20s].",
-    ),
-]
-MaxConnectionsOpt = Annotated[
-    int | None,
-    typer.Option("--max-connections", help="HTTP connections served at once [default 256]."),
-]
-WriteRateOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--write-rate", help="Writes a second per API token, after the burst [default 20]."
-    ),
-]
-WriteBurstOpt = Annotated[
-    int | None,
-    typer.Option("--write-burst", help="Writes at once per API token [default 100]."),
-]
-WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", help="Dispatcher coroutines [default 2].")
-]
-NodeCapOpt = Annotated[
-    int | None, typer.Option("--node-cap", help="In-flight ops per node [default 3].")
-]
-MaxRetriesOpt = Annotated[
-    int | None,
-    typer.Option("--max-retries", help="Transient attempts before dead-lettering [default 5]."),
-]
-RetryBackoffOpt = Annotated[
-    str | None, typer.Option("--retry-backoff", help="Backoff base, e.g. 10s [default 10s].")
-]
-MaxBackoffOpt = Annotated[
-    str | None, typer.Option("--max-backoff", help="Backoff cap [default 5m].")
-]
-PollIntervalOpt = Annotated[
-    str | None, typer.Option("--poll-interval", help="Task poll interval [default 2s].")
-]
-ReconcileIntervalOpt = Annotated[
-    str | None, typer.Option("--reconcile-interval", help="Reconcile period [default 5m].")
-]
-ReconcileOnStartOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--reconcile-on-start/--no-reconcile-on-start",
-        help="Reconcile once at start [default on].",
-        show_default=False,
-    ),
-]
-StaleAfterOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--stale-after", help="In flight longer than this → the janitor looks [default 20m]."
-    ),
-]
-StartupJitterOpt = Annotated[
-    str | None,
-    typer.Option("--startup-jitter", help="Random delay before the first reconcile [default 10s]."),
-]
-ReconcileMaxCommandsOpt = Annotated[
-    int | None,
-    typer.Option("--reconcile-max-commands", help="Most ops one reconcile pass enqueues [20]."),
-]
-ManageDiscoveredOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--manage-discovered",
-        help="Unmanaged guests reconcile first finds: off (default), native or adopted.",
-    ),
-]
-ProtectedOpt = Annotated[
-    str | None,
-    typer.Option("--protected", help="VMIDs never destroyed, comma-separated (e.g. 100,101)."),
-]
-TerminateStopTimeoutOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--terminate-stop-timeout",
-        help="How long a terminate waits for its guest to stop [default 5m].",
-    ),
-]
-SynchronousOpt = Annotated[
-    str | None,
-    typer.Option("--synchronous", help="SQLite durability: FULL (default), NORMAL or EXTRA."),
-]
-NotifyUrlOpt = Annotated[
-    str | None,
-    typer.Option("--notify-url", help="Push op and guest events to this control-plane URL."),
-]
-NotifyTokenFileOpt = Annotated[
-    Path | None, typer.Option("--notify-token-file", help="Bearer token file for --notify-url.")
-]
-PushSecretFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--push-secret-file",
-        help="Standard Webhooks secret (whsec_…) that signs every push to --notify-url.",
-    ),
-]
-NotifyHeartbeatOpt = Annotated[
-    str | None,
-    typer.Option("--notify-heartbeat", help="Heartbeat period for --notify-url [default 30s]."),
-]
-NodeMinAgeOpt = Annotated[
-    str | None,
-    typer.Option("--node-min-age", help="A younger node is never decommissioned [default 7d]."),
-]
-SystemNodeOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--system-node/--no-system-node",
-        help="This node is a system node: never decommissioned [default off].",
-        show_default=False,
-    ),
-]
-TrustedKeysFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--trusted-keys-file",
-        help="Trusted ed25519 keys (KEYID ed25519 BASE64 per line): destructive ops must be signed.",
-    ),
-]
-SignatureSkewOpt = Annotated[
-    str | None,
-    typer.Option("--signature-skew", help="Accepted signature clock skew [default 5m]."),
-]
-LogFormatOpt = Annotated[str | None, typer.Option("--log-format", help="text (default) or json.")]
-LogLevelOpt = Annotated[
-    str | None, typer.Option("--log-level", help="debug, info (default), warning, error.")
 ]
 
+#: The type typer parses each kind of flag as (the value is checked again by config).
+_FLAG_TYPES: dict[Kind, Any] = {
+    Kind.TEXT: str,
+    Kind.PATH: Path,
+    Kind.INT: int,
+    Kind.NUMBER: float,
+    Kind.DURATION: str,
+    Kind.BOOL: bool,
+    Kind.VMIDS: str,
+    Kind.NODES: list[str],
+}
+_METAVARS = {
+    Kind.TEXT: "TEXT",
+    Kind.PATH: "FILE",
+    Kind.INT: "INTEGER",
+    Kind.NUMBER: "NUMBER",
+    Kind.DURATION: "DURATION",
+    Kind.VMIDS: "VMIDS",
+    Kind.NODES: "NODE",
+}
 
-def settings_from(config: Path | None, **flags: Any) -> Settings:
-    """Settings from the given flags, the environment and the config file."""
-    return load_settings(flags, env=os.environ, config_file=config)
+
+def flag_type(option: Option) -> Any:
+    """The Python type typer parses ``option``'s flag as (an enum of choices completes)."""
+    if option.spec.kind is Kind.CHOICE:
+        return option.spec.choices
+    return _FLAG_TYPES[option.spec.kind]
+
+
+def option_info(option: Option, **overrides: Any) -> Any:
+    """``typer.Option(...)`` for a setting: its flag(s), help, ``LIFECYCLED_*`` variable and
+    default, all from its declaration. ``overrides`` replace any of them."""
+    decl = option.flag if option.off_flag is None else f"{option.flag}/{option.off_flag}"
+    kwargs: dict[str, Any] = {
+        "help": option.spec.help,
+        "envvar": option.env,
+        "show_envvar": True,
+        "show_default": option.default_text,
+        "metavar": _METAVARS.get(option.spec.kind),
+        "rich_help_panel": SETTINGS_PANEL,
+    }
+    kwargs.update(overrides)
+    return typer.Option(decl, **kwargs)
+
+
+def _parameter(option: Option) -> inspect.Parameter:
+    annotation = Annotated[flag_type(option) | None, option_info(option)]  # type: ignore[valid-type]
+    return inspect.Parameter(
+        option.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
+
+
+@attrs.frozen(kw_only=True)
+class SettingsInput:
+    """What a command was given for its settings: ``--config`` and the flags on the command
+    line (a value from a ``LIFECYCLED_*`` variable is left to :func:`load_settings`)."""
+
+    config: Path | None = None
+    flags: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def given(self, name: str) -> bool:
+        """Whether setting ``name`` was given as a flag."""
+        return name in self.flags
+
+    def load(self, **more: Any) -> Settings:
+        """The settings: these flags (and ``more``), the environment, the config file."""
+        return load_settings({**self.flags, **more}, env=os.environ, config_file=self.config)
+
+
+_CONTEXT = "lifecycled_typer_context"
+
+
+def offered(*scopes: Scope) -> list[Option]:
+    """The settings offered as flags by a command taking ``scopes`` (``run``: all)."""
+    wanted = set(scopes)
+    return [o for o in OPTIONS.values() if o.spec.scopes & wanted]
+
+
+def with_settings(*scopes: Scope) -> Callable[[Callable[P, R]], Callable[..., R]]:
+    """Give a command ``--config`` and the flags of the settings of ``scopes``.
+
+    The command declares a ``given: SettingsInput`` parameter (not an option); the flags
+    are added to its signature, after its own parameters, from the settings' declarations.
+    """
+
+    def decorate(fn: Callable[P, R]) -> Callable[..., R]:
+        options = offered(*scopes)
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "given"]
+        context = inspect.Parameter(
+            _CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context
+        )
+        config = inspect.Parameter(
+            "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOpt
+        )
+        params = [*own, context, config, *(_parameter(o) for o in options)]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> R:
+            ctx: typer.Context = kwargs.pop(_CONTEXT)
+            flags: dict[str, Any] = {}
+            for option in options:
+                value = kwargs.pop(option.name)
+                source = ctx.get_parameter_source(option.name)
+                if value is not None and source is not None and source.name == "COMMANDLINE":
+                    flags[option.name] = value
+            given = SettingsInput(config=kwargs.pop("config"), flags=flags)
+            return fn(*args, given=given, **kwargs)  # type: ignore[arg-type]
+
+        command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import json
 import re
 import shlex
@@ -14,7 +13,6 @@ import sys
 import textwrap
 import threading
 import tomllib
-import typing
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -214,19 +212,17 @@ def containerfile_instructions(text: str) -> list[tuple[str, str]]:
 
 
 def run_option_names() -> dict[str, str]:
-    """``--flag`` → parameter name for every option of ``lifecycled run`` (its typer options)."""
-    from lifecycled.cli import daemon
+    """``--flag`` → parameter name for every option of ``lifecycled run`` (its click command)."""
+    from lifecycled.cli import _load_commands
+    from lifecycled.cli._app import app
 
-    hints = typing.get_type_hints(inspect.unwrap(daemon.run), include_extras=True)
+    _load_commands()
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
     out: dict[str, str] = {}
-    for name, hint in hints.items():
-        for meta in getattr(hint, "__metadata__", ()):
-            if isinstance(meta, typer.models.OptionInfo):
-                # In Annotated form typer keeps the first declaration in ``default``.
-                decls = [meta.default, *(meta.param_decls or ())]
-                for decl in decls:
-                    if isinstance(decl, str) and decl.startswith("-"):
-                        out.update(dict.fromkeys(decl.split("/"), name))
+    for param in group.commands["run"].params:
+        assert param.name is not None
+        out.update(dict.fromkeys([*param.opts, *param.secondary_opts], param.name))
     assert "--config" in out and "--pve-token-file" in out
     return out
 
