@@ -20,7 +20,8 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import attrs
 import typer
 
-from lifecycled.config import OPTIONS, Kind, Option, Scope, Settings, load_settings
+from lifecycled.config import OPTIONS, REMOVED, Kind, Option, Scope, Settings, load_settings
+from lifecycled.domain.durations import format_duration
 
 #: Where the ``--config`` value is kept for the other options' callbacks (``--db``).
 CONFIG_KEY = "lifecycled.config"
@@ -112,6 +113,20 @@ class SettingsInput:
     config: Path | None = None
     flags: Mapping[str, Any] = attrs.field(factory=dict)
 
+    @classmethod
+    def take(
+        cls, ctx: typer.Context, values: dict[str, Any], options: list[Option]
+    ) -> SettingsInput:
+        """Take ``--config`` and the settings' values out of a command's ``values``, keeping
+        only those given on the command line (precedence is :func:`load_settings`'s)."""
+        flags: dict[str, Any] = {}
+        for option in options:
+            value = values.pop(option.name)
+            source = ctx.get_parameter_source(option.name)
+            if value is not None and source is not None and source.name == "COMMANDLINE":
+                flags[option.name] = value
+        return cls(config=values.pop("config"), flags=flags)
+
     def given(self, name: str) -> bool:
         """Whether setting ``name`` was given as a flag."""
         return name in self.flags
@@ -151,14 +166,7 @@ def with_settings(*scopes: Scope) -> Callable[[Callable[P, R]], Callable[..., R]
 
         @functools.wraps(fn)
         def command(*args: Any, **kwargs: Any) -> R:
-            ctx: typer.Context = kwargs.pop(_CONTEXT)
-            flags: dict[str, Any] = {}
-            for option in options:
-                value = kwargs.pop(option.name)
-                source = ctx.get_parameter_source(option.name)
-                if value is not None and source is not None and source.name == "COMMANDLINE":
-                    flags[option.name] = value
-            given = SettingsInput(config=kwargs.pop("config"), flags=flags)
+            given = SettingsInput.take(kwargs.pop(_CONTEXT), kwargs, options)
             return fn(*args, given=given, **kwargs)  # type: ignore[arg-type]
 
         command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
@@ -166,3 +174,91 @@ def with_settings(*scopes: Scope) -> Callable[[Callable[P, R]], Callable[..., R]
         return command
 
     return decorate
+
+
+# -- the config reference (docs/CONFIG.md) ------------------------------------------------------
+
+_VALUES = {
+    Kind.TEXT: "text",
+    Kind.PATH: "file path",
+    Kind.INT: "whole number",
+    Kind.NUMBER: "number",
+    Kind.DURATION: "duration (`10s`, `5m`, `1h30m`, `7d`; a number is seconds)",
+    Kind.BOOL: "`true` or `false`",
+    Kind.VMIDS: "VMIDs: a comma list (flag, variable) or a TOML array",
+    Kind.NODES: "node names: comma-separated, a repeated flag or a TOML array",
+}
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if value == int(value) else str(value)
+
+
+def _commands_offering() -> dict[str, list[str]]:
+    """Setting name → the commands (other than ``run``) that offer it as a flag."""
+    from lifecycled.cli import _load_commands
+    from lifecycled.cli._app import app
+
+    _load_commands()
+    out: dict[str, list[str]] = {name: [] for name in OPTIONS}
+
+    def walk(command: Any, path: str) -> None:
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, f"{path} {name}".strip())
+        envvars = {getattr(param, "envvar", None) for param in getattr(command, "params", ())}
+        for option in OPTIONS.values():
+            if path != "run" and option.env in envvars:
+                out[option.name].append(path)
+
+    walk(typer.main.get_command(app), "")
+    return out
+
+
+def config_reference() -> str:
+    """docs/CONFIG.md: every setting, made from its declaration (a test keeps the file equal)."""
+    offering = _commands_offering()
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from the declarations in lifecycled/config.py; do not edit. Regenerate:",
+        "     .venv/bin/python -m lifecycled.cli.options > docs/CONFIG.md -->",
+        "",
+        "Every setting is a key of the TOML file (`--config`, else `LIFECYCLED_CONFIG`, else",
+        "`/etc/lifecycled/lifecycled.toml` when it exists; dashes or underscores, at the top level",
+        "or under `[lifecycled]`), an environment variable and a flag of `lifecycled run`. Precedence:",
+        "flag > `LIFECYCLED_*` variable > config file > default. A bad value, an unknown key or a",
+        "number out of bounds stops the command with one error line and exit 2. Secrets are never",
+        "values: the settings name the files that hold them. `examples/lifecycled.toml` is a",
+        "commented config file with every key.",
+        "",
+        "Keys no longer read, ignored with a warning: "
+        + ", ".join(f"`{key}` ({why})" for key, why in REMOVED.items())
+        + ".",
+        "",
+        "| Key | Flag | Environment | Default | Value | Also a flag of | Meaning |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for option in OPTIONS.values():
+        spec = option.spec
+        flag = f"`{option.flag}`" + (f" / `{option.off_flag}`" if option.off_flag else "")
+        if spec.kind is Kind.CHOICE:
+            assert spec.choices is not None
+            value = "one of " + ", ".join(f"`{c.value}`" for c in spec.choices)
+        else:
+            value = _VALUES[spec.kind]
+        if spec.bounds is not None:
+            low, high = spec.bounds
+            show = format_duration if spec.kind is Kind.DURATION else _number
+            value += f"; {show(low)} to {show(high)}"
+        also = ", ".join(f"`{c}`" for c in offering[option.name]) or "-"
+        lines.append(
+            f"| `{option.name}` | {flag} | `{option.env}` | `{option.default_text}` | {value} "
+            f"| {also} | {spec.help.replace('|', '/')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - the doc generator
+    import sys
+
+    sys.stdout.write(config_reference())
