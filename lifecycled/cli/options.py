@@ -194,7 +194,7 @@ def _number(value: float) -> str:
     return f"{int(value):,}" if value == int(value) else str(value)
 
 
-def _commands_offering() -> dict[str, list[str]]:
+def commands_offering() -> dict[str, list[str]]:
     """Setting name → the commands (other than ``run``) that offer it as a flag."""
     from lifecycled.cli import _load_commands
     from lifecycled.cli._app import app
@@ -216,7 +216,7 @@ def _commands_offering() -> dict[str, list[str]]:
 
 def config_reference() -> str:
     """docs/CONFIG.md: every setting, made from its declaration (a test keeps the file equal)."""
-    offering = _commands_offering()
+    offering = commands_offering()
     lines = [
         "# Configuration reference",
         "",

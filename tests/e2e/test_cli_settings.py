@@ -124,3 +124,26 @@ def test_completion_of_a_command_offering_a_setting(tmp_path: Path) -> None:
         env={"_LIFECYCLED_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "4"}
     )
     assert done.stdout.split() == ["proxmoxer-ssh"]
+
+
+def commands_offering_settings() -> list[str]:
+    """Every command (other than run) with at least one setting's flag."""
+    from lifecycled.cli.options import commands_offering
+
+    return sorted({c for commands in commands_offering().values() for c in commands})
+
+
+@pytest.mark.parametrize("command", commands_offering_settings())
+def test_every_command_shows_its_settings_variables_and_defaults(command: str) -> None:
+    """Each command's --help shows, for every setting flag it has, the LIFECYCLED_* variable
+    and a default."""
+    done = lifecycled(*command.split(), "--help", env=TERMINALS["no-colour"])
+    assert done.returncode == 0, done.stderr
+    rows = option_rows(done.stdout)
+    shown = [o for o in OPTIONS.values() if o.flag in rows]
+    assert shown, rows
+    for option in shown:
+        if option.name == "node" and command == "guests list":
+            continue  # its --node is a filter of the list, not the setting
+        row = rows[option.flag]
+        assert f"[env var: {option.env}]" in row and "[default: (" in row, (command, row)
