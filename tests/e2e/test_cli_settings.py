@@ -147,3 +147,18 @@ def test_every_command_shows_its_settings_variables_and_defaults(command: str) -
             continue  # its --node is a filter of the list, not the setting
         row = rows[option.flag]
         assert f"[env var: {option.env}]" in row and "[default: (" in row, (command, row)
+
+
+def test_a_removed_key_in_an_old_config_file_is_one_warning_line(tmp_path: Path) -> None:
+    """A config file from an earlier package (with ha_confirm_timeout) still loads: one
+    `lifecycled: warning:` line names the ignored key; a real problem is still the error."""
+    config = tmp_path / "old.toml"
+    config.write_text('ha_confirm_timeout = "5m"\nlisten = "nowhere"\n')
+    done = lifecycled("run", "--config", str(config), "--db", str(tmp_path / "j.sqlite3"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert lines[0].startswith("lifecycled: warning: config file ")
+    assert "ha_confirm_timeout is ignored" in lines[0]
+    assert lines[1:] == [
+        "lifecycled: error: --listen 'nowhere': expected HOST:PORT, e.g. 127.0.0.1:8090"
+    ]
