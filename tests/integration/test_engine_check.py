@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from engine_support import client_for, fast_settings, seed_guests
+from engine_support import client_for, fast_settings, running, seed_guests, submit, wait_terminal
 
 from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.domain.states import OpState
@@ -154,3 +155,31 @@ async def test_a_held_target_in_the_listing_sends_nothing(sim: SimServer, runtim
     assert requests(sim) == Counter({f"GET /nodes/{NODE}/{guest.kind}": 1})
     op = done[ops[0].id]
     assert op.state is OpState.SUCCEEDED
+
+
+def label(method: str, path: str) -> str:
+    """A request without its vmid and UPID (the request mix of docs/BENCHMARKS.md)."""
+    p = re.sub(r"/(qemu|lxc)/\d+", r"/\1/{x}", path.removeprefix("/api2/json"))
+    return f"{method} {re.sub(r'/tasks/UPID[^/]*', '/tasks/{x}', p)}"
+
+
+async def test_one_op_costs_one_listing_and_no_status_current(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """One shutdown through the daemon (submission, Check, POST, tracking), counted from the
+    simulator's log: its Check is one ``GET /nodes/pve1/qemu`` and no ``status/current``;
+    its submission reads the guest's config at most three times and writes its ownership
+    record once (issue 14, SPEC §7) — the larger share of the op's requests."""
+    guest = next(g for g in plain_guests(sim) if g.kind == "qemu" and not g.running)
+    async with running(sim, tmp_path) as rt:
+        first = await submit(rt, "start", guest, key="warm")  # writes the record to the tags
+        assert (await wait_terminal(rt, first.id)).state is OpState.SUCCEEDED
+        sim.sim.reset_requests()
+        op = await submit(rt, "shutdown", guest, key="counted")
+        assert (await wait_terminal(rt, op.id)).state is OpState.SUCCEEDED
+    seen = Counter(label(r.method, r.path) for r in sim.sim.requests)
+    assert seen["GET /nodes/pve1/qemu"] == 1
+    assert seen["GET /nodes/pve1/qemu/{x}/status/current"] == 0
+    assert seen["POST /nodes/pve1/qemu/{x}/status/shutdown"] == 1
+    assert seen["GET /nodes/pve1/qemu/{x}/config"] <= 3
+    assert seen["PUT /nodes/pve1/qemu/{x}/config"] == 1
