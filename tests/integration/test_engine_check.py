@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from engine_support import client_for, fast_settings, running, seed_guests, submit, wait_terminal
 
+from lifecycled.domain.actions import ActionSpec, GuestView
 from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.domain.states import OpState
+from lifecycled.engine.check import LiveCheck
 from lifecycled.engine.runtime import Runtime
 from lifecycled.journal import SubmitRequest
 from lifecycled.sim import SimServer
@@ -183,3 +185,32 @@ async def test_one_op_costs_one_listing_and_no_status_current(
     assert seen["POST /nodes/pve1/qemu/{x}/status/shutdown"] == 1
     assert seen["GET /nodes/pve1/qemu/{x}/config"] <= 3
     assert seen["PUT /nodes/pve1/qemu/{x}/config"] == 1
+
+
+async def test_ops_arriving_during_a_listing_share_the_next_one(sim: SimServer) -> None:
+    """While one listing of a node is in flight, ops that arrive wait for it to end and then
+    share one new listing, sent after they arrived (never an answer requested before them),
+    so a node has at most one listing of a kind in flight."""
+    sim.sim.add_fault(method="GET", path=f"/nodes/{NODE}/qemu$", delay=0.5, count=1)
+    client = client_for(sim)
+
+    async def never(op: Op, spec: ActionSpec) -> GuestView:
+        raise AssertionError("no per-op read expected")
+
+    check = LiveCheck(pve=client, observe=never)
+    sim.sim.reset_requests()
+    try:
+        first = asyncio.create_task(check.listing(NODE, GuestKind.QEMU))
+        async with asyncio.timeout(5):
+            while not sim.sim.requests:  # the first listing reached the node
+                await asyncio.sleep(0.01)
+        arrived = time.time()
+        later = await asyncio.gather(*(check.listing(NODE, GuestKind.QEMU) for _ in range(5)))
+        assert (await first) is not None
+    finally:
+        await client.close()
+    lists = [r for r in sim.sim.requests if r.path.endswith(f"/nodes/{NODE}/qemu")]
+    assert len(lists) == 2
+    assert lists[1].time >= arrived
+    assert lists[1].time >= lists[0].time + 0.5  # one listing of a node and kind at a time
+    assert all(got is later[0] for got in later) and later[0] is not None
