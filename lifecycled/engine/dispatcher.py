@@ -10,20 +10,20 @@ from lifecycled.domain.actions import (
     ActionSpec,
     GuestView,
     UnsupportedAction,
-    lock_blocks,
     spec_for,
 )
+from lifecycled.domain.check import NEEDS_GUEST, precheck
 from lifecycled.domain.classify import ErrorClass
-from lifecycled.domain.op import Op, OpError
+from lifecycled.domain.op import Op
 from lifecycled.domain.outcome import (
     Decision,
-    Verdict,
     after_call_error,
     after_search,
     fail,
     retry,
     succeed,
 )
+from lifecycled.engine.check import LiveCheck
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.cluster import Cluster
 from lifecycled.engine.durable import durable
@@ -36,9 +36,6 @@ from lifecycled.journal import Journal
 from lifecycled.policy import Verdict as PolicyOutcome
 
 log = logging.getLogger("lifecycled.engine")
-
-#: Actions that need the guest to exist before they are sent.
-_NEEDS_GUEST = frozenset(set(Action) - {Action.CREATE, Action.CLONE, Action.TERMINATE})
 
 
 class Dispatcher:
@@ -60,6 +57,8 @@ class Dispatcher:
         self.cluster: Cluster | None = None
         self.journal = journal
         self.executor = executor
+        #: The pre-dispatch read, one live listing per node and kind for ops claimed together.
+        self.check = LiveCheck(pve=executor.pve, observe=executor.observe)
         self.tracker = tracker
         self.policy = policy
         self.clock = clock
@@ -170,7 +169,7 @@ class Dispatcher:
                 await self.executor.apply(op, after_search(op, spec, matches, recovering=False))
                 return
         try:
-            view = await self.executor.observe(op, spec)
+            view = await self.check.view(op, spec)
         except PveError as err:
             await self.executor.apply(op, retry("guest read failed", err.error_class, err.text))
             return
@@ -187,7 +186,7 @@ class Dispatcher:
         if verdict.verdict is PolicyOutcome.SOFT_DELETE:
             await self.terminator.soft_delete(op, view, verdict)
             return
-        pre = self._precheck(op, view)
+        pre = precheck(op, view)
         if pre is not None:
             await self.executor.apply(op, pre)
             return
@@ -236,7 +235,7 @@ class Dispatcher:
         if cluster is None:
             return None
         node = op.guest.node
-        if cluster.serves(node) and (view.exists or spec.action not in _NEEDS_GUEST):
+        if cluster.serves(node) and (view.exists or spec.action not in NEEDS_GUEST):
             return None
         if cluster.serves(node) and spec.action is Action.MIGRATE:
             return None  # a migrate done meanwhile: its own check decides
@@ -255,34 +254,3 @@ class Dispatcher:
             f"wrong_node: guest {op.guest.vmid} is on node {where}, not served by this "
             f"daemon (it serves {', '.join(cluster.served)}); nothing was sent",
         )
-
-    def _precheck(self, op: Op, view: GuestView) -> Decision | None:
-        """Step 3 "Check" of SPEC §2: target held, guest missing, config lock."""
-        spec = spec_for(op.guest.kind, op.action)
-        if spec.holds(view, op.params):
-            return succeed("target already held; nothing sent")
-        if not view.exists and spec.action in _NEEDS_GUEST:
-            return fail(
-                "guest does not exist",
-                ErrorClass.PERMANENT,
-                f"{op.guest.kind} {op.guest.vmid} does not exist on node {op.guest.node}",
-            )
-        if (
-            view.exists
-            and spec.action in (Action.CREATE, Action.CLONE)
-            and view.lock not in ("create", "clone")
-        ):
-            return fail(
-                "vmid already taken",
-                ErrorClass.PERMANENT,
-                f"vmid {op.guest.vmid} already exists with a different identity",
-            )
-        lock = view.lock
-        if lock and lock_blocks(op.guest.kind, spec.action, lock):
-            kind = "CT" if op.guest.kind == "lxc" else "VM"
-            return Decision(
-                verdict=Verdict.RETRY,
-                reason=f"guest locked ({lock}); waiting",
-                error=OpError(error_class=ErrorClass.LOCKED, message=f"{kind} is locked ({lock})"),
-            )
-        return None

@@ -15,7 +15,8 @@ from typing import Protocol
 
 import attrs
 
-from lifecycled.domain.actions import Action, ActionSpec, GuestView, is_destructive, spec_for
+from lifecycled.domain.actions import Action, ActionSpec, GuestView, spec_for
+from lifecycled.domain.check import reads_status_only, target_from_listing
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind, Op
 from lifecycled.domain.outcome import (
@@ -48,14 +49,6 @@ log = logging.getLogger("lifecycled.engine")
 
 #: Longest exception text kept in an op's error and history.
 _INTERNAL_TEXT_MAX = 500
-
-#: Actions whose target a node's live guest list can settle (see :class:`Prefetched`).
-_SNAPSHOT_ACTIONS = frozenset({Action.START, Action.STOP, Action.SHUTDOWN})
-
-#: Actions whose Check needs only ``status/current`` (see :meth:`Executor.observe`).
-_STATUS_ONLY = frozenset(
-    {Action.START, Action.SHUTDOWN, Action.REBOOT, Action.SUSPEND, Action.RESUME}
-)
 
 
 class TrackSink(Protocol):
@@ -106,29 +99,15 @@ class Prefetched:
     listed: frozenset[tuple[str, GuestKind]] = frozenset()
 
     def view(self, op: Op, spec: ActionSpec) -> GuestView | None:
-        """The guest as its node's live list shows it, when that settles ``spec``'s target:
-        "stopped" settles start (not held) and stop/shutdown (held), "running" settles
-        stop/shutdown (not held); a running VM may be paused (the list has no run state
-        without ``full``), so start needs a real read."""
-        if spec.action not in _SNAPSHOT_ACTIONS:
-            return None
+        """The guest as its node's live list shows it, when that decides whether ``spec``'s
+        target holds as ``status/current`` would
+        (:func:`~lifecycled.domain.check.target_from_listing`)."""
         node, kind = op.guest.node, op.guest.kind
         if (node, kind) not in self.listed:
             return None
         status = self.guests.get((node, kind, op.guest.vmid))
-        if status is None or status.status not in ("running", "stopped"):
-            return None
-        if spec.action is Action.START and status.status == "running":
-            return None
-        return GuestView(
-            exists=True,
-            node=node,
-            status=status.status,
-            qmpstatus=status.qmpstatus,
-            lock=status.lock,
-            ha_managed=status.ha_managed,
-            template=status.template,
-        )
+        listed = status.listed() if status is not None else None
+        return target_from_listing(spec, op.params, node, listed).view
 
 
 def op_fields(op: Op) -> dict[str, object]:
@@ -182,7 +161,7 @@ class Executor:
         destructive actions (fingerprint) and terminate (protection flag).
         """
         kind, vmid = op.guest.kind, op.guest.vmid
-        if spec.action in _STATUS_ONLY and not is_destructive(spec.action, spec.kind, op.params):
+        if reads_status_only(spec, op.params):
             return await read_guest_status(self.pve, op.guest.node, kind, vmid)
         if spec.action is Action.MIGRATE and op.params.get("target"):
             target = str(op.params["target"])

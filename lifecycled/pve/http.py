@@ -245,7 +245,7 @@ class HttpPveClient:
 
     async def node_guests(self, node: str, kind: GuestKind) -> list[GuestStatus]:
         """``GET /nodes/{node}/qemu|lxc`` (live, unlike ``/cluster/resources``)."""
-        path = f"/nodes/{node}/{kind}"
+        path = wire.node_guests_path(node, kind)
         env = await self._get(path, wire.EP_NODE_GUESTS, seconds=self._timeouts.read)
         return self._decoded(path, lambda: wire.node_guests_from(env.get("data")))
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import attrs
 
 from lifecycled.domain.actions import Action, GuestView
+from lifecycled.domain.check import Listed
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.upid import Upid
 from lifecycled.errors import PveError
@@ -83,7 +84,9 @@ class TaskList:
 
 @attrs.frozen(kw_only=True)
 class GuestStatus:
-    """``GET …/{vmid}/status/current`` (reference §5.1–5.2)."""
+    """``GET …/{vmid}/status/current`` (reference §5.1–5.2), or one item of the node's
+    listing ``GET /nodes/{node}/qemu|lxc`` (no ``ha`` there, and QEMU items carry no
+    ``qmpstatus`` unless ``full=1``: see :mod:`lifecycled.domain.check`)."""
 
     vmid: int
     status: str
@@ -97,6 +100,14 @@ class GuestStatus:
     maxmem: int | None = None
     maxdisk: int | None = None
     uptime: int | None = None
+    #: The guest's Proxmox tags (``;``-separated), when set.
+    tags: str | None = None
+
+    def listed(self) -> Listed:
+        """This item as the pure Check sees a listing entry."""
+        return Listed(
+            status=self.status, lock=self.lock, template=self.template, qmpstatus=self.qmpstatus
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -191,7 +202,9 @@ class PveClient(Protocol):
         ...
 
     async def node_guests(self, node: str, kind: GuestKind) -> list[GuestStatus]:
-        """``GET /nodes/{node}/qemu|lxc``: the node's guests with their live status."""
+        """``GET /nodes/{node}/qemu|lxc`` (no ``full``): every guest of that kind whose config
+        is on the node and which the caller may audit, with its live ``status``, ``lock``,
+        ``template`` and ``tags`` — never ``ha``, and no QEMU ``qmpstatus``."""
         ...
 
     async def set_tags(self, node: str, kind: GuestKind, vmid: int, tags: str, digest: str) -> None:

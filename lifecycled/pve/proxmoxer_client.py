@@ -206,7 +206,8 @@ class ProxmoxerPveClient:
         return self._decoded(path, lambda: wire.cluster_resources_from(data))
 
     async def node_guests(self, node: str, kind: GuestKind) -> list[GuestStatus]:
-        path = f"/nodes/{node}/{kind}"
+        """``GET /nodes/{node}/qemu|lxc`` (live, unlike ``/cluster/resources``)."""
+        path = wire.node_guests_path(node, kind)
         data = await self._call("GET", path, wire.EP_NODE_GUESTS, {})
         return self._decoded(path, lambda: wire.node_guests_from(data))
 

@@ -174,6 +174,12 @@ def guest_path(node: str, kind: GuestKind, vmid: int, tail: str) -> str:
     return f"/nodes/{node}/{kind}/{vmid}/{tail}"
 
 
+def node_guests_path(node: str, kind: GuestKind) -> str:
+    """``GET /nodes/{node}/qemu|lxc``, sent without parameters: no ``full`` (it would make
+    the node query QMP on every running VM; LXC takes no ``full`` at all)."""
+    return f"/nodes/{node}/{kind}"
+
+
 def task_list_query(
     *,
     source: str,
@@ -460,12 +466,14 @@ def guest_status_from(data: Any, vmid: int) -> GuestStatus:
         maxmem=_int(obj.get("maxmem")),
         maxdisk=_int(obj.get("maxdisk")),
         uptime=_int(obj.get("uptime")),
+        tags=_str(obj.get("tags")) or None,
     )
 
 
 def node_guests_from(data: Any) -> list[GuestStatus]:
     """``GET /nodes/{node}/qemu|lxc``: one live status per guest (items without a vmid or a
-    status are skipped). QEMU items carry ``qmpstatus`` only with ``full=1``."""
+    status are skipped). No item carries ``ha``; QEMU items carry ``qmpstatus`` only with
+    ``full=1`` (qemu-server ``vmstatus``), so theirs is ``None`` here."""
     out: list[GuestStatus] = []
     for raw in _list(data, "guest list"):
         if not isinstance(raw, Mapping):

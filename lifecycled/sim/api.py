@@ -288,12 +288,7 @@ async def _task_stop(ctx: Ctx) -> Reply:
 @route("GET", "/nodes/{node}/{kind}")
 async def _guest_list(ctx: Ctx) -> Reply:
     guests = [g for g in ctx.sim.guests.values() if g.node == ctx.node and g.kind == ctx.kind]
-    data = []
-    for g in sorted(guests, key=lambda g: g.vmid):
-        item = views.status_current(g)
-        item.pop("ha", None)
-        data.append(item)
-    return Reply(data=data)
+    return Reply(data=views.guest_list(guests, ctx.kind, ctx.params))
 
 
 @route("POST", "/nodes/{node}/{kind}")

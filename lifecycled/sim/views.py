@@ -75,6 +75,47 @@ def status_current(guest: Guest) -> dict[str, Any]:
     return out
 
 
+def guest_list(
+    guests: Iterable[Guest], kind: str, params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """``GET /nodes/{node}/qemu|lxc``: every guest of ``kind`` on the node, live.
+
+    QEMU (qemu-server ``vmlist`` → ``vmstatus(undef, full)``): no ``ha``, and without
+    ``full=1`` no QMP fields — no ``qmpstatus`` (a paused VM lists as ``running``), no
+    ``diskread``/``diskwrite``, no ``running-machine``/``running-qemu``; ``balloon_min`` and
+    ``shares`` only with a ``balloon`` config, ``tags`` whenever the config has the key.
+    LXC (pve-container ``vmlist`` → ``vmstatus()``): ``status/current`` without ``ha``.
+    """
+    out: list[dict[str, Any]] = []
+    for guest in sorted(guests, key=lambda g: g.vmid):
+        item = status_current(guest)
+        del item["ha"]
+        if kind == "qemu":
+            _qemu_list_item(guest, item, full=pp.flag(params, "full"))
+        out.append(item)
+    return out
+
+
+def _qemu_list_item(guest: Guest, item: dict[str, Any], *, full: bool) -> None:
+    item.pop("agent", None)  # vm_status adds it, vmstatus does not
+    item["memhost"] = item["mem"]
+    if not guest.config.get("balloon"):
+        item.pop("balloon_min", None)
+        item.pop("shares", None)
+    if "tags" in guest.config:
+        item["tags"] = guest.config["tags"]
+    if any(key.startswith("serial") for key in guest.config):
+        item["serial"] = 1
+    if full:
+        item["qmpstatus"] = guest.qmpstatus if guest.running else guest.status
+        if not guest.running:
+            item.pop("diskread", None)
+            item.pop("diskwrite", None)
+        return
+    for key in ("qmpstatus", "diskread", "diskwrite", "running-machine", "running-qemu"):
+        item.pop(key, None)
+
+
 def config_view(guest: Guest, params: Mapping[str, Any]) -> dict[str, Any]:
     """``GET …/{vmid}/config``: pending merged unless ``current=1``; plus ``digest`` (§5.3)."""
     values = dict(guest.config) if pp.flag(params, "current") else guest.merged_config()

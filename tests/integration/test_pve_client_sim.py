@@ -134,6 +134,23 @@ async def test_node_guests_is_live(pve: Harness) -> None:
     }
 
 
+async def test_node_guests_read_what_the_listing_holds(pve: Harness) -> None:
+    """Every adapter decodes the listing: a paused VM reads ``running`` with no run state
+    (only ``status/current`` has it), its lock and tags from the config, a template's flag."""
+    node = at(pve, 100)
+    pve.sim.set_guest_status(100, "paused")
+    pve.sim.update_config(100, {"lock": "backup", "tags": "web;lc"})
+    listed = {g.vmid: g for g in await pve.client.node_guests(node, Q)}
+    vm = listed[100]
+    assert (vm.status, vm.qmpstatus, vm.lock, vm.tags) == ("running", None, "backup", "web;lc")
+    assert vm.listed().qmpstatus is None
+    assert (await pve.client.guest_status(node, Q, 100)).qmpstatus == "paused"
+    templates = {v for v, g in pve.sim.guests.items() if g.node == node and g.kind == "qemu"}
+    assert {v for v, g in listed.items() if g.template} == {
+        v for v in templates if pve.sim.guests[v].template
+    }
+
+
 async def test_lxc_configure_is_synchronous(pve: Harness) -> None:
     """LXC ``PUT config`` answers null: no task; the value is set when it returns."""
     got = await pve.client.dispatch(at(pve, 103), L, Action.CONFIGURE, 103, {"cores": 3})

@@ -110,3 +110,16 @@ def test_submission_booleans_are_normalised_or_refused() -> None:
         "restart": "expected a boolean (true, false, 1 or 0), got 'yes'"
     }
     assert wire.boolean_problems(Action.START, GuestKind.QEMU, {"timeout": "yes"}) == {}
+
+
+@pytest.mark.parametrize("kind", list(GuestKind))
+def test_node_guest_listing_fits_the_schema(kind: GuestKind) -> None:
+    """The node listing both adapters send (``wire.node_guests_path``, no parameters) is
+    Proxmox's ``vmlist`` endpoint of that kind and passes its checks — no ``full``."""
+    found = schema.match("GET", wire.node_guests_path("pve1", kind))
+    assert found is not None
+    ep, args = found
+    assert ep.path == f"/nodes/{{node}}/{kind}"
+    assert schema.check(ep, args) == {}
+    # QEMU's listing knows ``full`` (QMP state of every running VM), LXC's does not.
+    assert ("full" in schema.check(ep, {**args, "full": "1"})) is (kind is GuestKind.LXC)
