@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from lifecycled.domain.guests import DesiredState, GuestOrigin
+from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord
 
 PREFIX = "lcd."
 #: Proxmox's ``pve-tag`` format (one tag).
@@ -176,3 +176,71 @@ def encode(record: OwnershipRecord | None, existing: str | None = None) -> str:
     if bad:
         raise ValueError(f"not valid Proxmox tags: {bad}")
     return ";".join(own + mine)
+
+
+# --- the drift baseline around lifecycled's own tag writes (SPEC §3, §7) ------------------
+#
+# A tag write changes the guest's config digest, and the digest is what tells config drift.
+# The write itself returns no digest (``PUT …/config`` answers null), so the baseline takes
+# the VALUES the write leaves (the config it wrote over, with the new ``tags``) and leaves
+# ``observed_digest`` unset until a later read learns the digest: the next config read that
+# is exactly those values. Any other read — a value or a tag changed by someone else — is
+# drift, as before. No read is spent on it: the next op's record read or reconcile's drift
+# check reads the config anyway.
+
+
+def same_config(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two configs hold the same values: every key equal (as text), the ``tags``
+    equal as a set (Proxmox sorts and lower-cases them as it writes; no tags = empty)."""
+    rest_a = {k: str(v) for k, v in a.items() if k not in ("tags", "digest")}
+    rest_b = {k: str(v) for k, v in b.items() if k not in ("tags", "digest")}
+    return rest_a == rest_b and _tag_set(a.get("tags")) == _tag_set(b.get("tags"))
+
+
+def _tag_set(value: Any) -> frozenset[str]:
+    return frozenset(t.lower() for t in split_tags(str(value) if value is not None else None))
+
+
+def awaits_digest(guest: GuestRecord) -> bool:
+    """Whether the guest's baseline is the values an own tag write left, its digest not yet
+    read (``observed_digest`` unset)."""
+    return (
+        guest.config_digest is not None
+        and guest.config_snapshot is not None
+        and guest.observed_digest is None
+    )
+
+
+def after_own_write(
+    guest: GuestRecord, over_digest: str, over: Mapping[str, Any], tags: str
+) -> dict[str, Any]:
+    """The guest's columns after lifecycled wrote ``tags`` over the config it read
+    (``over_digest``, ``over``). When that read was the baseline — its digest, or exactly what
+    an earlier own write left (whose digest it then is) — the baseline becomes the values this
+    write leaves, its digest to be learnt (:func:`digest_read`). Otherwise nothing changes: the
+    config had changed behind our back, and the next drift check reports it as before."""
+    if not guest.managed or guest.config_digest is None or guest.config_snapshot is None:
+        return {}
+    if over_digest != guest.config_digest and not (
+        awaits_digest(guest) and same_config(guest.config_snapshot, over)
+    ):
+        return {}
+    return {
+        "config_digest": over_digest,
+        "config_snapshot": {**{k: v for k, v in over.items() if k != "digest"}, "tags": tags},
+        "observed_digest": None,
+    }
+
+
+def digest_read(guest: GuestRecord, digest: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The digest columns a drift check's config read sets (``observed_digest`` differing
+    from ``config_digest`` is drift). A guest awaiting its own write's digest takes the read
+    as its baseline only when the values are exactly what that write left; a read with the
+    digest the write went over predates it and leaves the baseline waiting."""
+    if awaits_digest(guest):
+        if digest == guest.config_digest:
+            return {}
+        assert guest.config_snapshot is not None
+        if same_config(guest.config_snapshot, values):
+            return {"config_digest": digest, "observed_digest": digest}
+    return {"observed_digest": digest}
