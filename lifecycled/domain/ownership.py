@@ -11,8 +11,9 @@ tags, all starting with ``lcd.``; any other tag of the guest is kept as it is:
 ``lcd.g.<n>``          the generation: grows by one with every write of the record
 ``lcd.p``              protected: never destroyed
 ``lcd.f.<hex>``        a short digest of the identity fingerprint
-``lcd.k.<hex>``        short digests of the idempotency keys of the last ops accepted
-                       (at most :data:`KEEP_KEYS`, newest first)
+``lcd.k.<n>.<hex>``    short digests of the idempotency keys of the last ops accepted
+                       (at most :data:`KEEP_KEYS`; ``n`` ranks them, 0 the newest, as
+                       Proxmox sorts tags when it writes them)
 =====================  ==============================================================
 
 Proxmox's tag charset is ``[a-z0-9_][a-z0-9_+.-]*``; every value above fits it. Writes go
@@ -124,8 +125,8 @@ def decode(tags: str | Iterable[str] | None) -> OwnershipRecord | None:
     generation = 0
     protected = False
     fingerprint: str | None = None
-    last_keys: list[str] = []
-    for tag in items:
+    ranked: list[tuple[int, int, str]] = []  # (rank, position, key digest)
+    for position, tag in enumerate(items):
         if not tag.startswith(PREFIX):
             continue
         field, _, value = tag[len(PREFIX) :].partition(".")
@@ -139,10 +140,18 @@ def decode(tags: str | Iterable[str] | None) -> OwnershipRecord | None:
             protected = True
         elif field == "f" and value:
             fingerprint = value
-        elif field == "k" and value and value not in last_keys:
-            last_keys.append(value)
+        elif field == "k" and value:
+            rank, dot, key = value.partition(".")
+            if dot and rank.isdigit() and key:
+                ranked.append((int(rank), position, key))
+            elif not dot:  # unranked (written before ranks): after the ranked, in tag order
+                ranked.append((KEEP_KEYS, position, value))
     if origin is None:
         return None
+    last_keys: list[str] = []
+    for _, _, key in sorted(ranked):
+        if key not in last_keys:
+            last_keys.append(key)
     return OwnershipRecord(
         origin=origin,
         desired=desired,
@@ -163,7 +172,9 @@ def record_tags(record: OwnershipRecord) -> list[str]:
         out.append(f"{PREFIX}p")
     if record.fingerprint:
         out.append(f"{PREFIX}f.{record.fingerprint}")
-    out.extend(f"{PREFIX}k.{k}" for k in record.last_keys)
+    # Ranked (0: newest): Proxmox sorts tags as it writes them (pve-guest-common
+    # ``get_unique_tags``, unless the datacenter's tag-style ordering is ``config``).
+    out.extend(f"{PREFIX}k.{rank}.{k}" for rank, k in enumerate(record.last_keys))
     return out
 
 

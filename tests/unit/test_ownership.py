@@ -94,6 +94,19 @@ def test_the_record_keeps_the_newest_keys() -> None:
     assert decode(encode(rec)) == rec
 
 
+@given(records)
+def test_the_key_order_survives_proxmox_sorting_the_tags(rec: OwnershipRecord) -> None:
+    """Proxmox sorts tags alphabetically as it writes them: the record, its keys newest
+    first, decodes the same from the sorted tags."""
+    assert decode(";".join(sorted(split_tags(encode(rec, "prod"))))) == rec
+
+
+def test_unranked_keys_decode_after_ranked_ones() -> None:
+    """Keys written before ranks (``lcd.k.<hex>``) still count, after the ranked ones."""
+    rec = decode("lcd.o.native;lcd.k.aa;lcd.k.1.cc;lcd.k.0.dd")
+    assert rec is not None and rec.last_keys == ("dd", "cc", "aa")
+
+
 def test_digests_are_tag_safe_and_stable() -> None:
     """Fingerprint and key digests fit the tag charset and depend only on their input."""
     fp = {"name": "web1", "uuid": "ABC-1"}
