@@ -279,18 +279,14 @@ class GuestService:
 
     # --- the shared record (SPEC §7) ---------------------------------------------------------
 
-    async def record_for(self, vmid: int, node: str, kind: GuestKind) -> OwnershipRecord | None:
-        """The guest's record from its tags, the journal's cache brought up to date with it
-        first (hand-off on demand); a managed cached guest without tags gets them (backfill)."""
-        record, _ = await self.read_record(vmid, node, kind)
-        return record
-
     async def read_record(
         self, vmid: int, node: str, kind: GuestKind
     ) -> tuple[OwnershipRecord | None, GuestConfig | None]:
-        """:meth:`record_for`, and the config the record was read from — for the caller's
-        own write of the record (:meth:`Cluster.write`'s ``config``); ``None`` when the record
-        was just pushed (that config is no longer the guest's)."""
+        """The guest's record from its tags, the journal's cache brought up to date with it
+        first (hand-off on demand); a managed cached guest without tags gets them (backfill).
+        With it the config it was read from, for the caller's own write of the record
+        (:meth:`Cluster.write`'s ``config``: one read per op); ``None`` when the record was
+        just pushed (that config is no longer the guest's)."""
         assert self.cluster is not None
         record, config = await self.cluster.read(node, kind, vmid)
         cached = await self.journal.find_guest(vmid)
