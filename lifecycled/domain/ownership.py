@@ -11,8 +11,9 @@ tags, all starting with ``lcd.``; any other tag of the guest is kept as it is:
 ``lcd.g.<n>``          the generation: grows by one with every write of the record
 ``lcd.p``              protected: never destroyed
 ``lcd.f.<hex>``        a short digest of the identity fingerprint
-``lcd.k.<hex>``        short digests of the idempotency keys of the last ops accepted
-                       (at most :data:`KEEP_KEYS`, newest first)
+``lcd.k.<n>.<hex>``    short digests of the idempotency keys of the last ops accepted
+                       (at most :data:`KEEP_KEYS`; ``n`` ranks them, 0 the newest, as
+                       Proxmox sorts tags when it writes them)
 =====================  ==============================================================
 
 Proxmox's tag charset is ``[a-z0-9_][a-z0-9_+.-]*``; every value above fits it. Writes go
@@ -28,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from lifecycled.domain.guests import DesiredState, GuestOrigin
+from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord
 
 PREFIX = "lcd."
 #: Proxmox's ``pve-tag`` format (one tag).
@@ -124,8 +125,8 @@ def decode(tags: str | Iterable[str] | None) -> OwnershipRecord | None:
     generation = 0
     protected = False
     fingerprint: str | None = None
-    last_keys: list[str] = []
-    for tag in items:
+    ranked: list[tuple[int, int, str]] = []  # (rank, position, key digest)
+    for position, tag in enumerate(items):
         if not tag.startswith(PREFIX):
             continue
         field, _, value = tag[len(PREFIX) :].partition(".")
@@ -139,10 +140,18 @@ def decode(tags: str | Iterable[str] | None) -> OwnershipRecord | None:
             protected = True
         elif field == "f" and value:
             fingerprint = value
-        elif field == "k" and value and value not in last_keys:
-            last_keys.append(value)
+        elif field == "k" and value:
+            rank, dot, key = value.partition(".")
+            if dot and rank.isdigit() and key:
+                ranked.append((int(rank), position, key))
+            elif not dot:  # unranked (written before ranks): after the ranked, in tag order
+                ranked.append((KEEP_KEYS, position, value))
     if origin is None:
         return None
+    last_keys: list[str] = []
+    for _, _, key in sorted(ranked):
+        if key not in last_keys:
+            last_keys.append(key)
     return OwnershipRecord(
         origin=origin,
         desired=desired,
@@ -163,7 +172,9 @@ def record_tags(record: OwnershipRecord) -> list[str]:
         out.append(f"{PREFIX}p")
     if record.fingerprint:
         out.append(f"{PREFIX}f.{record.fingerprint}")
-    out.extend(f"{PREFIX}k.{k}" for k in record.last_keys)
+    # Ranked (0: newest): Proxmox sorts tags as it writes them (pve-guest-common
+    # ``get_unique_tags``, unless the datacenter's tag-style ordering is ``config``).
+    out.extend(f"{PREFIX}k.{rank}.{k}" for rank, k in enumerate(record.last_keys))
     return out
 
 
@@ -176,3 +187,71 @@ def encode(record: OwnershipRecord | None, existing: str | None = None) -> str:
     if bad:
         raise ValueError(f"not valid Proxmox tags: {bad}")
     return ";".join(own + mine)
+
+
+# --- the drift baseline around lifecycled's own tag writes (SPEC §3, §7) ------------------
+#
+# A tag write changes the guest's config digest, and the digest is what tells config drift.
+# The write itself returns no digest (``PUT …/config`` answers null), so the baseline takes
+# the VALUES the write leaves (the config it wrote over, with the new ``tags``) and leaves
+# ``observed_digest`` unset until a later read learns the digest: the next config read that
+# is exactly those values. Any other read — a value or a tag changed by someone else — is
+# drift, as before. No read is spent on it: the next op's record read or reconcile's drift
+# check reads the config anyway.
+
+
+def same_config(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two configs hold the same values: every key equal (as text), the ``tags``
+    equal as a set (Proxmox sorts and lower-cases them as it writes; no tags = empty)."""
+    rest_a = {k: str(v) for k, v in a.items() if k not in ("tags", "digest")}
+    rest_b = {k: str(v) for k, v in b.items() if k not in ("tags", "digest")}
+    return rest_a == rest_b and _tag_set(a.get("tags")) == _tag_set(b.get("tags"))
+
+
+def _tag_set(value: Any) -> frozenset[str]:
+    return frozenset(t.lower() for t in split_tags(str(value) if value is not None else None))
+
+
+def awaits_digest(guest: GuestRecord) -> bool:
+    """Whether the guest's baseline is the values an own tag write left, its digest not yet
+    read (``observed_digest`` unset)."""
+    return (
+        guest.config_digest is not None
+        and guest.config_snapshot is not None
+        and guest.observed_digest is None
+    )
+
+
+def after_own_write(
+    guest: GuestRecord, over_digest: str, over: Mapping[str, Any], tags: str
+) -> dict[str, Any]:
+    """The guest's columns after lifecycled wrote ``tags`` over the config it read
+    (``over_digest``, ``over``). When that read was the baseline — its digest, or exactly what
+    an earlier own write left (whose digest it then is) — the baseline becomes the values this
+    write leaves, its digest to be learnt (:func:`digest_read`). Otherwise nothing changes: the
+    config had changed behind our back, and the next drift check reports it as before."""
+    if not guest.managed or guest.config_digest is None or guest.config_snapshot is None:
+        return {}
+    if over_digest != guest.config_digest and not (
+        awaits_digest(guest) and same_config(guest.config_snapshot, over)
+    ):
+        return {}
+    return {
+        "config_digest": over_digest,
+        "config_snapshot": {**{k: v for k, v in over.items() if k != "digest"}, "tags": tags},
+        "observed_digest": None,
+    }
+
+
+def digest_read(guest: GuestRecord, digest: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The digest columns a drift check's config read sets (``observed_digest`` differing
+    from ``config_digest`` is drift). A guest awaiting its own write's digest takes the read
+    as its baseline only when the values are exactly what that write left; a read with the
+    digest the write went over predates it and leaves the baseline waiting."""
+    if awaits_digest(guest):
+        if digest == guest.config_digest:
+            return {}
+        assert guest.config_snapshot is not None
+        if same_config(guest.config_snapshot, values):
+            return {"config_digest": digest, "observed_digest": digest}
+    return {"observed_digest": digest}

@@ -6,8 +6,10 @@ Reads: ``GET /nodes`` (the cluster's nodes and whether they are online), ``/clus
 proof of power state), ``…/config`` (the tags with the config ``digest``). Writes: ``PUT
 …/config`` with ``tags`` and that ``digest``: Proxmox refuses a stale digest, so two sidecars
 (or an operator) racing for one record never lose an update; the loser re-reads and retries.
+A caller that has just read the config hands it to :meth:`Cluster.write` (one read per op).
 The local journal keeps its guest rows as a cache of the record; every ownership change is
-written to the tags first, then to the journal.
+written to the tags first, then to the journal. The write spends no read on the digest it
+produced: the journal's drift baseline awaits it (``domain/ownership.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lifecycled.domain.ownership import (
     fingerprint_digest,
     record_dict,
 )
+from lifecycled.engine.clock import Clock, SystemClock
 from lifecycled.errors import (
     ConfigError,
     NotFound,
@@ -55,9 +58,17 @@ def is_digest_mismatch(err: PveError) -> bool:
 class Cluster:
     """Placement and the shared ownership record, for the nodes this daemon serves."""
 
-    def __init__(self, *, pve: PveClient, journal: Journal | None, served: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        *,
+        pve: PveClient,
+        journal: Journal | None,
+        served: tuple[str, ...],
+        clock: Clock | None = None,
+    ) -> None:
         self.pve = pve
         self.journal = journal
+        self.clock: Clock = clock or SystemClock()
         self.served = served
         #: The cluster's nodes as ``GET /nodes`` last listed them (empty: not read yet).
         self.known: frozenset[str] = frozenset()
@@ -196,17 +207,28 @@ class Cluster:
         return decode(_tags(config)), config
 
     async def write(
-        self, node: str, kind: GuestKind, vmid: int, change: Change
+        self,
+        node: str,
+        kind: GuestKind,
+        vmid: int,
+        change: Change,
+        *,
+        config: GuestConfig | None = None,
     ) -> OwnershipRecord | None:
         """Apply ``change`` to the guest's record with the config digest as compare-and-swap;
-        re-read and retry when the config changed meanwhile.
+        re-read and retry when the config changed meanwhile. ``config``: the guest's config
+        the caller has just read — the first attempt works from it (its record and digest)
+        instead of reading again; a stale one only costs the retry.
 
         Raises :class:`OwnershipUnavailable` when the cluster refuses the write (no quorum,
         pmxcfs read-only, a config lock such as a migration's) or the config keeps changing.
         """
         self.require_served(vmid, node)
         for _ in range(WRITE_ATTEMPTS):
-            old, config = await self.read(node, kind, vmid)
+            if config is None:
+                old, config = await self.read(node, kind, vmid)
+            else:
+                old = decode(_tags(config))
             new = change(old, config)
             if new == old:
                 return old
@@ -216,6 +238,7 @@ class Cluster:
             except PveError as err:
                 if is_digest_mismatch(err):
                     log.info("ownership.retry", extra={"vmid": vmid, "node": node})
+                    config = None
                     continue
                 error = (
                     OwnershipLocked
@@ -226,7 +249,13 @@ class Cluster:
                     f"the ownership record of guest {vmid} cannot be written to its Proxmox "
                     f"config now ({err.text}); nothing was changed, retry later"
                 ) from None
-            await self.follow_digest(node, kind, vmid, config.digest)
+            if self.journal is not None:
+                # Our own write changed the digest: not drift. The baseline follows the
+                # values it left; the next read of the config learns the digest (no read
+                # here — domain/ownership.py "the drift baseline around own tag writes").
+                await self.journal.follow_digest(
+                    vmid, config.digest, config.values, tags, now=self.clock.now()
+                )
             log.info(
                 "ownership.written",
                 extra={
@@ -241,16 +270,6 @@ class Cluster:
             f"the config of guest {vmid} kept changing while its ownership record was written; "
             "retry later"
         )
-
-    async def follow_digest(self, node: str, kind: GuestKind, vmid: int, before: str) -> None:
-        """Our own tag write changed the config digest: not drift. Move the journal's
-        baseline along when it was the digest we wrote over."""
-        try:
-            after = await self.pve.guest_config(node, kind, vmid)
-        except PveError:
-            return  # the next drift check re-reads it
-        if self.journal is not None:
-            await self.journal.follow_digest(vmid, before, after.digest)
 
     def identity_holds(
         self, record: OwnershipRecord, kind: GuestKind, config: GuestConfig

@@ -249,7 +249,7 @@ class GuestService:
         generation = 0
         if self.cluster is not None:
             node, kind = await self.locate(vmid)
-            record = await self.record_for(vmid, node, kind)
+            record, config = await self.read_record(vmid, node, kind)
             if record is None or not record.managed:
                 cached = await self.journal.find_guest(vmid)
                 raise not_managed(vmid, cached.origin if cached else None)
@@ -260,7 +260,7 @@ class GuestService:
                     return base
                 return base.bumped(desired=state)
 
-            written = await self.cluster.write(node, kind, vmid, change)
+            written = await self.cluster.write(node, kind, vmid, change, config=config)
             generation = written.generation if written is not None else 0
         guest = await self.journal.set_desired(
             vmid, state, now=self.clock.now(), generation=generation
@@ -279,21 +279,26 @@ class GuestService:
 
     # --- the shared record (SPEC §7) ---------------------------------------------------------
 
-    async def record_for(self, vmid: int, node: str, kind: GuestKind) -> OwnershipRecord | None:
+    async def read_record(
+        self, vmid: int, node: str, kind: GuestKind
+    ) -> tuple[OwnershipRecord | None, GuestConfig | None]:
         """The guest's record from its tags, the journal's cache brought up to date with it
-        first (hand-off on demand); a managed cached guest without tags gets them (backfill)."""
+        first (hand-off on demand); a managed cached guest without tags gets them (backfill).
+        With it the config it was read from, for the caller's own write of the record
+        (:meth:`Cluster.write`'s ``config``: one read per op); ``None`` when the record was
+        just pushed (that config is no longer the guest's)."""
         assert self.cluster is not None
         record, config = await self.cluster.read(node, kind, vmid)
         cached = await self.journal.find_guest(vmid)
         if record is None and (cached is None or not cached.managed):
-            return None
+            return None, config
         if ahead_of(cached, record):
             assert cached is not None
-            return await self.push(cached)
+            return await self.push(cached), None
         assert record is not None
         if needs_sync(cached, record, node):
             await self.follow(vmid, node, kind, record, config=config)
-        return record
+        return record, config
 
     async def push(self, cached: GuestRecord) -> OwnershipRecord | None:
         """Write the journal's newer ownership of a guest to its tags (backfill of a managed

@@ -500,26 +500,29 @@ class Reconciler:
             await self.journal.rebaseline(
                 vmid, config.values, config.digest, now=now, fingerprint=current
             )
-        digests: dict[int, str] = {}
+        reads: dict[int, tuple[str, dict[str, Any]]] = {}
         for vmid in p.digest_checks:
             guest = inp.guests[vmid]
             try:
                 config = await self.pve.guest_config(guest.node, guest.kind, vmid)
             except (PveError, RequestNotSent):  # unreadable now, or a row no request can name
                 continue
-            digests[vmid] = config.digest
-            if config.digest != guest.config_digest and not guest.drifted:
+            reads[vmid] = (config.digest, dict(config.values))
+        # Taken against each row as it is now: an own tag write since the plan was made
+        # leaves a baseline awaiting its digest, which this read may be (domain/ownership).
+        now_drifted = await self.journal.record_digests(reads, now=now) if reads else []
+        for vmid in now_drifted:
+            guest = inp.guests[vmid]
+            if not guest.drifted:
                 log.warning(
                     "guest.config_drift",
                     extra={
                         "vmid": vmid,
                         "node": guest.node,
                         "snapshot_digest": guest.config_digest,
-                        "digest": config.digest,
+                        "digest": reads[vmid][0],
                     },
                 )
-        if digests:
-            await self.journal.record_digests(digests, now=now)
         drifted = await self.journal.list_guests(drifted=True, limit=1000)
         return [g.vmid for g in drifted.items]
 

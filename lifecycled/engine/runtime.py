@@ -196,7 +196,7 @@ class Runtime:
             idle_poll=min(1.0, settings.poll_interval),
             terminate_stop_timeout=settings.terminate_stop_timeout,
         )
-        cluster = Cluster(pve=pve, journal=journal, served=settings.nodes)
+        cluster = Cluster(pve=pve, journal=journal, served=settings.nodes, clock=clock)
         guests = GuestService(
             journal=journal,
             pve=pve,

@@ -227,7 +227,7 @@ async def _ownership_first(
     action = Action(sub.action)
     desired = desired_for(action)
     try:
-        record = await guests.record_for(guest.vmid, guest.node, guest.kind)
+        record, config = await guests.read_record(guest.vmid, guest.node, guest.kind)
     except NotFound:
         return 0  # not there (or named with another node/kind): the journal decides
     if record is None or not record.managed:
@@ -250,7 +250,7 @@ async def _ownership_first(
             raise KeyUsedElsewhere(f"idempotency key {key!r} was accepted meanwhile")
         return old.with_key(digest).bumped(desired=wanted or old.desired)
 
-    written = await guests.cluster.write(guest.node, guest.kind, guest.vmid, change)
+    written = await guests.cluster.write(guest.node, guest.kind, guest.vmid, change, config=config)
     return written.generation if written is not None else 0
 
 

@@ -27,6 +27,7 @@ from lifecycled.domain.guests import (
     observed_hash,
     retake,
 )
+from lifecycled.domain.ownership import after_own_write, digest_read
 from lifecycled.errors import InvalidTransition, PolicyRefused, ValidationError
 from lifecycled.journal.audit import insert_audit
 from lifecycled.journal.db import Database, rows
@@ -272,16 +273,17 @@ class GuestVerbs:
 
         return await self._db.write(unit)
 
-    async def follow_digest(self, vmid: int, before: str, after: str) -> None:
-        """lifecycled's own write (its tags) moved the config digest from ``before`` to
-        ``after``: a baseline or observed digest equal to ``before`` becomes ``after``."""
+    async def follow_digest(
+        self, vmid: int, over_digest: str, over: Mapping[str, Any], tags: str, *, now: float
+    ) -> None:
+        """lifecycled's own tag write over the config it read (``over_digest``, ``over``):
+        the drift baseline follows it without a read (:func:`after_own_write`)."""
 
         async def unit(conn: aiosqlite.Connection) -> None:
-            for column in ("config_digest", "observed_digest"):
-                await conn.execute(
-                    f"UPDATE guests SET {column} = ? WHERE vmid = ? AND {column} = ?",
-                    (after, vmid, before),
-                )
+            guest = await load_guest(conn, vmid)
+            changes = after_own_write(guest, over_digest, over, tags) if guest else {}
+            if changes:
+                await update_guest(conn, vmid, changes, now=now)
 
         await self._db.write(unit)
 
@@ -333,16 +335,24 @@ class GuestVerbs:
 
         await self._db.write(unit)
 
-    async def record_digests(self, digests: Mapping[int, str], *, now: float) -> None:
-        """The config digest each guest's latest config read returned."""
+    async def record_digests(
+        self, reads: Mapping[int, tuple[str, Mapping[str, Any]]], *, now: float
+    ) -> list[int]:
+        """Each guest's latest config read (digest, values), as :func:`digest_read` takes it
+        against the row as it is now; the vmids among them that are drifted after it."""
 
-        async def unit(conn: aiosqlite.Connection) -> None:
-            for vmid, digest in digests.items():
-                await update_guest(
-                    conn, vmid, {"observed_digest": digest, "digest_checked_at": now}, now=now
-                )
+        async def unit(conn: aiosqlite.Connection) -> list[int]:
+            drifted: list[int] = []
+            for vmid, (digest, values) in reads.items():
+                guest = await load_guest(conn, vmid)
+                if guest is None:
+                    continue
+                changes = {**digest_read(guest, digest, values), "digest_checked_at": now}
+                if (await update_guest(conn, vmid, changes, now=now)).drifted:
+                    drifted.append(vmid)
+            return drifted
 
-        await self._db.write(unit)
+        return await self._db.write(unit)
 
     async def rebaseline(
         self,

@@ -19,10 +19,13 @@ from lifecycled.domain.op import GuestKind
 from lifecycled.domain.ownership import (
     TAG_RE,
     OwnershipRecord,
+    after_own_write,
     decode,
+    digest_read,
     encode,
     fingerprint_digest,
     key_digest,
+    same_config,
     split_tags,
 )
 from lifecycled.domain.reconcile import OrphanKind, ReconcileInput, plan
@@ -89,6 +92,19 @@ def test_the_record_keeps_the_newest_keys() -> None:
         rec = rec.with_key(key)
     assert rec.last_keys == ("e5", "d4", "a1", "c3")
     assert decode(encode(rec)) == rec
+
+
+@given(records)
+def test_the_key_order_survives_proxmox_sorting_the_tags(rec: OwnershipRecord) -> None:
+    """Proxmox sorts tags alphabetically as it writes them: the record, its keys newest
+    first, decodes the same from the sorted tags."""
+    assert decode(";".join(sorted(split_tags(encode(rec, "prod"))))) == rec
+
+
+def test_unranked_keys_decode_after_ranked_ones() -> None:
+    """Keys written before ranks (``lcd.k.<hex>``) still count, after the ranked ones."""
+    rec = decode("lcd.o.native;lcd.k.aa;lcd.k.1.cc;lcd.k.0.dd")
+    assert rec is not None and rec.last_keys == ("dd", "cc", "aa")
 
 
 def test_digests_are_tag_safe_and_stable() -> None:
@@ -197,3 +213,83 @@ def test_settings_take_node_lists_from_flags_env_and_toml(tmp_path: Any) -> None
     assert load_settings({}, env={}, config_file=toml).nodes == ("pve3", "pve1")
     with pytest.raises(ConfigError, match="not a Proxmox node name"):
         load_settings({"node": ["pve1,no_way!"]}, env={}, system_config=None)
+
+
+# --- the drift baseline around our own tag writes ----------------------------------------
+
+_OVER = {"name": "web", "cores": 2, "tags": "prod;lcd.o.native;lcd.g.1"}
+_WROTE = "prod;lcd.o.native;lcd.d.stopped;lcd.g.2"
+
+
+def _baselined(**kw: Any) -> GuestRecord:
+    values: dict[str, Any] = {
+        "vmid": 100,
+        "node": "pve1",
+        "kind": GuestKind.QEMU,
+        "origin": GuestOrigin.NATIVE,
+        "config_snapshot": _OVER,
+        "config_digest": "X",
+        "observed_digest": "X",
+        "created_at": 0.0,
+        "updated_at": 0.0,
+    }
+    values.update(kw)
+    return GuestRecord(**values)
+
+
+def test_same_config_takes_tags_as_proxmox_writes_them() -> None:
+    """Tags compare as a set (Proxmox sorts and lower-cases them); anything else must match."""
+    sorted_by_proxmox = {"cores": "2", "name": "web", "tags": "lcd.g.1;LCD.O.NATIVE;prod"}
+    assert same_config(_OVER, sorted_by_proxmox)
+    assert same_config({"name": "a"}, {"name": "a", "tags": "", "digest": "Y"})
+    assert not same_config(_OVER, {**_OVER, "tags": f"{_OVER['tags']};mine"})
+    assert not same_config(_OVER, {**_OVER, "cores": 3})
+    assert not same_config(_OVER, {**_OVER, "description": "x"})
+
+
+def test_an_own_write_over_the_baseline_awaits_its_digest() -> None:
+    """Over the baseline's digest: the snapshot becomes what the write left, digest unread."""
+    changes = after_own_write(_baselined(), "X", _OVER, _WROTE)
+    assert changes == {
+        "config_digest": "X",
+        "config_snapshot": {**_OVER, "tags": _WROTE},
+        "observed_digest": None,
+    }
+
+
+def test_an_own_write_over_a_changed_config_leaves_the_baseline() -> None:
+    """Over a config that is not the baseline (drift, our configure not re-baselined yet)
+    nothing moves: the next drift check decides as before."""
+    assert after_own_write(_baselined(), "Z", {**_OVER, "cores": 7}, _WROTE) == {}
+    assert after_own_write(_baselined(origin=GuestOrigin.DISCOVERED), "X", _OVER, _WROTE) == {}
+    assert after_own_write(_baselined(config_digest=None), "X", _OVER, _WROTE) == {}
+
+
+def test_a_second_own_write_learns_the_first_ones_digest() -> None:
+    """Over exactly what the first write left, the second write's read is that digest."""
+    first = _baselined(
+        config_snapshot={**_OVER, "tags": _WROTE}, config_digest="X", observed_digest=None
+    )
+    changes = after_own_write(first, "Y", {**_OVER, "tags": _WROTE}, "prod;lcd.g.3")
+    assert (changes["config_digest"], changes["observed_digest"]) == ("Y", None)
+    assert after_own_write(first, "Y", {**_OVER, "tags": _WROTE, "cores": 7}, "t") == {}
+
+
+def test_a_drift_check_takes_only_our_writes_exact_result_as_baseline() -> None:
+    """Awaiting a digest: the read of exactly our write's values is the baseline; a read with
+    the digest we wrote over predates the write (still awaiting); anything else is drift."""
+    awaiting = _baselined(
+        config_snapshot={**_OVER, "tags": _WROTE}, config_digest="X", observed_digest=None
+    )
+    assert digest_read(awaiting, "Y", {**_OVER, "tags": _WROTE}) == {
+        "config_digest": "Y",
+        "observed_digest": "Y",
+    }
+    assert digest_read(awaiting, "X", _OVER) == {}
+    assert digest_read(awaiting, "Z", {**_OVER, "tags": _WROTE, "cores": 7}) == {
+        "observed_digest": "Z"
+    }
+    assert digest_read(awaiting, "Z", {**_OVER, "tags": f"{_WROTE};mine"}) == {
+        "observed_digest": "Z"
+    }
+    assert digest_read(_baselined(), "Y", _OVER) == {"observed_digest": "Y"}
