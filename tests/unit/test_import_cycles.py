@@ -1,4 +1,5 @@
-"""No import cycle in the ``lifecycled`` package (issue 12), read from the source with ``ast``.
+"""The ``lifecycled`` package's imports, read from the source with ``ast``: no cycle (issue 12),
+and each package imports only what the layering allows (:data:`LAYERS`, docs/ARCHITECTURE.md).
 
 Every import of a ``lifecycled`` module is an edge of the graph, of one of three kinds:
 
@@ -29,6 +30,38 @@ from pathlib import Path
 import lifecycled
 
 PACKAGE = Path(lifecycled.__file__).parent
+
+#: What each part of lifecycled may import besides itself (docs/ARCHITECTURE.md "Dependency
+#: rules"). A part is a subpackage or a top-level module; ``lifecycled`` is the package's
+#: ``__init__`` (the version). Dependencies point inward: ``domain`` is pure, the journal
+#: never imports engine, web or pve, the engine never imports web or cli, and only the
+#: entry points (cli, demo) start the simulator.
+LAYERS: dict[str, frozenset[str]] = {
+    "domain": frozenset({"errors"}),
+    "errors": frozenset({"domain"}),  # type-only: ErrorClass
+    "policy": frozenset({"domain", "errors"}),
+    "audit": frozenset({"domain"}),
+    "logs": frozenset(),
+    "lifecycled": frozenset(),
+    "config": frozenset({"domain", "errors"}),
+    "metrics": frozenset({"domain", "lifecycled"}),
+    "journal": frozenset({"domain", "errors", "audit"}),
+    "pve": frozenset({"domain", "errors", "config"}),
+    "engine": frozenset(
+        {"domain", "errors", "audit", "config", "policy", "metrics", "journal", "pve"}
+    ),
+    "web": frozenset(
+        {"domain", "errors", "audit", "config", "policy", "metrics", "journal", "pve", "engine"}
+        | {"lifecycled"}
+    ),
+    "sim": frozenset({"domain", "pve"}),  # pve.schema: Proxmox's own parameter schema
+    "demo": frozenset({"domain", "errors", "config", "journal", "sim"}),
+    "cli": frozenset(
+        {"domain", "errors", "audit", "config", "policy", "metrics", "logs", "journal", "pve"}
+        | {"engine", "web", "sim", "demo", "lifecycled"}
+    ),
+    "__main__": frozenset({"cli"}),
+}
 
 
 class Kind(enum.StrEnum):
@@ -161,6 +194,26 @@ def test_the_package_has_no_import_cycle() -> None:
     graph = import_graph()
     found = cycles(graph)
     assert not found, "import cycles:\n" + "\n".join(_describe(graph, c) for c in found)
+
+
+def part_of(module: str) -> str:
+    """The part of lifecycled a module belongs to: its subpackage or its own name."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_each_part_imports_only_what_the_layering_allows() -> None:
+    """domain is pure, the journal never imports engine/web/pve, … (every kind of import)."""
+    graph = import_graph()
+    parts = {part_of(module) for module in graph}
+    assert parts == set(LAYERS), "a new part of lifecycled: give it a row in LAYERS"
+    wrong = sorted(
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        for target in targets
+        if part_of(target) != part_of(source) and part_of(target) not in LAYERS[part_of(source)]
+    )
+    assert wrong == []
 
 
 def test_the_graph_sees_each_kind_of_import(tmp_path: Path) -> None:
