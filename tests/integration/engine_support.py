@@ -176,31 +176,6 @@ async def running(
         yield runtime
 
 
-def journal_request(
-    guest: Guest,
-    action: str,
-    key: str,
-    params: Mapping[str, Any] | None = None,
-    *,
-    node: str | None = None,
-    vmid: int | None = None,
-) -> SubmitRequest:
-    """The request for ``action`` on ``guest`` as the journal takes it (``node``, ``vmid``:
-    another target of that kind, e.g. a clone's new vmid or a node no request can carry)."""
-    return SubmitRequest(
-        idempotency_key=key,
-        action=action,
-        guest=GuestRef(
-            node=guest.node if node is None else node,
-            kind=GuestKind(guest.kind),
-            vmid=guest.vmid if vmid is None else vmid,
-        ),
-        params=dict(params or {}),
-        origin=Origin.API,
-        actor="test",
-    )
-
-
 async def journal_op(
     journal: Journal,
     guest: Guest,
@@ -212,9 +187,22 @@ async def journal_op(
     node: str | None = None,
     vmid: int | None = None,
 ) -> Op:
-    """An op written with the journal's own verb, bypassing every check of the HTTP door (as
-    a less careful door, or an older version, could have journaled it)."""
-    request = journal_request(guest, action, key, params, node=node, vmid=vmid)
+    """An op for ``action`` on ``guest`` written with the journal's own verb, bypassing every
+    check of the HTTP door (as a less careful door, or an older version, could have journaled
+    it). ``node``, ``vmid``: another target of that kind, e.g. a clone's new vmid or a node no
+    request can carry."""
+    request = SubmitRequest(
+        idempotency_key=key,
+        action=action,
+        guest=GuestRef(
+            node=guest.node if node is None else node,
+            kind=GuestKind(guest.kind),
+            vmid=guest.vmid if vmid is None else vmid,
+        ),
+        params=dict(params or {}),
+        origin=Origin.API,
+        actor="test",
+    )
     result = await journal.submit(request, now=time.time() if now is None else now)
     return result.op
 
