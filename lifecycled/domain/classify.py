@@ -66,13 +66,6 @@ def is_success_exitstatus(exitstatus: str) -> bool:
     return exitstatus == "OK" or _WARNINGS_RE.fullmatch(exitstatus) is not None
 
 
-def warnings_count(exitstatus: str) -> int:
-    """The ``n`` of ``WARNINGS: n``, else 0."""
-    if _WARNINGS_RE.fullmatch(exitstatus):
-        return int(exitstatus.split(":", 1)[1])
-    return 0
-
-
 @attrs.frozen
 class _Rule:
     pattern: re.Pattern[str]

@@ -13,8 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-import attrs
-
 from lifecycled.domain.node import NodeState
 from lifecycled.errors import PolicyRefused
 
@@ -109,13 +107,3 @@ def with_node_mark(description: str, state: NodeState | None) -> str:
     if state is not None and state in PUBLISHED:
         lines.append(f"lifecycled-node-state: {state}")
     return "\n".join(lines)
-
-
-@attrs.frozen(kw_only=True)
-class Moved:
-    """A managed guest whose node changed between two observations (hand-off)."""
-
-    vmid: int
-    source: str
-    target: str
-    generation: int

@@ -9,20 +9,6 @@ import attrs
 
 from lifecycled.domain.serialize import rfc3339
 
-#: Event types the journal's triggers write (migrations) — the receiver's contract.
-OP_EVENTS = ("op.succeeded", "op.failed", "op.dead_lettered", "op.cancelled")
-GUEST_EVENTS = (
-    "guest.appeared",
-    "guest.changed",
-    "guest.gone",
-    "guest.lost",
-    "guest.managed",
-    "guest.adopted",
-    "guest.released",
-    "guest.discovered",
-    "guest.moved",
-)
-
 
 @attrs.frozen(kw_only=True)
 class OutboxEvent:

@@ -37,7 +37,6 @@ class Verdict(enum.StrEnum):
     SUCCEED = "succeed"
     FAIL = "fail"
     RETRY = "retry"  # back to pending with backoff, or dead-lettered when the budget is spent
-    TRACK = "track"  # a task is running: keep polling it
     ADOPT = "adopt"  # a matching task was found: journal its UPID and track it
     SEARCH = "search"  # the outcome of a write is unknown: search the node's task list
     CHECK = "check"  # read the guest: if the target holds → ``if_holds``, else → ``otherwise``

@@ -37,13 +37,6 @@ def text_problem(value: str, *, max_length: int, free_text: bool = False) -> str
     return f"must not contain the control character U+{ord(char):04X}"
 
 
-def int_problem(value: int, *, low: int = INT64_MIN, high: int = INT64_MAX) -> str | None:
-    """Why ``value`` is out of range, or ``None``."""
-    if not low <= value <= high:
-        return f"must be an integer from {low} to {high}"
-    return None
-
-
 def float_problem(value: float) -> str | None:
     """Why ``value`` cannot be stored or sent (NaN, ±infinity), or ``None``."""
     if not math.isfinite(value):

@@ -253,10 +253,6 @@ class Executor:
             return await self._adopt(
                 op, decision.upid, decision.reason, confirm_by_state=confirm_by_state
             )
-        if verdict is Verdict.TRACK:
-            if self.tracker is not None:
-                self.tracker.track(op, confirm_by_state=confirm_by_state)
-            return True
         if verdict is Verdict.LEAVE:
             return False
         if verdict is Verdict.SUCCEED:

@@ -190,11 +190,6 @@ def endpoint(method: str, template: str) -> Endpoint:
         raise UnknownEndpoint(f"{method.upper()} {template}") from None
 
 
-def params_of(method: str, template: str) -> Mapping[str, Param]:
-    """The parameter schema of an endpoint: name → :class:`Param` (path parameters included)."""
-    return endpoint(method, template).params
-
-
 def match(method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
     """The endpoint of a real path below ``/api2/json`` and its path arguments, if any."""
     parts = [p for p in path.split("/") if p]

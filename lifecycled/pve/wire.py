@@ -141,27 +141,11 @@ def dispatch_request(
     )
 
 
-def _booleans_for(action: Action, kind: GuestKind | None) -> frozenset[str]:
-    kinds = [kind] if kind is not None else list(GuestKind)
-    names: set[str] = set()
-    for one in kinds:
-        try:
-            names |= boolean_params(spec_for(one, action))
-        except UnsupportedAction:
-            continue
-    return frozenset(names)
-
-
-def boolean_problems(
-    action: Action, kind: GuestKind | None, params: Mapping[str, Any]
-) -> dict[str, str]:
-    """Submission check: each boolean parameter whose value is no boolean → its error text
-    (both kinds' endpoints count while the kind is not known yet)."""
+def _booleans_for(action: Action, kind: GuestKind) -> frozenset[str]:
     try:
-        normalize_booleans(params, _booleans_for(action, kind))
-    except BadParam as exc:
-        return {exc.name: exc.text}
-    return {}
+        return boolean_params(spec_for(kind, action))
+    except UnsupportedAction:
+        return frozenset()
 
 
 def normalized_params(action: Action, kind: GuestKind, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -94,8 +94,6 @@ class Guest:
     ha: HaResource | None = None
     #: False: ACPI shutdown requests are ignored (``VM quit/powerdown failed - got timeout``).
     acpi: bool = True
-    #: A container checkpointed by ``suspend`` (reference §12.8).
-    checkpointed: bool = False
 
     @property
     def lock(self) -> str | None:
@@ -136,7 +134,6 @@ class Guest:
         self.qmpstatus = "running"
         self.started_at = time.time()
         self.pid = pid
-        self.checkpointed = False
 
     def set_stopped(self) -> None:
         self.status = "stopped"

@@ -287,8 +287,7 @@ def _lxc(
             g.apply_pending()
             g.set_running(sim.new_pid(g.node))
         else:
-            g.set_stopped()
-            g.checkpointed = action == "suspend"
+            g.set_stopped()  # suspend: checkpointed and stopped; resume restores it (§12.8)
 
     upid = sim.fork(node, worker, vmid, caller, body, flock=_flock(sim, "lxc", vmid))
     return str(upid)

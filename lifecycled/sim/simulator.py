@@ -2,8 +2,9 @@
 
 :class:`Simulator` owns all state and the background work (running tasks, the archiver
 loop, delayed HA effects). The HTTP layer (:mod:`lifecycled.sim.api`) and the action
-implementations (:mod:`lifecycled.sim.power`, :mod:`lifecycled.sim.guestops`) act on it;
-tests use it directly for assertions and fault injection (:mod:`lifecycled.sim.outofband`).
+implementations (:mod:`lifecycled.sim.power`, :mod:`lifecycled.sim.guestops`) act on it and
+:mod:`lifecycled.sim.views` renders it; it imports none of them. Tests use it directly for
+assertions, fault injection and out-of-band changes (someone else acting on the cluster).
 """
 
 from __future__ import annotations
@@ -17,17 +18,26 @@ from typing import Any
 
 from lifecycled.domain.upid import Upid
 from lifecycled.sim import errors as txt
-from lifecycled.sim import outofband
 from lifecycled.sim.config import SimConfig
 from lifecycled.sim.errors import SimError, TaskFailed, TaskKilled
 from lifecycled.sim.faults import Fault, validate
-from lifecycled.sim.model import Guest, Node, seed_guests
-from lifecycled.sim.records import Caller, FlockSpec, RequestRecord
+from lifecycled.sim.model import (
+    Guest,
+    HaResource,
+    Node,
+    coerce_value,
+    lxc_config,
+    qemu_config,
+    seed_guests,
+)
+from lifecycled.sim.records import ROOT, Caller, FlockSpec, RequestRecord
 from lifecycled.sim.tasks import OK, FileLocks, Task, TaskBook, TaskRun, final_line
 
 logger = logging.getLogger("lifecycled.sim")
 
 TaskBody = Callable[[TaskRun], Awaitable[None]]
+
+GUEST_STATUSES = ("running", "stopped", "paused", "prelaunch", "hibernated")
 
 
 class Simulator:
@@ -155,9 +165,6 @@ class Simulator:
             if task is not None:
                 return task
         return None
-
-    def running_tasks(self) -> list[Task]:
-        return [t for book in self.books.values() for t in book.running()]
 
     def new_pid(self, node: str) -> int:
         return self.nodes[node].new_pid(self.rng)
@@ -331,26 +338,87 @@ class Simulator:
     def reset_requests(self) -> None:
         self.requests.clear()
 
-    # --- out-of-band changes (see lifecycled.sim.outofband) --------------------------------
+    # --- out-of-band changes ---------------------------------------------------------------
+    # Someone else acting on the cluster while lifecycled runs (also reachable through the
+    # control API, ``/_sim/…``). None of these go through the API, its auth, its faults or its
+    # request log.
+
+    def _guest(self, vmid: int) -> Guest:
+        guest = self.guests.get(vmid)
+        if guest is None:
+            raise KeyError(f"no guest {vmid}")
+        return guest
 
     def hold_lock(
         self, vmid: int, lock: str = "backup", seconds: float | None = 5.0
     ) -> Upid | None:
-        """Set a config ``lock`` for ``seconds`` (a ``backup`` lock runs a ``vzdump`` task)."""
-        return outofband.hold_lock(self, vmid, lock, seconds)
+        """Set the guest's config ``lock`` for ``seconds`` (None: until :meth:`release_lock`).
+
+        A ``backup`` lock comes with a running ``vzdump`` task (user ``root@pam``) for its
+        duration, as a real backup job would have.
+        """
+        guest = self._guest(vmid)
+        guest.config["lock"] = lock
+
+        def clear() -> None:
+            if guest.config.get("lock") == lock:
+                guest.config.pop("lock", None)
+
+        if lock == "backup" and seconds is not None:
+
+            async def body(run: TaskRun) -> None:
+                run.log(f"INFO: Starting Backup of VM {vmid} ({guest.kind})")
+                try:
+                    await run.work(seconds)
+                finally:
+                    clear()
+                run.log(f"INFO: Finished Backup of VM {vmid}")
+
+            return self.fork(guest.node, "vzdump", vmid, Caller(user=ROOT), body)
+        if seconds is not None:
+
+            async def later() -> None:
+                await asyncio.sleep(seconds)
+                clear()
+
+            self.spawn(later(), name=f"sim-lock {vmid}")
+        return None
 
     def release_lock(self, vmid: int) -> None:
-        outofband.release_lock(self, vmid)
+        self._guest(vmid).config.pop("lock", None)
 
     async def hold_lock_file(self, vmid: int, seconds: float) -> None:
-        """Hold the guest's lock file for ``seconds`` (returns once it is held)."""
-        await outofband.hold_lock_file(self, vmid, seconds)
+        """Take the guest's lock file (as another worker would) and keep it ``seconds``
+        (returns once it is held)."""
+        await self.locks.acquire(vmid, None)
+
+        async def release() -> None:
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                self.locks.release(vmid)
+
+        self.spawn(release(), name=f"sim-flock {vmid}")
 
     def delete_guest(self, vmid: int) -> None:
-        outofband.delete_guest(self, vmid)
+        self._guest(vmid)
+        del self.guests[vmid]
 
     def set_guest_status(self, vmid: int, status: str) -> None:
-        outofband.set_guest_status(self, vmid, status)
+        """``running``, ``stopped``, ``paused`` or ``prelaunch`` (QEMU run states of a running
+        VM) or ``hibernated`` (QEMU, lock suspended)."""
+        guest = self._guest(vmid)
+        if status not in GUEST_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(GUEST_STATUSES)}")
+        if status == "stopped":
+            guest.set_stopped()
+        elif status == "hibernated":
+            guest.set_stopped()
+            guest.config["lock"] = "suspended"
+        else:
+            if not guest.running:
+                guest.set_running(self.new_pid(guest.node))
+            guest.qmpstatus = status if status in ("paused", "prelaunch") else "running"
 
     def create_guest(
         self,
@@ -360,27 +428,66 @@ class Simulator:
         status: str = "stopped",
         config: Mapping[str, Any] | None = None,
     ) -> Guest:
-        return outofband.create_guest(self, vmid, kind, node, status, config)
+        """Make a guest appear (default config like the seeded ones, overridden by ``config``)."""
+        if vmid in self.guests:
+            raise ValueError(f"guest {vmid} already exists")
+        if kind not in ("qemu", "lxc"):
+            raise ValueError("kind must be qemu or lxc")
+        where = node or next(iter(self.nodes))
+        if where not in self.nodes:
+            raise ValueError(f"no node {where}")
+        name = f"guest-{vmid}"
+        base = (
+            qemu_config(vmid, name, self.rng, ctime=int(time.time()))
+            if kind == "qemu"
+            else lxc_config(vmid, name, self.rng)
+        )
+        for key, value in (config or {}).items():
+            base[key] = coerce_value(kind, key, value)
+        guest = Guest(vmid=vmid, kind=kind, node=where, config=base)
+        self.guests[vmid] = guest
+        self.set_guest_status(vmid, status)
+        return guest
 
     def update_config(
         self, vmid: int, values: Mapping[str, Any] | None = None, delete: Iterable[str] = ()
     ) -> None:
-        outofband.update_config(self, vmid, values, delete)
+        """Change config keys directly (the digest changes; nothing goes to pending)."""
+        guest = self._guest(vmid)
+        for key, value in (values or {}).items():
+            guest.config[key] = coerce_value(guest.kind, key, value)
+        for key in delete:
+            guest.config.pop(key, None)
 
     def move_guest(self, vmid: int, node: str) -> None:
-        outofband.move_guest(self, vmid, node)
+        if node not in self.nodes:
+            raise ValueError(f"no node {node}")
+        self._guest(vmid).node = node
 
     def set_ha(self, vmid: int, state: str | None) -> None:
-        outofband.set_ha(self, vmid, state)
+        """Make the guest HA-managed with a request state, or unmanaged (None). No LRM action."""
+        guest = self._guest(vmid)
+        if state is None:
+            guest.ha = None
+        elif guest.ha is None:
+            guest.ha = HaResource(state=state)
+        else:
+            guest.ha.state = state
 
     def set_acpi(self, vmid: int, responds: bool) -> None:
-        outofband.set_acpi(self, vmid, responds)
+        """False: the guest ignores ACPI shutdown requests (shutdown tasks time out)."""
+        self._guest(vmid).acpi = responds
 
     def rotate_tasks(self, node: str | None = None, keep: int = 0) -> int:
-        return outofband.rotate_tasks(self, node, keep)
-
-    def kill_task(self, upid: str) -> bool:
-        return outofband.kill_task(self, upid)
+        """Archive finished tasks, then rotate the archive down to ``keep`` (→ ``no such
+        task``)."""
+        dropped = 0
+        for book in self.books.values():
+            if node is None or book.node == node:
+                book.archive_finished(self.cfg.archive_max)
+                dropped += book.rotate(keep)
+        self.refresh_cluster_tasks()
+        return dropped
 
     def add_history(
         self,
@@ -391,16 +498,46 @@ class Simulator:
         task_id: int | str = "",
         user: str | None = None,
     ) -> list[str]:
-        """``count`` finished tasks in ``node``'s archive (a busy node; see outofband)."""
-        return outofband.add_history(
-            self, node, count, worker_type=worker_type, task_id=task_id, user=user
-        )
+        """``count`` finished tasks (``TASK OK``), newest last, straight into the node's
+        archive: a busy node's history (its task list then pages, reference §13.9). ``user``
+        defaults to the API token's user. Rotation beyond ``archive_max`` applies as usual."""
+        book = self.books[node]
+        book.archive_finished(self.cfg.archive_max)
+        host = self.nodes[node]
+        who = user if user is not None else self.cfg.api_token.full_user
+        upids: list[str] = []
+        for _ in range(count):
+            now = int(time.time())
+            task = Task(
+                upid=Upid(
+                    node=node,
+                    pid=host.new_pid(self.rng),
+                    pstart=host.pstart_now(),
+                    starttime=now,
+                    type=worker_type,
+                    id=str(task_id),
+                    user=who,
+                ),
+                seq=self.next_task_seq(),
+                lines=["TASK OK"],
+                running=False,
+                endtime=now,
+                archived=True,
+            )
+            book.by_upid[task.text] = task
+            book.archive.append(task)
+            upids.append(task.text)
+        book.rotate(self.cfg.archive_max)
+        self.refresh_cluster_tasks()
+        return upids
 
-    def state(self) -> dict[str, Any]:
-        """Everything the simulator holds, as ``GET /_sim/state`` returns it."""
-        from lifecycled.sim.views import state
-
-        return state(self)
+    def kill_task(self, upid: str) -> bool:
+        """Kill a running worker without a final log line (→ ``unexpected status``)."""
+        task = self.find_task(upid)
+        if task is None or not task.running or task.handle is None:
+            return False
+        task.handle.cancel()
+        return True
 
     # --- node state ------------------------------------------------------------------------
 

@@ -195,10 +195,6 @@ class Authenticator:
             )
         return Identity(actor=token.actor, role=token.role)
 
-    def actor_for(self, authorization: str | None, remote: str | None) -> str:
-        """The actor of a ``/v1/*`` request (see :meth:`identify`)."""
-        return self.identify(authorization, remote).actor
-
 
 class AuthGate:
     """Holds the app's :class:`Authenticator`, which is loaded when the app starts.

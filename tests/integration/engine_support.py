@@ -1,14 +1,23 @@
-"""Helpers for engine tests: a running Runtime against an in-process simulator."""
+"""Helpers for engine tests: a running Runtime against an in-process simulator.
+
+The set-up every engine test shares lives here, once: the settings (:func:`fast_settings`,
+:func:`seeded`), the Proxmox client (:func:`client_for`), the runtime harness (:func:`running`
+for the usual case, :func:`started` to bring your own settings and client), ops written
+straight into the journal past every check of the HTTP door (:func:`journal_op`) or as a
+SIGKILL leaves them (:func:`crash_journal`), and the simulator reads tests assert on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from lifecycled.config import Settings
 from lifecycled.domain.actions import fingerprint_of
@@ -19,10 +28,10 @@ from lifecycled.domain.guests import (
     guest_name,
     observed_from,
 )
-from lifecycled.domain.op import GuestKind, Op
+from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import Submission
-from lifecycled.journal import Journal
+from lifecycled.journal import Journal, SubmitRequest
 from lifecycled.journal.guest_rows import insert_guest
 from lifecycled.pve.auth import TokenAuth
 from lifecycled.pve.http import HttpPveClient
@@ -46,9 +55,15 @@ def guest_writes(method: str, path: str, params: dict[str, Any]) -> bool:
     return method in WRITES and not is_record_write(method, path, params)
 
 
-def client_for(server: SimServer) -> HttpPveClient:
+def token_auth(server: SimServer) -> TokenAuth:
+    """The simulator's API token as lifecycled presents it."""
     user, _, secret = server.sim.cfg.token.partition("=")
-    return HttpPveClient(server.url, auth=TokenAuth(user=user, secret=secret))
+    return TokenAuth(user=user, secret=secret)
+
+
+def client_for(server: SimServer) -> HttpPveClient:
+    """lifecycled's Proxmox client, logged in with the simulator's API token."""
+    return HttpPveClient(server.url, auth=token_auth(server))
 
 
 def fast_settings(tmp_path: Path, server: SimServer, **overrides: Any) -> Settings:
@@ -115,6 +130,36 @@ async def manage(runtime: Runtime, guest: Guest, origin: str = "native") -> Gues
     return result.guest
 
 
+async def seeded(
+    server: SimServer, tmp_path: Path, *, guests: Iterable[Guest] | None = None, **overrides: Any
+) -> Settings:
+    """:func:`fast_settings` on a journal where ``guests`` (default: every simulator guest)
+    are already managed: the set-up of a test that writes the journal before the daemon starts."""
+    settings = fast_settings(tmp_path, server, **overrides)
+    await seed_guests(settings.db, server.sim.guests.values() if guests is None else guests)
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def started(
+    settings: Settings, pve: HttpPveClient
+) -> AsyncIterator[tuple[Runtime, asyncio.Task[None]]]:
+    """A Runtime built from ``settings`` and running (Recover done, dispatchers and tracker
+    running) until the block ends; with the task that runs it, so a test can check that the
+    daemon is still up. The runtime closes ``pve``."""
+    runtime = await Runtime.build(settings, pve=pve)
+    task = asyncio.create_task(runtime.run(), name="runtime")
+    try:
+        await asyncio.wait_for(runtime.ready.wait(), 10)
+        yield runtime, task
+    finally:
+        runtime.request_stop()
+        try:
+            await asyncio.wait_for(task, 15)
+        finally:
+            await runtime.close()
+
+
 @contextlib.asynccontextmanager
 async def running(
     server: SimServer, tmp_path: Path, *, manage_guests: bool = True, **overrides: Any
@@ -127,17 +172,65 @@ async def running(
     settings = fast_settings(tmp_path, server, **overrides)
     if manage_guests:
         await seed_guests(settings.db, server.sim.guests.values())
-    runtime = await Runtime.build(settings, pve=client_for(server))
-    task = asyncio.create_task(runtime.run(), name="runtime")
-    try:
-        await asyncio.wait_for(runtime.ready.wait(), 10)
+    async with started(settings, client_for(server)) as (runtime, _task):
         yield runtime
-    finally:
-        runtime.request_stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        finally:
-            await runtime.close()
+
+
+async def journal_op(
+    journal: Journal,
+    guest: Guest,
+    action: str,
+    key: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    now: float | None = None,
+    node: str | None = None,
+    vmid: int | None = None,
+) -> Op:
+    """An op for ``action`` on ``guest`` written with the journal's own verb, bypassing every
+    check of the HTTP door (as a less careful door, or an older version, could have journaled
+    it). ``node``, ``vmid``: another target of that kind, e.g. a clone's new vmid or a node no
+    request can carry."""
+    request = SubmitRequest(
+        idempotency_key=key,
+        action=action,
+        guest=GuestRef(
+            node=guest.node if node is None else node,
+            kind=GuestKind(guest.kind),
+            vmid=guest.vmid if vmid is None else vmid,
+        ),
+        params=dict(params or {}),
+        origin=Origin.API,
+        actor="test",
+    )
+    result = await journal.submit(request, now=time.time() if now is None else now)
+    return result.op
+
+
+@attrs.frozen(kw_only=True)
+class Crashed:
+    """One op as a SIGKILL left it: claimed (``dispatching``), maybe with a UPID."""
+
+    guest: Guest
+    action: str
+    upid: str | None = None
+
+
+async def crash_journal(db: Path, ops: Iterable[Crashed], *, claimed_at: float) -> dict[int, int]:
+    """Journal ``ops`` claimed at ``claimed_at`` (and ``running`` when a UPID is given),
+    as a daemon killed at that point leaves them; returns op id by vmid."""
+    ids: dict[int, int] = {}
+    async with await Journal.open(db) as journal:
+        for n, item in enumerate(ops):
+            op = await journal_op(
+                journal, item.guest, item.action, f"crashed-{n}", now=claimed_at - 1
+            )
+            claimed = await journal.claim_next(now=claimed_at)
+            assert claimed is not None and claimed.id == op.id
+            if item.upid is not None:
+                await journal.record_upid(op.id, item.upid, now=claimed_at + 0.5)
+            ids[item.guest.vmid] = op.id
+    return ids
 
 
 async def submit(

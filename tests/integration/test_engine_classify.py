@@ -9,20 +9,19 @@ from pathlib import Path
 
 import pytest
 from engine_support import (
+    Crashed,
     client_for,
-    fast_settings,
+    crash_journal,
     pick,
     running,
-    seed_guests,
+    seeded,
+    started,
     submit,
     wait_terminal,
     writes_to,
 )
 
-from lifecycled.domain.op import GuestKind, GuestRef, Origin
 from lifecycled.domain.states import OpState
-from lifecycled.engine.runtime import Runtime
-from lifecycled.journal import Journal, SubmitRequest
 from lifecycled.sim import SimServer
 from lifecycled.sim.rawclient import RawClient
 from lifecycled.sim.tasks import Task
@@ -166,40 +165,17 @@ async def test_recover_leaves_a_task_with_an_unreadable_log_in_flight(
         answer = await api.post(f"/nodes/{guest.node}/qemu/{guest.vmid}/status/start")
     upid = str(answer.data)
     await sim.sim.settle()
-    settings = fast_settings(tmp_path, sim)
-    await seed_guests(settings.db, [guest])
-    now = time.time()
-    async with await Journal.open(settings.db) as journal:
-        op = (
-            await journal.submit(
-                SubmitRequest(
-                    idempotency_key="recover-unreadable",
-                    action="start",
-                    guest=GuestRef(node=guest.node, kind=GuestKind.QEMU, vmid=guest.vmid),
-                    params={},
-                    origin=Origin.API,
-                ),
-                now=now - 10,
-            )
-        ).op
-        assert await journal.claim_next(now=now - 10) is not None
-        await journal.record_upid(op.id, upid, now=now - 9)
-    runtime = await Runtime.build(settings, pve=client_for(sim))
-    task = asyncio.create_task(runtime.run(), name="runtime")
-    try:
-        await asyncio.wait_for(runtime.ready.wait(), 10)
+    settings = await seeded(sim, tmp_path, guests=[guest])
+    ids = await crash_journal(
+        settings.db, [Crashed(guest=guest, action="start", upid=upid)], claimed_at=time.time() - 10
+    )
+    async with started(settings, client_for(sim)) as (runtime, _task):
         await asyncio.sleep(0.6)  # tracker polls of the stopped task
-        meanwhile = await runtime.journal.get(op.id)
+        meanwhile = await runtime.journal.get(ids[guest.vmid])
         found = sim.sim.find_task(upid)
         assert found is not None
         found.lines[-1] = "TASK OK"
-        done = await wait_terminal(runtime, op.id)
-    finally:
-        runtime.request_stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        finally:
-            await runtime.close()
+        done = await wait_terminal(runtime, ids[guest.vmid])
     assert meanwhile.state is OpState.RUNNING
     assert done.state is OpState.SUCCEEDED, done.error
     assert done.upid == upid

@@ -14,43 +14,23 @@ from typing import Any
 import pytest
 from engine_support import (
     client_for,
-    fast_settings,
+    journal_op,
     pick,
     running,
-    seed_guests,
+    seeded,
+    started,
     submit,
+    token_auth,
     wait_terminal,
     writes_to,
 )
 
 from lifecycled.domain.classify import ErrorClass
-from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.domain.states import OpState
-from lifecycled.engine.runtime import Runtime
-from lifecycled.journal import Journal, SubmitRequest
-from lifecycled.pve.auth import TokenAuth
+from lifecycled.journal import Journal
 from lifecycled.pve.http import HttpPveClient
 from lifecycled.sim import SimServer
 from lifecycled.sim.model import Guest
-
-
-def _request(guest: Guest, action: str, key: str, params: dict[str, Any]) -> SubmitRequest:
-    return SubmitRequest(
-        idempotency_key=key,
-        action=action,
-        guest=GuestRef(node=guest.node, kind=GuestKind(guest.kind), vmid=guest.vmid),
-        params=params,
-        origin=Origin.API,
-        actor="test",
-    )
-
-
-async def _journal_op(
-    journal: Journal, guest: Guest, action: str, key: str, params: dict[str, Any]
-) -> Op:
-    """An op written with the journal's own verb, bypassing every check of the HTTP door."""
-    result = await journal.submit(_request(guest, action, key, params), now=time.time())
-    return result.op
 
 
 @pytest.mark.parametrize(
@@ -66,7 +46,7 @@ async def test_unencodable_op_fails_internal_and_others_proceed(
     bad_guest = pick(sim, "qemu", False, avoid=taken)
     good_guest = pick(sim, "qemu", False, avoid=taken)
     async with running(sim, tmp_path) as rt:
-        bad = await _journal_op(rt.journal, bad_guest, "configure", "bad", bad_params)
+        bad = await journal_op(rt.journal, bad_guest, "configure", "bad", bad_params)
         good = await submit(rt, "start", good_guest, key="good")
         bad_done = await wait_terminal(rt, bad.id)
         good_done = await wait_terminal(rt, good.id)
@@ -93,28 +73,18 @@ async def test_bad_ops_journaled_before_start_do_not_crash_loop(
     sim: SimServer, tmp_path: Path
 ) -> None:
     """Bad ops journaled before start fail alone on every restart: no crash loop."""
-    settings = fast_settings(tmp_path, sim)
-    await seed_guests(settings.db, sim.sim.guests.values())
+    settings = await seeded(sim, tmp_path)
     taken: set[int] = set()
     guests = [pick(sim, "qemu", False, avoid=taken) for _ in range(3)]
     async with await Journal.open(settings.db) as journal:
-        bad1 = await _journal_op(journal, guests[0], "configure", "b1", {"cores\n": 2})
-        bad2 = await _journal_op(journal, guests[1], "configure", "b2", {"name": "x\ud800"})
-        good = await _journal_op(journal, guests[2], "start", "g", {})
+        bad1 = await journal_op(journal, guests[0], "configure", "b1", {"cores\n": 2})
+        bad2 = await journal_op(journal, guests[1], "configure", "b2", {"name": "x\ud800"})
+        good = await journal_op(journal, guests[2], "start", "g", {})
     for _restart in range(2):
-        runtime = await Runtime.build(settings, pve=client_for(sim))
-        task = asyncio.create_task(runtime.run(), name="runtime")
-        try:
-            await asyncio.wait_for(runtime.ready.wait(), 10)
+        async with started(settings, client_for(sim)) as (runtime, task):
             ops = [await wait_terminal(runtime, op.id) for op in (bad1, bad2, good)]
             await asyncio.sleep(0.3)  # a dead worker would have ended the runtime by now
             assert not task.done()
-        finally:
-            runtime.request_stop()
-            try:
-                await asyncio.wait_for(task, 15)
-            finally:
-                await runtime.close()
         assert [op.state for op in ops] == [OpState.FAILED, OpState.FAILED, OpState.SUCCEEDED]
         assert all(op.error and op.error.error_class is ErrorClass.INTERNAL for op in ops[:2])
 
@@ -154,30 +124,19 @@ async def test_tracker_survives_a_concurrent_writer(sim_factory: Any, tmp_path: 
 
 async def test_recover_survives_a_bad_in_flight_op(sim: SimServer, tmp_path: Path) -> None:
     """A bad in-flight op is left in flight, noted; Recover resolves the rest."""
-    settings = fast_settings(tmp_path, sim)
-    await seed_guests(settings.db, sim.sim.guests.values())
+    settings = await seeded(sim, tmp_path)
     taken: set[int] = set()
     source = pick(sim, "qemu", False, avoid=taken)
     good_guest = pick(sim, "qemu", True, avoid=taken)
     new_vmid = max(sim.sim.guests) + 1
     async with await Journal.open(settings.db) as journal:
         # A clone whose source_vmid is not a number, claimed before a crash (no UPID).
-        clone = SubmitRequest(
-            idempotency_key="bad-clone",
-            action="clone",
-            guest=GuestRef(node=source.node, kind=GuestKind.QEMU, vmid=new_vmid),
-            params={"source_vmid": "not-a-vmid"},
-            origin=Origin.API,
-            actor="test",
-        )
-        bad = (await journal.submit(clone, now=time.time())).op
-        good = await _journal_op(journal, good_guest, "start", "good", {})
+        clone = {"source_vmid": "not-a-vmid"}
+        bad = await journal_op(journal, source, "clone", "bad-clone", clone, vmid=new_vmid)
+        good = await journal_op(journal, good_guest, "start", "good", {})
         for _ in range(2):
             assert await journal.claim_next(now=time.time()) is not None
-    runtime = await Runtime.build(settings, pve=client_for(sim))
-    task = asyncio.create_task(runtime.run(), name="runtime")
-    try:
-        await asyncio.wait_for(runtime.ready.wait(), 10)
+    async with started(settings, client_for(sim)) as (runtime, task):
         report = runtime.recoverer.last_report
         bad_after = await runtime.journal.get(bad.id)
         good_after = await runtime.journal.get(good.id)
@@ -185,12 +144,6 @@ async def test_recover_survives_a_bad_in_flight_op(sim: SimServer, tmp_path: Pat
         later = await submit(runtime, "stop", good_guest, key="later")
         later_done = await wait_terminal(runtime, later.id)
         assert not task.done()
-    finally:
-        runtime.request_stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        finally:
-            await runtime.close()
     assert report is not None and report.counts["examined"] == 2
     assert report.counts["unresolved"] == 1
     assert bad_after.state is OpState.DISPATCHING  # its POST may have been sent: not ended
@@ -203,30 +156,19 @@ async def test_an_op_whose_earlier_post_is_unanswered_is_never_ended_blindly(
     sim: SimServer, tmp_path: Path
 ) -> None:
     """An op whose earlier POST went unanswered is left in flight, never failed."""
-    settings = fast_settings(tmp_path, sim)
-    await seed_guests(settings.db, sim.sim.guests.values())
+    settings = await seeded(sim, tmp_path)
     taken: set[int] = set()
     source = pick(sim, "qemu", False, avoid=taken)
     good_guest = pick(sim, "qemu", False, avoid=taken)
     new_vmid = max(sim.sim.guests) + 1
     async with await Journal.open(settings.db) as journal:
-        clone = SubmitRequest(
-            idempotency_key="ambiguous-clone",
-            action="clone",
-            guest=GuestRef(node=source.node, kind=GuestKind.QEMU, vmid=new_vmid),
-            params={"source_vmid": "not-a-vmid"},
-            origin=Origin.API,
-            actor="test",
-        )
-        bad = (await journal.submit(clone, now=time.time())).op
+        clone = {"source_vmid": "not-a-vmid"}
+        bad = await journal_op(journal, source, "clone", "ambiguous-clone", clone, vmid=new_vmid)
         assert await journal.claim_next(now=time.time()) is not None
         await journal.requeue(
             bad.id, now=time.time(), next_attempt_at=time.time(), reason="no answer", ambiguous=True
         )
-    runtime = await Runtime.build(settings, pve=client_for(sim))
-    task = asyncio.create_task(runtime.run(), name="runtime")
-    try:
-        await asyncio.wait_for(runtime.ready.wait(), 10)
+    async with started(settings, client_for(sim)) as (runtime, task):
         async with asyncio.timeout(10):
             while not any(
                 "left in flight" in h.reason for h in await runtime.journal.history(bad.id)
@@ -236,12 +178,6 @@ async def test_an_op_whose_earlier_post_is_unanswered_is_never_ended_blindly(
         good = await submit(runtime, "start", good_guest, key="good")
         good_done = await wait_terminal(runtime, good.id)
         assert not task.done()
-    finally:
-        runtime.request_stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        finally:
-            await runtime.close()
     assert after.state is OpState.DISPATCHING
     assert good_done.state is OpState.SUCCEEDED, good_done.error
     assert not writes_to(sim, source.vmid, "/clone")
@@ -266,24 +202,13 @@ async def test_an_exception_after_the_post_goes_to_the_task_search_never_a_secon
 ) -> None:
     """An exception after the POST adopts the task found: one POST, success."""
     guest = pick(sim, "qemu", True)
-    settings = fast_settings(tmp_path, sim)
-    await seed_guests(settings.db, sim.sim.guests.values())
-    user, _, secret = sim.sim.cfg.token.partition("=")
-    pve = _FailsAfterSending(sim.url, auth=TokenAuth(user=user, secret=secret))
-    runtime = await Runtime.build(settings, pve=pve)
-    task = asyncio.create_task(runtime.run(), name="runtime")
-    try:
-        await asyncio.wait_for(runtime.ready.wait(), 10)
+    settings = await seeded(sim, tmp_path)
+    pve = _FailsAfterSending(sim.url, auth=token_auth(sim))
+    async with started(settings, pve) as (runtime, task):
         op = await submit(runtime, "reboot", guest, key="reboot-once")
         done = await wait_terminal(runtime, op.id)
         history = [h.reason for h in await runtime.journal.history(op.id)]
         assert not task.done()
-    finally:
-        runtime.request_stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        finally:
-            await runtime.close()
     assert pve.failed
     assert done.state is OpState.SUCCEEDED, (done.error, history)
     assert any("adopted" in r for r in history), history
@@ -319,40 +244,23 @@ async def test_recover_with_prefetch_survives_an_op_on_an_unsendable_node(
     sim: SimServer, tmp_path: Path
 ) -> None:
     """Recover's prefetch skips a node no request can carry (``pve1\\n``)."""
-    settings = fast_settings(tmp_path, sim)
-    await seed_guests(settings.db, sim.sim.guests.values())
+    settings = await seeded(sim, tmp_path)
     taken: set[int] = set()
     goods = [pick(sim, "qemu", True, avoid=taken) for _ in range(2)]
     goods += [pick(sim, "lxc", True, avoid=taken) for _ in range(3)]
     bad_guest = pick(sim, "qemu", False, avoid=taken)
     async with await Journal.open(settings.db) as journal:
         for i, guest in enumerate(goods):
-            await _journal_op(journal, guest, "start", f"good-{i}", {})
-        bad = SubmitRequest(
-            idempotency_key="bad-node",
-            action="start",
-            guest=GuestRef(node=f"{bad_guest.node}\n", kind=GuestKind.QEMU, vmid=bad_guest.vmid),
-            params={},
-            origin=Origin.API,
-            actor="test",
-        )
-        bad_op = (await journal.submit(bad, now=time.time())).op
+            await journal_op(journal, guest, "start", f"good-{i}", {})
+        bad_node = f"{bad_guest.node}\n"
+        bad_op = await journal_op(journal, bad_guest, "start", "bad-node", node=bad_node)
         while await journal.claim_next(now=time.time()) is not None:
             pass
-    runtime = await Runtime.build(settings, pve=client_for(sim))
-    task = asyncio.create_task(runtime.run(), name="runtime")
-    try:
-        await asyncio.wait_for(runtime.ready.wait(), 10)
+    async with started(settings, client_for(sim)) as (runtime, task):
         report = runtime.recoverer.last_report
         bad_after = await runtime.journal.get(bad_op.id)
         states = [(await runtime.journal.get(i)).state for i in range(1, len(goods) + 1)]
         assert not task.done()
-    finally:
-        runtime.request_stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        finally:
-            await runtime.close()
     assert report is not None and report.counts["examined"] == len(goods) + 1
     assert states == [OpState.SUCCEEDED] * len(goods)
     assert bad_after.state is OpState.DISPATCHING

@@ -14,66 +14,31 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 from engine_support import (
+    Crashed,
     client_for,
-    fast_settings,
+    crash_journal,
+    journal_op,
     pick,
     running,
-    seed_guests,
+    seeded,
     submit,
     wait_terminal,
     writes_to,
 )
 
 from lifecycled.domain.actions import Action
-from lifecycled.domain.op import GuestKind, GuestRef, Origin
+from lifecycled.domain.op import GuestKind
 from lifecycled.domain.states import OpState
 from lifecycled.domain.upid import Upid
-from lifecycled.journal import Journal, SubmitRequest
+from lifecycled.journal import Journal
 from lifecycled.pve.auth import TicketAuth
 from lifecycled.pve.http import HttpPveClient
 from lifecycled.sim import SimServer
 from lifecycled.sim.model import Guest
 
 PASSWORD = "another-admin"
-
-
-@attrs.frozen(kw_only=True)
-class Crashed:
-    """One op as a SIGKILL left it: claimed (``dispatching``), maybe with a UPID."""
-
-    guest: Guest
-    action: str
-    upid: str | None = None
-
-
-async def crash_journal(db: Path, ops: Iterable[Crashed], *, claimed_at: float) -> dict[int, int]:
-    """Journal ``ops`` claimed at ``claimed_at`` (and ``running`` when a UPID is given),
-    as a daemon killed at that point leaves them; returns op id by vmid."""
-    ids: dict[int, int] = {}
-    async with await Journal.open(db) as journal:
-        for n, item in enumerate(ops):
-            g = item.guest
-            op = (
-                await journal.submit(
-                    SubmitRequest(
-                        idempotency_key=f"crashed-{n}",
-                        action=item.action,
-                        guest=GuestRef(node=g.node, kind=GuestKind(g.kind), vmid=g.vmid),
-                        params={},
-                        origin=Origin.API,
-                    ),
-                    now=claimed_at - 1,
-                )
-            ).op
-            claimed = await journal.claim_next(now=claimed_at)
-            assert claimed is not None and claimed.id == op.id
-            if item.upid is not None:
-                await journal.record_upid(op.id, item.upid, now=claimed_at + 0.5)
-            ids[g.vmid] = op.id
-    return ids
 
 
 async def post_task(server: SimServer, guest: Guest, action: str, **fault: object) -> str:
@@ -161,8 +126,7 @@ async def test_recover_adopts_the_task_of_an_op_without_upid(
     node's task list, journals it as the op's UPID and follows it to success (one op, so
     Recover searches per op)."""
     guest = pick(sim, "qemu", True)
-    settings = fast_settings(tmp_path, sim)
-    await seed_guests(settings.db, sim.sim.guests.values())
+    settings = await seeded(sim, tmp_path)
     claimed_at = time.time() - 1
     ids = await crash_journal(
         settings.db, [Crashed(guest=guest, action="reboot")], claimed_at=claimed_at
@@ -184,8 +148,7 @@ async def test_recover_with_prefetch_adopts_tasks_of_ops_without_upid(
     each of six ops adopts exactly its own task (reboots and stops, qemu and lxc)."""
     guests = plain_guests(sim, 6, running_now=True)
     crashed = [Crashed(guest=g, action="reboot" if i % 2 else "stop") for i, g in enumerate(guests)]
-    settings = fast_settings(tmp_path, sim, node_cap=8)
-    await seed_guests(settings.db, sim.sim.guests.values())
+    settings = await seeded(sim, tmp_path, node_cap=8)
     ids = await crash_journal(settings.db, crashed, claimed_at=time.time() - 1)
     upids = {c.guest.vmid: await post_task(sim, c.guest, c.action) for c in crashed}
     await sim.sim.settle()
@@ -276,8 +239,7 @@ async def test_recover_never_adopts_another_users_task(sim_factory: Any, tmp_pat
     server = await sim_factory(password=PASSWORD)
     reboot = pick(server, "qemu", True)
     start = pick(server, "qemu", False)
-    settings = fast_settings(tmp_path, server)
-    await seed_guests(settings.db, server.sim.guests.values())
+    settings = await seeded(server, tmp_path)
     ids = await crash_journal(
         settings.db,
         [Crashed(guest=reboot, action="reboot"), Crashed(guest=start, action="start")],
@@ -309,8 +271,7 @@ async def test_recover_never_adopts_the_ops_own_earlier_task(
     POST. Recover's search sees attempt 1's task (ours, same guest, within the clock-skew
     window) but must not adopt it: no new task, target not held → failed, never sent."""
     guest = pick(sim, "qemu", False)
-    settings = fast_settings(tmp_path, sim)
-    await seed_guests(settings.db, sim.sim.guests.values())
+    settings = await seeded(sim, tmp_path)
     now = time.time()
     first = await post_task(
         sim,
@@ -321,18 +282,7 @@ async def test_recover_never_adopts_the_ops_own_earlier_task(
     )
     await sim.sim.settle()
     async with await Journal.open(settings.db) as journal:
-        op = (
-            await journal.submit(
-                SubmitRequest(
-                    idempotency_key="own-earlier",
-                    action="start",
-                    guest=GuestRef(node=guest.node, kind=GuestKind.QEMU, vmid=guest.vmid),
-                    params={},
-                    origin=Origin.API,
-                ),
-                now=now - 3,
-            )
-        ).op
+        op = await journal_op(journal, guest, "start", "own-earlier", now=now - 3)
         assert (await journal.claim_next(now=now - 2)) is not None
         await journal.record_upid(op.id, first, now=now - 2)
         await journal.requeue(
@@ -364,8 +314,7 @@ async def test_recover_keeps_tracking_still_running_tasks(
     (stale_after 120 s)."""
     server = await sim_factory(guests=40)
     guests = plain_guests(server, count, running_now=False)
-    settings = fast_settings(tmp_path, server, node_cap=8)
-    await seed_guests(settings.db, server.sim.guests.values())
+    settings = await seeded(server, tmp_path, node_cap=8)
     claimed_at = time.time() - 1
     upids = {g.vmid: await post_task(server, g, "start", task_seconds=1.5) for g in guests}
     ids = await crash_journal(
@@ -425,8 +374,7 @@ async def test_recover_fails_a_one_shot_whose_task_log_is_gone(
     """After a crash, a reboot whose task log was rotated away has an unknown outcome:
     Recover fails it and sends nothing."""
     guest = pick(sim, "qemu", True)
-    settings = fast_settings(tmp_path, sim)
-    await seed_guests(settings.db, sim.sim.guests.values())
+    settings = await seeded(sim, tmp_path)
     claimed_at = time.time() - 1
     upid = await post_task(sim, guest, "reboot")
     ids = await crash_journal(
@@ -507,8 +455,7 @@ async def test_recover_retries_a_convergent_op_whose_task_log_is_gone_and_target
     """After a crash, a start whose task log was rotated away and whose guest is still stopped
     is requeued (target not held) and started by a new attempt: two start POSTs in all."""
     guest = pick(sim, "qemu", False)
-    settings = fast_settings(tmp_path, sim)
-    await seed_guests(settings.db, sim.sim.guests.values())
+    settings = await seeded(sim, tmp_path)
     claimed_at = time.time() - 1
     upid = await post_task(sim, guest, "start", exitstatus="command failed", effect=False)
     ids = await crash_journal(
@@ -575,8 +522,7 @@ async def test_recover_adopts_the_ha_task_of_an_ha_managed_guest(
     """An HA-managed guest's stop is an `hastop` request task: Recover's search for an op
     that crashed before its UPID was journaled recognises and adopts that task too."""
     guest = next(g for g in sim.sim.guests.values() if g.ha is not None and g.running)
-    settings = fast_settings(tmp_path, sim)
-    await seed_guests(settings.db, sim.sim.guests.values())
+    settings = await seeded(sim, tmp_path)
     claimed_at = time.time() - 1
     ids = await crash_journal(
         settings.db, [Crashed(guest=guest, action="stop")], claimed_at=claimed_at

@@ -3,49 +3,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from engine_support import (
-    fast_settings,
-    pick,
-    running,
-    seed_guests,
-    submit,
-    wait_terminal,
-    writes_to,
-)
+from engine_support import pick, running, seeded, started, submit, wait_terminal, writes_to
 
 from lifecycled.domain.states import OpState
-from lifecycled.engine.runtime import Runtime
 from lifecycled.pve.auth import TicketAuth
 from lifecycled.pve.http import HttpPveClient
 from lifecycled.sim import SimServer
 
 SimFactory = Callable[..., Awaitable[SimServer]]
-
-
-@contextlib.asynccontextmanager
-async def running_with(
-    server: SimServer, tmp_path: Path, pve: HttpPveClient
-) -> AsyncIterator[Runtime]:
-    """A Runtime like ``engine_support.running``, with the given Proxmox client."""
-    settings = fast_settings(tmp_path, server)
-    await seed_guests(settings.db, server.sim.guests.values())
-    runtime = await Runtime.build(settings, pve=pve)
-    task = asyncio.create_task(runtime.run(), name="runtime")
-    try:
-        await asyncio.wait_for(runtime.ready.wait(), 10)
-        yield runtime
-    finally:
-        runtime.request_stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        finally:
-            await runtime.close()
-
 
 AD_USER = "john@corp.com@ad"
 PASSWORD = "pw-for-john"
@@ -76,7 +44,7 @@ async def test_ticket_user_is_the_canonical_name_from_access_ticket(
     client = HttpPveClient(
         server.url, auth=TicketAuth(username="JOHN@Corp.com@ad", password=PASSWORD)
     )
-    async with running_with(server, tmp_path, client) as rt:
+    async with started(await seeded(server, tmp_path), client) as (rt, _task):
         op = await submit(rt, "reboot", guest, key="canonical")
         done = await wait_terminal(rt, op.id)
     assert client.user == AD_USER

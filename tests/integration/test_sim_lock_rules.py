@@ -171,7 +171,7 @@ async def test_lxc_resize_checks_before_the_fork(sim: SimServer, sim_api: RawCli
     ct.config["lock"] = "backup"
     locked = await sim_api.put(path, {"disk": "rootfs", "size": "9G"})
     assert (locked.status, locked.reason) == (500, "CT is locked (backup)")
-    assert not [t for t in sim.sim.running_tasks() if t.upid.type == "resize"]
+    assert not [t for t in sim.sim.books[ct.node].running() if t.upid.type == "resize"]
     del ct.config["lock"]
     grown = await sim_api.put(path, {"disk": "rootfs", "size": "+1G"})
     assert await _exit(sim_api, grown) == "OK"

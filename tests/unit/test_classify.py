@@ -15,7 +15,6 @@ from lifecycled.domain.classify import (
     classify_text,
     is_success_exitstatus,
     is_unknown_exitstatus,
-    warnings_count,
 )
 
 T = ErrorClass.TRANSIENT
@@ -500,21 +499,6 @@ def test_classify_exitstatus(case: Exit) -> None:
 def test_is_success_exitstatus(exitstatus: str, success: bool) -> None:
     """Only exactly ``OK`` or ``WARNINGS: n`` is success (§4.1, §10 "WARNINGS read as failure")."""
     assert is_success_exitstatus(exitstatus) is success
-
-
-@pytest.mark.parametrize(
-    ("exitstatus", "count"),
-    [
-        pytest.param("WARNINGS: 3", 3, id="three"),
-        pytest.param("WARNINGS: 12", 12, id="twelve"),
-        pytest.param("OK", 0, id="ok"),
-        pytest.param("WARNINGS:", 0, id="no-number"),
-        pytest.param("VM is locked (backup)", 0, id="error"),
-    ],
-)
-def test_warnings_count(exitstatus: str, count: int) -> None:
-    """The warnings kept from ``WARNINGS: n`` are its ``n``; anything else has none."""
-    assert warnings_count(exitstatus) == count
 
 
 @pytest.mark.parametrize(

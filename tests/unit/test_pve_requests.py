@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from lifecycled.domain.actions import Action, ActionSpec, all_specs
+from lifecycled.domain.actions import Action, ActionSpec, BadParam, all_specs
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind
 from lifecycled.errors import PveError
@@ -106,10 +106,15 @@ def test_submission_booleans_are_normalised_or_refused() -> None:
         "with_local_disks": False,
         "target": "pve2",
     }
-    assert wire.boolean_problems(Action.MIGRATE, None, {"restart": "yes"}) == {
-        "restart": "expected a boolean (true, false, 1 or 0), got 'yes'"
+    with pytest.raises(BadParam) as refused:
+        wire.normalized_params(Action.MIGRATE, GuestKind.LXC, {"restart": "yes"})
+    assert (refused.value.name, refused.value.text) == (
+        "restart",
+        "expected a boolean (true, false, 1 or 0), got 'yes'",
+    )
+    assert wire.normalized_params(Action.START, GuestKind.QEMU, {"timeout": "yes"}) == {
+        "timeout": "yes"
     }
-    assert wire.boolean_problems(Action.START, GuestKind.QEMU, {"timeout": "yes"}) == {}
 
 
 @pytest.mark.parametrize("kind", list(GuestKind))

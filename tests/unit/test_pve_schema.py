@@ -39,7 +39,7 @@ def test_endpoint_lookup_by_template() -> None:
     ep = schema.endpoint("post", "/nodes/{node}/lxc/{vmid}/status/shutdown")
     assert set(ep.params) == {"node", "vmid", "timeout", "forceStop"}
     assert ep.params["forceStop"].type == "boolean"
-    assert schema.params_of("GET", "/nodes/{node}/tasks")["limit"].minimum == 0
+    assert schema.endpoint("GET", "/nodes/{node}/tasks").params["limit"].minimum == 0
     with pytest.raises(schema.UnknownEndpoint):
         schema.endpoint("POST", "/nodes/{node}/lxc/{vmid}/status/reset")
 
