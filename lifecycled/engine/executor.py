@@ -11,7 +11,6 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 import attrs
 
@@ -58,10 +57,19 @@ _STATUS_ONLY = frozenset(
 )
 
 
-class TrackSink(Protocol):
-    """Where ops with a running task go (the tracker)."""
+@attrs.frozen(kw_only=True)
+class Track:
+    """:meth:`Executor.apply`'s answer when the op now has a running task to follow: the
+    caller hands it to the tracker (the executor never holds the tracker)."""
 
-    def track(self, op: Op, *, confirm_by_state: bool = False) -> None: ...
+    op: Op
+    confirm_by_state: bool = False
+
+
+#: What :meth:`Executor.apply` did: ``True`` decided (the op moved on), ``False`` nothing
+#: could be decided now (keep the op where it is, look again later), or a :class:`Track`
+#: (decided: the op's task runs; follow it). Both ``True`` and a ``Track`` are truthy.
+Applied = bool | Track
 
 
 @attrs.frozen(kw_only=True)
@@ -170,7 +178,6 @@ class Executor:
         self.budget = budget
         self.skew = task_search_skew
         self.rand = rand
-        self.tracker: TrackSink | None = None
 
     # --- reads ------------------------------------------------------------------------
 
@@ -261,9 +268,10 @@ class Executor:
             decision = after_search(op, spec, matches, recovering=False)
         return decision
 
-    async def apply(self, op: Op, decision: Decision, *, confirm_by_state: bool = False) -> bool:
+    async def apply(self, op: Op, decision: Decision, *, confirm_by_state: bool = False) -> Applied:
         """Carry out ``decision`` for ``op``. Returns False when nothing could be decided now
-        (a Proxmox read failed): the caller keeps the op where it is and looks again later."""
+        (a Proxmox read failed): the caller keeps the op where it is and looks again later;
+        a :class:`Track` when the op's task runs: the caller hands it to the tracker."""
         resolved = await self.resolve(op, decision)
         if resolved is None:
             return False
@@ -275,9 +283,7 @@ class Executor:
                 op, decision.upid, decision.reason, confirm_by_state=confirm_by_state
             )
         if verdict is Verdict.TRACK:
-            if self.tracker is not None:
-                self.tracker.track(op, confirm_by_state=confirm_by_state)
-            return True
+            return Track(op=op, confirm_by_state=confirm_by_state)
         if verdict is Verdict.LEAVE:
             return False
         if verdict is Verdict.SUCCEED:
@@ -357,8 +363,10 @@ class Executor:
         )
         return True
 
-    async def _adopt(self, op: Op, upid_text: str, reason: str, *, confirm_by_state: bool) -> bool:
-        """Journal the found task as the op's own and track it. False (nothing decided now)
+    async def _adopt(
+        self, op: Op, upid_text: str, reason: str, *, confirm_by_state: bool
+    ) -> Applied:
+        """Journal the found task as the op's own; its :class:`Track`. False (nothing decided now)
         when the UPID is unreadable or another op recorded it meanwhile (a UPID belongs to
         one op): the op stays in flight and its next look searches without that task."""
         try:
@@ -383,9 +391,7 @@ class Executor:
             )
             return False
         log.info("op.adopted", extra=op_fields(op))
-        if self.tracker is not None:
-            self.tracker.track(op, confirm_by_state=confirm_by_state)
-        return True
+        return Track(op=op, confirm_by_state=confirm_by_state)
 
     async def contain(self, op: Op, exc: Exception, *, where: str, end: bool) -> None:
         """One op's unexpected exception, kept to that op (issue 10 point 5): logged with the

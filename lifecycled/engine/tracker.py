@@ -30,7 +30,7 @@ from lifecycled.domain.outcome import Decision, after_exit, after_no_such_task
 from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.domain.userid import bare_user
 from lifecycled.engine.clock import Clock
-from lifecycled.engine.executor import Executor, internal_text, op_fields
+from lifecycled.engine.executor import Applied, Executor, Track, internal_text, op_fields
 from lifecycled.errors import JournalUnavailable, PveError
 from lifecycled.pve.port import TASK_PAGE, TaskEntry, all_tasks, is_no_such_task
 
@@ -75,13 +75,21 @@ def poll_delay(age: float, poll_interval: float) -> float:
 class Tracker:
     """Tracks running tasks and hands their outcome to the executor."""
 
-    def __init__(self, *, executor: Executor, clock: Clock, poll_interval: float) -> None:
+    def __init__(
+        self,
+        *,
+        executor: Executor,
+        clock: Clock,
+        poll_interval: float,
+        stopping: asyncio.Event,
+    ) -> None:
         self.executor = executor
         self.clock = clock
         self.poll_interval = poll_interval
+        #: The daemon's one stop signal (owned by the runtime).
+        self.stopping = stopping
         self._entries: dict[int, _Tracked] = {}
         self._wake = asyncio.Event()
-        self.stopping = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -109,6 +117,11 @@ class Tracker:
         )
         self._wake.set()
 
+    def follow(self, applied: Applied) -> None:
+        """Track the op when :meth:`Executor.apply` answered with a :class:`Track`."""
+        if isinstance(applied, Track):
+            self.track(applied.op, confirm_by_state=applied.confirm_by_state)
+
     async def run(self) -> None:
         """Poll until stopped. Tasks still running at stop are resolved by the next Recover."""
         while not self.stopping.is_set():
@@ -133,17 +146,9 @@ class Tracker:
     async def _sleep_until_due(self) -> None:
         now = self.clock.monotonic()
         timeout = min((e.next_check for e in self._entries.values()), default=now + 60) - now
-        if timeout <= 0:
-            await asyncio.sleep(0)
-            return
-        self._wake.clear()
-        wake = asyncio.ensure_future(self._wake.wait())
-        stop = asyncio.ensure_future(self.stopping.wait())
-        try:
-            await asyncio.wait({wake, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            wake.cancel()
-            stop.cancel()
+        if timeout > 0:
+            self._wake.clear()  # entries tracked from here on set it again
+        await self.clock.wait_or_stop(self.stopping, timeout, wake=self._wake)
 
     async def _tick_node(self, node: str) -> None:
         entries = [e for e in self._entries.values() if e.upid.node == node]
@@ -229,11 +234,12 @@ class Tracker:
         )
 
     async def _decide(self, entry: _Tracked, decision: Decision) -> None:
-        done = await self.executor.apply(
+        applied = await self.executor.apply(
             entry.op, decision, confirm_by_state=entry.confirm_by_state
         )
-        if done:
+        if applied:
             self._entries.pop(entry.op.id, None)
+            self.follow(applied)  # another task was found to be the op's own: follow it
         else:
             self._reschedule(entry, failed=True)
 

@@ -20,6 +20,7 @@ from lifecycled.domain.guests import (
     observed_from,
 )
 from lifecycled.domain.op import GuestKind, Op
+from lifecycled.engine.clock import Clock
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import Submission
 from lifecycled.journal import Journal
@@ -122,12 +123,14 @@ async def running(
     """A Runtime (Recover done, dispatchers and tracker running) on a fresh journal.
 
     ``manage_guests``: every simulator guest is recorded as ``native`` first (see
-    :func:`seed_guests`).
+    :func:`seed_guests`). ``clock=``: the runtime's :class:`Clock` (default: the real one);
+    every other keyword is a setting.
     """
+    clock: Clock | None = overrides.pop("clock", None)
     settings = fast_settings(tmp_path, server, **overrides)
     if manage_guests:
         await seed_guests(settings.db, server.sim.guests.values())
-    runtime = await Runtime.build(settings, pve=client_for(server))
+    runtime = await Runtime.build(settings, pve=client_for(server), clock=clock)
     task = asyncio.create_task(runtime.run(), name="runtime")
     try:
         await asyncio.wait_for(runtime.ready.wait(), 10)
