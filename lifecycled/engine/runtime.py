@@ -280,6 +280,7 @@ class Runtime:
                 )
                 if node == self.settings.primary_node:
                     self.gauges.node_record = record
+            await self.tracker.learn()  # how long tasks take, before anything is tracked
             report = await aio.time(self.metrics.recover_duration, self.recoverer.recover())
             log.info("runtime.ready", extra={"recovered": report.counts.get("examined", 0)})
             self.ready.set()
