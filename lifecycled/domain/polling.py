@@ -11,11 +11,13 @@ The rule every schedule keeps: two looks at a task are never more than ``poll_in
 apart (the first counted from when tracking began), so a task that has ended is noticed at
 most one poll interval later.
 
-A learned point is a *detection* time (when the daemon noticed the end), so it is rounded
-down to a :data:`GRID`: a task that is looked at on a learned point is noticed a few
-milliseconds later, and rounding keeps the next generation of samples on the same point
-instead of creeping up by that much every time. A task type that gets faster is noticed at
-its old point (at most one poll interval late) until its history ages out of the window.
+A sample is a *detection* time: when the daemon noticed the end, a little after the look
+that saw it. A learned point is therefore a sample rounded down to a :data:`GRID`, plus half
+a grid step: a task noticed on a point teaches the same point again (no creeping up by the
+time a status read takes each generation, as long as it takes under half a step), and a task
+whose samples sit just past its real end is looked at just after it. A task type that gets
+faster is noticed at its old point (at most one poll interval late) until its history ages
+out of the window; one that gets slower is missed at its old point and teaches a later one.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from lifecycled.domain.upid import Upid
 MIN_SAMPLES = 3
 #: The quantiles of the learned durations a young task is looked at.
 QUANTILES = (0.5, 0.8)
-#: Learned points are rounded down to a multiple of this many seconds (see the module text).
-GRID = 0.1
+#: Learned points are a multiple of this many seconds plus half of it (see the module text).
+GRID = 0.2
 #: Shortest wait between two looks once a task is past every learned point.
 BACKOFF_BASE = 0.25
 #: Longest wait between looks while Proxmox fails to answer.
@@ -66,7 +68,7 @@ def _quantile(ordered: list[float], q: float) -> float:
 
 
 def _on_grid(seconds: float) -> float:
-    return round(math.floor(seconds / GRID + 1e-9) * GRID, 6)
+    return round((math.floor(seconds / GRID + 1e-9) + 0.5) * GRID, 6)
 
 
 def learn(samples: Iterable[tuple[Upid, float]]) -> dict[TaskKey, Durations]:
@@ -81,9 +83,8 @@ def learn(samples: Iterable[tuple[Upid, float]]) -> dict[TaskKey, Durations]:
         if len(values) < MIN_SAMPLES:
             continue
         values.sort()
-        points = sorted({_on_grid(_quantile(values, q)) for q in QUANTILES} - {0.0})
-        if points:
-            learned[key] = Durations(points=tuple(points), samples=len(values))
+        points = sorted({_on_grid(_quantile(values, q)) for q in QUANTILES})
+        learned[key] = Durations(points=tuple(points), samples=len(values))
     return learned
 
 

@@ -55,7 +55,7 @@ LIST_GAP = 0.5
 #: Succeeded ops the task durations are learned from (the newest).
 LEARN_FROM = 1000
 #: Shortest time between two relearnings of the task durations while ops keep ending.
-RELEARN_EVERY = 10.0
+RELEARN_EVERY = 5.0
 
 
 @attrs.define(kw_only=True)

@@ -94,14 +94,14 @@ def test_without_history_the_cadence_is_fast_while_young_then_the_poll_interval(
 
 def test_learn_takes_median_and_p80_per_node_and_task_type() -> None:
     """Durations are learned per (node, task type), as the median and 80th percentile
-    rounded down to the grid; a type with too few samples is left out."""
+    rounded down to the grid plus half a step; a type with too few samples is left out."""
     starts = [upid(n=i) for i in range(1, 11)]
     samples = [(u, 1.0 + i / 10) for i, u in enumerate(starts)]  # 1.0 … 1.9
     samples += [(upid(node="pve2", n=20 + i), 7.25) for i in range(MIN_SAMPLES)]
     samples += [(upid(kind="qmstop", n=40 + i), 3.0) for i in range(MIN_SAMPLES - 1)]
     got = learn(samples)
-    assert got[("pve1", "qmstart")] == Durations(points=(1.4, 1.7), samples=10)
-    assert got[("pve2", "qmstart")] == Durations(points=(7.2,), samples=MIN_SAMPLES)
+    assert got[("pve1", "qmstart")] == Durations(points=(1.5, 1.7), samples=10)
+    assert got[("pve2", "qmstart")] == Durations(points=(7.3,), samples=MIN_SAMPLES)
     assert ("pve1", "qmstop") not in got
 
 
@@ -114,14 +114,22 @@ def test_learn_ignores_unusable_samples() -> None:
 
 @settings(max_examples=200, database=None)
 @given(
-    steps=st.integers(min_value=1, max_value=3000),
-    late=st.floats(min_value=0.0, max_value=GRID * 0.9),
+    steps=st.integers(min_value=0, max_value=3000),
+    late=st.floats(min_value=0.0, max_value=GRID * 0.45),
 )
 def test_learning_from_its_own_detection_times_does_not_creep(steps: int, late: float) -> None:
     """Tasks noticed a little after a learned point teach the same point again."""
-    point = round(steps * GRID, 6)
+    point = round((steps + 0.5) * GRID, 6)
     samples = [(upid(n=i), point + late) for i in range(1, MIN_SAMPLES + 1)]
     assert learn(samples)[("pve1", "qmstart")].points == (point,)
+
+
+def test_a_point_is_just_after_the_samples_it_comes_from() -> None:
+    """Samples just past a grid step give a point just past them (a look that catches tasks
+    ending as early as those were noticed), at most one grid step later."""
+    samples = [(upid(n=i), 2.02) for i in range(1, MIN_SAMPLES + 1)]
+    (point,) = learn(samples)[("pve1", "qmstart")].points
+    assert 2.02 < point <= 2.02 + GRID
 
 
 def test_likely_ended_is_the_median_or_one_poll_interval() -> None:
