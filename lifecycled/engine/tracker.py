@@ -12,7 +12,7 @@ for every task of the node: the archived ones carry their exit status; only task
 from the list get an individual status read. A task that finished stays listed as ``RUNNING``
 until the node's archiver runs (at the node's next fork, or on pvestatd's ~10 s loop,
 reference §4.3/§12.3): so a due task still listed as running once it has likely ended is
-confirmed by a status read when at most :data:`PROBE_MAX` of those are due on the node.
+confirmed by a status read, at most :data:`PROBE_MAX` per node per tick (the oldest first).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ log = logging.getLogger("lifecycled.engine")
 
 #: Due tasks on a node up to which per-task status reads cost no more than one list call.
 SMALL = 2
-#: Listed-as-running due tasks on a node up to which each is also confirmed by a status read.
-PROBE_MAX = 16
+#: Status reads per node per tick that confirm tasks listed as running past their likely end.
+PROBE_MAX = 32
 #: Longest "shortest wait" between two task lists of one node (a list answers for all).
 LIST_GAP = 0.5
 #: Succeeded ops the task durations are learned from (the newest).
@@ -228,10 +228,11 @@ class Tracker:
                 ):
                     probe.append(entry)  # may have ended, not yet archived
                 self._reschedule(entry, at_least=self._list_gap)
-        if len(probe) <= PROBE_MAX:
-            for entry in probe:
-                if entry.op.id in self._entries:
-                    await self._guarded(entry, self._read_status(entry))
+        # The oldest first; the rest wait for the next tick (or the archiver).
+        probe.sort(key=lambda e: e.added)
+        for entry in probe[:PROBE_MAX]:
+            if entry.op.id in self._entries:
+                await self._guarded(entry, self._read_status(entry))
 
     async def _guarded(self, entry: _Tracked, step: Coroutine[Any, Any, None]) -> None:
         """One tracked op's step; an exception stops tracking that op only. Its task may
