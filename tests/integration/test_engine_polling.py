@@ -49,3 +49,30 @@ async def test_a_learned_two_second_task_is_polled_at_most_twice(
     task = sim.sim.books["pve1"].by_upid[done.upid]
     assert task.ended_at is not None
     assert 0 <= done.finished_at - task.ended_at <= POLL_INTERVAL
+
+
+async def test_a_burst_the_archiver_has_not_filed_is_noticed_within_one_poll_interval(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """Twenty tasks on one node that end after the last fork stay listed as running until the
+    archiver runs (30 s here); each op still ends within one poll interval of its task."""
+    burst = 20
+    sim = await sim_factory(
+        nodes=("pve1",), guests=80, archive_interval=30.0, task_durations={"qmstart": 1.0}
+    )
+    taken: set[int] = set()
+    guests = [pick(sim, "qemu", True, avoid=taken) for _ in range(burst)]
+    for guest in guests:
+        sim.sim.set_guest_status(guest.vmid, "stopped")
+    async with running(sim, tmp_path, poll_interval=POLL_INTERVAL, workers=8, node_cap=burst) as rt:
+        ops = [await submit(rt, "start", guest) for guest in guests]
+        done = [await wait_terminal(rt, op.id) for op in ops]
+    assert {op.state for op in done} == {OpState.SUCCEEDED}
+    lags = []
+    for op in done:
+        assert op.upid is not None and op.finished_at is not None
+        ended_at = sim.sim.books["pve1"].by_upid[op.upid].ended_at
+        assert ended_at is not None
+        lags.append(op.finished_at - ended_at)
+    assert min(lags) >= 0
+    assert max(lags) <= POLL_INTERVAL
