@@ -366,9 +366,10 @@ class Executor:
     async def _adopt(
         self, op: Op, upid_text: str, reason: str, *, confirm_by_state: bool
     ) -> Applied:
-        """Journal the found task as the op's own; its :class:`Track`. False (nothing decided now)
-        when the UPID is unreadable or another op recorded it meanwhile (a UPID belongs to
-        one op): the op stays in flight and its next look searches without that task."""
+        """Journal the found task as the op's own and answer its :class:`Track`. False
+        (nothing decided now) when the UPID is unreadable or another op recorded it meanwhile
+        (a UPID belongs to one op): the op stays in flight and its next look searches
+        without that task."""
         try:
             Upid.parse(upid_text)
         except UpidError:
