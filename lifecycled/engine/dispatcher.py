@@ -51,6 +51,7 @@ class Dispatcher:
         clock: Clock,
         node_cap: int,
         idle_poll: float,
+        stopping: asyncio.Event,
         terminate_stop_timeout: float = 300.0,
     ) -> None:
         #: Placement across the cluster (SPEC §7); set by the composition root.
@@ -72,7 +73,8 @@ class Dispatcher:
             stop_timeout=terminate_stop_timeout,
             recheck=min(1.0, idle_poll),
         )
-        self.stopping = asyncio.Event()
+        #: The daemon's one stop signal (owned by the runtime).
+        self.stopping = stopping
         self.work = asyncio.Event()
         #: Ops a worker of this process is handling right now (the janitor skips them).
         self.busy: set[int] = set()
@@ -123,9 +125,7 @@ class Dispatcher:
             # A read that was not expected to fail here: try again later.
             log.warning("op.process_error", extra={**op_fields(op), "error": err.text})
             try:
-                await self.executor.apply(
-                    op, retry("unexpected Proxmox error", err.error_class, err.text)
-                )
+                await self._apply(op, retry("unexpected Proxmox error", err.error_class, err.text))
             except JournalUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - contain() logs it with the op id
@@ -135,15 +135,11 @@ class Dispatcher:
 
     async def _idle(self) -> None:
         self.work.clear()
-        stop = asyncio.ensure_future(self.stopping.wait())
-        work = asyncio.ensure_future(self.work.wait())
-        try:
-            await asyncio.wait(
-                {stop, work}, timeout=self.idle_poll, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stop.cancel()
-            work.cancel()
+        await self.clock.wait_or_stop(self.stopping, self.idle_poll, wake=self.work)
+
+    async def _apply(self, op: Op, decision: Decision) -> None:
+        """:meth:`Executor.apply`; an op whose task now runs goes to the tracker."""
+        self.tracker.follow(await self.executor.apply(op, decision))
 
     async def process(self, op: Op) -> None:
         """One claimed op, from policy to a journaled UPID (or a terminal state)."""
@@ -151,35 +147,33 @@ class Dispatcher:
         try:
             spec = spec_for(op.guest.kind, op.action)
         except UnsupportedAction as exc:
-            await self.executor.apply(
-                op, fail("unsupported action", ErrorClass.PERMANENT, str(exc))
-            )
+            await self._apply(op, fail("unsupported action", ErrorClass.PERMANENT, str(exc)))
             return
         # An earlier attempt ended ambiguously: its task may exist. Never POST twice blindly.
         if op.ambiguous_since is not None:
             try:
                 matches = await self.executor.search_tasks(op, spec, since=op.ambiguous_since)
             except PveError as err:
-                await self.executor.apply(
+                await self._apply(
                     op,
                     retry("task list unreadable", err.error_class, err.text, ambiguous=True),
                 )
                 return
             if matches:
-                await self.executor.apply(op, after_search(op, spec, matches, recovering=False))
+                await self._apply(op, after_search(op, spec, matches, recovering=False))
                 return
         try:
             view = await self.check.view(op, spec)
         except PveError as err:
-            await self.executor.apply(op, retry("guest read failed", err.error_class, err.text))
+            await self._apply(op, retry("guest read failed", err.error_class, err.text))
             return
         moved = await self._placement(op, spec, view)
         if moved is not None:
-            await self.executor.apply(op, moved)
+            await self._apply(op, moved)
             return
         verdict = await self.policy.check(op, spec, view)
         if verdict.verdict is PolicyOutcome.REFUSE:
-            await self.executor.apply(
+            await self._apply(
                 op, fail(f"refused by policy: {verdict.code}", ErrorClass.PERMANENT, verdict.reason)
             )
             return
@@ -188,7 +182,7 @@ class Dispatcher:
             return
         pre = precheck(op, view)
         if pre is not None:
-            await self.executor.apply(op, pre)
+            await self._apply(op, pre)
             return
         if spec.action is Action.TERMINATE and runs(view):
             await self.terminator.stop_first(op)
@@ -208,19 +202,19 @@ class Dispatcher:
                 "op.dispatch_error",
                 extra={**op_fields(op), "error": err.text, "error_class": str(err.error_class)},
             )
-            await self.executor.apply(op, after_call_error(op, spec, err.error_class, err.text))
+            await self._apply(op, after_call_error(op, spec, err.error_class, err.text))
             return
         except Exception as exc:
             # A failure inside the adapter: the request may have left. Never POST again
             # blindly: the ambiguous path searches the task list first.
             text = internal_text(exc)
             log.exception("op.dispatch_internal_error", extra={**op_fields(op), "error": text})
-            await self.executor.apply(
+            await self._apply(
                 op, after_call_error(op, spec, ErrorClass.AMBIGUOUS, f"internal error: {text}")
             )
             return
         if upid is None:
-            await self.executor.apply(op, succeed("synchronous endpoint finished"))
+            await self._apply(op, succeed("synchronous endpoint finished"))
             return
         op = await durable(self.journal.record_upid(op.id, str(upid), now=self.clock.now()))
         log.info("op.dispatched", extra=op_fields(op))

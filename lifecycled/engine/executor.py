@@ -11,7 +11,6 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 import attrs
 
@@ -51,10 +50,19 @@ log = logging.getLogger("lifecycled.engine")
 _INTERNAL_TEXT_MAX = 500
 
 
-class TrackSink(Protocol):
-    """Where ops with a running task go (the tracker)."""
+@attrs.frozen(kw_only=True)
+class Track:
+    """:meth:`Executor.apply`'s answer when the op now has a running task to follow: the
+    caller hands it to the tracker (the executor never holds the tracker)."""
 
-    def track(self, op: Op, *, confirm_by_state: bool = False) -> None: ...
+    op: Op
+    confirm_by_state: bool = False
+
+
+#: What :meth:`Executor.apply` did: ``True`` decided (the op moved on), ``False`` nothing
+#: could be decided now (keep the op where it is, look again later), or a :class:`Track`
+#: (decided: the op's task runs; follow it). Both ``True`` and a ``Track`` are truthy.
+Applied = bool | Track
 
 
 @attrs.frozen(kw_only=True)
@@ -149,7 +157,6 @@ class Executor:
         self.budget = budget
         self.skew = task_search_skew
         self.rand = rand
-        self.tracker: TrackSink | None = None
 
     # --- reads ------------------------------------------------------------------------
 
@@ -240,9 +247,10 @@ class Executor:
             decision = after_search(op, spec, matches, recovering=False)
         return decision
 
-    async def apply(self, op: Op, decision: Decision, *, confirm_by_state: bool = False) -> bool:
+    async def apply(self, op: Op, decision: Decision, *, confirm_by_state: bool = False) -> Applied:
         """Carry out ``decision`` for ``op``. Returns False when nothing could be decided now
-        (a Proxmox read failed): the caller keeps the op where it is and looks again later."""
+        (a Proxmox read failed): the caller keeps the op where it is and looks again later;
+        a :class:`Track` when the op's task runs: the caller hands it to the tracker."""
         resolved = await self.resolve(op, decision)
         if resolved is None:
             return False
@@ -332,10 +340,13 @@ class Executor:
         )
         return True
 
-    async def _adopt(self, op: Op, upid_text: str, reason: str, *, confirm_by_state: bool) -> bool:
-        """Journal the found task as the op's own and track it. False (nothing decided now)
-        when the UPID is unreadable or another op recorded it meanwhile (a UPID belongs to
-        one op): the op stays in flight and its next look searches without that task."""
+    async def _adopt(
+        self, op: Op, upid_text: str, reason: str, *, confirm_by_state: bool
+    ) -> Applied:
+        """Journal the found task as the op's own and answer its :class:`Track`. False
+        (nothing decided now) when the UPID is unreadable or another op recorded it meanwhile
+        (a UPID belongs to one op): the op stays in flight and its next look searches
+        without that task."""
         try:
             Upid.parse(upid_text)
         except UpidError:
@@ -358,9 +369,7 @@ class Executor:
             )
             return False
         log.info("op.adopted", extra=op_fields(op))
-        if self.tracker is not None:
-            self.tracker.track(op, confirm_by_state=confirm_by_state)
-        return True
+        return Track(op=op, confirm_by_state=confirm_by_state)
 
     async def contain(self, op: Op, exc: Exception, *, where: str, end: bool) -> None:
         """One op's unexpected exception, kept to that op (issue 10 point 5): logged with the

@@ -14,7 +14,6 @@ batch of events keeps its ``webhook-id`` across retries (``evt_<node>_<first>-<l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -100,9 +99,8 @@ class Pusher:
                     log.warning(
                         "push.failed", extra={"error": str(exc), "retry_in": round(delay, 2)}
                     )
-                if delay:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), timeout=delay)
+                if delay and await self.clock.wait_or_stop(stopping, delay):
+                    return
 
     async def deliver_once(self, session: aiohttp.ClientSession) -> int:
         """Send the oldest unsent batch; how many events were acknowledged."""

@@ -297,7 +297,7 @@ class Reconciler:
         """Passes every ``interval`` until ``stopping``; the first after ``first_delay``
         (``None``: no pass at start)."""
         delay = first_delay if first_delay is not None else interval
-        while not await _sleep_or_stop(stopping, delay):
+        while not await self.clock.wait_or_stop(stopping, delay):
             await self.pass_once()
             delay = interval
 
@@ -525,14 +525,6 @@ class Reconciler:
                 )
         drifted = await self.journal.list_guests(drifted=True, limit=1000)
         return [g.vmid for g in drifted.items]
-
-
-async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> bool:
-    try:
-        await asyncio.wait_for(stopping.wait(), timeout=max(seconds, 0.0))
-    except TimeoutError:
-        return False
-    return True
 
 
 def first_delay(jitter: float, rand: Callable[[], float] = random.random) -> float:

@@ -307,8 +307,10 @@ class Recoverer:
             if op.upid:
                 self.tracker.track(op)  # still running, or unreadable: the tracker keeps at it
             return label
-        if not await self.executor.apply(op, decision):
+        applied = await self.executor.apply(op, decision)
+        if not applied:
             return "unresolved"  # e.g. the found task was recorded by another op meanwhile
+        self.tracker.follow(applied)
         if label == "rolled_back":
             after = await self.journal.get(op.id)
             if after.state is OpState.DEAD_LETTERED:

@@ -2,7 +2,9 @@
 
 The CLI, the HTTP server and the tests all build through :meth:`Runtime.build`; nothing else
 creates sessions, connections or registries. :meth:`Runtime.run` owns one root TaskGroup
-with named tasks (tracker, dispatchers, janitor, gauges, web).
+with named tasks (tracker, dispatchers, janitor, gauges, web) and the one ``stopping``
+Event every loop waits on (through :meth:`Clock.wait_or_stop`). What the daemon reports
+about itself (gauges, ``/v1/status``) is :mod:`lifecycled.engine.status`.
 """
 
 from __future__ import annotations
@@ -13,16 +15,12 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import attrs
 from prometheus_async import aio
 
 from lifecycled.config import Settings, read_secret_file, read_secret_text
-from lifecycled.domain.node import NodeRecord
 from lifecycled.domain.outcome import RetryBudget
-from lifecycled.domain.serialize import rfc3339
-from lifecycled.domain.states import OpState
 from lifecycled.domain.webhooks import parse_secret
 from lifecycled.engine.clock import Clock, SystemClock
 from lifecycled.engine.cluster import Cluster
@@ -33,8 +31,9 @@ from lifecycled.engine.guests import GuestService
 from lifecycled.engine.health import PveHealth
 from lifecycled.engine.node import activate as activate_node
 from lifecycled.engine.reconcile import Reconciler, first_delay
-from lifecycled.engine.recover import Recoverer, RecoverReport
+from lifecycled.engine.recover import Recoverer
 from lifecycled.engine.sdnotify import Notifier
+from lifecycled.engine.status import Gauges, status_line
 from lifecycled.engine.submit import Submission, submit
 from lifecycled.engine.tracker import Tracker
 from lifecycled.errors import ConfigError, JournalError, JournalUnavailable, LifecycledError
@@ -131,6 +130,9 @@ class Runtime:
     guests: GuestService
     reconciler: Reconciler
     health: PveHealth
+    gauges: Gauges
+    #: The one stop signal: every loop (tracker, dispatchers, janitor, …) waits on it.
+    stopping: asyncio.Event
     #: systemd notifications (READY, STATUS, WATCHDOG, STOPPING); a no-op outside systemd.
     notifier: Notifier = attrs.field(factory=Notifier)
     #: What SIGHUP re-reads (the web app registers its API tokens and trusted keys).
@@ -139,13 +141,8 @@ class Runtime:
     #: Seconds without a Proxmox request after which the health probe runs.
     probe_idle: float = PROBE_IDLE
     ready: asyncio.Event = attrs.field(factory=asyncio.Event)
-    stopping: asyncio.Event = attrs.field(factory=asyncio.Event)
     started_at: float = 0.0
-    _state_counts: dict[OpState, int] = attrs.field(factory=dict, init=False)
-    _dead_letters: int = attrs.field(default=0, init=False)
     web_url: str | None = None
-    #: The served node's lifecycle row as last read (refreshed with the gauges).
-    node_record: NodeRecord | None = None
 
     @classmethod
     async def build(
@@ -184,8 +181,13 @@ class Runtime:
             task_search_skew=settings.task_search_skew,
             rand=rand,
         )
-        tracker = Tracker(executor=executor, clock=clock, poll_interval=settings.poll_interval)
-        executor.tracker = tracker
+        stopping = asyncio.Event()
+        tracker = Tracker(
+            executor=executor,
+            clock=clock,
+            poll_interval=settings.poll_interval,
+            stopping=stopping,
+        )
         dispatcher = Dispatcher(
             journal=journal,
             executor=executor,
@@ -194,6 +196,7 @@ class Runtime:
             clock=clock,
             node_cap=settings.node_cap,
             idle_poll=min(1.0, settings.poll_interval),
+            stopping=stopping,
             terminate_stop_timeout=settings.terminate_stop_timeout,
         )
         cluster = Cluster(pve=pve, journal=journal, served=settings.nodes, clock=clock)
@@ -234,6 +237,13 @@ class Runtime:
             guests=guests,
             reconciler=reconciler,
             health=health,
+            gauges=Gauges(
+                journal=journal,
+                metrics=metrics,
+                reconciler=reconciler,
+                node=settings.primary_node,
+            ),
+            stopping=stopping,
             rand=rand,
         )
 
@@ -251,8 +261,6 @@ class Runtime:
             log.info("runtime.stopping")
             self.notifier.stopping()
         self.stopping.set()
-        self.dispatcher.stopping.set()
-        self.tracker.stopping.set()
 
     async def run(self, *, web: WebStarter | None = None) -> None:
         """Recover, then serve until :meth:`request_stop`."""
@@ -271,11 +279,12 @@ class Runtime:
                     self.journal, node, system=self.settings.system_node, now=self.started_at
                 )
                 if node == self.settings.primary_node:
-                    self.node_record = record
+                    self.gauges.node_record = record
+            await self.tracker.learn()  # how long tasks take, before anything is tracked
             report = await aio.time(self.metrics.recover_duration, self.recoverer.recover())
             log.info("runtime.ready", extra={"recovered": report.counts.get("examined", 0)})
             self.ready.set()
-            self.notifier.ready(self.status_line())
+            self.notifier.ready(status_line(self.gauges, self.health))
             if self.stopping.is_set():
                 return
             async with asyncio.TaskGroup() as tg:
@@ -286,7 +295,10 @@ class Runtime:
                         self._resilient(f"dispatcher-{i}", worker), name=f"dispatcher-{i}"
                     )
                 tg.create_task(self._resilient("janitor", self._janitor), name="janitor")
-                tg.create_task(self._resilient("gauges", self._gauges), name="gauges")
+                gauges = functools.partial(
+                    self.gauges.run, self.stopping, self.clock, refreshed=self._status_changed
+                )
+                tg.create_task(self._resilient("gauges", gauges), name="gauges")
                 tg.create_task(self._resilient("reconcile", self._reconcile), name="reconcile")
                 tg.create_task(self._resilient("pve-probe", self._probe), name="pve-probe")
                 interval = self.notifier.watchdog_interval
@@ -320,21 +332,13 @@ class Runtime:
                 log.exception(
                     "runtime.loop_failed", extra={"task": name, "error": internal_text(exc)}
                 )
-            if await self._sleep_or_stop(delay):
+            if await self.clock.wait_or_stop(self.stopping, delay):
                 return
             delay = min(delay * 2, 10.0)
 
-    async def _sleep_or_stop(self, seconds: float) -> bool:
-        """Sleep; True when a stop was requested meanwhile."""
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
-
     async def _janitor(self) -> None:
         interval = max(1.0, min(60.0, self.settings.stale_after / 4))
-        while not await self._sleep_or_stop(interval):
+        while not await self.clock.wait_or_stop(self.stopping, interval):
             counts = await self.recoverer.janitor_pass(
                 stale_after=self.settings.stale_after, busy=self.dispatcher.busy
             )
@@ -350,28 +354,21 @@ class Runtime:
             self.stopping, interval=settings.reconcile_interval, first_delay=start
         )
 
-    async def _gauges(self) -> None:
-        while True:
-            try:
-                await self.refresh_gauges(full=False)
-            except JournalError as exc:  # a gauge must never stop the daemon
-                log.warning("gauges.refresh_failed", extra={"error": str(exc)})
-            self.notifier.status(self.status_line())
-            if await self._sleep_or_stop(2.0):
-                return
+    def _status_changed(self) -> None:
+        self.notifier.status(status_line(self.gauges, self.health))
 
     async def _watchdog(self, interval: float) -> None:
         """``WATCHDOG=1`` from the event loop: a loop that stops turning stops the pings."""
         while True:
             self.notifier.watchdog()
-            if await self._sleep_or_stop(interval):
+            if await self.clock.wait_or_stop(self.stopping, interval):
                 return
 
     async def _probe(self) -> None:
         """Keep the Proxmox health verdict fresh while the daemon is idle (``GET /version``)."""
         from lifecycled.errors import PveError
 
-        while not await self._sleep_or_stop(min(1.0, self.probe_idle / 3)):
+        while not await self.clock.wait_or_stop(self.stopping, min(1.0, self.probe_idle / 3)):
             if self.health.idle_for() < self.probe_idle:
                 continue
             try:
@@ -414,17 +411,8 @@ class Runtime:
             )
         except JournalError as exc:
             log.warning("runtime.reload_unaudited", extra={"error": str(exc)})
-        self.notifier.notify(READY="1", STATUS=self.status_line())
+        self.notifier.notify(READY="1", STATUS=status_line(self.gauges, self.health))
         return ok
-
-    def status_line(self) -> str:
-        """One line for ``systemctl status``: in flight, dead letters, Proxmox."""
-        counts = self._state_counts
-        in_flight = sum(counts.get(s, 0) for s in (OpState.DISPATCHING, OpState.RUNNING))
-        pending = counts.get(OpState.PENDING, 0)
-        dead = self._dead_letters
-        pve = "Proxmox unreachable" if self.health.up is False else "Proxmox ok"
-        return f"{in_flight} in flight, {pending} pending, {dead} dead letters; {pve}"
 
     async def _push(self, url: str) -> None:
         from lifecycled.engine.push import Pusher
@@ -456,21 +444,6 @@ class Runtime:
         observed, _ = await self.journal.guest_hashes()
         return observed
 
-    async def refresh_gauges(self, *, full: bool = True) -> None:
-        """Refresh the gauges. ``full`` also recounts terminal ops: an index walk that takes
-        ~65 ms on a 1,000,000-op journal, so the 2 s background loop leaves it to scrapes
-        (``/metrics`` refreshes fully) and keeps the last terminal counts meanwhile."""
-        if full:
-            self._state_counts = await self.journal.counts_by_state()
-        open_counts = await self.journal.open_counts()
-        dead_letters = open_counts.pop(OpState.DEAD_LETTERED)
-        self._state_counts.update(open_counts)
-        self.metrics.set_queue_depth(self._state_counts)
-        self.metrics.dead_letters.set(dead_letters)
-        self._dead_letters = dead_letters
-        self.node_record = await self.journal.get_node(self.settings.primary_node)
-        await self.reconciler.refresh_gauges()
-
     # --- services used by the CLI and the HTTP API --------------------------------------
 
     async def submit(self, sub: Submission) -> SubmitResult:
@@ -485,35 +458,3 @@ class Runtime:
         if not result.deduplicated:
             self.dispatcher.notify()
         return result
-
-    def status(self) -> dict[str, Any]:
-        report: RecoverReport | None = self.recoverer.last_report
-        return {
-            "node": self.settings.primary_node,
-            "nodes": list(self.settings.nodes),
-            "node_state": str(self.node_record.state) if self.node_record is not None else None,
-            "ready": self.ready.is_set(),
-            "stopping": self.stopping.is_set(),
-            "started_at": self.started_at,
-            "tracked_tasks": len(self.tracker),
-            "status": "degraded" if self.health.up is False else "ok",
-            "proxmox": self.health.to_dict(),
-            "recover": report.to_dict() if report is not None else None,
-            "reconcile": self.reconcile_status(),
-        }
-
-    def reconcile_status(self) -> dict[str, Any] | None:
-        """The last reconcile pass in ``/v1/status``: outcome, counts, LOST and drifted guests."""
-        last = self.reconciler.last_report
-        if last is None:
-            return None
-        return {
-            "outcome": last.outcome,
-            "at": rfc3339(last.finished_at),
-            "enqueued": len(last.enqueued),
-            "cancelled": len(last.cancelled),
-            "discovered": len(last.discovered),
-            "lost": last.lost,
-            "drifted": last.drifted,
-            "error": last.error,
-        }

@@ -1,18 +1,18 @@
-"""Batched task tracking (SPEC §2 step 5).
+"""Batched task tracking (SPEC §2 step 5), on a schedule learned from how long tasks take.
 
-Running tasks are tracked without holding a worker. All tracked tasks of one node are
-resolved together: one ``GET /nodes/{node}/tasks?source=all`` per node per tick (paged on a
-busy node, reference §13.9) lists the
-running ones (``RUNNING``) and the archived ones with their exit status, and every task of
-the node seen in it moves to the same cadence (so a node costs one list per tick, however
-many tasks it runs); only tasks missing from that list get an individual status read. The
-cadence is fast for young tasks and slower for long ones.
+Each tracked task is looked at on its own schedule (:mod:`lifecycled.domain.polling`): when
+its kind of task has likely ended on its node (learned from the journal's history, relearned
+while the daemon runs), then ever less often — never more than ``poll_interval`` apart, so an
+ended task is noticed at most one poll interval later. Without history the cadence is the
+fixed one (fast while young, then the poll interval).
 
-Two cases are cheaper one by one. A node with at most :data:`SMALL` tracked tasks gets
-their ``tasks/{upid}/status`` instead of a list. And a task that finished stays listed as
-``RUNNING`` until the node's archiver runs (up to ~10 s, reference §12.3): when at most
-:data:`PROBE_MAX` listed-as-running tasks remain on a node, those older than the poll
-interval get a status read too (backing off per task), instead of waiting for the archiver.
+A node with at most :data:`SMALL` tasks due gets their ``tasks/{upid}/status`` reads. With more
+due, one ``GET /nodes/{node}/tasks?source=all`` (paged on a busy node, reference §13.9) answers
+for every task of the node: the archived ones carry their exit status; only tasks missing
+from the list get an individual status read. A task that finished stays listed as ``RUNNING``
+until the node's archiver runs (at the node's next fork, or on pvestatd's ~10 s loop,
+reference §4.3/§12.3): so a due task still listed as running once it has likely ended is
+confirmed by a status read, at most :data:`PROBE_MAX` per node per tick (the oldest first).
 """
 
 from __future__ import annotations
@@ -27,22 +27,35 @@ import attrs
 from lifecycled.domain.actions import spec_for
 from lifecycled.domain.op import Op
 from lifecycled.domain.outcome import Decision, after_exit, after_no_such_task
+from lifecycled.domain.polling import (
+    Durations,
+    TaskKey,
+    after_failure,
+    key_of,
+    learn,
+    likely_ended,
+    next_look,
+)
 from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.domain.userid import bare_user
 from lifecycled.engine.clock import Clock
-from lifecycled.engine.executor import Executor, internal_text, op_fields
-from lifecycled.errors import JournalUnavailable, PveError
+from lifecycled.engine.executor import Applied, Executor, Track, internal_text, op_fields
+from lifecycled.errors import JournalError, JournalUnavailable, PveError
 from lifecycled.pve.port import TASK_PAGE, TaskEntry, all_tasks, is_no_such_task
 
 log = logging.getLogger("lifecycled.engine")
 
 
-#: Tasks on a node up to which per-task status reads cost no more than one list call.
+#: Due tasks on a node up to which per-task status reads cost no more than one list call.
 SMALL = 2
-#: Listed-as-running tasks on a node up to which each is also confirmed by a status read.
-PROBE_MAX = 16
-#: Longest wait between two confirmations of one listed-as-running task.
-PROBE_MAX_DELAY = 30.0
+#: Status reads per node per tick that confirm tasks listed as running past their likely end.
+PROBE_MAX = 32
+#: Longest "shortest wait" between two task lists of one node (a list answers for all).
+LIST_GAP = 0.5
+#: Succeeded ops the task durations are learned from (the newest).
+LEARN_FROM = 1000
+#: Shortest time between two relearnings of the task durations while ops keep ending.
+RELEARN_EVERY = 5.0
 
 
 @attrs.define(kw_only=True)
@@ -52,36 +65,35 @@ class _Tracked:
     confirm_by_state: bool
     added: float
     next_check: float
-    next_probe: float
-    probes: int = 0
+    looks: int = 0
     failures: int = 0
-
-
-def poll_delay(age: float, poll_interval: float) -> float:
-    """Seconds until the next look at a task that has been running for ``age`` seconds.
-
-    Power actions mostly finish within a couple of seconds: those are looked at often;
-    then the cadence relaxes (with the default 2 s: 0.5 s, then 1 s, 2 s, 10 s).
-    """
-    if age < 2:
-        return max(0.1, min(0.5, poll_interval / 4))
-    if age < 10:
-        return max(0.1, min(1.0, poll_interval / 2))
-    if age < 60:
-        return poll_interval
-    return min(poll_interval * 5, 30.0)
 
 
 class Tracker:
     """Tracks running tasks and hands their outcome to the executor."""
 
-    def __init__(self, *, executor: Executor, clock: Clock, poll_interval: float) -> None:
+    def __init__(
+        self,
+        *,
+        executor: Executor,
+        clock: Clock,
+        poll_interval: float,
+        stopping: asyncio.Event,
+    ) -> None:
         self.executor = executor
         self.clock = clock
         self.poll_interval = poll_interval
+        #: Shortest wait between two task lists of one node (a quarter of the poll interval,
+        #: at most LIST_GAP).
+        self._list_gap = min(LIST_GAP, poll_interval / 4)
+        #: The daemon's one stop signal (owned by the runtime).
+        self.stopping = stopping
+        #: What each task type takes on each node, as last learned (:meth:`learn`).
+        self.durations: dict[TaskKey, Durations] = {}
+        self._learned_at: float | None = None
+        self._ended_since_learning = False
         self._entries: dict[int, _Tracked] = {}
         self._wake = asyncio.Event()
-        self.stopping = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -104,15 +116,45 @@ class Tracker:
             upid=upid,
             confirm_by_state=confirm_by_state or upid.type.startswith("ha"),
             added=now,
-            next_check=now + poll_delay(0, self.poll_interval),
-            next_probe=now + self.poll_interval,
+            next_check=now + self._next_look(upid, 0.0),
         )
         self._wake.set()
+
+    def follow(self, applied: Applied) -> None:
+        """Track the op when :meth:`Executor.apply` answered with a :class:`Track`."""
+        if isinstance(applied, Track):
+            self.track(applied.op, confirm_by_state=applied.confirm_by_state)
+
+    async def learn(self) -> None:
+        """Learn the task durations from the journal's recent succeeded ops; tasks not yet
+        looked at are planned again with them. A failed read keeps what was known."""
+        self._learned_at = self.clock.monotonic()
+        self._ended_since_learning = False
+        try:
+            rows = await self.executor.journal.succeeded_task_durations(limit=LEARN_FROM)
+        except JournalError as exc:
+            log.warning("tracker.learn_failed", extra={"error": str(exc)})
+            return
+        samples: list[tuple[Upid, float]] = []
+        for text, seconds in rows:
+            try:
+                samples.append((Upid.parse(text), seconds))
+            except UpidError:
+                continue
+        self.durations = learn(samples)
+        log.debug("tracker.learned", extra={"task_types": len(self.durations)})
+        for entry in self._entries.values():
+            if entry.looks == 0 and not entry.failures:
+                entry.next_check = entry.added + self._next_look(entry.upid, 0.0)
 
     async def run(self) -> None:
         """Poll until stopped. Tasks still running at stop are resolved by the next Recover."""
         while not self.stopping.is_set():
             now = self.clock.monotonic()
+            if self._ended_since_learning and (
+                self._learned_at is None or now - self._learned_at >= RELEARN_EVERY
+            ):
+                await self.learn()
             due_nodes = {e.upid.node for e in self._entries.values() if e.next_check <= now}
             for node in sorted(due_nodes):
                 if self.stopping.is_set():
@@ -133,22 +175,20 @@ class Tracker:
     async def _sleep_until_due(self) -> None:
         now = self.clock.monotonic()
         timeout = min((e.next_check for e in self._entries.values()), default=now + 60) - now
-        if timeout <= 0:
-            await asyncio.sleep(0)
-            return
-        self._wake.clear()
-        wake = asyncio.ensure_future(self._wake.wait())
-        stop = asyncio.ensure_future(self.stopping.wait())
-        try:
-            await asyncio.wait({wake, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            wake.cancel()
-            stop.cancel()
+        if timeout > 0:
+            self._wake.clear()  # entries tracked from here on set it again
+        await self.clock.wait_or_stop(self.stopping, timeout, wake=self._wake)
+
+    def _durations(self, upid: Upid) -> Durations | None:
+        return self.durations.get(key_of(upid))
+
+    def _next_look(self, upid: Upid, age: float) -> float:
+        return next_look(age, self._durations(upid), self.poll_interval)
 
     async def _tick_node(self, node: str) -> None:
+        now = self.clock.monotonic()
         entries = [e for e in self._entries.values() if e.upid.node == node]
         if len(entries) <= SMALL:
-            now = self.clock.monotonic()
             for entry in entries:
                 if entry.next_check <= now:
                     await self._guarded(entry, self._read_status(entry))
@@ -170,7 +210,7 @@ class Tracker:
             return
         by_upid: dict[str, TaskEntry] = {str(item.upid): item for item in listed}
         now = self.clock.monotonic()
-        listed_running: list[_Tracked] = []
+        probe: list[_Tracked] = []
         for entry in entries:
             item = by_upid.get(str(entry.upid))
             if item is not None and item.status not in (None, "RUNNING"):
@@ -179,17 +219,20 @@ class Tracker:
                 if entry.next_check <= now:
                     await self._guarded(entry, self._read_status(entry))
             else:
-                # Seen just now, due or not: the node's tasks share one cadence.
-                self._reschedule(entry)
-                listed_running.append(entry)
-        if len(listed_running) <= PROBE_MAX:
-            for entry in listed_running:
-                if entry.next_probe <= now and entry.op.id in self._entries:
-                    entry.probes += 1
-                    entry.next_probe = now + min(
-                        self.poll_interval * 2**entry.probes, PROBE_MAX_DELAY
-                    )
-                    await self._guarded(entry, self._read_status(entry))
+                # Listed as running: the list looked at it. One list answers for the node's
+                # tasks until the next tick, so each waits at least LIST_GAP.
+                entry.looks += 1
+                age = now - entry.added
+                if entry.next_check <= now and likely_ended(
+                    age, self._durations(entry.upid), self.poll_interval
+                ):
+                    probe.append(entry)  # may have ended, not yet archived
+                self._reschedule(entry, at_least=self._list_gap)
+        # The oldest first; the rest wait for the next tick (or the archiver).
+        probe.sort(key=lambda e: e.added)
+        for entry in probe[:PROBE_MAX]:
+            if entry.op.id in self._entries:
+                await self._guarded(entry, self._read_status(entry))
 
     async def _guarded(self, entry: _Tracked, step: Coroutine[Any, Any, None]) -> None:
         """One tracked op's step; an exception stops tracking that op only. Its task may
@@ -203,6 +246,7 @@ class Tracker:
             await self.executor.contain(entry.op, exc, where="tracker", end=False)
 
     async def _read_status(self, entry: _Tracked) -> None:
+        entry.looks += 1
         try:
             status = await self.executor.pve.task_status(entry.upid)
         except PveError as err:
@@ -224,23 +268,25 @@ class Tracker:
         op = entry.op
         spec = spec_for(op.guest.kind, op.action)
         log.info("task.stopped", extra={**op_fields(op), "exitstatus": exitstatus})
+        self._ended_since_learning = True
         await self._decide(
             entry, after_exit(op, spec, exitstatus, confirm_by_state=entry.confirm_by_state)
         )
 
     async def _decide(self, entry: _Tracked, decision: Decision) -> None:
-        done = await self.executor.apply(
+        applied = await self.executor.apply(
             entry.op, decision, confirm_by_state=entry.confirm_by_state
         )
-        if done:
+        if applied:
             self._entries.pop(entry.op.id, None)
+            self.follow(applied)  # another task was found to be the op's own: follow it
         else:
             self._reschedule(entry, failed=True)
 
-    def _reschedule(self, entry: _Tracked, *, failed: bool = False) -> None:
+    def _reschedule(self, entry: _Tracked, *, failed: bool = False, at_least: float = 0.0) -> None:
         now = self.clock.monotonic()
         entry.failures = entry.failures + 1 if failed else 0
-        delay = poll_delay(now - entry.added, self.poll_interval)
+        delay = max(self._next_look(entry.upid, now - entry.added), at_least)
         if failed:
-            delay = min(max(delay, self.poll_interval) * (2 ** min(entry.failures, 5)), 60.0)
+            delay = after_failure(delay, entry.failures, self.poll_interval)
         entry.next_check = now + delay

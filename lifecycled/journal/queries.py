@@ -140,6 +140,21 @@ class ReadVerbs:
 
         return await self._db.read(unit)
 
+    async def succeeded_task_durations(self, *, limit: int = 1000) -> list[tuple[str, float]]:
+        """``(UPID, seconds)`` of the newest ``limit`` succeeded ops that ran a task: seconds
+        from the UPID being journaled (its first history row) to the op finishing. The
+        tracker learns how long each task type takes on each node from these."""
+        found = await self._rows(
+            "SELECT o.upid AS upid, o.finished_at - MIN(h.at) AS seconds"
+            " FROM (SELECT id, upid, finished_at FROM ops"
+            "       WHERE state = 'succeeded' AND upid IS NOT NULL"
+            "       ORDER BY id DESC LIMIT ?) AS o"
+            " JOIN op_history AS h ON h.op_id = o.id AND h.upid = o.upid"
+            " GROUP BY o.id",
+            (limit,),
+        )
+        return [(str(r["upid"]), float(r["seconds"])) for r in found]
+
     async def by_key(self, key: str) -> Op | None:
         """The op holding idempotency key ``key``, if any."""
         found = await self._rows(f"SELECT {OP_COLUMNS} FROM ops WHERE idempotency_key = ?", (key,))

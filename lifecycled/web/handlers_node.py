@@ -64,7 +64,7 @@ async def _reason(request: web.Request, default: str) -> str:
 def _answer(
     request: web.Request, runtime: Runtime, change: NodeChange, **details: Any
 ) -> web.Response:
-    runtime.node_record = change.record
+    runtime.gauges.node_record = change.record
     if change.refusal is not None:
         raise ApiError(
             409,

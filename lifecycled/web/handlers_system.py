@@ -14,6 +14,7 @@ from prometheus_client.exposition import choose_encoder
 import lifecycled
 from lifecycled.domain.serialize import rfc3339
 from lifecycled.domain.states import OpState
+from lifecycled.engine import status as engine_status
 from lifecycled.engine.runtime import Runtime
 from lifecycled.errors import JournalError
 from lifecycled.web.errors import unavailable
@@ -92,7 +93,7 @@ def _file_system_problem(path: Path) -> str | None:
 async def status(request: web.Request) -> web.Response:
     """``GET /v1/status``: the runtime's state, queue counts by state, dead letters, version."""
     runtime = runtime_of(request)
-    body = dict(runtime.status())
+    body = engine_status.status(runtime)
     started = body.get("started_at")
     body["started_at"] = rfc3339(started) if isinstance(started, float) and started else None
     counts = await runtime.journal.counts_by_state()
@@ -106,7 +107,7 @@ async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: Prometheus text (or OpenMetrics when asked) from the runtime registry."""
     runtime = runtime_of(request)
     try:
-        await runtime.refresh_gauges()
+        await runtime.gauges.refresh()
     except JournalError as exc:
         log.warning("web.metrics_gauges_stale", extra={"error": str(exc)})
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))

@@ -29,6 +29,7 @@ from lifecycled.domain.guests import (
     observed_from,
 )
 from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
+from lifecycled.engine.clock import Clock
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import Submission
 from lifecycled.journal import Journal, SubmitRequest
@@ -142,12 +143,12 @@ async def seeded(
 
 @contextlib.asynccontextmanager
 async def started(
-    settings: Settings, pve: HttpPveClient
+    settings: Settings, pve: HttpPveClient, *, clock: Clock | None = None
 ) -> AsyncIterator[tuple[Runtime, asyncio.Task[None]]]:
     """A Runtime built from ``settings`` and running (Recover done, dispatchers and tracker
     running) until the block ends; with the task that runs it, so a test can check that the
     daemon is still up. The runtime closes ``pve``."""
-    runtime = await Runtime.build(settings, pve=pve)
+    runtime = await Runtime.build(settings, pve=pve, clock=clock)
     task = asyncio.create_task(runtime.run(), name="runtime")
     try:
         await asyncio.wait_for(runtime.ready.wait(), 10)
@@ -167,12 +168,14 @@ async def running(
     """A Runtime (Recover done, dispatchers and tracker running) on a fresh journal.
 
     ``manage_guests``: every simulator guest is recorded as ``native`` first (see
-    :func:`seed_guests`).
+    :func:`seed_guests`). ``clock=``: the runtime's :class:`Clock` (default: the real one);
+    every other keyword is a setting.
     """
+    clock: Clock | None = overrides.pop("clock", None)
     settings = fast_settings(tmp_path, server, **overrides)
     if manage_guests:
         await seed_guests(settings.db, server.sim.guests.values())
-    async with started(settings, client_for(server)) as (runtime, _task):
+    async with started(settings, client_for(server), clock=clock) as (runtime, _task):
         yield runtime
 
 

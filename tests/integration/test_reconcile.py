@@ -13,6 +13,7 @@ from lifecycled.domain.guests import DesiredState, GuestOrigin, ObservedState
 from lifecycled.domain.op import Origin
 from lifecycled.domain.states import OpState
 from lifecycled.engine.runtime import Runtime
+from lifecycled.engine.status import status
 from lifecycled.errors import PolicyRefused
 from lifecycled.sim import SimServer
 from lifecycled.sim.model import Guest
@@ -240,7 +241,7 @@ async def test_config_drift_is_reported_never_corrected(sim: SimServer, tmp_path
         drifted = (await rt.journal.list_guests(drifted=True)).items
         assert [g.vmid for g in drifted] == [guest.vmid]
         assert metric(rt, "lifecycled_config_drift") == 1
-        assert rt.status()["reconcile"]["drifted"] == [guest.vmid]
+        assert status(rt)["reconcile"]["drifted"] == [guest.vmid]
     assert str(sim.sim.guests[guest.vmid].config["cores"]) == "7"
 
 
@@ -299,10 +300,16 @@ async def test_pending_reconcile_op_is_superseded_by_a_new_desired_state(
 ) -> None:
     """A reconcile start still pending when desired becomes stopped is cancelled."""
     guest = on_pve1(sim, "qemu", True)
+    busy = on_pve1(sim, "qemu", False, avoid={guest.vmid})
     async with running(sim, tmp_path, manage_guests=False, workers=1) as rt:
         await manage(rt, guest)
-        rt.dispatcher.stopping.set()  # nobody claims any more: the op stays pending
-        await asyncio.sleep(1.2)  # the idle worker notices and exits
+        await manage(rt, busy)
+        # The only worker hangs in another op's POST: nobody claims, the op stays pending.
+        sim.sim.add_fault(method="POST", path=f"/qemu/{busy.vmid}/status/start$", delay=3.0)
+        blocker = await submit(rt, "start", busy)
+        async with asyncio.timeout(5):
+            while (await rt.journal.get(blocker.id)).state is OpState.PENDING:
+                await asyncio.sleep(0.02)
         sim.sim.set_guest_status(guest.vmid, "stopped")
         report = await rt.reconciler.pass_once()
         op_id = report.enqueued[0]["op_id"]

@@ -1,0 +1,123 @@
+"""When to look at a running task again, learned from how long its kind of task takes.
+
+Pure: durations in, seconds out. A task type's duration on a node is learned from the
+journal's history (:func:`learn`): for recent succeeded ops, the time from their UPID being
+journaled to their op finishing. A young task is looked at when it has likely ended — the
+learned median, then the 80th percentile — and past those ever less often, up to the poll
+interval (:func:`next_look`). Without history (fewer than :data:`MIN_SAMPLES` samples) the
+cadence is the fixed one: fast while the task is young, then the poll interval.
+
+The rule every schedule keeps: two looks at a task are never more than ``poll_interval``
+apart (the first counted from when tracking began), so a task that has ended is noticed at
+most one poll interval later.
+
+A sample is a *detection* time: when the daemon noticed the end, a little after the look
+that saw it. A learned point is therefore a sample rounded down to a :data:`GRID`, plus half
+a grid step: a task noticed on a point teaches the same point again (no creeping up by the
+time a status read takes each generation, as long as it takes under half a step), and a task
+whose samples sit just past its real end is looked at just after it. A task type that gets
+faster is noticed at its old point (at most one poll interval late) until its history ages
+out of the window; one that gets slower is missed at its old point and teaches a later one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import attrs
+
+from lifecycled.domain.upid import Upid
+
+#: Samples a (node, task type) needs before its durations are used.
+MIN_SAMPLES = 3
+#: The quantiles of the learned durations a young task is looked at.
+QUANTILES = (0.5, 0.8)
+#: Learned points are a multiple of this many seconds plus half of it (see the module text).
+GRID = 0.2
+#: Shortest wait between two looks once a task is past every learned point.
+BACKOFF_BASE = 0.25
+#: Longest wait between looks while Proxmox fails to answer.
+FAILING_MAX = 60.0
+
+#: A task type on a node: (node, UPID type such as ``qmstart``).
+TaskKey = tuple[str, str]
+
+
+@attrs.frozen(kw_only=True)
+class Durations:
+    """How long one task type usually runs on one node, as ages (seconds since tracking
+    began) at which such a task has likely ended, ascending and positive."""
+
+    points: tuple[float, ...]
+    samples: int
+
+    @property
+    def likely_end(self) -> float:
+        """The first point: half of such tasks had been noticed ended by then."""
+        return self.points[0]
+
+
+def key_of(upid: Upid) -> TaskKey:
+    return (upid.node, upid.type)
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Nearest-rank quantile of a sorted, non-empty list."""
+    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+
+
+def _on_grid(seconds: float) -> float:
+    return round((math.floor(seconds / GRID + 1e-9) + 0.5) * GRID, 6)
+
+
+def learn(samples: Iterable[tuple[Upid, float]]) -> dict[TaskKey, Durations]:
+    """Durations per (node, task type) from ``(UPID, seconds it ran)`` samples; a type with
+    fewer than :data:`MIN_SAMPLES` usable samples (finite, not negative) is left out."""
+    grouped: dict[TaskKey, list[float]] = {}
+    for upid, seconds in samples:
+        if math.isfinite(seconds) and seconds >= 0:
+            grouped.setdefault(key_of(upid), []).append(seconds)
+    learned: dict[TaskKey, Durations] = {}
+    for key, values in grouped.items():
+        if len(values) < MIN_SAMPLES:
+            continue
+        values.sort()
+        points = sorted({_on_grid(_quantile(values, q)) for q in QUANTILES})
+        learned[key] = Durations(points=tuple(points), samples=len(values))
+    return learned
+
+
+def _fixed(age: float, poll_interval: float) -> float:
+    """The cadence without history: with the default 2 s, 0.5 s while the task is younger
+    than 2 s, 1 s up to 10 s, then the poll interval."""
+    if age < 2:
+        return max(0.1, min(0.5, poll_interval / 4))
+    if age < 10:
+        return max(0.1, min(1.0, poll_interval / 2))
+    return poll_interval
+
+
+def next_look(age: float, durations: Durations | None, poll_interval: float) -> float:
+    """Seconds from now to the next look at a task tracked for ``age`` seconds (now being a
+    look, or the start of tracking). Never more than ``poll_interval``; always positive."""
+    if durations is None:
+        return min(_fixed(age, poll_interval), poll_interval)
+    for point in durations.points:
+        if point > age:
+            return min(point - age, poll_interval)
+    # Past every learned point: the task runs longer than usual; back off.
+    since = age - durations.points[-1]
+    return min(max(since, BACKOFF_BASE), poll_interval)
+
+
+def likely_ended(age: float, durations: Durations | None, poll_interval: float) -> bool:
+    """Whether a task tracked for ``age`` seconds has likely ended (past its learned median;
+    without history, older than one poll interval)."""
+    return age >= (durations.likely_end if durations is not None else poll_interval)
+
+
+def after_failure(delay: float, failures: int, poll_interval: float) -> float:
+    """The wait before looking again after ``failures`` failed reads in a row (Proxmox did
+    not answer): doubling from the poll interval, at most :data:`FAILING_MAX`."""
+    return min(max(delay, poll_interval) * 2.0 ** min(failures, 5), FAILING_MAX)

@@ -1,0 +1,78 @@
+"""Polling that knows how long tasks take: after history exists, a task is looked at when
+it has likely ended, and still noticed within one poll interval of its end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import SimFactory
+from engine_support import pick, running, submit, wait_terminal
+
+from lifecycled.domain.polling import MIN_SAMPLES
+from lifecycled.domain.states import OpState
+from lifecycled.sim import SimServer
+
+POLL_INTERVAL = 2.0
+
+
+def status_polls(sim: SimServer, upid: str) -> int:
+    """``GET …/tasks/{upid}/status`` requests the simulator received for ``upid``."""
+    return sum(
+        1
+        for r in sim.sim.requests
+        if r.method == "GET" and upid in r.path and r.path.endswith("/status")
+    )
+
+
+async def test_a_learned_two_second_task_is_polled_at_most_twice(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """With 2 s starts in the journal's history, a lone 2 s start is polled at most twice and
+    its op ends within one poll interval of the task's end."""
+    sim = await sim_factory(nodes=("pve1",), task_durations={"qmstart": 2.0})
+    taken: set[int] = set()
+    guests = [pick(sim, "qemu", True, avoid=taken) for _ in range(MIN_SAMPLES + 1)]
+    for guest in guests:
+        sim.sim.set_guest_status(guest.vmid, "stopped")
+    lone, history = guests[0], guests[1:]
+    async with running(sim, tmp_path, poll_interval=POLL_INTERVAL) as rt:
+        ops = [await submit(rt, "start", guest) for guest in history]
+        for op in ops:
+            assert (await wait_terminal(rt, op.id)).state is OpState.SUCCEEDED
+    # A restarted daemon learns the durations from the journal before it tracks anything.
+    async with running(sim, tmp_path, poll_interval=POLL_INTERVAL) as rt:
+        op = await submit(rt, "start", lone)
+        done = await wait_terminal(rt, op.id)
+    assert done.state is OpState.SUCCEEDED
+    assert done.upid is not None and done.finished_at is not None
+    assert 1 <= status_polls(sim, done.upid) <= 2
+    task = sim.sim.books["pve1"].by_upid[done.upid]
+    assert task.ended_at is not None
+    assert 0 <= done.finished_at - task.ended_at <= POLL_INTERVAL
+
+
+async def test_a_burst_the_archiver_has_not_filed_is_noticed_within_one_poll_interval(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """Twenty tasks on one node that end after the last fork stay listed as running until the
+    archiver runs (30 s here); each op still ends within one poll interval of its task."""
+    burst = 20
+    sim = await sim_factory(
+        nodes=("pve1",), guests=80, archive_interval=30.0, task_durations={"qmstart": 1.0}
+    )
+    taken: set[int] = set()
+    guests = [pick(sim, "qemu", True, avoid=taken) for _ in range(burst)]
+    for guest in guests:
+        sim.sim.set_guest_status(guest.vmid, "stopped")
+    async with running(sim, tmp_path, poll_interval=POLL_INTERVAL, workers=8, node_cap=burst) as rt:
+        ops = [await submit(rt, "start", guest) for guest in guests]
+        done = [await wait_terminal(rt, op.id) for op in ops]
+    assert {op.state for op in done} == {OpState.SUCCEEDED}
+    lags = []
+    for op in done:
+        assert op.upid is not None and op.finished_at is not None
+        ended_at = sim.sim.books["pve1"].by_upid[op.upid].ended_at
+        assert ended_at is not None
+        lags.append(op.finished_at - ended_at)
+    assert min(lags) >= 0
+    assert max(lags) <= POLL_INTERVAL

@@ -1,0 +1,148 @@
+"""The tracker's schedule (``domain/polling``): looks at a task when it has likely ended,
+learned from history, and never more than one poll interval apart."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lifecycled.domain.polling import (
+    BACKOFF_BASE,
+    FAILING_MAX,
+    GRID,
+    MIN_SAMPLES,
+    Durations,
+    after_failure,
+    learn,
+    likely_ended,
+    next_look,
+)
+from lifecycled.domain.upid import Upid
+
+intervals = st.floats(min_value=0.1, max_value=60.0)
+ends = st.floats(min_value=0.0, max_value=300.0)
+learned = st.none() | st.lists(
+    st.floats(min_value=0.01, max_value=600.0), min_size=1, max_size=4, unique=True
+).map(lambda ps: Durations(points=tuple(sorted(ps)), samples=MIN_SAMPLES))
+
+
+def upid(node: str = "pve1", kind: str = "qmstart", n: int = 1) -> Upid:
+    return Upid.parse(f"UPID:{node}:{n:08X}:00000001:6419CAF8:{kind}:100:root@pam:")
+
+
+def looks_until(end: float, durations: Durations | None, poll_interval: float) -> list[float]:
+    """The ages of the looks at a task, from tracking's start up to the first one at or past
+    ``end``."""
+    ages: list[float] = []
+    age = 0.0
+    while age < end or not ages:
+        delay = next_look(age, durations, poll_interval)
+        assert 0 < delay <= poll_interval
+        age += delay
+        ages.append(age)
+    return ages
+
+
+@settings(max_examples=200, database=None, deadline=None)
+@given(durations=learned, poll_interval=intervals, end=ends)
+def test_an_ended_task_is_noticed_within_one_poll_interval(
+    durations: Durations | None, poll_interval: float, end: float
+) -> None:
+    """For any learned durations and task end, the first look after the end is at most one
+    poll interval later (and no two looks are further apart)."""
+    ages = looks_until(end, durations, poll_interval)
+    assert ages[-1] - end <= poll_interval + 1e-9
+
+
+@settings(max_examples=200, database=None, deadline=None)
+@given(
+    points=st.lists(st.floats(min_value=0.1, max_value=10.0), min_size=1, max_size=3, unique=True),
+    share=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_a_task_ending_by_its_learned_median_is_looked_at_once(
+    points: list[float], share: float
+) -> None:
+    """A task that has ended by the learned median is noticed at the first look, exactly
+    there (when the median is within one poll interval)."""
+    durations = Durations(points=tuple(sorted(points)), samples=MIN_SAMPLES)
+    ages = looks_until(share * durations.likely_end, durations, poll_interval=10.0)
+    assert ages == [durations.likely_end]
+
+
+def test_past_the_learned_points_looks_back_off_to_the_poll_interval() -> None:
+    """After the last learned point the gaps grow from BACKOFF_BASE up to the poll interval."""
+    durations = Durations(points=(2.0, 2.5), samples=10)
+    ages = looks_until(20.0, durations, poll_interval=2.0)
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(ages)]
+    assert ages[:2] == [2.0, 2.5]
+    assert gaps[1:6] == [BACKOFF_BASE, BACKOFF_BASE, 0.5, 1.0, 2.0]
+    assert set(gaps[6:]) == {2.0}
+
+
+def test_without_history_the_cadence_is_fast_while_young_then_the_poll_interval() -> None:
+    """No history: 0.5 s looks up to 2 s, 1 s up to 10 s, then the poll interval — also
+    for old tasks (never more than one poll interval apart)."""
+    assert next_look(0.0, None, 2.0) == 0.5
+    assert next_look(5.0, None, 2.0) == 1.0
+    assert next_look(30.0, None, 2.0) == 2.0
+    assert next_look(3600.0, None, 2.0) == 2.0
+    assert next_look(0.0, None, 0.2) == 0.1
+
+
+def test_learn_takes_median_and_p80_per_node_and_task_type() -> None:
+    """Durations are learned per (node, task type), as the median and 80th percentile
+    rounded down to the grid plus half a step; a type with too few samples is left out."""
+    starts = [upid(n=i) for i in range(1, 11)]
+    samples = [(u, 1.0 + i / 10) for i, u in enumerate(starts)]  # 1.0 … 1.9
+    samples += [(upid(node="pve2", n=20 + i), 7.25) for i in range(MIN_SAMPLES)]
+    samples += [(upid(kind="qmstop", n=40 + i), 3.0) for i in range(MIN_SAMPLES - 1)]
+    got = learn(samples)
+    assert got[("pve1", "qmstart")] == Durations(points=(1.5, 1.7), samples=10)
+    assert got[("pve2", "qmstart")] == Durations(points=(7.3,), samples=MIN_SAMPLES)
+    assert ("pve1", "qmstop") not in got
+
+
+def test_learn_ignores_unusable_samples() -> None:
+    """Negative and non-finite durations are not samples."""
+    bad = [(upid(n=i), v) for i, v in enumerate([-1.0, math.nan, math.inf], start=1)]
+    good = [(upid(n=10 + i), 2.0) for i in range(MIN_SAMPLES - 1)]
+    assert learn(bad + good) == {}
+
+
+@settings(max_examples=200, database=None)
+@given(
+    steps=st.integers(min_value=0, max_value=3000),
+    late=st.floats(min_value=0.0, max_value=GRID * 0.45),
+)
+def test_learning_from_its_own_detection_times_does_not_creep(steps: int, late: float) -> None:
+    """Tasks noticed a little after a learned point teach the same point again."""
+    point = round((steps + 0.5) * GRID, 6)
+    samples = [(upid(n=i), point + late) for i in range(1, MIN_SAMPLES + 1)]
+    assert learn(samples)[("pve1", "qmstart")].points == (point,)
+
+
+def test_a_point_is_just_after_the_samples_it_comes_from() -> None:
+    """Samples just past a grid step give a point just past them (a look that catches tasks
+    ending as early as those were noticed), at most one grid step later."""
+    samples = [(upid(n=i), 2.02) for i in range(1, MIN_SAMPLES + 1)]
+    (point,) = learn(samples)[("pve1", "qmstart")].points
+    assert 2.02 < point <= 2.02 + GRID
+
+
+def test_likely_ended_is_the_median_or_one_poll_interval() -> None:
+    """A task has likely ended past its learned median; without history, past one interval."""
+    durations = Durations(points=(3.0, 4.0), samples=5)
+    assert not likely_ended(2.9, durations, 2.0)
+    assert likely_ended(3.0, durations, 2.0)
+    assert not likely_ended(1.9, None, 2.0)
+    assert likely_ended(2.0, None, 2.0)
+
+
+def test_failed_reads_back_off_from_the_poll_interval_to_a_cap() -> None:
+    """While Proxmox fails, looks double from the poll interval up to FAILING_MAX."""
+    assert after_failure(0.5, 1, 2.0) == 4.0
+    assert after_failure(0.5, 3, 2.0) == 16.0
+    assert after_failure(0.5, 50, 2.0) == FAILING_MAX
