@@ -16,7 +16,6 @@ from aiohttp import web
 
 from lifecycled.domain.access import Role
 from lifecycled.domain.guests import (
-    DesiredState,
     GuestOrigin,
     ObservedState,
     guest_to_dict,
@@ -25,7 +24,7 @@ from lifecycled.domain.guests import (
 from lifecycled.domain.text import shown
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
-from lifecycled.errors import InvalidTransition, NotFound, PveError
+from lifecycled.errors import InvalidTransition, NotFound, PveError, ValidationError
 from lifecycled.journal.guests import Ownership
 from lifecycled.web.auth import request_actor
 from lifecycled.web.errors import ApiError, unavailable
@@ -39,7 +38,7 @@ from lifecycled.web.inputs import (
     read_json_object,
     unknown_fields,
 )
-from lifecycled.web.routes import Route, error, ok, path_param, query, runtime_of
+from lifecycled.web.routes import Route, error, ok, path_param, query, runtime_of, services_of
 
 __all__ = ["ROUTES", "SCHEMAS"]
 
@@ -47,7 +46,6 @@ log = logging.getLogger("lifecycled.web")
 
 ORIGINS = [str(o) for o in GuestOrigin]
 OBSERVED = [str(o) for o in ObservedState]
-SETTABLE = [str(DesiredState.RUNNING), str(DesiredState.STOPPED)]
 _DESIRED_FIELDS = frozenset({"state"})
 SCOPES = ["local", "cluster"]
 NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$")
@@ -200,18 +198,14 @@ async def set_desired(request: web.Request) -> web.Response:
             "the request body has the wrong shape",
             details={"state": "required: a string"},
         )
-    if state not in SETTABLE:
+    try:
+        guest = await services_of(request).set_desired(vmid, state, actor=request_actor(request))
+    except ValidationError as exc:
         raise ApiError(
-            422,
-            "validation_failed",
-            "invalid desired state",
-            details={"state": "running or stopped (absent is set by a terminate op)"},
-        )
-    if await runtime.journal.find_guest(vmid) is None:
-        raise ApiError(404, "guest_not_found", f"guest {vmid} is not known to lifecycled")
-    guest = await runtime.guests.set_desired(
-        vmid, DesiredState(state), actor=request_actor(request)
-    )
+            422, "validation_failed", "invalid desired state", details=exc.details
+        ) from None
+    except NotFound as exc:
+        raise ApiError(404, "guest_not_found", str(exc)) from None
     return web.json_response(guest_to_dict(guest))
 
 
@@ -221,10 +215,9 @@ def _ownership(result: Ownership) -> web.Response:
 
 async def _take(request: web.Request, origin: GuestOrigin) -> web.Response:
     vmid = _path_vmid(request)
-    runtime = runtime_of(request)
-    _refuse_when_stopping(runtime)
+    _refuse_when_stopping(runtime_of(request))
     try:
-        result = await runtime.guests.take(vmid, origin, actor=request_actor(request))
+        result = await services_of(request).take(vmid, origin, actor=request_actor(request))
     except NotFound as exc:
         raise ApiError(404, "guest_not_found", str(exc)) from None
     except PveError as exc:
@@ -247,10 +240,9 @@ async def adopt_guest(request: web.Request) -> web.Response:
 async def release_guest(request: web.Request) -> web.Response:
     """``POST /v1/guests/{vmid}/release``: observed only from now on; audited."""
     vmid = _path_vmid(request)
-    runtime = runtime_of(request)
-    _refuse_when_stopping(runtime)
+    _refuse_when_stopping(runtime_of(request))
     try:
-        result = await runtime.guests.release(vmid, actor=request_actor(request))
+        result = await services_of(request).release(vmid, actor=request_actor(request))
     except NotFound:
         raise ApiError(404, "guest_not_found", f"guest {vmid} is not known to lifecycled") from None
     except InvalidTransition as exc:

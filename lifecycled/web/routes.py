@@ -17,8 +17,11 @@ from aiohttp.typedefs import Handler
 
 from lifecycled.domain.access import Role
 from lifecycled.engine.runtime import Runtime
+from lifecycled.engine.services import Services
 
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
+#: The operations the API offers (:mod:`lifecycled.engine.services`; the CLI calls them too).
+SERVICES_KEY = web.AppKey("services", Services)
 
 JSON = "application/json"
 
@@ -94,3 +97,7 @@ def path_param(name: str, description: str, schema: Mapping[str, Any]) -> dict[s
 
 def runtime_of(request: web.Request) -> Runtime:
     return request.app[RUNTIME_KEY]
+
+
+def services_of(request: web.Request) -> Services:
+    return request.app[SERVICES_KEY]
