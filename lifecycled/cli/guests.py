@@ -39,6 +39,7 @@ from lifecycled.domain.guests import (
     ObservedState,
     guest_to_dict,
 )
+from lifecycled.domain.ownership import view_origin
 from lifecycled.domain.serialize import parse_rfc3339, rfc3339
 from lifecycled.engine.clock import SystemClock
 from lifecycled.engine.services import Services
@@ -219,7 +220,7 @@ def _print_cluster(settings: Settings, node: str | None, origin: str | None, as_
 
     items = asyncio.run(main())
     if origin is not None:
-        items = [i for i in items if (i["origin"] or "discovered") == origin]
+        items = [i for i in items if view_origin(i) == origin]
     if as_json:
         print_json(items)
         return

@@ -21,6 +21,7 @@ from lifecycled.domain.guests import (
     guest_to_dict,
     observed_from,
 )
+from lifecycled.domain.ownership import view_origin
 from lifecycled.domain.text import shown
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
@@ -135,23 +136,21 @@ async def list_guests(request: web.Request) -> web.StreamResponse:
 
 async def _cluster_guests(request: web.Request, q: dict[str, Any]) -> web.Response:
     """The cluster view: one ``/cluster/resources`` read with the records in the tags."""
-    cluster = runtime_of(request).guests.cluster
+    services = services_of(request)
+    cluster = services.guests.cluster
     if cluster is None:
         raise ApiError(404, "not_found", "no cluster view here")
     try:
         items = await cluster.view(node=q.get("node"))
     except PveError as exc:
         raise unavailable("proxmox_unavailable", f"Proxmox could not be read: {exc.text}") from None
-    drifted = {
-        g.vmid
-        for g in (await runtime_of(request).journal.list_guests(drifted=True, limit=1000)).items
-    }
+    drifted = {g.vmid for g in (await services.journal.list_guests(drifted=True, limit=1000)).items}
     for item in items:
         item["observed_state"] = str(observed_from(item["status"], item["lock"]))
         item["drifted"] = item["vmid"] in drifted
     origin = q.get("origin")
     if origin is not None:
-        items = [i for i in items if (i["origin"] or "discovered") == origin]
+        items = [i for i in items if view_origin(i) == origin]
     if q.get("observed") is not None:
         items = [i for i in items if i["observed_state"] == q["observed"]]
     if q.get("drifted") is not None:

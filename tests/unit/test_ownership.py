@@ -23,7 +23,9 @@ from lifecycled.domain.ownership import (
     encode,
     fingerprint_digest,
     key_digest,
+    record_dict,
     split_tags,
+    view_origin,
 )
 from lifecycled.domain.reconcile import OrphanKind, ReconcileInput, plan
 
@@ -197,3 +199,10 @@ def test_settings_take_node_lists_from_flags_env_and_toml(tmp_path: Any) -> None
     assert load_settings({}, env={}, config_file=toml).nodes == ("pve3", "pve1")
     with pytest.raises(ConfigError, match="not a Proxmox node name"):
         load_settings({"node": ["pve1,no_way!"]}, env={}, system_config=None)
+
+
+@given(st.none() | records)
+def test_cluster_view_origin_is_the_record_s_or_discovered(record: OwnershipRecord | None) -> None:
+    """The origin both faces filter the cluster view on: the record's, else discovered."""
+    expected = record.origin if record is not None else GuestOrigin.DISCOVERED
+    assert view_origin(record_dict(record)) is expected
