@@ -445,19 +445,19 @@ def audit_prune(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete audit records older than --older-than; the prune is itself audited."""
-    from lifecycled.audit import prune_cutoff
+    from lifecycled.audit import AuditRecord, prune_cutoff
     from lifecycled.cli._journal import duration_option
 
-    now = time.time()
+    retention = duration_option(older_than, "--older-than")
     try:
-        before = prune_cutoff(now, duration_option(older_than, "--older-than"))
+        prune_cutoff(time.time(), retention)  # a usage error, before the journal is opened
     except ValueError as exc:
         fail(f"--older-than: {exc}", EXIT_USAGE)
 
-    async def work(journal: Journal) -> Any:
-        return await journal.prune_audit(before=before, actor="cli", now=now)
+    async def work(journal: Journal) -> tuple[AuditRecord, float]:
+        return await _services(journal).prune_audit(older_than=retention, actor=ACTOR)
 
-    record = _with_journal(db, work, create=False)
+    record, before = _with_journal(db, work, create=False)
     assert record.snapshot is not None
     pruned = record.snapshot["pruned"]
     if as_json:

@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from lifecycled.audit import AuditRecord, prune_cutoff
 from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord
 from lifecycled.domain.node import NodeRecord
 from lifecycled.domain.op import Op
@@ -237,6 +238,17 @@ class Services:
         if await self.journal.find_guest(vmid) is None:
             raise NotFound(f"guest {vmid} is not known to lifecycled")
         return await self.guests.set_desired(vmid, DesiredState(state), actor=actor)
+
+    # --- audit -------------------------------------------------------------------------
+
+    async def prune_audit(self, *, older_than: float, actor: str) -> tuple[AuditRecord, float]:
+        """Delete audit records older than ``older_than`` seconds — at least a day
+        (:func:`lifecycled.audit.prune_cutoff`, ValueError otherwise); the prune is itself
+        audited. Returns that record (its snapshot counts the pruned) and the cutoff."""
+        now = self.clock.now()
+        before = prune_cutoff(now, older_than)
+        record = await self.journal.prune_audit(before=before, actor=actor, now=now)
+        return record, before
 
     # --- the served node ---------------------------------------------------------------
 
