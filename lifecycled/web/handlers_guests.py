@@ -111,7 +111,7 @@ async def list_guests(request: web.Request) -> web.StreamResponse:
     )
     if q.get("scope") == "cluster":
         return await _cluster_guests(request, q)
-    journal = runtime_of(request).journal
+    journal = services_of(request).journal
     state_hash, listing = await journal.guest_hashes()
     etag = _etag(listing, request)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
@@ -173,7 +173,7 @@ async def _cluster_guests(request: web.Request, q: dict[str, Any]) -> web.Respon
 async def get_guest(request: web.Request) -> web.Response:
     """``GET /v1/guests/{vmid}``: the guest with its config snapshot and open ops."""
     vmid = _path_vmid(request)
-    journal = runtime_of(request).journal
+    journal = services_of(request).journal
     guest = await journal.find_guest(vmid)
     if guest is None:
         raise ApiError(404, "guest_not_found", f"guest {vmid} is not known to lifecycled")
