@@ -123,8 +123,11 @@ class Services:
 
     # --- ops ---------------------------------------------------------------------------
 
-    async def submit(self, sub: Submission) -> SubmitResult:
-        """Validate, resolve, admit and journal one submission (:func:`engine.submit.submit`)."""
+    async def submit(
+        self, sub: Submission, *, authorize: Callable[[Submission], Awaitable[None]] | None = None
+    ) -> SubmitResult:
+        """Validate, resolve, admit and journal one submission (:func:`engine.submit.submit`);
+        ``authorize`` runs once it is known to be well formed and may refuse it by raising."""
         result = await submit(
             self.journal,
             sub,
@@ -132,6 +135,7 @@ class Services:
             default_node=self.node,
             now=self.clock.now(),
             guests=self.guests,
+            authorize=authorize,
         )
         if not result.deduplicated:
             self.notify()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -264,6 +264,7 @@ async def submit(
     default_node: str,
     now: float,
     guests: GuestService | None = None,
+    authorize: Callable[[Submission], Awaitable[None]] | None = None,
 ) -> SubmitResult:
     """Validate, resolve and journal one submission. Nothing is written on any error, except
     the audit record of a refusal by the served node's state (draining: :class:`NodeRefused`).
@@ -274,8 +275,13 @@ async def submit(
     released guest is refused with ``guest_not_managed`` (:class:`PolicyRefused`) — on the
     node and of the kind its row says (``placement_mismatch`` otherwise). Accepting a power action sets the
     guest's desired state in the same transaction.
+
+    ``authorize`` runs once the submission is known to be well formed, before anything
+    else is read or written (the HTTP face checks the token's role and the signature there).
     """
     validate(sub)
+    if authorize is not None:  # a face's check of the well-formed request (role, signature)
+        await authorize(sub)
     cluster = guests.cluster if guests is not None else None
     if cluster is not None and sub.node is not None:
         cluster.require_served(sub.vmid, sub.node)

@@ -20,7 +20,7 @@ from lifecycled.domain.serialize import op_to_dict
 from lifecycled.domain.states import OpState
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.services import NotADeadLetter, NotCancellable
-from lifecycled.engine.submit import VMID_MAX, VMID_MIN, ProxmoxUnreachable, Submission, validate
+from lifecycled.engine.submit import VMID_MAX, VMID_MIN, ProxmoxUnreachable, Submission
 from lifecycled.errors import Conflict, NotFound, ValidationError
 from lifecycled.journal import OpPage
 from lifecycled.web.auth import request_actor, require_role
@@ -80,25 +80,24 @@ async def submit_op(request: web.Request) -> web.Response:
     _refuse_when_stopping(runtime)
     body = await read_json_object(request, runtime.settings.max_body_bytes)
     sub = parse_submission(body, request.headers.get(IDEMPOTENCY_HEADER), request_actor(request))
+
+    async def authorize(sub: Submission) -> None:
+        # Called once the submission is validated: a malformed one is refused before a
+        # signature is checked (and audited), so a refusal never leaves an audit row of
+        # unvalidated input. One predicate of "destructive" (the one signatures use): such
+        # a submission needs admin.
+        destructive = is_destructive(sub.action, sub.kind, sub.params)
+        await require_role(
+            request,
+            required_role(request.method, Role.OPERATE, destructive=destructive),
+            action=sub.action,
+            vmid=sub.vmid,
+            node=sub.node,
+        )
+        await require_signature(request, runtime, sub, sub.actor)
+
     try:
-        # Validation first: a malformed submission is refused before a signature is checked
-        # (and audited), so a refusal never leaves an audit row of unvalidated input.
-        validate(sub)
-    except ValidationError as exc:
-        raise ApiError(422, "validation_failed", str(exc), details=exc.details) from None
-    # One predicate of "destructive" (the one signatures use): such a submission needs admin
-    # (checked after validation, so a refusal is audited only for a well-formed submission).
-    destructive = is_destructive(sub.action, sub.kind, sub.params)
-    await require_role(
-        request,
-        required_role(request.method, Role.OPERATE, destructive=destructive),
-        action=sub.action,
-        vmid=sub.vmid,
-        node=sub.node,
-    )
-    await require_signature(request, runtime, sub, sub.actor)
-    try:
-        result = await services_of(request).submit(sub)
+        result = await services_of(request).submit(sub, authorize=authorize)
     except NodeRefused as exc:
         raise node_refusal(exc) from None
     except PlacementMismatch as exc:
