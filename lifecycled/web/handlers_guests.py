@@ -23,7 +23,6 @@ from lifecycled.domain.guests import (
 )
 from lifecycled.domain.ownership import view_origin
 from lifecycled.domain.text import shown
-from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
 from lifecycled.errors import InvalidTransition, NotFound, PveError, ValidationError
 from lifecycled.journal.guests import Ownership
@@ -39,7 +38,16 @@ from lifecycled.web.inputs import (
     read_json_object,
     unknown_fields,
 )
-from lifecycled.web.routes import Route, error, ok, path_param, query, runtime_of, services_of
+from lifecycled.web.routes import (
+    Route,
+    error,
+    ok,
+    path_param,
+    query,
+    refuse_when_stopping,
+    runtime_of,
+    services_of,
+)
 
 __all__ = ["ROUTES", "SCHEMAS"]
 
@@ -73,11 +81,6 @@ def _path_vmid(request: web.Request) -> int:
     if not VMID_MIN <= number <= VMID_MAX:
         raise ApiError(404, "guest_not_found", f"guest {shown(text, 30)} not found")
     return number
-
-
-def _refuse_when_stopping(runtime: Runtime) -> None:
-    if runtime.stopping.is_set():
-        raise unavailable("shutting_down", "lifecycled is shutting down; retry on the next start")
 
 
 def _etag(listing_hash: str, request: web.Request) -> str:
@@ -186,7 +189,7 @@ async def set_desired(request: web.Request) -> web.Response:
     """``PUT /v1/guests/{vmid}/desired``: ``{"state": "running" | "stopped"}``."""
     vmid = _path_vmid(request)
     runtime = runtime_of(request)
-    _refuse_when_stopping(runtime)
+    refuse_when_stopping(request)
     body = await read_json_object(request, runtime.settings.max_body_bytes)
     unknown_fields(body, _DESIRED_FIELDS)
     state = body.get("state")
@@ -214,7 +217,7 @@ def _ownership(result: Ownership) -> web.Response:
 
 async def _take(request: web.Request, origin: GuestOrigin) -> web.Response:
     vmid = _path_vmid(request)
-    _refuse_when_stopping(runtime_of(request))
+    refuse_when_stopping(request)
     try:
         result = await services_of(request).take(vmid, origin, actor=request_actor(request))
     except NotFound as exc:
@@ -239,7 +242,7 @@ async def adopt_guest(request: web.Request) -> web.Response:
 async def release_guest(request: web.Request) -> web.Response:
     """``POST /v1/guests/{vmid}/release``: observed only from now on; audited."""
     vmid = _path_vmid(request)
-    _refuse_when_stopping(runtime_of(request))
+    refuse_when_stopping(request)
     try:
         result = await services_of(request).release(vmid, actor=request_actor(request))
     except NotFound:

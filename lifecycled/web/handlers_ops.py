@@ -18,7 +18,6 @@ from lifecycled.domain.node import NodeRefused
 from lifecycled.domain.op import Op
 from lifecycled.domain.serialize import op_to_dict
 from lifecycled.domain.states import OpState
-from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.services import NotADeadLetter, NotCancellable
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN, ProxmoxUnreachable, Submission
 from lifecycled.errors import Conflict, NotFound, ValidationError
@@ -50,17 +49,13 @@ from lifecycled.web.routes import (
     path_param,
     query,
     ref,
+    refuse_when_stopping,
     runtime_of,
     services_of,
 )
 from lifecycled.web.signing import require_signature
 
 log = logging.getLogger("lifecycled.web")
-
-
-def _refuse_when_stopping(runtime: Runtime) -> None:
-    if runtime.stopping.is_set():
-        raise unavailable("shutting_down", "lifecycled is shutting down; retry on the next start")
 
 
 def _page_body(page: OpPage) -> dict[str, Any]:
@@ -77,7 +72,7 @@ def _op_response(op: Op, *, status: int = 200, **extra: Any) -> web.Response:
 async def submit_op(request: web.Request) -> web.Response:
     """``POST /v1/ops``: 202 for a new (or re-armed) op, 200 for a deduplicated one."""
     runtime = runtime_of(request)
-    _refuse_when_stopping(runtime)
+    refuse_when_stopping(request)
     body = await read_json_object(request, runtime.settings.max_body_bytes)
     sub = parse_submission(body, request.headers.get(IDEMPOTENCY_HEADER), request_actor(request))
 
@@ -185,7 +180,7 @@ async def retry_dead_letter(request: web.Request) -> web.Response:
     """``POST /v1/dead-letters/{id}/retry``: back to pending; repeating it changes nothing."""
     op_id = path_id(request)
     runtime = runtime_of(request)
-    _refuse_when_stopping(runtime)
+    refuse_when_stopping(request)
     actor = request_actor(request)
 
     async def signed(op: Op) -> None:
