@@ -205,7 +205,8 @@ def dlq_retry(
 ) -> None:
     """Re-queue dead letters as new attempt series (fresh attempt count). Idempotent: a
     dead letter already retried is reported unchanged. A discarded dead letter, a failed or
-    a cancelled op is not retried (the HTTP API's rule too)."""
+    a cancelled op is not retried, exit 1 (the HTTP API's rule too); resubmit a failed or
+    cancelled op's idempotency key to run it again."""
     _check_selection(ids, all_, action)
 
     async def work(journal: Journal) -> list[dict[str, Any]]:
