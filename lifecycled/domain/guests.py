@@ -106,7 +106,7 @@ def desired_for(action: str) -> DesiredState | None:
         return None
 
 
-def superseded(ops: Iterable[Op], desired: DesiredState | None) -> list[tuple[int, str]]:
+def superseded(ops: Iterable[Op], desired: DesiredState | None) -> list[tuple[Op, str]]:
     """The guest's ops a new desired state makes obsolete, each with the reason to cancel it:
     its pending reconcile ops whose target is not ``desired`` (``None``: no desired state).
 
@@ -115,7 +115,7 @@ def superseded(ops: Iterable[Op], desired: DesiredState | None) -> list[tuple[in
     """
     why = f"superseded: desired state is now {desired or 'unset'}"
     return [
-        (op.id, why)
+        (op, why)
         for op in ops
         if op.state is OpState.PENDING
         and op.origin is Origin.RECONCILE

@@ -268,7 +268,7 @@ def _converge(
         return budget
     open_ops = inp.open_ops.get(vmid, ())
     if open_ops:
-        out.cancels.extend(superseded(open_ops, guest.desired_state))
+        out.cancels.extend((op.id, why) for op, why in superseded(open_ops, guest.desired_state))
         out.skipped.append((vmid, f"op {open_ops[0].id} ({open_ops[0].action}) is open"))
         return budget
     if obs.lock:

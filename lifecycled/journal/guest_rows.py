@@ -154,17 +154,17 @@ async def cancel_superseded(
     """Persist :func:`lifecycled.domain.guests.superseded` for the guest: cancel the ops it
     names (the domain decides which; this only writes)."""
     cancelled = []
-    for op_id, reason in superseded(await open_ops(conn, vmid), desired):
+    for op, reason in superseded(await open_ops(conn, vmid), desired):
         await transition(
             conn,
-            op_id,
+            op.id,
             Verb.CANCEL,
             OpState.CANCELLED,
             now=now,
             reason=reason,
             changes={"finished_at": now, "next_attempt_at": None},
         )
-        cancelled.append(op_id)
+        cancelled.append(op.id)
     return cancelled
 
 

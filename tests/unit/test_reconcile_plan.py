@@ -212,11 +212,11 @@ def test_superseded_is_one_rule_for_the_plan_and_the_journal() -> None:
         op(8, 101, "start", origin=Origin.RECONCILE, state=OpState.RUNNING),
     ]
     assert superseded(ops, DesiredState.STOPPED) == [
-        (5, "superseded: desired state is now stopped")
+        (ops[0], "superseded: desired state is now stopped")
     ]
-    assert [i for i, _ in superseded(ops, None)] == [5, 6]
+    assert [o.id for o, _ in superseded(ops, None)] == [5, 6]
     p = run([guest(101, desired_state=DesiredState.STOPPED)], [seen(101)], open_ops={101: ops})
-    assert p.cancels == superseded(ops, DesiredState.STOPPED)
+    assert p.cancels == [(o.id, why) for o, why in superseded(ops, DesiredState.STOPPED)]
 
 
 def test_failed_reconcile_op_blocks_its_generation_and_a_new_generation_unblocks() -> None:
