@@ -23,6 +23,7 @@ from prometheus_client import (
 import lifecycled
 from lifecycled.domain.actions import Action
 from lifecycled.domain.classify import ErrorClass
+from lifecycled.domain.guests import GuestOrigin, ObservedState
 from lifecycled.domain.states import OpState
 
 ACTIONS = frozenset(str(a) for a in Action)
@@ -43,8 +44,8 @@ RECOVER_RESULTS = frozenset(
     }
 )
 ORPHAN_KINDS = frozenset({"expected", "anomalous"})
-ORIGINS = frozenset({"native", "adopted", "discovered", "released"})
-OBSERVED = frozenset({"running", "stopped", "paused", "suspended", "unknown", "missing", "LOST"})
+ORIGINS = frozenset(str(o) for o in GuestOrigin)
+OBSERVED = frozenset(str(o) for o in ObservedState)
 RUN_OUTCOMES = frozenset({"ok", "error", "skipped"})
 METHODS = frozenset({"GET", "POST", "PUT", "DELETE"})
 

@@ -34,17 +34,21 @@ from lifecycled.domain.actions import (
     fingerprint_matches,
     fingerprint_of,
 )
+from lifecycled.domain.guests import GuestOrigin
 from lifecycled.domain.op import Op, Origin
 from lifecycled.errors import PolicyRefused
 
-_MANAGED = frozenset({"native", "adopted"})
+
+def _origin(value: GuestOrigin | str | None) -> GuestOrigin | None:
+    return None if value is None else GuestOrigin(value)
 
 
 @attrs.frozen(kw_only=True)
 class GuestFacts:
     """What the journal knows about a guest that matters for safety."""
 
-    origin: str | None = None  # native | adopted | discovered | released | None (no row)
+    #: The journal row's origin; ``None``: no row.
+    origin: GuestOrigin | None = attrs.field(default=None, converter=_origin)
     fingerprint: Mapping[str, str] = attrs.field(factory=dict)
     protected: bool = False
 
@@ -111,10 +115,10 @@ def decide(
     vmid = op.guest.vmid
     effects = destructive_effects(spec.action, spec.kind, op.params)
     if spec.action in (Action.CREATE, Action.CLONE):
-        if facts.origin in (None, "native") or not view.exists:
+        if facts.origin in (None, GuestOrigin.NATIVE) or not view.exists:
             return _protection(op, spec, view, facts, effects, protected_vmids) or ALLOW
         return _refuse("vmid_in_use", f"vmid {vmid} belongs to a {facts.origin} guest")
-    if facts.origin not in _MANAGED:
+    if facts.origin is None or not facts.origin.managed:
         what = "unknown to lifecycled" if facts.origin is None else f"{facts.origin}"
         return _refuse("guest_not_managed", f"guest {vmid} is {what}, not managed by lifecycled")
     refused = _protection(op, spec, view, facts, effects, protected_vmids)
@@ -129,7 +133,7 @@ def decide(
                 f"(recorded {dict(facts.fingerprint)}, found {current}: the VMID was reused?); "
                 f"{spec.action} refused",
             )
-    if spec.action is Action.TERMINATE and facts.origin == "adopted":
+    if spec.action is Action.TERMINATE and facts.origin is GuestOrigin.ADOPTED:
         return PolicyVerdict(
             verdict=Verdict.SOFT_DELETE,
             code="soft_deleted",

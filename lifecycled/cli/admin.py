@@ -30,9 +30,11 @@ from lifecycled.cli._journal import (
     print_ops,
     with_journal,
 )
+from lifecycled.config import default_node
 from lifecycled.domain.op import HistoryEntry, Op
 from lifecycled.domain.serialize import op_to_dict, rfc3339
 from lifecycled.domain.states import OpState
+from lifecycled.engine.services import OpChange, Services
 from lifecycled.journal import Journal, OpPage
 
 db_app = typer.Typer(help="The journal file: migrate, check, back up, prune.", no_args_is_help=True)
@@ -177,16 +179,19 @@ def ops_cancel(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Cancel a pending op."""
+    """Cancel a pending op (cancelling a cancelled op changes nothing; exit 0)."""
 
-    async def work(journal: Journal) -> Op:
-        return await journal.cancel(op_id, now=time.time(), reason="cancelled by operator (cli)")
+    async def work(journal: Journal) -> OpChange:
+        return await Services.offline(journal, node=default_node()).cancel(op_id, actor="cli")
 
-    op = with_journal(db, work)
+    change = with_journal(db, work)
+    op = change.op
     if as_json:
         print_json(op_to_dict(op))
-    else:
+    elif change.changed:
         typer.echo(f"op {op.id} cancelled")
+    else:
+        typer.echo(f"op {op.id} is already cancelled; nothing changed")
 
 
 # -- dlq -----------------------------------------------------------------------------------

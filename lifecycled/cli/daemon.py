@@ -219,7 +219,8 @@ async def _submit(
     wait_seconds: float,
 ) -> dict[str, Any]:
     from lifecycled.engine.runtime import build_pve_client
-    from lifecycled.engine.submit import Submission, submit
+    from lifecycled.engine.services import Services
+    from lifecycled.engine.submit import Submission
     from lifecycled.journal import Journal
     from lifecycled.metrics import Metrics
 
@@ -238,9 +239,8 @@ async def _submit(
         pve = build_pve_client(settings, Metrics())
     async with await Journal.open(settings.db, synchronous=settings.synchronous) as journal:
         try:
-            result = await submit(
-                journal, sub, pve=pve, default_node=settings.primary_node, now=time.time()
-            )
+            services = Services.offline(journal, node=settings.primary_node, pve=pve)
+            result = await services.submit(sub)
         finally:
             if pve is not None:
                 await pve.close()

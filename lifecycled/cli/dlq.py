@@ -23,13 +23,16 @@ from lifecycled.cli._journal import (
     with_journal,
 )
 from lifecycled.cli.options import ConfigOpt, SettingsInput, with_settings
-from lifecycled.config import Scope, Settings
+from lifecycled.config import Scope, Settings, default_node
 from lifecycled.domain.op import HistoryEntry, Op
 from lifecycled.domain.serialize import op_to_dict
-from lifecycled.domain.states import OpState
 from lifecycled.domain.upid import Upid, UpidError
-from lifecycled.errors import InvalidTransition, LifecycledError, NotFound
+from lifecycled.engine.services import Services
+from lifecycled.errors import LifecycledError, NotFound
 from lifecycled.journal import Journal, OpPage
+
+#: Who the CLI's changes are recorded as (history reasons, audit).
+ACTOR = "cli"
 
 dlq_app = typer.Typer(help="Dead letters: list, show, retry, discard, purge.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
@@ -180,22 +183,28 @@ def dlq_retry(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-queue dead letters (or failed/cancelled ops) as new attempt series. Idempotent."""
+    """Re-queue dead letters as new attempt series (fresh attempt count). Idempotent: a
+    dead letter already retried is reported unchanged. A discarded dead letter, a failed or
+    a cancelled op is not retried, exit 1 (the HTTP API's rule too); resubmit a failed or
+    cancelled op's idempotency key to run it again."""
     _check_selection(ids, all_, action)
 
-    async def one(journal: Journal, op_id: int) -> dict[str, Any]:
-        try:
-            op = await journal.get(op_id)
-            if op.state.is_open:
-                return _result(op_id, "unchanged", f"op {op_id} is already {op.state}", op)
-            op = await journal.retry(op_id, now=time.time(), reason="retried by operator (cli)")
-            return _result(op_id, "retried", f"op {op_id} re-queued (pending)", op)
-        except (NotFound, InvalidTransition) as exc:
-            return _result(op_id, "error", str(exc), None)
-
     async def work(journal: Journal) -> list[dict[str, Any]]:
+        services = Services.offline(journal, node=default_node())
         targets = ids or await _all_dead_letters(journal, action)
-        return [await one(journal, op_id) for op_id in targets]
+        results = []
+        for op_id in targets:
+            try:
+                change = await services.retry(op_id, actor=ACTOR)
+            except NotFound as exc:
+                results.append(_result(op_id, "error", str(exc), None))
+                continue
+            op = change.op
+            if change.changed:
+                results.append(_result(op_id, "retried", f"op {op_id} re-queued (pending)", op))
+            else:
+                results.append(_result(op_id, "unchanged", f"op {op_id} is already {op.state}", op))
+        return results
 
     results = with_journal(db, work)
     if not results and not as_json:
@@ -213,20 +222,25 @@ def dlq_discard(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Discard dead letters: they leave the listing (kept until `dlq purge`). Idempotent."""
-
-    async def one(journal: Journal, op_id: int) -> dict[str, Any]:
-        try:
-            op = await journal.get(op_id)
-            if op.state is OpState.DEAD_LETTERED and await journal.discarded_at(op_id) is not None:
-                return _result(op_id, "unchanged", f"op {op_id} is already discarded", op)
-            op = await journal.discard(op_id, now=time.time(), reason="discarded by operator (cli)")
-            return _result(op_id, "discarded", f"op {op_id} discarded", op)
-        except (NotFound, InvalidTransition) as exc:
-            return _result(op_id, "error", str(exc), None)
+    """Discard dead letters: they leave the listing (kept until `dlq purge`), and cannot be
+    retried any more. Idempotent."""
 
     async def work(journal: Journal) -> list[dict[str, Any]]:
-        return [await one(journal, op_id) for op_id in ids]
+        services = Services.offline(journal, node=default_node())
+        results = []
+        for op_id in ids:
+            try:
+                change = await services.discard(op_id, actor=ACTOR)
+            except NotFound as exc:
+                results.append(_result(op_id, "error", str(exc), None))
+                continue
+            if change.changed:
+                results.append(_result(op_id, "discarded", f"op {op_id} discarded", change.op))
+            else:
+                results.append(
+                    _result(op_id, "unchanged", f"op {op_id} is already discarded", change.op)
+                )
+        return results
 
     _report(with_journal(db, work), as_json)
 

@@ -20,16 +20,17 @@ import typer
 from lifecycled.cli._app import EXIT_USAGE, app, fail, handle_errors, print_json, print_table
 from lifecycled.cli._journal import DEFAULT_DB, MAX_ID, DbOpt, VmidFilterOpt
 from lifecycled.cli.options import ConfigOpt, SettingsInput, with_settings
-from lifecycled.config import Scope, Settings
+from lifecycled.config import Scope, Settings, default_node
 from lifecycled.domain.guests import (
-    DesiredState,
     GuestOrigin,
     GuestRecord,
     ObservedState,
     guest_to_dict,
 )
+from lifecycled.domain.ownership import view_origin
 from lifecycled.domain.serialize import parse_rfc3339, rfc3339
 from lifecycled.engine.clock import SystemClock
+from lifecycled.engine.services import Services
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
 from lifecycled.journal import Journal
 from lifecycled.journal.guests import GuestPage, Ownership
@@ -44,6 +45,9 @@ audit_app = typer.Typer(help="The audit log of destructive decisions.", no_args_
 app.add_typer(guests_app, name="guests")
 app.add_typer(audit_app, name="audit")
 
+#: Who the CLI's changes are recorded as (history reasons, audit).
+ACTOR = "cli"
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 LimitOpt = Annotated[int, typer.Option("--limit", min=1, max=1000, help="Page size.")]
 VmidArg = Annotated[int, typer.Argument(help="The guest's VMID.", min=VMID_MIN, max=VMID_MAX)]
@@ -57,23 +61,27 @@ def _with_journal(db: Path, work: Callable[[Journal], Awaitable[T]], *, create: 
     return asyncio.run(main())
 
 
-def _guest_service(journal: Journal, settings: Settings | None = None) -> Any:
+def _services(journal: Journal, settings: Settings | None = None) -> Services:
+    """The CLI's services: journal only, or (``settings``) with Proxmox and the guests'
+    shared record — the same rules as the daemon: placement (wrong_node) and the tags."""
     from lifecycled.engine.cluster import Cluster
     from lifecycled.engine.guests import GuestService
     from lifecycled.engine.runtime import build_pve_client
     from lifecycled.metrics import Metrics
 
-    if settings is None:  # journal only: no Proxmox read, no shared record
-        return GuestService(journal=journal, pve=None, clock=SystemClock())
+    if settings is None:
+        return Services.offline(journal, node=default_node())
     pve = build_pve_client(settings, Metrics())
-    # The same rules as the daemon: placement (wrong_node) and the record in the guest's tags.
-    cluster = Cluster(pve=pve, journal=journal, served=settings.nodes)
-    return GuestService(
+    clock = SystemClock()
+    guests = GuestService(
         journal=journal,
         pve=pve,
-        clock=SystemClock(),
+        clock=clock,
         protected_vmids=settings.protected_vmids,
-        cluster=cluster,
+        cluster=Cluster(pve=pve, journal=journal, served=settings.nodes),
+    )
+    return Services(
+        journal=journal, clock=clock, guests=guests, node=settings.primary_node, pve=pve
     )
 
 
@@ -193,7 +201,7 @@ def _print_cluster(settings: Settings, node: str | None, origin: str | None, as_
 
     items = asyncio.run(main())
     if origin is not None:
-        items = [i for i in items if (i["origin"] or "discovered") == origin]
+        items = [i for i in items if view_origin(i) == origin]
     if as_json:
         print_json(items)
         return
@@ -246,12 +254,12 @@ def _take(vmid: int, origin: GuestOrigin, given: SettingsInput, as_json: bool) -
 
     async def main() -> Ownership:
         async with await Journal.open(settings.db, synchronous=settings.synchronous) as journal:
-            service = _guest_service(journal, settings)
+            services = _services(journal, settings)
             try:
-                result: Ownership = await service.take(vmid, origin, actor="cli")
+                return await services.take(vmid, origin, actor=ACTOR)
             finally:
-                await service.pve.close()
-            return result
+                assert services.pve is not None
+                await services.pve.close()
 
     verb = "now managed (native)" if origin is GuestOrigin.NATIVE else "adopted"
     _print_ownership(asyncio.run(main()), verb, as_json)
@@ -289,8 +297,7 @@ def guests_release(
     """Release a managed guest: kept as released, observed only, untouched in Proxmox."""
 
     async def work(journal: Journal) -> Ownership:
-        result: Ownership = await _guest_service(journal).release(vmid, actor="cli")
-        return result
+        return await _services(journal).release(vmid, actor=ACTOR)
 
     _print_ownership(_with_journal(db, work), "released", as_json)
 
@@ -305,14 +312,9 @@ def guests_desired(
     as_json: JsonOpt = False,
 ) -> None:
     """Set a managed guest's desired power state; reconcile then holds it."""
-    if state not in (DesiredState.RUNNING, DesiredState.STOPPED):
-        fail(f"desired state must be running or stopped, not {state!r}", EXIT_USAGE)
 
     async def work(journal: Journal) -> GuestRecord:
-        guest: GuestRecord = await _guest_service(journal).set_desired(
-            vmid, DesiredState(state), actor="cli"
-        )
-        return guest
+        return await _services(journal).set_desired(vmid, state, actor=ACTOR)
 
     guest = _with_journal(db, work)
     if as_json:
@@ -399,19 +401,19 @@ def audit_prune(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete audit records older than --older-than; the prune is itself audited."""
-    from lifecycled.audit import prune_cutoff
+    from lifecycled.audit import AuditRecord, prune_cutoff
     from lifecycled.cli._journal import duration_option
 
-    now = time.time()
+    retention = duration_option(older_than, "--older-than")
     try:
-        before = prune_cutoff(now, duration_option(older_than, "--older-than"))
+        prune_cutoff(time.time(), retention)  # a usage error, before the journal is opened
     except ValueError as exc:
         fail(f"--older-than: {exc}", EXIT_USAGE)
 
-    async def work(journal: Journal) -> Any:
-        return await journal.prune_audit(before=before, actor="cli", now=now)
+    async def work(journal: Journal) -> tuple[AuditRecord, float]:
+        return await _services(journal).prune_audit(older_than=retention, actor=ACTOR)
 
-    record = _with_journal(db, work, create=False)
+    record, before = _with_journal(db, work, create=False)
     assert record.snapshot is not None
     pruned = record.snapshot["pruned"]
     if as_json:

@@ -19,6 +19,7 @@ from lifecycled.cli._app import EXIT_FAILED, app, fail, handle_errors, print_jso
 from lifecycled.cli.options import SettingsInput, with_settings
 from lifecycled.config import Scope, Settings, default_node
 from lifecycled.domain.node import NodeRecord
+from lifecycled.engine.services import Services, node_info
 from lifecycled.journal import Journal
 from lifecycled.journal.nodes import NodeChange
 from lifecycled.pve.port import PveClient
@@ -64,11 +65,23 @@ def _with_journal(settings: Settings, work: Callable[[Journal], Awaitable[T]]) -
     return asyncio.run(main())
 
 
+def _services(journal: Journal, settings: Settings, pve: PveClient | None = None) -> Services:
+    return Services.offline(
+        journal,
+        node=settings.primary_node,
+        pve=pve,
+        node_min_age=settings.node_min_age,
+        system_node=settings.system_node,
+    )
+
+
 def _record_dict(record: NodeRecord, settings: Settings) -> dict[str, Any]:
-    out = record.to_dict(now=time.time())
-    out["is_system"] = record.is_system or settings.system_node
-    out["node_min_age_seconds"] = settings.node_min_age
-    return out
+    return node_info(
+        record,
+        now=time.time(),
+        system_node=settings.system_node,
+        node_min_age=settings.node_min_age,
+    )
 
 
 def _print_record(record: NodeRecord, settings: Settings, title: str) -> None:
@@ -121,7 +134,7 @@ def status(
     settings = _served(given)
 
     async def work(journal: Journal) -> NodeRecord | None:
-        return await journal.get_node(settings.primary_node)
+        return await _services(journal, settings).node_status()
 
     record = _with_journal(settings, work)
     if record is None:
@@ -147,7 +160,7 @@ def drain(
     as_json: JsonOpt = False,
 ) -> None:
     """Drain the node: new start/create/clone and inbound migrate are refused (503)."""
-    _change("drain", reason or "drained by cli", as_json, given)
+    _change("drain", reason, as_json, given)
 
 
 @node_app.command("undrain")
@@ -159,25 +172,22 @@ def undrain(
     as_json: JsonOpt = False,
 ) -> None:
     """Undrain a draining node: it takes new guests again (→ active)."""
-    _change("undrain", reason or "undrained by cli", as_json, given)
+    _change("undrain", reason, as_json, given)
 
 
 def _change(
     verb: str,
-    reason: str,
+    reason: str | None,
     as_json: bool,
     given: SettingsInput,
 ) -> None:
-    """Run ``engine.node.drain`` or ``undrain`` on the served node and report the change."""
-    from lifecycled.engine import node as service
-
+    """Drain or undrain the served node (:class:`Services`) and report the change."""
     settings = _served(given)
-    step = service.drain if verb == "drain" else service.undrain
 
     async def work(journal: Journal) -> NodeChange:
-        return await step(
-            journal, settings.primary_node, actor=ACTOR, reason=reason, now=time.time()
-        )
+        services = _services(journal, settings)
+        step = services.drain if verb == "drain" else services.undrain
+        return await step(actor=ACTOR, reason=reason)
 
     _report(_with_journal(settings, work), settings, as_json)
 
@@ -206,23 +216,12 @@ def decommission(
     """Decommission a drained node (final). Refused for a system node, a node younger than
     --node-min-age, or while guests remain (journal's managed guests, and Proxmox's when the
     Proxmox options are given)."""
-    from lifecycled.engine import node as service
-
     settings = _served(given)
 
     async def work(journal: Journal) -> tuple[NodeChange, str | None]:
         pve = _pve_or_none(settings)
         try:
-            return await service.decommission(
-                journal,
-                settings.primary_node,
-                pve=pve,
-                actor=ACTOR,
-                min_age=settings.node_min_age,
-                system=settings.system_node,
-                now=time.time(),
-                reason=reason or "decommissioned by cli",
-            )
+            return await _services(journal, settings, pve).decommission(actor=ACTOR, reason=reason)
         finally:
             if pve is not None:
                 await pve.close()

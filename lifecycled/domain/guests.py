@@ -17,7 +17,8 @@ from typing import Any
 import attrs
 
 from lifecycled.domain.actions import Action, disk_size, fingerprint_matches
-from lifecycled.domain.op import GuestKind
+from lifecycled.domain.op import GuestKind, Op, Origin
+from lifecycled.domain.states import OpState
 from lifecycled.errors import ValidationError
 
 
@@ -31,7 +32,12 @@ class GuestOrigin(enum.StrEnum):
 
     @property
     def managed(self) -> bool:
-        return self in (GuestOrigin.NATIVE, GuestOrigin.ADOPTED)
+        """Whether lifecycled acts on a guest of this origin (the one ownership rule)."""
+        return self in MANAGED_ORIGINS
+
+
+#: The origins lifecycled acts on: every face and the journal's queries use this set.
+MANAGED_ORIGINS: frozenset[GuestOrigin] = frozenset({GuestOrigin.NATIVE, GuestOrigin.ADOPTED})
 
 
 class DesiredState(enum.StrEnum):
@@ -98,6 +104,23 @@ def desired_for(action: str) -> DesiredState | None:
         return DESIRED_BY_ACTION.get(Action(action))
     except ValueError:
         return None
+
+
+def superseded(ops: Iterable[Op], desired: DesiredState | None) -> list[tuple[Op, str]]:
+    """The guest's ops a new desired state makes obsolete, each with the reason to cancel it:
+    its pending reconcile ops whose target is not ``desired`` (``None``: no desired state).
+
+    The one rule: the journal persists it when an accepted op or a release moves the desired
+    state, and the reconcile plan applies it to the ops it sees open.
+    """
+    why = f"superseded: desired state is now {desired or 'unset'}"
+    return [
+        (op, why)
+        for op in ops
+        if op.state is OpState.PENDING
+        and op.origin is Origin.RECONCILE
+        and desired_for(op.action) != desired
+    ]
 
 
 def observed_from(status: str | None, lock: str | None) -> ObservedState:

@@ -92,6 +92,13 @@ def record_dict(record: OwnershipRecord | None) -> dict[str, Any]:
     }
 
 
+def view_origin(item: Mapping[str, Any]) -> GuestOrigin:
+    """The origin of a cluster-view item (:func:`record_dict`): a guest without a record is
+    ``discovered`` — what ``--origin`` / ``?origin=`` filter on in both faces."""
+    origin = item.get("origin")
+    return GuestOrigin(origin) if origin else GuestOrigin.DISCOVERED
+
+
 def split_tags(text: str | None) -> list[str]:
     """The tags of a ``tags`` value (Proxmox accepts ``;``, ``,`` and spaces between them)."""
     return [t for t in _SEPARATORS.split(text or "") if t]

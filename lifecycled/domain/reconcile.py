@@ -11,7 +11,11 @@ The shell (:mod:`lifecycled.engine.reconcile`) carries the plan out; ``lifecycle
   open, no lock, not HA-managed and not a template, gets one convergent op (``start``,
   ``resume`` or ``shutdown`` — never a destructive one), at most ``max_commands`` per pass,
   keyed ``reconcile:{vmid}:{generation}:{action}:{n}``;
-* a pending reconcile op whose target is no longer desired is cancelled (superseded);
+* a pending reconcile op whose target is no longer desired is cancelled (superseded,
+  :func:`lifecycled.domain.guests.superseded`);
+* a guest on a node whose lifecycle state refuses the op (draining, decommissioned: the
+  submission's admission rule) gets none: it is listed as skipped, so the dry run and the
+  real pass come from the same plan;
 * a managed guest gone from the cluster is an *expected* orphan (desired absent, a
   terminate/migrate/create/clone open, a transient lock) or *anomalous*: LOST — reported by
   exactly one daemon of the cluster (:func:`lifecycled.domain.cluster.lost_reporter`); the
@@ -32,14 +36,16 @@ import attrs
 from lifecycled.domain.actions import Action
 from lifecycled.domain.cluster import lost_reporter
 from lifecycled.domain.guests import (
+    MANAGED_ORIGINS,
     TRANSIENT_LOCKS,
     DesiredState,
     GuestOrigin,
     GuestRecord,
     Observation,
     ObservedState,
-    desired_for,
+    superseded,
 )
+from lifecycled.domain.node import NodeState, Refusal, admission_refusal
 from lifecycled.domain.op import GuestKind, GuestRef, Op
 from lifecycled.domain.states import OpState
 
@@ -73,6 +79,9 @@ class ReconcileInput:
     open_ops: Mapping[int, Sequence[Op]] = attrs.field(factory=dict)
     latest_reconcile: Mapping[int, Op] = attrs.field(factory=dict)
     config_changes: Mapping[int, float] = attrs.field(factory=dict)
+    #: The lifecycle state of each served node (the journal's rows; a node without one is
+    #: not refused): a draining node takes no new guests from reconcile either (SPEC §4).
+    node_states: Mapping[str, NodeState] = attrs.field(factory=dict)
     max_commands: int = 20
     manage_discovered: str = "off"
     drift_checks: int = 10
@@ -115,6 +124,8 @@ class Plan:
     commands: list[Command] = attrs.field(factory=list)
     cancels: list[tuple[int, str]] = attrs.field(factory=list)
     skipped: list[tuple[int, str]] = attrs.field(factory=list)
+    #: Convergent ops the node's lifecycle state refuses (also in ``skipped``, with why).
+    held: list[tuple[int, Action]] = attrs.field(factory=list)
     digest_checks: list[int] = attrs.field(factory=list)
     rebaseline: list[int] = attrs.field(factory=list)
     drifted: list[int] = attrs.field(factory=list)
@@ -201,6 +212,16 @@ def with_live_status(
     return out
 
 
+def node_refusal(
+    state: NodeState | None, *, node: str, action: Action, params: Mapping[str, object]
+) -> Refusal | None:
+    """Why the state of ``node`` refuses a reconcile op for a guest on it (the submission's
+    admission rule, :func:`lifecycled.domain.node.admission_refusal`), or ``None``."""
+    if state is None:
+        return None
+    return admission_refusal(state, served=node, action=str(action), guest_node=node, params=params)
+
+
 def plan(inp: ReconcileInput) -> Plan:
     """The pass's decisions."""
     out = Plan()
@@ -210,8 +231,9 @@ def plan(inp: ReconcileInput) -> Plan:
         guest = inp.guests.get(obs.vmid)
         if guest is None:
             if obs.node in inp.nodes:
-                if inp.manage_discovered in ("native", "adopted"):
-                    out.to_manage.append((obs, GuestOrigin(inp.manage_discovered)))
+                take_as = next((o for o in MANAGED_ORIGINS if o == inp.manage_discovered), None)
+                if take_as is not None:
+                    out.to_manage.append((obs, take_as))
                 else:
                     out.discovered.append(obs)
             continue
@@ -246,13 +268,7 @@ def _converge(
         return budget
     open_ops = inp.open_ops.get(vmid, ())
     if open_ops:
-        for op in open_ops:
-            if (
-                op.state is OpState.PENDING
-                and op.origin == "reconcile"
-                and desired_for(op.action) != guest.desired_state
-            ):
-                out.cancels.append((op.id, f"superseded: desired is now {guest.desired_state}"))
+        out.cancels.extend((op.id, why) for op, why in superseded(open_ops, guest.desired_state))
         out.skipped.append((vmid, f"op {open_ops[0].id} ({open_ops[0].action}) is open"))
         return budget
     if obs.lock:
@@ -277,12 +293,20 @@ def _converge(
                 )
                 return budget
             seq = parsed[1] + 1
-    if budget <= 0:
-        out.skipped.append((vmid, "reconcile_max_commands reached for this pass"))
-        return budget
     params: dict[str, object] = {}
     if action is Action.SHUTDOWN and guest.origin is GuestOrigin.NATIVE:
         params["force_stop"] = True
+    refusal = node_refusal(
+        inp.node_states.get(obs.node), node=obs.node, action=action, params=params
+    )
+    if refusal is not None:
+        # The same admission rule as a submission: the dry run shows what the pass skips.
+        out.skipped.append((vmid, f"{refusal.code}: {refusal.reason}"))
+        out.held.append((vmid, action))
+        return budget
+    if budget <= 0:
+        out.skipped.append((vmid, "reconcile_max_commands reached for this pass"))
+        return budget
     out.commands.append(
         Command(
             guest=GuestRef(node=obs.node, kind=obs.kind, vmid=vmid),

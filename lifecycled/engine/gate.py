@@ -68,7 +68,7 @@ class Policy:
         if guest is None:
             return GuestFacts()
         return GuestFacts(
-            origin=str(guest.origin), fingerprint=guest.fingerprint, protected=guest.protected
+            origin=guest.origin, fingerprint=guest.fingerprint, protected=guest.protected
         )
 
     async def check(self, op: Op, spec: ActionSpec, view: GuestView) -> PolicyVerdict:

@@ -7,6 +7,7 @@ state before admitting an op, and the guests Proxmox still shows on a node to de
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from lifecycled.domain.node import (
     Refusal,
     admission_refusal,
 )
-from lifecycled.domain.op import GuestRef
+from lifecycled.domain.op import GuestRef, Op
 from lifecycled.domain.states import REARMABLE
 from lifecycled.errors import PveError
 from lifecycled.journal import Journal
@@ -31,6 +32,15 @@ if TYPE_CHECKING:
     from lifecycled.engine.cluster import Cluster
 
 log = logging.getLogger("lifecycled.node")
+
+
+class Unread(enum.Enum):
+    """The idempotency key was not read by the caller."""
+
+    UNREAD = "unread"
+
+
+UNREAD = Unread.UNREAD
 
 
 async def admit(
@@ -44,13 +54,15 @@ async def admit(
     actor: str,
     now: float,
     cluster: Cluster | None = None,
+    existing: Op | Unread | None = UNREAD,
 ) -> None:
     """Raise :class:`NodeRefused` (audited) when the served node's state refuses a new op —
     or, with ``cluster``, the state another node publishes in its Proxmox description
     (SPEC §7: every daemon respects a draining node: no start on it, no migrate into it).
 
     A resubmitted key whose op is in flight or succeeded is not a new op: it is answered by
-    deduplication, so the node's state does not refuse it.
+    deduplication, so the node's state does not refuse it. ``existing``: the key's op as the
+    caller already read it (else the key is read here, only when the state refuses).
     """
     record = await journal.get_node(served)
     refusal: Refusal | None = None
@@ -74,7 +86,8 @@ async def admit(
     if refusal is None or state is None:
         return
     if idempotency_key is not None:
-        existing = await journal.by_key(idempotency_key)
+        if isinstance(existing, Unread):
+            existing = await journal.by_key(idempotency_key)
         if existing is not None and existing.state not in REARMABLE:
             return
     await journal.append_audit(

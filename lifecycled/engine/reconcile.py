@@ -22,7 +22,7 @@ from prometheus_async import aio
 from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.actions import fingerprint_matches, fingerprint_of
 from lifecycled.domain.guests import GuestRecord, Observation
-from lifecycled.domain.node import NodeRecord, NodeState, admission_refusal
+from lifecycled.domain.node import NodeRecord, NodeState
 from lifecycled.domain.op import GuestKind, Origin
 from lifecycled.domain.ownership import decode
 from lifecycled.domain.reconcile import (
@@ -31,6 +31,7 @@ from lifecycled.domain.reconcile import (
     ReconcileInput,
     ReconcileReport,
     command_dict,
+    node_refusal,
     plan,
     report_of,
     with_live_status,
@@ -141,10 +142,20 @@ class Reconciler:
             open_ops=await self.journal.open_ops_by_vmid(),
             latest_reconcile=await self.journal.latest_reconcile_ops(),
             config_changes=await self.journal.config_changes(),
+            node_states=await self._node_states(),
             max_commands=self.max_commands,
             manage_discovered=self.manage_discovered,
             drift_checks=DRIFT_CHECKS_PER_PASS,
         )
+
+    async def _node_states(self) -> dict[str, NodeState]:
+        """The lifecycle state of each served node that has a journal row."""
+        states: dict[str, NodeState] = {}
+        for node in self.served:
+            record = await self.journal.get_node(node)
+            if record is not None:
+                states[node] = record.state
+        return states
 
     async def pass_once(self, *, dry_run: bool = False) -> ReconcileReport:
         """One pass; ``dry_run`` reads Proxmox and the journal and changes nothing."""
@@ -329,9 +340,11 @@ class Reconciler:
                 log.info(
                     "guest.orphan_expected", extra={"vmid": orphan.vmid, "reason": orphan.reason}
                 )
+        for _vmid, action in p.held:  # refused by the node's state (draining, …)
+            self.metrics.reconcile_command(str(action), "skipped")
         managed = await self._manage_new(p)
         cancelled = await self._cancel(p.cancels)
-        enqueued = await self._enqueue(p)
+        enqueued = await self._enqueue(inp, p)
         drifted = await self._drift(inp, p)
         return attrs.evolve(
             report,
@@ -428,33 +441,28 @@ class Reconciler:
             done.append(op_id)
         return done
 
-    async def _enqueue(self, p: Plan) -> list[dict[str, Any]]:
+    async def _enqueue(self, inp: ReconcileInput, p: Plan) -> list[dict[str, Any]]:
         done = []
-        node = await self.journal.get_node(self.node)
+        # The plan already left out what the node states refused; a drain that landed since
+        # the plan was made is honoured too (the same rule on the fresh state).
+        states = await self._node_states() if p.commands else {}
         for cmd in p.commands:
-            refusal = (
-                admission_refusal(
-                    node.state,
-                    served=self.node,
-                    action=str(cmd.action),
-                    guest_node=cmd.guest.node,
-                    params=cmd.params,
+            node = cmd.guest.node
+            if states.get(node) != inp.node_states.get(node):
+                refusal = node_refusal(
+                    states.get(node), node=node, action=cmd.action, params=cmd.params
                 )
-                if node is not None
-                else None
-            )
-            if refusal is not None:
-                # A draining node takes no guests, from reconcile either (SPEC §4).
-                self.metrics.reconcile_command(str(cmd.action), "skipped")
-                log.info(
-                    "reconcile.skipped",
-                    extra={
-                        "vmid": cmd.guest.vmid,
-                        "action": str(cmd.action),
-                        "reason": refusal.reason,
-                    },
-                )
-                continue
+                if refusal is not None:
+                    self.metrics.reconcile_command(str(cmd.action), "skipped")
+                    log.info(
+                        "reconcile.skipped",
+                        extra={
+                            "vmid": cmd.guest.vmid,
+                            "action": str(cmd.action),
+                            "reason": refusal.reason,
+                        },
+                    )
+                    continue
             req = SubmitRequest(
                 idempotency_key=cmd.key,
                 action=str(cmd.action),

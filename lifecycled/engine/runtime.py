@@ -33,8 +33,9 @@ from lifecycled.engine.node import activate as activate_node
 from lifecycled.engine.reconcile import Reconciler, first_delay
 from lifecycled.engine.recover import Recoverer
 from lifecycled.engine.sdnotify import Notifier
+from lifecycled.engine.services import Services
 from lifecycled.engine.status import Gauges, status_line
-from lifecycled.engine.submit import Submission, submit
+from lifecycled.engine.submit import Submission
 from lifecycled.engine.tracker import Tracker
 from lifecycled.errors import ConfigError, JournalError, JournalUnavailable, LifecycledError
 from lifecycled.journal import Journal, SubmitResult
@@ -133,6 +134,8 @@ class Runtime:
     gauges: Gauges
     #: The one stop signal: every loop (tracker, dispatchers, janitor, …) waits on it.
     stopping: asyncio.Event
+    #: What the HTTP API offers (the CLI builds its own, on the journal file).
+    services: Services
     #: systemd notifications (READY, STATUS, WATCHDOG, STOPPING); a no-op outside systemd.
     notifier: Notifier = attrs.field(factory=Notifier)
     #: What SIGHUP re-reads (the web app registers its API tokens and trusted keys).
@@ -244,6 +247,16 @@ class Runtime:
                 node=settings.primary_node,
             ),
             stopping=stopping,
+            services=Services(
+                journal=journal,
+                clock=clock,
+                guests=guests,
+                node=settings.primary_node,
+                pve=pve,
+                node_min_age=settings.node_min_age,
+                system_node=settings.system_node,
+                notify=dispatcher.notify,
+            ),
             rand=rand,
         )
 
@@ -447,14 +460,5 @@ class Runtime:
     # --- services used by the CLI and the HTTP API --------------------------------------
 
     async def submit(self, sub: Submission) -> SubmitResult:
-        result = await submit(
-            self.journal,
-            sub,
-            pve=self.pve,
-            default_node=self.settings.primary_node,
-            now=self.clock.now(),
-            guests=self.guests,
-        )
-        if not result.deduplicated:
-            self.dispatcher.notify()
-        return result
+        """A submission through the services (tests and the bench call it here)."""
+        return await self.services.submit(sub)

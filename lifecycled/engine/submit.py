@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -19,7 +19,7 @@ from lifecycled.domain.actions import (
     spec_for,
 )
 from lifecycled.domain.guests import DesiredState, desired_for
-from lifecycled.domain.op import GuestKind, GuestRef, Origin
+from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.domain.ownership import OwnershipRecord, key_digest
 from lifecycled.domain.text import shown
 from lifecycled.engine import node
@@ -182,7 +182,7 @@ async def _managed_guest(journal: Journal, sub: Submission) -> GuestRef | None:
     values, by the journal's submission guard (``check_placement``) — after its idempotency
     check, in the transaction that writes. ``None`` for create/clone and for guests the
     journal does not manage (resolved from the request or Proxmox)."""
-    if Action(sub.action) in (Action.CREATE, Action.CLONE):
+    if Action(sub.action) in _CREATING:
         return None
     row = await journal.find_guest(sub.vmid)
     if row is None or not row.managed:
@@ -207,22 +207,24 @@ class KeyUsedElsewhere(Conflict):
     code = "idempotency_key_used_elsewhere"
 
 
+_CREATING = frozenset({Action.CREATE, Action.CLONE})
 #: Actions whose key is recorded in the guest's tags even when the desired state stays.
 _RECORDED = frozenset({Action.REBOOT, Action.RESET, Action.MIGRATE, Action.TERMINATE})
 
 
 async def _ownership_first(
-    journal: Journal, guests: GuestService, sub: Submission, guest: GuestRef
+    guests: GuestService, sub: Submission, guest: GuestRef, existing: Op | None
 ) -> int:
     """SPEC §7: the ownership record in the guest's tags is written before the journal —
     the new desired state and the op's key. Returns the record's generation (0: no write).
 
-    A key already in this journal goes straight to the journal (dedup, re-arm, conflict).
-    A key that is the record's last key but unknown here ran on another daemon:
-    :class:`KeyUsedElsewhere`, nothing is written.
+    ``existing`` is the op this journal holds for the key (read once by :func:`submit`):
+    such a key goes straight to the journal (dedup, re-arm, conflict). A key that is the
+    record's last key but unknown here ran on another daemon: :class:`KeyUsedElsewhere`,
+    nothing is written.
     """
     key = sub.idempotency_key
-    if key is not None and await journal.by_key(key) is not None:
+    if existing is not None:
         return 0
     action = Action(sub.action)
     desired = desired_for(action)
@@ -262,6 +264,7 @@ async def submit(
     default_node: str,
     now: float,
     guests: GuestService | None = None,
+    authorize: Callable[[Submission], Awaitable[None]] | None = None,
 ) -> SubmitResult:
     """Validate, resolve and journal one submission. Nothing is written on any error, except
     the audit record of a refusal by the served node's state (draining: :class:`NodeRefused`).
@@ -272,8 +275,13 @@ async def submit(
     released guest is refused with ``guest_not_managed`` (:class:`PolicyRefused`) — on the
     node and of the kind its row says (``placement_mismatch`` otherwise). Accepting a power action sets the
     guest's desired state in the same transaction.
+
+    ``authorize`` runs once the submission is known to be well formed, before anything
+    else is read or written (the HTTP face checks the token's role and the signature there).
     """
     validate(sub)
+    if authorize is not None:  # a face's check of the well-formed request (role, signature)
+        await authorize(sub)
     cluster = guests.cluster if guests is not None else None
     if cluster is not None and sub.node is not None:
         cluster.require_served(sub.vmid, sub.node)
@@ -304,18 +312,26 @@ async def submit(
                 "unsupported_params",
                 f"guest {sub.vmid} is {guest.kind}: {field} {problem}"[:300],
             )
+    key = sub.idempotency_key
+    action = Action(sub.action)
+    # The idempotency key is read at most once before the journal's transaction, and only
+    # where the shared record needs it (is the key this journal's, or another daemon's?);
+    # the admission below and the journal use that read (SPEC §1 "Idempotency").
+    tags_first = guests is not None and cluster is not None and action not in _CREATING
+    read_key = tags_first and key is not None
+    existing = await journal.by_key(key) if read_key and key is not None else None
     await node.admit(
         journal,
         served=default_node,
         action=sub.action,
         guest=placed or guest,
         params=sub.params,
-        idempotency_key=sub.idempotency_key,
+        idempotency_key=key,
         actor=sub.actor,
         now=now,
         cluster=cluster,
+        existing=existing if read_key else node.UNREAD,
     )
-    key = sub.idempotency_key
     try:  # booleans are journaled as JSON booleans, sent as 1/0 (§13.7)
         params = wire.normalized_params(Action(sub.action), guest.kind, sub.params)
     except BadParam as exc:
@@ -330,11 +346,11 @@ async def submit(
         origin=sub.origin,
         actor=sub.actor,
     )
-    action = Action(sub.action)
     generation = 0
-    if guests is not None and cluster is not None and action not in (Action.CREATE, Action.CLONE):
+    if tags_first:
+        assert guests is not None
         try:
-            generation = await _ownership_first(journal, guests, sub, guest)
+            generation = await _ownership_first(guests, sub, guest, existing)
         except (PveError, OwnershipUnavailable) as err:
             # No quorum, node unreachable, config locked: an op on a managed guest still goes
             # to the journal (its desired state there is one generation ahead of the tags;
@@ -349,6 +365,8 @@ async def submit(
         generation=generation,
         desired=desired_for(action),
         create_fingerprint=expected_fingerprint(guest.kind, params)
-        if action in (Action.CREATE, Action.CLONE)
+        if action in _CREATING
         else None,
+        read_key=read_key,
+        existing=existing,
     )

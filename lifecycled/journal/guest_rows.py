@@ -12,8 +12,14 @@ from typing import Any
 
 import aiosqlite
 
-from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord, ObservedState
-from lifecycled.domain.op import GuestKind, Op, Origin, canonical_json
+from lifecycled.domain.guests import (
+    DesiredState,
+    GuestOrigin,
+    GuestRecord,
+    ObservedState,
+    superseded,
+)
+from lifecycled.domain.op import GuestKind, Op, canonical_json
 from lifecycled.domain.states import OpState
 from lifecycled.errors import NotFound
 from lifecycled.journal.db import one, rows
@@ -145,26 +151,20 @@ async def open_ops(conn: aiosqlite.Connection, vmid: int) -> list[Op]:
 async def cancel_superseded(
     conn: aiosqlite.Connection, vmid: int, desired: DesiredState | None, *, now: float
 ) -> list[int]:
-    """Cancel the guest's pending reconcile ops whose target is no longer desired."""
-    from lifecycled.domain.guests import desired_for
-
+    """Persist :func:`lifecycled.domain.guests.superseded` for the guest: cancel the ops it
+    names (the domain decides which; this only writes)."""
     cancelled = []
-    for op in await open_ops(conn, vmid):
-        if (
-            op.state is OpState.PENDING
-            and op.origin is Origin.RECONCILE
-            and desired_for(op.action) != desired
-        ):
-            await transition(
-                conn,
-                op.id,
-                Verb.CANCEL,
-                OpState.CANCELLED,
-                now=now,
-                reason=f"superseded: desired state is now {desired or 'unset'}",
-                changes={"finished_at": now, "next_attempt_at": None},
-            )
-            cancelled.append(op.id)
+    for op, reason in superseded(await open_ops(conn, vmid), desired):
+        await transition(
+            conn,
+            op.id,
+            Verb.CANCEL,
+            OpState.CANCELLED,
+            now=now,
+            reason=reason,
+            changes={"finished_at": now, "next_attempt_at": None},
+        )
+        cancelled.append(op.id)
     return cancelled
 
 

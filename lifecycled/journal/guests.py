@@ -18,6 +18,7 @@ import attrs
 from lifecycled.audit import AuditRecord
 from lifecycled.domain.guests import (
     CAPTURED,
+    MANAGED_ORIGINS,
     DesiredState,
     GuestOrigin,
     GuestRecord,
@@ -42,6 +43,9 @@ from lifecycled.journal.guest_rows import (
 )
 
 MAX_PAGE = 1000
+
+#: The managed origins as an SQL list (the set is the domain's).
+_MANAGED_SQL = ", ".join(f"'{o}'" for o in sorted(MANAGED_ORIGINS))
 
 
 @attrs.frozen(kw_only=True)
@@ -111,7 +115,7 @@ class GuestVerbs:
                 params.append(str(value))
         if drifted is not None:
             test = (
-                "origin IN ('native', 'adopted') AND config_digest IS NOT NULL "
+                f"origin IN ({_MANAGED_SQL}) AND config_digest IS NOT NULL "
                 "AND observed_digest IS NOT NULL AND observed_digest <> config_digest"
             )
             conds.append(f"({test})" if drifted else f"NOT ({test})")

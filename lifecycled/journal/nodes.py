@@ -14,6 +14,7 @@ import aiosqlite
 import attrs
 
 from lifecycled.audit import AuditRecord, Decision
+from lifecycled.domain.guests import MANAGED_ORIGINS
 from lifecycled.domain.node import (
     NodeRecord,
     NodeState,
@@ -26,7 +27,7 @@ from lifecycled.journal.db import Database, one, rows
 
 _COLUMNS = "node, state, since, is_system, first_seen, reason"
 #: Origins of the guests lifecycled manages (they keep a node from being decommissioned).
-_MANAGED = ("native", "adopted")
+_MANAGED = tuple(sorted(str(o) for o in MANAGED_ORIGINS))
 
 
 @attrs.frozen(kw_only=True)
@@ -290,7 +291,8 @@ class NodeVerbs:
                 return NodeChange(record=record, previous=record.state)
             managed = await rows(
                 conn,
-                "SELECT vmid FROM guests WHERE node = ? AND origin IN (?, ?) ORDER BY vmid",
+                f"SELECT vmid FROM guests WHERE node = ? AND origin IN ({', '.join('?' for _ in _MANAGED)})"
+                " ORDER BY vmid",
                 (node, *_MANAGED),
             )
             remaining = sorted({int(r["vmid"]) for r in managed} | set(live_guests))

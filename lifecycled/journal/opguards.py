@@ -94,6 +94,8 @@ class OpGuardVerbs:
         desired: DesiredState | None = None,
         create_fingerprint: Mapping[str, str] | None = None,
         generation: int = 0,
+        read_key: bool = False,
+        existing: Op | None = None,
     ) -> SubmitResult:
         """Journal an op for a guest under the ownership rule, and set the guest's desired
         state to ``desired`` — in the same transaction.
@@ -102,24 +104,44 @@ class OpGuardVerbs:
         client's retry gets its op back); a new or re-armed op needs a managed guest on its
         row's node and kind, except create/clone, which needs a free vmid and records a new
         one as ``native`` (an existing row changes only when the create succeeds).
+
+        The key is looked up once per submission. ``read_key``: the caller already read it
+        (:meth:`by_key`) and found ``existing`` — an op in flight or succeeded is answered
+        from that read (a deduplication writes nothing), no op makes the insert the only
+        check (a key taken meanwhile still deduplicates, conflicts or re-arms there), and
+        a re-armable op is read again in the transaction that re-arms it.
         """
         params_json = canonical_json(req.params)
+        if read_key and existing is not None and existing.state not in REARMABLE:
+            if not writes.same_request(existing, req, params_json):
+                raise writes.conflict(existing)
+            return SubmitResult(op=existing, deduplicated=True, rearmed=False)
+        look_up = req.idempotency_key is not None and (not read_key or existing is not None)
 
         async def unit(conn: aiosqlite.Connection) -> SubmitResult:
-            if req.idempotency_key is not None:
+            found: Op | None = None
+            if look_up:
                 row = await one(
                     conn,
                     f"SELECT {OP_COLUMNS} FROM ops WHERE idempotency_key = ?",
                     (req.idempotency_key,),
                 )
                 if row is not None:
-                    existing = op_from_row(row)
-                    if not writes.same_request(existing, req, params_json):
-                        raise writes.conflict(existing)
-                    if existing.state not in REARMABLE:
-                        return SubmitResult(op=existing, deduplicated=True, rearmed=False)
+                    found = op_from_row(row)
+                    if not writes.same_request(found, req, params_json):
+                        raise writes.conflict(found)
+                    if found.state not in REARMABLE:
+                        return SubmitResult(op=found, deduplicated=True, rearmed=False)
             guest = await _guard_guest(conn, req, now=now, create_fingerprint=create_fingerprint)
-            result = await writes.submit(conn, req, now=now)
+            if found is not None:  # the key's op ended failed/dead-lettered/cancelled
+                op = await writes.rearm(
+                    conn, found, Verb.REARM, now=now, reason="re-armed by resubmission"
+                )
+                result = SubmitResult(op=op, deduplicated=False, rearmed=True)
+            else:
+                result = await writes.submit(conn, req, now=now)
+                if result.deduplicated:  # the key was taken since the caller's read
+                    return result
             if desired is not None and guest.desired_state is not desired:
                 await update_guest(
                     conn,

@@ -39,7 +39,7 @@ from lifecycled.web.guard import (
 )
 from lifecycled.web.handlers_system import OPENAPI_KEY
 from lifecycled.web.openapi import build_document
-from lifecycled.web.routes import RUNTIME_KEY, Route
+from lifecycled.web.routes import RUNTIME_KEY, SERVICES_KEY, Route
 from lifecycled.web.signing import SIGNATURE_GATE_KEY, SignatureGate
 from lifecycled.web.tls import server_tls_context
 
@@ -115,6 +115,7 @@ def build_app(runtime: Runtime) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[RUNTIME_KEY] = runtime
+    app[SERVICES_KEY] = runtime.services
     app.on_response_prepare.append(drop_server_header)
     app[GUARD_KEY] = Guard(
         allowed_hosts=listener_names(settings.listen_host),

@@ -9,6 +9,7 @@ from typing import Any
 from lifecycled.audit import Decision
 from lifecycled.domain.guests import DesiredState, GuestOrigin, ObservedState
 from lifecycled.domain.op import GuestKind
+from lifecycled.engine.services import SETTABLE_DESIRED
 
 _TIMESTAMP = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC."}
 
@@ -157,7 +158,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "required": ["state"],
-        "properties": {"state": _enum([str(DesiredState.RUNNING), str(DesiredState.STOPPED)])},
+        "properties": {"state": _enum(list(SETTABLE_DESIRED))},
         "example": {"state": "running"},
     },
     "AuditRecord": {"type": "object", "required": list(_AUDIT_FIELDS), "properties": _AUDIT_FIELDS},

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lifecycled.audit import AuditPage, Decision, prune_cutoff
+from lifecycled.audit import AuditPage, Decision
 from lifecycled.domain.serialize import parse_rfc3339, rfc3339
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
 from lifecycled.web.auth import request_actor
@@ -23,7 +23,7 @@ from lifecycled.web.inputs import (
     parse_vmid,
     read_json_object,
 )
-from lifecycled.web.routes import JSON, Route, error, ok, query, ref, runtime_of
+from lifecycled.web.routes import JSON, Route, error, ok, query, ref, runtime_of, services_of
 
 DECISIONS = [str(d) for d in Decision]
 
@@ -79,7 +79,7 @@ async def list_audit(request: web.Request) -> web.Response:
             "cursor": parse_cursor,
         },
     )
-    page = await runtime_of(request).journal.list_audit(
+    page = await services_of(request).journal.list_audit(
         vmid=q.get("vmid"),
         action=q.get("action"),
         decision=q.get("decision"),
@@ -115,9 +115,9 @@ async def prune_audit(request: web.Request) -> web.Response:
             "the request body has the wrong shape",
             details={"older_than_days": f"must be a whole number from 1 to {MAX_PRUNE_DAYS}"},
         )
-    now = runtime.clock.now()
-    before = prune_cutoff(now, days * 86400.0)
-    record = await runtime.journal.prune_audit(before=before, actor=request_actor(request), now=now)
+    record, before = await services_of(request).prune_audit(
+        older_than=days * 86400.0, actor=request_actor(request)
+    )
     assert record.snapshot is not None
     return web.json_response(
         {"pruned": record.snapshot["pruned"], "before": rfc3339(before), "audit": record.to_dict()}

@@ -16,16 +16,15 @@ from aiohttp import web
 
 from lifecycled.domain.access import Role
 from lifecycled.domain.guests import (
-    DesiredState,
     GuestOrigin,
     ObservedState,
     guest_to_dict,
     observed_from,
 )
+from lifecycled.domain.ownership import view_origin
 from lifecycled.domain.text import shown
-from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import VMID_MAX, VMID_MIN
-from lifecycled.errors import InvalidTransition, NotFound, PveError
+from lifecycled.errors import InvalidTransition, NotFound, PveError, ValidationError
 from lifecycled.journal.guests import Ownership
 from lifecycled.web.auth import request_actor
 from lifecycled.web.errors import ApiError, unavailable
@@ -39,7 +38,16 @@ from lifecycled.web.inputs import (
     read_json_object,
     unknown_fields,
 )
-from lifecycled.web.routes import Route, error, ok, path_param, query, runtime_of
+from lifecycled.web.routes import (
+    Route,
+    error,
+    ok,
+    path_param,
+    query,
+    refuse_when_stopping,
+    runtime_of,
+    services_of,
+)
 
 __all__ = ["ROUTES", "SCHEMAS"]
 
@@ -47,7 +55,6 @@ log = logging.getLogger("lifecycled.web")
 
 ORIGINS = [str(o) for o in GuestOrigin]
 OBSERVED = [str(o) for o in ObservedState]
-SETTABLE = [str(DesiredState.RUNNING), str(DesiredState.STOPPED)]
 _DESIRED_FIELDS = frozenset({"state"})
 SCOPES = ["local", "cluster"]
 NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$")
@@ -74,11 +81,6 @@ def _path_vmid(request: web.Request) -> int:
     if not VMID_MIN <= number <= VMID_MAX:
         raise ApiError(404, "guest_not_found", f"guest {shown(text, 30)} not found")
     return number
-
-
-def _refuse_when_stopping(runtime: Runtime) -> None:
-    if runtime.stopping.is_set():
-        raise unavailable("shutting_down", "lifecycled is shutting down; retry on the next start")
 
 
 def _etag(listing_hash: str, request: web.Request) -> str:
@@ -112,7 +114,7 @@ async def list_guests(request: web.Request) -> web.StreamResponse:
     )
     if q.get("scope") == "cluster":
         return await _cluster_guests(request, q)
-    journal = runtime_of(request).journal
+    journal = services_of(request).journal
     state_hash, listing = await journal.guest_hashes()
     etag = _etag(listing, request)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
@@ -137,23 +139,21 @@ async def list_guests(request: web.Request) -> web.StreamResponse:
 
 async def _cluster_guests(request: web.Request, q: dict[str, Any]) -> web.Response:
     """The cluster view: one ``/cluster/resources`` read with the records in the tags."""
-    cluster = runtime_of(request).guests.cluster
+    services = services_of(request)
+    cluster = services.guests.cluster
     if cluster is None:
         raise ApiError(404, "not_found", "no cluster view here")
     try:
         items = await cluster.view(node=q.get("node"))
     except PveError as exc:
         raise unavailable("proxmox_unavailable", f"Proxmox could not be read: {exc.text}") from None
-    drifted = {
-        g.vmid
-        for g in (await runtime_of(request).journal.list_guests(drifted=True, limit=1000)).items
-    }
+    drifted = {g.vmid for g in (await services.journal.list_guests(drifted=True, limit=1000)).items}
     for item in items:
         item["observed_state"] = str(observed_from(item["status"], item["lock"]))
         item["drifted"] = item["vmid"] in drifted
     origin = q.get("origin")
     if origin is not None:
-        items = [i for i in items if (i["origin"] or "discovered") == origin]
+        items = [i for i in items if view_origin(i) == origin]
     if q.get("observed") is not None:
         items = [i for i in items if i["observed_state"] == q["observed"]]
     if q.get("drifted") is not None:
@@ -176,7 +176,7 @@ async def _cluster_guests(request: web.Request, q: dict[str, Any]) -> web.Respon
 async def get_guest(request: web.Request) -> web.Response:
     """``GET /v1/guests/{vmid}``: the guest with its config snapshot and open ops."""
     vmid = _path_vmid(request)
-    journal = runtime_of(request).journal
+    journal = services_of(request).journal
     guest = await journal.find_guest(vmid)
     if guest is None:
         raise ApiError(404, "guest_not_found", f"guest {vmid} is not known to lifecycled")
@@ -189,7 +189,7 @@ async def set_desired(request: web.Request) -> web.Response:
     """``PUT /v1/guests/{vmid}/desired``: ``{"state": "running" | "stopped"}``."""
     vmid = _path_vmid(request)
     runtime = runtime_of(request)
-    _refuse_when_stopping(runtime)
+    refuse_when_stopping(request)
     body = await read_json_object(request, runtime.settings.max_body_bytes)
     unknown_fields(body, _DESIRED_FIELDS)
     state = body.get("state")
@@ -200,18 +200,14 @@ async def set_desired(request: web.Request) -> web.Response:
             "the request body has the wrong shape",
             details={"state": "required: a string"},
         )
-    if state not in SETTABLE:
+    try:
+        guest = await services_of(request).set_desired(vmid, state, actor=request_actor(request))
+    except ValidationError as exc:
         raise ApiError(
-            422,
-            "validation_failed",
-            "invalid desired state",
-            details={"state": "running or stopped (absent is set by a terminate op)"},
-        )
-    if await runtime.journal.find_guest(vmid) is None:
-        raise ApiError(404, "guest_not_found", f"guest {vmid} is not known to lifecycled")
-    guest = await runtime.guests.set_desired(
-        vmid, DesiredState(state), actor=request_actor(request)
-    )
+            422, "validation_failed", "invalid desired state", details=exc.details
+        ) from None
+    except NotFound as exc:
+        raise ApiError(404, "guest_not_found", str(exc)) from None
     return web.json_response(guest_to_dict(guest))
 
 
@@ -221,10 +217,9 @@ def _ownership(result: Ownership) -> web.Response:
 
 async def _take(request: web.Request, origin: GuestOrigin) -> web.Response:
     vmid = _path_vmid(request)
-    runtime = runtime_of(request)
-    _refuse_when_stopping(runtime)
+    refuse_when_stopping(request)
     try:
-        result = await runtime.guests.take(vmid, origin, actor=request_actor(request))
+        result = await services_of(request).take(vmid, origin, actor=request_actor(request))
     except NotFound as exc:
         raise ApiError(404, "guest_not_found", str(exc)) from None
     except PveError as exc:
@@ -247,10 +242,9 @@ async def adopt_guest(request: web.Request) -> web.Response:
 async def release_guest(request: web.Request) -> web.Response:
     """``POST /v1/guests/{vmid}/release``: observed only from now on; audited."""
     vmid = _path_vmid(request)
-    runtime = runtime_of(request)
-    _refuse_when_stopping(runtime)
+    refuse_when_stopping(request)
     try:
-        result = await runtime.guests.release(vmid, actor=request_actor(request))
+        result = await services_of(request).release(vmid, actor=request_actor(request))
     except NotFound:
         raise ApiError(404, "guest_not_found", f"guest {vmid} is not known to lifecycled") from None
     except InvalidTransition as exc:

@@ -13,13 +13,11 @@ from aiohttp import web
 
 from lifecycled.domain.node import NodeRecord, NodeRefused, NodeState
 from lifecycled.domain.text import SINGLE_LINE_PATTERN, text_problem
-from lifecycled.engine import node as node_service
-from lifecycled.engine.runtime import Runtime
 from lifecycled.journal.nodes import NodeChange
 from lifecycled.web.auth import request_actor
 from lifecycled.web.errors import ApiError
 from lifecycled.web.inputs import read_json_object, unknown_fields
-from lifecycled.web.routes import JSON, Route, error, ok, ref, runtime_of
+from lifecycled.web.routes import JSON, Route, error, ok, ref, runtime_of, services_of
 from lifecycled.web.signing import SIGNATURE_GATE_KEY
 
 log = logging.getLogger("lifecycled.web")
@@ -28,26 +26,24 @@ _MAX_REASON = 500
 _REASON_FIELDS = frozenset({"reason"})
 
 
-def _info(request: web.Request, runtime: Runtime, record: NodeRecord) -> dict[str, Any]:
-    body = record.to_dict(now=runtime.clock.now())
-    body["is_system"] = record.is_system or runtime.settings.system_node
-    body["node_min_age_seconds"] = runtime.settings.node_min_age
+def _info(request: web.Request, record: NodeRecord) -> dict[str, Any]:
+    body = services_of(request).node_info(record)
     body["signatures_required"] = request.app[SIGNATURE_GATE_KEY].keys is not None
     return body
 
 
-async def _reason(request: web.Request, default: str) -> str:
-    """The optional ``{"reason": "..."}`` body; an empty body gives ``default``."""
+async def _reason(request: web.Request) -> str | None:
+    """The optional ``{"reason": "..."}`` body; ``None`` (the default reason) when empty."""
     if not request.body_exists:
-        return default
+        return None
     raw = await request.read()
     if not raw.strip():
-        return default
+        return None
     body = await read_json_object(request, runtime_of(request).settings.max_body_bytes)
     unknown_fields(body, _REASON_FIELDS)
     reason = body.get("reason")
     if reason is None:
-        return default
+        return None
     if not isinstance(reason, str):
         raise ApiError(
             400,
@@ -58,13 +54,11 @@ async def _reason(request: web.Request, default: str) -> str:
     problem = text_problem(reason, max_length=_MAX_REASON)
     if problem is not None:
         raise ApiError(422, "validation_failed", "invalid reason", details={"reason": problem})
-    return reason or default
+    return reason or None
 
 
-def _answer(
-    request: web.Request, runtime: Runtime, change: NodeChange, **details: Any
-) -> web.Response:
-    runtime.gauges.node_record = change.record
+def _answer(request: web.Request, change: NodeChange, **details: Any) -> web.Response:
+    runtime_of(request).gauges.node_record = change.record
     if change.refusal is not None:
         raise ApiError(
             409,
@@ -73,7 +67,7 @@ def _answer(
             details={"state": str(change.record.state), **details},
         )
     body: dict[str, Any] = {
-        "node": _info(request, runtime, change.record),
+        "node": _info(request, change.record),
         "previous": str(change.previous),
         "changed": change.changed,
     }
@@ -92,63 +86,37 @@ def _answer(
 
 
 async def get_node(request: web.Request) -> web.Response:
-    """``GET /v1/node``: the served node's lifecycle state."""
-    runtime = runtime_of(request)
-    record = await runtime.journal.ensure_node(
-        runtime.settings.primary_node, now=runtime.clock.now(), actor=request_actor(request)
-    )
-    return web.json_response(_info(request, runtime, record))
+    """``GET /v1/node``: the served node's lifecycle state (the daemon serves it: asking
+    registers a node it never saw, as its start does)."""
+    record = await services_of(request).node_status(register=True, actor=request_actor(request))
+    assert record is not None
+    return web.json_response(_info(request, record))
 
 
 async def drain_node(request: web.Request) -> web.Response:
     """``POST /v1/node/drain``: refuse new guests on the node (idempotent)."""
-    runtime = runtime_of(request)
-    actor = request_actor(request)
-    reason = await _reason(request, f"drained by {actor}")
-    change = await node_service.drain(
-        runtime.journal,
-        runtime.settings.primary_node,
-        actor=actor,
-        reason=reason,
-        now=runtime.clock.now(),
-    )
-    return _answer(request, runtime, change)
+    reason = await _reason(request)
+    change = await services_of(request).drain(actor=request_actor(request), reason=reason)
+    return _answer(request, change)
 
 
 async def undrain_node(request: web.Request) -> web.Response:
     """``POST /v1/node/undrain``: a draining node takes guests again (→ active)."""
-    runtime = runtime_of(request)
-    actor = request_actor(request)
-    reason = await _reason(request, f"undrained by {actor}")
-    change = await node_service.undrain(
-        runtime.journal,
-        runtime.settings.primary_node,
-        actor=actor,
-        reason=reason,
-        now=runtime.clock.now(),
-    )
-    return _answer(request, runtime, change)
+    reason = await _reason(request)
+    change = await services_of(request).undrain(actor=request_actor(request), reason=reason)
+    return _answer(request, change)
 
 
 async def decommission_node(request: web.Request) -> web.Response:
     """``POST /v1/node/decommission``: take a drained, empty node out of service for good."""
-    runtime = runtime_of(request)
-    actor = request_actor(request)
-    reason = await _reason(request, f"decommissioned by {actor}")
-    change, unread = await node_service.decommission(
-        runtime.journal,
-        runtime.settings.primary_node,
-        pve=runtime.pve,
-        actor=actor,
-        min_age=runtime.settings.node_min_age,
-        system=runtime.settings.system_node,
-        now=runtime.clock.now(),
-        reason=reason,
+    reason = await _reason(request)
+    change, unread = await services_of(request).decommission(
+        actor=request_actor(request), reason=reason
     )
     details: dict[str, Any] = {"proxmox_checked": unread is None, "guests": list(change.guests)}
     if unread is not None:
         details["proxmox_warning"] = unread
-    return _answer(request, runtime, change, **details)
+    return _answer(request, change, **details)
 
 
 # --- routes and their OpenAPI description ----------------------------------------------------

@@ -18,9 +18,9 @@ from lifecycled.domain.node import NodeRefused
 from lifecycled.domain.op import Op
 from lifecycled.domain.serialize import op_to_dict
 from lifecycled.domain.states import OpState
-from lifecycled.engine.runtime import Runtime
-from lifecycled.engine.submit import VMID_MAX, VMID_MIN, ProxmoxUnreachable, Submission, validate
-from lifecycled.errors import Conflict, InvalidTransition, NotFound, ValidationError
+from lifecycled.engine.services import NotADeadLetter, NotCancellable
+from lifecycled.engine.submit import VMID_MAX, VMID_MIN, ProxmoxUnreachable, Submission
+from lifecycled.errors import Conflict, NotFound, ValidationError
 from lifecycled.journal import OpPage
 from lifecycled.web.auth import request_actor, require_role
 from lifecycled.web.errors import ApiError, unavailable
@@ -42,15 +42,20 @@ from lifecycled.web.inputs import (
     path_id,
     read_json_object,
 )
-from lifecycled.web.routes import Route, error, ok, path_param, query, ref, runtime_of
+from lifecycled.web.routes import (
+    Route,
+    error,
+    ok,
+    path_param,
+    query,
+    ref,
+    refuse_when_stopping,
+    runtime_of,
+    services_of,
+)
 from lifecycled.web.signing import require_signature
 
 log = logging.getLogger("lifecycled.web")
-
-
-def _refuse_when_stopping(runtime: Runtime) -> None:
-    if runtime.stopping.is_set():
-        raise unavailable("shutting_down", "lifecycled is shutting down; retry on the next start")
 
 
 def _page_body(page: OpPage) -> dict[str, Any]:
@@ -67,28 +72,27 @@ def _op_response(op: Op, *, status: int = 200, **extra: Any) -> web.Response:
 async def submit_op(request: web.Request) -> web.Response:
     """``POST /v1/ops``: 202 for a new (or re-armed) op, 200 for a deduplicated one."""
     runtime = runtime_of(request)
-    _refuse_when_stopping(runtime)
+    refuse_when_stopping(request)
     body = await read_json_object(request, runtime.settings.max_body_bytes)
     sub = parse_submission(body, request.headers.get(IDEMPOTENCY_HEADER), request_actor(request))
+
+    async def authorize(sub: Submission) -> None:
+        # Called once the submission is validated: a malformed one is refused before a
+        # signature is checked (and audited), so a refusal never leaves an audit row of
+        # unvalidated input. One predicate of "destructive" (the one signatures use): such
+        # a submission needs admin.
+        destructive = is_destructive(sub.action, sub.kind, sub.params)
+        await require_role(
+            request,
+            required_role(request.method, Role.OPERATE, destructive=destructive),
+            action=sub.action,
+            vmid=sub.vmid,
+            node=sub.node,
+        )
+        await require_signature(request, runtime, sub, sub.actor)
+
     try:
-        # Validation first: a malformed submission is refused before a signature is checked
-        # (and audited), so a refusal never leaves an audit row of unvalidated input.
-        validate(sub)
-    except ValidationError as exc:
-        raise ApiError(422, "validation_failed", str(exc), details=exc.details) from None
-    # One predicate of "destructive" (the one signatures use): such a submission needs admin
-    # (checked after validation, so a refusal is audited only for a well-formed submission).
-    destructive = is_destructive(sub.action, sub.kind, sub.params)
-    await require_role(
-        request,
-        required_role(request.method, Role.OPERATE, destructive=destructive),
-        action=sub.action,
-        vmid=sub.vmid,
-        node=sub.node,
-    )
-    await require_signature(request, runtime, sub, sub.actor)
-    try:
-        result = await runtime.submit(sub)
+        result = await services_of(request).submit(sub, authorize=authorize)
     except NodeRefused as exc:
         raise node_refusal(exc) from None
     except PlacementMismatch as exc:
@@ -135,7 +139,7 @@ async def list_ops(request: web.Request) -> web.Response:
         },
     )
     state = q.get("state")
-    page = await runtime_of(request).journal.list_ops(
+    page = await services_of(request).journal.list_ops(
         state=OpState(state) if state is not None else None,
         vmid=q.get("vmid"),
         action=q.get("action"),
@@ -148,7 +152,7 @@ async def list_ops(request: web.Request) -> web.Response:
 async def get_op(request: web.Request) -> web.Response:
     """``GET /v1/ops/{id}``: the op with its history."""
     op_id = path_id(request)
-    journal = runtime_of(request).journal
+    journal = services_of(request).journal
     op = await journal.get(op_id)
     history = await journal.history(op_id)
     return _op_response(op, history=history)
@@ -156,37 +160,17 @@ async def get_op(request: web.Request) -> web.Response:
 
 async def cancel_op(request: web.Request) -> web.Response:
     """``POST /v1/ops/{id}/cancel``: pending → cancelled; 409 in any other state."""
-    op_id = path_id(request)
-    runtime = runtime_of(request)
-    actor = request_actor(request)
-    op = await runtime.journal.get(op_id)
-    if op.state is OpState.CANCELLED:
-        return _op_response(op)  # cancelling twice is not an error
-    if op.state is not OpState.PENDING:
-        raise _not_cancellable(op)
     try:
-        op = await runtime.journal.cancel(
-            op_id, now=runtime.clock.now(), reason=f"cancelled by {actor}"
-        )
-    except InvalidTransition:
-        raise _not_cancellable(await runtime.journal.get(op_id)) from None
-    log.info("http.op_cancelled", extra=_op_fields(op, actor))
-    return _op_response(op)
-
-
-def _not_cancellable(op: Op) -> ApiError:
-    return ApiError(
-        409,
-        "invalid_state",
-        f"op {op.id} is {op.state}: only a pending op can be cancelled",
-        details={"state": str(op.state)},
-    )
+        change = await services_of(request).cancel(path_id(request), actor=request_actor(request))
+    except NotCancellable as exc:
+        raise ApiError(409, exc.code, str(exc), details={"state": str(exc.state)}) from None
+    return _op_response(change.op)
 
 
 async def list_dead_letters(request: web.Request) -> web.Response:
     """``GET /v1/dead-letters``: dead letters not yet discarded, newest first."""
     q = parse_query(request, {"action": parse_action, "limit": parse_limit, "cursor": parse_cursor})
-    page = await runtime_of(request).journal.list_dead_letters(
+    page = await services_of(request).journal.list_dead_letters(
         action=q.get("action"), limit=q.get("limit", DEFAULT_LIMIT), cursor=q.get("cursor")
     )
     return web.json_response(_page_body(page))
@@ -196,25 +180,17 @@ async def retry_dead_letter(request: web.Request) -> web.Response:
     """``POST /v1/dead-letters/{id}/retry``: back to pending; repeating it changes nothing."""
     op_id = path_id(request)
     runtime = runtime_of(request)
-    _refuse_when_stopping(runtime)
+    refuse_when_stopping(request)
     actor = request_actor(request)
-    journal = runtime.journal
-    op = await journal.get(op_id)
-    if op.state is OpState.DEAD_LETTERED:
-        if await journal.discarded_at(op_id) is not None:
-            raise ApiError(404, "not_found", f"dead letter {op_id} was discarded")
+
+    async def signed(op: Op) -> None:
         await require_signature(request, runtime, _as_submission(op, actor), actor)
-        try:
-            op = await journal.retry(op_id, now=runtime.clock.now(), reason=f"retried by {actor}")
-        except InvalidTransition:
-            op = await journal.get(op_id)  # a concurrent retry won; answer as a repeat below
-        else:
-            runtime.dispatcher.notify()
-            log.info("http.dead_letter_retried", extra=_op_fields(op, actor))
-            return _op_response(op)
-    if await _was_retried_from_dead_letter(runtime, op):
-        return _op_response(op)
-    raise ApiError(404, "not_found", f"op {op_id} is {op.state}, not a dead letter")
+
+    try:
+        change = await services_of(request).retry(op_id, actor=actor, authorize=signed)
+    except NotADeadLetter as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    return _op_response(change.op)
 
 
 def _as_submission(op: Op, actor: str) -> Submission:
@@ -230,39 +206,13 @@ def _as_submission(op: Op, actor: str) -> Submission:
     )
 
 
-async def _was_retried_from_dead_letter(runtime: Runtime, op: Op) -> bool:
-    """Whether ``op``'s latest attempt series started with a retry out of the dead letters."""
-    if op.state not in (OpState.PENDING, OpState.DISPATCHING, OpState.RUNNING, OpState.SUCCEEDED):
-        return False
-    for entry in reversed(await runtime.journal.history(op.id)):
-        if entry.to_state is OpState.PENDING and entry.from_state is not None:
-            return entry.from_state is OpState.DEAD_LETTERED
-    return False
-
-
 async def discard_dead_letter(request: web.Request) -> web.Response:
     """``DELETE /v1/dead-letters/{id}``: leave the dead-letter listing (idempotent)."""
-    op_id = path_id(request)
-    runtime = runtime_of(request)
-    actor = request_actor(request)
-    op = await runtime.journal.get(op_id)
-    if op.state is not OpState.DEAD_LETTERED:
-        raise ApiError(404, "not_found", f"op {op_id} is {op.state}, not a dead letter")
-    op = await runtime.journal.discard(
-        op_id, now=runtime.clock.now(), reason=f"discarded by {actor}"
-    )
-    log.info("http.dead_letter_discarded", extra=_op_fields(op, actor))
-    return _op_response(op)
-
-
-def _op_fields(op: Op, actor: str) -> dict[str, Any]:
-    return {
-        "op_id": op.id,
-        "action": op.action,
-        "vmid": op.guest.vmid,
-        "node": op.guest.node,
-        "actor": actor,
-    }
+    try:
+        change = await services_of(request).discard(path_id(request), actor=request_actor(request))
+    except NotADeadLetter as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    return _op_response(change.op)
 
 
 # --- routes and their OpenAPI description ----------------------------------------------------

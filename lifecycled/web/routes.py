@@ -17,8 +17,12 @@ from aiohttp.typedefs import Handler
 
 from lifecycled.domain.access import Role
 from lifecycled.engine.runtime import Runtime
+from lifecycled.engine.services import Services
+from lifecycled.web.errors import unavailable
 
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
+#: The operations the API offers (:mod:`lifecycled.engine.services`; the CLI calls them too).
+SERVICES_KEY = web.AppKey("services", Services)
 
 JSON = "application/json"
 
@@ -94,3 +98,13 @@ def path_param(name: str, description: str, schema: Mapping[str, Any]) -> dict[s
 
 def runtime_of(request: web.Request) -> Runtime:
     return request.app[RUNTIME_KEY]
+
+
+def services_of(request: web.Request) -> Services:
+    return request.app[SERVICES_KEY]
+
+
+def refuse_when_stopping(request: web.Request) -> None:
+    """503 ``shutting_down`` for a write while the daemon stops (its answer would be lost)."""
+    if request.app[RUNTIME_KEY].stopping.is_set():
+        raise unavailable("shutting_down", "lifecycled is shutting down; retry on the next start")

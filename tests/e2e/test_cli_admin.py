@@ -173,7 +173,7 @@ def test_dlq_retry_is_idempotent(tmp_path: Path) -> None:
     )
     assert json.loads(cli("dlq", "list", "--db", str(db), "--json", cwd=tmp_path).out) == []
     shown = json.loads(cli("ops", "show", str(dead), "--db", str(db), "--json", cwd=tmp_path).out)
-    assert shown["attempts"] == 0 and shown["history"][-1]["reason"] == "retried by operator (cli)"
+    assert shown["attempts"] == 0 and shown["history"][-1]["reason"] == "retried by cli"
 
 
 def test_dlq_retry_all_by_action(tmp_path: Path) -> None:

@@ -320,6 +320,35 @@ async def test_pending_reconcile_op_is_superseded_by_a_new_desired_state(
     assert "superseded" in history[-1].reason
 
 
+async def test_dry_run_and_real_pass_agree_on_a_draining_node(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """On a draining node `reconcile --dry-run` lists no start; the real pass then does
+    exactly what it listed (same enqueued and skipped, the skip naming node_draining)."""
+    from lifecycled.engine.node import drain
+
+    avoid: set[int] = set()
+    held = on_pve1(sim, "qemu", True, avoid)
+    avoid.add(held.vmid)
+    stopping = on_pve1(sim, "qemu", False, avoid)
+    async with running(sim, tmp_path, manage_guests=False) as rt:
+        await manage(rt, held)
+        await manage(rt, stopping)
+        sim.sim.set_guest_status(held.vmid, "stopped")  # desired running: would be started
+        sim.sim.set_guest_status(stopping.vmid, "running")  # desired stopped: shut down
+        await drain(rt.journal, "pve1", actor="test", reason="maintenance", now=rt.clock.now())
+        dry = await rt.reconciler.pass_once(dry_run=True)
+        real = await rt.reconciler.pass_once()
+        planned = [(c["vmid"], c["action"]) for c in dry.enqueued]
+        assert planned == [(c["vmid"], c["action"]) for c in real.enqueued]
+        assert planned == [(stopping.vmid, "shutdown")]
+        assert dry.skipped == real.skipped
+        (why,) = [s["reason"] for s in dry.skipped if s["vmid"] == held.vmid]
+        assert why.startswith("node_draining:")
+        await wait_terminal(rt, real.enqueued[0]["op_id"])
+    assert not sim.sim.guests[held.vmid].running
+
+
 async def test_draining_node_is_not_refilled_by_reconcile(sim: SimServer, tmp_path: Path) -> None:
     """On a draining node reconcile never starts a guest (SPEC §4), and does again once undrained."""
     from lifecycled.engine.node import drain, undrain

@@ -194,7 +194,7 @@ async def test_a_read_only_journal_answers_503(sim: SimServer, tmp_path: Path) -
     async with serving(sim, tmp_path, run=False) as env:
         writable = env.runtime.journal
         readonly = await Journal.open(writable.path, readonly=True, migrate=False)
-        env.runtime.journal = readonly
+        env.runtime.journal = env.runtime.services.journal = readonly
         try:
             sub = {"action": "start", "vmid": guest.vmid, "kind": "qemu", "node": guest.node}
             async with env.http.post("/v1/ops", json=sub) as resp:
@@ -202,7 +202,7 @@ async def test_a_read_only_journal_answers_503(sim: SimServer, tmp_path: Path) -
                 assert resp.headers["Retry-After"].isdigit()
                 _assert_error(await resp.json(), "journal_unavailable")
         finally:
-            env.runtime.journal = writable
+            env.runtime.journal = env.runtime.services.journal = writable
             await readonly.close()
         assert await env.op_count() == 0
 

@@ -25,8 +25,10 @@ from lifecycled.domain.ownership import (
     encode,
     fingerprint_digest,
     key_digest,
+    record_dict,
     same_config,
     split_tags,
+    view_origin,
 )
 from lifecycled.domain.reconcile import OrphanKind, ReconcileInput, plan
 
@@ -293,3 +295,10 @@ def test_a_drift_check_takes_only_our_writes_exact_result_as_baseline() -> None:
         "observed_digest": "Z"
     }
     assert digest_read(_baselined(), "Y", _OVER) == {"observed_digest": "Y"}
+
+
+@given(st.none() | records)
+def test_cluster_view_origin_is_the_record_s_or_discovered(record: OwnershipRecord | None) -> None:
+    """The origin both faces filter the cluster view on: the record's, else discovered."""
+    expected = record.origin if record is not None else GuestOrigin.DISCOVERED
+    assert view_origin(record_dict(record)) is expected

@@ -10,6 +10,7 @@ import pytest
 from lifecycled.config import load_settings
 from lifecycled.domain.actions import GuestView, spec_for
 from lifecycled.domain.guests import (
+    MANAGED_ORIGINS,
     DesiredState,
     GuestOrigin,
     GuestRecord,
@@ -57,6 +58,16 @@ def test_unknown_discovered_and_released_guests_are_not_managed() -> None:
         assert v.verdict is Verdict.REFUSE and v.code == "guest_not_managed"
     assert verdict("create", GuestFacts()).verdict is Verdict.ALLOW
     assert verdict("create", GuestFacts(origin="adopted")).code == "vmid_in_use"
+
+
+@pytest.mark.parametrize("origin", list(GuestOrigin))
+def test_the_policy_manages_exactly_the_domain_s_managed_origins(origin: GuestOrigin) -> None:
+    """One ownership rule: a start is refused as not managed unless the origin is one of
+    MANAGED_ORIGINS; the facts carry the origin as the domain's enum, not a string."""
+    facts = GuestFacts(origin=str(origin))
+    assert facts.origin is origin
+    refused = verdict("start", facts).code == "guest_not_managed"
+    assert refused is (origin not in MANAGED_ORIGINS)
 
 
 def test_terminate_of_an_adopted_guest_is_a_soft_delete() -> None:

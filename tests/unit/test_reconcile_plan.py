@@ -15,7 +15,9 @@ from lifecycled.domain.guests import (
     GuestRecord,
     Observation,
     ObservedState,
+    superseded,
 )
+from lifecycled.domain.node import NodeState, admission_refusal
 from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.domain.reconcile import (
     RECONCILE_ACTIONS,
@@ -185,6 +187,38 @@ def test_pending_reconcile_op_with_an_old_target_is_superseded() -> None:
     assert p.commands == []
 
 
+def test_draining_node_is_an_input_of_the_plan() -> None:
+    """A draining or decommissioned node gets no start in the plan (the submission's
+    admission rule), the skip says why; a shutdown there is still planned; active: started."""
+    world = [guest(101), guest(102, desired_state=DesiredState.STOPPED)]
+    obs = [seen(101, "stopped"), seen(102)]
+    for state in (NodeState.DRAINING, NodeState.DECOMMISSIONED):
+        p = run(world, obs, node_states={NODE: state})
+        assert [(c.guest.vmid, c.action) for c in p.commands] == [(102, Action.SHUTDOWN)]
+        assert p.held == [(101, Action.START)]
+        (why,) = [reason for vmid, reason in p.skipped if vmid == 101]
+        assert why.startswith(f"node_{state}:")
+    p = run(world, obs, node_states={NODE: NodeState.ACTIVE})
+    assert sorted(c.action for c in p.commands) == [Action.SHUTDOWN, Action.START]
+
+
+def test_superseded_is_one_rule_for_the_plan_and_the_journal() -> None:
+    """`superseded` names only pending reconcile ops whose target is not the desired state;
+    the plan cancels exactly what it names, with its reason."""
+    ops = [
+        op(5, 101, "start", origin=Origin.RECONCILE),
+        op(6, 101, "shutdown", origin=Origin.RECONCILE),
+        op(7, 101, "start", origin=Origin.API),
+        op(8, 101, "start", origin=Origin.RECONCILE, state=OpState.RUNNING),
+    ]
+    assert superseded(ops, DesiredState.STOPPED) == [
+        (ops[0], "superseded: desired state is now stopped")
+    ]
+    assert [o.id for o, _ in superseded(ops, None)] == [5, 6]
+    p = run([guest(101, desired_state=DesiredState.STOPPED)], [seen(101)], open_ops={101: ops})
+    assert p.cancels == [(o.id, why) for o, why in superseded(ops, DesiredState.STOPPED)]
+
+
 def test_failed_reconcile_op_blocks_its_generation_and_a_new_generation_unblocks() -> None:
     """After a failed reconcile op for generation g reconcile waits for an operator; a newer
     desired generation gets a fresh op; a succeeded one is followed by the next sequence."""
@@ -304,6 +338,7 @@ def worlds(draw: st.DrawFn) -> ReconcileInput:
         open_ops=open_ops,
         max_commands=draw(st.integers(0, 5)),
         manage_discovered=draw(st.sampled_from(["off", "native", "adopted"])),
+        node_states=draw(st.dictionaries(st.just(NODE), st.sampled_from(list(NodeState)))),
     )
 
 
@@ -327,6 +362,13 @@ def test_plan_never_breaks_the_reconcile_rules(inp: ReconcileInput) -> None:
         assert not inp.open_ops.get(cmd.guest.vmid)
         assert obs.lock is None and not obs.ha_managed and not obs.template
         assert obs.node == inp.node
+        state = inp.node_states.get(obs.node)
+        assert state is None or (
+            admission_refusal(
+                state, served=obs.node, action=cmd.action, guest_node=obs.node, params=cmd.params
+            )
+            is None
+        )
         assert cmd.key.startswith(f"reconcile:{cmd.guest.vmid}:{rec.desired_generation}:")
 
 
