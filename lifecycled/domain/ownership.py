@@ -16,25 +16,27 @@ tags, all starting with ``lcd.``; any other tag of the guest is kept as it is:
                        Proxmox sorts tags when it writes them)
 =====================  ==============================================================
 
-Proxmox's tag charset is ``[a-z0-9_][a-z0-9_+.-]*``; every value above fits it. Writes go
-through ``PUT …/config`` with the config ``digest`` (Proxmox's compare-and-swap).
+Proxmox stores what a write of ``tags`` sets the way :mod:`lifecycled.domain.tags` says:
+each tag must match its ``pve-tag`` format (else the write is refused), and by default they
+are lower-cased, sorted and each kept once. Every tag above is valid and already lower case,
+so it is stored as written, and the record never depends on the order of its tags; an ``lcd.``
+tag in upper case (a hand edit of the config file) is read as the same tag, as Proxmox's next
+write would make it. Writes go through ``PUT …/config`` with the config ``digest`` (Proxmox's
+compare-and-swap).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord
+from lifecycled.domain.tags import is_tag, split_tags, unique_tags
 
 PREFIX = "lcd."
-#: Proxmox's ``pve-tag`` format (one tag).
-TAG_RE = re.compile(r"^[a-z0-9_][a-z0-9_+.-]*$")
-_SEPARATORS = re.compile(r"[;,\s]+")
 _ORIGINS = (GuestOrigin.NATIVE, GuestOrigin.ADOPTED, GuestOrigin.RELEASED)
 #: How many recent idempotency keys the record keeps (a resend after a migration dedups).
 KEEP_KEYS = 4
@@ -99,11 +101,6 @@ def view_origin(item: Mapping[str, Any]) -> GuestOrigin:
     return GuestOrigin(origin) if origin else GuestOrigin.DISCOVERED
 
 
-def split_tags(text: str | None) -> list[str]:
-    """The tags of a ``tags`` value (Proxmox accepts ``;``, ``,`` and spaces between them)."""
-    return [t for t in _SEPARATORS.split(text or "") if t]
-
-
 def _digest(text: str, size: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:size]
 
@@ -123,10 +120,12 @@ def key_digest(key: str) -> str:
 def decode(tags: str | Iterable[str] | None) -> OwnershipRecord | None:
     """The record in ``tags``; ``None`` when the guest carries no (valid) ``lcd.o.`` tag.
 
-    Unknown ``lcd.`` tags are ignored; of repeated tags the last counts, except that the
-    highest generation wins.
+    Unknown ``lcd.`` tags are ignored; of repeated tags (someone else's edit) the last in the
+    order Proxmox stores them counts (sorted, by default), except that the highest generation
+    wins. Tags are read lower-cased (Proxmox does not tell ``LCD.`` from ``lcd.``).
     """
     items = split_tags(tags) if isinstance(tags, str) or tags is None else list(tags)
+    items = [t.lower() for t in items]
     origin: GuestOrigin | None = None
     desired: DesiredState | None = None
     generation = 0
@@ -186,11 +185,13 @@ def record_tags(record: OwnershipRecord) -> list[str]:
 
 
 def encode(record: OwnershipRecord | None, existing: str | None = None) -> str:
-    """The new ``tags`` value: the guest's own tags kept, its ``lcd.`` tags replaced by
-    ``record``'s (``None``: removed). Tags are joined with ``;`` as Proxmox writes them."""
-    own = [t for t in split_tags(existing) if not t.startswith(PREFIX)]
+    """The new ``tags`` value: the guest's own tags kept, its ``lcd.`` tags (in any case)
+    replaced by ``record``'s (``None``: removed). Tags are joined with ``;`` as Proxmox
+    writes them. Each of ``record``'s tags is one Proxmox stores unchanged (valid, lower
+    case), else ValueError: a record must read back as written."""
+    own = [t for t in split_tags(existing) if not t.lower().startswith(PREFIX)]
     mine = record_tags(record) if record is not None else []
-    bad = [t for t in mine if not TAG_RE.match(t)]
+    bad = [t for t in mine if unique_tags([t]) != [t] or not is_tag(t)]
     if bad:
         raise ValueError(f"not valid Proxmox tags: {bad}")
     return ";".join(own + mine)
@@ -216,7 +217,7 @@ def same_config(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 def _tag_set(value: Any) -> frozenset[str]:
-    return frozenset(t.lower() for t in split_tags(str(value) if value is not None else None))
+    return frozenset(unique_tags(str(value) if value is not None else None))
 
 
 def awaits_digest(guest: GuestRecord) -> bool:

@@ -25,6 +25,8 @@ from typing import Any
 
 import attrs
 
+from lifecycled.domain.tags import tag_list_error
+
 DATA_FILE = "pve-api-params.json"
 
 MISSING = "property is missing and it is not optional"
@@ -222,6 +224,8 @@ def _format_error(fmt: str, text: str) -> str | None:
         for item in re.split(r"[,;\s]+", text):
             if item and not _CONFIGID_RE.fullmatch(item):
                 return f"invalid format - invalid configuration ID '{item}'"
+    if fmt == "pve-tag-list":
+        return tag_list_error(text)
     return None
 
 

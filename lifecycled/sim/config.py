@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 
+from lifecycled.domain.tags import ORDERINGS, stored_tags
 from lifecycled.domain.userid import TOKENID_PATTERN, USERID_PATTERN, is_userid
 
 #: ``USER@REALM!TOKENID=SECRET`` (pve-access-control token syntax; the user part may hold ``@``).
@@ -89,6 +90,11 @@ def _privileges(value: Iterable[str] | None) -> frozenset[str] | None:
     return None if value is None else frozenset(value)
 
 
+def _check_ordering(_inst: Any, _attr: Any, value: str) -> None:
+    if value not in ORDERINGS:
+        raise SimConfigError(f"tag_ordering must be one of {', '.join(ORDERINGS)}")
+
+
 def _check_token(_inst: Any, _attr: Any, value: str) -> None:
     ApiToken.parse(value)
 
@@ -146,6 +152,10 @@ class SimConfig:
     clock_offset: float = 0.0
     #: Requests kept in the request log (the oldest are dropped beyond this).
     request_log_max: int = attrs.field(default=100_000, validator=_non_negative)
+    #: datacenter.cfg ``tag-style``: ``ordering`` (``alphabetical``: every write of ``tags``
+    #: stores them sorted; ``config``: as given) and ``case-sensitive`` (off: lower-cased).
+    tag_ordering: str = attrs.field(default="alphabetical", validator=_check_ordering)
+    tags_case_sensitive: bool = False
 
     @property
     def api_token(self) -> ApiToken:
@@ -158,6 +168,12 @@ class SimConfig:
         if worker_type in HA_WORKER_TYPES:
             return min(self.task_seconds, _HA_TASK_SECONDS)
         return self.task_seconds
+
+    def stored_tags(self, value: object) -> str:
+        """The ``tags`` a config write of ``value`` stores (``get_unique_tags``)."""
+        return stored_tags(
+            str(value), ordering=self.tag_ordering, case_sensitive=self.tags_case_sensitive
+        )
 
     def lock_wait(self, cap: float | None = None) -> float:
         """The lock-file wait, capped (create waits at most 5 s and clone 1 s in PVE)."""

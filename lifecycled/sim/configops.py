@@ -14,6 +14,7 @@ from typing import Any
 from lifecycled.domain.classify import is_success_exitstatus
 from lifecycled.sim import errors as txt
 from lifecycled.sim import params as pp
+from lifecycled.sim.config import SimConfig
 from lifecycled.sim.errors import SimError, TaskFailed
 from lifecycled.sim.model import (
     Guest,
@@ -83,8 +84,9 @@ def _hotpluggable(guest: Guest, key: str) -> bool:
     return True
 
 
-def apply_config(guest: Guest, params: Params) -> None:
-    """Write the change; on a running QEMU guest cold options go to ``[PENDING]`` (§1.4)."""
+def apply_config(guest: Guest, params: Params, cfg: SimConfig) -> None:
+    """Write the change; on a running QEMU guest cold options go to ``[PENDING]`` (§1.4).
+    ``tags`` are stored as the datacenter's tag style makes them (``get_unique_tags``)."""
     live = guest.kind == "qemu" and guest.running
     for key in pp.as_list(params.get("revert")):
         guest.pending.pop(key, None)
@@ -104,6 +106,8 @@ def apply_config(guest: Guest, params: Params) -> None:
         value = coerce_value(guest.kind, key, raw)
         if key == "memory" and guest.kind == "qemu":
             value = str(raw).removeprefix("current=")
+        if key == "tags":
+            value = cfg.stored_tags(raw)
         if live and not _hotpluggable(guest, key):
             guest.pending[key] = value
             guest.pending_delete.discard(key)
@@ -141,7 +145,7 @@ async def config_write(
                 _checks(guest, params, caller)
             except TaskFailed as exc:
                 raise SimError(500, exc.text) from None
-            apply_config(guest, params)
+            apply_config(guest, params, sim.cfg)
         finally:
             sim.locks.release(vmid)
         return None
@@ -154,7 +158,7 @@ async def config_write(
         for key in sorted(k for k in params if k not in _CONTROL):
             run.log(f"update VM {vmid}: -{key} {params[key]}")
         await run.work()
-        apply_config(g, params)
+        apply_config(g, params, sim.cfg)
 
     flock = FlockSpec(kind=kind, vmid=vmid, wait=sim.cfg.lock_wait())
     upid = sim.fork(node, "qmconfig", vmid, caller, body, flock=flock)

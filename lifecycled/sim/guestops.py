@@ -161,6 +161,8 @@ async def create(sim: Simulator, caller: Caller, node: str, kind: str, params: P
         sim.locks.release(vmid)
         raise SimError(500, taken)
     config = {k: coerce_value(kind, k, v) for k, v in settings.items()}
+    if "tags" in config:
+        config["tags"] = sim.cfg.stored_tags(config["tags"])
     if kind == "qemu":
         if "memory" in config:
             config["memory"] = str(config["memory"]).removeprefix("current=")

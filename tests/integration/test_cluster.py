@@ -13,7 +13,8 @@ from engine_support import running, wait_terminal
 
 from lifecycled.domain.cluster import WrongNode
 from lifecycled.domain.guests import DesiredState, GuestOrigin, ObservedState
-from lifecycled.domain.ownership import decode
+from lifecycled.domain.ownership import decode, key_digest
+from lifecycled.domain.tags import stored_tags
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import KeyUsedElsewhere, Submission
 from lifecycled.errors import ConfigError, OwnershipUnavailable
@@ -299,3 +300,42 @@ async def test_a_daemon_serving_two_nodes_keeps_both_lifecycles(
         await rt.reconciler.pass_once()
         second = await rt.journal.get_node("pve2")
         assert second is not None and second.state is NodeState.DRAINING  # back to the drain
+
+
+async def test_a_record_with_several_keys_survives_proxmox_sorting_its_tags(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    """Proxmox stores every tag write sorted and lower-cased: after six recorded ops the record
+    still names the newest four keys, newest first, beside the operator's own tags; after a
+    hand-off the target's sidecar refuses each of them (nothing sent) — one key, one run."""
+    sim = await sim_factory(nodes=("pve1", "pve2"), guests=0)
+    sim.sim.create_guest(201, kind="qemu", node="pve1", status="running")
+    sim.sim.update_config(201, {"tags": "Web;prod"}, ())  # the operator's, as hand-written
+    keys = ["Order-1:Reboot", "Order-2:Stop", "Order-3:Start", "Order-4:Reset", "Order-5:Reboot"]
+    async with sidecar(sim, tmp_path, "pve1") as a, sidecar(sim, tmp_path, "pve2") as b:
+        await a.guests.manage(201, actor="test")
+        for key in keys:
+            op = await op_for(a, key.split(":")[1].lower(), 201, key=key)
+            assert op.state.value == "succeeded", (key, op.error)
+        op = await op_for(
+            a, "migrate", 201, key="Order-6:Move", target="pve2", online=True,
+            with_local_disks=True,
+        )  # fmt: skip
+        assert op.state.value == "succeeded", op.error
+
+        tags = sim.sim.guests[201].config["tags"]
+        assert tags == stored_tags(tags)  # as Proxmox stores them: sorted, lower case, once
+        assert {"prod", "web"} <= set(tags.split(";"))
+        newest = ["Order-6:Move", *reversed(keys[1:])][:4]
+        assert record(sim, 201).last_keys == tuple(key_digest(k) for k in newest)
+        assert record(sim, 201).desired is DesiredState.RUNNING
+
+        await settle(b)
+        assert (await b.journal.get_guest(201)).node == "pve2"
+        for key in newest[1:]:
+            action = key.split(":")[1].lower()
+            with pytest.raises(KeyUsedElsewhere):
+                await b.submit(Submission(action=action, vmid=201, idempotency_key=key))
+            assert await b.journal.by_key(key) is None
+        posts = [r.path.rsplit("/", 1)[-1] for r in sim.sim.requests if r.method == "POST"]
+        assert [p for p in posts if p in ("reboot", "reset")] == ["reboot", "reset", "reboot"]

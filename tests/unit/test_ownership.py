@@ -17,7 +17,6 @@ from lifecycled.domain.guests import (
 )
 from lifecycled.domain.op import GuestKind
 from lifecycled.domain.ownership import (
-    TAG_RE,
     OwnershipRecord,
     after_own_write,
     decode,
@@ -27,10 +26,10 @@ from lifecycled.domain.ownership import (
     key_digest,
     record_dict,
     same_config,
-    split_tags,
     view_origin,
 )
 from lifecycled.domain.reconcile import OrphanKind, ReconcileInput, plan
+from lifecycled.domain.tags import is_tag, split_tags, stored_tags, unique_tags
 
 _ORIGINS = st.sampled_from([GuestOrigin.NATIVE, GuestOrigin.ADOPTED, GuestOrigin.RELEASED])
 _HEX = st.text(alphabet="0123456789abcdef", min_size=1, max_size=16)
@@ -56,11 +55,13 @@ def test_record_round_trips_through_tags_and_keeps_other_tags(
     record: OwnershipRecord, others: list[str]
 ) -> None:
     """encode → decode gives the record back; the guest's own tags are kept; every tag is a
-    valid Proxmox tag."""
+    valid Proxmox tag that Proxmox stores as written (none lower-cased or merged)."""
     text = encode(record, ";".join(others))
     assert decode(text) == record
     assert [t for t in split_tags(text) if not t.startswith("lcd.")] == others
-    assert all(TAG_RE.match(t) for t in split_tags(text))
+    assert all(is_tag(t) for t in split_tags(text))
+    mine = [t for t in split_tags(text) if t.startswith("lcd.")]
+    assert sorted(unique_tags(mine)) == sorted(mine)
 
 
 @given(records, records)
@@ -96,11 +97,30 @@ def test_the_record_keeps_the_newest_keys() -> None:
     assert decode(encode(rec)) == rec
 
 
-@given(records)
-def test_the_key_order_survives_proxmox_sorting_the_tags(rec: OwnershipRecord) -> None:
-    """Proxmox sorts tags alphabetically as it writes them: the record, its keys newest
-    first, decodes the same from the sorted tags."""
-    assert decode(";".join(sorted(split_tags(encode(rec, "prod"))))) == rec
+_STYLES = st.sampled_from(["alphabetical", "config"])
+
+
+@given(records, records, _STYLES, st.booleans())
+def test_the_record_survives_every_tag_style_proxmox_stores_it_with(
+    old: OwnershipRecord, rec: OwnershipRecord, ordering: str, case_sensitive: bool
+) -> None:
+    """Proxmox stores a write's tags sorted, lower-cased and each once (or as the datacenter's
+    tag-style says): the record, its keys newest first, decodes the same from what is stored,
+    also when written over an older record as stored."""
+    style: dict[str, Any] = {"ordering": ordering, "case_sensitive": case_sensitive}
+    existing = stored_tags(encode(old, "Prod;web"), **style)
+    assert decode(stored_tags(encode(rec, existing), **style)) == rec
+
+
+def test_an_upper_case_record_tag_is_the_same_tag_and_is_replaced() -> None:
+    """A hand-written ``LCD.`` tag is read as Proxmox's next write stores it (lower case) and
+    a write replaces it: no stale origin is left to win after the sort."""
+    hand = "Prod;LCD.O.RELEASED;LCD.G.3"
+    assert decode(hand) == OwnershipRecord(origin=GuestOrigin.RELEASED, generation=3)
+    new = OwnershipRecord(origin=GuestOrigin.NATIVE, generation=4)
+    written = encode(new, hand)
+    assert written == "Prod;lcd.o.native;lcd.g.4"
+    assert decode(stored_tags(written)) == new
 
 
 def test_unranked_keys_decode_after_ranked_ones() -> None:
@@ -115,7 +135,8 @@ def test_digests_are_tag_safe_and_stable() -> None:
     assert fingerprint_digest(fp) == fingerprint_digest(dict(reversed(fp.items())))
     assert fingerprint_digest({}) is None
     for value in (fingerprint_digest(fp), key_digest("Order:42/Reboot")):
-        assert value is not None and TAG_RE.match(f"lcd.f.{value}")
+        assert value is not None and unique_tags([f"lcd.f.{value}"]) == [f"lcd.f.{value}"]
+        assert is_tag(f"lcd.f.{value}")
     assert key_digest("a") != key_digest("b")
 
 
