@@ -28,6 +28,9 @@ class Task:
     lines: list[str] = attrs.field(factory=list)
     running: bool = True
     endtime: int | None = None
+    #: When it stopped, to the microsecond (control API only; Proxmox's ``endtime`` is whole
+    #: seconds): the benchmark measures the time from here to the op's terminal state.
+    ended_at: float | None = None
     archived: bool = False
     #: ``DELETE …/tasks/{upid}`` was received (the worker dies with ``received interrupt``).
     interrupted: bool = False
@@ -74,7 +77,8 @@ class Task:
         if final_line is not None:
             self.lines.append(final_line)
         self.running = False
-        self.endtime = int(time.time())
+        self.ended_at = time.time()
+        self.endtime = int(self.ended_at)
 
 
 def final_line(exit_status: str) -> str | None:

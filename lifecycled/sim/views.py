@@ -443,6 +443,7 @@ def task_state(task: Task) -> dict[str, Any]:
         "status": "running" if task.running else "stopped",
         "exitstatus": task.exitstatus,
         "endtime": task.endtime,
+        "ended_at": task.ended_at,
         "archived": task.archived,
         "log_path": task.log_path,
         "log": list(task.lines),
