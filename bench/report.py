@@ -89,43 +89,66 @@ up in them), so each figure is compared with an anchor measured **in the same ru
 _PROFILE = """\
 ## Profile (af6c039)
 
-(filled in from `make bench-profile`)
+`make bench-profile` against commit af6c039 (`BENCH_LIFECYCLED`): `py-spy record --gil` on
+the daemon (samples of the thread holding the GIL: Python at work, not SQLite, which runs
+without it), summaries in `bench/results/profile-af6c0392ae6e-{http,lifecycle}.txt`.
+Percentages are of all such samples, inclusive unless marked "self".
+
+**HTTP submissions** (6,000 `POST /v1/ops`, 32 clients; ~1,250 µs of daemon CPU each in the
+before run — the ~340 µs of issue 15 predates the ownership record in the guest's tags):
+
+| cut | where | share |
+|---|---|---:|
+| read the ownership record from Proxmox only when writing it | `engine/submit.py` `_ownership_first` → `GuestService.record_for` → `Cluster.read` → `HttpPveClient.guest_config`: a `GET …/config` on **every** submission, even when the desired state does not change and nothing is written (and 1 Proxmox request per submission) | 25 % (all of `_ownership_first`: 39 %) |
+| the idempotency key read before the journal write | `_ownership_first` → `journal.by_key`: a journal read (a thread hop) per submission; `submit_guest_op` checks the same key again inside its unit | 12 % |
+| the guest row read twice | `journal.find_guest` in `_managed_guest` and again in `record_for` | 11 % (both) |
+| node admission re-read per submission | `engine/node.admit` → `NodeVerbs.get_node` | 4 % |
+| one aiosqlite thread hop per journal read | `aiosqlite Connection._execute` (`put_nowait` and the GIL hand-off to its thread); four reads per submission (the three rows above) | 19 % self |
+| request plumbing and JSON | five middlewares above the handler ~7 %; JSON 5 % (parsing Proxmox's config answers 3.8 %, the body 2.6 %, the answer 2 %) | ~12 % |
+
+**Full lifecycle** (1,500 power ops, 0 s tasks; 4.8 s of daemon CPU per 1,000 ops):
+
+| cut | where | share |
+|---|---|---:|
+| the ownership record: three Proxmox calls per power op before it is journaled | `_ownership_first`: `record_for` (`GET config`) 10 %, `Cluster.write` (`GET config` + `PUT config` in `set_tags`) 17 %; then `Cluster.follow_digest` 5 % | 31 % (+5 %) |
+| the pre-dispatch Check, one `status/current` per op | `Dispatcher.process` → `Executor.observe` → `read_guest_status` (issue 15's batched Check removes it) | 7 % |
+| the Proxmox client per request | `pve/transport.py` `Transport.send` and aiohttp's client (`connection_key`, `_request`, parsing): ~6 requests per op here, so each request cut saves ~5 % | 30 % (all requests) |
+| a guest read per claim for the policy | `Policy.facts` → `find_guest` | 3 % |
+| per-request metric labels | `prometheus_client` `labels()` in `Metrics.pve_request` (keep the labelled children) | 1.5 % |
+| the journal transitions on the loop | claim, `record_upid`, `finish` together | ~2 % |
+
+What issue 15's other rows show at af6c039:
+
+- **Requests per op, 1 in flight: 10** (not the 6 of issue 15): `GET config` ×3 and
+  `PUT config` ×1 are the ownership record (above), then `status/current` ×1, the POST and
+  `tasks/{upid}/status` ×4 (every 0.5 s). At 100 in flight, 5.83 per op: config GET ×2.8 and
+  PUT ×0.9, `status/current` ×1, the POST, the task list ×0.13. The ownership record alone
+  is 3.7 requests per op there; ≤ 1.4 needs it off the common path and the Check batched.
+- **Task end → terminal, p95 8.9 s** (p50 6.9 s) at the default 2 s poll interval: with more
+  than `SMALL` (2) tasks on a node the tracker reads `tasks?source=all`, where a finished
+  task stays `RUNNING` until the node's archiver runs (~10 s, reference §12.3), and with
+  more than `PROBE_MAX` (16) listed-as-running tasks none gets a status probe — so every
+  task waits for the archiver (0.5 s tasks 8.9 s late, 5 s tasks 4.4 s, 70 s tasks — alone
+  by then, read one by one — 0.5 s). With ≤ 16 tasks the probes back off per task (2 s,
+  4 s, …): 3 s tasks were noticed 3.5 s late in a 12-op quick run.
 """
 
-
 _FINDINGS = """\
-## What the profiles say (py-spy, `bench/.venv/bin/py-spy record --gil`)
+## Earlier profile notes (still true)
 
 - **Journal lifecycle.** The original journal (one `BEGIN … COMMIT` per write under a lock,
   one thread hop per statement) did ~300 ops/s here with 128 callers; group commit with the
-  whole batch in one hop does 4,000–5,800. What is left per op: ~12 statements in SQLite's
-  thread (load, guarded UPDATE touching 6–7 indexes, history INSERT, per transition) and
-  futures/wake-ups on the event loop — and both halves share the GIL, so they do not overlap
-  much on 2 cores: with CPython's default 5 ms GIL switch interval the SQLite thread could
-  wait that long for the GIL after each statement while the loop was busy, so
-  `lifecycled run` sets 1 ms (~30 % more journal throughput; the journal figures here run
-  with it too). The raw anchor runs 8 `executemany` calls per 100 ops in C. The ratio moves
-  between ~0.3× and ~0.55× from run to run (CPU-bound, while the anchor is fsync-bound).
-- **HTTP submissions.** ~340 µs of daemon CPU per request on a quiet machine (~600 µs when the
-  VM's CPU is slow): ~30 % aiohttp/asyncio request handling, ~15 % node admission (a journal
-  read per submission, `engine/node.py`), ~12 % the ownership-guarded journal unit (it loads
-  the guest row including its config snapshot JSON), ~10 % JSON parsing and serialisation, the
-  rest middlewares and validation. The peer enqueues in process, with no HTTP at all; 0.8× of
-  it would need ~180 µs per request end to end. Candidate cuts outside the journal: admit from
-  a cached node state, load only the guest columns the guard needs.
-- **Full lifecycle.** ~2 ms of daemon CPU per op (one HTTP request in, two out —
-  `status/current` and the POST — a share of a task list, five journal writes), and the
-  simulator (Python, same 2 cores) serves every Proxmox request; the peer's cycle is three
-  local commits. Fixed on the way: the claim query counted a node's in-flight ops once per
-  pending candidate (quadratic: 2,000 pending ops made the daemon ~10× slower).
-- **Requests per op.** lifecycled reads the guest before acting (the baseline does not) and
-  looks at a young task every 0.5 s, so a lone 2 s op costs 6 requests against the 1 s
-  poller's 3; batching wins from a few dozen ops in flight (one task list per node per tick,
-  a Check of one `status/current` for power actions).
+  whole batch in one hop does thousands. SQLite's thread and the loop share the GIL, so with
+  CPython's default 5 ms switch interval the SQLite thread could wait that long after each
+  statement while the loop was busy: `lifecycled run` sets 1 ms (the journal figures here
+  run with it too). Section 0 now makes the daemon's calls (`submit_guest_op` with its
+  ownership guard and desired state, a claim with a node cap) instead of the bare
+  `Journal.submit`, so its ratio is lower than the 0.33–0.40× quoted in issue 15 (which
+  measured `Journal.submit`); it moves a lot from run to run (CPU-bound, while the anchor
+  is fsync-bound).
 - **Recover** reads each node's task list (paged) and live guest lists once (it was one or two
   requests per op: ~11 s for 10,000 ops). **Idle CPU** on a 1,000,000-op journal was ~3 %
-  (a full `GROUP BY state` count every 2 s for the gauges); the gauges now read partial
-  indexes only.
+  (a full `GROUP BY state` count every 2 s for the gauges); the gauges read partial indexes.
 """
 
 
