@@ -54,6 +54,16 @@ class Figure:
     goal: tuple[float, str] | None = None
     #: The row of issue 15's targets table this figure answers (its goal is the target).
     target: str | None = None
+    #: Compare runs by the ratio to the anchor (rates, which drift with the machine) or by
+    #: the value (counts such as requests per op, which do not: their anchor only adds its
+    #: own noise).
+    by_ratio: bool = True
+    #: Changes up to this much (in the figure's unit) are never flagged: the resolution of
+    #: the measurement (e.g. CPU ticks over an idle period).
+    tolerance: float = 0.0
+    #: Not lifecycled's figure (a peer, raw sqlite3, the poller baseline, the simulator):
+    #: an anchor or a scale; ``bench/compare.py`` shows its change but never flags it.
+    reference: bool = False
     note: str = ""
 
     @property

@@ -2,11 +2,14 @@
 A=… B=…``) prints each figure's change from A to B and flags every figure more than 10 %
 worse (exit status 1 if any is).
 
-A figure with an anchor is compared by its ratio to the anchor (both measured in the same
-run; absolute figures drift ~25 % between runs on this machine, ratios much less), any other
-by its median. "Worse" knows the direction: a lower rate is worse, a higher time, request
-count, CPU or memory figure is worse. Pure functions over the JSON ``bench/run.py`` writes;
-standard library only.
+A rate with an anchor is compared by its ratio to the anchor (both measured in the same run;
+absolute figures drift between runs on a shared machine, ratios less), any other figure by
+its median (``"compare"`` in the JSON says which). "Worse" knows the direction: a lower rate
+is worse, a higher time, request count, CPU or memory figure is worse; a change within the
+figure's ``tolerance`` (its measurement's resolution) never is, nor is a change of a
+``reference`` figure (a peer, raw sqlite3, the poller baseline, the simulator: not
+lifecycled's, shown for the anchors' sake). Pure functions over the JSON
+``bench/run.py`` writes; standard library only.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ class Change:
     before: float
     after: float
     higher_is_better: bool
+    #: Medians, shown beside a ratio comparison.
+    value_before: float = 0.0
+    value_after: float = 0.0
+    #: A change up to this much (absolute, on the compared basis) is never worse.
+    tolerance: float = 0.0
+    #: Not lifecycled's figure: shown, never flagged.
+    reference: bool = False
 
     @property
     def relative(self) -> float | None:
@@ -52,6 +62,8 @@ class Change:
         return -rel if self.higher_is_better else rel
 
     def worse(self, threshold: float = THRESHOLD) -> bool:
+        if self.reference or abs(self.after - self.before) <= self.tolerance:
+            return False
         w = self.worsening
         if w is None:  # from 0: worse only if a lower-is-better figure grew
             return not self.higher_is_better and self.after > self.before
@@ -59,9 +71,11 @@ class Change:
 
 
 def compared(fig: FigureDoc) -> tuple[str, float]:
-    """What a figure is compared by: its ratio to its anchor if it has one, else its median."""
+    """What a figure is compared by: its ratio to its anchor or its median, as its
+    ``"compare"`` says (without one: the ratio whenever it has an anchor)."""
     ratio = fig.get("ratio")
-    if fig.get("anchor") is not None and ratio is not None:
+    basis = fig.get("compare") or ("ratio" if fig.get("anchor") is not None else "value")
+    if basis == "ratio" and ratio is not None:
         return "ratio", float(ratio)
     return "value", float(fig["median"])
 
@@ -91,6 +105,10 @@ def compare(before: Results, after: Results) -> list[Change]:
                 before=value_b,
                 after=value_a,
                 higher_is_better=bool(fig["higher_is_better"]),
+                value_before=float(old[key]["median"]),
+                value_after=float(fig["median"]),
+                tolerance=float(fig.get("tolerance") or 0.0) if basis_a == "value" else 0.0,
+                reference=bool(fig.get("reference")),
             )
         )
     return changes
@@ -177,15 +195,21 @@ def _pct(value: float | None) -> str:
 
 
 def render(changes: Sequence[Change], threshold: float = THRESHOLD) -> str:
-    """One line per figure: before → after, the change, and ``WORSE`` past the threshold."""
+    """One line per figure: before → after, the change, and ``WORSE`` past the threshold;
+    a ratio comparison also shows the medians' change."""
     lines = []
     for c in changes:
-        unit = "×" if c.basis == "ratio" else ""
+        unit = "×" if c.basis == "ratio" else " "
         flag = f"  WORSE (> {threshold:.0%})" if c.worse(threshold) else ""
-        direction = "higher" if c.higher_is_better else "lower"
+        direction = "reference" if c.reference else "higher" if c.higher_is_better else "lower"
+        values = ""
+        if c.basis == "ratio" and c.value_before:
+            change = (c.value_after - c.value_before) / abs(c.value_before)
+            values = f"  [value {c.value_before:,.0f} → {c.value_after:,.0f}, {_pct(change)}]"
         lines.append(
-            f"{c.name[:60]:<60} {c.before:>10,.2f}{unit} → {c.after:>10,.2f}{unit}"
-            f"  {_pct(c.relative):>9}  ({direction} is better){flag}"
+            f"{c.name[:58]:<58} {c.before:>10,.2f}{unit} → {c.after:>10,.2f}{unit}"
+            f" {_pct(c.relative):>9}  ({direction}{'' if c.reference else ' is better'})"
+            f"{flag}{values}"
         )
     return "\n".join(lines)
 
@@ -208,7 +232,8 @@ def main(argv: Sequence[str]) -> int:
     if new:
         print(f"only in {argv[1]}: {', '.join(new)}")
     worse = [c for c in changes if c.worse()]
-    print(f"\n{len(worse)} of {len(changes)} figures more than {THRESHOLD:.0%} worse")
+    ours = [c for c in changes if not c.reference]
+    print(f"\n{len(worse)} of {len(ours)} lifecycled figures more than {THRESHOLD:.0%} worse")
     return 1 if worse else 0
 
 

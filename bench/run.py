@@ -9,7 +9,8 @@ smaller sizes). Prints the table and the targets of issue 15, writes the figures
 Options: ``--label NAME`` (default: the measured commit, ``-quick`` for a quick run),
 ``--sections 0,1,…`` (only those; no docs written), ``--before FILE`` (the JSON the targets
 table's "before" column comes from; default ``bench/results/before-af6c039.json``),
-``--no-docs``. ``BENCH_LIFECYCLED=<tree>`` measures the lifecycled in another source tree
+``--no-docs``, ``--render FILE`` (write docs/BENCHMARKS.md from a saved results JSON, no
+run). ``BENCH_LIFECYCLED=<tree>`` measures the lifecycled in another source tree
 (see ``bench/__init__.py``).
 """
 
@@ -30,7 +31,13 @@ from typing import Any
 
 from bench import MEASURED_SOURCE, daemon_bench, journal_bench, peers
 from bench.common import QUICK, ROOT, Figure, machine, measured, repeat
-from bench.report import render_markdown, render_table, render_targets, results_json
+from bench.report import (
+    figures_from_docs,
+    render_markdown,
+    render_table,
+    render_targets,
+    results_json,
+)
 
 WORK = Path(os.environ.get("BENCH_WORK", ROOT / "bench" / ".work"))
 RESULTS = ROOT / "bench" / "results"
@@ -77,6 +84,7 @@ def section0() -> list[Figure]:
     return [
         Figure(
             key="s0.raw_grouped",
+            reference=True,
             section=S0,
             name="raw sqlite3, 100 ops/transaction/stage",
             unit="ops/s",
@@ -84,6 +92,7 @@ def section0() -> list[Figure]:
         ),
         Figure(
             key="s0.raw_per_transition",
+            reference=True,
             section=S0,
             name="raw sqlite3, one commit per transition",
             unit="ops/s",
@@ -128,6 +137,7 @@ def section1_local() -> list[Figure]:
     return [
         Figure(
             key="s1.persist_queue_put",
+            reference=True,
             section=S1,
             name="persist-queue SQLiteAckQueue.put",
             unit="/s",
@@ -135,6 +145,7 @@ def section1_local() -> list[Figure]:
         ),
         Figure(
             key="s1.huey",
+            reference=True,
             section=S1,
             name="huey SqliteHuey enqueue",
             unit="/s",
@@ -143,6 +154,7 @@ def section1_local() -> list[Figure]:
         ),
         Figure(
             key="s1.raw_one_row",
+            reference=True,
             section=S1,
             name="raw sqlite3, one row per commit (ceiling without batching)",
             unit="/s",
@@ -202,6 +214,7 @@ def section2() -> list[Figure]:
     return [
         Figure(
             key="s2.persist_queue_cycle",
+            reference=True,
             section=S2,
             name="persist-queue put → get → ack, one at a time",
             unit="/s",
@@ -227,6 +240,7 @@ def section2() -> list[Figure]:
         ),
         Figure(
             key="s2.sim_cpu_per_1000",
+            reference=True,
             section=S2,
             name="simulator CPU per 1,000 ops (for scale; not lifecycled's)",
             unit="s/1,000 ops",
@@ -251,6 +265,7 @@ def section3() -> list[Figure]:
         figures.append(
             Figure(
                 key=f"s3.poller.{c.concurrency}",
+                reference=True,
                 section=S3,
                 name=f"per-UPID 1 s poller, {c.concurrency} in flight",
                 unit="req/op",
@@ -265,6 +280,7 @@ def section3() -> list[Figure]:
                 unit="req/op",
                 runs=(c.lifecycled,),
                 anchor=f"s3.poller.{c.concurrency}",
+                by_ratio=False,
                 goal=(goal, "max") if goal is not None else None,
                 target=target,
                 note=", ".join(f"{k} ×{v}" for k, v in sorted(c.lifecycled_by_endpoint.items())),
@@ -378,6 +394,7 @@ def section5() -> list[Figure]:
             unit="%",
             runs=tuple(f.idle_cpu_percent for f in found),
             goal=(1.0, "max"),
+            tolerance=0.1,  # a few clock ticks over the idle period
         ),
     ]
 
@@ -400,6 +417,9 @@ def _args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sections", help="comma-separated sections to run (default: all)")
     parser.add_argument("--before", type=Path, help="results JSON of the 'before' column")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/BENCHMARKS.md")
+    parser.add_argument(
+        "--render", type=Path, help="write docs/BENCHMARKS.md from a saved results JSON; no run"
+    )
     return parser.parse_args(argv)
 
 
@@ -411,8 +431,34 @@ def _load(path: Path) -> dict[str, Any] | None:
     return loaded
 
 
+def _write_docs(data: dict[str, Any], before_path: Path) -> Path:
+    out = ROOT / "docs" / "BENCHMARKS.md"
+    out.write_text(
+        render_markdown(
+            figures_from_docs(data["figures"]),
+            data["machine"],
+            quick=bool(data["quick"]),
+            runs=int(data["runs"]),
+            seconds=float(data["seconds"]),
+            source=data["lifecycled"],
+            before=_load(before_path),
+            before_label=before_path.stem,
+            at=str(data["at"]),
+        )
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(sys.argv[1:] if argv is None else argv)
+    before_path = args.before or BEFORE
+    if args.render is not None:
+        saved = _load(args.render)
+        if saved is None:
+            print(f"no results file {args.render}")
+            return 2
+        print(f"wrote {_write_docs(saved, before_path).relative_to(ROOT)} from {args.render}")
+        return 0
     chosen = list(SECTIONS) if args.sections is None else args.sections.split(",")
     unknown = [c for c in chosen if c not in SECTIONS]
     if unknown:
@@ -431,7 +477,6 @@ def main(argv: list[str] | None = None) -> int:
             figures += section()
     elapsed = time.perf_counter() - started
     info = machine()
-    before_path = args.before or BEFORE
     before = _load(before_path)
     print(render_table(figures))
     print(render_targets(figures, before, before_label=before_path.stem))
@@ -443,19 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     out_json.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     print(f"\nwrote {out_json.relative_to(ROOT)}")
     if not args.no_docs and args.sections is None and MEASURED_SOURCE is None:
-        out = ROOT / "docs" / "BENCHMARKS.md"
-        out.write_text(
-            render_markdown(
-                figures,
-                info,
-                quick=QUICK,
-                runs=RUNS,
-                seconds=elapsed,
-                source=source,
-                before=before,
-                before_label=before_path.stem,
-            )
-        )
+        out = _write_docs(data, before_path)
         print(f"wrote {out.relative_to(ROOT)} ({elapsed:.0f} s; medians of {RUNS})")
     for folder in ("http", "life", "requests", "recover", "latency"):
         shutil.rmtree(WORK / folder, ignore_errors=True)

@@ -21,8 +21,14 @@ def _fig(
     ratio: float | None = None,
     goal: list[Any] | None = None,
     target: str | None = None,
+    compare: str | None = None,
+    tolerance: float = 0.0,
+    reference: bool = False,
 ) -> dict[str, Any]:
     return {
+        "compare": compare,
+        "tolerance": tolerance,
+        "reference": reference,
         "key": key,
         "name": key,
         "unit": unit,
@@ -74,6 +80,35 @@ def test_anchored_figures_compare_by_their_ratio() -> None:
     assert _worse(before, worse_ratio) == {"http": True}
     (change,) = compare(_results(before), _results(worse_ratio))
     assert (change.basis, change.before, change.after) == ("ratio", 0.40, 0.32)
+
+
+def test_counts_with_an_anchor_compare_by_value_when_the_results_say_so() -> None:
+    """Requests per op are compared by value: the poller anchor's own noise (3.65 → 3.00)
+    does not turn an unchanged count into a regression."""
+    before = _fig("req", 5.83, unit="req/op", higher=False, anchor="poller", ratio=5.83 / 3.65)
+    same = _fig("req", 5.80, unit="req/op", higher=False, anchor="poller", ratio=5.80 / 3.00)
+    assert _worse(before, same) == {"req": True}  # an old file: by ratio, +21 %
+    as_values = {**same, "compare": "value"}
+    assert _worse(before, as_values) == {"req": False}  # bases differ: both by value
+
+
+def test_changes_within_the_tolerance_are_never_worse() -> None:
+    """Idle CPU 0.13 % → 0.17 % (+31 %, one clock tick) is within its 0.1 tolerance; 0.30 % is not."""
+    before = _fig("idle", 0.13, unit="%", higher=False, tolerance=0.1)
+    assert _worse(before, _fig("idle", 0.17, unit="%", higher=False, tolerance=0.1)) == {
+        "idle": False
+    }
+    assert _worse(before, _fig("idle", 0.30, unit="%", higher=False, tolerance=0.1)) == {
+        "idle": True
+    }
+
+
+def test_reference_figures_are_shown_but_never_flagged() -> None:
+    """A peer's rate (persist-queue, fsync-bound) down 65 % is not lifecycled's regression."""
+    before = _fig("pq", 5300, reference=True)
+    (change,) = compare(_results(before), _results(_fig("pq", 1860, reference=True)))
+    assert change.relative == pytest.approx(1860 / 5300 - 1)
+    assert not change.worse()
 
 
 def test_a_ratio_missing_on_one_side_falls_back_to_the_value() -> None:
