@@ -291,8 +291,19 @@ def _target_rows(
     ]
 
 
+def _sizes_differ(before: dict[str, Any] | None, quick: bool) -> str:
+    """A warning when the before run and this one are not the same size (quick vs full)."""
+    if before is None or bool(before.get("quick")) == quick:
+        return ""
+    this, that = ("quick", "full") if quick else ("full", "quick")
+    return (
+        f"This run is {this}, the before run {that}: sizes differ, so do the figures "
+        "(latency and rates most)."
+    )
+
+
 def render_targets(
-    figures: Sequence[Figure], before: dict[str, Any] | None, *, before_label: str
+    figures: Sequence[Figure], before: dict[str, Any] | None, *, before_label: str, quick: bool
 ) -> str:
     """Issue 15's targets: figure | before | now | target | met?"""
     rows = _target_rows(figures, before)
@@ -305,7 +316,8 @@ def render_targets(
         "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
         for row in [head, *rows]
     ]
-    return "\n".join(lines)
+    warning = _sizes_differ(before, quick)
+    return "\n".join(lines + ([f"  {warning}"] if warning else []))
 
 
 def render_markdown(
@@ -343,6 +355,7 @@ def render_markdown(
         "| figure | before | now | target | met? |",
         "|---|---:|---:|---|---|",
         *(f"| {' | '.join(row)} |" for row in _target_rows(figures, before)),
+        *(["", warning] if (warning := _sizes_differ(before, quick)) else []),
         "",
         "## Machine",
         "",

@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     before = _load(before_path)
     print(render_table(figures))
-    print(render_targets(figures, before, before_label=before_path.stem))
+    print(render_targets(figures, before, before_label=before_path.stem, quick=QUICK))
     data = results_json(
         figures, info, source=source, label=label, quick=QUICK, runs=RUNS, seconds=elapsed
     )
