@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo demo-cluster sim bench chaos mutants wheel-check clean fmt dist deb deb-check tools
+.PHONY: test lint demo demo-cluster sim bench bench-compare bench-profile chaos mutants wheel-check clean fmt dist deb deb-check tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,15 @@ $(BENCH_STAMP): pyproject.toml
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	$(BENCH_VENV)/bin/python -m bench.run
+	$(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+# Each figure's change between two results (bench/results/*.json); fails on any > 10 % worse.
+bench-compare:
+	$(PYTHON) bench/compare.py $(A) $(B)
+
+# py-spy on the daemon during HTTP submissions and the full lifecycle (bench/results/profile-*).
+bench-profile: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m bench.profile
 
 # Mutation testing (docs/TESTING.md): mutmut over the engine's safety modules ([tool.mutmut] in
 # pyproject.toml) against the engine tests. Its own venv; never part of `make test`.

@@ -14,6 +14,7 @@ import os
 import platform
 import sqlite3
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,30 +24,55 @@ from typing import Any
 import aiohttp
 import attrs
 
+from bench import MEASURED_SOURCE
 from lifecycled.demo.procs import Child, free_port, wait_file, wait_ready
 
+#: This checkout (the bench's own code and the simulator it runs).
+ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "root@pam!lifecycled=bench-secret"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 RUNS = 3
+
+
+#: Units where less is better (times, requests, CPU, memory); every other unit is a rate.
+LOWER_IS_BETTER_UNITS = frozenset({"s", "ms", "µs", "req/op", "%", "MiB", "s/1,000 ops"})
 
 
 @attrs.frozen(kw_only=True)
 class Figure:
     """One measured figure: the median of ``runs`` and what it is compared with."""
 
+    #: A stable identifier (bench/results/*.json, ``bench/compare.py``).
+    key: str
     section: str
     name: str
     unit: str
     runs: tuple[float, ...]
-    #: Name of the anchor this figure is divided by (a figure of the same section), if any.
+    #: Key of the anchor this figure is divided by (measured in the same run), if any.
     anchor: str | None = None
     #: A goal: (ratio or value, "ratio" | "max" | "min"), shown as met/missed.
     goal: tuple[float, str] | None = None
+    #: The row of issue 15's targets table this figure answers (its goal is the target).
+    target: str | None = None
+    #: Compare runs by the ratio to the anchor (rates, which drift with the machine) or by
+    #: the value (counts such as requests per op, which do not: their anchor only adds its
+    #: own noise).
+    by_ratio: bool = True
+    #: Changes up to this much (in the figure's unit) are never flagged: the resolution of
+    #: the measurement (e.g. CPU ticks over an idle period).
+    tolerance: float = 0.0
+    #: Not lifecycled's figure (a peer, raw sqlite3, the poller baseline, the simulator):
+    #: an anchor or a scale; ``bench/compare.py`` shows its change but never flags it.
+    reference: bool = False
     note: str = ""
 
     @property
     def median(self) -> float:
         return statistics.median(self.runs)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.unit not in LOWER_IS_BETTER_UNITS
 
 
 def repeat(fn: Callable[[], float], runs: int = RUNS) -> tuple[float, ...]:
@@ -110,6 +136,36 @@ def machine() -> dict[str, str]:
     }
 
 
+def _git_commit(tree: Path) -> str:
+    """The tree's commit, ``+dirty`` with uncommitted changes to tracked files."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}+dirty" if dirty else commit
+
+
+def measured() -> dict[str, str]:
+    """Which lifecycled is measured: its source folder and commit (``BENCH_LIFECYCLED``)."""
+    import lifecycled
+
+    tree = Path(lifecycled.__file__).resolve().parents[1]
+    if MEASURED_SOURCE is not None and not str(tree).startswith(MEASURED_SOURCE):
+        raise RuntimeError(f"BENCH_LIFECYCLED={MEASURED_SOURCE} but lifecycled is {tree}")
+    return {"source": str(tree), "commit": _git_commit(tree), "bench": _git_commit(ROOT)}
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of a process (KiB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -128,11 +184,49 @@ def cpu_seconds(pid: int) -> float:
 # --- child processes ------------------------------------------------------------------------
 
 
+class BenchChild(Child):
+    """A :class:`Child` run from a chosen source tree: the daemon from the measured lifecycled
+    (``BENCH_LIFECYCLED``), the simulator from this checkout. Its working folder is the run's
+    work folder, so ``python -m lifecycled`` never picks up a ``lifecycled/`` from the current
+    directory."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path, *, source: str | None):
+        super().__init__(name, args, log_path)
+        self.source = source
+
+    async def start(self) -> None:
+        env = dict(os.environ)
+        env.pop("LIFECYCLED_CONFIG", None)
+        if self.source is not None:
+            env["PYTHONPATH"] = self.source
+        log = self.log_path.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "lifecycled",
+                *self.args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd=self.log_path.parent,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+
+def daemon_child(args: list[str], log_path: Path) -> BenchChild:
+    """``lifecycled run`` from the measured source."""
+    return BenchChild("daemon", args, log_path, source=MEASURED_SOURCE)
+
+
 @attrs.define
 class SimProc:
     """``lifecycled sim`` as a child, with its control API."""
 
-    child: Child
+    child: BenchChild
     url: str
     session: aiohttp.ClientSession
 
@@ -167,7 +261,7 @@ async def sim_process(
     work.mkdir(parents=True, exist_ok=True)
     ready = work / "sim.url"
     ready.unlink(missing_ok=True)
-    child = Child(
+    child = BenchChild(
         "simulator",
         [
             "sim",
@@ -193,6 +287,7 @@ async def sim_process(
             "warning",
         ],
         work / "sim.log",
+        source=str(ROOT),
     )
     await child.start()
     try:
@@ -207,7 +302,7 @@ async def sim_process(
 class DaemonProc:
     """``lifecycled run`` as a child, with a bearer-token HTTP session."""
 
-    child: Child
+    child: BenchChild
     url: str
     session: aiohttp.ClientSession
     api_token: str
@@ -297,7 +392,7 @@ async def daemon_process(
             Path(f"{db}{suffix}").unlink(missing_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    child = Child("daemon", daemon_args(db, sim_url, work, port, **flags), work / "daemon.log")
+    child = daemon_child(daemon_args(db, sim_url, work, port, **flags), work / "daemon.log")
     await child.start()
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:

@@ -8,11 +8,15 @@ production; Proxmox request counts come from the simulator's request log
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import json
 import os
 import sqlite3
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,8 @@ from bench.common import (
     DaemonProc,
     SimProc,
     cpu_seconds,
+    daemon_args,
+    daemon_child,
     daemon_process,
     manage_guests,
     rss_kib,
@@ -32,7 +38,9 @@ from bench.common import (
     wait_until,
 )
 from bench.loadgen import post_all
-from lifecycled.demo.procs import Child, free_port, wait_ready
+from bench.profile import spy
+from lifecycled.demo.procs import free_port, wait_ready
+from lifecycled.domain.serialize import parse_rfc3339
 
 TERMINAL = ("succeeded", "failed", "dead_lettered", "cancelled")
 VERBOSE = os.environ.get("BENCH_VERBOSE", "") not in ("", "0")
@@ -78,12 +86,33 @@ async def _terminal_counts(daemon: DaemonProc) -> Counter[str]:
 # --- 1. durable submissions over HTTP ---------------------------------------------------------
 
 
-async def http_submissions(work: Path, *, runs: int, n: int, clients: int = 32) -> list[float]:
-    """POST /v1/ops from ``clients`` keep-alive connections; submissions per second.
+@attrs.frozen(kw_only=True)
+class Submissions:
+    """One run of HTTP submissions: the rate and the daemon's CPU per submission."""
+
+    rate: float
+    daemon_cpu_us: float
+
+
+@contextlib.asynccontextmanager
+async def _maybe_spy(pid: int | None, out: Path | None) -> AsyncIterator[None]:
+    if out is None or pid is None:
+        yield
+        return
+    async with spy(pid, out):
+        yield
+
+
+async def http_submissions(
+    work: Path, *, runs: int, n: int, clients: int = 32, profile: Path | None = None
+) -> list[Submissions]:
+    """POST /v1/ops from ``clients`` keep-alive connections; submissions per second and the
+    daemon's CPU (``/proc/<pid>/stat``) per submission.
 
     The daemon has one worker and a node cap of 1 and the simulator's tasks run for an hour,
     so after the first op nothing is dispatched: the figure is the submission path (auth,
-    validation, node admission, the guarded journal write, the answer).
+    validation, node admission, the ownership record, the guarded journal write, the answer).
+    ``profile``: py-spy records the daemon during the first run into that file.
     """
     async with (
         sim_process(work / "sim", guests=200, task_seconds=3600) as sim,
@@ -93,7 +122,9 @@ async def http_submissions(work: Path, *, runs: int, n: int, clients: int = 32) 
     ):
         guests = await _guests(sim)
         await manage_guests(daemon, [int(g["vmid"]) for g in guests])
-        rates = []
+        pid = daemon.child.pid
+        assert pid is not None
+        found = []
         for run in range(runs):
             bodies = [
                 {
@@ -105,13 +136,16 @@ async def http_submissions(work: Path, *, runs: int, n: int, clients: int = 32) 
                 }
                 for i, g in enumerate(_cycle(guests, n))
             ]
-            result = await post_all(
-                daemon.url, "/v1/ops", bodies, headers=daemon.headers, connections=clients
-            )
+            async with _maybe_spy(pid, profile if run == 0 else None):
+                cpu0 = cpu_seconds(pid)
+                result = await post_all(
+                    daemon.url, "/v1/ops", bodies, headers=daemon.headers, connections=clients
+                )
+                cpu1 = cpu_seconds(pid)
             if result.statuses.get(202, 0) != n:
                 raise RuntimeError(f"HTTP submissions: statuses {result.statuses}")
-            rates.append(result.rate)
-        return rates
+            found.append(Submissions(rate=result.rate, daemon_cpu_us=(cpu1 - cpu0) / n * 1e6))
+        return found
 
 
 def _cycle(items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -128,32 +162,69 @@ LIFECYCLE_FLAGS: dict[str, Any] = {
 }
 
 
-async def lifecycle(work: Path, *, runs: int, n: int) -> list[float]:
+@attrs.frozen(kw_only=True)
+class LifecycleRun:
+    """One run of the full lifecycle: the rate and CPU per 1,000 ops of each process."""
+
+    rate: float
+    daemon_cpu_per_1000: float
+    sim_cpu_per_1000: float
+
+
+def _last_finished(db: Path) -> float:
+    """The latest ``finished_at`` in the daemon's journal (read-only; the daemon runs on)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        (value,) = conn.execute("SELECT max(finished_at) FROM ops").fetchone()
+    finally:
+        conn.close()
+    return float(value)
+
+
+async def lifecycle(
+    work: Path, *, runs: int, n: int, profile: Path | None = None
+) -> list[LifecycleRun]:
     """Submit ``n`` power ops (one per guest) over HTTP and wait until all are terminal;
-    ops per second from the first submission to the last finish (tasks take 0 s)."""
+    ops per second from the first submission to the last op's ``finished_at`` (tasks take
+    0 s), and the CPU (``/proc/<pid>/stat``) the daemon and the simulator — separate
+    processes — each used meanwhile, per 1,000 ops. ``profile``: py-spy records the daemon
+    during the first run into that file."""
+    db = work / "lifecycle.sqlite3"
     async with (
         sim_process(work / "sim", guests=n + 50, task_seconds=0, archive_max=1_000_000) as sim,
-        daemon_process(work, work / "lifecycle.sqlite3", sim.url, **LIFECYCLE_FLAGS) as daemon,
+        daemon_process(work, db, sim.url, **LIFECYCLE_FLAGS) as daemon,
     ):
         guests = (await _guests(sim))[:n]
         await manage_guests(daemon, [int(g["vmid"]) for g in guests])
-        rates = []
+        pid, sim_pid = daemon.child.pid, sim.child.pid
+        assert pid is not None and sim_pid is not None
+        found = []
         for run in range(runs):
             guests = (await _guests(sim))[:n]
             bodies = [_power_body(g, f"life-{run}-{g['vmid']}") for g in guests]
             before = await _terminal_counts(daemon)
-            started = time.perf_counter()
-            result = await post_all(daemon.url, "/v1/ops", bodies, headers=daemon.headers)
-            if result.statuses.get(202, 0) != len(bodies):
-                raise RuntimeError(f"lifecycle submissions: {result.statuses}")
-            await wait_until(lambda: _none_open(daemon), 300, "all ops terminal", step=0.02)
-            elapsed = time.perf_counter() - started
+            async with _maybe_spy(pid, profile if run == 0 else None):
+                cpu0, sim0 = cpu_seconds(pid), cpu_seconds(sim_pid)
+                started = time.time()
+                result = await post_all(daemon.url, "/v1/ops", bodies, headers=daemon.headers)
+                if result.statuses.get(202, 0) != len(bodies):
+                    raise RuntimeError(f"lifecycle submissions: {result.statuses}")
+                # a coarse wait: each look at /v1/status costs the daemon CPU too
+                await wait_until(lambda: _none_open(daemon), 300, "all ops terminal", step=0.25)
+                cpu1, sim1 = cpu_seconds(pid), cpu_seconds(sim_pid)
+            elapsed = _last_finished(db) - started
             after = await _terminal_counts(daemon)
             succeeded = after["succeeded"] - before["succeeded"]
             if succeeded != len(bodies):
                 raise RuntimeError(f"lifecycle: {succeeded}/{len(bodies)} succeeded: {after}")
-            rates.append(len(bodies) / elapsed)
-        return rates
+            found.append(
+                LifecycleRun(
+                    rate=len(bodies) / elapsed,
+                    daemon_cpu_per_1000=(cpu1 - cpu0) / len(bodies) * 1000,
+                    sim_cpu_per_1000=(sim1 - sim0) / len(bodies) * 1000,
+                )
+            )
+        return found
 
 
 async def _none_open(daemon: DaemonProc) -> bool:
@@ -246,6 +317,79 @@ async def requests_per_op(
                 )
             )
     return results
+
+
+# --- 6. time from a task's end to its op's terminal state -------------------------------------
+
+
+def default_poll_interval() -> float:
+    """The measured lifecycled's default ``--poll-interval`` (seconds)."""
+    from lifecycled.config import Settings
+
+    value = attrs.fields(Settings).poll_interval.default
+    if not isinstance(value, int | float):
+        raise TypeError(f"cannot read the default poll interval ({value!r})")
+    return float(value)
+
+
+def _terminal_at(op: dict[str, Any]) -> float:
+    """When the op's history reached its terminal state (epoch seconds)."""
+    for entry in reversed(op["history"]):
+        if entry["to"] in TERMINAL:
+            return parse_rfc3339(entry["at"])
+    raise RuntimeError(f"op {op['id']} has no terminal history entry")
+
+
+async def task_end_latency(
+    work: Path, *, n: int, durations: Sequence[float]
+) -> list[tuple[float, float]]:
+    """Seconds from each task's end (the simulator's ``ended_at``) to its op's terminal
+    history entry, for ``n`` power ops submitted at once on distinct guests, their tasks
+    lasting ``durations`` in turn (a simulator fault per guest sets each one); a
+    (task length, latency) pair per op.
+
+    The daemon runs with its default settings (workers, poll interval, …) except a node
+    cap of ``n``, so every op is in flight together rather than queued behind the default 3.
+    """
+    db = work / "latency.sqlite3"
+    async with (
+        sim_process(work / "sim", guests=n + 20, task_seconds=2.0, archive_max=100_000) as sim,
+        daemon_process(work, db, sim.url, node_cap=n, log_level="warning") as daemon,
+    ):
+        guests = (await _guests(sim))[:n]
+        await manage_guests(daemon, [int(g["vmid"]) for g in guests])
+        guests = (await _guests(sim))[:n]
+        bodies = []
+        length: dict[int, float] = {}
+        for guest, seconds in zip(guests, itertools.cycle(durations), strict=False):
+            body = _power_body(guest, f"latency-{guest['vmid']}")
+            path = f"/{guest['kind']}/{guest['vmid']}/status/{body['action']}$"
+            fault = {"method": "POST", "path": path, "count": 1, "task_seconds": seconds}
+            await sim.control("/faults", "POST", fault)
+            bodies.append(body)
+            length[int(guest["vmid"])] = seconds
+        ids: list[int] = []
+        result = await post_all(
+            daemon.url,
+            "/v1/ops",
+            bodies,
+            headers=daemon.headers,
+            connections=8,
+            on_answer=lambda status, raw: ids.append(int(json.loads(raw)["id"])),
+        )
+        if result.statuses.get(202, 0) != n:
+            raise RuntimeError(f"latency submissions: {result.statuses}")
+        within = max(durations) + 120
+        await wait_until(lambda: _none_open(daemon), within, f"{n} ops terminal", step=0.25)
+        ended = {t["upid"]: t["ended_at"] for t in (await sim.control("/state"))["tasks"]}
+        latencies: list[tuple[float, float]] = []
+        for op_id in ids:
+            op = await daemon.get(f"/v1/ops/{op_id}")
+            if op["state"] != "succeeded" or ended.get(op["upid"]) is None:
+                raise RuntimeError(f"latency: op {op_id} {op['state']}, task {op['upid']}")
+            latency = _terminal_at(op) - float(ended[op["upid"]])
+            latencies.append((length[int(op["guest"]["vmid"])], latency))
+        return latencies
 
 
 # --- 4. Recover with 10,000 ops in flight --------------------------------------------------------
@@ -392,10 +536,7 @@ async def footprint(work: Path, *, runs: int, n_ops: int, idle_seconds: float) -
         for _ in range(runs):
             db = await asyncio.to_thread(bigjournal.copy_of, source, work / "big-run.sqlite3")
             port = free_port()
-            from bench.common import daemon_args
-
-            child = Child(
-                "daemon",
+            child = daemon_child(
                 daemon_args(db, sim.url, work, port, log_level="warning"),
                 work / "daemon-big.log",
             )

@@ -172,6 +172,18 @@ async def test_state_dump(sim: SimServer, sim_api: RawClient) -> None:
     assert task["exitstatus"] == "OK" and task["log"][-1] == "TASK OK"
 
 
+async def test_state_dump_task_end_to_the_microsecond(sim: SimServer, sim_api: RawClient) -> None:
+    """GET /_sim/state gives a stopped task's end as a float (the bench's latency origin)."""
+    guest = sim.sim.pick_guest("qemu", running=False)
+    before = time.time()
+    upid = (await sim_api.post(_path(guest, "/status/start"))).data
+    await sim_api.wait_task(upid)
+    after = time.time()
+    task = next(t for t in (await _control(sim_api, "GET", "/state"))["tasks"] if t["upid"] == upid)
+    assert before <= task["ended_at"] <= after
+    assert task["endtime"] == int(task["ended_at"])
+
+
 async def test_out_of_band_changes_over_http(sim: SimServer, sim_api: RawClient) -> None:
     """The control API simulates someone else acting: create, config, status, move, delete."""
     created = await _control(
