@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lifecycled.domain.node import NodeRecord
 from lifecycled.domain.reconcile import ReconcileReport
@@ -22,8 +22,46 @@ from lifecycled.errors import JournalError
 from lifecycled.journal import Journal
 from lifecycled.metrics import Metrics
 
-if TYPE_CHECKING:
-    from lifecycled.engine.runtime import Runtime
+
+class _Settings(Protocol):
+    @property
+    def primary_node(self) -> str: ...
+    @property
+    def nodes(self) -> tuple[str, ...]: ...
+
+
+class _Recoverer(Protocol):
+    @property
+    def last_report(self) -> Any: ...
+
+
+class _Tracker(Protocol):
+    def __len__(self) -> int: ...
+
+
+class StatusSource(Protocol):
+    """What :func:`status` reads (the :class:`~lifecycled.engine.runtime.Runtime`; a
+    protocol so this module does not import the composition root)."""
+
+    @property
+    def settings(self) -> _Settings: ...
+    @property
+    def recoverer(self) -> _Recoverer: ...
+    @property
+    def gauges(self) -> Gauges: ...
+    @property
+    def ready(self) -> asyncio.Event: ...
+    @property
+    def stopping(self) -> asyncio.Event: ...
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def tracker(self) -> _Tracker: ...
+    @property
+    def health(self) -> PveHealth: ...
+    @property
+    def reconciler(self) -> Reconciler: ...
+
 
 log = logging.getLogger("lifecycled.runtime")
 
@@ -102,7 +140,7 @@ def reconcile_status(last: ReconcileReport | None) -> dict[str, Any] | None:
     }
 
 
-def status(runtime: Runtime) -> dict[str, Any]:
+def status(runtime: StatusSource) -> dict[str, Any]:
     """The runtime's state for ``GET /v1/status`` (the handler adds queue counts and version)."""
     report = runtime.recoverer.last_report
     node_record = runtime.gauges.node_record
