@@ -6,19 +6,18 @@ import json
 import sqlite3
 from typing import Any
 
-import aiosqlite
 import attrs
 
 from lifecycled.audit import AuditPage, AuditRecord, Decision
 from lifecycled.errors import ValidationError
-from lifecycled.journal.db import Database, rows
+from lifecycled.journal.store import Store
 
 _COLUMNS = "id, at, actor, action, decision, vmid, node, reason, snapshot"
 
 
-async def insert_audit(conn: aiosqlite.Connection, rec: AuditRecord) -> int:
+def insert_audit(conn: sqlite3.Connection, rec: AuditRecord) -> int:
     """Append ``rec`` inside the caller's transaction; its new id."""
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "INSERT INTO audit (at, actor, action, decision, vmid, node, reason, snapshot) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -54,15 +53,12 @@ def audit_from_row(row: sqlite3.Row) -> AuditRecord:
 class AuditVerbs:
     """Mixed into :class:`~lifecycled.journal.Journal`."""
 
-    _db: Database
+    _store: Store
 
     async def append_audit(self, rec: AuditRecord) -> AuditRecord:
         """Append one audit record in its own transaction; the record with its id."""
 
-        async def unit(conn: aiosqlite.Connection) -> int:
-            return await insert_audit(conn, rec)
-
-        new_id = await self._db.write(unit)
+        new_id = await self._store.write(lambda conn: insert_audit(conn, rec))
         return attrs.evolve(rec, id=new_id)
 
     async def prune_audit(self, *, before: float, actor: str, now: float) -> AuditRecord:
@@ -73,15 +69,15 @@ class AuditVerbs:
         sets in ``journal_flags`` (removed again before it commits).
         """
 
-        async def unit(conn: aiosqlite.Connection) -> AuditRecord:
-            await conn.execute(
+        def unit(conn: sqlite3.Connection) -> AuditRecord:
+            conn.execute(
                 "INSERT OR REPLACE INTO journal_flags (name, value) "
                 "VALUES ('audit_prune_before', ?)",
                 (before,),
             )
-            cursor = await conn.execute("DELETE FROM audit WHERE at < ?", (before,))
+            cursor = conn.execute("DELETE FROM audit WHERE at < ?", (before,))
             count = int(cursor.rowcount)
-            await conn.execute("DELETE FROM journal_flags WHERE name = 'audit_prune_before'")
+            conn.execute("DELETE FROM journal_flags WHERE name = 'audit_prune_before'")
             rec = AuditRecord(
                 at=now,
                 actor=actor,
@@ -90,9 +86,9 @@ class AuditVerbs:
                 reason=f"pruned {count} audit records older than the cutoff",
                 snapshot={"before": before, "pruned": count},
             )
-            return attrs.evolve(rec, id=await insert_audit(conn, rec))
+            return attrs.evolve(rec, id=insert_audit(conn, rec))
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def list_audit(
         self,
@@ -130,11 +126,7 @@ class AuditVerbs:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(limit + 1)
-
-        async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
-            return await rows(conn, sql, tuple(params))
-
-        found = await self._db.read(unit)
+        found = await self._store.rows(sql, params)
         items = [audit_from_row(r) for r in found[:limit]]
         more = len(found) > limit
         return AuditPage(items=items, next_cursor=items[-1].id if more and items else None)

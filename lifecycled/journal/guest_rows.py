@@ -1,6 +1,6 @@
 """Guest rows: the column list, the named constructor, and the small SQL units on one row.
 
-Every function here runs inside the caller's transaction (a :meth:`Database.write` unit).
+Every function here runs inside the caller's transaction (a unit of :meth:`Store.write`).
 """
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-import aiosqlite
-
 from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord, ObservedState
 from lifecycled.domain.op import GuestKind, Op, Origin, canonical_json
 from lifecycled.domain.states import OpState
 from lifecycled.errors import NotFound
-from lifecycled.journal.db import one, rows
 from lifecycled.journal.rows import OP_COLUMNS, op_from_row
 from lifecycled.journal.rules import Verb
-from lifecycled.journal.writes import transition
+from lifecycled.journal.store import fetch_all, fetch_one
+from lifecycled.journal.units import transition
 
 GUEST_COLUMNS = (
     "vmid, node, kind, origin, name, desired_state, desired_generation, observed_state, "
@@ -87,24 +85,24 @@ def _encode(column: str, value: Any) -> Any:
     return value
 
 
-async def load_guest(conn: aiosqlite.Connection, vmid: int) -> GuestRecord | None:
-    row = await one(conn, f"SELECT {GUEST_COLUMNS} FROM guests WHERE vmid = ?", (vmid,))
+def load_guest(conn: sqlite3.Connection, vmid: int) -> GuestRecord | None:
+    row = fetch_one(conn, f"SELECT {GUEST_COLUMNS} FROM guests WHERE vmid = ?", (vmid,))
     return guest_from_row(row) if row is not None else None
 
 
-async def require_guest(conn: aiosqlite.Connection, vmid: int) -> GuestRecord:
-    guest = await load_guest(conn, vmid)
+def require_guest(conn: sqlite3.Connection, vmid: int) -> GuestRecord:
+    guest = load_guest(conn, vmid)
     if guest is None:
         raise NotFound(f"guest {vmid} is not known to lifecycled")
     return guest
 
 
-async def insert_guest(conn: aiosqlite.Connection, rec: GuestRecord) -> GuestRecord:
+def insert_guest(conn: sqlite3.Connection, rec: GuestRecord) -> GuestRecord:
     """Insert ``rec`` as a new row (its vmid must be free)."""
     columns = GUEST_COLUMNS.replace(" ", "").split(",")
     values = [_encode(c, getattr(rec, c)) for c in columns]
     placeholders = ", ".join("?" for _ in columns)
-    row = await one(
+    row = fetch_one(
         conn,
         f"INSERT INTO guests ({GUEST_COLUMNS}) VALUES ({placeholders}) RETURNING {GUEST_COLUMNS}",
         values,
@@ -113,8 +111,8 @@ async def insert_guest(conn: aiosqlite.Connection, rec: GuestRecord) -> GuestRec
     return guest_from_row(row)
 
 
-async def update_guest(
-    conn: aiosqlite.Connection, vmid: int, changes: Mapping[str, Any], *, now: float
+def update_guest(
+    conn: sqlite3.Connection, vmid: int, changes: Mapping[str, Any], *, now: float
 ) -> GuestRecord:
     """Set ``changes`` (and ``updated_at``) on the guest's row; the row after the change."""
     sets = {**changes, "updated_at": now}
@@ -122,7 +120,7 @@ async def update_guest(
     if unknown:
         raise ValueError(f"not a settable guests column: {sorted(unknown)}")
     assignments = ", ".join(f"{c} = ?" for c in sets)
-    row = await one(
+    row = fetch_one(
         conn,
         f"UPDATE guests SET {assignments} WHERE vmid = ? RETURNING {GUEST_COLUMNS}",
         [*(_encode(c, v) for c, v in sets.items()), vmid],
@@ -132,9 +130,9 @@ async def update_guest(
     return guest_from_row(row)
 
 
-async def open_ops(conn: aiosqlite.Connection, vmid: int) -> list[Op]:
+def open_ops(conn: sqlite3.Connection, vmid: int) -> list[Op]:
     """The guest's pending and in-flight ops, oldest first."""
-    found = await rows(
+    found = fetch_all(
         conn,
         f"SELECT {OP_COLUMNS} FROM ops WHERE vmid = ? AND phase IN (1, 2) ORDER BY id",
         (vmid,),
@@ -142,20 +140,20 @@ async def open_ops(conn: aiosqlite.Connection, vmid: int) -> list[Op]:
     return [op_from_row(r) for r in found]
 
 
-async def cancel_superseded(
-    conn: aiosqlite.Connection, vmid: int, desired: DesiredState | None, *, now: float
+def cancel_superseded(
+    conn: sqlite3.Connection, vmid: int, desired: DesiredState | None, *, now: float
 ) -> list[int]:
     """Cancel the guest's pending reconcile ops whose target is no longer desired."""
     from lifecycled.domain.guests import desired_for
 
     cancelled = []
-    for op in await open_ops(conn, vmid):
+    for op in open_ops(conn, vmid):
         if (
             op.state is OpState.PENDING
             and op.origin is Origin.RECONCILE
             and desired_for(op.action) != desired
         ):
-            await transition(
+            transition(
                 conn,
                 op.id,
                 Verb.CANCEL,

@@ -12,7 +12,6 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiosqlite
 import attrs
 
 from lifecycled.audit import AuditRecord
@@ -27,9 +26,8 @@ from lifecycled.domain.guests import (
     observed_hash,
     retake,
 )
-from lifecycled.errors import InvalidTransition, PolicyRefused, ValidationError
+from lifecycled.errors import InvalidTransition, NotFound, PolicyRefused, ValidationError
 from lifecycled.journal.audit import insert_audit
-from lifecycled.journal.db import Database, rows
 from lifecycled.journal.guest_rows import (
     GUEST_COLUMNS,
     cancel_superseded,
@@ -39,6 +37,7 @@ from lifecycled.journal.guest_rows import (
     require_guest,
     update_guest,
 )
+from lifecycled.journal.store import Store
 
 MAX_PAGE = 1000
 
@@ -70,22 +69,24 @@ def not_managed(vmid: int, origin: GuestOrigin | None) -> PolicyRefused:
 class GuestVerbs:
     """Mixed into :class:`~lifecycled.journal.Journal`."""
 
-    _db: Database
+    _store: Store
 
     # --- reads ----------------------------------------------------------------------------
 
     async def find_guest(self, vmid: int) -> GuestRecord | None:
-        return await self._db.read(lambda c: load_guest(c, vmid))
+        row = await self._store.one(f"SELECT {GUEST_COLUMNS} FROM guests WHERE vmid = ?", (vmid,))
+        return guest_from_row(row) if row is not None else None
 
     async def get_guest(self, vmid: int) -> GuestRecord:
         """The guest's row; :class:`~lifecycled.errors.NotFound` when lifecycled never saw it."""
-        return await self._db.read(lambda c: require_guest(c, vmid))
+        guest = await self.find_guest(vmid)
+        if guest is None:
+            raise NotFound(f"guest {vmid} is not known to lifecycled")
+        return guest
 
     async def all_guests(self) -> list[GuestRecord]:
-        async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
-            return await rows(conn, f"SELECT {GUEST_COLUMNS} FROM guests ORDER BY vmid")
-
-        return [guest_from_row(r) for r in await self._db.read(unit)]
+        found = await self._store.rows(f"SELECT {GUEST_COLUMNS} FROM guests ORDER BY vmid")
+        return [guest_from_row(r) for r in found]
 
     async def list_guests(
         self,
@@ -120,7 +121,7 @@ class GuestVerbs:
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         sql = f"SELECT {GUEST_COLUMNS} FROM guests{where} ORDER BY vmid LIMIT ?"
         params.append(limit + 1)
-        found = await self._db.read(lambda c: rows(c, sql, params))
+        found = await self._store.rows(sql, params)
         items = [guest_from_row(r) for r in found[:limit]]
         more = len(found) > limit
         return GuestPage(items=items, next_cursor=items[-1].vmid if more and items else None)
@@ -140,16 +141,12 @@ class GuestVerbs:
         if nodes is not None:
             where = f" WHERE node IN ({', '.join('?' for _ in nodes)})"
             params = list(nodes)
-
-        async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
-            return await rows(
-                conn,
-                "SELECT origin, COALESCE(observed_state, 'unknown') AS observed, count(*) AS n "
-                f"FROM guests{where} GROUP BY 1, 2",
-                params,
-            )
-
-        return {(r["origin"], r["observed"]): int(r["n"]) for r in await self._db.read(unit)}
+        found = await self._store.rows(
+            "SELECT origin, COALESCE(observed_state, 'unknown') AS observed, count(*) AS n "
+            f"FROM guests{where} GROUP BY 1, 2",
+            params,
+        )
+        return {(r["origin"], r["observed"]): int(r["n"]) for r in found}
 
     # --- ownership --------------------------------------------------------------------------
 
@@ -164,11 +161,11 @@ class GuestVerbs:
         if not rec.origin.managed:
             raise ValueError("take_guest records a native or adopted guest")
 
-        async def unit(conn: aiosqlite.Connection) -> Ownership:
-            existing = await load_guest(conn, rec.vmid)
+        def unit(conn: sqlite3.Connection) -> Ownership:
+            existing = load_guest(conn, rec.vmid)
             if existing is None:
-                guest = await insert_guest(conn, rec)
-                await insert_audit(conn, audit)
+                guest = insert_guest(conn, rec)
+                insert_audit(conn, audit)
                 return Ownership(guest=guest, changed=True)
             columns, why = retake(existing, rec)
             if not columns:
@@ -181,13 +178,13 @@ class GuestVerbs:
                     changes["desired_generation"] = max(
                         rec.desired_generation, existing.desired_generation + 1
                     )
-            guest = await update_guest(conn, rec.vmid, changes, now=now)
+            guest = update_guest(conn, rec.vmid, changes, now=now)
             if columns == CAPTURED:
-                await cancel_superseded(conn, rec.vmid, guest.desired_state, now=now)
-            await insert_audit(conn, attrs.evolve(audit, reason=f"{audit.reason}; {why}"))
+                cancel_superseded(conn, rec.vmid, guest.desired_state, now=now)
+            insert_audit(conn, attrs.evolve(audit, reason=f"{audit.reason}; {why}"))
             return Ownership(guest=guest, changed=True)
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def release_guest(
         self, vmid: int, *, audit: AuditRecord, now: float, generation: int = 0
@@ -198,15 +195,15 @@ class GuestVerbs:
         the policy when it is claimed. Releasing a released guest changes nothing.
         """
 
-        async def unit(conn: aiosqlite.Connection) -> Ownership:
-            guest = await require_guest(conn, vmid)
+        def unit(conn: sqlite3.Connection) -> Ownership:
+            guest = require_guest(conn, vmid)
             if guest.origin is GuestOrigin.RELEASED:
                 return Ownership(guest=guest, changed=False)
             if not guest.managed:
                 raise InvalidTransition(
                     f"guest {vmid} is {guest.origin}: only a managed guest can be released"
                 )
-            guest = await update_guest(
+            guest = update_guest(
                 conn,
                 vmid,
                 {
@@ -217,11 +214,11 @@ class GuestVerbs:
                 },
                 now=now,
             )
-            await cancel_superseded(conn, vmid, None, now=now)
-            await insert_audit(conn, audit)
+            cancel_superseded(conn, vmid, None, now=now)
+            insert_audit(conn, audit)
             return Ownership(guest=guest, changed=True)
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def set_desired(
         self, vmid: int, state: DesiredState, *, now: float, generation: int = 0
@@ -229,13 +226,13 @@ class GuestVerbs:
         """Set a managed guest's desired power state; a change bumps ``desired_generation``
         and cancels pending reconcile ops aiming elsewhere."""
 
-        async def unit(conn: aiosqlite.Connection) -> GuestRecord:
-            guest = await require_guest(conn, vmid)
+        def unit(conn: sqlite3.Connection) -> GuestRecord:
+            guest = require_guest(conn, vmid)
             if not guest.managed:
                 raise not_managed(vmid, guest.origin)
             if guest.desired_state is state:
                 return guest
-            guest = await update_guest(
+            guest = update_guest(
                 conn,
                 vmid,
                 {
@@ -244,10 +241,10 @@ class GuestVerbs:
                 },
                 now=now,
             )
-            await cancel_superseded(conn, vmid, state, now=now)
+            cancel_superseded(conn, vmid, state, now=now)
             return guest
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def sync_ownership(
         self, vmid: int, *, changes: Mapping[str, Any], fresh: GuestRecord, now: float
@@ -256,34 +253,34 @@ class GuestVerbs:
         row gets ``changes`` (pending reconcile ops no longer aiming at its desired state are
         cancelled); a guest this journal never saw is inserted as ``fresh``."""
 
-        async def unit(conn: aiosqlite.Connection) -> GuestRecord:
-            existing = await load_guest(conn, vmid)
+        def unit(conn: sqlite3.Connection) -> GuestRecord:
+            existing = load_guest(conn, vmid)
             if existing is None:
-                guest = await insert_guest(conn, fresh)
+                guest = insert_guest(conn, fresh)
                 if guest.managed:  # arrived from a node this journal never saw it on
-                    await conn.execute(
+                    conn.execute(
                         "INSERT INTO outbox (vmid, kind, payload, created_at) VALUES (?, ?, ?, ?)",
                         (vmid, "guest.moved", _moved_payload(guest, None), now),
                     )
                 return guest
-            guest = await update_guest(conn, vmid, dict(changes), now=now)
-            await cancel_superseded(conn, vmid, guest.desired_state, now=now)
+            guest = update_guest(conn, vmid, dict(changes), now=now)
+            cancel_superseded(conn, vmid, guest.desired_state, now=now)
             return guest
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def follow_digest(self, vmid: int, before: str, after: str) -> None:
         """lifecycled's own write (its tags) moved the config digest from ``before`` to
         ``after``: a baseline or observed digest equal to ``before`` becomes ``after``."""
 
-        async def unit(conn: aiosqlite.Connection) -> None:
+        def unit(conn: sqlite3.Connection) -> None:
             for column in ("config_digest", "observed_digest"):
-                await conn.execute(
+                conn.execute(
                     f"UPDATE guests SET {column} = ? WHERE vmid = ? AND {column} = ?",
                     (after, vmid, before),
                 )
 
-        await self._db.write(unit)
+        await self._store.write(unit)
 
     # --- observations (Proxmox reads only) -------------------------------------------------
 
@@ -304,14 +301,14 @@ class GuestVerbs:
         never deleted); ``found``: LOST guests back with their fingerprint (audited).
         """
 
-        async def unit(conn: aiosqlite.Connection) -> None:
+        def unit(conn: sqlite3.Connection) -> None:
             for obs in seen:
-                await update_guest(conn, obs.vmid, _observed_columns(obs, now), now=now)
+                update_guest(conn, obs.vmid, _observed_columns(obs, now), now=now)
             for obs in discovered:
-                if await load_guest(conn, obs.vmid) is None:
-                    await insert_guest(conn, discovered_record(obs, now))
+                if load_guest(conn, obs.vmid) is None:
+                    insert_guest(conn, discovered_record(obs, now))
             for vmid in missing:
-                await update_guest(
+                update_guest(
                     conn,
                     vmid,
                     {"observed_state": ObservedState.MISSING, "observed_at": now, "lock": None},
@@ -319,30 +316,30 @@ class GuestVerbs:
                 )
             for rec in lost:
                 assert rec.vmid is not None
-                await update_guest(
+                update_guest(
                     conn,
                     rec.vmid,
                     {"observed_state": ObservedState.LOST, "observed_at": now, "lost_at": now},
                     now=now,
                 )
-                await insert_audit(conn, rec)
+                insert_audit(conn, rec)
             for obs, rec in found:
                 changes = {**_observed_columns(obs, now), "lost_at": None}
-                await update_guest(conn, obs.vmid, changes, now=now)
-                await insert_audit(conn, rec)
+                update_guest(conn, obs.vmid, changes, now=now)
+                insert_audit(conn, rec)
 
-        await self._db.write(unit)
+        await self._store.write(unit)
 
     async def record_digests(self, digests: Mapping[int, str], *, now: float) -> None:
         """The config digest each guest's latest config read returned."""
 
-        async def unit(conn: aiosqlite.Connection) -> None:
+        def unit(conn: sqlite3.Connection) -> None:
             for vmid, digest in digests.items():
-                await update_guest(
+                update_guest(
                     conn, vmid, {"observed_digest": digest, "digest_checked_at": now}, now=now
                 )
 
-        await self._db.write(unit)
+        await self._store.write(unit)
 
     async def rebaseline(
         self,
@@ -367,7 +364,7 @@ class GuestVerbs:
         }
         if fingerprint:
             changes["fingerprint"] = dict(fingerprint)
-        return await self._db.write(lambda c: update_guest(c, vmid, changes, now=now))
+        return await self._store.write(lambda c: update_guest(c, vmid, changes, now=now))
 
 
 def _moved_payload(guest: GuestRecord, from_node: str | None) -> str:

@@ -19,7 +19,6 @@ from lifecycled.domain.states import OpState
 from lifecycled.errors import JournalOutdated
 from lifecycled.journal import migrations, units
 from lifecycled.journal.audit import AuditVerbs
-from lifecycled.journal.db import DEFAULT_BUSY_TIMEOUT_MS, Database, translated
 from lifecycled.journal.guests import GuestVerbs
 from lifecycled.journal.nodes import NodeVerbs
 from lifecycled.journal.nonces import NonceVerbs
@@ -28,6 +27,7 @@ from lifecycled.journal.outbox import OutboxVerbs
 from lifecycled.journal.queries import ReadVerbs
 from lifecycled.journal.records import SubmitRequest, SubmitResult
 from lifecycled.journal.rules import Verb
+from lifecycled.journal.store import DEFAULT_BUSY_TIMEOUT_MS, Store, translated
 
 logger = logging.getLogger("lifecycled.journal")
 
@@ -37,12 +37,12 @@ _DELETE_BATCH = 500
 
 
 class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVerbs, OpGuardVerbs):
-    """The op journal on one SQLite file (one connection, one write lock)."""
+    """The op journal on one SQLite file (one writer thread, one read connection)."""
 
     def __init__(
-        self, db: Database, *, schema_version: int, applied: tuple[str, ...], known: int
+        self, store: Store, *, schema_version: int, applied: tuple[str, ...], known: int
     ) -> None:
-        self._db = db
+        self._store = store
         self._schema_version = schema_version
         self._applied = applied
         self._known = known
@@ -71,7 +71,7 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         source = Path(migrations_dir) if migrations_dir is not None else None
         known_migrations = await asyncio.to_thread(migrations.load_migrations, source)
         known = known_migrations[-1].version
-        db = await Database.connect(
+        store = await Store.open(
             path,
             synchronous=synchronous,
             create=create,
@@ -80,29 +80,32 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
             on_commit=on_commit,
         )
         try:
-            conn = db.connection
-            with translated(db.path):
-                version = await migrations.check_identity(conn, db.path, known)
+            call = store.writer.call
+            with translated(store.path):
+                version = await call(lambda c: migrations.check_identity(c, store.path, known))
                 applied: list[migrations.Migration] = []
                 if version < known and migrate and not readonly:
-                    applied = await migrations.apply_migrations(conn, known_migrations)
-                    version = await migrations.read_version(conn)
+                    applied = await call(lambda c: migrations.apply_migrations(c, known_migrations))
+                    version = await call(migrations.read_version)
             if version < known:
                 raise JournalOutdated(
                     f"journal schema version {version} is older than this lifecycled "
-                    f"(knows {known}): run lifecycled db migrate --db {db.path}",
+                    f"(knows {known}): run lifecycled db migrate --db {store.path}",
                     version=version,
                     known=known,
                 )
+            await store.open_reader()
         except BaseException:
-            await db.close()
+            await store.close()
             raise
-        logger.info("journal.opened", extra={"path": str(db.path), "schema_version": version})
-        return cls(db, schema_version=version, applied=tuple(m.label for m in applied), known=known)
+        logger.info("journal.opened", extra={"path": str(store.path), "schema_version": version})
+        return cls(
+            store, schema_version=version, applied=tuple(m.label for m in applied), known=known
+        )
 
     async def close(self) -> None:
         """Commit the writes still queued (durable ones included), then close."""
-        await self._db.close()
+        await self._store.close()
 
     async def __aenter__(self) -> Journal:
         return self
@@ -117,7 +120,7 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
 
     @property
     def path(self) -> Path:
-        return self._db.path
+        return self._store.path
 
     @property
     def schema_version(self) -> int:
@@ -143,7 +146,7 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         commit (a read, no change): a separate read first would cost every submission a
         thread hop.
         """
-        return await self._db.write_sync(lambda c: units.submit(c, req, now=now))
+        return await self._store.write(lambda c: units.submit(c, req, now=now))
 
     async def claim_next(
         self,
@@ -160,7 +163,7 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         """
         if nodes is not None and not nodes:
             return None
-        return await self._db.write_sync(
+        return await self._store.write(
             lambda c: units.claim(c, now=now, node_cap=node_cap, nodes=nodes)
         )
 
@@ -170,7 +173,7 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         """Journal the task id Proxmox returned: dispatching → running (survives cancellation).
 
         :class:`UpidTaken` when another op already recorded ``upid``."""
-        return await self._db.write_sync(
+        return await self._store.write(
             lambda c: units.take_upid(c, op_id, upid, Verb.RECORD_UPID, now=now, reason=reason),
             durable=True,
         )
@@ -179,7 +182,7 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         """Adopt a task id for an in-flight op (recover/janitor); a dispatching op → running.
 
         :class:`UpidTaken` when another op already recorded ``upid``."""
-        return await self._db.write_sync(
+        return await self._store.write(
             lambda c: units.take_upid(c, op_id, upid, Verb.SET_UPID, now=now, reason=reason),
             durable=True,
         )
@@ -199,7 +202,7 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         ``error`` becomes the op's error; without one a success clears it and a failure
         keeps the last error recorded (e.g. by a requeue).
         """
-        return await self._db.write_sync(
+        return await self._store.write(
             lambda c: units.finish(
                 c, op_id, state, now=now, reason=reason, exitstatus=exitstatus, error=error
             ),
@@ -221,7 +224,7 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         The task id is cleared (it stays in the history). ``ambiguous`` records when the
         failed attempt was claimed, so the next attempt searches the task list since then.
         """
-        return await self._db.write_sync(
+        return await self._store.write(
             lambda c: units.requeue(
                 c,
                 op_id,
@@ -241,7 +244,7 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         changes: dict[str, Any] = {"finished_at": now, "next_attempt_at": None}
         if error is not None:
             changes.update(units.error_columns(error))
-        return await self._db.write_sync(
+        return await self._store.write(
             lambda c: units.transition(
                 c,
                 op_id,
@@ -258,7 +261,7 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
     async def cancel(self, op_id: int, *, now: float, reason: str) -> Op:
         """Cancel a pending op (any other state: :class:`InvalidTransition`)."""
         changes = {"finished_at": now, "next_attempt_at": None}
-        return await self._db.write_sync(
+        return await self._store.write(
             lambda c: units.transition(
                 c, op_id, Verb.CANCEL, OpState.CANCELLED, now=now, reason=reason, changes=changes
             )
@@ -266,19 +269,19 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
 
     async def retry(self, op_id: int, *, now: float, reason: str) -> Op:
         """An operator's retry: failed / dead_lettered / cancelled → pending, fresh attempts."""
-        return await self._db.write_sync(
+        return await self._store.write(
             lambda c: units.rearm(c, units.load(c, op_id), Verb.RETRY, now=now, reason=reason)
         )
 
     async def discard(self, op_id: int, *, now: float, reason: str) -> Op:
         """Take a dead letter out of the DLQ listing (state unchanged). Idempotent."""
-        return await self._db.write_sync(lambda c: units.discard(c, op_id, now=now, reason=reason))
+        return await self._store.write(lambda c: units.discard(c, op_id, now=now, reason=reason))
 
     async def _delete_in_batches(self, sql: str, params: list[Any]) -> int:
         # Short transactions: a big prune never holds up other writers for long.
         total = 0
         while True:
-            n = await self._db.write_sync(lambda c: units.delete_returning(c, sql, params))
+            n = await self._store.write(lambda c: units.delete_returning(c, sql, params))
             total += n
             if n < _DELETE_BATCH:
                 return total

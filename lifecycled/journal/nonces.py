@@ -5,11 +5,11 @@ check; expired ones are pruned as new ones arrive.
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
 
 from lifecycled.audit import AuditRecord
 from lifecycled.journal.audit import insert_audit
-from lifecycled.journal.db import Database, one
+from lifecycled.journal.store import Store
 
 #: Expired nonces deleted per recorded nonce (keeps every transaction short).
 _PRUNE_BATCH = 500
@@ -18,7 +18,7 @@ _PRUNE_BATCH = 500
 class NonceVerbs:
     """Mixed into :class:`~lifecycled.journal.Journal`."""
 
-    _db: Database
+    _store: Store
 
     async def remember_nonce(
         self,
@@ -35,29 +35,25 @@ class NonceVerbs:
         on a replay, append ``on_replay`` to the audit log.
         """
 
-        async def unit(conn: aiosqlite.Connection) -> bool:
-            await conn.execute(
+        def unit(conn: sqlite3.Connection) -> bool:
+            conn.execute(
                 "DELETE FROM nonces WHERE nonce IN "
                 "(SELECT nonce FROM nonces WHERE expires_at < ? ORDER BY expires_at LIMIT ?)",
                 (now, _PRUNE_BATCH),
             )
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO nonces (nonce, key_id, seen_at, expires_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (nonce) DO NOTHING",
                 (nonce, key_id, now, expires_at),
             )
             fresh = cursor.rowcount == 1
             if not fresh and on_replay is not None:
-                await insert_audit(conn, on_replay)
+                insert_audit(conn, on_replay)
             return fresh
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def nonce_count(self) -> int:
         """How many nonces are remembered (expired ones not yet pruned included)."""
-
-        async def unit(conn: aiosqlite.Connection) -> int:
-            row = await one(conn, "SELECT count(*) AS n FROM nonces")
-            return 0 if row is None else int(row["n"])
-
-        return await self._db.read(unit)
+        row = await self._store.one("SELECT count(*) AS n FROM nonces")
+        return 0 if row is None else int(row["n"])

@@ -12,8 +12,6 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-import aiosqlite
-
 from lifecycled.audit import AuditRecord
 from lifecycled.domain.actions import Action
 from lifecycled.domain.guests import (
@@ -26,9 +24,8 @@ from lifecycled.domain.guests import (
 from lifecycled.domain.op import Op, canonical_json
 from lifecycled.domain.states import REARMABLE, OpState
 from lifecycled.errors import PolicyRefused
-from lifecycled.journal import writes
+from lifecycled.journal import units
 from lifecycled.journal.audit import insert_audit
-from lifecycled.journal.db import Database, one, rows
 from lifecycled.journal.guest_rows import (
     cancel_superseded,
     insert_guest,
@@ -40,12 +37,13 @@ from lifecycled.journal.guests import not_managed
 from lifecycled.journal.records import SubmitRequest, SubmitResult
 from lifecycled.journal.rows import OP_COLUMNS, op_from_row
 from lifecycled.journal.rules import Verb
+from lifecycled.journal.store import Store, fetch_one
 
 _CREATING = frozenset({Action.CREATE, Action.CLONE})
 
 
-async def _guard_guest(
-    conn: aiosqlite.Connection,
+def _guard_guest(
+    conn: sqlite3.Connection,
     req: SubmitRequest,
     *,
     now: float,
@@ -55,7 +53,7 @@ async def _guard_guest(
     ``native``; an existing row is never changed here); anything else needs a managed guest
     on the node and of the kind its row says. Raises (nothing is written)."""
     vmid = req.guest.vmid
-    guest = await load_guest(conn, vmid)
+    guest = load_guest(conn, vmid)
     if Action(req.action) not in _CREATING:
         if guest is None or not guest.managed:
             raise not_managed(vmid, guest.origin if guest is not None else None)
@@ -63,7 +61,7 @@ async def _guard_guest(
         return guest
     fingerprint = dict(create_fingerprint or {})
     if guest is None:
-        return await insert_guest(
+        return insert_guest(
             conn,
             GuestRecord(
                 vmid=vmid,
@@ -84,7 +82,7 @@ async def _guard_guest(
 class OpGuardVerbs:
     """Mixed into :class:`~lifecycled.journal.Journal`."""
 
-    _db: Database
+    _store: Store
 
     async def submit_guest_op(
         self,
@@ -105,23 +103,23 @@ class OpGuardVerbs:
         """
         params_json = canonical_json(req.params)
 
-        async def unit(conn: aiosqlite.Connection) -> SubmitResult:
+        def unit(conn: sqlite3.Connection) -> SubmitResult:
             if req.idempotency_key is not None:
-                row = await one(
+                row = fetch_one(
                     conn,
                     f"SELECT {OP_COLUMNS} FROM ops WHERE idempotency_key = ?",
                     (req.idempotency_key,),
                 )
                 if row is not None:
                     existing = op_from_row(row)
-                    if not writes.same_request(existing, req, params_json):
-                        raise writes.conflict(existing)
+                    if not units.same_request(existing, req, params_json):
+                        raise units.conflict(existing)
                     if existing.state not in REARMABLE:
                         return SubmitResult(op=existing, deduplicated=True, rearmed=False)
-            guest = await _guard_guest(conn, req, now=now, create_fingerprint=create_fingerprint)
-            result = await writes.submit(conn, req, now=now)
+            guest = _guard_guest(conn, req, now=now, create_fingerprint=create_fingerprint)
+            result = units.submit(conn, req, now=now)
             if desired is not None and guest.desired_state is not desired:
-                await update_guest(
+                update_guest(
                     conn,
                     guest.vmid,
                     {
@@ -130,12 +128,12 @@ class OpGuardVerbs:
                     },
                     now=now,
                 )
-                await cancel_superseded(conn, guest.vmid, desired, now=now)
+                cancel_superseded(conn, guest.vmid, desired, now=now)
             elif generation > guest.desired_generation:  # the shared record moved on (§7)
-                await update_guest(conn, guest.vmid, {"desired_generation": generation}, now=now)
+                update_guest(conn, guest.vmid, {"desired_generation": generation}, now=now)
             return result
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def enqueue_reconcile(
         self, req: SubmitRequest, *, now: float, generation: int, after: int | None
@@ -144,23 +142,23 @@ class OpGuardVerbs:
         guest must still be managed at ``generation``, have no open op, and its latest
         reconcile op must still be ``after``. ``None`` when nothing was journaled."""
 
-        async def unit(conn: aiosqlite.Connection) -> Op | None:
-            guest = await load_guest(conn, req.guest.vmid)
+        def unit(conn: sqlite3.Connection) -> Op | None:
+            guest = load_guest(conn, req.guest.vmid)
             if guest is None or not guest.managed or guest.desired_generation != generation:
                 return None
-            if await open_ops(conn, guest.vmid):
+            if open_ops(conn, guest.vmid):
                 return None
-            latest = await one(
+            latest = fetch_one(
                 conn,
                 "SELECT max(id) AS id FROM ops WHERE vmid = ? AND origin = 'reconcile'",
                 (guest.vmid,),
             )
             if (latest["id"] if latest is not None else None) != after:
                 return None
-            result = await writes.submit(conn, req, now=now)
+            result = units.submit(conn, req, now=now)
             return None if result.deduplicated else result.op
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def defer(
         self,
@@ -174,79 +172,73 @@ class OpGuardVerbs:
         """Put a claimed op back to pending without counting the attempt (nothing was sent),
         journaling ``child`` first — the op a terminate waits for. Returns both ops."""
 
-        async def unit(conn: aiosqlite.Connection) -> tuple[Op, Op | None]:
-            op = await writes.load(conn, op_id)
-            writes.check(op, Verb.REQUEUE, OpState.PENDING)
-            child_op = (await writes.submit(conn, child, now=now)).op if child else None
+        def unit(conn: sqlite3.Connection) -> tuple[Op, Op | None]:
+            op = units.load(conn, op_id)
+            units.check(op, Verb.REQUEUE, OpState.PENDING)
+            child_op = (units.submit(conn, child, now=now)).op if child else None
             changes: dict[str, Any] = {
                 "next_attempt_at": next_attempt_at,
                 "due_at": next_attempt_at,
                 "upid": None,
                 "attempts": max(op.attempts - 1, 0),
             }
-            op = await writes.apply(
-                conn, op, OpState.PENDING, now=now, reason=reason, changes=changes
-            )
+            op = units.apply(conn, op, OpState.PENDING, now=now, reason=reason, changes=changes)
             return op, child_op
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def soft_delete(self, op_id: int, *, now: float, reason: str, audit: AuditRecord) -> Op:
         """Terminate of an adopted guest: the op succeeds with no Proxmox call, the guest is
         released (kept, untouched) and the decision audited — one transaction."""
 
-        async def unit(conn: aiosqlite.Connection) -> Op:
-            op = await writes.load(conn, op_id)
-            writes.check(op, Verb.FINISH, OpState.SUCCEEDED)
+        def unit(conn: sqlite3.Connection) -> Op:
+            op = units.load(conn, op_id)
+            units.check(op, Verb.FINISH, OpState.SUCCEEDED)
             changes = {
                 "finished_at": now,
                 "next_attempt_at": None,
-                **writes.error_columns(None),
+                **units.error_columns(None),
             }
-            done = await writes.apply(
-                conn, op, OpState.SUCCEEDED, now=now, reason=reason, changes=changes
-            )
-            await update_guest(
+            done = units.apply(conn, op, OpState.SUCCEEDED, now=now, reason=reason, changes=changes)
+            update_guest(
                 conn,
                 op.guest.vmid,
                 {"origin": GuestOrigin.RELEASED, "released_at": now, "desired_state": None},
                 now=now,
             )
-            await cancel_superseded(conn, op.guest.vmid, None, now=now)
-            await insert_audit(conn, audit)
+            cancel_superseded(conn, op.guest.vmid, None, now=now)
+            insert_audit(conn, audit)
             return done
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def note_stuck(self, op_id: int, *, now: float, reason: str) -> bool:
         """Append a history row saying why an in-flight op is stuck (its state is unchanged;
         ``updated_at`` moves, so the janitor looks again only after another ``stale_after``).
         False when the op is no longer in flight."""
 
-        async def unit(conn: aiosqlite.Connection) -> bool:
-            op = await writes.load(conn, op_id)
+        def unit(conn: sqlite3.Connection) -> bool:
+            op = units.load(conn, op_id)
             if not op.state.is_in_flight:
                 return False
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (op.id, now, str(op.state), str(op.state), reason, op.attempts, op.upid),
             )
-            await conn.execute(
+            conn.execute(
                 "UPDATE ops SET updated_at = ? WHERE id = ? AND state = ?",
                 (now, op.id, str(op.state)),
             )
             return True
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     # --- reads for reconcile and the policy ------------------------------------------------
 
     async def open_ops_by_vmid(self) -> dict[int, list[Op]]:
         """Every pending or in-flight op, grouped by guest."""
-        found = await self._db.read(
-            lambda c: rows(c, f"SELECT {OP_COLUMNS} FROM ops WHERE phase IN (1, 2) ORDER BY id")
-        )
+        found = await self._read(f"SELECT {OP_COLUMNS} FROM ops WHERE phase IN (1, 2) ORDER BY id")
         grouped: dict[int, list[Op]] = defaultdict(list)
         for row in found:
             op = op_from_row(row)
@@ -275,4 +267,4 @@ class OpGuardVerbs:
         return str(found[0]["actor"]) if found else "unknown"
 
     async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        return await self._db.read(lambda c: rows(c, sql, params))
+        return await self._store.rows(sql, params)

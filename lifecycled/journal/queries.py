@@ -1,6 +1,7 @@
 """The journal's read verbs and maintenance (integrity check, online backup).
 
-Reads run under the same lock as writes so they never observe half of a transaction.
+Reads run on the journal's read connection (WAL: beside the writer, each statement on the
+latest committed snapshot, so never half of a transaction).
 """
 
 from __future__ import annotations
@@ -14,18 +15,24 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from lifecycled.domain.op import HistoryEntry, Op
 from lifecycled.domain.states import OpState
 from lifecycled.errors import JournalError, NotFound, ValidationError
-from lifecycled.journal.db import Database, one, rows, translate
 from lifecycled.journal.records import OpPage
 from lifecycled.journal.rows import HISTORY_COLUMNS, OP_COLUMNS, history_from_row, op_from_row
+from lifecycled.journal.store import Store, translate
 
 MAX_PAGE = 1000
 #: UPIDs looked up per statement (SQLite bounds the number of parameters).
 _UPID_CHUNK = 400
+
+
+_OPEN_COUNTS = (
+    "SELECT 'pending', count(*) FROM ops WHERE phase = 1"
+    " UNION ALL SELECT state, 1 FROM ops WHERE phase = 2"
+    " UNION ALL SELECT 'dead_lettered', count(*) FROM ops"
+    " WHERE state = 'dead_lettered' AND discarded_at IS NULL"
+)
 
 
 def _limit(limit: int) -> int:
@@ -70,10 +77,10 @@ def _backup_file(source: Path, dest: Path) -> None:
 class ReadVerbs:
     """Queries over ops and their history; mixed into :class:`~lifecycled.journal.Journal`."""
 
-    _db: Database
+    _store: Store
 
     async def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        return await self._db.read(lambda c: rows(c, sql, params))
+        return await self._store.rows(sql, params)
 
     async def get(self, op_id: int) -> Op:
         """The op with ``op_id``; :class:`~lifecycled.errors.NotFound` if there is none."""
@@ -108,37 +115,26 @@ class ReadVerbs:
         """Which of ``upids`` any op has recorded (now, or in an earlier attempt's history):
         a task found in a node's list is adopted only when no op holds it already."""
         wanted = sorted(set(upids))
-
-        async def unit(conn: aiosqlite.Connection) -> set[str]:
-            found: set[str] = set()
-            for i in range(0, len(wanted), _UPID_CHUNK):
-                chunk = wanted[i : i + _UPID_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for row in await rows(
-                    conn,
-                    f"SELECT upid FROM ops WHERE upid IN ({marks})"
-                    f" UNION SELECT upid FROM op_history WHERE upid IN ({marks})",
-                    (*chunk, *chunk),
-                ):
-                    found.add(str(row[0]))
-            return found
-
-        return await self._db.read(unit) if wanted else set()
+        found: set[str] = set()
+        for i in range(0, len(wanted), _UPID_CHUNK):
+            chunk = wanted[i : i + _UPID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in await self._rows(
+                f"SELECT upid FROM ops WHERE upid IN ({marks})"
+                f" UNION SELECT upid FROM op_history WHERE upid IN ({marks})",
+                (*chunk, *chunk),
+            ):
+                found.add(str(row[0]))
+        return found
 
     async def history(self, op_id: int) -> list[HistoryEntry]:
         """Every transition of the op, oldest first; NotFound if the op does not exist."""
-
-        async def unit(conn: aiosqlite.Connection) -> list[HistoryEntry]:
-            found = await rows(
-                conn,
-                f"SELECT {HISTORY_COLUMNS} FROM op_history WHERE op_id = ? ORDER BY id",
-                (op_id,),
-            )
-            if not found and await one(conn, "SELECT 1 FROM ops WHERE id = ?", (op_id,)) is None:
-                raise NotFound(f"op {op_id} not found")
-            return [history_from_row(r) for r in found]
-
-        return await self._db.read(unit)
+        found = await self._rows(
+            f"SELECT {HISTORY_COLUMNS} FROM op_history WHERE op_id = ? ORDER BY id", (op_id,)
+        )
+        if not found and not await self._rows("SELECT 1 FROM ops WHERE id = ?", (op_id,)):
+            raise NotFound(f"op {op_id} not found")
+        return [history_from_row(r) for r in found]
 
     async def by_key(self, key: str) -> Op | None:
         """The op holding idempotency key ``key``, if any."""
@@ -171,21 +167,16 @@ class ReadVerbs:
         Cheap whatever the journal's size (partial indexes only): what the gauges refresh
         every few seconds. Terminal states are absent; :meth:`counts_by_state` has them all.
         """
-
-        async def unit(conn: aiosqlite.Connection) -> dict[OpState, int]:
-            counts = dict.fromkeys((OpState.PENDING, OpState.DISPATCHING, OpState.RUNNING), 0)
-            found = await rows(conn, "SELECT count(*) FROM ops WHERE phase = 1")
-            counts[OpState.PENDING] = int(found[0][0])
-            for row in await rows(conn, "SELECT state FROM ops WHERE phase = 2"):
+        counts = dict.fromkeys((OpState.PENDING, OpState.DISPATCHING, OpState.RUNNING), 0)
+        # One statement, so one snapshot.
+        for row in await self._rows(_OPEN_COUNTS):
+            if row[0] == "pending":
+                counts[OpState.PENDING] = int(row[1])
+            elif row[0] == "dead_lettered":
+                counts[OpState.DEAD_LETTERED] = int(row[1])
+            else:
                 counts[OpState(row[0])] += 1
-            found = await rows(
-                conn,
-                "SELECT count(*) FROM ops WHERE state = 'dead_lettered' AND discarded_at IS NULL",
-            )
-            counts[OpState.DEAD_LETTERED] = int(found[0][0])
-            return counts
-
-        return await self._db.read(unit)
+        return counts
 
     async def list_ops(
         self,
@@ -243,10 +234,10 @@ class ReadVerbs:
         """Copy the journal online to ``dest`` (mode 0600); refuses to overwrite a file."""
         target = Path(dest)
         try:
-            await asyncio.to_thread(_backup_file, self._db.path, target)
+            await asyncio.to_thread(_backup_file, self._store.path, target)
         except FileExistsError as exc:
             raise JournalError(
                 f"backup destination {target} already exists; not overwriting it"
             ) from exc
         except sqlite3.Error as exc:
-            raise translate(exc, self._db.path) from exc
+            raise translate(exc, self._store.path) from exc

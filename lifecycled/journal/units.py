@@ -1,15 +1,13 @@
 """Units of work for the journal's op writes: plain functions of the ``sqlite3`` connection.
 
-Each runs in SQLite's own thread inside a transaction the caller does not see: the group
-commit of :meth:`~lifecycled.journal.db.Database.write_sync` runs many callers' units in one
-``BEGIN IMMEDIATE … COMMIT``, each under its own ``SAVEPOINT``, in one thread hop
-(reference/sqlite-performance.md §1–2). A unit that raises rolls back only its own changes.
+Each runs in the journal's writer thread inside a transaction the caller does not see: the
+group commit of :meth:`~lifecycled.journal.store.Writer.write` runs many callers' units in one
+``BEGIN IMMEDIATE … COMMIT`` (reference/sqlite-performance.md §1–2). A unit that raises
+rolls back only its own changes.
 
 Every state change reads the op, checks the verb's rule and the state machine, updates the
 row guarded by its current state (``WHERE id = ? AND state = ?``) and appends the history
 row — in the same transaction, so a crash leaves either both or neither.
-
-:mod:`lifecycled.journal.writes` exposes the same units to ``async`` units (one hop each).
 """
 
 from __future__ import annotations

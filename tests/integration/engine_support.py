@@ -103,7 +103,7 @@ async def seed_guests(db: Path, guests: Iterable[Guest], origin: str = "native")
     async with await Journal.open(db) as journal:
         for guest in guests:
             if await journal.find_guest(guest.vmid) is None:
-                await journal._db.write(
+                await journal._store.write(
                     partial(insert_guest, rec=record_of(guest, origin, now=now))
                 )
 
