@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord, ObservedState
+from lifecycled.domain.lifecycle import Verb
 from lifecycled.domain.op import GuestKind, Op, Origin, canonical_json
 from lifecycled.domain.states import OpState
 from lifecycled.errors import NotFound
 from lifecycled.journal.rows import OP_COLUMNS, op_from_row
-from lifecycled.journal.rules import Verb
 from lifecycled.journal.store import fetch_all, fetch_one
 from lifecycled.journal.units import transition
 
@@ -155,12 +155,10 @@ def cancel_superseded(
         ):
             transition(
                 conn,
-                op.id,
+                op,
                 Verb.CANCEL,
-                OpState.CANCELLED,
                 now=now,
                 reason=f"superseded: desired state is now {desired or 'unset'}",
-                changes={"finished_at": now, "next_attempt_at": None},
             )
             cancelled.append(op.id)
     return cancelled

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from lifecycled.domain.lifecycle import Verb
 from lifecycled.domain.op import Op, OpError
 from lifecycled.domain.states import OpState
 from lifecycled.errors import JournalOutdated
@@ -26,7 +27,6 @@ from lifecycled.journal.opguards import OpGuardVerbs
 from lifecycled.journal.outbox import OutboxVerbs
 from lifecycled.journal.queries import ReadVerbs
 from lifecycled.journal.records import SubmitRequest, SubmitResult
-from lifecycled.journal.rules import Verb
 from lifecycled.journal.store import DEFAULT_BUSY_TIMEOUT_MS, Store, translated
 
 logger = logging.getLogger("lifecycled.journal")
@@ -241,36 +241,23 @@ class Journal(ReadVerbs, AuditVerbs, OutboxVerbs, NodeVerbs, NonceVerbs, GuestVe
         self, op_id: int, *, now: float, reason: str, error: OpError | None = None
     ) -> Op:
         """An in-flight op gives up (retries exhausted): → dead_lettered; survives cancellation."""
-        changes: dict[str, Any] = {"finished_at": now, "next_attempt_at": None}
-        if error is not None:
-            changes.update(units.error_columns(error))
         return await self._store.write(
             lambda c: units.transition(
-                c,
-                op_id,
-                Verb.DEAD_LETTER,
-                OpState.DEAD_LETTERED,
-                now=now,
-                reason=reason,
-                changes=changes,
-                history_error=error,
+                c, units.load(c, op_id), Verb.DEAD_LETTER, now=now, reason=reason, error=error
             ),
             durable=True,
         )
 
     async def cancel(self, op_id: int, *, now: float, reason: str) -> Op:
         """Cancel a pending op (any other state: :class:`InvalidTransition`)."""
-        changes = {"finished_at": now, "next_attempt_at": None}
         return await self._store.write(
-            lambda c: units.transition(
-                c, op_id, Verb.CANCEL, OpState.CANCELLED, now=now, reason=reason, changes=changes
-            )
+            lambda c: units.transition(c, units.load(c, op_id), Verb.CANCEL, now=now, reason=reason)
         )
 
     async def retry(self, op_id: int, *, now: float, reason: str) -> Op:
         """An operator's retry: failed / dead_lettered / cancelled → pending, fresh attempts."""
         return await self._store.write(
-            lambda c: units.rearm(c, units.load(c, op_id), Verb.RETRY, now=now, reason=reason)
+            lambda c: units.transition(c, units.load(c, op_id), Verb.RETRY, now=now, reason=reason)
         )
 
     async def discard(self, op_id: int, *, now: float, reason: str) -> Op:

@@ -21,9 +21,10 @@ from lifecycled.domain.guests import (
     check_placement,
     creation_conflict,
 )
+from lifecycled.domain.lifecycle import Refused, Verb, step
 from lifecycled.domain.op import Op, canonical_json
-from lifecycled.domain.states import REARMABLE, OpState
-from lifecycled.errors import PolicyRefused
+from lifecycled.domain.states import REARMABLE
+from lifecycled.errors import InvalidTransition, PolicyRefused
 from lifecycled.journal import units
 from lifecycled.journal.audit import insert_audit
 from lifecycled.journal.guest_rows import (
@@ -36,7 +37,6 @@ from lifecycled.journal.guest_rows import (
 from lifecycled.journal.guests import not_managed
 from lifecycled.journal.records import SubmitRequest, SubmitResult
 from lifecycled.journal.rows import OP_COLUMNS, op_from_row
-from lifecycled.journal.rules import Verb
 from lifecycled.journal.store import Store, fetch_one
 
 _CREATING = frozenset({Action.CREATE, Action.CLONE})
@@ -174,16 +174,11 @@ class OpGuardVerbs:
 
         def unit(conn: sqlite3.Connection) -> tuple[Op, Op | None]:
             op = units.load(conn, op_id)
-            units.check(op, Verb.REQUEUE, OpState.PENDING)
-            child_op = (units.submit(conn, child, now=now)).op if child else None
-            changes: dict[str, Any] = {
-                "next_attempt_at": next_attempt_at,
-                "due_at": next_attempt_at,
-                "upid": None,
-                "attempts": max(op.attempts - 1, 0),
-            }
-            op = units.apply(conn, op, OpState.PENDING, now=now, reason=reason, changes=changes)
-            return op, child_op
+            change = step(op, Verb.DEFER, now=now, next_attempt_at=next_attempt_at)
+            if isinstance(change, Refused):
+                raise InvalidTransition(f"op {op.id} is {op.state}: {change.reason}")
+            child_op = units.submit(conn, child, now=now).op if child else None
+            return units.persist(conn, change, reason=reason), child_op
 
         return await self._store.write(unit)
 
@@ -193,13 +188,7 @@ class OpGuardVerbs:
 
         def unit(conn: sqlite3.Connection) -> Op:
             op = units.load(conn, op_id)
-            units.check(op, Verb.FINISH, OpState.SUCCEEDED)
-            changes = {
-                "finished_at": now,
-                "next_attempt_at": None,
-                **units.error_columns(None),
-            }
-            done = units.apply(conn, op, OpState.SUCCEEDED, now=now, reason=reason, changes=changes)
+            done = units.transition(conn, op, Verb.SUCCEED, now=now, reason=reason)
             update_guest(
                 conn,
                 op.guest.vmid,
@@ -219,17 +208,10 @@ class OpGuardVerbs:
 
         def unit(conn: sqlite3.Connection) -> bool:
             op = units.load(conn, op_id)
-            if not op.state.is_in_flight:
+            change = step(op, Verb.NOTE_STUCK, now=now)
+            if isinstance(change, Refused):
                 return False
-            conn.execute(
-                "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (op.id, now, str(op.state), str(op.state), reason, op.attempts, op.upid),
-            )
-            conn.execute(
-                "UPDATE ops SET updated_at = ? WHERE id = ? AND state = ?",
-                (now, op.id, str(op.state)),
-            )
+            units.persist(conn, change, reason=reason)
             return True
 
         return await self._store.write(unit)

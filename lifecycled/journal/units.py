@@ -5,9 +5,10 @@ group commit of :meth:`~lifecycled.journal.store.Writer.write` runs many callers
 ``BEGIN IMMEDIATE … COMMIT`` (reference/sqlite-performance.md §1–2). A unit that raises
 rolls back only its own changes.
 
-Every state change reads the op, checks the verb's rule and the state machine, updates the
-row guarded by its current state (``WHERE id = ? AND state = ?``) and appends the history
-row — in the same transaction, so a crash leaves either both or neither.
+Every state change reads the op, asks :func:`lifecycled.domain.lifecycle.step` what the verb
+does to it, and :func:`persist` writes exactly that: the row updated guarded by its current
+state (``WHERE id = ? AND state = ?``) and the history row — in the same transaction, so a
+crash leaves either both or neither.
 """
 
 from __future__ import annotations
@@ -16,41 +17,47 @@ import functools
 import json
 import sqlite3
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from typing import Any
 
-import attrs
-
 from lifecycled.domain.actions import expected_fingerprint
-from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.guests import observed_after
+from lifecycled.domain.lifecycle import (
+    FINISHING,
+    INITIAL,
+    Change,
+    Refused,
+    Verb,
+    error_columns,
+    step,
+)
 from lifecycled.domain.op import Op, OpError, canonical_json
 from lifecycled.domain.states import REARMABLE, OpState
 from lifecycled.errors import Conflict, InvalidTransition, NotFound, UpidTaken
 from lifecycled.journal.records import SubmitRequest, SubmitResult
 from lifecycled.journal.rows import OP_COLUMNS, op_from_row
-from lifecycled.journal.rules import PHASE, RULES, Verb, refusal
+from lifecycled.journal.store import fetch_all, fetch_one
 
 HISTORY_INSERT = (
     "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid, "
     "error_class, error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+# ``phase`` is not written: it is generated from ``state`` (migration 0007).
 _INSERT_OP = (
     "INSERT INTO ops (idempotency_key, action, node, kind, vmid, params, origin, actor, "
-    "state, phase, attempts, due_at, created_at, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, 0, ?, ?, ?) "
+    "state, attempts, due_at, created_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) "
     "ON CONFLICT (idempotency_key) DO NOTHING"
 )
 
 _SELECT_OP = f"SELECT {OP_COLUMNS} FROM ops WHERE id = ?"
 _SELECT_BY_KEY = f"SELECT {OP_COLUMNS} FROM ops WHERE idempotency_key = ?"
 
-#: Columns a transition may set; anything else is a programming error.
+#: Columns a step may set; anything else is a programming error.
 _SETTABLE = frozenset(
     {
         "state",
-        "phase",
         "updated_at",
         "attempts",
         "next_attempt_at",
@@ -64,7 +71,6 @@ _SETTABLE = frozenset(
         "ambiguous_since",
         "dispatched",
         "discarded_at",
-        "actor",
     }
 )
 
@@ -82,55 +88,12 @@ CLAIM_NODE_CAP = (
 CLAIM_TAIL = " ORDER BY o.due_at, o.id LIMIT 1"
 
 
-def fetch_one(conn: sqlite3.Connection, sql: str, params: Any = ()) -> sqlite3.Row | None:
-    """Run one statement to completion; its first row or ``None``."""
-    found: list[sqlite3.Row] = conn.execute(sql, params).fetchall()
-    return found[0] if found else None
-
-
-def fetch_all(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[sqlite3.Row]:
-    """Run one statement to completion; all its rows."""
-    found: list[sqlite3.Row] = conn.execute(sql, params).fetchall()
-    return found
-
-
-def error_columns(error: OpError | None) -> dict[str, Any]:
-    """The ops/history columns for ``error`` (``None`` clears them)."""
-    if error is None:
-        return {"error_class": None, "error_message": None}
-    return {"error_class": str(error.error_class), "error_message": error.message}
-
-
-def fresh_series(now: float) -> dict[str, Any]:
-    """The column values of an op re-armed as a new attempt series (retry or resubmission)."""
-    return {
-        "attempts": 0,
-        "next_attempt_at": None,
-        "due_at": now,
-        "upid": None,
-        "exitstatus": None,
-        "finished_at": None,
-        "claimed_at": None,
-        "ambiguous_since": None,
-        "dispatched": 0,
-        "discarded_at": None,
-        **error_columns(None),
-    }
-
-
 def load(conn: sqlite3.Connection, op_id: int) -> Op:
     """The op with ``op_id``; :class:`NotFound` if there is none."""
     row = fetch_one(conn, _SELECT_OP, (op_id,))
     if row is None:
         raise NotFound(f"op {op_id} not found")
     return op_from_row(row)
-
-
-def check(op: Op, verb: Verb, dst: OpState) -> None:
-    """Raise :class:`InvalidTransition` unless ``verb`` may take ``op`` to ``dst``."""
-    why = refusal(verb, op.state, dst)
-    if why is not None:
-        raise InvalidTransition(f"op {op.id} is {op.state}: {why}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -143,110 +106,62 @@ def _update_sql(columns: tuple[str, ...]) -> str:
     return f"UPDATE ops SET {assignments} WHERE id = ? AND state = ?"
 
 
-_OP_FIELDS = tuple(field.name for field in attrs.fields(Op))
+def persist(conn: sqlite3.Connection, change: Change, *, reason: str) -> Op:
+    """Write what :func:`~lifecycled.domain.lifecycle.step` decided: the op's row, guarded by
+    the state the step started from, and its history row, in the caller's transaction.
 
-_TIMES = ("updated_at", "next_attempt_at", "finished_at", "claimed_at", "ambiguous_since")
-
-
-def _evolved(op: Op, dst: OpState, sets: Mapping[str, Any]) -> Op:
-    """The op as the row now reads, from the values just written (no ``RETURNING``, no
-    second decode: the UPDATE sets exactly these columns)."""
-    fields: dict[str, Any] = {"state": dst}
-    for name in _TIMES:
-        if name in sets:
-            value = sets[name]
-            fields[name] = None if value is None else float(value)
-    if "attempts" in sets:
-        fields["attempts"] = int(sets["attempts"])
-    for name in ("upid", "exitstatus"):
-        if name in sets:
-            fields[name] = sets[name]
-    if "dispatched" in sets:
-        fields["dispatched"] = bool(sets["dispatched"])
-    if "error_class" in sets:
-        cls = sets["error_class"]
-        fields["error"] = (
-            None
-            if cls is None
-            else OpError(error_class=ErrorClass(cls), message=sets.get("error_message") or "")
-        )
-    # attrs.evolve, without its per-call introspection (this runs on every transition).
-    return Op(**{name: getattr(op, name) for name in _OP_FIELDS} | fields)
-
-
-def apply(
-    conn: sqlite3.Connection,
-    op: Op,
-    dst: OpState,
-    *,
-    now: float,
-    reason: str,
-    changes: Mapping[str, Any],
-    history_error: OpError | None = None,
-) -> Op:
-    """Update ``op`` to ``dst`` (guarded by its current state) and append its history row."""
-    sets: dict[str, Any] = {"state": str(dst), "phase": PHASE[dst], "updated_at": now, **changes}
-    cursor = conn.execute(_update_sql(tuple(sets)), (*sets.values(), op.id, str(op.state)))
+    The only place the journal changes an op's state.
+    """
+    op, sets = change.op, change.sets
+    cursor = conn.execute(_update_sql(tuple(sets)), (*sets.values(), op.id, str(change.before)))
     if cursor.rowcount != 1:  # only possible if something wrote outside the journal
-        raise InvalidTransition(f"op {op.id} is no longer {op.state}; nothing changed")
-    new = _evolved(op, dst, sets)
-    err = error_columns(history_error)
+        raise InvalidTransition(f"op {op.id} is no longer {change.before}; nothing changed")
+    err = error_columns(change.history_error)
     conn.execute(
         HISTORY_INSERT,
         (
             op.id,
-            now,
-            str(op.state),
-            str(dst),
+            sets["updated_at"],
+            str(change.before),
+            sets["state"],
             reason,
-            new.attempts,
-            new.upid if new.upid is not None else op.upid,
+            op.attempts,
+            change.history_upid,
             err["error_class"],
             err["error_message"],
         ),
     )
-    return new
+    return op
 
 
 def transition(
     conn: sqlite3.Connection,
-    op_id: int,
+    op: Op,
     verb: Verb,
-    dst: OpState,
     *,
     now: float,
     reason: str,
-    changes: Mapping[str, Any],
-    history_error: OpError | None = None,
+    upid: str | None = None,
+    exitstatus: str | None = None,
+    error: OpError | None = None,
+    next_attempt_at: float | None = None,
+    ambiguous: bool = False,
 ) -> Op:
-    """Load, check and apply one state change.
-
-    A verb with a single source state (record UPID, cancel) is one guarded
-    ``UPDATE … RETURNING`` instead of a read and an update; only when it matches nothing is
-    the op read, for the precise error.
-    """
-    src = _single_source(verb, dst)
-    if src is not None:
-        sets: dict[str, Any] = {
-            "state": str(dst),
-            "phase": PHASE[dst],
-            "updated_at": now,
-            **changes,
-        }
-        row = fetch_one(
-            conn,
-            f"{_update_sql(tuple(sets))} RETURNING {OP_COLUMNS}",
-            (*sets.values(), op_id, str(src)),
-        )
-        if row is not None:
-            new = op_from_row(row)
-            _history(conn, new, src, now=now, reason=reason, error=history_error)
-            return new
-    op = load(conn, op_id)
-    check(op, verb, dst)
-    return apply(
-        conn, op, dst, now=now, reason=reason, changes=changes, history_error=history_error
+    """Take ``op`` one step with ``verb`` and persist it; :class:`InvalidTransition` when the
+    state machine refuses."""
+    result = step(
+        op,
+        verb,
+        now=now,
+        upid=upid,
+        exitstatus=exitstatus,
+        error=error,
+        next_attempt_at=next_attempt_at,
+        ambiguous=ambiguous,
     )
+    if isinstance(result, Refused):
+        raise InvalidTransition(f"op {op.id} is {op.state}: {result.reason}")
+    return persist(conn, result, reason=reason)
 
 
 def take_upid(
@@ -266,62 +181,7 @@ def take_upid(
     )
     if holder is not None:
         raise UpidTaken(upid, int(holder[0]))
-    changes = {"upid": upid, "dispatched": 1, "ambiguous_since": None}
-    return transition(conn, op_id, verb, OpState.RUNNING, now=now, reason=reason, changes=changes)
-
-
-@functools.lru_cache(maxsize=64)
-def _single_source(verb: Verb, dst: OpState) -> OpState | None:
-    """The one state ``verb`` takes to ``dst`` from, when there is exactly one."""
-    rule = RULES[verb]
-    if len(rule.sources) != 1:
-        return None
-    (src,) = rule.sources
-    return src if refusal(verb, src, dst) is None else None
-
-
-def _history(
-    conn: sqlite3.Connection,
-    new: Op,
-    src: OpState | None,
-    *,
-    now: float,
-    reason: str,
-    error: OpError | None,
-) -> None:
-    """Append the history row of a change that left the op as ``new``."""
-    err = error_columns(error)
-    conn.execute(
-        HISTORY_INSERT,
-        (
-            new.id,
-            now,
-            None if src is None else str(src),
-            str(new.state),
-            reason,
-            new.attempts,
-            new.upid,
-            err["error_class"],
-            err["error_message"],
-        ),
-    )
-
-
-def rearm(conn: sqlite3.Connection, op: Op, verb: Verb, *, now: float, reason: str) -> Op:
-    """Take a failed/dead-lettered/cancelled op back to pending as a new attempt series.
-
-    The error it ended with is kept in the history row of the re-arm.
-    """
-    check(op, verb, OpState.PENDING)
-    return apply(
-        conn,
-        op,
-        OpState.PENDING,
-        now=now,
-        reason=reason,
-        changes=fresh_series(now),
-        history_error=op.error,
-    )
+    return transition(conn, load(conn, op_id), verb, now=now, reason=reason, upid=upid)
 
 
 def same_request(op: Op, req: SubmitRequest, params_json: str) -> bool:
@@ -360,6 +220,7 @@ def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> Submi
             params_json,
             str(req.origin),
             req.actor,
+            str(INITIAL),
             now,
             now,
             now,
@@ -371,7 +232,7 @@ def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> Submi
         if not same_request(existing, req, params_json):
             raise conflict(existing)
         if existing.state in REARMABLE:
-            op = rearm(conn, existing, Verb.REARM, now=now, reason="re-armed by resubmission")
+            op = transition(conn, existing, Verb.REARM, now=now, reason="re-armed by resubmission")
             return SubmitResult(op=op, deduplicated=False, rearmed=True)
         return SubmitResult(op=existing, deduplicated=True, rearmed=False)
     assert cursor.lastrowid is not None
@@ -388,7 +249,7 @@ def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> Submi
     )
     conn.execute(
         HISTORY_INSERT,
-        (op.id, now, None, str(OpState.PENDING), f"submitted by {req.actor}", 0, None, None, None),
+        (op.id, now, None, str(INITIAL), f"submitted by {req.actor}", 0, None, None, None),
     )
     return SubmitResult(op=op, deduplicated=False, rearmed=False)
 
@@ -409,13 +270,6 @@ def claim_query(
     return sql + CLAIM_TAIL, params
 
 
-_CLAIM_UPDATE = (
-    "UPDATE ops SET state = 'dispatching', phase = 2, updated_at = ?, attempts = attempts + 1,"
-    " claimed_at = ?, next_attempt_at = NULL WHERE id = ({pick}) AND state = 'pending'"
-    f" RETURNING {OP_COLUMNS}"
-)
-
-
 def claim(
     conn: sqlite3.Connection,
     *,
@@ -426,21 +280,12 @@ def claim(
     """Claim the oldest due pending op whose guest is free and whose node is under its cap."""
     if node_cap is not None and node_cap <= 0:
         return None
-    # The pick and the change in one statement (the pick is the indexed claim query).
-    pick, params = claim_query(now=now, node_cap=node_cap, nodes=nodes, columns="o.id")
-    row = fetch_one(conn, _CLAIM_UPDATE.format(pick=pick), (now, now, *params))
+    sql, params = claim_query(now=now, node_cap=node_cap, nodes=nodes)
+    row = fetch_one(conn, sql, params)
     if row is None:
         return None
     op = op_from_row(row)
-    _history(
-        conn,
-        op,
-        OpState.PENDING,
-        now=now,
-        reason=f"claimed (attempt {op.attempts})",
-        error=None,
-    )
-    return op
+    return transition(conn, op, Verb.CLAIM, now=now, reason=f"claimed (attempt {op.attempts + 1})")
 
 
 def finish(
@@ -455,15 +300,10 @@ def finish(
 ) -> Op:
     """End an in-flight op (see :meth:`Journal.finish`)."""
     op = load(conn, op_id)
-    check(op, Verb.FINISH, state)
-    changes: dict[str, Any] = {
-        "finished_at": now,
-        "next_attempt_at": None,
-        "exitstatus": exitstatus if exitstatus is not None else op.exitstatus,
-    }
-    if error is not None or state is OpState.SUCCEEDED:
-        changes.update(error_columns(error))
-    done = apply(conn, op, state, now=now, reason=reason, changes=changes, history_error=error)
+    verb = FINISHING.get(state)
+    if verb is None:
+        raise InvalidTransition(f"op {op.id} is {op.state}: finish cannot take an op to {state}")
+    done = transition(conn, op, verb, now=now, reason=reason, exitstatus=exitstatus, error=error)
     if state is OpState.SUCCEEDED:
         if op.action in _CREATING:
             _record_created(conn, done, now=now)
@@ -538,32 +378,26 @@ def requeue(
     ambiguous: bool,
 ) -> Op:
     """Back to pending after a transient failure (see :meth:`Journal.requeue`)."""
-    op = load(conn, op_id)
-    check(op, Verb.REQUEUE, OpState.PENDING)
-    changes: dict[str, Any] = {
-        "next_attempt_at": next_attempt_at,
-        "due_at": next_attempt_at,
-        "upid": None,
-    }
-    if error is not None:
-        changes.update(error_columns(error))
-    if ambiguous and op.ambiguous_since is None:
-        changes["ambiguous_since"] = op.claimed_at if op.claimed_at is not None else now
-    return apply(
-        conn, op, OpState.PENDING, now=now, reason=reason, changes=changes, history_error=error
+    return transition(
+        conn,
+        load(conn, op_id),
+        Verb.REQUEUE,
+        now=now,
+        reason=reason,
+        error=error,
+        next_attempt_at=next_attempt_at,
+        ambiguous=ambiguous,
     )
 
 
 def discard(conn: sqlite3.Connection, op_id: int, *, now: float, reason: str) -> Op:
     """Mark a dead letter discarded (idempotent; see :meth:`Journal.discard`)."""
     op = load(conn, op_id)
-    check(op, Verb.DISCARD, OpState.DEAD_LETTERED)
-    row = fetch_one(conn, "SELECT discarded_at FROM ops WHERE id = ?", (op_id,))
-    if row is not None and row["discarded_at"] is not None:
-        return op
-    return apply(
-        conn, op, OpState.DEAD_LETTERED, now=now, reason=reason, changes={"discarded_at": now}
-    )
+    if op.state is OpState.DEAD_LETTERED:
+        row = fetch_one(conn, "SELECT discarded_at FROM ops WHERE id = ?", (op_id,))
+        if row is not None and row["discarded_at"] is not None:
+            return op
+    return transition(conn, op, Verb.DISCARD, now=now, reason=reason)
 
 
 def delete_returning(conn: sqlite3.Connection, sql: str, params: Any) -> int:

@@ -146,14 +146,14 @@ async def test_journal_too_new_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     async with await Journal.open(path):
         pass
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 7")
-    conn.close()
     known = len(load_migrations())
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {known + 1}")
+    conn.close()
     with pytest.raises(JournalTooNew) as info:
         await Journal.open(path)
     assert str(info.value) == (
-        f"journal schema version 7 is newer than this lifecycled (knows {known}): "
+        f"journal schema version {known + 1} is newer than this lifecycled (knows {known}): "
         "upgrade lifecycled"
     )
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
+import re
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,30 +23,61 @@ from lifecycled.domain.lifecycle import (
     step,
 )
 from lifecycled.domain.op import GuestKind, GuestRef, Op, OpError
-from lifecycled.domain.states import IN_FLIGHT, TRANSITIONS, OpState, is_legal
-from lifecycled.journal.rules import RULES, refusal
-from lifecycled.journal.rules import Verb as OldVerb
+from lifecycled.domain.states import IN_FLIGHT, REARMABLE, TERMINAL, OpState
 
 S = OpState
 T0 = 1_700_000_000.0
 BOOM = OpError(error_class=ErrorClass.TRANSIENT, message="boom")
 
+# The two tables domain/lifecycle.py replaced, as they stood at af6c039 (domain/states.py
+# TRANSITIONS and journal/rules.py RULES): the table below must decide exactly as they did.
+OLD_TRANSITIONS: dict[OpState, frozenset[OpState]] = {
+    S.PENDING: frozenset({S.DISPATCHING, S.CANCELLED}),
+    S.DISPATCHING: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.DEAD_LETTERED, S.PENDING}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.DEAD_LETTERED, S.PENDING}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset({S.PENDING}),
+    S.DEAD_LETTERED: frozenset({S.PENDING}),
+    S.CANCELLED: frozenset({S.PENDING}),
+}
+_ONE = frozenset
+#: verb → (sources, targets, annotates)
+OLD_RULES: dict[str, tuple[frozenset[OpState], frozenset[OpState], bool]] = {
+    "claim": (_ONE({S.PENDING}), _ONE({S.DISPATCHING}), False),
+    "record_upid": (_ONE({S.DISPATCHING}), _ONE({S.RUNNING}), False),
+    "set_upid": (IN_FLIGHT, _ONE({S.RUNNING}), True),
+    "finish": (IN_FLIGHT, _ONE({S.SUCCEEDED, S.FAILED, S.DEAD_LETTERED}), False),
+    "requeue": (IN_FLIGHT, _ONE({S.PENDING}), False),
+    "dead_letter": (IN_FLIGHT, _ONE({S.DEAD_LETTERED}), False),
+    "cancel": (_ONE({S.PENDING}), _ONE({S.CANCELLED}), False),
+    "retry": (REARMABLE, _ONE({S.PENDING}), False),
+    "rearm": (REARMABLE, _ONE({S.PENDING}), False),
+    "discard": (_ONE({S.DEAD_LETTERED}), _ONE({S.DEAD_LETTERED}), True),
+}
 
-def _new_verb(old: OldVerb, dst: OpState) -> Verb:
-    """The new verb for an old (verb, target): FINISH split by the state it ends in."""
-    if old is OldVerb.FINISH:
+
+def _old_allowed(verb: str, src: OpState, dst: OpState) -> bool:
+    """journal.rules.refusal(verb, src, dst) is None, as it was written."""
+    sources_, targets, annotates = OLD_RULES[verb]
+    if src not in sources_ or dst not in targets:
+        return False
+    return annotates if src == dst else dst in OLD_TRANSITIONS[src]
+
+
+def _new_verb(old: str, dst: OpState) -> Verb:
+    """The new verb for an old (verb, target): finish is split by the state it ends in."""
+    if old == "finish":
         return FINISHING.get(dst, Verb.SUCCEED)
-    return Verb(str(old))
+    return Verb(old)
 
 
 def test_every_old_rule_decision_is_the_same_in_the_table() -> None:
-    """For every old (verb, from, to), journal.rules said yes exactly when step() allows
-    that verb from that state and goes to that state."""
-    for old, src, dst in itertools.product(OldVerb, OpState, OpState):
-        before = refusal(old, src, dst) is None
-        verb = _new_verb(old, dst)
-        now = TABLE.get((verb, src))
-        if old is OldVerb.FINISH and dst not in FINISHING:
+    """For every old (verb, from, to), the old rules said yes exactly when the table lets
+    that verb act from that state and go to that state."""
+    for old, src, dst in itertools.product(OLD_RULES, OpState, OpState):
+        before = _old_allowed(old, src, dst)
+        now = TABLE.get((_new_verb(old, dst), src))
+        if old == "finish" and dst not in FINISHING:
             assert not before, (old, src, dst)
             continue
         assert before == (now is not None and now.to is dst), (old, src, dst)
@@ -51,12 +85,12 @@ def test_every_old_rule_decision_is_the_same_in_the_table() -> None:
 
 def test_the_table_moves_exactly_along_the_old_transitions() -> None:
     """Every state change in the table is one of the old TRANSITIONS, and every one of
-    those has a verb; same-state rows are only the annotations."""
+    those has a verb; same-state rows are only the annotations; succeeded is final."""
     changes = {(src, t.to) for (_, src), t in TABLE.items() if src is not t.to}
-    old = {(a, b) for a, b in itertools.product(OpState, OpState) if is_legal(a, b)}
+    old = {(a, b) for a in OpState for b in OLD_TRANSITIONS[a]}
     assert changes == old
     assert all(legal(a, b) for a, b in old)
-    assert TRANSITIONS[S.SUCCEEDED] == frozenset()
+    assert not any(src is S.SUCCEEDED for (_, src) in TABLE)
     annotations = {(v, src) for (v, src), t in TABLE.items() if src is t.to}
     assert annotations == {
         (Verb.SET_UPID, S.RUNNING),
@@ -68,9 +102,16 @@ def test_the_table_moves_exactly_along_the_old_transitions() -> None:
 
 def test_the_verbs_written_by_hand_before_accept_what_they_accepted() -> None:
     """defer took requeue's rule; note_stuck took any in-flight op and kept its state."""
-    assert sources(Verb.DEFER) == RULES[OldVerb.REQUEUE].sources
+    assert sources(Verb.DEFER) == OLD_RULES["requeue"][0]
     assert sources(Verb.NOTE_STUCK) == IN_FLIGHT
     assert INITIAL is S.PENDING
+
+
+def test_terminal_and_in_flight_partition_the_states() -> None:
+    """Every state is exactly one of pending, in flight or terminal."""
+    for state in OpState:
+        kinds = [state is OpState.PENDING, state in IN_FLIGHT, state in TERMINAL]
+        assert kinds.count(True) == 1, state
 
 
 def _op(state: OpState, **kw: object) -> Op:
@@ -183,3 +224,49 @@ def test_no_sequence_of_verbs_leaves_the_state_machine(verbs: list[Verb]) -> Non
         assert legal(op.state, result.op.state)
         assert str(result.op.state) == result.sets["state"]
         op = result.op
+
+
+def _text(node: ast.AST) -> str:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_text(v) for v in node.values)
+    return ""
+
+
+def _sql_sites(folder: Path) -> list[tuple[str, str]]:
+    """(module, enclosing function or ``<module>``) of every string in ``folder`` that
+    updates the ops table."""
+    found: list[tuple[str, str]] = []
+
+    def visit(node: ast.AST, module: str, where: str) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            where = node.name
+        if re.search(r"UPDATE\s+ops\b", _text(node), re.IGNORECASE):
+            found.append((module, where))
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child, module, where)
+
+    for path in sorted(folder.glob("*.py")):
+        visit(ast.parse(path.read_text()), path.name, "<module>")
+    return found
+
+
+def test_only_the_persist_function_updates_an_op_row() -> None:
+    """The journal's SQL updates ops rows in one place: the guarded UPDATE persist() runs
+    with what step() decided (no state written as an SQL literal anywhere else)."""
+    import lifecycled.journal
+
+    folder = Path(lifecycled.journal.__file__).parent
+    sites = _sql_sites(folder)
+    assert set(sites) == {("units.py", "_update_sql")}
+    callers = [
+        (path.name, n)
+        for path in sorted(folder.glob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "_update_sql(" in line and "def _update_sql" not in line
+    ]
+    assert len(callers) == 1, callers
+    for path in folder.glob("*.py"):
+        assert not re.search(r"SET[^;\"]*\bstate\s*=\s*'", path.read_text()), path.name
