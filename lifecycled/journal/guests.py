@@ -1,13 +1,20 @@
-"""Guest verbs of the journal: ownership, desired state, observations, drift (SPEC §1, §3).
+"""Guests: their rows, the :class:`Guests` part (ownership, desired state, observations,
+drift — SPEC §1, §3), and the op writes guarded by a guest's row.
 
-Ownership changes only through :meth:`GuestVerbs.take_guest` (manage, adopt, or
-``--manage-discovered``) and :meth:`GuestVerbs.release_guest`, each audited in the same
-transaction. Observed state is only written by :meth:`GuestVerbs.apply_observations` and the
+Ownership changes only through :meth:`Guests.take_guest` (manage, adopt, or
+``--manage-discovered``) and :meth:`Guests.release_guest`, each audited in the same
+transaction. Observed state is only written by :meth:`Guests.apply_observations` and the
 digest verbs, from Proxmox reads; they never touch the desired state.
+
+The guarded op writes (:meth:`Guests.submit_guest_op`, :meth:`Guests.enqueue_reconcile`,
+:meth:`Guests.soft_delete`) are each one transaction, so the check (is the guest managed?
+is an op already open?) and the write it allows cannot be separated by another writer,
+even in another process.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,6 +22,7 @@ from typing import Any
 import attrs
 
 from lifecycled.audit import AuditRecord
+from lifecycled.domain.actions import Action
 from lifecycled.domain.guests import (
     CAPTURED,
     DesiredState,
@@ -22,22 +30,144 @@ from lifecycled.domain.guests import (
     GuestRecord,
     Observation,
     ObservedState,
+    check_placement,
+    creation_conflict,
     listing_hash,
     observed_hash,
     retake,
 )
+from lifecycled.domain.lifecycle import Verb
+from lifecycled.domain.op import GuestKind, Op, canonical_json
+from lifecycled.domain.states import REARMABLE
 from lifecycled.errors import InvalidTransition, NotFound, PolicyRefused, ValidationError
-from lifecycled.journal.audit import insert_audit
-from lifecycled.journal.guest_rows import (
-    GUEST_COLUMNS,
+from lifecycled.journal import ops
+from lifecycled.journal.events import insert_audit
+from lifecycled.journal.ops import (
+    OP_COLUMNS,
+    SubmitRequest,
+    SubmitResult,
     cancel_superseded,
-    guest_from_row,
-    insert_guest,
-    load_guest,
-    require_guest,
-    update_guest,
+    op_from_row,
+    open_ops,
 )
-from lifecycled.journal.store import Store
+from lifecycled.journal.store import Part, fetch_one
+
+GUEST_COLUMNS = (
+    "vmid, node, kind, origin, name, desired_state, desired_generation, observed_state, "
+    "observed_at, lock, ha_managed, template, protected, fingerprint, config_snapshot, "
+    "config_digest, snapshot_at, observed_digest, digest_checked_at, resources, created_at, "
+    "updated_at, adopted_at, released_at, lost_at"
+)
+
+#: Columns a guest update may set (JSON columns take Python values and are encoded here).
+_SETTABLE = frozenset(GUEST_COLUMNS.replace(" ", "").split(",")) - {"vmid", "created_at"}
+_JSON = frozenset({"fingerprint", "config_snapshot", "resources"})
+_BOOL = frozenset({"ha_managed", "template", "protected"})
+
+
+def _json(value: str | None) -> Any:
+    return json.loads(value) if value else None
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def guest_from_row(row: sqlite3.Row) -> GuestRecord:
+    """A :class:`GuestRecord` from a row selected with :data:`GUEST_COLUMNS`."""
+    desired = row["desired_state"]
+    observed = row["observed_state"]
+    return GuestRecord(
+        vmid=int(row["vmid"]),
+        node=str(row["node"]),
+        kind=GuestKind(row["kind"]),
+        origin=GuestOrigin(row["origin"]),
+        name=row["name"],
+        desired_state=DesiredState(desired) if desired is not None else None,
+        desired_generation=int(row["desired_generation"]),
+        observed_state=ObservedState(observed) if observed is not None else None,
+        observed_at=_float(row["observed_at"]),
+        lock=row["lock"],
+        ha_managed=bool(row["ha_managed"]),
+        template=bool(row["template"]),
+        protected=bool(row["protected"]),
+        fingerprint=_json(row["fingerprint"]) or {},
+        config_snapshot=_json(row["config_snapshot"]),
+        config_digest=row["config_digest"],
+        snapshot_at=_float(row["snapshot_at"]),
+        observed_digest=row["observed_digest"],
+        digest_checked_at=_float(row["digest_checked_at"]),
+        resources=_json(row["resources"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        adopted_at=_float(row["adopted_at"]),
+        released_at=_float(row["released_at"]),
+        lost_at=_float(row["lost_at"]),
+    )
+
+
+def _encode(column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column in _JSON:
+        return json.dumps(value, sort_keys=True, default=str)
+    if column in _BOOL:
+        return int(bool(value))
+    if isinstance(value, GuestKind | GuestOrigin | DesiredState | ObservedState):
+        return str(value)
+    return value
+
+
+def load_guest(conn: sqlite3.Connection, vmid: int) -> GuestRecord | None:
+    row = fetch_one(conn, f"SELECT {GUEST_COLUMNS} FROM guests WHERE vmid = ?", (vmid,))
+    return guest_from_row(row) if row is not None else None
+
+
+def require_guest(conn: sqlite3.Connection, vmid: int) -> GuestRecord:
+    guest = load_guest(conn, vmid)
+    if guest is None:
+        raise NotFound(f"guest {vmid} is not known to lifecycled")
+    return guest
+
+
+def insert_guest(conn: sqlite3.Connection, rec: GuestRecord) -> GuestRecord:
+    """Insert ``rec`` as a new row (its vmid must be free)."""
+    columns = GUEST_COLUMNS.replace(" ", "").split(",")
+    values = [_encode(c, getattr(rec, c)) for c in columns]
+    placeholders = ", ".join("?" for _ in columns)
+    row = fetch_one(
+        conn,
+        f"INSERT INTO guests ({GUEST_COLUMNS}) VALUES ({placeholders}) RETURNING {GUEST_COLUMNS}",
+        values,
+    )
+    assert row is not None
+    return guest_from_row(row)
+
+
+def update_guest(
+    conn: sqlite3.Connection, vmid: int, changes: Mapping[str, Any], *, now: float
+) -> GuestRecord:
+    """Set ``changes`` (and ``updated_at``) on the guest's row; the row after the change."""
+    sets = {**changes, "updated_at": now}
+    unknown = set(sets) - _SETTABLE
+    if unknown:
+        raise ValueError(f"not a settable guests column: {sorted(unknown)}")
+    assignments = ", ".join(f"{c} = ?" for c in sets)
+    row = fetch_one(
+        conn,
+        f"UPDATE guests SET {assignments} WHERE vmid = ? RETURNING {GUEST_COLUMNS}",
+        [*(_encode(c, v) for c, v in sets.items()), vmid],
+    )
+    if row is None:
+        raise NotFound(f"guest {vmid} is not known to lifecycled")
+    return guest_from_row(row)
+
+
+def snapshot_json(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config snapshot as stored (a canonical copy)."""
+    result: dict[str, Any] = json.loads(canonical_json(dict(config)))
+    return result
+
 
 MAX_PAGE = 1000
 
@@ -66,10 +196,8 @@ def not_managed(vmid: int, origin: GuestOrigin | None) -> PolicyRefused:
     )
 
 
-class GuestVerbs:
-    """Mixed into :class:`~lifecycled.journal.Journal`."""
-
-    _store: Store
+class Guests(Part):
+    """Guest verbs, and the op writes guarded by a guest's row (Journal delegates to them)."""
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -353,8 +481,6 @@ class GuestVerbs:
         """A new config snapshot: the first one of a guest lifecycled created, or one after
         lifecycled's own config change (neither is drift). ``fingerprint`` completes the
         identity recorded at creation (a VM's ``meta`` ctime is only known afterwards)."""
-        from lifecycled.journal.guest_rows import snapshot_json
-
         changes: dict[str, Any] = {
             "config_snapshot": snapshot_json(config),
             "config_digest": digest,
@@ -365,6 +491,143 @@ class GuestVerbs:
         if fingerprint:
             changes["fingerprint"] = dict(fingerprint)
         return await self._store.write(lambda c: update_guest(c, vmid, changes, now=now))
+
+    # --- op writes guarded by the guest's row ----------------------------------------------
+
+    async def submit_guest_op(
+        self,
+        req: SubmitRequest,
+        *,
+        now: float,
+        desired: DesiredState | None = None,
+        create_fingerprint: Mapping[str, str] | None = None,
+        generation: int = 0,
+    ) -> SubmitResult:
+        """Journal an op for a guest under the ownership rule, and set the guest's desired
+        state to ``desired`` — in the same transaction.
+
+        A key whose op is in flight or succeeded deduplicates before any guest check (the
+        client's retry gets its op back); a new or re-armed op needs a managed guest on its
+        row's node and kind, except create/clone, which needs a free vmid and records a new
+        one as ``native`` (an existing row changes only when the create succeeds).
+        """
+        params_json = canonical_json(req.params)
+
+        def unit(conn: sqlite3.Connection) -> SubmitResult:
+            if req.idempotency_key is not None:
+                row = fetch_one(
+                    conn,
+                    f"SELECT {OP_COLUMNS} FROM ops WHERE idempotency_key = ?",
+                    (req.idempotency_key,),
+                )
+                if row is not None:
+                    existing = op_from_row(row)
+                    if not ops.same_request(existing, req, params_json):
+                        raise ops.conflict(existing)
+                    if existing.state not in REARMABLE:
+                        return SubmitResult(op=existing, deduplicated=True, rearmed=False)
+            guest = _guard_guest(conn, req, now=now, create_fingerprint=create_fingerprint)
+            result = ops.submit(conn, req, now=now)
+            if desired is not None and guest.desired_state is not desired:
+                update_guest(
+                    conn,
+                    guest.vmid,
+                    {
+                        "desired_state": desired,
+                        "desired_generation": max(generation, guest.desired_generation + 1),
+                    },
+                    now=now,
+                )
+                cancel_superseded(conn, guest.vmid, desired, now=now)
+            elif generation > guest.desired_generation:  # the shared record moved on (§7)
+                update_guest(conn, guest.vmid, {"desired_generation": generation}, now=now)
+            return result
+
+        return await self._store.write(unit)
+
+    async def enqueue_reconcile(
+        self, req: SubmitRequest, *, now: float, generation: int, after: int | None
+    ) -> Op | None:
+        """Journal a reconcile op unless the situation changed since the plan was made: the
+        guest must still be managed at ``generation``, have no open op, and its latest
+        reconcile op must still be ``after``. ``None`` when nothing was journaled."""
+
+        def unit(conn: sqlite3.Connection) -> Op | None:
+            guest = load_guest(conn, req.guest.vmid)
+            if guest is None or not guest.managed or guest.desired_generation != generation:
+                return None
+            if open_ops(conn, guest.vmid):
+                return None
+            latest = fetch_one(
+                conn,
+                "SELECT max(id) AS id FROM ops WHERE vmid = ? AND origin = 'reconcile'",
+                (guest.vmid,),
+            )
+            if (latest["id"] if latest is not None else None) != after:
+                return None
+            result = ops.submit(conn, req, now=now)
+            return None if result.deduplicated else result.op
+
+        return await self._store.write(unit)
+
+    async def soft_delete(self, op_id: int, *, now: float, reason: str, audit: AuditRecord) -> Op:
+        """Terminate of an adopted guest: the op succeeds with no Proxmox call, the guest is
+        released (kept, untouched) and the decision audited — one transaction."""
+
+        def unit(conn: sqlite3.Connection) -> Op:
+            op = ops.load(conn, op_id)
+            done = ops.transition(conn, op, Verb.SUCCEED, now=now, reason=reason)
+            update_guest(
+                conn,
+                op.guest.vmid,
+                {"origin": GuestOrigin.RELEASED, "released_at": now, "desired_state": None},
+                now=now,
+            )
+            cancel_superseded(conn, op.guest.vmid, None, now=now)
+            insert_audit(conn, audit)
+            return done
+
+        return await self._store.write(unit)
+
+
+_CREATING = frozenset({Action.CREATE, Action.CLONE})
+
+
+def _guard_guest(
+    conn: sqlite3.Connection,
+    req: SubmitRequest,
+    *,
+    now: float,
+    create_fingerprint: Mapping[str, str] | None,
+) -> GuestRecord:
+    """The submission rule: create/clone needs a free vmid (a new row is recorded
+    ``native``; an existing row is never changed here); anything else needs a managed guest
+    on the node and of the kind its row says. Raises (nothing is written)."""
+    vmid = req.guest.vmid
+    guest = load_guest(conn, vmid)
+    if Action(req.action) not in _CREATING:
+        if guest is None or not guest.managed:
+            raise not_managed(vmid, guest.origin if guest is not None else None)
+        check_placement(guest, node=req.guest.node, kind=str(req.guest.kind))
+        return guest
+    fingerprint = dict(create_fingerprint or {})
+    if guest is None:
+        return insert_guest(
+            conn,
+            GuestRecord(
+                vmid=vmid,
+                node=req.guest.node,
+                kind=req.guest.kind,
+                origin=GuestOrigin.NATIVE,
+                fingerprint=fingerprint,
+                created_at=now,
+                updated_at=now,
+            ),
+        )
+    conflict = creation_conflict(guest, fingerprint)
+    if conflict is not None:
+        raise PolicyRefused("vmid_in_use", conflict)
+    return guest
 
 
 def _moved_payload(guest: GuestRecord, from_node: str | None) -> str:

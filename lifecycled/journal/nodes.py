@@ -20,8 +20,8 @@ from lifecycled.domain.node import (
     decommission_refusal,
     transition_refusal,
 )
-from lifecycled.journal.audit import insert_audit
-from lifecycled.journal.store import Store, fetch_all, fetch_one
+from lifecycled.journal.events import insert_audit
+from lifecycled.journal.store import Part, fetch_all, fetch_one
 
 _COLUMNS = "node, state, since, is_system, first_seen, reason"
 #: Origins of the guests lifecycled manages (they keep a node from being decommissioned).
@@ -167,10 +167,8 @@ def _move(
     return NodeChange(record=after, previous=record.state, changed=True)
 
 
-class NodeVerbs:
-    """Mixed into :class:`~lifecycled.journal.Journal`."""
-
-    _store: Store
+class Nodes(Part):
+    """Node verbs (Journal delegates to them)."""
 
     async def get_node(self, node: str) -> NodeRecord | None:
         """The node's row, or ``None`` when lifecycled never registered it."""

@@ -19,9 +19,10 @@ journal's ceiling (reference/sqlite-performance.md §1).
   whole transaction back on a full disk or an I/O error) fails every unit of the batch:
   none of them committed.
 * A caller cancelled before its unit was taken withdraws it (it never runs); once taken, the
-  unit commits with its batch or not at all. A *durable* unit (task id received, op
-  finished) is never withdrawn: its cancelled caller waits for the commit, then re-raises
-  (STYLE principle 5).
+  unit commits with its batch or not at all, and the cancelled caller waits for that batch
+  before it re-raises (what it reads next is the outcome). A *durable* unit (task id
+  received, op finished) is never withdrawn: its cancelled caller waits for the commit,
+  then re-raises (STYLE principle 5).
 
 **Reads.** :class:`Store` also holds an aiosqlite connection of its own (``query_only``) for
 the API's and the CLI's reads: in WAL mode readers run beside the writer, each statement on
@@ -189,13 +190,25 @@ class _Rerun(Exception):
 class Job(Generic[T]):
     """One queued unit, its caller's future, and what it produced."""
 
-    __slots__ = ("durable", "error", "future", "on_settled", "ran", "settled", "unit", "value")
+    __slots__ = (
+        "durable",
+        "error",
+        "future",
+        "on_settled",
+        "ran",
+        "settled",
+        "taken",
+        "unit",
+        "value",
+    )
 
     def __init__(self, future: asyncio.Future[T], unit: Unit[T], *, durable: bool) -> None:
         self.future = future
         self.unit = unit
         #: Never withdrawn: runs even when its caller was cancelled before it was taken.
         self.durable = durable
+        #: Taken into a batch: it commits with that batch or not at all.
+        self.taken = False
         #: The flusher is done with it (committed, failed, or its batch was abandoned).
         self.settled = False
         #: Set by a cancelled durable caller that waits for the outcome.
@@ -396,19 +409,20 @@ class Writer:
             result: T = await job.future
             return result
         except asyncio.CancelledError:
-            if durable:
+            if durable or job.taken:
                 await self._settled(job)
             raise
 
     async def _settled(self, job: Job[Any]) -> None:
-        """A cancelled durable caller: wait until the flusher is done with its unit."""
+        """A cancelled caller whose unit runs anyway (durable, or already in a batch): wait
+        until the flusher is done with it, so what the caller reads next is the outcome."""
         if not job.settled:
             settled = asyncio.get_running_loop().create_future()
             job.on_settled = settled
             while not settled.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait({settled})
-        if job.error is not None:
+        if job.durable and job.error is not None:
             logger.warning("journal.durable_write_failed", exc_info=job.error)
 
     async def _flush(self) -> None:
@@ -421,6 +435,7 @@ class Writer:
                     if job.withdrawn:
                         job.settle()
                     else:
+                        job.taken = True
                         batch.append(job)
                 if batch:
                     await self._commit(batch)
@@ -569,3 +584,11 @@ class Store:
         """Run one read statement on the reader; its first row or ``None``."""
         found = await self.rows(sql, params)
         return found[0] if found else None
+
+
+class Part:
+    """One aggregate's verbs over the journal's :class:`Store` (the ``Journal`` façade is
+    composed of these)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store

@@ -23,7 +23,7 @@ from lifecycled.domain.op import GuestKind, Op
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import Submission
 from lifecycled.journal import Journal
-from lifecycled.journal.guest_rows import insert_guest
+from lifecycled.journal.guests import insert_guest
 from lifecycled.pve.auth import TokenAuth
 from lifecycled.pve.http import HttpPveClient
 from lifecycled.sim import SimServer

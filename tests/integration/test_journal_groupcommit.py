@@ -248,6 +248,14 @@ def test_the_journal_uses_no_private_attribute_of_a_dependency() -> None:
     assert offenders == []
 
 
+def test_the_journal_is_at_most_nine_modules() -> None:
+    """lifecycled/journal is organised by aggregate in at most nine modules."""
+    import lifecycled.journal
+
+    modules = sorted(p.name for p in Path(lifecycled.journal.__file__).parent.glob("*.py"))
+    assert len(modules) <= 9, modules
+
+
 async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
     """Writes queued before close() are committed before the connection closes."""
     journal = await Journal.open(tmp_path / "j.sqlite3")

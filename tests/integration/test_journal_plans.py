@@ -17,8 +17,8 @@ import pytest
 from conftest_journal import T0, to_state
 
 from lifecycled.domain.states import OpState
-from lifecycled.journal import Journal, units
-from lifecycled.journal.rows import OP_COLUMNS
+from lifecycled.journal import Journal, ops
+from lifecycled.journal.ops import OP_COLUMNS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,7 +64,7 @@ def _journal(path: Path, terminal: int) -> sqlite3.Connection:
 def _hot_queries() -> Iterator[tuple[str, str, tuple[Any, ...], tuple[str, ...]]]:
     """(label, SQL, params, the indexes the plan must use)."""
     for cap, nodes in ((None, None), (3, None), (3, ["pve1", "pve2"])):
-        sql, params = units.claim_query(now=T0 + 100, node_cap=cap, nodes=nodes)
+        sql, params = ops.claim_query(now=T0 + 100, node_cap=cap, nodes=nodes)
         wanted = ("ops_due", "ops_inflight_vmid") + (("ops_inflight_node",) if cap else ())
         yield f"claim cap={cap} nodes={nodes}", sql, tuple(params), wanted
     yield "in_flight", f"SELECT {OP_COLUMNS} FROM ops WHERE phase = 2", (), ("ops_inflight",)
@@ -88,7 +88,7 @@ def _hot_queries() -> Iterator[tuple[str, str, tuple[Any, ...], tuple[str, ...]]
         ("p3",),
         ("sqlite_autoindex_ops",),
     )
-    yield "by id", units._SELECT_OP, (5,), ("PRIMARY KEY",)
+    yield "by id", ops._SELECT_OP, (5,), ("PRIMARY KEY",)
 
 
 def _steps(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
@@ -178,7 +178,7 @@ def test_a_persisted_step_updates_one_row_by_its_primary_key(
 ) -> None:
     """The guarded UPDATE every state change runs finds its row by id (no index scan)."""
     _, large = journals
-    sql = units._update_sql(("state", "updated_at", "attempts", "claimed_at"))
+    sql = ops._update_sql(("state", "updated_at", "attempts", "claimed_at"))
     plan = " | ".join(
         str(r[3]) for r in large.execute(f"EXPLAIN QUERY PLAN {sql}", (0, 0, 0, 0, 5, "pending"))
     )

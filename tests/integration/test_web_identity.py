@@ -13,7 +13,7 @@ from conftest_web import WebEnv, pick, serving
 from node_support import pick_on
 
 from lifecycled.domain.guests import GuestRecord
-from lifecycled.journal.guest_rows import update_guest
+from lifecycled.journal.guests import update_guest
 from lifecycled.sim import SimServer
 
 

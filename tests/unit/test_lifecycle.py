@@ -260,7 +260,7 @@ def test_only_the_persist_function_updates_an_op_row() -> None:
 
     folder = Path(lifecycled.journal.__file__).parent
     sites = _sql_sites(folder)
-    assert set(sites) == {("units.py", "_update_sql")}
+    assert set(sites) == {("ops.py", "_update_sql")}
     callers = [
         (path.name, n)
         for path in sorted(folder.glob("*.py"))

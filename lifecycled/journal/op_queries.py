@@ -1,4 +1,5 @@
-"""The journal's read verbs and maintenance (integrity check, online backup).
+"""Op queries: reads over ops and their history, and the journal's maintenance (integrity
+check, online backup).
 
 Reads run on the journal's read connection (WAL: beside the writer, each statement on the
 latest committed snapshot, so never half of a transaction).
@@ -11,6 +12,7 @@ import contextlib
 import os
 import sqlite3
 import urllib.parse
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,14 @@ from typing import Any
 from lifecycled.domain.op import HistoryEntry, Op
 from lifecycled.domain.states import OpState
 from lifecycled.errors import JournalError, NotFound, ValidationError
-from lifecycled.journal.records import OpPage
-from lifecycled.journal.rows import HISTORY_COLUMNS, OP_COLUMNS, history_from_row, op_from_row
-from lifecycled.journal.store import Store, translate
+from lifecycled.journal.ops import (
+    HISTORY_COLUMNS,
+    OP_COLUMNS,
+    OpPage,
+    history_from_row,
+    op_from_row,
+)
+from lifecycled.journal.store import Part, translate
 
 MAX_PAGE = 1000
 #: UPIDs looked up per statement (SQLite bounds the number of parameters).
@@ -74,10 +81,8 @@ def _backup_file(source: Path, dest: Path) -> None:
         raise
 
 
-class ReadVerbs:
-    """Queries over ops and their history; mixed into :class:`~lifecycled.journal.Journal`."""
-
-    _store: Store
+class OpQueries(Part):
+    """Queries over ops and their history (Journal delegates to them)."""
 
     async def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return await self._store.rows(sql, params)
@@ -241,3 +246,38 @@ class ReadVerbs:
             ) from exc
         except sqlite3.Error as exc:
             raise translate(exc, self._store.path) from exc
+
+    # --- reads for reconcile and the policy ------------------------------------------------
+
+    async def open_ops_by_vmid(self) -> dict[int, list[Op]]:
+        """Every pending or in-flight op, grouped by guest."""
+        found = await self._read(f"SELECT {OP_COLUMNS} FROM ops WHERE phase IN (1, 2) ORDER BY id")
+        grouped: dict[int, list[Op]] = defaultdict(list)
+        for row in found:
+            op = op_from_row(row)
+            grouped[op.guest.vmid].append(op)
+        return dict(grouped)
+
+    async def latest_reconcile_ops(self) -> dict[int, Op]:
+        """Each guest's most recent reconcile op."""
+        sql = (
+            f"SELECT {OP_COLUMNS} FROM ops WHERE id IN "
+            "(SELECT max(id) FROM ops WHERE origin = 'reconcile' GROUP BY vmid)"
+        )
+        return {op.guest.vmid: op for op in map(op_from_row, await self._read(sql))}
+
+    async def config_changes(self) -> dict[int, float]:
+        """When lifecycled last changed each guest's config (a succeeded configure/resize)."""
+        sql = (
+            "SELECT vmid, max(finished_at) AS at FROM ops WHERE state = 'succeeded' "
+            "AND action IN ('configure', 'resize') GROUP BY vmid"
+        )
+        return {int(r["vmid"]): float(r["at"]) for r in await self._read(sql)}
+
+    async def op_actor(self, op_id: int) -> str:
+        """Who submitted the op (``api:<name>``, ``cli``, ``reconcile``)."""
+        found = await self._read("SELECT actor FROM ops WHERE id = ?", (op_id,))
+        return str(found[0]["actor"]) if found else "unknown"
+
+    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return await self._store.rows(sql, params)

@@ -1,14 +1,14 @@
-"""Units of work for the journal's op writes: plain functions of the ``sqlite3`` connection.
+"""Ops: the op records, their rows, the op write units and the :class:`Ops` part.
 
-Each runs in the journal's writer thread inside a transaction the caller does not see: the
-group commit of :meth:`~lifecycled.journal.store.Writer.write` runs many callers' units in one
-``BEGIN IMMEDIATE … COMMIT`` (reference/sqlite-performance.md §1–2). A unit that raises
-rolls back only its own changes.
+A unit here is a plain function of the writer's ``sqlite3`` connection; it runs in the
+journal's writer thread inside a transaction the caller does not see (the group commit of
+:meth:`~lifecycled.journal.store.Writer.write`, reference/sqlite-performance.md §1–2). A
+unit that raises rolls back only its own changes.
 
 Every state change reads the op, asks :func:`lifecycled.domain.lifecycle.step` what the verb
 does to it, and :func:`persist` writes exactly that: the row updated guarded by its current
 state (``WHERE id = ? AND state = ?``) and the history row — in the same transaction, so a
-crash leaves either both or neither.
+crash leaves either both or neither. ``persist`` is the only code that changes an op's row.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ import uuid
 from collections.abc import Collection
 from typing import Any
 
+import attrs
+
 from lifecycled.domain.actions import expected_fingerprint
-from lifecycled.domain.guests import observed_after
+from lifecycled.domain.classify import ErrorClass
+from lifecycled.domain.guests import DesiredState, desired_for, observed_after
 from lifecycled.domain.lifecycle import (
     FINISHING,
     INITIAL,
@@ -31,12 +34,142 @@ from lifecycled.domain.lifecycle import (
     error_columns,
     step,
 )
-from lifecycled.domain.op import Op, OpError, canonical_json
+from lifecycled.domain.op import (
+    GuestKind,
+    GuestRef,
+    HistoryEntry,
+    Op,
+    OpError,
+    Origin,
+    canonical_json,
+)
 from lifecycled.domain.states import REARMABLE, OpState
 from lifecycled.errors import Conflict, InvalidTransition, NotFound, UpidTaken
-from lifecycled.journal.records import SubmitRequest, SubmitResult
-from lifecycled.journal.rows import OP_COLUMNS, op_from_row
-from lifecycled.journal.store import fetch_all, fetch_one
+from lifecycled.journal.store import Part, fetch_all, fetch_one
+
+
+@attrs.frozen(kw_only=True)
+class SubmitRequest:
+    """A new op as a client asks for it."""
+
+    #: ``None``: the journal generates a key (uuid4 hex) and no deduplication happens.
+    idempotency_key: str | None
+    action: str
+    guest: GuestRef
+    params: dict[str, Any]
+    origin: Origin
+    #: Who submitted it (``api:<token-name>``, ``cli``, ``reconcile``); kept with the op.
+    actor: str = "api"
+
+
+@attrs.frozen(kw_only=True)
+class SubmitResult:
+    """What a submission did: a new op, a deduplicated one, or a re-armed one."""
+
+    op: Op
+    deduplicated: bool
+    rearmed: bool
+
+
+@attrs.frozen(kw_only=True)
+class OpPage:
+    """One page of a listing, newest first; pass ``next_cursor`` to get the next page."""
+
+    items: list[Op]
+    next_cursor: int | None
+
+
+#: The ops columns every op query selects (and ``RETURNING`` returns), in this order.
+OP_COLUMNS = (
+    "id, idempotency_key, action, node, kind, vmid, params, origin, state, attempts, "
+    "next_attempt_at, upid, exitstatus, error_class, error_message, created_at, updated_at, "
+    "finished_at, claimed_at, ambiguous_since, dispatched"
+)
+
+HISTORY_COLUMNS = "op_id, at, from_state, to_state, reason, attempt, upid"
+
+
+def _ts(value: float | None) -> float | None:
+    # RETURNING yields values before column affinity: an int ``now`` would come back as int.
+    return None if value is None else float(value)
+
+
+_STATES = {state.value: state for state in OpState}
+_KINDS = {kind.value: kind for kind in GuestKind}
+_ORIGINS = {origin.value: origin for origin in Origin}
+_WIDTH = OP_COLUMNS.count(",") + 1
+
+
+def _error(error_class: str | None, message: str | None) -> OpError | None:
+    if error_class is None:
+        return None
+    return OpError(error_class=ErrorClass(error_class), message=message or "")
+
+
+def op_from_row(row: sqlite3.Row) -> Op:
+    """An :class:`Op` from a row selected with :data:`OP_COLUMNS` (first, in that order).
+
+    Positional, with the enums looked up in dicts: this runs several times per journal write
+    and by-name ``sqlite3.Row`` access costs a scan of the column names per field.
+    """
+    (
+        op_id,
+        key,
+        action,
+        node,
+        kind,
+        vmid,
+        params,
+        origin,
+        state,
+        attempts,
+        next_attempt_at,
+        upid,
+        exitstatus,
+        error_class,
+        error_message,
+        created_at,
+        updated_at,
+        finished_at,
+        claimed_at,
+        ambiguous_since,
+        dispatched,
+    ) = tuple(row)[:_WIDTH]
+    return Op(
+        id=op_id,
+        idempotency_key=key,
+        action=action,
+        guest=GuestRef(node=node, kind=_KINDS[kind], vmid=vmid),
+        params={} if params == "{}" else json.loads(params),
+        origin=_ORIGINS[origin],
+        state=_STATES[state],
+        attempts=attempts,
+        next_attempt_at=_ts(next_attempt_at),
+        upid=upid,
+        exitstatus=exitstatus,
+        error=_error(error_class, error_message),
+        created_at=float(created_at),
+        updated_at=float(updated_at),
+        finished_at=_ts(finished_at),
+        claimed_at=_ts(claimed_at),
+        ambiguous_since=_ts(ambiguous_since),
+        dispatched=bool(dispatched),
+    )
+
+
+def history_from_row(row: sqlite3.Row) -> HistoryEntry:
+    """A :class:`HistoryEntry` from a row selected with :data:`HISTORY_COLUMNS`."""
+    from_state = row["from_state"]
+    return HistoryEntry(
+        op_id=row["op_id"],
+        at=float(row["at"]),
+        from_state=OpState(from_state) if from_state is not None else None,
+        to_state=OpState(row["to_state"]),
+        reason=row["reason"],
+        attempt=row["attempt"],
+        upid=row["upid"],
+    )
+
 
 HISTORY_INSERT = (
     "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid, "
@@ -403,3 +536,236 @@ def discard(conn: sqlite3.Connection, op_id: int, *, now: float, reason: str) ->
 def delete_returning(conn: sqlite3.Connection, sql: str, params: Any) -> int:
     """Run a ``DELETE … RETURNING id`` and count the deleted ops (history cascades)."""
     return len(fetch_all(conn, sql, params))
+
+
+def open_ops(conn: sqlite3.Connection, vmid: int) -> list[Op]:
+    """The guest's pending and in-flight ops, oldest first."""
+    found = fetch_all(
+        conn,
+        f"SELECT {OP_COLUMNS} FROM ops WHERE vmid = ? AND phase IN (1, 2) ORDER BY id",
+        (vmid,),
+    )
+    return [op_from_row(r) for r in found]
+
+
+def cancel_superseded(
+    conn: sqlite3.Connection, vmid: int, desired: DesiredState | None, *, now: float
+) -> list[int]:
+    """Cancel the guest's pending reconcile ops whose target is no longer desired."""
+    cancelled = []
+    for op in open_ops(conn, vmid):
+        if (
+            op.state is OpState.PENDING
+            and op.origin is Origin.RECONCILE
+            and desired_for(op.action) != desired
+        ):
+            transition(
+                conn,
+                op,
+                Verb.CANCEL,
+                now=now,
+                reason=f"superseded: desired state is now {desired or 'unset'}",
+            )
+            cancelled.append(op.id)
+    return cancelled
+
+
+_DELETE_BATCH = 500
+
+
+class Ops(Part):
+    """The op verbs that write (Journal delegates to them)."""
+
+    async def submit(self, req: SubmitRequest, *, now: float) -> SubmitResult:
+        """Journal a new op, or deduplicate / re-arm by idempotency key (SPEC §1).
+
+        A client's retry of a key in flight or succeeded is answered from inside the group
+        commit (a read, no change): a separate read first would cost every submission a
+        thread hop.
+        """
+        return await self._store.write(lambda c: submit(c, req, now=now))
+
+    async def claim_next(
+        self,
+        *,
+        now: float,
+        node_cap: int | None = None,
+        nodes: Collection[str] | None = None,
+    ) -> Op | None:
+        """Claim the oldest due pending op (→ dispatching, attempts + 1), or ``None``.
+
+        Skips ops whose guest already has an op in flight and, with ``node_cap``, ops on a
+        node with that many ops in flight; with ``nodes``, only ops on those nodes. Safe
+        across OS processes: the pick and the update are one ``BEGIN IMMEDIATE``.
+        """
+        if nodes is not None and not nodes:
+            return None
+        return await self._store.write(lambda c: claim(c, now=now, node_cap=node_cap, nodes=nodes))
+
+    async def record_upid(
+        self, op_id: int, upid: str, *, now: float, reason: str = "task started"
+    ) -> Op:
+        """Journal the task id Proxmox returned: dispatching → running (survives cancellation).
+
+        :class:`UpidTaken` when another op already recorded ``upid``."""
+        return await self._store.write(
+            lambda c: take_upid(c, op_id, upid, Verb.RECORD_UPID, now=now, reason=reason),
+            durable=True,
+        )
+
+    async def set_upid_in_flight(self, op_id: int, upid: str, *, now: float, reason: str) -> Op:
+        """Adopt a task id for an in-flight op (recover/janitor); a dispatching op → running.
+
+        :class:`UpidTaken` when another op already recorded ``upid``."""
+        return await self._store.write(
+            lambda c: take_upid(c, op_id, upid, Verb.SET_UPID, now=now, reason=reason),
+            durable=True,
+        )
+
+    async def finish(
+        self,
+        op_id: int,
+        state: OpState,
+        *,
+        now: float,
+        reason: str,
+        exitstatus: str | None = None,
+        error: OpError | None = None,
+    ) -> Op:
+        """End an in-flight op (succeeded / failed); survives cancellation.
+
+        ``error`` becomes the op's error; without one a success clears it and a failure
+        keeps the last error recorded (e.g. by a requeue).
+        """
+        return await self._store.write(
+            lambda c: finish(
+                c, op_id, state, now=now, reason=reason, exitstatus=exitstatus, error=error
+            ),
+            durable=True,
+        )
+
+    async def requeue(
+        self,
+        op_id: int,
+        *,
+        now: float,
+        next_attempt_at: float,
+        reason: str,
+        error: OpError | None = None,
+        ambiguous: bool = False,
+    ) -> Op:
+        """Back to pending after a transient failure, due at ``next_attempt_at``.
+
+        The task id is cleared (it stays in the history). ``ambiguous`` records when the
+        failed attempt was claimed, so the next attempt searches the task list since then.
+        """
+        return await self._store.write(
+            lambda c: requeue(
+                c,
+                op_id,
+                now=now,
+                next_attempt_at=next_attempt_at,
+                reason=reason,
+                error=error,
+                ambiguous=ambiguous,
+            ),
+            durable=True,
+        )
+
+    async def dead_letter(
+        self, op_id: int, *, now: float, reason: str, error: OpError | None = None
+    ) -> Op:
+        """An in-flight op gives up (retries exhausted): → dead_lettered; survives cancellation."""
+        return await self._store.write(
+            lambda c: transition(
+                c, load(c, op_id), Verb.DEAD_LETTER, now=now, reason=reason, error=error
+            ),
+            durable=True,
+        )
+
+    async def cancel(self, op_id: int, *, now: float, reason: str) -> Op:
+        """Cancel a pending op (any other state: :class:`InvalidTransition`)."""
+        return await self._store.write(
+            lambda c: transition(c, load(c, op_id), Verb.CANCEL, now=now, reason=reason)
+        )
+
+    async def retry(self, op_id: int, *, now: float, reason: str) -> Op:
+        """An operator's retry: failed / dead_lettered / cancelled → pending, fresh attempts."""
+        return await self._store.write(
+            lambda c: transition(c, load(c, op_id), Verb.RETRY, now=now, reason=reason)
+        )
+
+    async def discard(self, op_id: int, *, now: float, reason: str) -> Op:
+        """Take a dead letter out of the DLQ listing (state unchanged). Idempotent."""
+        return await self._store.write(lambda c: discard(c, op_id, now=now, reason=reason))
+
+    async def _delete_in_batches(self, sql: str, params: list[Any]) -> int:
+        # Short transactions: a big prune never holds up other writers for long.
+        total = 0
+        while True:
+            n = await self._store.write(lambda c: delete_returning(c, sql, params))
+            total += n
+            if n < _DELETE_BATCH:
+                return total
+
+    async def purge_discarded(self, *, before: float | None = None) -> int:
+        """Delete discarded dead letters (and their history); with ``before``, only older."""
+        cond = "state = 'dead_lettered' AND discarded_at IS NOT NULL"
+        params: list[Any] = []
+        if before is not None:
+            cond += " AND discarded_at < ?"
+            params.append(before)
+        sql = (
+            f"DELETE FROM ops WHERE id IN (SELECT id FROM ops WHERE {cond} LIMIT {_DELETE_BATCH})"
+            " RETURNING id"
+        )
+        return await self._delete_in_batches(sql, params)
+
+    async def prune(self, *, before: float) -> int:
+        """Delete terminal ops finished before ``before`` (and their history).
+
+        Never touches open ops nor dead letters an operator has not discarded.
+        """
+        sql = (
+            "DELETE FROM ops WHERE id IN (SELECT id FROM ops WHERE phase = 0 AND finished_at < ?"
+            " AND (state <> 'dead_lettered' OR discarded_at IS NOT NULL)"
+            f" LIMIT {_DELETE_BATCH}) RETURNING id"
+        )
+        return await self._delete_in_batches(sql, [before])
+
+    async def defer(
+        self,
+        op_id: int,
+        *,
+        now: float,
+        next_attempt_at: float,
+        reason: str,
+        child: SubmitRequest | None = None,
+    ) -> tuple[Op, Op | None]:
+        """Put a claimed op back to pending without counting the attempt (nothing was sent),
+        journaling ``child`` first — the op a terminate waits for. Returns both ops."""
+
+        def unit(conn: sqlite3.Connection) -> tuple[Op, Op | None]:
+            op = load(conn, op_id)
+            change = step(op, Verb.DEFER, now=now, next_attempt_at=next_attempt_at)
+            if isinstance(change, Refused):
+                raise InvalidTransition(f"op {op.id} is {op.state}: {change.reason}")
+            child_op = submit(conn, child, now=now).op if child else None
+            return persist(conn, change, reason=reason), child_op
+
+        return await self._store.write(unit)
+
+    async def note_stuck(self, op_id: int, *, now: float, reason: str) -> bool:
+        """Append a history row saying why an in-flight op is stuck (its state is unchanged;
+        ``updated_at`` moves, so the janitor looks again only after another ``stale_after``).
+        False when the op is no longer in flight."""
+
+        def unit(conn: sqlite3.Connection) -> bool:
+            op = load(conn, op_id)
+            change = step(op, Verb.NOTE_STUCK, now=now)
+            if isinstance(change, Refused):
+                return False
+            persist(conn, change, reason=reason)
+            return True
+
+        return await self._store.write(unit)
