@@ -218,7 +218,7 @@ def dlq_discard(
     async def one(journal: Journal, op_id: int) -> dict[str, Any]:
         try:
             op = await journal.get(op_id)
-            if op.state is OpState.DEAD_LETTERED and await journal.discarded_at(op_id) is not None:
+            if op.state is OpState.DEAD_LETTERED and op.discarded_at is not None:
                 return _result(op_id, "unchanged", f"op {op_id} is already discarded", op)
             op = await journal.discard(op_id, now=time.time(), reason="discarded by operator (cli)")
             return _result(op_id, "discarded", f"op {op_id} discarded", op)

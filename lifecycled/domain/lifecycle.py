@@ -259,7 +259,14 @@ def step(
     )
 
 
-_TIMES = ("updated_at", "next_attempt_at", "finished_at", "claimed_at", "ambiguous_since")
+_TIMES = (
+    "updated_at",
+    "next_attempt_at",
+    "finished_at",
+    "claimed_at",
+    "ambiguous_since",
+    "discarded_at",
+)
 _OP_FIELDS = tuple(field.name for field in attrs.fields(Op))
 
 

@@ -96,25 +96,17 @@ class OpQueries(Part):
 
     async def get_dead_letter(self, op_id: int) -> Op:
         """A dead letter not yet discarded; NotFound if missing, JournalError if not a dead letter."""
-        found = await self._rows(
-            f"SELECT {OP_COLUMNS}, discarded_at FROM ops WHERE id = ?", (op_id,)
-        )
-        if not found:
-            raise NotFound(f"op {op_id} not found")
-        op = op_from_row(found[0])
+        op = await self.get(op_id)
         if op.state is not OpState.DEAD_LETTERED:
             raise NotFound(f"op {op_id} is not a dead letter (it is {op.state})")
-        if found[0]["discarded_at"] is not None:
+        if op.discarded_at is not None:
             raise NotFound(f"dead letter {op_id} was discarded")
         return op
 
     async def discarded_at(self, op_id: int) -> float | None:
-        """When an operator discarded this dead letter (``None``: not discarded); NotFound."""
-        found = await self._rows("SELECT discarded_at FROM ops WHERE id = ?", (op_id,))
-        if not found:
-            raise NotFound(f"op {op_id} not found")
-        value = found[0]["discarded_at"]
-        return None if value is None else float(value)
+        """When an operator discarded this dead letter (``None``: not discarded); NotFound.
+        (The same as ``Op.discarded_at``: kept for callers that hold only the id.)"""
+        return (await self.get(op_id)).discarded_at
 
     async def recorded_upids(self, upids: Iterable[str]) -> set[str]:
         """Which of ``upids`` any op has recorded (now, or in an earlier attempt's history):
@@ -275,7 +267,8 @@ class OpQueries(Part):
         return {int(r["vmid"]): float(r["at"]) for r in await self._read(sql)}
 
     async def op_actor(self, op_id: int) -> str:
-        """Who submitted the op (``api:<name>``, ``cli``, ``reconcile``)."""
+        """Who submitted the op (``api:<name>``, ``cli``, ``reconcile``); ``Op.actor`` when
+        the op is at hand."""
         found = await self._read("SELECT actor FROM ops WHERE id = ?", (op_id,))
         return str(found[0]["actor"]) if found else "unknown"
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from lifecycled.domain.actions import expected_fingerprint
+from lifecycled.domain.actions import Action, expected_fingerprint
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.guests import DesiredState, desired_for, observed_after
 from lifecycled.domain.lifecycle import (
@@ -83,7 +83,7 @@ class OpPage:
 OP_COLUMNS = (
     "id, idempotency_key, action, node, kind, vmid, params, origin, state, attempts, "
     "next_attempt_at, upid, exitstatus, error_class, error_message, created_at, updated_at, "
-    "finished_at, claimed_at, ambiguous_since, dispatched"
+    "finished_at, claimed_at, ambiguous_since, dispatched, actor, discarded_at"
 )
 
 HISTORY_COLUMNS = "op_id, at, from_state, to_state, reason, attempt, upid"
@@ -96,6 +96,7 @@ def _ts(value: float | None) -> float | None:
 
 _STATES = {state.value: state for state in OpState}
 _KINDS = {kind.value: kind for kind in GuestKind}
+_ACTIONS = {action.value: action for action in Action}
 _ORIGINS = {origin.value: origin for origin in Origin}
 _WIDTH = OP_COLUMNS.count(",") + 1
 
@@ -134,11 +135,13 @@ def op_from_row(row: sqlite3.Row) -> Op:
         claimed_at,
         ambiguous_since,
         dispatched,
+        actor,
+        discarded_at,
     ) = tuple(row)[:_WIDTH]
     return Op(
         id=op_id,
         idempotency_key=key,
-        action=action,
+        action=_ACTIONS[action],
         guest=GuestRef(node=node, kind=_KINDS[kind], vmid=vmid),
         params={} if params == "{}" else json.loads(params),
         origin=_ORIGINS[origin],
@@ -154,6 +157,8 @@ def op_from_row(row: sqlite3.Row) -> Op:
         claimed_at=_ts(claimed_at),
         ambiguous_since=_ts(ambiguous_since),
         dispatched=bool(dispatched),
+        actor=actor,
+        discarded_at=_ts(discarded_at),
     )
 
 
@@ -379,6 +384,7 @@ def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> Submi
         origin=req.origin,
         created_at=at,
         updated_at=at,
+        actor=req.actor,
     )
     conn.execute(
         HISTORY_INSERT,
@@ -526,10 +532,8 @@ def requeue(
 def discard(conn: sqlite3.Connection, op_id: int, *, now: float, reason: str) -> Op:
     """Mark a dead letter discarded (idempotent; see :meth:`Journal.discard`)."""
     op = load(conn, op_id)
-    if op.state is OpState.DEAD_LETTERED:
-        row = fetch_one(conn, "SELECT discarded_at FROM ops WHERE id = ?", (op_id,))
-        if row is not None and row["discarded_at"] is not None:
-            return op
+    if op.state is OpState.DEAD_LETTERED and op.discarded_at is not None:
+        return op
     return transition(conn, op, Verb.DISCARD, now=now, reason=reason)
 
 

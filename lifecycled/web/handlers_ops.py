@@ -201,7 +201,7 @@ async def retry_dead_letter(request: web.Request) -> web.Response:
     journal = runtime.journal
     op = await journal.get(op_id)
     if op.state is OpState.DEAD_LETTERED:
-        if await journal.discarded_at(op_id) is not None:
+        if op.discarded_at is not None:
             raise ApiError(404, "not_found", f"dead letter {op_id} was discarded")
         await require_signature(request, runtime, _as_submission(op, actor), actor)
         try:
