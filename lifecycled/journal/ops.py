@@ -28,6 +28,8 @@ from lifecycled.domain.guests import DesiredState, desired_for, observed_after
 from lifecycled.domain.lifecycle import (
     FINISHING,
     INITIAL,
+    REQUIREMENTS,
+    TABLE,
     Change,
     Refused,
     Verb,
@@ -440,8 +442,11 @@ def finish(
     """End an in-flight op (see :meth:`Journal.finish`)."""
     op = load(conn, op_id)
     verb = FINISHING.get(state)
-    if verb is None:
-        raise InvalidTransition(f"op {op.id} is {op.state}: finish cannot take an op to {state}")
+    if verb is None:  # not a final state; an op that cannot finish hears that first
+        why = REQUIREMENTS[Verb.SUCCEED] if (Verb.SUCCEED, op.state) not in TABLE else None
+        raise InvalidTransition(
+            f"op {op.id} is {op.state}: {why or f'finish cannot take an op to {state}'}"
+        )
     done = transition(conn, op, verb, now=now, reason=reason, exitstatus=exitstatus, error=error)
     if state is OpState.SUCCEEDED:
         if op.action in _CREATING:
