@@ -17,9 +17,9 @@ from lifecycled.journal import Journal
 
 _OPS = (
     "INSERT INTO ops (id, idempotency_key, action, node, kind, vmid, params, origin, actor, "
-    "state, phase, attempts, due_at, upid, exitstatus, created_at, updated_at, finished_at, "
+    "state, attempts, due_at, upid, exitstatus, created_at, updated_at, finished_at, "
     "claimed_at, dispatched) VALUES (?, ?, ?, 'pve1', 'qemu', ?, '{}', 'api', 'api:bench', "
-    "'succeeded', 0, 1, ?, ?, 'OK', ?, ?, ?, ?, 1)"
+    "'succeeded', 1, ?, ?, 'OK', ?, ?, ?, ?, 1)"
 )
 _HISTORY = (
     "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid) "

@@ -396,8 +396,8 @@ async def task_end_latency(
 
 _IN_FLIGHT = (
     "INSERT INTO ops (idempotency_key, action, node, kind, vmid, params, origin, actor, state,"
-    " phase, attempts, due_at, upid, created_at, updated_at, claimed_at, dispatched)"
-    " VALUES (?, ?, ?, ?, ?, '{}', 'api', 'api:bench', ?, 2, 1, ?, ?, ?, ?, ?, ?)"
+    " attempts, due_at, upid, created_at, updated_at, claimed_at, dispatched)"
+    " VALUES (?, ?, ?, ?, ?, '{}', 'api', 'api:bench', ?, 1, ?, ?, ?, ?, ?, ?)"
 )
 _HISTORY = (
     "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid)"

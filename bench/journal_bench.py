@@ -27,15 +27,15 @@ NODE_CAP = 1024
 
 _INSERT = (
     "INSERT INTO ops (id, idempotency_key, action, node, kind, vmid, params, origin, actor, "
-    "state, phase, attempts, due_at, created_at, updated_at) "
-    "VALUES (?, ?, 'start', 'pve1', 'qemu', ?, '{}', 'api', 'bench', 'pending', 1, 0, ?, ?, ?)"
+    "state, attempts, due_at, created_at, updated_at) "
+    "VALUES (?, ?, 'start', 'pve1', 'qemu', ?, '{}', 'api', 'bench', 'pending', 0, ?, ?, ?)"
 )
 _HISTORY = (
     "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _CLAIM = (
-    "UPDATE ops SET state = 'dispatching', phase = 2, attempts = attempts + 1, claimed_at = ?,"
+    "UPDATE ops SET state = 'dispatching', attempts = attempts + 1, claimed_at = ?,"
     " updated_at = ? WHERE id = ? AND state = 'pending'"
 )
 _UPID = (
@@ -43,7 +43,7 @@ _UPID = (
     " WHERE id = ? AND state = 'dispatching'"
 )
 _FINISH = (
-    "UPDATE ops SET state = 'succeeded', phase = 0, exitstatus = 'OK', finished_at = ?,"
+    "UPDATE ops SET state = 'succeeded', exitstatus = 'OK', finished_at = ?,"
     " updated_at = ? WHERE id = ? AND state = 'running'"
 )
 

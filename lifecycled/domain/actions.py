@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from lifecycled.domain.op import GuestKind
+from lifecycled.domain.kinds import GuestKind
 
 
 class Action(enum.StrEnum):

@@ -9,15 +9,12 @@ from typing import Any
 
 import attrs
 
+from lifecycled.domain.actions import Action
 from lifecycled.domain.classify import ErrorClass
+from lifecycled.domain.kinds import GuestKind
 from lifecycled.domain.states import OpState
 
-
-class GuestKind(enum.StrEnum):
-    """Proxmox guest types."""
-
-    QEMU = "qemu"
-    LXC = "lxc"
+__all__ = ["GuestKind", "GuestRef", "HistoryEntry", "Op", "OpError", "Origin", "canonical_json"]
 
 
 class Origin(enum.StrEnum):
@@ -62,7 +59,7 @@ class Op:
 
     id: int
     idempotency_key: str
-    action: str
+    action: Action = attrs.field(converter=Action)
     guest: GuestRef
     params: dict[str, Any] = attrs.field(converter=_freeze_params, factory=dict)
     origin: Origin = Origin.API
@@ -81,6 +78,10 @@ class Op:
     ambiguous_since: float | None = None
     #: Whether a task was ever started for this op (a one-shot op is never dispatched twice).
     dispatched: bool = False
+    #: Who submitted it (``api:<token-name>``, ``cli``, ``reconcile``).
+    actor: str = "api"
+    #: When an operator discarded this dead letter (it then leaves the DLQ listing).
+    discarded_at: float | None = None
 
     @property
     def params_json(self) -> str:

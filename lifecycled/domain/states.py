@@ -1,4 +1,5 @@
-"""Op states and the only transitions the journal accepts (SPEC §1 "Op states")."""
+"""Op states and their classes (SPEC §1 "Op states"); the transitions between them are
+:mod:`lifecycled.domain.lifecycle`."""
 
 from __future__ import annotations
 
@@ -40,19 +41,3 @@ TERMINAL: frozenset[OpState] = frozenset(
 REARMABLE: frozenset[OpState] = frozenset(
     {OpState.FAILED, OpState.DEAD_LETTERED, OpState.CANCELLED}
 )
-
-_S = OpState
-TRANSITIONS: dict[OpState, frozenset[OpState]] = {
-    _S.PENDING: frozenset({_S.DISPATCHING, _S.CANCELLED}),
-    _S.DISPATCHING: frozenset({_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.DEAD_LETTERED, _S.PENDING}),
-    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.DEAD_LETTERED, _S.PENDING}),
-    _S.SUCCEEDED: frozenset(),
-    _S.FAILED: frozenset({_S.PENDING}),
-    _S.DEAD_LETTERED: frozenset({_S.PENDING}),
-    _S.CANCELLED: frozenset({_S.PENDING}),
-}
-
-
-def is_legal(src: OpState, dst: OpState) -> bool:
-    """Whether ``src`` → ``dst`` is one of the transitions of SPEC §1."""
-    return dst in TRANSITIONS[src]

@@ -102,10 +102,9 @@ class Policy:
     async def record(self, op: Op, view: GuestView, decision: Decision, reason: str) -> AuditRecord:
         """The audit record of a decision about ``op`` (not yet written)."""
         assert self.journal is not None and self.clock is not None
-        actor = await self.journal.op_actor(op.id)
         return AuditRecord(
             at=self.clock.now(),
-            actor=actor,
+            actor=op.actor,
             action=op.action,
             decision=decision,
             reason=reason,

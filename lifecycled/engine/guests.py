@@ -30,8 +30,7 @@ from lifecycled.engine.clock import Clock
 from lifecycled.engine.cluster import Cluster, same_identity
 from lifecycled.errors import NotFound, OwnershipLocked, PveError, ValidationError
 from lifecycled.journal import Journal
-from lifecycled.journal.guest_rows import snapshot_json
-from lifecycled.journal.guests import Ownership, not_managed
+from lifecycled.journal.guests import Ownership, not_managed, snapshot_json
 from lifecycled.pve.port import GuestConfig, PveClient, is_guest_missing
 
 log = logging.getLogger("lifecycled.guests")

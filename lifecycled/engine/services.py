@@ -173,7 +173,7 @@ class Services:
         """
         op = await self.journal.get(op_id)
         if op.state is OpState.DEAD_LETTERED:
-            if await self.journal.discarded_at(op_id) is not None:
+            if op.discarded_at is not None:
                 raise NotADeadLetter(f"dead letter {op_id} was discarded")
             if authorize is not None:
                 await authorize(op)
@@ -214,7 +214,7 @@ class Services:
             raise NotADeadLetter(
                 f"op {op_id} is {op.state}: only a dead-lettered op can be discarded"
             )
-        if await self.journal.discarded_at(op_id) is not None:
+        if op.discarded_at is not None:
             return OpChange(op=op, changed=False)
         op = await self.journal.discard(op_id, now=self.clock.now(), reason=f"discarded by {actor}")
         log.info("dead_letter.discarded", extra=_fields(op, actor))

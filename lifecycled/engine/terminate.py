@@ -78,7 +78,7 @@ class Terminator:
                 guest=op.guest,
                 params={},
                 origin=op.origin,
-                actor=await self.journal.op_actor(op.id),
+                actor=op.actor,
             )
             _, child = await durable(
                 self.journal.defer(

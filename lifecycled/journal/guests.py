@@ -1,21 +1,28 @@
-"""Guest verbs of the journal: ownership, desired state, observations, drift (SPEC §1, §3).
+"""Guests: their rows, the :class:`Guests` part (ownership, desired state, observations,
+drift — SPEC §1, §3), and the op writes guarded by a guest's row.
 
-Ownership changes only through :meth:`GuestVerbs.take_guest` (manage, adopt, or
-``--manage-discovered``) and :meth:`GuestVerbs.release_guest`, each audited in the same
-transaction. Observed state is only written by :meth:`GuestVerbs.apply_observations` and the
+Ownership changes only through :meth:`Guests.take_guest` (manage, adopt, or
+``--manage-discovered``) and :meth:`Guests.release_guest`, each audited in the same
+transaction. Observed state is only written by :meth:`Guests.apply_observations` and the
 digest verbs, from Proxmox reads; they never touch the desired state.
+
+The guarded op writes (:meth:`Guests.submit_guest_op`, :meth:`Guests.enqueue_reconcile`,
+:meth:`Guests.soft_delete`) are each one transaction, so the check (is the guest managed?
+is an op already open?) and the write it allows cannot be separated by another writer,
+even in another process.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiosqlite
 import attrs
 
 from lifecycled.audit import AuditRecord
+from lifecycled.domain.actions import Action
 from lifecycled.domain.guests import (
     CAPTURED,
     MANAGED_ORIGINS,
@@ -24,23 +31,145 @@ from lifecycled.domain.guests import (
     GuestRecord,
     Observation,
     ObservedState,
+    check_placement,
+    creation_conflict,
     listing_hash,
     observed_hash,
     retake,
 )
+from lifecycled.domain.lifecycle import Verb
+from lifecycled.domain.op import GuestKind, Op, canonical_json
 from lifecycled.domain.ownership import after_own_write, digest_read
-from lifecycled.errors import InvalidTransition, PolicyRefused, ValidationError
-from lifecycled.journal.audit import insert_audit
-from lifecycled.journal.db import Database, rows
-from lifecycled.journal.guest_rows import (
-    GUEST_COLUMNS,
+from lifecycled.domain.states import REARMABLE
+from lifecycled.errors import InvalidTransition, NotFound, PolicyRefused, ValidationError
+from lifecycled.journal import ops
+from lifecycled.journal.events import insert_audit
+from lifecycled.journal.ops import (
+    OP_COLUMNS,
+    SubmitRequest,
+    SubmitResult,
     cancel_superseded,
-    guest_from_row,
-    insert_guest,
-    load_guest,
-    require_guest,
-    update_guest,
+    op_from_row,
+    open_ops,
 )
+from lifecycled.journal.store import Part, fetch_one
+
+GUEST_COLUMNS = (
+    "vmid, node, kind, origin, name, desired_state, desired_generation, observed_state, "
+    "observed_at, lock, ha_managed, template, protected, fingerprint, config_snapshot, "
+    "config_digest, snapshot_at, observed_digest, digest_checked_at, resources, created_at, "
+    "updated_at, adopted_at, released_at, lost_at"
+)
+
+#: Columns a guest update may set (JSON columns take Python values and are encoded here).
+_SETTABLE = frozenset(GUEST_COLUMNS.replace(" ", "").split(",")) - {"vmid", "created_at"}
+_JSON = frozenset({"fingerprint", "config_snapshot", "resources"})
+_BOOL = frozenset({"ha_managed", "template", "protected"})
+
+
+def _json(value: str | None) -> Any:
+    return json.loads(value) if value else None
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def guest_from_row(row: sqlite3.Row) -> GuestRecord:
+    """A :class:`GuestRecord` from a row selected with :data:`GUEST_COLUMNS`."""
+    desired = row["desired_state"]
+    observed = row["observed_state"]
+    return GuestRecord(
+        vmid=int(row["vmid"]),
+        node=str(row["node"]),
+        kind=GuestKind(row["kind"]),
+        origin=GuestOrigin(row["origin"]),
+        name=row["name"],
+        desired_state=DesiredState(desired) if desired is not None else None,
+        desired_generation=int(row["desired_generation"]),
+        observed_state=ObservedState(observed) if observed is not None else None,
+        observed_at=_float(row["observed_at"]),
+        lock=row["lock"],
+        ha_managed=bool(row["ha_managed"]),
+        template=bool(row["template"]),
+        protected=bool(row["protected"]),
+        fingerprint=_json(row["fingerprint"]) or {},
+        config_snapshot=_json(row["config_snapshot"]),
+        config_digest=row["config_digest"],
+        snapshot_at=_float(row["snapshot_at"]),
+        observed_digest=row["observed_digest"],
+        digest_checked_at=_float(row["digest_checked_at"]),
+        resources=_json(row["resources"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        adopted_at=_float(row["adopted_at"]),
+        released_at=_float(row["released_at"]),
+        lost_at=_float(row["lost_at"]),
+    )
+
+
+def _encode(column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column in _JSON:
+        return json.dumps(value, sort_keys=True, default=str)
+    if column in _BOOL:
+        return int(bool(value))
+    if isinstance(value, GuestKind | GuestOrigin | DesiredState | ObservedState):
+        return str(value)
+    return value
+
+
+def load_guest(conn: sqlite3.Connection, vmid: int) -> GuestRecord | None:
+    row = fetch_one(conn, f"SELECT {GUEST_COLUMNS} FROM guests WHERE vmid = ?", (vmid,))
+    return guest_from_row(row) if row is not None else None
+
+
+def require_guest(conn: sqlite3.Connection, vmid: int) -> GuestRecord:
+    guest = load_guest(conn, vmid)
+    if guest is None:
+        raise NotFound(f"guest {vmid} is not known to lifecycled")
+    return guest
+
+
+def insert_guest(conn: sqlite3.Connection, rec: GuestRecord) -> GuestRecord:
+    """Insert ``rec`` as a new row (its vmid must be free)."""
+    columns = GUEST_COLUMNS.replace(" ", "").split(",")
+    values = [_encode(c, getattr(rec, c)) for c in columns]
+    placeholders = ", ".join("?" for _ in columns)
+    row = fetch_one(
+        conn,
+        f"INSERT INTO guests ({GUEST_COLUMNS}) VALUES ({placeholders}) RETURNING {GUEST_COLUMNS}",
+        values,
+    )
+    assert row is not None
+    return guest_from_row(row)
+
+
+def update_guest(
+    conn: sqlite3.Connection, vmid: int, changes: Mapping[str, Any], *, now: float
+) -> GuestRecord:
+    """Set ``changes`` (and ``updated_at``) on the guest's row; the row after the change."""
+    sets = {**changes, "updated_at": now}
+    unknown = set(sets) - _SETTABLE
+    if unknown:
+        raise ValueError(f"not a settable guests column: {sorted(unknown)}")
+    assignments = ", ".join(f"{c} = ?" for c in sets)
+    row = fetch_one(
+        conn,
+        f"UPDATE guests SET {assignments} WHERE vmid = ? RETURNING {GUEST_COLUMNS}",
+        [*(_encode(c, v) for c, v in sets.items()), vmid],
+    )
+    if row is None:
+        raise NotFound(f"guest {vmid} is not known to lifecycled")
+    return guest_from_row(row)
+
+
+def snapshot_json(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config snapshot as stored (a canonical copy)."""
+    result: dict[str, Any] = json.loads(canonical_json(dict(config)))
+    return result
+
 
 MAX_PAGE = 1000
 
@@ -72,25 +201,25 @@ def not_managed(vmid: int, origin: GuestOrigin | None) -> PolicyRefused:
     )
 
 
-class GuestVerbs:
-    """Mixed into :class:`~lifecycled.journal.Journal`."""
-
-    _db: Database
+class Guests(Part):
+    """Guest verbs, and the op writes guarded by a guest's row (Journal delegates to them)."""
 
     # --- reads ----------------------------------------------------------------------------
 
     async def find_guest(self, vmid: int) -> GuestRecord | None:
-        return await self._db.read(lambda c: load_guest(c, vmid))
+        row = await self._store.one(f"SELECT {GUEST_COLUMNS} FROM guests WHERE vmid = ?", (vmid,))
+        return guest_from_row(row) if row is not None else None
 
     async def get_guest(self, vmid: int) -> GuestRecord:
         """The guest's row; :class:`~lifecycled.errors.NotFound` when lifecycled never saw it."""
-        return await self._db.read(lambda c: require_guest(c, vmid))
+        guest = await self.find_guest(vmid)
+        if guest is None:
+            raise NotFound(f"guest {vmid} is not known to lifecycled")
+        return guest
 
     async def all_guests(self) -> list[GuestRecord]:
-        async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
-            return await rows(conn, f"SELECT {GUEST_COLUMNS} FROM guests ORDER BY vmid")
-
-        return [guest_from_row(r) for r in await self._db.read(unit)]
+        found = await self._store.rows(f"SELECT {GUEST_COLUMNS} FROM guests ORDER BY vmid")
+        return [guest_from_row(r) for r in found]
 
     async def list_guests(
         self,
@@ -125,7 +254,7 @@ class GuestVerbs:
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         sql = f"SELECT {GUEST_COLUMNS} FROM guests{where} ORDER BY vmid LIMIT ?"
         params.append(limit + 1)
-        found = await self._db.read(lambda c: rows(c, sql, params))
+        found = await self._store.rows(sql, params)
         items = [guest_from_row(r) for r in found[:limit]]
         more = len(found) > limit
         return GuestPage(items=items, next_cursor=items[-1].vmid if more and items else None)
@@ -145,16 +274,12 @@ class GuestVerbs:
         if nodes is not None:
             where = f" WHERE node IN ({', '.join('?' for _ in nodes)})"
             params = list(nodes)
-
-        async def unit(conn: aiosqlite.Connection) -> list[sqlite3.Row]:
-            return await rows(
-                conn,
-                "SELECT origin, COALESCE(observed_state, 'unknown') AS observed, count(*) AS n "
-                f"FROM guests{where} GROUP BY 1, 2",
-                params,
-            )
-
-        return {(r["origin"], r["observed"]): int(r["n"]) for r in await self._db.read(unit)}
+        found = await self._store.rows(
+            "SELECT origin, COALESCE(observed_state, 'unknown') AS observed, count(*) AS n "
+            f"FROM guests{where} GROUP BY 1, 2",
+            params,
+        )
+        return {(r["origin"], r["observed"]): int(r["n"]) for r in found}
 
     # --- ownership --------------------------------------------------------------------------
 
@@ -169,11 +294,11 @@ class GuestVerbs:
         if not rec.origin.managed:
             raise ValueError("take_guest records a native or adopted guest")
 
-        async def unit(conn: aiosqlite.Connection) -> Ownership:
-            existing = await load_guest(conn, rec.vmid)
+        def unit(conn: sqlite3.Connection) -> Ownership:
+            existing = load_guest(conn, rec.vmid)
             if existing is None:
-                guest = await insert_guest(conn, rec)
-                await insert_audit(conn, audit)
+                guest = insert_guest(conn, rec)
+                insert_audit(conn, audit)
                 return Ownership(guest=guest, changed=True)
             columns, why = retake(existing, rec)
             if not columns:
@@ -186,13 +311,13 @@ class GuestVerbs:
                     changes["desired_generation"] = max(
                         rec.desired_generation, existing.desired_generation + 1
                     )
-            guest = await update_guest(conn, rec.vmid, changes, now=now)
+            guest = update_guest(conn, rec.vmid, changes, now=now)
             if columns == CAPTURED:
-                await cancel_superseded(conn, rec.vmid, guest.desired_state, now=now)
-            await insert_audit(conn, attrs.evolve(audit, reason=f"{audit.reason}; {why}"))
+                cancel_superseded(conn, rec.vmid, guest.desired_state, now=now)
+            insert_audit(conn, attrs.evolve(audit, reason=f"{audit.reason}; {why}"))
             return Ownership(guest=guest, changed=True)
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def release_guest(
         self, vmid: int, *, audit: AuditRecord, now: float, generation: int = 0
@@ -203,15 +328,15 @@ class GuestVerbs:
         the policy when it is claimed. Releasing a released guest changes nothing.
         """
 
-        async def unit(conn: aiosqlite.Connection) -> Ownership:
-            guest = await require_guest(conn, vmid)
+        def unit(conn: sqlite3.Connection) -> Ownership:
+            guest = require_guest(conn, vmid)
             if guest.origin is GuestOrigin.RELEASED:
                 return Ownership(guest=guest, changed=False)
             if not guest.managed:
                 raise InvalidTransition(
                     f"guest {vmid} is {guest.origin}: only a managed guest can be released"
                 )
-            guest = await update_guest(
+            guest = update_guest(
                 conn,
                 vmid,
                 {
@@ -222,11 +347,11 @@ class GuestVerbs:
                 },
                 now=now,
             )
-            await cancel_superseded(conn, vmid, None, now=now)
-            await insert_audit(conn, audit)
+            cancel_superseded(conn, vmid, None, now=now)
+            insert_audit(conn, audit)
             return Ownership(guest=guest, changed=True)
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def set_desired(
         self, vmid: int, state: DesiredState, *, now: float, generation: int = 0
@@ -234,13 +359,13 @@ class GuestVerbs:
         """Set a managed guest's desired power state; a change bumps ``desired_generation``
         and cancels pending reconcile ops aiming elsewhere."""
 
-        async def unit(conn: aiosqlite.Connection) -> GuestRecord:
-            guest = await require_guest(conn, vmid)
+        def unit(conn: sqlite3.Connection) -> GuestRecord:
+            guest = require_guest(conn, vmid)
             if not guest.managed:
                 raise not_managed(vmid, guest.origin)
             if guest.desired_state is state:
                 return guest
-            guest = await update_guest(
+            guest = update_guest(
                 conn,
                 vmid,
                 {
@@ -249,10 +374,10 @@ class GuestVerbs:
                 },
                 now=now,
             )
-            await cancel_superseded(conn, vmid, state, now=now)
+            cancel_superseded(conn, vmid, state, now=now)
             return guest
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def sync_ownership(
         self, vmid: int, *, changes: Mapping[str, Any], fresh: GuestRecord, now: float
@@ -261,21 +386,21 @@ class GuestVerbs:
         row gets ``changes`` (pending reconcile ops no longer aiming at its desired state are
         cancelled); a guest this journal never saw is inserted as ``fresh``."""
 
-        async def unit(conn: aiosqlite.Connection) -> GuestRecord:
-            existing = await load_guest(conn, vmid)
+        def unit(conn: sqlite3.Connection) -> GuestRecord:
+            existing = load_guest(conn, vmid)
             if existing is None:
-                guest = await insert_guest(conn, fresh)
+                guest = insert_guest(conn, fresh)
                 if guest.managed:  # arrived from a node this journal never saw it on
-                    await conn.execute(
+                    conn.execute(
                         "INSERT INTO outbox (vmid, kind, payload, created_at) VALUES (?, ?, ?, ?)",
                         (vmid, "guest.moved", _moved_payload(guest, None), now),
                     )
                 return guest
-            guest = await update_guest(conn, vmid, dict(changes), now=now)
-            await cancel_superseded(conn, vmid, guest.desired_state, now=now)
+            guest = update_guest(conn, vmid, dict(changes), now=now)
+            cancel_superseded(conn, vmid, guest.desired_state, now=now)
             return guest
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def follow_digest(
         self, vmid: int, over_digest: str, over: Mapping[str, Any], tags: str, *, now: float
@@ -283,13 +408,13 @@ class GuestVerbs:
         """lifecycled's own tag write over the config it read (``over_digest``, ``over``):
         the drift baseline follows it without a read (:func:`after_own_write`)."""
 
-        async def unit(conn: aiosqlite.Connection) -> None:
-            guest = await load_guest(conn, vmid)
+        def unit(conn: sqlite3.Connection) -> None:
+            guest = load_guest(conn, vmid)
             changes = after_own_write(guest, over_digest, over, tags) if guest else {}
             if changes:
-                await update_guest(conn, vmid, changes, now=now)
+                update_guest(conn, vmid, changes, now=now)
 
-        await self._db.write(unit)
+        await self._store.write(unit)
 
     # --- observations (Proxmox reads only) -------------------------------------------------
 
@@ -310,14 +435,14 @@ class GuestVerbs:
         never deleted); ``found``: LOST guests back with their fingerprint (audited).
         """
 
-        async def unit(conn: aiosqlite.Connection) -> None:
+        def unit(conn: sqlite3.Connection) -> None:
             for obs in seen:
-                await update_guest(conn, obs.vmid, _observed_columns(obs, now), now=now)
+                update_guest(conn, obs.vmid, _observed_columns(obs, now), now=now)
             for obs in discovered:
-                if await load_guest(conn, obs.vmid) is None:
-                    await insert_guest(conn, discovered_record(obs, now))
+                if load_guest(conn, obs.vmid) is None:
+                    insert_guest(conn, discovered_record(obs, now))
             for vmid in missing:
-                await update_guest(
+                update_guest(
                     conn,
                     vmid,
                     {"observed_state": ObservedState.MISSING, "observed_at": now, "lock": None},
@@ -325,19 +450,19 @@ class GuestVerbs:
                 )
             for rec in lost:
                 assert rec.vmid is not None
-                await update_guest(
+                update_guest(
                     conn,
                     rec.vmid,
                     {"observed_state": ObservedState.LOST, "observed_at": now, "lost_at": now},
                     now=now,
                 )
-                await insert_audit(conn, rec)
+                insert_audit(conn, rec)
             for obs, rec in found:
                 changes = {**_observed_columns(obs, now), "lost_at": None}
-                await update_guest(conn, obs.vmid, changes, now=now)
-                await insert_audit(conn, rec)
+                update_guest(conn, obs.vmid, changes, now=now)
+                insert_audit(conn, rec)
 
-        await self._db.write(unit)
+        await self._store.write(unit)
 
     async def record_digests(
         self, reads: Mapping[int, tuple[str, Mapping[str, Any]]], *, now: float
@@ -345,18 +470,18 @@ class GuestVerbs:
         """Each guest's latest config read (digest, values), as :func:`digest_read` takes it
         against the row as it is now; the vmids among them that are drifted after it."""
 
-        async def unit(conn: aiosqlite.Connection) -> list[int]:
+        def unit(conn: sqlite3.Connection) -> list[int]:
             drifted: list[int] = []
             for vmid, (digest, values) in reads.items():
-                guest = await load_guest(conn, vmid)
+                guest = load_guest(conn, vmid)
                 if guest is None:
                     continue
                 changes = {**digest_read(guest, digest, values), "digest_checked_at": now}
-                if (await update_guest(conn, vmid, changes, now=now)).drifted:
+                if update_guest(conn, vmid, changes, now=now).drifted:
                     drifted.append(vmid)
             return drifted
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def rebaseline(
         self,
@@ -370,8 +495,6 @@ class GuestVerbs:
         """A new config snapshot: the first one of a guest lifecycled created, or one after
         lifecycled's own config change (neither is drift). ``fingerprint`` completes the
         identity recorded at creation (a VM's ``meta`` ctime is only known afterwards)."""
-        from lifecycled.journal.guest_rows import snapshot_json
-
         changes: dict[str, Any] = {
             "config_snapshot": snapshot_json(config),
             "config_digest": digest,
@@ -381,7 +504,166 @@ class GuestVerbs:
         }
         if fingerprint:
             changes["fingerprint"] = dict(fingerprint)
-        return await self._db.write(lambda c: update_guest(c, vmid, changes, now=now))
+        return await self._store.write(lambda c: update_guest(c, vmid, changes, now=now))
+
+    # --- op writes guarded by the guest's row ----------------------------------------------
+
+    async def submit_guest_op(
+        self,
+        req: SubmitRequest,
+        *,
+        now: float,
+        desired: DesiredState | None = None,
+        create_fingerprint: Mapping[str, str] | None = None,
+        generation: int = 0,
+        read_key: bool = False,
+        existing: Op | None = None,
+    ) -> SubmitResult:
+        """Journal an op for a guest under the ownership rule, and set the guest's desired
+        state to ``desired`` — in the same transaction.
+
+        A key whose op is in flight or succeeded deduplicates before any guest check (the
+        client's retry gets its op back); a new or re-armed op needs a managed guest on its
+        row's node and kind, except create/clone, which needs a free vmid and records a new
+        one as ``native`` (an existing row changes only when the create succeeds).
+
+        The key is looked up once per submission. ``read_key``: the caller already read it
+        (:meth:`by_key`) and found ``existing`` — an op in flight or succeeded is answered
+        from that read (a deduplication writes nothing), no op makes the insert the only
+        check (a key taken meanwhile still deduplicates, conflicts or re-arms there), and
+        a re-armable op is read again in the transaction that re-arms it.
+        """
+        params_json = canonical_json(req.params)
+        if read_key and existing is not None and existing.state not in REARMABLE:
+            if not ops.same_request(existing, req, params_json):
+                raise ops.conflict(existing)
+            return SubmitResult(op=existing, deduplicated=True, rearmed=False)
+        look_up = req.idempotency_key is not None and (not read_key or existing is not None)
+
+        def unit(conn: sqlite3.Connection) -> SubmitResult:
+            found: Op | None = None
+            if look_up:
+                row = fetch_one(
+                    conn,
+                    f"SELECT {OP_COLUMNS} FROM ops WHERE idempotency_key = ?",
+                    (req.idempotency_key,),
+                )
+                if row is not None:
+                    found = op_from_row(row)
+                    if not ops.same_request(found, req, params_json):
+                        raise ops.conflict(found)
+                    if found.state not in REARMABLE:
+                        return SubmitResult(op=found, deduplicated=True, rearmed=False)
+            guest = _guard_guest(conn, req, now=now, create_fingerprint=create_fingerprint)
+            if found is not None:  # the key's op ended failed/dead-lettered/cancelled
+                op = ops.transition(
+                    conn, found, Verb.REARM, now=now, reason="re-armed by resubmission"
+                )
+                result = SubmitResult(op=op, deduplicated=False, rearmed=True)
+            else:
+                result = ops.submit(conn, req, now=now)
+                if result.deduplicated:  # the key was taken since the caller's read
+                    return result
+            if desired is not None and guest.desired_state is not desired:
+                update_guest(
+                    conn,
+                    guest.vmid,
+                    {
+                        "desired_state": desired,
+                        "desired_generation": max(generation, guest.desired_generation + 1),
+                    },
+                    now=now,
+                )
+                cancel_superseded(conn, guest.vmid, desired, now=now)
+            elif generation > guest.desired_generation:  # the shared record moved on (§7)
+                update_guest(conn, guest.vmid, {"desired_generation": generation}, now=now)
+            return result
+
+        return await self._store.write(unit)
+
+    async def enqueue_reconcile(
+        self, req: SubmitRequest, *, now: float, generation: int, after: int | None
+    ) -> Op | None:
+        """Journal a reconcile op unless the situation changed since the plan was made: the
+        guest must still be managed at ``generation``, have no open op, and its latest
+        reconcile op must still be ``after``. ``None`` when nothing was journaled."""
+
+        def unit(conn: sqlite3.Connection) -> Op | None:
+            guest = load_guest(conn, req.guest.vmid)
+            if guest is None or not guest.managed or guest.desired_generation != generation:
+                return None
+            if open_ops(conn, guest.vmid):
+                return None
+            latest = fetch_one(
+                conn,
+                "SELECT max(id) AS id FROM ops WHERE vmid = ? AND origin = 'reconcile'",
+                (guest.vmid,),
+            )
+            if (latest["id"] if latest is not None else None) != after:
+                return None
+            result = ops.submit(conn, req, now=now)
+            return None if result.deduplicated else result.op
+
+        return await self._store.write(unit)
+
+    async def soft_delete(self, op_id: int, *, now: float, reason: str, audit: AuditRecord) -> Op:
+        """Terminate of an adopted guest: the op succeeds with no Proxmox call, the guest is
+        released (kept, untouched) and the decision audited — one transaction."""
+
+        def unit(conn: sqlite3.Connection) -> Op:
+            op = ops.load(conn, op_id)
+            done = ops.transition(conn, op, Verb.SUCCEED, now=now, reason=reason)
+            update_guest(
+                conn,
+                op.guest.vmid,
+                {"origin": GuestOrigin.RELEASED, "released_at": now, "desired_state": None},
+                now=now,
+            )
+            cancel_superseded(conn, op.guest.vmid, None, now=now)
+            insert_audit(conn, audit)
+            return done
+
+        return await self._store.write(unit)
+
+
+_CREATING = frozenset({Action.CREATE, Action.CLONE})
+
+
+def _guard_guest(
+    conn: sqlite3.Connection,
+    req: SubmitRequest,
+    *,
+    now: float,
+    create_fingerprint: Mapping[str, str] | None,
+) -> GuestRecord:
+    """The submission rule: create/clone needs a free vmid (a new row is recorded
+    ``native``; an existing row is never changed here); anything else needs a managed guest
+    on the node and of the kind its row says. Raises (nothing is written)."""
+    vmid = req.guest.vmid
+    guest = load_guest(conn, vmid)
+    if Action(req.action) not in _CREATING:
+        if guest is None or not guest.managed:
+            raise not_managed(vmid, guest.origin if guest is not None else None)
+        check_placement(guest, node=req.guest.node, kind=str(req.guest.kind))
+        return guest
+    fingerprint = dict(create_fingerprint or {})
+    if guest is None:
+        return insert_guest(
+            conn,
+            GuestRecord(
+                vmid=vmid,
+                node=req.guest.node,
+                kind=req.guest.kind,
+                origin=GuestOrigin.NATIVE,
+                fingerprint=fingerprint,
+                created_at=now,
+                updated_at=now,
+            ),
+        )
+    conflict = creation_conflict(guest, fingerprint)
+    if conflict is not None:
+        raise PolicyRefused("vmid_in_use", conflict)
+    return guest
 
 
 def _moved_payload(guest: GuestRecord, from_node: str | None) -> str:

@@ -12,6 +12,7 @@ top-level ``migrations/`` folder.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import logging
 import re
@@ -20,11 +21,9 @@ from collections.abc import Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-import aiosqlite
 import attrs
 
 from lifecycled.errors import JournalError, JournalTooNew
-from lifecycled.journal.db import rollback
 
 logger = logging.getLogger("lifecycled.journal")
 
@@ -107,27 +106,21 @@ def load_migrations(source: Traversable | Path | None = None) -> tuple[Migration
     return tuple(found[v] for v in versions)
 
 
-async def _pragma_int(conn: aiosqlite.Connection, name: str) -> int:
-    rows = list(await conn.execute_fetchall(f"PRAGMA {name}"))
+def read_version(conn: sqlite3.Connection) -> int:
+    """The journal's schema version (``PRAGMA user_version``; 0 for a new file)."""
+    rows = conn.execute("PRAGMA user_version").fetchall()
     return int(rows[0][0]) if rows else 0
 
 
-async def read_version(conn: aiosqlite.Connection) -> int:
-    """The journal's schema version (``PRAGMA user_version``; 0 for a new file)."""
-    return await _pragma_int(conn, "user_version")
-
-
-async def check_identity(conn: aiosqlite.Connection, path: Path, known: int) -> int:
+def check_identity(conn: sqlite3.Connection, path: Path, known: int) -> int:
     """Refuse files that are not lifecycled journals or are newer than ``known``; the version."""
     # One statement, so one snapshot: another process may be migrating the file right now.
-    rows = list(
-        await conn.execute_fetchall(
-            "SELECT (SELECT user_version FROM pragma_user_version),"
-            " (SELECT application_id FROM pragma_application_id),"
-            " (SELECT count(*) FROM sqlite_master"
-            "  WHERE type = 'table' AND name NOT LIKE 'sqlite_%')"
-        )
-    )
+    rows = conn.execute(
+        "SELECT (SELECT user_version FROM pragma_user_version),"
+        " (SELECT application_id FROM pragma_application_id),"
+        " (SELECT count(*) FROM sqlite_master"
+        "  WHERE type = 'table' AND name NOT LIKE 'sqlite_%')"
+    ).fetchall()
     version, app_id, tables = (int(v) for v in rows[0])
     if (version == 0 and tables > 0) or (version > 0 and app_id != APPLICATION_ID):
         raise JournalError(
@@ -142,31 +135,32 @@ async def check_identity(conn: aiosqlite.Connection, path: Path, known: int) -> 
     return version
 
 
-async def apply_migrations(
-    conn: aiosqlite.Connection, migrations: Sequence[Migration]
-) -> list[Migration]:
-    """Apply the migrations the journal does not have yet, each in its own transaction."""
+def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[Migration]:
+    """Apply the migrations the journal does not have yet, each in its own transaction
+    (in the journal's writer thread)."""
     applied: list[Migration] = []
     for migration in migrations:
-        if await read_version(conn) >= migration.version:
+        if read_version(conn) >= migration.version:
             continue
-        await conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
         try:
             # Re-read under the write lock: another process may have migrated meanwhile.
-            current = await read_version(conn)
+            current = read_version(conn)
             if current >= migration.version:
-                await conn.execute("COMMIT")
+                conn.execute("COMMIT")
                 continue
             if current != migration.version - 1:
                 raise JournalError(
                     f"journal schema version {current} cannot take migration {migration.label}"
                 )
             for statement in migration.statements:
-                await conn.execute(statement)
-            await conn.execute(f"PRAGMA user_version = {int(migration.version)}")
-            await conn.execute("COMMIT")
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {int(migration.version)}")
+            conn.execute("COMMIT")
         except BaseException:
-            await rollback(conn)
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
         logger.info(
             "journal.migrated", extra={"version": migration.version, "migration": migration.label}

@@ -10,7 +10,6 @@ import sqlite3
 from collections.abc import Collection
 from typing import Any
 
-import aiosqlite
 import attrs
 
 from lifecycled.audit import AuditRecord, Decision
@@ -22,8 +21,8 @@ from lifecycled.domain.node import (
     decommission_refusal,
     transition_refusal,
 )
-from lifecycled.journal.audit import insert_audit
-from lifecycled.journal.db import Database, one, rows
+from lifecycled.journal.events import insert_audit
+from lifecycled.journal.store import Part, fetch_all, fetch_one
 
 _COLUMNS = "node, state, since, is_system, first_seen, reason"
 #: Origins of the guests lifecycled manages (they keep a node from being decommissioned).
@@ -53,8 +52,8 @@ def node_from_row(row: sqlite3.Row) -> NodeRecord:
     )
 
 
-async def load_node(conn: aiosqlite.Connection, node: str) -> NodeRecord | None:
-    row = await one(conn, f"SELECT {_COLUMNS} FROM node_state WHERE node = ?", (node,))
+def load_node(conn: sqlite3.Connection, node: str) -> NodeRecord | None:
+    row = fetch_one(conn, f"SELECT {_COLUMNS} FROM node_state WHERE node = ?", (node,))
     return None if row is None else node_from_row(row)
 
 
@@ -86,11 +85,11 @@ def _audit(
     )
 
 
-async def _ensure(
-    conn: aiosqlite.Connection, node: str, *, now: float, actor: str, is_system: bool = False
+def _ensure(
+    conn: sqlite3.Connection, node: str, *, now: float, actor: str, is_system: bool = False
 ) -> NodeRecord:
     """The node's row, inserted as ``ready`` (first seen now, audited) when absent."""
-    found = await load_node(conn, node)
+    found = load_node(conn, node)
     if found is not None:
         return found
     record = NodeRecord(
@@ -101,12 +100,12 @@ async def _ensure(
         first_seen=now,
         reason="first seen",
     )
-    await conn.execute(
+    conn.execute(
         "INSERT INTO node_state (node, state, since, is_system, first_seen, reason) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         (node, str(record.state), now, int(is_system), now, record.reason),
     )
-    await insert_audit(
+    insert_audit(
         conn,
         _audit(
             now=now,
@@ -121,8 +120,8 @@ async def _ensure(
     return record
 
 
-async def _move(
-    conn: aiosqlite.Connection,
+def _move(
+    conn: sqlite3.Connection,
     record: NodeRecord,
     target: NodeState,
     *,
@@ -136,7 +135,7 @@ async def _move(
     """Apply (or refuse, when ``refusal``) ``record`` → ``target``, audited either way."""
     facts = {"from": str(record.state), "to": str(target), **(extra or {})}
     if refusal is not None:
-        await insert_audit(
+        insert_audit(
             conn,
             _audit(
                 now=now,
@@ -149,12 +148,12 @@ async def _move(
             ),
         )
         return NodeChange(record=record, previous=record.state, refusal=refusal)
-    await conn.execute(
+    conn.execute(
         "UPDATE node_state SET state = ?, since = ?, reason = ? WHERE node = ?",
         (str(target), now, reason, record.node),
     )
     after = attrs.evolve(record, state=target, since=now, reason=reason)
-    await insert_audit(
+    insert_audit(
         conn,
         _audit(
             now=now,
@@ -169,29 +168,18 @@ async def _move(
     return NodeChange(record=after, previous=record.state, changed=True)
 
 
-class NodeVerbs:
-    """Mixed into :class:`~lifecycled.journal.Journal`."""
-
-    _db: Database
+class Nodes(Part):
+    """Node verbs (Journal delegates to them)."""
 
     async def get_node(self, node: str) -> NodeRecord | None:
         """The node's row, or ``None`` when lifecycled never registered it."""
-
-        async def unit(conn: aiosqlite.Connection) -> NodeRecord | None:
-            return await load_node(conn, node)
-
-        return await self._db.read(unit)
+        row = await self._store.one(f"SELECT {_COLUMNS} FROM node_state WHERE node = ?", (node,))
+        return None if row is None else node_from_row(row)
 
     async def registered_nodes(self) -> list[str]:
         """Every node lifecycled ever served from this journal, by name."""
-
-        async def unit(conn: aiosqlite.Connection) -> list[str]:
-            return [
-                str(r["node"])
-                for r in await rows(conn, "SELECT node FROM node_state ORDER BY node")
-            ]
-
-        return await self._db.read(unit)
+        found = await self._store.rows("SELECT node FROM node_state ORDER BY node")
+        return [str(r["node"]) for r in found]
 
     async def ensure_node(self, node: str, *, now: float, actor: str) -> NodeRecord:
         """The node's row; created as ``ready`` (``first_seen`` = now, audited) when absent."""
@@ -199,10 +187,10 @@ class NodeVerbs:
         if found is not None:
             return found
 
-        async def unit(conn: aiosqlite.Connection) -> NodeRecord:
-            return await _ensure(conn, node, now=now, actor=actor)
+        def unit(conn: sqlite3.Connection) -> NodeRecord:
+            return _ensure(conn, node, now=now, actor=actor)
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def transition_node(
         self,
@@ -222,12 +210,12 @@ class NodeVerbs:
         if target is NodeState.DECOMMISSIONED:
             raise ValueError("decommission through decommission_node (it checks guests and age)")
 
-        async def unit(conn: aiosqlite.Connection) -> NodeChange:
-            record = await _ensure(conn, node, now=now, actor=actor)
+        def unit(conn: sqlite3.Connection) -> NodeChange:
+            record = _ensure(conn, node, now=now, actor=actor)
             if record.state is target:
                 return NodeChange(record=record, previous=record.state)
             refusal = transition_refusal(node, record.state, target)
-            return await _move(
+            return _move(
                 conn,
                 record,
                 target,
@@ -238,7 +226,7 @@ class NodeVerbs:
                 refusal=refusal,
             )
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def refuse_node_change(
         self,
@@ -252,9 +240,9 @@ class NodeVerbs:
     ) -> NodeChange:
         """Audit a node change refused by a rule outside the state machine; nothing else."""
 
-        async def unit(conn: aiosqlite.Connection) -> NodeChange:
-            record = await _ensure(conn, node, now=now, actor=actor)
-            return await _move(
+        def unit(conn: sqlite3.Connection) -> NodeChange:
+            record = _ensure(conn, node, now=now, actor=actor)
+            return _move(
                 conn,
                 record,
                 target,
@@ -265,7 +253,7 @@ class NodeVerbs:
                 refusal=refusal,
             )
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def decommission_node(
         self,
@@ -285,11 +273,11 @@ class NodeVerbs:
         node, counted in this transaction, plus ``live_guests`` (vmids Proxmox shows there).
         """
 
-        async def unit(conn: aiosqlite.Connection) -> NodeChange:
-            record = await _ensure(conn, node, now=now, actor=actor)
+        def unit(conn: sqlite3.Connection) -> NodeChange:
+            record = _ensure(conn, node, now=now, actor=actor)
             if record.state is NodeState.DECOMMISSIONED:
                 return NodeChange(record=record, previous=record.state)
-            managed = await rows(
+            managed = fetch_all(
                 conn,
                 f"SELECT vmid FROM guests WHERE node = ? AND origin IN ({', '.join('?' for _ in _MANAGED)})"
                 " ORDER BY vmid",
@@ -299,7 +287,7 @@ class NodeVerbs:
             refusal = decommission_refusal(
                 record, now=now, min_age=min_age, system=system, guests_remaining=len(remaining)
             )
-            change = await _move(
+            change = _move(
                 conn,
                 record,
                 NodeState.DECOMMISSIONED,
@@ -312,22 +300,22 @@ class NodeVerbs:
             )
             return attrs.evolve(change, guests=tuple(remaining))
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)
 
     async def mark_system_node(
         self, node: str, is_system: bool, *, now: float, actor: str
     ) -> NodeRecord:
         """Set whether the node is a system node (never decommissioned); audited on change."""
 
-        async def unit(conn: aiosqlite.Connection) -> NodeRecord:
-            record = await _ensure(conn, node, now=now, actor=actor, is_system=is_system)
+        def unit(conn: sqlite3.Connection) -> NodeRecord:
+            record = _ensure(conn, node, now=now, actor=actor, is_system=is_system)
             if record.is_system == is_system:
                 return record
-            await conn.execute(
+            conn.execute(
                 "UPDATE node_state SET is_system = ? WHERE node = ?", (int(is_system), node)
             )
             after = attrs.evolve(record, is_system=is_system)
-            await insert_audit(
+            insert_audit(
                 conn,
                 _audit(
                     now=now,
@@ -340,4 +328,4 @@ class NodeVerbs:
             )
             return after
 
-        return await self._db.write(unit)
+        return await self._store.write(unit)

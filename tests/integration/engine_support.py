@@ -33,7 +33,7 @@ from lifecycled.engine.clock import Clock
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import Submission
 from lifecycled.journal import Journal, SubmitRequest
-from lifecycled.journal.guest_rows import insert_guest
+from lifecycled.journal.guests import insert_guest
 from lifecycled.pve.auth import TokenAuth
 from lifecycled.pve.http import HttpPveClient
 from lifecycled.sim import SimServer
@@ -119,7 +119,7 @@ async def seed_guests(db: Path, guests: Iterable[Guest], origin: str = "native")
     async with await Journal.open(db) as journal:
         for guest in guests:
             if await journal.find_guest(guest.vmid) is None:
-                await journal._db.write(
+                await journal._store.write(
                     partial(insert_guest, rec=record_of(guest, origin, now=now))
                 )
 

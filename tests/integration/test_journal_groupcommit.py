@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import aiosqlite
 import pytest
 from conftest_journal import BOOM, T0, raw_rows, request, submit, to_state
 
@@ -17,7 +16,7 @@ from lifecycled.domain.op import Op
 from lifecycled.domain.states import OpState
 from lifecycled.errors import InvalidTransition, JournalError, JournalUnavailable
 from lifecycled.journal import Journal
-from lifecycled.journal.db import Database, in_thread
+from lifecycled.journal.store import Store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,8 +28,8 @@ async def commits(tmp_path: Path) -> AsyncIterator[tuple[Journal, list[float]]]:
         yield journal, seen
 
 
-def _db(journal: Journal) -> Database:
-    return journal._db
+def _db(journal: Journal) -> Store:
+    return journal._store
 
 
 async def test_concurrent_submissions_share_commits_and_all_are_durable(
@@ -76,7 +75,7 @@ async def test_a_failing_unit_does_not_poison_its_batch(
     outcomes = await asyncio.gather(
         *(journal.cancel(op.id, now=T0 + 5, reason="x") for op in pending),
         journal.cancel(running.id, now=T0 + 5, reason="x"),  # illegal: it is running
-        _db(journal).write_sync(bad_sql),  # CHECK constraint: a JournalError for its caller
+        _db(journal).write(bad_sql),  # CHECK constraint: a JournalError for its caller
         return_exceptions=True,
     )
     assert len(seen) - before == 1, "all seven units should have shared one commit"
@@ -92,20 +91,20 @@ async def test_a_failing_unit_does_not_poison_its_batch(
     assert history == [(3,)], "the refused cancel must not leave a history row"
 
 
-async def test_async_units_join_the_batch_under_their_own_savepoint(
+async def test_a_unit_that_fails_after_writing_rolls_back_only_itself(
     commits: tuple[Journal, list[float]],
 ) -> None:
-    """``write`` (async) units share the transaction with sync units; one that raises after
-    writing rolls back only its own rows."""
+    """A unit that raises after writing rolls back only its own rows; the other units of its
+    batch commit in the same transaction."""
     journal, seen = commits
     db = _db(journal)
 
-    async def writes_then_fails(conn: aiosqlite.Connection) -> None:
-        await conn.execute("INSERT INTO nonces VALUES ('n-bad', 'k', 1, 2)")
+    def writes_then_fails(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO nonces VALUES ('n-bad', 'k', 1, 2)")
         raise RuntimeError("unit failed after writing")
 
-    async def writes_ok(conn: aiosqlite.Connection) -> str:
-        await conn.execute("INSERT INTO nonces VALUES ('n-ok', 'k', 1, 2)")
+    def writes_ok(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO nonces VALUES ('n-ok', 'k', 1, 2)")
         return "ok"
 
     before = len(seen)
@@ -120,6 +119,25 @@ async def test_async_units_join_the_batch_under_their_own_savepoint(
     assert len(seen) - before == 1
     assert raw_rows(journal.path, "SELECT nonce FROM nonces ORDER BY nonce") == [("n-ok",)]
     assert raw_rows(journal.path, "SELECT count(*) FROM ops") == [(1,)]
+
+
+async def test_every_write_runs_on_the_one_writer_thread(
+    commits: tuple[Journal, list[float]],
+) -> None:
+    """Units of every batch run on one thread the journal owns, never on the event loop's."""
+    journal, _ = commits
+    db = _db(journal)
+
+    def where(conn: sqlite3.Connection) -> int:
+        conn.execute("SELECT 1").fetchall()
+        return threading.get_ident()
+
+    first = await asyncio.gather(*(db.write(where) for _ in range(20)))
+    later = await db.write(where)
+    assert set(first) == {later}
+    assert later != threading.get_ident()
+    names = {t.name for t in threading.enumerate() if t.ident == later}
+    assert names and all(n.startswith("lifecycled-journal-writer") for n in names)
 
 
 async def test_a_withdrawn_unit_never_runs(commits: tuple[Journal, list[float]]) -> None:
@@ -139,10 +157,10 @@ async def test_a_withdrawn_unit_never_runs(commits: tuple[Journal, list[float]])
 
         return unit
 
-    first = asyncio.create_task(db.write_sync(marker("first", hold=True)))
+    first = asyncio.create_task(db.write(marker("first", hold=True)))
     await asyncio.sleep(0.05)  # the batch holding `first` is running
-    withdrawn = asyncio.create_task(db.write_sync(marker("withdrawn")))
-    kept = asyncio.create_task(db.write_sync(marker("kept")))
+    withdrawn = asyncio.create_task(db.write(marker("withdrawn")))
+    kept = asyncio.create_task(db.write(marker("kept")))
     taken_then_cancelled = first
     await asyncio.sleep(0)
     withdrawn.cancel()
@@ -159,32 +177,6 @@ async def test_a_withdrawn_unit_never_runs(commits: tuple[Journal, list[float]])
     ]
 
 
-async def test_an_async_unit_that_suspends_runs_again_on_the_loop(
-    commits: tuple[Journal, list[float]],
-) -> None:
-    """An async unit that awaits something besides the connection is rolled back in SQLite's
-    thread and run again on the event loop, in the same transaction as its batch."""
-    journal, seen = commits
-    db = _db(journal)
-    calls: list[str] = []
-
-    async def yields(conn: aiosqlite.Connection) -> int:
-        calls.append("start")
-        await conn.execute("INSERT INTO nonces VALUES ('n1', 'k', 1, 2)")
-        await asyncio.sleep(0)  # not the connection: suspends
-        await conn.execute("INSERT INTO nonces VALUES ('n2', 'k', 1, 2)")
-        return 7
-
-    before = len(seen)
-    value, other = await asyncio.gather(
-        db.write(yields), journal.submit(request(None, vmid=801), now=T0)
-    )
-    assert value == 7 and other.op.state is OpState.PENDING
-    assert len(calls) >= 2  # it ran at least once in SQLite's thread, then on the loop
-    assert len(seen) - before == 1
-    assert raw_rows(journal.path, "SELECT nonce FROM nonces ORDER BY nonce") == [("n1",), ("n2",)]
-
-
 async def test_a_full_disk_fails_the_write_that_needs_space_and_recovers(
     commits: tuple[Journal, list[float]],
 ) -> None:
@@ -195,7 +187,7 @@ async def test_a_full_disk_fails_the_write_that_needs_space_and_recovers(
     db = _db(journal)
     await submit(journal, "before")
     pages = raw_rows(journal.path, "PRAGMA page_count")[0][0]
-    await in_thread(db.connection, lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
+    await db.writer.call(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
     big = {"blob": "x" * 200_000}
     small, large = await asyncio.gather(  # no keys: both units are queued before the batch
         journal.submit(request(None, vmid=601), now=T0),
@@ -209,7 +201,7 @@ async def test_a_full_disk_fails_the_write_that_needs_space_and_recovers(
         assert on_disk == [(101,)]
     else:
         assert on_disk == [(101,), (601,)]
-    await in_thread(db.connection, lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+    await db.writer.call(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
     assert (await submit(journal, "after", vmid=603)).state is OpState.PENDING
     assert await journal.integrity_check() == ["ok"]
 
@@ -229,7 +221,7 @@ async def test_a_transaction_sqlite_rolled_back_fails_every_unit_of_the_batch(
     before = len(seen)
     outcomes = await asyncio.gather(
         journal.submit(request(None, vmid=701), now=T0),
-        db.write_sync(lost),
+        db.write(lost),
         journal.submit(request(None, vmid=702), now=T0),
         return_exceptions=True,
     )
@@ -239,12 +231,29 @@ async def test_a_transaction_sqlite_rolled_back_fails_every_unit_of_the_batch(
     assert (await submit(journal, "after", vmid=703)).state is OpState.PENDING
 
 
-async def test_aiosqlite_still_queues_callables_on_its_thread(tmp_path: Path) -> None:
-    """The one private aiosqlite API the journal relies on (``_execute``/``_conn``) exists
-    and runs the callable on the connection's own thread."""
-    async with aiosqlite.connect(tmp_path / "x.sqlite3") as conn:
-        value = await in_thread(conn, lambda c: c.execute("SELECT 41 + 1").fetchone()[0])
-    assert value == 42
+def test_the_journal_uses_no_private_attribute_of_a_dependency() -> None:
+    """No journal module reaches into aiosqlite's (or sqlite3's) private attributes."""
+    import re
+
+    import lifecycled.journal
+
+    folder = Path(lifecycled.journal.__file__).parent
+    private = re.compile(r"\b(?:conn|connection|reader|aiosqlite\.\w+)\._(?:execute|conn)\b")
+    offenders = [
+        f"{path.name}:{n}"
+        for path in sorted(folder.glob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert offenders == []
+
+
+def test_the_journal_is_at_most_nine_modules() -> None:
+    """lifecycled/journal is organised by aggregate in at most nine modules."""
+    import lifecycled.journal
+
+    modules = sorted(p.name for p in Path(lifecycled.journal.__file__).parent.glob("*.py"))
+    assert len(modules) <= 9, modules
 
 
 async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
@@ -309,7 +318,7 @@ async def test_a_durable_write_is_never_withdrawn(commits: tuple[Journal, list[f
     def hold(conn: sqlite3.Connection) -> None:
         gate.wait(10)
 
-    holder = asyncio.create_task(db.write_sync(hold))
+    holder = asyncio.create_task(db.write(hold))
     await asyncio.sleep(0.05)  # the holding batch is running; the finish below queues behind
     finishing = asyncio.create_task(
         journal.finish(op.id, OpState.SUCCEEDED, now=T0 + 9, reason="OK", exitstatus="OK")

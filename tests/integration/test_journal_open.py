@@ -73,11 +73,10 @@ async def test_new_journal_is_migrated_and_marked(tmp_path: Path) -> None:
 async def test_connection_pragmas(tmp_path: Path) -> None:
     """The connection runs with WAL, the asked synchronous level, FKs on, temp_store MEMORY."""
     async with await Journal.open(tmp_path / "j.sqlite3", synchronous="normal") as journal:
-        conn = journal._db.connection
-        got = {}
-        for name in ("journal_mode", "synchronous", "foreign_keys", "temp_store", "busy_timeout"):
-            rows = list(await conn.execute_fetchall(f"PRAGMA {name}"))
-            got[name] = rows[0][0]
+        names = ("journal_mode", "synchronous", "foreign_keys", "temp_store", "busy_timeout")
+        got = await journal._store.writer.call(
+            lambda c: {name: c.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
+        )
     assert got == {
         "journal_mode": "wal",
         "synchronous": 1,
@@ -147,14 +146,14 @@ async def test_journal_too_new_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     async with await Journal.open(path):
         pass
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 7")
-    conn.close()
     known = len(load_migrations())
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {known + 1}")
+    conn.close()
     with pytest.raises(JournalTooNew) as info:
         await Journal.open(path)
     assert str(info.value) == (
-        f"journal schema version 7 is newer than this lifecycled (knows {known}): "
+        f"journal schema version {known + 1} is newer than this lifecycled (knows {known}): "
         "upgrade lifecycled"
     )
 

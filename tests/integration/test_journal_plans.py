@@ -17,20 +17,20 @@ import pytest
 from conftest_journal import T0, to_state
 
 from lifecycled.domain.states import OpState
-from lifecycled.journal import Journal, units
-from lifecycled.journal.rows import OP_COLUMNS
+from lifecycled.journal import Journal, ops
+from lifecycled.journal.ops import OP_COLUMNS
 
 pytestmark = pytest.mark.timeout(60)
 
 _TERMINAL = (
     "INSERT INTO ops (idempotency_key, action, node, kind, vmid, params, origin, actor, state,"
-    " phase, attempts, due_at, created_at, updated_at, finished_at)"
-    " VALUES (?, 'start', ?, 'qemu', ?, '{}', 'api', 'api', 'succeeded', 0, 1, ?, ?, ?, ?)"
+    " attempts, due_at, created_at, updated_at, finished_at)"
+    " VALUES (?, 'start', ?, 'qemu', ?, '{}', 'api', 'api', 'succeeded', 1, ?, ?, ?, ?)"
 )
 _OPEN = (
     "INSERT INTO ops (idempotency_key, action, node, kind, vmid, params, origin, actor, state,"
-    " phase, attempts, due_at, created_at, updated_at)"
-    " VALUES (?, 'start', ?, 'qemu', ?, '{}', 'api', 'api', ?, ?, 0, ?, ?, ?)"
+    " attempts, due_at, created_at, updated_at)"
+    " VALUES (?, 'start', ?, 'qemu', ?, '{}', 'api', 'api', ?, 0, ?, ?, ?)"
 )
 
 
@@ -51,8 +51,8 @@ def _journal(path: Path, terminal: int) -> sqlite3.Connection:
     # A few open ops: pending ones, some blocked behind an in-flight op on their guest.
     conn.executemany(
         _OPEN,
-        [(f"p{i}", "pve1", 5000 + i % 4, "pending", 1, T0 + i, T0, T0) for i in range(8)]
-        + [(f"r{i}", "pve1", 5000 + i, "running", 2, T0, T0, T0) for i in range(2)],
+        [(f"p{i}", "pve1", 5000 + i % 4, "pending", T0 + i, T0, T0) for i in range(8)]
+        + [(f"r{i}", "pve1", 5000 + i, "running", T0, T0, T0) for i in range(2)],
     )
     conn.execute("COMMIT")
     assert conn.execute(
@@ -64,7 +64,7 @@ def _journal(path: Path, terminal: int) -> sqlite3.Connection:
 def _hot_queries() -> Iterator[tuple[str, str, tuple[Any, ...], tuple[str, ...]]]:
     """(label, SQL, params, the indexes the plan must use)."""
     for cap, nodes in ((None, None), (3, None), (3, ["pve1", "pve2"])):
-        sql, params = units.claim_query(now=T0 + 100, node_cap=cap, nodes=nodes)
+        sql, params = ops.claim_query(now=T0 + 100, node_cap=cap, nodes=nodes)
         wanted = ("ops_due", "ops_inflight_vmid") + (("ops_inflight_node",) if cap else ())
         yield f"claim cap={cap} nodes={nodes}", sql, tuple(params), wanted
     yield "in_flight", f"SELECT {OP_COLUMNS} FROM ops WHERE phase = 2", (), ("ops_inflight",)
@@ -88,7 +88,7 @@ def _hot_queries() -> Iterator[tuple[str, str, tuple[Any, ...], tuple[str, ...]]
         ("p3",),
         ("sqlite_autoindex_ops",),
     )
-    yield "by id", units._SELECT_OP, (5,), ("PRIMARY KEY",)
+    yield "by id", ops._SELECT_OP, (5,), ("PRIMARY KEY",)
 
 
 def _steps(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
@@ -173,16 +173,14 @@ async def test_open_counts_count_pending_in_flight_and_the_dlq(tmp_path: Path) -
     }
 
 
-def test_the_claim_update_picks_through_the_partial_indexes(
+def test_a_persisted_step_updates_one_row_by_its_primary_key(
     journals: tuple[sqlite3.Connection, ...],
 ) -> None:
-    """The claim is one UPDATE whose pick is the indexed claim query."""
+    """The guarded UPDATE every state change runs finds its row by id (no index scan)."""
     _, large = journals
-    pick, params = units.claim_query(now=T0 + 100, node_cap=3, nodes=None, columns="o.id")
-    sql = units._CLAIM_UPDATE.format(pick=pick)
+    sql = ops._update_sql(("state", "updated_at", "attempts", "claimed_at"))
     plan = " | ".join(
-        str(r[3]) for r in large.execute(f"EXPLAIN QUERY PLAN {sql}", (T0, T0, *params))
+        str(r[3]) for r in large.execute(f"EXPLAIN QUERY PLAN {sql}", (0, 0, 0, 0, 5, "pending"))
     )
-    assert "INTEGER PRIMARY KEY" in plan and "ops_due" in plan, plan
-    assert "ops_inflight_vmid" in plan and "ops_inflight_node" in plan, plan
-    assert "SCAN ops" not in plan.replace("SCAN ops USING INDEX ops_", ""), plan
+    assert "INTEGER PRIMARY KEY" in plan, plan
+    assert "SCAN ops" not in plan, plan

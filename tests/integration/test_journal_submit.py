@@ -139,3 +139,19 @@ async def test_concurrent_submissions_of_one_key_make_one_op(journal: Journal) -
     assert len({r.op.id for r in results}) == 1
     assert sum(not r.deduplicated for r in results) == 1
     assert raw_rows(journal.path, "SELECT count(*) FROM ops") == [(1,)]
+
+
+async def test_the_op_record_carries_its_actor_action_and_discard_time(journal: Journal) -> None:
+    """An op as read carries who submitted it, its action as an Action and, once an operator
+    discarded it, when — no second query needed."""
+    from lifecycled.domain.actions import Action
+
+    dead = await to_state(journal, OpState.DEAD_LETTERED, vmid=777)
+    op = (await journal.submit(request("k-actor", actor="api:alice"), now=T0)).op
+    read = await journal.get(op.id)
+    assert (op.actor, read.actor) == ("api:alice", "api:alice")
+    assert read.action is Action.START and read.discarded_at is None
+    discarded = await journal.discard(dead.id, now=T0 + 10, reason="operator")
+    assert discarded.discarded_at == T0 + 10
+    assert (await journal.get(dead.id)).discarded_at == T0 + 10
+    assert (await journal.retry(dead.id, now=T0 + 11, reason="r")).discarded_at is None

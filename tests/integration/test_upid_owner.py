@@ -114,13 +114,26 @@ async def test_migration_keeps_the_first_holder_of_a_duplicated_upid(tmp_path: P
     for sql in sorted((REPO / "migrations").glob("000[123]_*.sql")):
         shutil.copy(sql, old / sql.name)
     path = tmp_path / "j.sqlite3"
-    async with await Journal.open(path, migrations_dir=old) as journal:
-        first = await submit_op(journal, "a")
-        second = await submit_op(journal, "b")
+    async with await Journal.open(path, migrations_dir=old):
+        pass
     upid = "UPID:pve1:00001234:01234567:65000000:qmconfig:101:root@pam!lifecycled:"
     raw = sqlite3.connect(path)
-    with raw:
-        raw.execute("UPDATE ops SET upid = ? WHERE id IN (?, ?)", (upid, first, second))
+    with raw:  # rows as a lifecycled of that schema wrote them (phase beside state)
+        first, second = (
+            raw.execute(
+                "INSERT INTO ops (idempotency_key, action, node, kind, vmid, params, origin,"
+                " actor, state, phase, attempts, due_at, created_at, updated_at, upid)"
+                " VALUES (?, 'configure', 'pve1', 'qemu', 101, '{}', 'api', 'api', 'pending',"
+                " 1, 0, 1, 1, 1, ?) RETURNING id",
+                (key, upid),
+            ).fetchone()[0]
+            for key in ("a", "b")
+        )
+        raw.executemany(
+            "INSERT INTO op_history (op_id, at, from_state, to_state, reason, attempt, upid)"
+            " VALUES (?, 1, NULL, 'pending', 'submitted', 0, NULL)",
+            [(first,), (second,)],
+        )
         raw.execute("UPDATE op_history SET upid = ? WHERE op_id = ?", (upid, second))
     raw.close()
     async with await Journal.open(path) as journal:
@@ -133,14 +146,3 @@ async def test_migration_keeps_the_first_holder_of_a_duplicated_upid(tmp_path: P
             raw.execute("UPDATE ops SET upid = ? WHERE id = ?", (upid, second))
     finally:
         raw.close()
-
-
-async def submit_op(journal: Journal, key: str) -> int:
-    request = SubmitRequest(
-        idempotency_key=key,
-        action="configure",
-        guest=GuestRef(node="pve1", kind=GuestKind.QEMU, vmid=101),
-        params={"cores": 2},
-        origin=Origin.API,
-    )
-    return (await journal.submit(request, now=time.time())).op.id

@@ -13,7 +13,7 @@ from conftest_web import WebEnv, pick, serving
 from node_support import pick_on
 
 from lifecycled.domain.guests import GuestRecord
-from lifecycled.journal.guest_rows import update_guest
+from lifecycled.journal.guests import update_guest
 from lifecycled.sim import SimServer
 
 
@@ -105,7 +105,7 @@ async def test_remanage_repairs_a_wrong_fingerprint_audited(sim: SimServer, tmp_
         journal = env.runtime.journal
         real = dict((await journal.get_guest(guest.vmid)).fingerprint)
         wrong = {"uuid": "00000000-0000-0000-0000-000000000000", "name": "someone-else"}
-        await journal._db.write(
+        await journal._store.write(
             partial(update_guest, vmid=guest.vmid, changes={"fingerprint": wrong}, now=1.0)
         )
         status, refused = await env.submit(

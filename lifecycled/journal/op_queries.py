@@ -1,6 +1,8 @@
-"""The journal's read verbs and maintenance (integrity check, online backup).
+"""Op queries: reads over ops and their history, and the journal's maintenance (integrity
+check, online backup).
 
-Reads run under the same lock as writes so they never observe half of a transaction.
+Reads run on the journal's read connection (WAL: beside the writer, each statement on the
+latest committed snapshot, so never half of a transaction).
 """
 
 from __future__ import annotations
@@ -10,22 +12,34 @@ import contextlib
 import os
 import sqlite3
 import urllib.parse
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from lifecycled.domain.op import HistoryEntry, Op
 from lifecycled.domain.states import OpState
 from lifecycled.errors import JournalError, NotFound, ValidationError
-from lifecycled.journal.db import Database, one, rows, translate
-from lifecycled.journal.records import OpPage
-from lifecycled.journal.rows import HISTORY_COLUMNS, OP_COLUMNS, history_from_row, op_from_row
+from lifecycled.journal.ops import (
+    HISTORY_COLUMNS,
+    OP_COLUMNS,
+    OpPage,
+    history_from_row,
+    op_from_row,
+)
+from lifecycled.journal.store import Part, translate
 
 MAX_PAGE = 1000
 #: UPIDs looked up per statement (SQLite bounds the number of parameters).
 _UPID_CHUNK = 400
+
+
+_OPEN_COUNTS = (
+    "SELECT 'pending', count(*) FROM ops WHERE phase = 1"
+    " UNION ALL SELECT state, 1 FROM ops WHERE phase = 2"
+    " UNION ALL SELECT 'dead_lettered', count(*) FROM ops"
+    " WHERE state = 'dead_lettered' AND discarded_at IS NULL"
+)
 
 
 def _limit(limit: int) -> int:
@@ -67,13 +81,11 @@ def _backup_file(source: Path, dest: Path) -> None:
         raise
 
 
-class ReadVerbs:
-    """Queries over ops and their history; mixed into :class:`~lifecycled.journal.Journal`."""
-
-    _db: Database
+class OpQueries(Part):
+    """Queries over ops and their history (Journal delegates to them)."""
 
     async def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        return await self._db.read(lambda c: rows(c, sql, params))
+        return await self._store.rows(sql, params)
 
     async def get(self, op_id: int) -> Op:
         """The op with ``op_id``; :class:`~lifecycled.errors.NotFound` if there is none."""
@@ -84,61 +96,42 @@ class ReadVerbs:
 
     async def get_dead_letter(self, op_id: int) -> Op:
         """A dead letter not yet discarded; NotFound if missing, JournalError if not a dead letter."""
-        found = await self._rows(
-            f"SELECT {OP_COLUMNS}, discarded_at FROM ops WHERE id = ?", (op_id,)
-        )
-        if not found:
-            raise NotFound(f"op {op_id} not found")
-        op = op_from_row(found[0])
+        op = await self.get(op_id)
         if op.state is not OpState.DEAD_LETTERED:
             raise NotFound(f"op {op_id} is not a dead letter (it is {op.state})")
-        if found[0]["discarded_at"] is not None:
+        if op.discarded_at is not None:
             raise NotFound(f"dead letter {op_id} was discarded")
         return op
 
     async def discarded_at(self, op_id: int) -> float | None:
-        """When an operator discarded this dead letter (``None``: not discarded); NotFound."""
-        found = await self._rows("SELECT discarded_at FROM ops WHERE id = ?", (op_id,))
-        if not found:
-            raise NotFound(f"op {op_id} not found")
-        value = found[0]["discarded_at"]
-        return None if value is None else float(value)
+        """When an operator discarded this dead letter (``None``: not discarded); NotFound.
+        (The same as ``Op.discarded_at``: kept for callers that hold only the id.)"""
+        return (await self.get(op_id)).discarded_at
 
     async def recorded_upids(self, upids: Iterable[str]) -> set[str]:
         """Which of ``upids`` any op has recorded (now, or in an earlier attempt's history):
         a task found in a node's list is adopted only when no op holds it already."""
         wanted = sorted(set(upids))
-
-        async def unit(conn: aiosqlite.Connection) -> set[str]:
-            found: set[str] = set()
-            for i in range(0, len(wanted), _UPID_CHUNK):
-                chunk = wanted[i : i + _UPID_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for row in await rows(
-                    conn,
-                    f"SELECT upid FROM ops WHERE upid IN ({marks})"
-                    f" UNION SELECT upid FROM op_history WHERE upid IN ({marks})",
-                    (*chunk, *chunk),
-                ):
-                    found.add(str(row[0]))
-            return found
-
-        return await self._db.read(unit) if wanted else set()
+        found: set[str] = set()
+        for i in range(0, len(wanted), _UPID_CHUNK):
+            chunk = wanted[i : i + _UPID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in await self._rows(
+                f"SELECT upid FROM ops WHERE upid IN ({marks})"
+                f" UNION SELECT upid FROM op_history WHERE upid IN ({marks})",
+                (*chunk, *chunk),
+            ):
+                found.add(str(row[0]))
+        return found
 
     async def history(self, op_id: int) -> list[HistoryEntry]:
         """Every transition of the op, oldest first; NotFound if the op does not exist."""
-
-        async def unit(conn: aiosqlite.Connection) -> list[HistoryEntry]:
-            found = await rows(
-                conn,
-                f"SELECT {HISTORY_COLUMNS} FROM op_history WHERE op_id = ? ORDER BY id",
-                (op_id,),
-            )
-            if not found and await one(conn, "SELECT 1 FROM ops WHERE id = ?", (op_id,)) is None:
-                raise NotFound(f"op {op_id} not found")
-            return [history_from_row(r) for r in found]
-
-        return await self._db.read(unit)
+        found = await self._rows(
+            f"SELECT {HISTORY_COLUMNS} FROM op_history WHERE op_id = ? ORDER BY id", (op_id,)
+        )
+        if not found and not await self._rows("SELECT 1 FROM ops WHERE id = ?", (op_id,)):
+            raise NotFound(f"op {op_id} not found")
+        return [history_from_row(r) for r in found]
 
     async def succeeded_task_durations(self, *, limit: int = 1000) -> list[tuple[str, float]]:
         """``(UPID, seconds)`` of the newest ``limit`` succeeded ops that ran a task: seconds
@@ -186,21 +179,16 @@ class ReadVerbs:
         Cheap whatever the journal's size (partial indexes only): what the gauges refresh
         every few seconds. Terminal states are absent; :meth:`counts_by_state` has them all.
         """
-
-        async def unit(conn: aiosqlite.Connection) -> dict[OpState, int]:
-            counts = dict.fromkeys((OpState.PENDING, OpState.DISPATCHING, OpState.RUNNING), 0)
-            found = await rows(conn, "SELECT count(*) FROM ops WHERE phase = 1")
-            counts[OpState.PENDING] = int(found[0][0])
-            for row in await rows(conn, "SELECT state FROM ops WHERE phase = 2"):
+        counts = dict.fromkeys((OpState.PENDING, OpState.DISPATCHING, OpState.RUNNING), 0)
+        # One statement, so one snapshot.
+        for row in await self._rows(_OPEN_COUNTS):
+            if row[0] == "pending":
+                counts[OpState.PENDING] = int(row[1])
+            elif row[0] == "dead_lettered":
+                counts[OpState.DEAD_LETTERED] = int(row[1])
+            else:
                 counts[OpState(row[0])] += 1
-            found = await rows(
-                conn,
-                "SELECT count(*) FROM ops WHERE state = 'dead_lettered' AND discarded_at IS NULL",
-            )
-            counts[OpState.DEAD_LETTERED] = int(found[0][0])
-            return counts
-
-        return await self._db.read(unit)
+        return counts
 
     async def list_ops(
         self,
@@ -258,10 +246,46 @@ class ReadVerbs:
         """Copy the journal online to ``dest`` (mode 0600); refuses to overwrite a file."""
         target = Path(dest)
         try:
-            await asyncio.to_thread(_backup_file, self._db.path, target)
+            await asyncio.to_thread(_backup_file, self._store.path, target)
         except FileExistsError as exc:
             raise JournalError(
                 f"backup destination {target} already exists; not overwriting it"
             ) from exc
         except sqlite3.Error as exc:
-            raise translate(exc, self._db.path) from exc
+            raise translate(exc, self._store.path) from exc
+
+    # --- reads for reconcile and the policy ------------------------------------------------
+
+    async def open_ops_by_vmid(self) -> dict[int, list[Op]]:
+        """Every pending or in-flight op, grouped by guest."""
+        found = await self._read(f"SELECT {OP_COLUMNS} FROM ops WHERE phase IN (1, 2) ORDER BY id")
+        grouped: dict[int, list[Op]] = defaultdict(list)
+        for row in found:
+            op = op_from_row(row)
+            grouped[op.guest.vmid].append(op)
+        return dict(grouped)
+
+    async def latest_reconcile_ops(self) -> dict[int, Op]:
+        """Each guest's most recent reconcile op."""
+        sql = (
+            f"SELECT {OP_COLUMNS} FROM ops WHERE id IN "
+            "(SELECT max(id) FROM ops WHERE origin = 'reconcile' GROUP BY vmid)"
+        )
+        return {op.guest.vmid: op for op in map(op_from_row, await self._read(sql))}
+
+    async def config_changes(self) -> dict[int, float]:
+        """When lifecycled last changed each guest's config (a succeeded configure/resize)."""
+        sql = (
+            "SELECT vmid, max(finished_at) AS at FROM ops WHERE state = 'succeeded' "
+            "AND action IN ('configure', 'resize') GROUP BY vmid"
+        )
+        return {int(r["vmid"]): float(r["at"]) for r in await self._read(sql)}
+
+    async def op_actor(self, op_id: int) -> str:
+        """Who submitted the op (``api:<name>``, ``cli``, ``reconcile``); ``Op.actor`` when
+        the op is at hand."""
+        found = await self._read("SELECT actor FROM ops WHERE id = ?", (op_id,))
+        return str(found[0]["actor"]) if found else "unknown"
+
+    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return await self._store.rows(sql, params)
