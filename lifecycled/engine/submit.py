@@ -20,7 +20,7 @@ from lifecycled.domain.actions import (
 )
 from lifecycled.domain.guests import DesiredState, desired_for
 from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
-from lifecycled.domain.ownership import OwnershipRecord, key_digest
+from lifecycled.domain.ownership import OwnershipRecord, key_digest, reserved_tags
 from lifecycled.domain.text import shown
 from lifecycled.engine import node
 from lifecycled.errors import (
@@ -51,6 +51,8 @@ _KEY_RE = re.compile(KEY_PATTERN)
 SIZE_PATTERN = r"[0-9]{1,15}(?:\.[0-9]{1,6})?[KMGT]?"
 _SIZE_RE = re.compile(SIZE_PATTERN)
 _NODE_RE = re.compile(NODE_PATTERN)
+#: Actions whose params may set a guest's ``tags`` (Proxmox's create and config endpoints).
+_TAKES_TAGS = frozenset({Action.CREATE, Action.CONFIGURE})
 #: Namespace for deterministic smbios1 uuids of created VMs (identity fingerprint).
 _FINGERPRINT_NS = uuid.UUID("6f1c3c9e-6a39-4f55-9d0e-6c1f3f2a7b11")
 
@@ -109,8 +111,28 @@ def validate(sub: Submission) -> None:
             spec_for(GuestKind(sub.kind), action)
         except UnsupportedAction as exc:
             details["action"] = str(exc)
+    reserved = _reserved_tags(action, sub.params)
+    if reserved is not None:
+        details["params.tags"] = reserved
+        raise ValidationError(f"params.tags: {reserved}", details, code="reserved_tags")
     if details:
         raise ValidationError("invalid submission", details)
+
+
+def _reserved_tags(action: Action | None, params: Mapping[str, Any]) -> str | None:
+    """Why a submission's ``tags`` may not be sent: they name the ownership record's ``lcd.``
+    tags (SPEC §7), which only lifecycled writes; ``None`` when they name none."""
+    value = params.get("tags")
+    if action not in _TAKES_TAGS or not isinstance(value, str):
+        return None
+    reserved = reserved_tags(value)
+    if not reserved:
+        return None
+    return (
+        f"{', '.join(shown(t) for t in reserved)}: lcd.* tags are lifecycled's ownership "
+        "record; a submission may not set or change them (the guest's own lcd.* tags are "
+        "kept by every configure)"
+    )[:300]
 
 
 def _action_params(action: Action, params: Mapping[str, Any]) -> dict[str, str]:
