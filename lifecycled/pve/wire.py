@@ -5,6 +5,7 @@ Everything here is pure: JSON in, port records or :class:`PveError` out (referen
 
 from __future__ import annotations
 
+import functools
 import http
 import re
 from collections.abc import Collection, Mapping
@@ -94,7 +95,14 @@ def action_endpoint(spec: ActionSpec) -> schema.Endpoint:
 
 def boolean_params(spec: ActionSpec) -> frozenset[str]:
     """The endpoint's boolean parameters (Proxmox's names), from its schema."""
-    return action_endpoint(spec).booleans()
+    return _booleans_of(spec.method, schema_template(spec))
+
+
+@functools.cache
+def _booleans_of(method: str, template: str) -> frozenset[str]:
+    # The schema is fixed data: each endpoint's booleans are gathered once (per submission
+    # and per POST they were a walk over every parameter of the endpoint).
+    return schema.endpoint(method, template).booleans()
 
 
 @attrs.frozen(kw_only=True)
