@@ -18,7 +18,7 @@ from lifecycled.domain.actions import (
     parse_size,
     spec_for,
 )
-from lifecycled.domain.guests import DesiredState, desired_for
+from lifecycled.domain.guests import DesiredState, GuestRecord, desired_for
 from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.domain.ownership import OwnershipRecord, key_digest, reserved_tags
 from lifecycled.domain.text import shown
@@ -198,18 +198,15 @@ async def resolve_guest(sub: Submission, pve: PveClient | None, *, default_node:
     raise NotFound(f"guest {lookup_vmid} not found in the cluster; give kind and node")
 
 
-async def _managed_guest(journal: Journal, sub: Submission) -> GuestRef | None:
+def _managed_guest(row: GuestRecord | None) -> GuestRef | None:
     """Where the journal's row says a managed guest is: ops for it take node and kind from
     there (no Proxmox lookup), and a client value that disagrees is refused, with both
     values, by the journal's submission guard (``check_placement``) — after its idempotency
-    check, in the transaction that writes. ``None`` for create/clone and for guests the
-    journal does not manage (resolved from the request or Proxmox)."""
-    if Action(sub.action) in _CREATING:
-        return None
-    row = await journal.find_guest(sub.vmid)
+    check, in the transaction that writes. ``None`` for create/clone (no row is read) and
+    for guests the journal does not manage (resolved from the request or Proxmox)."""
     if row is None or not row.managed:
         return None
-    return GuestRef(node=row.node, kind=row.kind, vmid=sub.vmid)
+    return GuestRef(node=row.node, kind=row.kind, vmid=row.vmid)
 
 
 def with_fingerprint(
@@ -235,11 +232,16 @@ _RECORDED = frozenset({Action.REBOOT, Action.RESET, Action.MIGRATE, Action.TERMI
 
 
 async def _ownership_first(
-    guests: GuestService, sub: Submission, guest: GuestRef, existing: Op | None
+    guests: GuestService,
+    sub: Submission,
+    guest: GuestRef,
+    existing: Op | None,
+    row: GuestRecord | None,
 ) -> int:
     """SPEC §7: the ownership record in the guest's tags is written before the journal —
     the new desired state and the op's key. Returns the record's generation (0: no write).
 
+    ``row`` is the guest's journal row :func:`submit` read for its placement.
     ``existing`` is the op this journal holds for the key (read once by :func:`submit`):
     such a key goes straight to the journal (dedup, re-arm, conflict). A key that is the
     record's last key but unknown here ran on another daemon: :class:`KeyUsedElsewhere`,
@@ -251,7 +253,7 @@ async def _ownership_first(
     action = Action(sub.action)
     desired = desired_for(action)
     try:
-        record, config = await guests.read_record(guest.vmid, guest.node, guest.kind)
+        record, config = await guests.read_record(guest.vmid, guest.node, guest.kind, cached=row)
     except NotFound:
         return 0  # not there (or named with another node/kind): the journal decides
     if record is None or not record.managed:
@@ -307,7 +309,10 @@ async def submit(
     cluster = guests.cluster if guests is not None else None
     if cluster is not None and sub.node is not None:
         cluster.require_served(sub.vmid, sub.node)
-    placed = await _managed_guest(journal, sub)
+    # The guest's row, read once: its placement here, and the ownership record's check of
+    # the journal's cache below (which reads it again only when that has work to do).
+    row = None if Action(sub.action) in _CREATING else await journal.find_guest(sub.vmid)
+    placed = _managed_guest(row)
     if placed is None:
         guest = await resolve_guest(sub, pve, default_node=default_node)
     else:
@@ -372,7 +377,7 @@ async def submit(
     if tags_first:
         assert guests is not None
         try:
-            generation = await _ownership_first(guests, sub, guest, existing)
+            generation = await _ownership_first(guests, sub, guest, existing, row)
         except (PveError, OwnershipUnavailable) as err:
             # No quorum, node unreachable, config locked: an op on a managed guest still goes
             # to the journal (its desired state there is one generation ahead of the tags;
