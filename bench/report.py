@@ -133,6 +133,35 @@ What issue 15's other rows show at af6c039:
   4 s, …): 3 s tasks were noticed 3.5 s late in a 12-op quick run.
 """
 
+_PROFILE_CPU15 = """\
+## Profile after the CPU cuts (cpu15, on stage3)
+
+py-spy as above, this branch against stage3 (`BENCH_LIFECYCLED`), one pair of runs at
+6,000 HTTP submissions and 1,500 full ops (load average ~3 on 2 cores; shares are of the
+busy samples of each run):
+
+| where | stage3 | this branch | what changed |
+|---|---:|---:|---|
+| the batched Check (`LiveCheck.view`), lifecycle | 48 % | 25 % | a batch's listing decodes only its members' guests (`node_guests(…, only=)`): `node_guests_from` 22 % → 2 %; the JSON of the whole listing remains (`Transport.envelope` 15–20 %) |
+| the guest row per submission (`find_guest`), HTTP | 9.1 % | 3.2 % | read once (placement), reused by `read_record`, which reads it again only to push or follow |
+| `Metrics.pve_request` | 1.7 % | 1.0 % | labelled children kept per series |
+| `check_encodable`, lifecycle | 1.0 % | 0.7 % | a text-only form is not encoded on trial |
+| the endpoint's booleans per submission/POST | 0.5 % | — | gathered from the schema once |
+
+Daemon CPU, quick sizes (2,000 submissions, 600 ops), three interleaved pairs, load average
+1.4–3.2: per HTTP submission 1,320 / 1,345 / 1,415 µs → 1,320 / 1,215 / 1,075 µs (median
+−10 %); per 1,000 full ops 5.60 / 4.83 / 4.52 s → 4.22 / 4.48 / 3.93 s (median −13 %); at
+1,500 ops (1,550 guests on the node, so larger listings) 6.39 → 4.62 s (−28 %). Requests per
+op (section 3) unchanged: 8.0 / 4.8 / 4.34 against 8.0 / 4.8 / 4.35.
+
+What remains is mostly not the engine's: one aiosqlite thread hop per journal read
+(`Connection._execute`, ~7 % of an HTTP submission each; a submission still makes three —
+guest row, node row, idempotency key — before its write), aiohttp's server and client, and
+the JSON of each node listing. An op alone in its batch reading its own `status/current`
+instead of the listing was tried and left out: it cut the listings' CPU but shortened the
+batching window, so ops at 100 in flight made +0.13 requests each.
+"""
+
 _FINDINGS = """\
 ## Earlier profile notes (still true)
 
@@ -381,5 +410,5 @@ def render_markdown(
     notes = [f"- **{f.name}**: {f.note}" for f in figures if f.note]
     if notes:
         out += ["", "Notes (request mix of each level; latency by task length):", "", *notes]
-    out += ["", _PROFILE, _FINDINGS, _HOW, _METHOD]
+    out += ["", _PROFILE, _PROFILE_CPU15, _FINDINGS, _HOW, _METHOD]
     return "\n".join(out) + "\n"

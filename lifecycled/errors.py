@@ -69,11 +69,19 @@ class InvalidTransition(JournalError):
 
 
 class ValidationError(LifecycledError):
-    """A request is malformed; ``details`` maps field names to what is wrong."""
+    """A request is malformed; ``details`` maps field names to what is wrong; ``code`` is the
+    stable code of the HTTP answer (422)."""
 
-    def __init__(self, message: str, details: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        details: dict[str, str] | None = None,
+        *,
+        code: str = "validation_failed",
+    ) -> None:
         super().__init__(message)
         self.details = details or {}
+        self.code = code
 
 
 class PolicyRefused(LifecycledError):

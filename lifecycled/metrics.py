@@ -169,6 +169,9 @@ class Metrics:
         PlatformCollector(registry=r)
         r.register(GC_COLLECTOR)
         self._endpoints: set[str] = set()
+        #: The labelled children of each (method, endpoint, code) already in bounds, so that
+        #: a request does not look its labels up again (bounded: the values are).
+        self._pve_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self._zero_series()
 
     def _zero_series(self) -> None:
@@ -228,9 +231,26 @@ class Metrics:
 
     def pve_request(self, method: str, endpoint: str, code: str, seconds: float) -> None:
         """The PVE client's request hook. ``endpoint`` must be a template (no ids)."""
-        endpoint = endpoint if _is_template(endpoint) else "other"
-        self.pve_requests.labels(bounded(method, METHODS), endpoint, _code(code)).inc()
-        self.pve_request_duration.labels(endpoint).observe(max(seconds, 0.0))
+        children = self._pve_children.get((method, endpoint, code))
+        if children is None:
+            children = self._pve_labelled(method, endpoint, code)
+        count, duration = children
+        count.inc()
+        duration.observe(max(seconds, 0.0))
+
+    def _pve_labelled(self, method: str, endpoint: str, code: str) -> tuple[Counter, Histogram]:
+        """The request counter's and histogram's children for these values, bounded; kept
+        for the next request only when the values were already in bounds (no vmid, no UPID,
+        so the cache cannot grow with them)."""
+        labels = (
+            bounded(method, METHODS),
+            endpoint if _is_template(endpoint) else "other",
+            _code(code),
+        )
+        children = (self.pve_requests.labels(*labels), self.pve_request_duration.labels(labels[1]))
+        if labels == (method, endpoint, code):
+            self._pve_children[labels] = children
+        return children
 
     def journal_committed(self, seconds: float) -> None:
         self.journal_commit.observe(max(seconds, 0.0))

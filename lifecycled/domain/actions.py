@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from lifecycled.domain.kinds import GuestKind
+from lifecycled.domain.tags import client_tags
 
 
 class Action(enum.StrEnum):
@@ -170,20 +171,30 @@ CONFIG_CONTROL_KEYS = frozenset(
 
 
 def _configured(view: GuestView, params: Mapping[str, Any]) -> bool:
+    """Whether the config holds what ``params`` set and lacks what they delete. ``tags`` are
+    compared as Proxmox stores them (lower-cased, each once, any order) and without the
+    ownership record's ``lcd.`` tags, which a configure keeps (a deleted ``tags`` leaves
+    them alone): :func:`~lifecycled.domain.tags.client_tags`."""
     if not view.exists:
         return False
     for key, value in params.items():
         if key in CONFIG_CONTROL_KEYS or value is None:  # None is not sent (wire_params)
             continue
         current = view.config.get(key)
+        if key == "tags":
+            if client_tags(_wire_value(value)) != client_tags(_wire_value(current or "")):
+                return False
+            continue
         # Both sides in wire form: Proxmox returns some numbers as strings (§12.10).
         if current is None or _wire_value(current) != _wire_value(value):
             return False
     deleted = params.get("delete")
     if deleted:
-        keys = _wire_value(deleted).split(",")
-        if any(k.strip() in view.config for k in keys):
-            return False
+        for key in _configid_list(deleted):
+            if key == "tags" and client_tags(_wire_value(view.config.get("tags") or "")):
+                return False
+            if key != "tags" and key in view.config:
+                return False
     return True
 
 

@@ -34,9 +34,9 @@ from typing import Any
 import attrs
 
 from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord
-from lifecycled.domain.tags import is_tag, split_tags, unique_tags
+from lifecycled.domain.tags import RECORD_PREFIX, is_record_tag, is_tag, split_tags, unique_tags
 
-PREFIX = "lcd."
+PREFIX = RECORD_PREFIX
 _ORIGINS = (GuestOrigin.NATIVE, GuestOrigin.ADOPTED, GuestOrigin.RELEASED)
 #: How many recent idempotency keys the record keeps (a resend after a migration dedups).
 KEEP_KEYS = 4
@@ -168,6 +168,65 @@ def decode(tags: str | Iterable[str] | None) -> OwnershipRecord | None:
     )
 
 
+# --- a client's tags (SPEC §7): the record is lifecycled's, every other tag the client's ----
+
+
+def reserved_tags(value: str | None) -> list[str]:
+    """The ``lcd.`` tags (in any case: Proxmox does not tell them apart) in a ``tags`` value a
+    client sent: no submission may set, delete or spoof a record tag."""
+    return [t for t in split_tags(value) if is_record_tag(t)]
+
+
+#: ``tags`` a client may send, as one JSON Schema pattern (the OpenAPI document's face of
+#: :func:`~lifecycled.domain.tags.tag_list_error` and :func:`reserved_tags`): tags of the
+#: ``pve-tag`` format separated by ``;``, ``,`` or spaces, none starting with ``lcd.`` in any
+#: case (no look-ahead: each tag either differs from ``lcd.`` early or is a prefix of it).
+_TAG_CHARS = "a-zA-Z0-9_+.\\-"
+_REST = f"[{_TAG_CHARS}]*"
+_CLIENT_TAG = (
+    "(?:[0-9_a-km-zA-KM-Z]"
+    + _REST
+    + "|[lL](?:[0-9_+.\\-a-bd-zA-BD-Z]"
+    + _REST
+    + "|[cC](?:[0-9_+.\\-a-ce-zA-CE-Z]"
+    + _REST
+    + "|[dD](?:[a-zA-Z0-9_+\\-]"
+    + _REST
+    + ")?)?)?)"
+)
+CLIENT_TAGS_PATTERN = f"^[;, ]*(?:{_CLIENT_TAG}(?:[;, ]+{_CLIENT_TAG})*[;, ]*)?$"
+
+
+def keep_record(params: Mapping[str, Any], tags: str | None, digest: str | None) -> dict[str, Any]:
+    """A configure's params as sent to Proxmox, given the guest's config just read (its
+    ``tags`` and ``digest``): Proxmox replaces the whole ``tags`` value, so one that sets
+    ``tags`` sends the client's tags *plus* the guest's ``lcd.`` tags, and a ``delete`` of
+    ``tags`` becomes setting them to the ``lcd.`` tags alone — the record and its keys survive.
+    Such a write carries the ``digest`` read (unless the client sent one): a record written
+    meanwhile makes it fail and be retried on a fresh read, never overwritten. A guest with no
+    ``lcd.`` tag, or params that leave ``tags`` alone, are sent as they are."""
+    out = dict(params)
+    ours = [t for t in split_tags(tags) if is_record_tag(t)]
+    if not ours:
+        return out
+    if out.get("tags") is not None:
+        out["tags"] = ";".join([*split_tags(str(out["tags"])), *ours])
+    else:
+        # ``delete`` is a pve-configid-list: split as tags are (PVE::Tools::split_list).
+        deleted = split_tags(str(out["delete"])) if out.get("delete") is not None else []
+        if "tags" not in deleted:
+            return out
+        rest = [k for k in deleted if k != "tags"]
+        if rest:
+            out["delete"] = ",".join(rest)
+        else:
+            del out["delete"]
+        out["tags"] = ";".join(ours)
+    if out.get("digest") is None and digest is not None:
+        out["digest"] = digest
+    return out
+
+
 def record_tags(record: OwnershipRecord) -> list[str]:
     """The ``lcd.`` tags of ``record``, in a fixed order."""
     out = [f"{PREFIX}o.{record.origin}"]
@@ -189,7 +248,7 @@ def encode(record: OwnershipRecord | None, existing: str | None = None) -> str:
     replaced by ``record``'s (``None``: removed). Tags are joined with ``;`` as Proxmox
     writes them. Each of ``record``'s tags is one Proxmox stores unchanged (valid, lower
     case), else ValueError: a record must read back as written."""
-    own = [t for t in split_tags(existing) if not t.lower().startswith(PREFIX)]
+    own = [t for t in split_tags(existing) if not is_record_tag(t)]
     mine = record_tags(record) if record is not None else []
     bad = [t for t in mine if unique_tags([t]) != [t] or not is_tag(t)]
     if bad:

@@ -26,6 +26,22 @@ ORDERINGS = ("alphabetical", "config")
 
 INVALID = "invalid format - invalid characters in tag"
 
+#: Every tag of lifecycled's ownership record starts with this (:mod:`~lifecycled.domain.ownership`).
+RECORD_PREFIX = "lcd."
+
+
+def is_record_tag(tag: str) -> bool:
+    """Whether ``tag`` is one of the ownership record's (in any case: Proxmox does not tell
+    ``LCD.`` from ``lcd.``, and stores it lower-cased)."""
+    return tag.lower().startswith(RECORD_PREFIX)
+
+
+def client_tags(tags: str | Iterable[str] | None) -> frozenset[str]:
+    """The guest's own tags in a ``tags`` value, as Proxmox stores them (lower-cased, each
+    once; the datacenter's ordering aside), without the record's: what a client's ``tags``
+    write is compared by."""
+    return frozenset(t for t in unique_tags(tags) if not is_record_tag(t))
+
 
 def split_tags(text: str | None) -> list[str]:
     """The tags of a ``tags`` value."""

@@ -41,7 +41,8 @@ class _Batch:
     def __init__(self) -> None:
         self.done = asyncio.Event()
         self.listing: Listing = None
-        self.members = 0
+        #: The members' guests: only their items of the listing are decoded.
+        self.vmids: set[int] = set()
 
 
 class LiveCheck:
@@ -58,7 +59,7 @@ class LiveCheck:
         Check (:func:`check_from_listing`), else from :attr:`observe`."""
         if not reads_status_only(spec, op.params):
             return await self.observe(op, spec)
-        listing = await self.listing(op.guest.node, op.guest.kind)
+        listing = await self.listing(op.guest.node, op.guest.kind, op.guest.vmid)
         if listing is not None:
             found = check_from_listing(spec, op.params, op.guest.node, listing.get(op.guest.vmid))
             if found.view is not None:
@@ -69,36 +70,37 @@ class LiveCheck:
             )
         return await self.observe(op, spec)
 
-    async def listing(self, node: str, kind: GuestKind) -> Listing:
-        """The node's live listing of ``kind``, requested after this call began (shared with
-        every caller that joined the same batch); ``None`` when it could not be read."""
+    async def listing(self, node: str, kind: GuestKind, vmid: int) -> Listing:
+        """The node's live listing of ``kind`` — the items of ``vmid`` and of the other
+        guests of the same batch —, requested after this call began (shared with every
+        caller that joined the same batch); ``None`` when it could not be read."""
         key = (node, kind)
         batch = self._open.get(key)
         if batch is not None:
-            batch.members += 1
+            batch.vmids.add(vmid)
             await batch.done.wait()
             return batch.listing
         batch = self._open[key] = _Batch()
-        batch.members = 1
+        batch.vmids.add(vmid)
         try:
             async with self._sending.setdefault(key, asyncio.Lock()):
                 await asyncio.sleep(0)  # ops claimed in the same tick join this batch
                 if self._open.get(key) is batch:
                     del self._open[key]  # closed: later callers form the next batch
-                batch.listing = await self._read(node, kind, batch.members)
+                batch.listing = await self._read(node, kind, batch.vmids)
         finally:
             if self._open.get(key) is batch:
                 del self._open[key]
             batch.done.set()  # a cancelled sender leaves ``None``: its batch reads per op
         return batch.listing
 
-    async def _read(self, node: str, kind: GuestKind, members: int) -> Listing:
+    async def _read(self, node: str, kind: GuestKind, vmids: set[int]) -> Listing:
         try:
-            items = await self.pve.node_guests(node, kind)
+            items = await self.pve.node_guests(node, kind, only=frozenset(vmids))
         except (PveError, RequestNotSent) as exc:
             log.warning(
                 "check.listing_failed",
-                extra={"node": node, "kind": str(kind), "ops": members, "error": str(exc)},
+                extra={"node": node, "kind": str(kind), "guests": len(vmids), "error": str(exc)},
             )
             return None
         return {item.vmid: item.listed() for item in items}

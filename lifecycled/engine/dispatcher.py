@@ -23,6 +23,7 @@ from lifecycled.domain.outcome import (
     retry,
     succeed,
 )
+from lifecycled.domain.ownership import keep_record
 from lifecycled.engine.check import LiveCheck
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.cluster import Cluster
@@ -188,10 +189,13 @@ class Dispatcher:
             await self.terminator.stop_first(op)
             return
         await self.policy.audit_allowed(op, spec, view)
+        params = op.params
+        if spec.action is Action.CONFIGURE:  # the guest's record survives a tags write
+            params = keep_record(params, view.config.get("tags"), view.digest)
         self._posting.add(op.id)
         try:
             upid = await self.executor.pve.dispatch(
-                op.guest.node, op.guest.kind, spec.action, op.guest.vmid, op.params
+                op.guest.node, op.guest.kind, spec.action, op.guest.vmid, params
             )
         except RequestNotSent:
             self._posting.discard(op.id)  # provably never left: ends failed (internal)

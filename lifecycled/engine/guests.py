@@ -8,6 +8,7 @@ HTTP API and ``--manage-discovered`` all come through here.
 
 from __future__ import annotations
 
+import enum
 import logging
 from typing import Any
 
@@ -34,6 +35,15 @@ from lifecycled.journal.guests import Ownership, not_managed, snapshot_json
 from lifecycled.pve.port import GuestConfig, PveClient, is_guest_missing
 
 log = logging.getLogger("lifecycled.guests")
+
+
+class Unread(enum.Enum):
+    """The caller did not read the guest's journal row."""
+
+    UNREAD = "unread"
+
+
+UNREAD = Unread.UNREAD
 
 _DECISION = {
     GuestOrigin.NATIVE: Decision.MANAGED,
@@ -279,16 +289,27 @@ class GuestService:
     # --- the shared record (SPEC §7) ---------------------------------------------------------
 
     async def read_record(
-        self, vmid: int, node: str, kind: GuestKind
+        self,
+        vmid: int,
+        node: str,
+        kind: GuestKind,
+        *,
+        cached: GuestRecord | Unread | None = UNREAD,
     ) -> tuple[OwnershipRecord | None, GuestConfig | None]:
         """The guest's record from its tags, the journal's cache brought up to date with it
         first (hand-off on demand); a managed cached guest without tags gets them (backfill).
         With it the config it was read from, for the caller's own write of the record
         (:meth:`Cluster.write`'s ``config``: one read per op); ``None`` when the record was
-        just pushed (that config is no longer the guest's)."""
+        just pushed (that config is no longer the guest's).
+
+        ``cached``: the guest's journal row as the caller read it moments before (a
+        submission reads it for the guest's placement). When the record agrees with it,
+        the row is not read again; a push or a follow is only ever decided on a row read
+        after the record."""
         assert self.cluster is not None
         record, config = await self.cluster.read(node, kind, vmid)
-        cached = await self.journal.find_guest(vmid)
+        if isinstance(cached, Unread) or _acts(cached, record, node):
+            cached = await self.journal.find_guest(vmid)
         if record is None and (cached is None or not cached.managed):
             return None, config
         if ahead_of(cached, record):
@@ -417,6 +438,13 @@ class GuestService:
                 },
             )
         return guest
+
+
+def _acts(cached: GuestRecord | None, record: OwnershipRecord | None, node: str) -> bool:
+    """Whether :meth:`GuestService.read_record` would push or follow with this row."""
+    if record is None:
+        return cached is not None and cached.managed
+    return ahead_of(cached, record) or needs_sync(cached, record, node)
 
 
 def ahead_of(cached: GuestRecord | None, record: OwnershipRecord | None) -> bool:

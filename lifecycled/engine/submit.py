@@ -18,9 +18,9 @@ from lifecycled.domain.actions import (
     parse_size,
     spec_for,
 )
-from lifecycled.domain.guests import DesiredState, desired_for
+from lifecycled.domain.guests import DesiredState, GuestRecord, desired_for
 from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
-from lifecycled.domain.ownership import OwnershipRecord, key_digest
+from lifecycled.domain.ownership import OwnershipRecord, key_digest, reserved_tags
 from lifecycled.domain.text import shown
 from lifecycled.engine import node
 from lifecycled.errors import (
@@ -51,6 +51,8 @@ _KEY_RE = re.compile(KEY_PATTERN)
 SIZE_PATTERN = r"[0-9]{1,15}(?:\.[0-9]{1,6})?[KMGT]?"
 _SIZE_RE = re.compile(SIZE_PATTERN)
 _NODE_RE = re.compile(NODE_PATTERN)
+#: Actions whose params may set a guest's ``tags`` (Proxmox's create and config endpoints).
+_TAKES_TAGS = frozenset({Action.CREATE, Action.CONFIGURE})
 #: Namespace for deterministic smbios1 uuids of created VMs (identity fingerprint).
 _FINGERPRINT_NS = uuid.UUID("6f1c3c9e-6a39-4f55-9d0e-6c1f3f2a7b11")
 
@@ -109,8 +111,28 @@ def validate(sub: Submission) -> None:
             spec_for(GuestKind(sub.kind), action)
         except UnsupportedAction as exc:
             details["action"] = str(exc)
+    reserved = _reserved_tags(action, sub.params)
+    if reserved is not None:
+        details["params.tags"] = reserved
+        raise ValidationError(f"params.tags: {reserved}", details, code="reserved_tags")
     if details:
         raise ValidationError("invalid submission", details)
+
+
+def _reserved_tags(action: Action | None, params: Mapping[str, Any]) -> str | None:
+    """Why a submission's ``tags`` may not be sent: they name the ownership record's ``lcd.``
+    tags (SPEC §7), which only lifecycled writes; ``None`` when they name none."""
+    value = params.get("tags")
+    if action not in _TAKES_TAGS or not isinstance(value, str):
+        return None
+    reserved = reserved_tags(value)
+    if not reserved:
+        return None
+    return (
+        f"{', '.join(shown(t) for t in reserved)}: lcd.* tags are lifecycled's ownership "
+        "record; a submission may not set or change them (the guest's own lcd.* tags are "
+        "kept by every configure)"
+    )[:300]
 
 
 def _action_params(action: Action, params: Mapping[str, Any]) -> dict[str, str]:
@@ -176,18 +198,15 @@ async def resolve_guest(sub: Submission, pve: PveClient | None, *, default_node:
     raise NotFound(f"guest {lookup_vmid} not found in the cluster; give kind and node")
 
 
-async def _managed_guest(journal: Journal, sub: Submission) -> GuestRef | None:
+def _managed_guest(row: GuestRecord | None) -> GuestRef | None:
     """Where the journal's row says a managed guest is: ops for it take node and kind from
     there (no Proxmox lookup), and a client value that disagrees is refused, with both
     values, by the journal's submission guard (``check_placement``) — after its idempotency
-    check, in the transaction that writes. ``None`` for create/clone and for guests the
-    journal does not manage (resolved from the request or Proxmox)."""
-    if Action(sub.action) in _CREATING:
-        return None
-    row = await journal.find_guest(sub.vmid)
+    check, in the transaction that writes. ``None`` for create/clone (no row is read) and
+    for guests the journal does not manage (resolved from the request or Proxmox)."""
     if row is None or not row.managed:
         return None
-    return GuestRef(node=row.node, kind=row.kind, vmid=sub.vmid)
+    return GuestRef(node=row.node, kind=row.kind, vmid=row.vmid)
 
 
 def with_fingerprint(
@@ -213,11 +232,16 @@ _RECORDED = frozenset({Action.REBOOT, Action.RESET, Action.MIGRATE, Action.TERMI
 
 
 async def _ownership_first(
-    guests: GuestService, sub: Submission, guest: GuestRef, existing: Op | None
+    guests: GuestService,
+    sub: Submission,
+    guest: GuestRef,
+    existing: Op | None,
+    row: GuestRecord | None,
 ) -> int:
     """SPEC §7: the ownership record in the guest's tags is written before the journal —
     the new desired state and the op's key. Returns the record's generation (0: no write).
 
+    ``row`` is the guest's journal row :func:`submit` read for its placement.
     ``existing`` is the op this journal holds for the key (read once by :func:`submit`):
     such a key goes straight to the journal (dedup, re-arm, conflict). A key that is the
     record's last key but unknown here ran on another daemon: :class:`KeyUsedElsewhere`,
@@ -229,7 +253,7 @@ async def _ownership_first(
     action = Action(sub.action)
     desired = desired_for(action)
     try:
-        record, config = await guests.read_record(guest.vmid, guest.node, guest.kind)
+        record, config = await guests.read_record(guest.vmid, guest.node, guest.kind, cached=row)
     except NotFound:
         return 0  # not there (or named with another node/kind): the journal decides
     if record is None or not record.managed:
@@ -285,7 +309,10 @@ async def submit(
     cluster = guests.cluster if guests is not None else None
     if cluster is not None and sub.node is not None:
         cluster.require_served(sub.vmid, sub.node)
-    placed = await _managed_guest(journal, sub)
+    # The guest's row, read once: its placement here, and the ownership record's check of
+    # the journal's cache below (which reads it again only when that has work to do).
+    row = None if Action(sub.action) in _CREATING else await journal.find_guest(sub.vmid)
+    placed = _managed_guest(row)
     if placed is None:
         guest = await resolve_guest(sub, pve, default_node=default_node)
     else:
@@ -350,7 +377,7 @@ async def submit(
     if tags_first:
         assert guests is not None
         try:
-            generation = await _ownership_first(guests, sub, guest, existing)
+            generation = await _ownership_first(guests, sub, guest, existing, row)
         except (PveError, OwnershipUnavailable) as err:
             # No quorum, node unreachable, config locked: an op on a managed guest still goes
             # to the journal (its desired state there is one generation ahead of the tags;

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -243,11 +243,13 @@ class HttpPveClient:
         )
         return self._decoded(path, lambda: wire.cluster_resources_from(env.get("data")))
 
-    async def node_guests(self, node: str, kind: GuestKind) -> list[GuestStatus]:
+    async def node_guests(
+        self, node: str, kind: GuestKind, *, only: Collection[int] | None = None
+    ) -> list[GuestStatus]:
         """``GET /nodes/{node}/qemu|lxc`` (live, unlike ``/cluster/resources``)."""
         path = wire.node_guests_path(node, kind)
         env = await self._get(path, wire.EP_NODE_GUESTS, seconds=self._timeouts.read)
-        return self._decoded(path, lambda: wire.node_guests_from(env.get("data")))
+        return self._decoded(path, lambda: wire.node_guests_from(env.get("data"), only))
 
     async def set_tags(self, node: str, kind: GuestKind, vmid: int, tags: str, digest: str) -> None:
         """``PUT …/{vmid}/config`` with ``tags`` and ``digest`` (sync for both kinds)."""

@@ -9,7 +9,8 @@ set for indexed keys (``net[n]`` is looked up as ``net`` and accepts ``net0`` â€
 :func:`param_problems` is the one rule for a submission's params: flat scalars, keys the
 action's endpoint takes for the guest's kind (either kind's when the kind is not given), values
 of the schema's type, range, enum and length, and text that :mod:`lifecycled.domain.text`
-accepts. Booleans follow :func:`~lifecycled.domain.actions.as_boolean`. A few
+accepts, and a ``tags`` value of Proxmox's ``pve-tag`` format (:mod:`lifecycled.domain.tags`).
+Booleans follow :func:`~lifecycled.domain.actions.as_boolean`. A few
 lifecycled-level names are translated by :func:`~lifecycled.domain.actions.wire_params`
 (``force_stop``, ``with_local_disks``, ``source_vmid``).
 """
@@ -30,6 +31,7 @@ from lifecycled.domain.actions import (
     spec_for,
 )
 from lifecycled.domain.op import GuestKind
+from lifecycled.domain.tags import split_tags, tag_list_error
 from lifecycled.domain.text import INT64_MAX, INT64_MIN, float_problem, shown, text_problem
 from lifecycled.pve import schema
 from lifecycled.pve.wire import action_endpoint
@@ -167,7 +169,19 @@ def param_problems(
         ]
         if all(p is not None for p in found_problems):
             problems[field] = str(found_problems[0])
+        elif key == "tags" and isinstance(value, str) and tag_list_error(value) is not None:
+            problems[field] = _tags_problem(value)
     return problems
+
+
+def _tags_problem(value: str) -> str:
+    """Proxmox's refusal of a ``tags`` value (``pve-tag-list``), naming the tags it refuses
+    (Proxmox would answer 400 at dispatch)."""
+    bad = [shown(t) for t in split_tags(value) if tag_list_error(t) is not None]
+    return (
+        f"{tag_list_error(value)}: {', '.join(bad)} (a tag is letters, digits and _ + . -, "
+        "not starting with + . -; tags are separated by ; , or spaces)"
+    )[:300]
 
 
 def value_problem(value: Any, spec: ParamSpec, *, free_text: bool = False) -> str | None:

@@ -8,7 +8,7 @@ cancellation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -201,10 +201,13 @@ class PveClient(Protocol):
         """``GET /cluster/resources?type=vm``: finds guests; its status lags (§13.10)."""
         ...
 
-    async def node_guests(self, node: str, kind: GuestKind) -> list[GuestStatus]:
+    async def node_guests(
+        self, node: str, kind: GuestKind, *, only: Collection[int] | None = None
+    ) -> list[GuestStatus]:
         """``GET /nodes/{node}/qemu|lxc`` (no ``full``): every guest of that kind whose config
         is on the node and which the caller may audit, with its live ``status``, ``lock``,
-        ``template`` and ``tags`` — never ``ha``, and no QEMU ``qmpstatus``."""
+        ``template`` and ``tags`` — never ``ha``, and no QEMU ``qmpstatus``. ``only``: just
+        these vmids (the rest of the answer is not decoded into statuses)."""
         ...
 
     async def set_tags(self, node: str, kind: GuestKind, vmid: int, tags: str, digest: str) -> None:

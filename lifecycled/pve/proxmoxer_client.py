@@ -11,7 +11,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -205,11 +205,13 @@ class ProxmoxerPveClient:
         data = await self._call("GET", path, wire.EP_RESOURCES, {"type": "vm"})
         return self._decoded(path, lambda: wire.cluster_resources_from(data))
 
-    async def node_guests(self, node: str, kind: GuestKind) -> list[GuestStatus]:
+    async def node_guests(
+        self, node: str, kind: GuestKind, *, only: Collection[int] | None = None
+    ) -> list[GuestStatus]:
         """``GET /nodes/{node}/qemu|lxc`` (live, unlike ``/cluster/resources``)."""
         path = wire.node_guests_path(node, kind)
         data = await self._call("GET", path, wire.EP_NODE_GUESTS, {})
-        return self._decoded(path, lambda: wire.node_guests_from(data))
+        return self._decoded(path, lambda: wire.node_guests_from(data, only))
 
     async def set_tags(self, node: str, kind: GuestKind, vmid: int, tags: str, digest: str) -> None:
         path = wire.guest_path(node, kind, vmid, "config")

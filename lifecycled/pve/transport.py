@@ -37,6 +37,10 @@ class Reply:
     body: bytes
 
 
+def _all_text(form: Mapping[str, Any]) -> bool:
+    return all(type(k) is str and type(v) is str for k, v in form.items())
+
+
 class Transport:
     """One lazily created :class:`aiohttp.ClientSession` and the request/answer mapping."""
 
@@ -137,9 +141,12 @@ class Transport:
     ) -> None:
         """Refuse, before any connection is made, a request that cannot go out exactly as
         built (:func:`wire.unsendable`), or whose form aiohttp would not encode: it raises
-        :class:`RequestNotSent`, provably unsent."""
+        :class:`RequestNotSent`, provably unsent.
+
+        A form of text keys and values only (the common case) is not encoded on trial:
+        urlencoding text that :func:`wire.unsendable` found UTF-8 encodable cannot fail."""
         reason = wire.unsendable(path, params, data)
-        if reason is None and data is not None:
+        if reason is None and data is not None and not _all_text(data):
             try:
                 aiohttp.FormData(dict(data))()
             except (ValueError, TypeError) as exc:

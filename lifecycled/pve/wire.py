@@ -5,9 +5,10 @@ Everything here is pure: JSON in, port records or :class:`PveError` out (referen
 
 from __future__ import annotations
 
+import functools
 import http
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import attrs
@@ -94,7 +95,14 @@ def action_endpoint(spec: ActionSpec) -> schema.Endpoint:
 
 def boolean_params(spec: ActionSpec) -> frozenset[str]:
     """The endpoint's boolean parameters (Proxmox's names), from its schema."""
-    return action_endpoint(spec).booleans()
+    return _booleans_of(spec.method, schema_template(spec))
+
+
+@functools.cache
+def _booleans_of(method: str, template: str) -> frozenset[str]:
+    # The schema is fixed data: each endpoint's booleans are gathered once (per submission
+    # and per POST they were a walk over every parameter of the endpoint).
+    return schema.endpoint(method, template).booleans()
 
 
 @attrs.frozen(kw_only=True)
@@ -454,16 +462,19 @@ def guest_status_from(data: Any, vmid: int) -> GuestStatus:
     )
 
 
-def node_guests_from(data: Any) -> list[GuestStatus]:
+def node_guests_from(data: Any, only: Collection[int] | None = None) -> list[GuestStatus]:
     """``GET /nodes/{node}/qemu|lxc``: one live status per guest (items without a vmid or a
     status are skipped). No item carries ``ha``; QEMU items carry ``qmpstatus`` only with
-    ``full=1`` (qemu-server ``vmstatus``), so theirs is ``None`` here."""
+    ``full=1`` (qemu-server ``vmstatus``), so theirs is ``None`` here. ``only``: the guests
+    to read (the others are skipped unread: a node may list hundreds)."""
     out: list[GuestStatus] = []
     for raw in _list(data, "guest list"):
         if not isinstance(raw, Mapping):
             continue
         vmid = _int(raw.get("vmid"))
-        if vmid is None or _str(raw.get("status")) is None:
+        if vmid is None or (only is not None and vmid not in only):
+            continue
+        if _str(raw.get("status")) is None:
             continue
         out.append(guest_status_from(raw, vmid))
     return out

@@ -134,7 +134,7 @@ def from_http_exception(exc: web.HTTPException) -> web.Response:
 def from_domain_error(exc: Exception) -> web.Response | None:
     """The answer for a domain error a handler did not map itself; ``None`` if not one."""
     if isinstance(exc, ValidationError):
-        return error_response(422, "validation_failed", str(exc), details=exc.details)
+        return error_response(422, exc.code, str(exc), details=exc.details)
     if isinstance(exc, NotFound):
         return error_response(404, "not_found", str(exc))
     if isinstance(exc, WrongNode):  # SPEC §7: another daemon serves the guest's node

@@ -100,7 +100,7 @@ async def submit_op(request: web.Request) -> web.Response:
     except ProxmoxUnreachable as exc:
         raise unavailable("proxmox_unavailable", str(exc), **exc.details) from None
     except ValidationError as exc:
-        raise ApiError(422, "validation_failed", str(exc), details=exc.details) from None
+        raise ApiError(422, exc.code, str(exc), details=exc.details) from None
     except NotFound as exc:
         raise ApiError(404, "guest_not_found", str(exc), details={"vmid": sub.vmid}) from None
     except Conflict as exc:
@@ -309,7 +309,9 @@ ROUTES: tuple[Route, ...] = (
             422: error(
                 "Invalid submission (`validation_failed`, details per field): a field or "
                 "param with a control character, NUL or lone surrogate, a param the action's "
-                "Proxmox endpoint does not take, a value of the wrong type, range or length."
+                "Proxmox endpoint does not take, a value of the wrong type, range or length, "
+                "tags outside Proxmox's tag format; `reserved_tags`: tags naming an lcd.* tag "
+                "(the guest's ownership record). Nothing was written."
             ),
             503: error(
                 "lifecycled is shutting down or the journal cannot write; or the node is "

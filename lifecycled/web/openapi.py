@@ -15,6 +15,7 @@ from lifecycled.domain.actions import Action, UnsupportedAction, spec_for
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.node import NodeState
 from lifecycled.domain.op import GuestKind, Origin
+from lifecycled.domain.ownership import CLIENT_TAGS_PATTERN
 from lifecycled.domain.states import OpState
 from lifecycled.domain.text import FREE_TEXT_PATTERN, INT64_MAX, INT64_MIN, SINGLE_LINE_PATTERN
 from lifecycled.engine.recover import RESULTS
@@ -305,6 +306,8 @@ def _params_schema(kind: GuestKind | None, action: Action) -> dict[str, Any]:
         values = [_value(spec, free_text=name in FREE_TEXT_PARAMS) for spec in specs]
         unique = [v for i, v in enumerate(values) if v not in values[:i]]
         value = unique[0] if len(unique) == 1 else {"anyOf": unique}
+        if name == "tags":  # Proxmox's tag format, and no lcd.* tag (engine.submit.validate)
+            value = {"allOf": [value, {"type": "string", "pattern": CLIENT_TAGS_PATTERN}]}
         required = _REQUIRED.get(action, {}).get(name)
         if required:
             value = {"allOf": [value, required]}

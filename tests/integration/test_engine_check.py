@@ -198,14 +198,16 @@ async def test_ops_arriving_during_a_listing_share_the_next_one(sim: SimServer) 
         raise AssertionError("no per-op read expected")
 
     check = LiveCheck(pve=client, observe=never)
+    vms = [g.vmid for g in plain_guests(sim) if g.kind == "qemu"]
+    assert len(vms) >= 3
     sim.sim.reset_requests()
     try:
-        first = asyncio.create_task(check.listing(NODE, GuestKind.QEMU))
+        first = asyncio.create_task(check.listing(NODE, GuestKind.QEMU, vms[0]))
         async with asyncio.timeout(5):
             while not sim.sim.requests:  # the first listing reached the node
                 await asyncio.sleep(0.01)
         arrived = time.time()
-        later = await asyncio.gather(*(check.listing(NODE, GuestKind.QEMU) for _ in range(5)))
+        later = await asyncio.gather(*(check.listing(NODE, GuestKind.QEMU, v) for v in vms[1:]))
         assert (await first) is not None
     finally:
         await client.close()
@@ -214,3 +216,4 @@ async def test_ops_arriving_during_a_listing_share_the_next_one(sim: SimServer) 
     assert lists[1].time >= arrived
     assert lists[1].time >= lists[0].time + 0.5  # one listing of a node and kind at a time
     assert all(got is later[0] for got in later) and later[0] is not None
+    assert set(later[0]) == set(vms[1:])  # each member's guest, and only theirs, decoded

@@ -204,3 +204,29 @@ async def test_a_drift_read_taken_before_our_write_landed_leaves_the_baseline_wa
         assert await rt.journal.record_digests(late, now=2.0) == []
         row = await rt.journal.get_guest(guest.vmid)
         assert (row.config_digest, row.observed_digest) == (after.digest, after.digest)
+
+
+async def test_a_submission_first_brings_tags_behind_the_journal_up_to_it(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """An op accepted while its tags could not be written leaves the journal a generation
+    ahead; the next submission (which reuses the guest row it read for placement) reads the
+    row again, pushes it to the tags, then records its own op there: the tags end at the
+    journal's generation, with the newest desired state and key."""
+    guest = running_guest(sim)
+    async with running(sim, tmp_path, manage_guests=False) as rt:
+        await manage(rt, guest)
+        sim.sim.add_fault(
+            method="PUT", path=f"/{guest.vmid}/config$", status=500, reason="boom", count=1
+        )
+        await shutdown(rt, guest, "k-1")  # journaled; its tag write deferred
+        row = await rt.journal.get_guest(guest.vmid)
+        behind = decode(sim.sim.guests[guest.vmid].config.get("tags"))
+        assert behind is not None and behind.generation < row.desired_generation
+        op = await submit(rt, "start", guest, key="k-2")
+        assert (await wait_terminal(rt, op.id)).state is OpState.SUCCEEDED
+        row = await rt.journal.get_guest(guest.vmid)
+        record = decode(sim.sim.guests[guest.vmid].config.get("tags"))
+        assert record is not None and record.desired is DesiredState.RUNNING
+        assert record.generation == row.desired_generation > behind.generation + 1
+        assert key_digest("k-2") in record.last_keys

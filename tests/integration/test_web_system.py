@@ -187,6 +187,34 @@ def test_hostile_label_values_become_other() -> None:
     assert seen == {"other", "GET", "200"}
 
 
+def test_repeated_requests_count_in_their_own_series() -> None:
+    """Each request counts once in its (method, endpoint, code) series, also when the same
+    labels come again or an id-bearing endpoint repeats (both times under other)."""
+    metrics = Metrics()
+    upid = "UPID:pve1:000A1B2C:0011AABB:65F0A1B2:qmstart:101:root@pam!lifecycled:"
+    for _ in range(3):
+        metrics.pve_request("GET", "/nodes/{node}/qemu", "200", 0.01)
+        metrics.pve_request("GET", f"/nodes/pve1/tasks/{upid}/status", "200", 0.01)
+    metrics.pve_request("GET", "/nodes/{node}/qemu", "500", 2.0)
+    counts = {
+        (s.labels["endpoint"], s.labels["code"]): s.value
+        for family in metrics.registry.collect()
+        if family.name == "lifecycled_pve_requests"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert counts == {
+        ("/nodes/{node}/qemu", "200"): 3,
+        ("other", "200"): 3,
+        ("/nodes/{node}/qemu", "500"): 1,
+    }
+    slow = metrics.registry.get_sample_value(
+        "lifecycled_pve_request_duration_seconds_bucket",
+        {"endpoint": "/nodes/{node}/qemu", "le": "1.0"},
+    )
+    assert slow == 3  # the 2 s request is not in the 1 s bucket
+
+
 async def test_every_request_is_one_access_log_event(
     sim: SimServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -622,6 +622,25 @@ async def test_node_guests_lists_live_statuses(client: HttpPveClient, mocked: An
     ]
 
 
+async def test_node_guests_only_decodes_the_guests_asked_for(
+    client: HttpPveClient, mocked: Any
+) -> None:
+    """``only``: the listing's items of those vmids, the others left undecoded."""
+    mocked.get(
+        at("/nodes/pve1/qemu"),
+        payload={
+            "data": [
+                {"vmid": 100, "status": "running"},
+                {"vmid": "101", "status": "stopped", "lock": "migrate"},
+                {"vmid": 102, "status": "running"},
+                {"vmid": 103},
+            ]
+        },
+    )
+    got = await client.node_guests("pve1", Q, only=frozenset({101, 103, 104}))
+    assert [(g.vmid, g.status, g.lock) for g in got] == [(101, "stopped", "migrate")]
+
+
 async def test_guest_status_maps_ha_and_template(client: HttpPveClient, mocked: Any) -> None:
     """``ha`` becomes ``ha_managed``/``ha_state``; ``template: 1`` becomes True."""
     mocked.get(
