@@ -262,24 +262,28 @@ def section3() -> list[Figure]:
     for c in counts:
         _log(f"  {c.concurrency}: lifecycled {c.lifecycled:.2f}, baseline {c.baseline:.2f}")
         goal, target = _REQUEST_TARGETS.get(c.concurrency, (None, None))
+        key = f"{c.concurrency}.warm" if c.warm else f"{c.concurrency}"
+        when = ", task durations learned" if c.warm else ""
+        if target is not None:
+            target += when
         figures.append(
             Figure(
-                key=f"s3.poller.{c.concurrency}",
+                key=f"s3.poller.{key}",
                 reference=True,
                 section=S3,
-                name=f"per-UPID 1 s poller, {c.concurrency} in flight",
+                name=f"per-UPID 1 s poller, {c.concurrency} in flight{when}",
                 unit="req/op",
                 runs=(c.baseline,),
             )
         )
         figures.append(
             Figure(
-                key=f"s3.lifecycled.{c.concurrency}",
+                key=f"s3.lifecycled.{key}",
                 section=S3,
-                name=f"lifecycled, {c.concurrency} in flight",
+                name=f"lifecycled, {c.concurrency} in flight{when}",
                 unit="req/op",
                 runs=(c.lifecycled,),
-                anchor=f"s3.poller.{c.concurrency}",
+                anchor=f"s3.poller.{key}",
                 by_ratio=False,
                 goal=(goal, "max") if goal is not None else None,
                 target=target,
