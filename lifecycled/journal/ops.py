@@ -150,7 +150,7 @@ def op_from_row(row: sqlite3.Row) -> Op:
         state=_STATES[state],
         attempts=attempts,
         next_attempt_at=_ts(next_attempt_at),
-        upid=upid,
+        upid_text=upid,
         exitstatus=exitstatus,
         error=_error(error_class, error_message),
         created_at=float(created_at),
