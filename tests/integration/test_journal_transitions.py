@@ -126,7 +126,7 @@ async def test_retry_starts_a_fresh_series(journal: Journal, state: OpState) -> 
         None,
         None,
     )
-    assert await journal.discarded_at(op.id) is None
+    assert (await journal.get(op.id)).discarded_at is None
     assert (await journal.history(op.id))[-1].reason == "operator retry"
     claimed = await journal.claim_next(now=T0 + 5)
     assert claimed is not None and claimed.id == op.id
@@ -161,7 +161,7 @@ async def test_discard_hides_a_dead_letter_idempotently(journal: Journal) -> Non
     first = await journal.discard(op.id, now=T0 + 10, reason="operator")
     second = await journal.discard(op.id, now=T0 + 11, reason="operator")
     assert first.state is second.state is OpState.DEAD_LETTERED
-    assert await journal.discarded_at(op.id) == T0 + 10
+    assert (await journal.get(op.id)).discarded_at == T0 + 10
     assert len(await journal.history(op.id)) == rows_before + 1
     assert (await journal.list_dead_letters()).items == []
     failed = await to_state(journal, OpState.FAILED, vmid=5)
