@@ -307,7 +307,7 @@ async def _recover_plan(settings: Settings) -> list[dict[str, Any]]:
                     "action": op.action,
                     "vmid": op.guest.vmid,
                     "state": str(op.state),
-                    "upid": op.upid,
+                    "upid": op.upid_text,
                     "result": label,
                     "reason": decision.reason
                     if decision is not None

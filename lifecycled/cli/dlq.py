@@ -78,7 +78,7 @@ def dlq_show(
         return await journal.get_dead_letter(op_id), await journal.history(op_id)
 
     op, history = with_journal(db, work)
-    upid = op.upid or next((h.upid for h in reversed(history) if h.upid), None)
+    upid = op.upid_text or next((h.upid for h in reversed(history) if h.upid), None)
     settings = given.load(db=db)
     log, why = (
         (None, "the op never got a task (no UPID)")

@@ -33,11 +33,10 @@ class Planned:
     note: str
 
 
-def _short_upid(upid: str | None) -> str:
-    if not upid:
-        return "-"
-    parts = upid.split(":")
-    return f"{parts[5]}@{parts[1]}" if len(parts) > 6 else upid[:24]
+def _short_upid(op: Op) -> str:
+    if op.upid is not None:
+        return f"{op.upid.type}@{op.upid.node}"
+    return op.upid_text[:24] if op.upid_text else "-"
 
 
 def ops_table(
@@ -67,7 +66,7 @@ def ops_table(
             Text(state, STATE_STYLE.get(state, "white")),
             str(op.attempts),
             str(tasks.get(op.id, 0)),
-            _short_upid(op.upid),
+            _short_upid(op),
             detail,
         )
     return table

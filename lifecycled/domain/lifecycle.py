@@ -255,7 +255,7 @@ def step(
         op=after,
         sets=sets,
         history_error=history_error,
-        history_upid=after.upid if after.upid is not None else op.upid,
+        history_upid=after.upid_text if after.upid_text is not None else op.upid_text,
     )
 
 
@@ -267,7 +267,8 @@ _TIMES = (
     "ambiguous_since",
     "discarded_at",
 )
-_OP_FIELDS = tuple(field.name for field in attrs.fields(Op))
+#: The fields an :class:`Op` is built from (``upid`` is parsed from ``upid_text``).
+_OP_FIELDS = tuple(field.name for field in attrs.fields(Op) if field.init)
 
 
 def evolved(op: Op, state: OpState, sets: Mapping[str, Any]) -> Op:
@@ -279,9 +280,10 @@ def evolved(op: Op, state: OpState, sets: Mapping[str, Any]) -> Op:
             fields[name] = None if value is None else float(value)
     if "attempts" in sets:
         fields["attempts"] = int(sets["attempts"])
-    for name in ("upid", "exitstatus"):
-        if name in sets:
-            fields[name] = sets[name]
+    if "upid" in sets:
+        fields["upid_text"] = sets["upid"]
+    if "exitstatus" in sets:
+        fields["exitstatus"] = sets["exitstatus"]
     if "dispatched" in sets:
         fields["dispatched"] = bool(sets["dispatched"])
     if "error_class" in sets:

@@ -13,6 +13,7 @@ from lifecycled.domain.actions import Action
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.kinds import GuestKind
 from lifecycled.domain.states import OpState
+from lifecycled.domain.upid import Upid, UpidError
 
 __all__ = ["GuestKind", "GuestRef", "HistoryEntry", "Op", "OpError", "Origin", "canonical_json"]
 
@@ -48,6 +49,18 @@ class OpError:
         return {"class": str(self.error_class), "message": self.message}
 
 
+def _parsed_upid(op: Op) -> Upid | None:
+    """The op's journaled text as a :class:`Upid`; ``None`` when there is none or it does
+    not parse (a row written by hand or by an older version: its text stays in
+    :attr:`Op.upid_text`)."""
+    if not op.upid_text:
+        return None
+    try:
+        return Upid.parse(op.upid_text)
+    except UpidError:
+        return None
+
+
 def _freeze_params(value: Mapping[str, Any]) -> dict[str, Any]:
     # A private copy: the record must not change when the caller's dict does.
     return dict(value)
@@ -66,7 +79,8 @@ class Op:
     state: OpState = OpState.PENDING
     attempts: int = 0
     next_attempt_at: float | None = None
-    upid: str | None = None
+    #: The task id exactly as journaled (what every face shows); ``None`` before a task.
+    upid_text: str | None = None
     exitstatus: str | None = None
     error: OpError | None = None
     created_at: float
@@ -82,6 +96,17 @@ class Op:
     actor: str = "api"
     #: When an operator discarded this dead letter (it then leaves the DLQ listing).
     discarded_at: float | None = None
+    #: :attr:`upid_text` parsed, once, when the record is built; ``None`` when the op has no
+    #: task or its journaled text is not a valid UPID (then :attr:`upid_text` is set and
+    #: :attr:`has_invalid_upid` is true).
+    upid: Upid | None = attrs.field(
+        init=False, default=attrs.Factory(_parsed_upid, takes_self=True)
+    )
+
+    @property
+    def has_invalid_upid(self) -> bool:
+        """Whether a task id is journaled that does not parse."""
+        return bool(self.upid_text) and self.upid is None
 
     @property
     def params_json(self) -> str:

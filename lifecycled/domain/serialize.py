@@ -53,7 +53,7 @@ def op_to_dict(
         "state": str(op.state),
         "attempts": op.attempts,
         "next_attempt_at": rfc3339(op.next_attempt_at),
-        "upid": op.upid,
+        "upid": op.upid_text,
         "exitstatus": op.exitstatus,
         "error": op.error.to_dict() if op.error is not None else None,
         "created_at": rfc3339(op.created_at),

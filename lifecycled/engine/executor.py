@@ -122,7 +122,7 @@ def op_fields(op: Op) -> dict[str, object]:
     """The stable log keys of SPEC §5 "Logs"."""
     return {
         "op_id": op.id,
-        "upid": op.upid,
+        "upid": op.upid_text,
         "vmid": op.guest.vmid,
         "node": op.guest.node,
         "action": op.action,
@@ -393,7 +393,7 @@ class Executor:
             if (
                 end
                 and current.state is OpState.DISPATCHING
-                and current.upid is None
+                and current.upid_text is None
                 and current.ambiguous_since is None  # no earlier unanswered POST either
             ):
                 await self.apply(current, fail(reason, ErrorClass.INTERNAL, text))

@@ -27,7 +27,6 @@ from lifecycled.domain.outcome import (
 )
 from lifecycled.domain.serialize import rfc3339
 from lifecycled.domain.states import OpState
-from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.domain.userid import bare_user
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.executor import Executor, NodeTasks, Prefetched, op_fields
@@ -137,8 +136,8 @@ class Recoverer:
             age = now - op.updated_at
             if op.id in self.unresolved_why:
                 why = f"Proxmox unreadable ({self.unresolved_why[op.id]}); left in flight"
-            elif op.upid:
-                why = f"task {op.upid} still running on Proxmox; tracking resumed"
+            elif op.upid_text:
+                why = f"task {op.upid_text} still running on Proxmox; tracking resumed"
             else:
                 why = "outcome undecided; left in flight"
             reason = (
@@ -158,14 +157,9 @@ class Recoverer:
         for op in ops:
             nodes = {op.guest.node}
             start = op.claimed_at or op.created_at
-            if op.upid:
-                try:
-                    upid = Upid.parse(op.upid)
-                except UpidError:
-                    pass
-                else:
-                    nodes.add(upid.node)
-                    start = min(start, upid.starttime)
+            if op.upid is not None:
+                nodes.add(op.upid.node)
+                start = min(start, op.upid.starttime)
             for node in nodes:
                 floors[node] = min(floors.get(node, start), start)
         pve = self.executor.pve
@@ -236,14 +230,16 @@ class Recoverer:
             spec = spec_for(op.guest.kind, op.action)
         except UnsupportedAction as exc:
             return "failed", fail("unsupported action", ErrorClass.PERMANENT, str(exc))
-        if op.upid:
-            try:
-                upid = Upid.parse(op.upid)
-            except UpidError:
-                return "failed", fail("journaled UPID is invalid", ErrorClass.PERMANENT, op.upid)
+        if op.upid_text:
+            upid = op.upid
+            if upid is None:
+                return (
+                    "failed",
+                    fail("journaled UPID is invalid", ErrorClass.PERMANENT, op.upid_text),
+                )
             listed = None
             if prefetched is not None and upid.node in prefetched.tasks:
-                listed = prefetched.tasks[upid.node].find(op.upid)
+                listed = prefetched.tasks[upid.node].find(op.upid_text)
             if listed is not None and listed.status not in (None, "RUNNING"):
                 # Archived with its exit status: no status read needed.
                 return await self._resolved(
@@ -304,7 +300,7 @@ class Recoverer:
         """Resolve one in-flight op; returns its result label."""
         label, decision = await self.plan(op, prefetched=prefetched)
         if decision is None:
-            if op.upid:
+            if op.upid_text:
                 self.tracker.track(op)  # still running, or unreadable: the tracker keeps at it
             return label
         applied = await self.executor.apply(op, decision)

@@ -103,11 +103,10 @@ class Tracker:
 
     def track(self, op: Op, *, confirm_by_state: bool = False) -> None:
         """Follow ``op``'s task (the op must carry a UPID) until it stops."""
-        if op.upid is None:
+        if not op.upid_text:
             raise ValueError(f"op {op.id} has no UPID to track")
-        try:
-            upid = Upid.parse(op.upid)
-        except UpidError:
+        upid = op.upid
+        if upid is None:
             log.error("tracker.invalid_upid", extra=op_fields(op))
             return
         now = self.clock.monotonic()

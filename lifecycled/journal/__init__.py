@@ -222,7 +222,6 @@ class Journal:
 
     get = _Via("op_queries", OpQueries.get)
     get_dead_letter = _Via("op_queries", OpQueries.get_dead_letter)
-    discarded_at = _Via("op_queries", OpQueries.discarded_at)
     recorded_upids = _Via("op_queries", OpQueries.recorded_upids)
     history = _Via("op_queries", OpQueries.history)
     succeeded_task_durations = _Via("op_queries", OpQueries.succeeded_task_durations)
@@ -238,7 +237,6 @@ class Journal:
     open_ops_by_vmid = _Via("op_queries", OpQueries.open_ops_by_vmid)
     latest_reconcile_ops = _Via("op_queries", OpQueries.latest_reconcile_ops)
     config_changes = _Via("op_queries", OpQueries.config_changes)
-    op_actor = _Via("op_queries", OpQueries.op_actor)
 
     # -- guests --------------------------------------------------------------------------------
 

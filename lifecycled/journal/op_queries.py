@@ -103,11 +103,6 @@ class OpQueries(Part):
             raise NotFound(f"dead letter {op_id} was discarded")
         return op
 
-    async def discarded_at(self, op_id: int) -> float | None:
-        """When an operator discarded this dead letter (``None``: not discarded); NotFound.
-        (The same as ``Op.discarded_at``: kept for callers that hold only the id.)"""
-        return (await self.get(op_id)).discarded_at
-
     async def recorded_upids(self, upids: Iterable[str]) -> set[str]:
         """Which of ``upids`` any op has recorded (now, or in an earlier attempt's history):
         a task found in a node's list is adopted only when no op holds it already."""
@@ -280,12 +275,6 @@ class OpQueries(Part):
             "AND action IN ('configure', 'resize') GROUP BY vmid"
         )
         return {int(r["vmid"]): float(r["at"]) for r in await self._read(sql)}
-
-    async def op_actor(self, op_id: int) -> str:
-        """Who submitted the op (``api:<name>``, ``cli``, ``reconcile``); ``Op.actor`` when
-        the op is at hand."""
-        found = await self._read("SELECT actor FROM ops WHERE id = ?", (op_id,))
-        return str(found[0]["actor"]) if found else "unknown"
 
     async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return await self._store.rows(sql, params)

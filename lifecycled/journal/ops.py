@@ -150,7 +150,7 @@ def op_from_row(row: sqlite3.Row) -> Op:
         state=_STATES[state],
         attempts=attempts,
         next_attempt_at=_ts(next_attempt_at),
-        upid=upid,
+        upid_text=upid,
         exitstatus=exitstatus,
         error=_error(error_class, error_message),
         created_at=float(created_at),
@@ -577,6 +577,10 @@ class Ops(Part):
 
     async def submit(self, req: SubmitRequest, *, now: float) -> SubmitResult:
         """Journal a new op, or deduplicate / re-arm by idempotency key (SPEC §1).
+
+        The plain journal verb, for tools and tests that set up ops directly: the daemon's
+        faces submit through :meth:`Guests.submit_guest_op` (guest ownership and desired
+        state too), which runs the same :func:`submit` unit inside its own write.
 
         A client's retry of a key in flight or succeeded is answered from inside the group
         commit (a read, no change): a separate read first would cost every submission a

@@ -63,7 +63,7 @@ async def test_unreadable_200_after_the_task_started_is_adopted(
         history = await rt.journal.history(op.id)
     (task,) = tasks_of(sim, guest.vmid, worker)
     assert done.state is OpState.SUCCEEDED, done.error
-    assert done.upid == task.text
+    assert done.upid_text == task.text
     assert len(writes_to(sim, guest.vmid, suffix)) == 1
     assert any("adopt" in h.reason for h in history)
 
@@ -79,7 +79,7 @@ async def test_fork_then_active_lock_timeout_is_adopted(sim: SimServer, tmp_path
         done = await wait_terminal(rt, op.id)
     (task,) = tasks_of(sim, guest.vmid, "qmreboot")
     assert done.state is OpState.SUCCEEDED, done.error
-    assert done.upid == task.text
+    assert done.upid_text == task.text
     assert len(writes_to(sim, guest.vmid, "/status/reboot")) == 1
 
 
@@ -178,4 +178,4 @@ async def test_recover_leaves_a_task_with_an_unreadable_log_in_flight(
         done = await wait_terminal(runtime, ids[guest.vmid])
     assert meanwhile.state is OpState.RUNNING
     assert done.state is OpState.SUCCEEDED, done.error
-    assert done.upid == upid
+    assert done.upid_text == upid

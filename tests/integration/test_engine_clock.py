@@ -114,20 +114,20 @@ async def test_tracker_polls_when_the_clock_reaches_the_poll_time(
     async with running(sim, tmp_path, clock=clock) as rt:
         op = await submit(rt, "start", guest)
         async with asyncio.timeout(10):
-            while (op := await rt.journal.get(op.id)).upid is None or "tracker" not in (
+            while (op := await rt.journal.get(op.id)).upid_text is None or "tracker" not in (
                 clock.waiting
             ):
                 await asyncio.sleep(0.01)
-            assert op.upid is not None
-            task = sim.sim.books[guest.node].by_upid[op.upid]
+            assert op.upid_text is not None
+            task = sim.sim.books[guest.node].by_upid[op.upid_text]
             while task.running:  # the task ends in real time ...
                 await asyncio.sleep(0.01)
         # ... but the tracker waits on the clock, which has not moved: no poll yet.
-        assert status_polls(sim, op.upid) == 0
+        assert status_polls(sim, op.upid_text) == 0
         assert (await rt.journal.get(op.id)).state is OpState.RUNNING
         async with asyncio.timeout(10):
             while not (op := await rt.journal.get(op.id)).state.is_terminal:
                 clock.advance(0.5)
                 await asyncio.sleep(0.02)
     assert op.state is OpState.SUCCEEDED
-    assert op.upid is not None and status_polls(sim, op.upid) >= 1
+    assert op.upid_text is not None and status_polls(sim, op.upid_text) >= 1

@@ -91,8 +91,8 @@ async def test_reboot_picked_up_after_an_unanswered_post_adopts_instead_of_repos
     assert len(reboots) == 1, [r.path for r in reboots]
     assert done.state is OpState.SUCCEEDED, done.error
     assert done.attempts == 2
-    assert done.upid == reboots[0].upid
-    assert any(h.reason.startswith("adopted") and h.upid == done.upid for h in history)
+    assert done.upid_text == reboots[0].upid
+    assert any(h.reason.startswith("adopted") and h.upid == done.upid_text for h in history)
 
 
 async def test_slow_start_picked_up_after_an_unanswered_post_is_not_posted_again(
@@ -112,7 +112,7 @@ async def test_slow_start_picked_up_after_an_unanswered_post_is_not_posted_again
         done = await wait_terminal(rt, op.id)
     assert len(writes_to(sim, guest.vmid, "/status/start")) == 1
     assert done.state is OpState.SUCCEEDED, done.error
-    assert done.upid is not None and ":qmstart:" in done.upid
+    assert done.upid is not None and done.upid.type == "qmstart"
     assert sim.sim.guests[guest.vmid].running
 
 
@@ -137,7 +137,7 @@ async def test_recover_adopts_the_task_of_an_op_without_upid(
         done = await wait_terminal(rt, ids[guest.vmid])
     assert report is not None and report.counts.get("adopted") == 1, report
     assert done.state is OpState.SUCCEEDED, done.error
-    assert done.upid == upid
+    assert done.upid_text == upid
     assert len(writes_to(sim, guest.vmid, "/status/reboot")) == 1
 
 
@@ -156,7 +156,7 @@ async def test_recover_with_prefetch_adopts_tasks_of_ops_without_upid(
         report = rt.recoverer.last_report
         done = {vmid: await wait_terminal(rt, op_id) for vmid, op_id in ids.items()}
     assert report is not None and report.counts.get("adopted") == 6, report
-    assert {v: (op.state, op.upid) for v, op in done.items()} == {
+    assert {v: (op.state, op.upid_text) for v, op in done.items()} == {
         v: (OpState.SUCCEEDED, upids[v]) for v in ids
     }
 
@@ -195,7 +195,7 @@ async def test_task_is_not_polled_before_its_upid_is_committed(
     assert row == ("dispatching", None)
     assert polled == [] and not tracked, (polled, tracked)
     assert done.state is OpState.SUCCEEDED, done.error
-    assert done.upid == upid
+    assert done.upid_text == upid
 
 
 # --- (d) the janitor leaves alone what this process is handling ------------------------------
@@ -260,7 +260,7 @@ async def test_recover_never_adopts_another_users_task(sim_factory: Any, tmp_pat
     assert report is not None and report.counts.get("adopted", 0) == 0, report
     assert done[reboot.vmid].state is OpState.FAILED
     assert done[start.vmid].state is OpState.SUCCEEDED
-    assert all(op.upid is None for op in done.values())
+    assert all(op.upid_text is None for op in done.values())
     assert seen == {reboot.vmid: set(), start.vmid: set()}
 
 
@@ -326,7 +326,7 @@ async def test_recover_keeps_tracking_still_running_tasks(
         report = rt.recoverer.last_report
         done = {v: await wait_terminal(rt, op_id, within=10) for v, op_id in ids.items()}
     assert report is not None and report.counts.get("resumed") == count, report
-    assert {v: (op.state, op.upid) for v, op in done.items()} == {
+    assert {v: (op.state, op.upid_text) for v, op in done.items()} == {
         v: (OpState.SUCCEEDED, upids[v]) for v in ids
     }
 

@@ -44,9 +44,9 @@ async def test_a_learned_two_second_task_is_polled_at_most_twice(
         op = await submit(rt, "start", lone)
         done = await wait_terminal(rt, op.id)
     assert done.state is OpState.SUCCEEDED
-    assert done.upid is not None and done.finished_at is not None
-    assert 1 <= status_polls(sim, done.upid) <= 2
-    task = sim.sim.books["pve1"].by_upid[done.upid]
+    assert done.upid_text is not None and done.finished_at is not None
+    assert 1 <= status_polls(sim, done.upid_text) <= 2
+    task = sim.sim.books["pve1"].by_upid[done.upid_text]
     assert task.ended_at is not None
     assert 0 <= done.finished_at - task.ended_at <= POLL_INTERVAL
 
@@ -70,8 +70,8 @@ async def test_a_burst_the_archiver_has_not_filed_is_noticed_within_one_poll_int
     assert {op.state for op in done} == {OpState.SUCCEEDED}
     lags = []
     for op in done:
-        assert op.upid is not None and op.finished_at is not None
-        ended_at = sim.sim.books["pve1"].by_upid[op.upid].ended_at
+        assert op.upid_text is not None and op.finished_at is not None
+        ended_at = sim.sim.books["pve1"].by_upid[op.upid_text].ended_at
         assert ended_at is not None
         lags.append(op.finished_at - ended_at)
     assert min(lags) >= 0

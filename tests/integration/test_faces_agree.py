@@ -79,12 +79,13 @@ def _actorless(text: str) -> str:
 async def _journal_state(db: Path, op_id: int) -> dict[str, Any]:
     """What the request left: the op (times aside), its history, discarded or not, audit."""
     async with await Journal.open(db, create=False) as journal:
-        op = op_to_dict(await journal.get(op_id))
+        record = await journal.get(op_id)
+        op = op_to_dict(record)
         history = [
             (str(h.from_state), str(h.to_state), h.attempt, _actorless(h.reason), h.upid)
             for h in await journal.history(op_id)
         ]
-        discarded = await journal.discarded_at(op_id) is not None
+        discarded = record.discarded_at is not None
         audit = [(r.action, str(r.decision), r.vmid) for r in (await journal.list_audit()).items]
     for key in _TIMES:
         op.pop(key, None)

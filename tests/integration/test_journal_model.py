@@ -314,7 +314,7 @@ class JournalMachine(RuleBasedStateMachine):
             assert (op.state, op.attempts) == (m.state, m.attempts), (m, op)
             assert op.idempotency_key == m.key
             if m.state in IN_FLIGHT or m.state is S.PENDING:
-                assert op.upid == m.upid, (m, op)
+                assert op.upid_text == m.upid, (m, op)
             assert (op.finished_at is not None) == m.state.is_terminal, op
 
     @invariant()

@@ -204,7 +204,7 @@ async def _check_after_crash(db: Path) -> None:
                 for a, b in itertools.pairwise(history):
                     assert a.to_state is b.from_state
                 if op.state in (OpState.RUNNING, OpState.SUCCEEDED):
-                    assert op.upid is not None and op.dispatched
+                    assert op.upid_text is not None and op.dispatched
                 checked += 1
             if page.next_cursor is None:
                 break

@@ -30,7 +30,7 @@ async def test_record_upid_marks_running_and_dispatched(journal: Journal) -> Non
     """record_upid: dispatching → running with the UPID, dispatched set, history carries it."""
     op = await to_state(journal, OpState.DISPATCHING)
     running = await journal.record_upid(op.id, "UPID:pve1:1", now=T0 + 2)
-    assert (running.state, running.upid, running.dispatched) == (
+    assert (running.state, running.upid_text, running.dispatched) == (
         OpState.RUNNING,
         "UPID:pve1:1",
         True,
@@ -56,17 +56,17 @@ async def test_finish_success_and_failure(journal: Journal) -> None:
     bad = await to_state(journal, OpState.DISPATCHING, vmid=2)
     failed = await journal.finish(bad.id, OpState.FAILED, now=T0 + 9, reason="403", error=DENIED)
     assert (failed.state, failed.error) == (OpState.FAILED, DENIED)
-    assert failed.upid is None and not failed.dispatched
+    assert failed.upid_text is None and not failed.dispatched
 
 
 async def test_requeue_clears_the_upid_but_history_keeps_it(journal: Journal) -> None:
     """requeue: back to pending, due at next_attempt_at, error kept, UPID only in history."""
     op = await to_state(journal, OpState.RUNNING)
-    upid = (await journal.get(op.id)).upid
+    upid = (await journal.get(op.id)).upid_text
     back = await journal.requeue(
         op.id, now=T0 + 5, next_attempt_at=T0 + 20, reason="task failed: 595", error=BOOM
     )
-    assert (back.state, back.upid, back.next_attempt_at, back.error, back.attempts) == (
+    assert (back.state, back.upid_text, back.next_attempt_at, back.error, back.attempts) == (
         OpState.PENDING,
         None,
         T0 + 20,
@@ -126,7 +126,7 @@ async def test_retry_starts_a_fresh_series(journal: Journal, state: OpState) -> 
         None,
         None,
     )
-    assert await journal.discarded_at(op.id) is None
+    assert (await journal.get(op.id)).discarded_at is None
     assert (await journal.history(op.id))[-1].reason == "operator retry"
     claimed = await journal.claim_next(now=T0 + 5)
     assert claimed is not None and claimed.id == op.id
@@ -136,7 +136,7 @@ async def test_set_upid_in_flight_replaces_and_adopts(journal: Journal) -> None:
     """set_upid_in_flight replaces a running op's UPID and adopts one for a dispatching op."""
     running = await to_state(journal, OpState.RUNNING, vmid=1)
     swapped = await journal.set_upid_in_flight(running.id, "UPID:new", now=T0 + 5, reason="recover")
-    assert (swapped.state, swapped.upid) == (OpState.RUNNING, "UPID:new")
+    assert (swapped.state, swapped.upid_text) == (OpState.RUNNING, "UPID:new")
     last = (await journal.history(running.id))[-1]
     assert (last.from_state, last.to_state, last.upid) == (
         OpState.RUNNING,
@@ -147,7 +147,11 @@ async def test_set_upid_in_flight_replaces_and_adopts(journal: Journal) -> None:
     adopted = await journal.set_upid_in_flight(
         dispatching.id, "UPID:seen", now=T0 + 6, reason="adopted from task list"
     )
-    assert (adopted.state, adopted.upid, adopted.dispatched) == (OpState.RUNNING, "UPID:seen", True)
+    assert (adopted.state, adopted.upid_text, adopted.dispatched) == (
+        OpState.RUNNING,
+        "UPID:seen",
+        True,
+    )
 
 
 async def test_discard_hides_a_dead_letter_idempotently(journal: Journal) -> None:
@@ -157,7 +161,7 @@ async def test_discard_hides_a_dead_letter_idempotently(journal: Journal) -> Non
     first = await journal.discard(op.id, now=T0 + 10, reason="operator")
     second = await journal.discard(op.id, now=T0 + 11, reason="operator")
     assert first.state is second.state is OpState.DEAD_LETTERED
-    assert await journal.discarded_at(op.id) == T0 + 10
+    assert (await journal.get(op.id)).discarded_at == T0 + 10
     assert len(await journal.history(op.id)) == rows_before + 1
     assert (await journal.list_dead_letters()).items == []
     failed = await to_state(journal, OpState.FAILED, vmid=5)

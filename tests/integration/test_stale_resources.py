@@ -126,5 +126,5 @@ async def test_ha_ignored_guest_is_not_ha_managed(sim: SimServer, tmp_path: Path
         op = await wait_terminal(rt, (await submit(rt, "start", guest)).id)
     assert record.ha_managed is False
     assert op.state is OpState.SUCCEEDED and op.upid is not None
-    assert ":qmstart:" in op.upid
+    assert op.upid.type == "qmstart"
     assert sim.sim.guests[guest.vmid].running

@@ -115,7 +115,7 @@ async def test_recover_adopts_a_task_past_the_first_page(
     finally:
         await runtime.close()
     assert report.counts.get("adopted") == 1, report.counts
-    assert (ours.state, ours.upid) == (OpState.RUNNING, upid)
+    assert (ours.state, ours.upid_text) == (OpState.RUNNING, upid)
 
 
 async def test_ambiguity_search_adopts_a_task_past_the_first_page(
@@ -137,7 +137,7 @@ async def test_ambiguity_search_adopts_a_task_past_the_first_page(
         after = await runtime.journal.get(op.id)
     finally:
         await runtime.close()
-    assert (after.state, after.upid) == (OpState.RUNNING, upid)
+    assert (after.state, after.upid_text) == (OpState.RUNNING, upid)
     starts = [r for r in pve.sim.requests if r.method == "POST" and r.path.endswith("/start")]
     assert len(starts) == 1  # only the one sent behind lifecycled's back
 

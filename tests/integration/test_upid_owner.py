@@ -27,9 +27,9 @@ async def first_configure(sim: SimServer, tmp_path: Path, guest: Guest) -> str:
     async with running(sim, tmp_path) as runtime:
         op = await submit(runtime, "configure", guest, key="first", cores=3)
         done = await wait_terminal(runtime, op.id)
-    assert done.state is OpState.SUCCEEDED and done.upid is not None
+    assert done.state is OpState.SUCCEEDED and done.upid_text is not None
     assert sim.sim.guests[guest.vmid].config["cores"] == 3
-    return done.upid
+    return done.upid_text
 
 
 async def crashed_second_configure(sim: SimServer, tmp_path: Path, guest: Guest) -> Op:
@@ -65,7 +65,7 @@ async def test_recover_never_takes_the_first_configures_upid(
     second = await crashed_second_configure(sim, tmp_path, guest)
     async with running(sim, tmp_path) as runtime:
         done = await wait_terminal(runtime, second.id)
-    assert done.upid != first
+    assert done.upid_text != first
     assert done.state is OpState.FAILED, (done.state, done.upid)
     assert sim.sim.guests[guest.vmid].config["cores"] == 3
 
@@ -88,8 +88,8 @@ async def test_recover_adopts_the_second_configures_own_task(
     assert own is not None
     async with running(sim, tmp_path) as runtime:
         done = await wait_terminal(runtime, second.id)
-    assert (done.state, done.upid) == (OpState.SUCCEEDED, str(own))
-    assert done.upid != first
+    assert (done.state, done.upid_text) == (OpState.SUCCEEDED, str(own))
+    assert done.upid_text != first
     assert sim.sim.guests[guest.vmid].config["cores"] == 5
 
 
@@ -137,8 +137,8 @@ async def test_migration_keeps_the_first_holder_of_a_duplicated_upid(tmp_path: P
         raw.execute("UPDATE op_history SET upid = ? WHERE op_id = ?", (upid, second))
     raw.close()
     async with await Journal.open(path) as journal:
-        assert (await journal.get(first)).upid == upid
-        assert (await journal.get(second)).upid is None
+        assert (await journal.get(first)).upid_text == upid
+        assert (await journal.get(second)).upid_text is None
         assert await journal.recorded_upids([upid]) == {upid}
     raw = sqlite3.connect(path)
     try:

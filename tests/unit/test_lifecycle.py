@@ -152,7 +152,7 @@ def test_each_step_sets_the_columns_its_verb_always_set() -> None:
         "dispatched": 1,
         "ambiguous_since": None,
     }
-    running = _op(S.RUNNING, upid="U", exitstatus="x", attempts=2, claimed_at=T0 + 1)
+    running = _op(S.RUNNING, upid_text="U", exitstatus="x", attempts=2, claimed_at=T0 + 1)
     assert _sets(Verb.SUCCEED, running) == {
         "state": "succeeded",
         "updated_at": now,
@@ -183,7 +183,7 @@ def test_each_step_sets_the_columns_its_verb_always_set() -> None:
         "finished_at": now,
         "next_attempt_at": None,
     }
-    retried = _sets(Verb.RETRY, _op(S.FAILED, attempts=3, error=BOOM, upid="U"))
+    retried = _sets(Verb.RETRY, _op(S.FAILED, attempts=3, error=BOOM, upid_text="U"))
     assert retried["attempts"] == 0 and retried["due_at"] == now and retried["upid"] is None
     assert _sets(Verb.DISCARD, _op(S.DEAD_LETTERED)) == {
         "state": "dead_lettered",
@@ -195,7 +195,7 @@ def test_each_step_sets_the_columns_its_verb_always_set() -> None:
 
 def test_the_history_row_keeps_the_task_and_the_error_it_ended_with() -> None:
     """A requeue's history names the task it cleared; a retry's keeps the op's last error."""
-    running = _op(S.RUNNING, upid="U")
+    running = _op(S.RUNNING, upid_text="U")
     requeued = step(running, Verb.REQUEUE, now=T0, next_attempt_at=T0 + 5)
     assert isinstance(requeued, Change) and requeued.history_upid == "U"
     retried = step(_op(S.FAILED, error=BOOM), Verb.RETRY, now=T0)
