@@ -41,6 +41,12 @@ _OPEN_COUNTS = (
     " WHERE state = 'dead_lettered' AND discarded_at IS NULL"
 )
 
+#: Every pending and in-flight op (:meth:`OpQueries.open_ops_by_vmid`), one partial index each.
+OPEN_OPS = (
+    f"SELECT {OP_COLUMNS} FROM ops WHERE phase = 1"
+    f" UNION ALL SELECT {OP_COLUMNS} FROM ops WHERE phase = 2"
+)
+
 
 def _limit(limit: int) -> int:
     if not 1 <= limit <= MAX_PAGE:
@@ -252,10 +258,16 @@ class OpQueries(Part):
     # --- reads for reconcile and the policy ------------------------------------------------
 
     async def open_ops_by_vmid(self) -> dict[int, list[Op]]:
-        """Every pending or in-flight op, grouped by guest."""
-        found = await self._read(f"SELECT {OP_COLUMNS} FROM ops WHERE phase IN (1, 2) ORDER BY id")
+        """Every pending or in-flight op, grouped by guest.
+
+        One SELECT per phase and no ``ORDER BY`` (sorted here, as the in-flight queries below),
+        so each reads its partial index (``ops_due``, ``ops_inflight_vmid``): ``phase IN (1, 2)``
+        or an ordered compound scans the whole table, computing the generated ``phase`` of
+        every row — ~0.3–0.5 s per reconcile pass on a 1,000,000-op journal.
+        """
+        found = await self._read(OPEN_OPS)
         grouped: dict[int, list[Op]] = defaultdict(list)
-        for row in found:
+        for row in sorted(found, key=lambda r: int(r["id"])):
             op = op_from_row(row)
             grouped[op.guest.vmid].append(op)
         return dict(grouped)

@@ -18,6 +18,7 @@ from conftest_journal import T0, to_state
 
 from lifecycled.domain.states import OpState
 from lifecycled.journal import Journal, ops
+from lifecycled.journal.op_queries import OPEN_OPS
 from lifecycled.journal.ops import OP_COLUMNS
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,6 +82,8 @@ def _hot_queries() -> Iterator[tuple[str, str, tuple[Any, ...], tuple[str, ...]]
         ("ops_inflight",),
     )
     yield "pending count", "SELECT count(*) FROM ops WHERE phase = 1", (), ("ops_due",)
+    # What every reconcile pass reads (``phase IN (1, 2)`` was a scan of the whole table).
+    yield "open ops", OPEN_OPS, (), ("ops_due", "ops_inflight")
     yield "in-flight states", "SELECT state FROM ops WHERE phase = 2", (), ("ops_inflight",)
     yield (
         "by key",
