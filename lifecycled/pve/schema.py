@@ -192,6 +192,17 @@ def endpoint(method: str, template: str) -> Endpoint:
         raise UnknownEndpoint(f"{method.upper()} {template}") from None
 
 
+def config_locks() -> tuple[str, ...]:
+    """Every config ``lock`` value either guest kind knows, from the ``lock`` enum of the
+    config endpoints (reference §5.5), in a stable order."""
+    names: dict[str, None] = {}
+    for kind in ("qemu", "lxc"):
+        found = match("PUT", f"/nodes/pve1/{kind}/100/config")
+        lock = found[0].param("lock") if found is not None else None
+        names.update(dict.fromkeys(lock.enum or () if lock is not None else ()))
+    return tuple(names)
+
+
 def match(method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
     """The endpoint of a real path below ``/api2/json`` and its path arguments, if any."""
     parts = [p for p in path.split("/") if p]

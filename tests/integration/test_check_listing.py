@@ -13,27 +13,13 @@ from lifecycled.domain.check import check_from_listing, precheck
 from lifecycled.domain.op import GuestKind, GuestRef, Op
 from lifecycled.policy import GuestFacts, decide
 from lifecycled.pve.port import read_guest_status
+from lifecycled.pve.schema import config_locks
 from lifecycled.sim import SimServer
 from lifecycled.sim.model import Guest
 from lifecycled.sim.rawclient import RawClient
 
-#: Every config lock either kind knows (reference §5.5), and none.
-LOCKS = (
-    None,
-    "backup",
-    "clone",
-    "create",
-    "migrate",
-    "rollback",
-    "snapshot",
-    "snapshot-delete",
-    "suspending",
-    "suspended",
-    "destroyed",
-    "disk",
-    "fstrim",
-    "mounted",
-)
+#: Every config lock either kind knows (Proxmox's schema), and none.
+LOCKS = (None, *config_locks())
 PARAMS: tuple[dict[str, Any], ...] = ({}, {"force_stop": True})
 FACTS = (GuestFacts(origin="native"), GuestFacts(origin="released"))
 

@@ -19,24 +19,10 @@ from lifecycled.domain.check import (
 from lifecycled.domain.op import GuestKind, GuestRef, Op
 from lifecycled.domain.outcome import Verdict
 from lifecycled.policy import GuestFacts, decide
+from lifecycled.pve.schema import config_locks
 
-#: Every config lock either kind knows (reference §5.5), and none.
-LOCKS = (
-    None,
-    "backup",
-    "clone",
-    "create",
-    "migrate",
-    "rollback",
-    "snapshot",
-    "snapshot-delete",
-    "suspending",
-    "suspended",
-    "destroyed",
-    "disk",
-    "fstrim",
-    "mounted",
-)
+#: Every config lock either kind knows (Proxmox's schema), and none.
+LOCKS = (None, *config_locks())
 #: (status, qmpstatus) of a QEMU guest as status/current reports them; ``None``: missing.
 QEMU_STATES: tuple[tuple[str, str] | None, ...] = (
     ("stopped", "stopped"),
@@ -190,3 +176,9 @@ def test_precheck_verdicts() -> None:
     locked = precheck(op, GuestView(exists=True, node="pve1", status="stopped", lock="backup"))
     assert locked is not None and locked.verdict is Verdict.RETRY
     assert precheck(op, GuestView(exists=True, node="pve1", status="stopped")) is None
+
+
+def test_the_schema_gives_every_config_lock_of_both_kinds() -> None:
+    """The locks these tests walk come from Proxmox's schema: QEMU's and LXC's, 13 in all."""
+    assert set(config_locks()) >= {"backup", "suspended", "suspending", "fstrim", "mounted"}
+    assert len(config_locks()) == 13
