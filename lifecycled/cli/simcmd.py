@@ -12,15 +12,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lifecycled.cli._app import EXIT_USAGE, app, fail
 from lifecycled.domain.durations import parse_duration
 from lifecycled.logs import configure_logging
-from lifecycled.sim import SimConfig, SimConfigError, SimServer
-from lifecycled.sim.config import ApiToken
+
+if TYPE_CHECKING:
+    from lifecycled.sim import SimConfig
 
 logger = logging.getLogger("lifecycled.sim")
 
@@ -113,6 +114,11 @@ def sim_command(
     log_format: Annotated[str, typer.Option("--log-format", help="text|json.")] = "text",
 ) -> None:
     """Serve the Proxmox VE API simulator (control API under /_sim/) until SIGTERM."""
+    # Imported here: every other command (the daemon's start among them) would otherwise pay
+    # for loading the simulator and its TLS certificate code.
+    from lifecycled.sim import SimConfig, SimConfigError
+    from lifecycled.sim.config import ApiToken
+
     host, port = _listen(listen)
     if token is not None and token_file is not None:
         fail("give --token or --token-file, not both", EXIT_USAGE)
@@ -152,6 +158,8 @@ def sim_command(
 
 
 async def _serve(cfg: SimConfig, host: str, port: int, ready_file: Path | None) -> None:
+    from lifecycled.sim import SimServer
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)

@@ -115,3 +115,17 @@ async def test_sim_command_lags_cluster_resources_by_default(tmp_path: Path) -> 
     bad = await _spawn("--resources-lag", "-1")
     _, err = await asyncio.wait_for(bad.communicate(), 30)
     assert bad.returncode == 2 and "--resources-lag" in err.decode()
+
+
+def test_other_commands_do_not_load_the_simulator() -> None:
+    """Loading the CLI's commands (what `lifecycled run` does first) leaves the simulator unimported."""
+    import subprocess
+
+    probe = (
+        "import sys, lifecycled.cli as cli; cli._load_commands();"
+        " print(sorted(m for m in sys.modules if m.startswith('lifecycled.sim')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
