@@ -116,7 +116,12 @@ class Op:
 
 @attrs.frozen(kw_only=True)
 class HistoryEntry:
-    """One transition of an op, as appended to its history."""
+    """One transition of an op, as appended to its history.
+
+    ``upid`` is the text exactly as journaled with that transition, not a parsed
+    :class:`Upid`: history is the audit record, shown verbatim, an unparsable UPID included
+    (the op's own ``Op.upid`` is the parsed one the engine works with).
+    """
 
     op_id: int
     at: float
