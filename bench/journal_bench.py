@@ -46,6 +46,19 @@ _FINISH = (
     "UPDATE ops SET state = 'succeeded', exitstatus = 'OK', finished_at = ?,"
     " updated_at = ? WHERE id = ? AND state = 'running'"
 )
+#: The guest rows the daemon's calls write too: an accepted ``start`` sets the guest's desired
+#: state (``submit_guest_op``), its success records the observed state (``finish``).
+_GUEST = (
+    "INSERT INTO guests (vmid, node, kind, origin, name, created_at, updated_at) "
+    "VALUES (?, 'pve1', 'qemu', 'native', ?, ?, ?)"
+)
+_DESIRE = (
+    "UPDATE guests SET desired_state = 'running', desired_generation = desired_generation + 1,"
+    " updated_at = ? WHERE vmid = ?"
+)
+_OBSERVE = (
+    "UPDATE guests SET observed_state = 'running', observed_at = ?, updated_at = ? WHERE vmid = ?"
+)
 
 
 async def fresh_journal(path: Path) -> None:
@@ -67,13 +80,23 @@ def _raw(path: Path) -> sqlite3.Connection:
 Rows = list[tuple[object, ...]]
 
 
-def _stage_rows(ids: range, stage: int) -> tuple[Rows, Rows]:
+def _raw_guests(conn: sqlite3.Connection, n_ops: int) -> None:
+    """The managed guests the ops act on, one per op (set-up, not measured)."""
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(_GUEST, [(100 + i, f"bench-{100 + i}", T0, T0) for i in range(1, n_ops + 1)])
+    conn.execute("COMMIT")
+
+
+def _stage_rows(ids: range, stage: int) -> tuple[Rows, Rows, Rows]:
+    """The op rows, history rows and guest rows of one stage for ``ids``."""
     now = T0 + stage
     ops: Rows
     hist: Rows
+    guests: Rows = []
     if stage == 0:
         ops = [(i, f"k{i}", 100 + i, now, now, now) for i in ids]
         hist = [(i, now, None, "pending", "submitted", 0, None) for i in ids]
+        guests = [(now, 100 + i) for i in ids]
     elif stage == 1:
         ops = [(now, now, i) for i in ids]
         hist = [(i, now, "pending", "dispatching", "claimed", 1, None) for i in ids]
@@ -83,25 +106,33 @@ def _stage_rows(ids: range, stage: int) -> tuple[Rows, Rows]:
     else:
         ops = [(now, now, i) for i in ids]
         hist = [(i, now, "running", "succeeded", "OK", 1, None) for i in ids]
-    return ops, hist
+        guests = [(now, now, 100 + i) for i in ids]
+    return ops, hist, guests
 
 
 _STAGE_SQL = (_INSERT, _CLAIM, _UPID, _FINISH)
+#: The guest write of each stage, if any (see ``_DESIRE`` and ``_OBSERVE``).
+_STAGE_GUEST_SQL = (_DESIRE, None, None, _OBSERVE)
 
 
 def raw_lifecycle_grouped(path: Path, n_ops: int, group: int = 100) -> float:
-    """Raw sqlite3: the four transitions, ``group`` ops per transaction per stage; ops/s."""
+    """Raw sqlite3: the four transitions and the guest writes, ``group`` ops per transaction
+    per stage; ops/s."""
     asyncio.run(fresh_journal(path))
     conn = _raw(path)
     try:
+        _raw_guests(conn, n_ops)
         started = time.perf_counter()
         for first in range(1, n_ops + 1, group):
             ids = range(first, min(first + group, n_ops + 1))
             for stage, sql in enumerate(_STAGE_SQL):
-                ops, hist = _stage_rows(ids, stage)
+                ops, hist, guests = _stage_rows(ids, stage)
+                guest_sql = _STAGE_GUEST_SQL[stage]
                 conn.execute("BEGIN IMMEDIATE")
                 conn.executemany(sql, ops)
                 conn.executemany(_HISTORY, hist)
+                if guest_sql is not None:
+                    conn.executemany(guest_sql, guests)
                 conn.execute("COMMIT")
         return n_ops / (time.perf_counter() - started)
     finally:
@@ -109,17 +140,22 @@ def raw_lifecycle_grouped(path: Path, n_ops: int, group: int = 100) -> float:
 
 
 def raw_lifecycle_per_transition(path: Path, n_ops: int) -> float:
-    """Raw sqlite3: the four transitions, each its own durable commit; ops/s."""
+    """Raw sqlite3: the four transitions and the guest writes, each transition its own
+    durable commit; ops/s."""
     asyncio.run(fresh_journal(path))
     conn = _raw(path)
     try:
+        _raw_guests(conn, n_ops)
         started = time.perf_counter()
         for i in range(1, n_ops + 1):
             for stage, sql in enumerate(_STAGE_SQL):
-                ops, hist = _stage_rows(range(i, i + 1), stage)
+                ops, hist, guests = _stage_rows(range(i, i + 1), stage)
+                guest_sql = _STAGE_GUEST_SQL[stage]
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(sql, ops[0])
                 conn.execute(_HISTORY, hist[0])
+                if guest_sql is not None:
+                    conn.execute(guest_sql, guests[0])
                 conn.execute("COMMIT")
         return n_ops / (time.perf_counter() - started)
     finally:
