@@ -106,6 +106,12 @@ def desired_for(action: str) -> DesiredState | None:
         return None
 
 
+#: The only ops a desired state can supersede: pending ones that reconcile submitted (the
+#: journal reads just these for :func:`superseded`, which decides).
+SUPERSEDABLE_STATE = OpState.PENDING
+SUPERSEDABLE_ORIGIN = Origin.RECONCILE
+
+
 def superseded(ops: Iterable[Op], desired: DesiredState | None) -> list[tuple[Op, str]]:
     """The guest's ops a new desired state makes obsolete, each with the reason to cancel it:
     its pending reconcile ops whose target is not ``desired`` (``None``: no desired state).
@@ -117,8 +123,8 @@ def superseded(ops: Iterable[Op], desired: DesiredState | None) -> list[tuple[Op
     return [
         (op, why)
         for op in ops
-        if op.state is OpState.PENDING
-        and op.origin is Origin.RECONCILE
+        if op.state is SUPERSEDABLE_STATE
+        and op.origin is SUPERSEDABLE_ORIGIN
         and desired_for(op.action) != desired
     ]
 

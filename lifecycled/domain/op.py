@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -49,16 +50,28 @@ class OpError:
         return {"class": str(self.error_class), "message": self.message}
 
 
+@functools.lru_cache(maxsize=4096)
+def _upid_of(text: str) -> Upid | None:
+    # An op's record is rebuilt several times while it is in flight (each load, each
+    # transition): its task id is parsed once. A Upid is immutable, so sharing one is safe.
+    try:
+        return Upid.parse(text)
+    except UpidError:
+        return None
+
+
 def _parsed_upid(op: Op) -> Upid | None:
     """The op's journaled text as a :class:`Upid`; ``None`` when there is none or it does
     not parse (a row written by hand or by an older version: its text stays in
     :attr:`Op.upid_text`)."""
     if not op.upid_text:
         return None
-    try:
-        return Upid.parse(op.upid_text)
-    except UpidError:
-        return None
+    return _upid_of(op.upid_text)
+
+
+def _action(value: str) -> Action:
+    # The converter runs on every record built; most callers already pass an Action.
+    return value if type(value) is Action else Action(value)
 
 
 def _freeze_params(value: Mapping[str, Any]) -> dict[str, Any]:
@@ -72,7 +85,7 @@ class Op:
 
     id: int
     idempotency_key: str
-    action: Action = attrs.field(converter=Action)
+    action: Action = attrs.field(converter=_action)
     guest: GuestRef
     params: dict[str, Any] = attrs.field(converter=_freeze_params, factory=dict)
     origin: Origin = Origin.API

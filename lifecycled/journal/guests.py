@@ -146,23 +146,39 @@ def insert_guest(conn: sqlite3.Connection, rec: GuestRecord) -> GuestRecord:
     return guest_from_row(row)
 
 
-def update_guest(
-    conn: sqlite3.Connection, vmid: int, changes: Mapping[str, Any], *, now: float
-) -> GuestRecord:
-    """Set ``changes`` (and ``updated_at``) on the guest's row; the row after the change."""
+def _guest_update(vmid: int, changes: Mapping[str, Any], now: float) -> tuple[str, list[Any]]:
+    """The UPDATE setting ``changes`` (and ``updated_at``) on the guest's row, and its
+    parameters."""
     sets = {**changes, "updated_at": now}
     unknown = set(sets) - _SETTABLE
     if unknown:
         raise ValueError(f"not a settable guests column: {sorted(unknown)}")
     assignments = ", ".join(f"{c} = ?" for c in sets)
-    row = fetch_one(
-        conn,
-        f"UPDATE guests SET {assignments} WHERE vmid = ? RETURNING {GUEST_COLUMNS}",
-        [*(_encode(c, v) for c, v in sets.items()), vmid],
-    )
+    return f"UPDATE guests SET {assignments} WHERE vmid = ?", [
+        *(_encode(c, v) for c, v in sets.items()),
+        vmid,
+    ]
+
+
+def update_guest(
+    conn: sqlite3.Connection, vmid: int, changes: Mapping[str, Any], *, now: float
+) -> GuestRecord:
+    """Set ``changes`` (and ``updated_at``) on the guest's row; the row after the change."""
+    sql, params = _guest_update(vmid, changes, now)
+    row = fetch_one(conn, f"{sql} RETURNING {GUEST_COLUMNS}", params)
     if row is None:
         raise NotFound(f"guest {vmid} is not known to lifecycled")
     return guest_from_row(row)
+
+
+def set_guest_columns(
+    conn: sqlite3.Connection, vmid: int, changes: Mapping[str, Any], *, now: float
+) -> None:
+    """:func:`update_guest` for a caller that does not need the row back (no ``RETURNING``
+    and no record to build: the submission path)."""
+    sql, params = _guest_update(vmid, changes, now)
+    if conn.execute(sql, params).rowcount != 1:
+        raise NotFound(f"guest {vmid} is not known to lifecycled")
 
 
 def snapshot_json(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -565,7 +581,7 @@ class Guests(Part):
                 if result.deduplicated:  # the key was taken since the caller's read
                     return result
             if desired is not None and guest.desired_state is not desired:
-                update_guest(
+                set_guest_columns(
                     conn,
                     guest.vmid,
                     {
@@ -576,7 +592,7 @@ class Guests(Part):
                 )
                 cancel_superseded(conn, guest.vmid, desired, now=now)
             elif generation > guest.desired_generation:  # the shared record moved on (§7)
-                update_guest(conn, guest.vmid, {"desired_generation": generation}, now=now)
+                set_guest_columns(conn, guest.vmid, {"desired_generation": generation}, now=now)
             return result
 
         return await self._store.write(unit)

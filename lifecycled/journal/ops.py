@@ -24,7 +24,13 @@ import attrs
 
 from lifecycled.domain.actions import Action, expected_fingerprint
 from lifecycled.domain.classify import ErrorClass
-from lifecycled.domain.guests import DesiredState, observed_after, superseded
+from lifecycled.domain.guests import (
+    SUPERSEDABLE_ORIGIN,
+    SUPERSEDABLE_STATE,
+    DesiredState,
+    observed_after,
+    superseded,
+)
 from lifecycled.domain.lifecycle import (
     FINISHING,
     INITIAL,
@@ -557,13 +563,22 @@ def open_ops(conn: sqlite3.Connection, vmid: int) -> list[Op]:
     return [op_from_row(r) for r in found]
 
 
+# Literal constants, so the partial index ``ops_reconcile_by_vmid`` serves the query.
+_SUPERSEDABLE = (
+    f"SELECT {OP_COLUMNS} FROM ops WHERE vmid = ? AND origin = '{SUPERSEDABLE_ORIGIN}'"
+    f" AND state = '{SUPERSEDABLE_STATE}' ORDER BY id"
+)
+
+
 def cancel_superseded(
     conn: sqlite3.Connection, vmid: int, desired: DesiredState | None, *, now: float
 ) -> list[int]:
     """Persist :func:`lifecycled.domain.guests.superseded` for the guest: cancel the ops it
-    names (the domain decides which; this only writes)."""
+    names (the domain decides which; this only writes). Only the guest's ops the domain
+    calls supersedable are read (usually none: nothing to decode)."""
+    candidates = [op_from_row(r) for r in fetch_all(conn, _SUPERSEDABLE, (vmid,))]
     cancelled = []
-    for op, reason in superseded(open_ops(conn, vmid), desired):
+    for op, reason in superseded(candidates, desired):
         transition(conn, op, Verb.CANCEL, now=now, reason=reason)
         cancelled.append(op.id)
     return cancelled
