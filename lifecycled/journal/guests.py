@@ -75,36 +75,73 @@ def _float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
+_GUEST_KINDS = {kind.value: kind for kind in GuestKind}
+_GUEST_ORIGINS = {origin.value: origin for origin in GuestOrigin}
+_DESIRED = {state.value: state for state in DesiredState}
+_OBSERVED = {state.value: state for state in ObservedState}
+_GUEST_WIDTH = GUEST_COLUMNS.count(",") + 1
+
+
 def guest_from_row(row: sqlite3.Row) -> GuestRecord:
-    """A :class:`GuestRecord` from a row selected with :data:`GUEST_COLUMNS`."""
-    desired = row["desired_state"]
-    observed = row["observed_state"]
+    """A :class:`GuestRecord` from a row selected with :data:`GUEST_COLUMNS` (first, in that
+    order).
+
+    Positional, with the enums looked up in dicts (as ``ops.op_from_row``): every
+    submission's ownership guard builds one.
+    """
+    (
+        vmid,
+        node,
+        kind,
+        origin,
+        name,
+        desired,
+        desired_generation,
+        observed,
+        observed_at,
+        lock,
+        ha_managed,
+        template,
+        protected,
+        fingerprint,
+        config_snapshot,
+        config_digest,
+        snapshot_at,
+        observed_digest,
+        digest_checked_at,
+        resources,
+        created_at,
+        updated_at,
+        adopted_at,
+        released_at,
+        lost_at,
+    ) = tuple(row)[:_GUEST_WIDTH]
     return GuestRecord(
-        vmid=int(row["vmid"]),
-        node=str(row["node"]),
-        kind=GuestKind(row["kind"]),
-        origin=GuestOrigin(row["origin"]),
-        name=row["name"],
-        desired_state=DesiredState(desired) if desired is not None else None,
-        desired_generation=int(row["desired_generation"]),
-        observed_state=ObservedState(observed) if observed is not None else None,
-        observed_at=_float(row["observed_at"]),
-        lock=row["lock"],
-        ha_managed=bool(row["ha_managed"]),
-        template=bool(row["template"]),
-        protected=bool(row["protected"]),
-        fingerprint=_json(row["fingerprint"]) or {},
-        config_snapshot=_json(row["config_snapshot"]),
-        config_digest=row["config_digest"],
-        snapshot_at=_float(row["snapshot_at"]),
-        observed_digest=row["observed_digest"],
-        digest_checked_at=_float(row["digest_checked_at"]),
-        resources=_json(row["resources"]),
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
-        adopted_at=_float(row["adopted_at"]),
-        released_at=_float(row["released_at"]),
-        lost_at=_float(row["lost_at"]),
+        vmid=int(vmid),
+        node=str(node),
+        kind=_GUEST_KINDS[kind],
+        origin=_GUEST_ORIGINS[origin],
+        name=name,
+        desired_state=_DESIRED[desired] if desired is not None else None,
+        desired_generation=int(desired_generation),
+        observed_state=_OBSERVED[observed] if observed is not None else None,
+        observed_at=_float(observed_at),
+        lock=lock,
+        ha_managed=bool(ha_managed),
+        template=bool(template),
+        protected=bool(protected),
+        fingerprint=_json(fingerprint) or {},
+        config_snapshot=_json(config_snapshot),
+        config_digest=config_digest,
+        snapshot_at=_float(snapshot_at),
+        observed_digest=observed_digest,
+        digest_checked_at=_float(digest_checked_at),
+        resources=_json(resources),
+        created_at=float(created_at),
+        updated_at=float(updated_at),
+        adopted_at=_float(adopted_at),
+        released_at=_float(released_at),
+        lost_at=_float(lost_at),
     )
 
 
