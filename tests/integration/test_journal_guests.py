@@ -93,6 +93,41 @@ async def test_create_records_a_native_guest_and_refuses_a_vmid_in_use(journal: 
     assert refused.value.code == "vmid_in_use"
 
 
+async def test_every_guest_column_reads_back_as_written(journal: Journal) -> None:
+    """A guest with every column set (none at its default) reads back field for field, from
+    the writer's RETURNING and from the reader (the row is decoded by position)."""
+    full = GuestRecord(
+        vmid=170,
+        node="pve2",
+        kind=GuestKind.LXC,
+        origin=GuestOrigin.ADOPTED,
+        name="web-170",
+        desired_state=DesiredState.STOPPED,
+        desired_generation=7,
+        observed_state=ObservedState.PAUSED,
+        observed_at=T0 + 1,
+        lock="backup",
+        ha_managed=True,
+        template=True,
+        protected=True,
+        fingerprint={"uuid": "u-170"},
+        config_snapshot={"memory": "512"},
+        config_digest="d-config",
+        snapshot_at=T0 + 2,
+        observed_digest="d-observed",
+        digest_checked_at=T0 + 3,
+        resources={"maxmem": 512},
+        created_at=T0 + 4,
+        updated_at=T0 + 5,
+        adopted_at=T0 + 6,
+        released_at=T0 + 7,
+        lost_at=T0 + 8,
+    )
+    taken = await journal.take_guest(full, audit=audit(170, Decision.ADOPTED), now=T0)
+    assert taken.guest == full
+    assert await journal.get_guest(170) == full
+
+
 async def test_submission_sets_desired_state_and_supersedes_reconcile_ops(
     journal: Journal,
 ) -> None:
