@@ -45,9 +45,13 @@ up in them), so each figure is compared with an anchor measured **in the same ru
    daemon's journal calls for one op: `submit_guest_op` (what `engine/submit.py` calls: the
    idempotency key, the ownership guard on a managed guest, the desired state) →
    `claim_next` with a node cap (the dispatcher) → `record_upid` → `finish` (the executor),
-   one managed guest per op; the anchors do the same four transitions (the UPDATE and the
-   history INSERT of each) with plain `sqlite3` on the journal's own schema and indexes: 100
-   ops per transaction per stage (`executemany`), and one durable commit per transition.
+   one managed guest per op; the anchors write the same rows with plain `sqlite3` on the
+   journal's own schema, indexes and foreign keys — the four transitions (the UPDATE and the
+   history INSERT of each) and the guest rows the daemon's calls write (the desired state at
+   submission, the observed state at success): 100 ops per transaction per stage
+   (`executemany`), and one durable commit per transition. They make none of the journal's
+   reads (the key lookup, the ownership guard's guest row, the claim's query, the UPID
+   holder check, the op read before each transition).
 1. **Durable submissions** — persist-queue `SQLiteAckQueue(auto_commit=True).put`, huey
    `SqliteHuey` task enqueue, one-row INSERT per commit in raw sqlite3, the journal's
    `submit_guest_op` from 32 coroutines on 200 managed guests, and `POST /v1/ops` to the
@@ -175,6 +179,20 @@ _FINDINGS = """\
   `Journal.submit`, so its ratio is lower than the 0.33–0.40× quoted in issue 15 (which
   measured `Journal.submit`); it moves a lot from run to run (CPU-bound, while the anchor
   is fsync-bound).
+- **Where the journal lifecycle's time goes** (jrn, 2026-12-03). The writer thread is the
+  bottleneck (busy ~90 % of the wall time; the loop's share between batches ~12 %). Per op
+  it runs 17 statements — the 10 writes the anchor makes plus 7 reads (key lookup, guest
+  row, claim query, supersedable ops, UPID holder, two op reads) — and its Python (records,
+  `step()`, `persist`). Those 17 statements run from a bare Python loop, with no journal
+  code around them, reach ~5,500–6,500 ops/s (0.45–0.5× the anchor): 0.5× is about the
+  ceiling of the journal's statements, before any of its own code. Cut: the desired-state
+  UPDATE without `RETURNING` (nothing read it), only supersedable ops read (none, usually),
+  a UPID text parsed once per process, the guest row decoded by position: writer CPU per
+  op 275 → 235 µs, +15 % ops/s in four interleaved pairs. Measured and left out:
+  `operator.attrgetter` in `evolved()` (slower than the dict comprehension) and folding the
+  UPID holder check into the op read (−2 µs per op). Not tried: a flusher that sends a batch
+  while the loop still wakes callers (more commits, each an fsync, for an overlap the GIL
+  mostly denies).
 - **Noise on this machine.** Two full runs of the same daemon code 20 minutes apart on
   2026-12-03 (`before-af6c039.json`, against af6c039; `e1044b5ba332.json`, this bench's
   branch, whose daemon code is af6c039's — the load average rose from ~2 to ~5 between
