@@ -14,6 +14,7 @@ even in another process.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -68,6 +69,8 @@ _BOOL = frozenset({"ha_managed", "template", "protected"})
 
 
 def _json(value: str | None) -> Any:
+    if value == "{}":  # most fingerprints and snapshots read back empty
+        return {}
     return json.loads(value) if value else None
 
 
@@ -183,18 +186,23 @@ def insert_guest(conn: sqlite3.Connection, rec: GuestRecord) -> GuestRecord:
     return guest_from_row(row)
 
 
+@functools.lru_cache(maxsize=64)
+def _guest_set_sql(columns: tuple[str, ...]) -> str:
+    """The UPDATE for this set of guest columns (a handful of shapes, built once each)."""
+    unknown = set(columns) - _SETTABLE
+    if unknown:
+        raise ValueError(f"not a settable guests column: {sorted(unknown)}")
+    assignments = ", ".join(f"{c} = ?" for c in columns)
+    return f"UPDATE guests SET {assignments} WHERE vmid = ?"
+
+
 def _guest_update(vmid: int, changes: Mapping[str, Any], now: float) -> tuple[str, list[Any]]:
     """The UPDATE setting ``changes`` (and ``updated_at``) on the guest's row, and its
     parameters."""
     sets = {**changes, "updated_at": now}
-    unknown = set(sets) - _SETTABLE
-    if unknown:
-        raise ValueError(f"not a settable guests column: {sorted(unknown)}")
-    assignments = ", ".join(f"{c} = ?" for c in sets)
-    return f"UPDATE guests SET {assignments} WHERE vmid = ?", [
-        *(_encode(c, v) for c, v in sets.items()),
-        vmid,
-    ]
+    params = [_encode(c, v) for c, v in sets.items()]
+    params.append(vmid)
+    return _guest_set_sql(tuple(sets)), params
 
 
 def update_guest(
@@ -614,7 +622,7 @@ class Guests(Part):
                 )
                 result = SubmitResult(op=op, deduplicated=False, rearmed=True)
             else:
-                result = ops.submit(conn, req, now=now)
+                result = ops.submit(conn, req, now=now, params_json=params_json)
                 if result.deduplicated:  # the key was taken since the caller's read
                     return result
             if desired is not None and guest.desired_state is not desired:

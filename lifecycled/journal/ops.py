@@ -349,9 +349,15 @@ def by_key(conn: sqlite3.Connection, key: str) -> Op | None:
     return op_from_row(row) if row is not None else None
 
 
-def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> SubmitResult:
-    """Insert a new op, or deduplicate / re-arm the op holding the same idempotency key."""
-    params_json = canonical_json(req.params)
+def submit(
+    conn: sqlite3.Connection, req: SubmitRequest, *, now: float, params_json: str | None = None
+) -> SubmitResult:
+    """Insert a new op, or deduplicate / re-arm the op holding the same idempotency key.
+
+    ``params_json``: ``req.params`` as canonical JSON, when the caller has it already.
+    """
+    if params_json is None:
+        params_json = canonical_json(req.params)
     key = req.idempotency_key if req.idempotency_key is not None else uuid.uuid4().hex
     guest = req.guest
     # Insert unless the key is taken (one statement for the common, new-key case).
@@ -388,7 +394,7 @@ def submit(conn: sqlite3.Connection, req: SubmitRequest, *, now: float) -> Submi
         idempotency_key=key,
         action=req.action,
         guest=guest,
-        params=json.loads(params_json),
+        params={} if params_json == "{}" else json.loads(params_json),
         origin=req.origin,
         created_at=at,
         updated_at=at,
