@@ -151,6 +151,17 @@ async def test_submission_sets_desired_state_and_supersedes_reconcile_ops(
     assert (await journal.get(queued.id)).state is OpState.CANCELLED
 
 
+async def test_a_guest_op_is_returned_as_its_row_reads(journal: Journal) -> None:
+    """submit_guest_op returns the op as a fresh read shows it, params included (their
+    canonical JSON is made once and reused by the insert)."""
+    await journal.take_guest(rec(101), audit=audit(101), now=T0)
+    result = await journal.submit_guest_op(
+        req(101, "stop", key="p", timeout=30, skiplock=0), now=T0, desired=DesiredState.STOPPED
+    )
+    assert result.op.params == {"skiplock": 0, "timeout": 30}
+    assert result.op == await journal.get(result.op.id)
+
+
 async def test_reconcile_enqueue_rechecks_what_the_plan_saw(journal: Journal) -> None:
     """A reconcile op is not journaled when an op is open, the generation moved on, or
     another reconcile op came in between."""
