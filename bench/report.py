@@ -187,8 +187,12 @@ _FINDINGS = """\
   code around them, reach ~5,500–6,500 ops/s (0.45–0.5× the anchor): 0.5× is about the
   ceiling of the journal's statements, before any of its own code. Cut: the desired-state
   UPDATE without `RETURNING` (nothing read it), only supersedable ops read (none, usually),
-  a UPID text parsed once per process, the guest row decoded by position: writer CPU per
-  op 275 → 235 µs, +15 % ops/s in four interleaved pairs. Measured and left out:
+  a UPID text parsed once per process, the guest row decoded by position, the guest
+  UPDATE's SQL built once per column set, the submission's canonical params made once:
+  writer CPU per op 275 → 228 µs (−17 %), section 0 3,448–3,529 → 4,041–4,170 ops/s
+  (0.26× → 0.32–0.33× against the same run's anchor; three quiet pairs). The claim's node
+  cap costs ~10 µs of its ~16 µs with 128 ops in flight (it counts them on every claim).
+  Measured and left out:
   `operator.attrgetter` in `evolved()` (slower than the dict comprehension) and folding the
   UPID holder check into the op read (−2 µs per op). Not tried: a flusher that sends a batch
   while the loop still wakes callers (more commits, each an fsync, for an overlap the GIL
