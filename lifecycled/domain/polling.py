@@ -7,9 +7,13 @@ learned median, then the 80th percentile — and past those ever less often, up 
 interval (:func:`next_look`). Without history (fewer than :data:`MIN_SAMPLES` samples) the
 cadence is the fixed one: fast while the task is young, then the poll interval.
 
-The rule every schedule keeps: two looks at a task are never more than ``poll_interval``
-apart (the first counted from when tracking began), so a task that has ended is noticed at
-most one poll interval later.
+The promise every schedule keeps: a task that has ended is noticed at most one poll interval
+later. Only a look that could have proved the task ended counts for it — a status read (or
+the start of tracking). A task list that shows the task ``RUNNING`` proves nothing: a task
+that has finished stays listed as running until the node's archiver notices (reference
+§4.3). So the next look is never later than ``poll_interval`` after the last proving look
+(``unproved`` in :func:`next_look`), and once that much time has passed the task is read
+whatever a list said (:func:`proof_due`).
 
 A sample is a *detection* time: when the daemon noticed the end, a little after the look
 that saw it. A learned point is therefore a sample rounded down to a :data:`GRID`, plus half
@@ -39,6 +43,8 @@ GRID = 0.2
 BACKOFF_BASE = 0.25
 #: Longest wait between looks while Proxmox fails to answer.
 FAILING_MAX = 60.0
+#: How early (seconds) a proving look counts as due: clock arithmetic is not exact.
+PROOF_SLACK = 0.001
 
 #: A task type on a node: (node, UPID type such as ``qmstart``).
 TaskKey = tuple[str, str]
@@ -98,17 +104,41 @@ def _fixed(age: float, poll_interval: float) -> float:
     return poll_interval
 
 
-def next_look(age: float, durations: Durations | None, poll_interval: float) -> float:
+def next_look(
+    age: float,
+    durations: Durations | None,
+    poll_interval: float,
+    *,
+    unproved: float = 0.0,
+    at_least: float = 0.0,
+) -> float:
     """Seconds from now to the next look at a task tracked for ``age`` seconds (now being a
-    look, or the start of tracking). Never more than ``poll_interval``; always positive."""
+    look, or the start of tracking).
+
+    ``unproved``: seconds since the last look that could have proved the task ended (see the
+    module text; 0 when now is one). ``at_least``: the shortest wait wanted (the tracker's gap
+    between two task lists of a node). Never more than ``poll_interval - unproved`` — not
+    even for ``at_least`` — so positive until :func:`proof_due`, then 0."""
     if durations is None:
-        return min(_fixed(age, poll_interval), poll_interval)
+        wait = _fixed(age, poll_interval)
+    else:
+        wait = _learned(age, durations, poll_interval)
+    return max(min(max(wait, at_least), poll_interval - unproved), 0.0)
+
+
+def _learned(age: float, durations: Durations, poll_interval: float) -> float:
     for point in durations.points:
         if point > age:
             return min(point - age, poll_interval)
     # Past every learned point: the task runs longer than usual; back off.
     since = age - durations.points[-1]
     return min(max(since, BACKOFF_BASE), poll_interval)
+
+
+def proof_due(unproved: float, poll_interval: float) -> bool:
+    """Whether a task whose last proving look was ``unproved`` seconds ago must be read now
+    (a status read), whatever a task list says."""
+    return unproved >= poll_interval - PROOF_SLACK
 
 
 def likely_ended(age: float, durations: Durations | None, poll_interval: float) -> bool:
