@@ -13,20 +13,22 @@ as ``RUNNING`` until the node's archiver runs (at the node's next fork, or on pv
 loop, reference §4.3/§12.3), so such a listing proves nothing:
 
 * a due task listed as running once it has likely ended is read to confirm, at most
-  :data:`PROBE_MAX` per node per tick (the longest unproved first);
-* a task whose last status read (or the start of its tracking) is one poll interval ago is
-  read whatever the list says, never deferred — and a tick that finds only such tasks due
-  reads them without listing.
+  :data:`PROBE_MAX` per node per tick (the most urgent first);
+* a task whose status read is due — its proof window since its last status read, or since
+  tracking began, has passed (:func:`lifecycled.domain.polling.proof_window`) — is read
+  whatever the list says, never deferred; a tick that finds only such tasks due reads them
+  without listing.
 
-So a task that has ended is noticed at most one poll interval after its end, counting only
-looks that could have proved it (:func:`lifecycled.domain.polling.next_look`); Proxmox
-failing to answer is the one exception (failed reads back off).
+So a task that has ended is noticed — its op terminal — at most one poll interval after its
+end, counting only looks that could have proved it; Proxmox failing to answer is the one
+exception (failed reads back off).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Coroutine
 from typing import Any
 
@@ -44,6 +46,7 @@ from lifecycled.domain.polling import (
     likely_ended,
     next_look,
     proof_due,
+    proof_window,
 )
 from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.domain.userid import bare_user
@@ -74,9 +77,10 @@ class _Tracked:
     upid: Upid
     confirm_by_state: bool
     added: float
-    #: When the last look that could have proved the task ended was (a status read that
-    #: answered "running", or the start of tracking; a list showing it RUNNING is not one).
-    proved: float
+    #: When a status read is due, whatever a task list says: a proof window after the last
+    #: look that could have proved the task ended (a status read that answered "running",
+    #: or the start of tracking; a list showing it RUNNING is not one).
+    read_by: float
     next_check: float
     looks: int = 0
     failures: int = 0
@@ -128,7 +132,7 @@ class Tracker:
             upid=upid,
             confirm_by_state=confirm_by_state or upid.type.startswith("ha"),
             added=now,
-            proved=now,
+            read_by=now + proof_window(self.poll_interval, after_read=False),
             next_check=now + self._next_look(upid, 0.0),
         )
         self._wake.set()
@@ -196,18 +200,14 @@ class Tracker:
         return self.durations.get(key_of(upid))
 
     def _next_look(
-        self, upid: Upid, age: float, *, unproved: float = 0.0, at_least: float = 0.0
+        self, upid: Upid, age: float, *, left: float = math.inf, at_least: float = 0.0
     ) -> float:
         return next_look(
-            age,
-            self._durations(upid),
-            self.poll_interval,
-            unproved=unproved,
-            at_least=at_least,
+            age, self._durations(upid), self.poll_interval, left=left, at_least=at_least
         )
 
     def _proof_due(self, entry: _Tracked, now: float) -> bool:
-        return proof_due(now - entry.proved, self.poll_interval)
+        return proof_due(entry.read_by - now)
 
     async def _tick_node(self, node: str) -> None:
         now = self.clock.monotonic()
@@ -216,7 +216,7 @@ class Tracker:
         if len(entries) <= SMALL or all(self._proof_due(e, now) and not e.failures for e in due):
             # Few tasks, or only reads the poll interval makes due (a list showing them
             # RUNNING could not spare one); after failures a list first (it may answer all).
-            due.sort(key=lambda e: e.proved)
+            due.sort(key=lambda e: e.read_by)
             for entry in due:
                 if entry.op.id in self._entries:
                     await self._guarded(entry, self._read_status(entry))
@@ -263,11 +263,11 @@ class Tracker:
                     # One list answers for the node's tasks until the next tick, so each
                     # waits at least LIST_GAP — but never past its proving read's time.
                     self._reschedule(entry, at_least=self._list_gap)
-        # The longest unproved first; past PROBE_MAX they wait for the next tick.
-        probe.sort(key=lambda e: e.proved)
+        # The most urgent first; past PROBE_MAX they wait for the next tick.
+        probe.sort(key=lambda e: e.read_by)
         for entry in probe[PROBE_MAX:]:
             self._reschedule(entry, at_least=self._list_gap)
-        for entry in sorted(must, key=lambda e: e.proved) + probe[:PROBE_MAX]:
+        for entry in sorted(must, key=lambda e: e.read_by) + probe[:PROBE_MAX]:
             if entry.op.id in self._entries:
                 await self._guarded(entry, self._read_status(entry))
 
@@ -298,7 +298,8 @@ class Tracker:
             self._reschedule(entry, failed=True)
             return
         if status.running:
-            entry.proved = sent  # it ran when the read was answered, so at least until then
+            # It ran when the read was answered, so at least until the read was sent.
+            entry.read_by = sent + proof_window(self.poll_interval, after_read=True)
             self._reschedule(entry)
         else:
             await self._resolve(entry, status.exitstatus or "unexpected status")
@@ -326,7 +327,7 @@ class Tracker:
         now = self.clock.monotonic()
         entry.failures = entry.failures + 1 if failed else 0
         delay = self._next_look(
-            entry.upid, now - entry.added, unproved=now - entry.proved, at_least=at_least
+            entry.upid, now - entry.added, left=entry.read_by - now, at_least=at_least
         )
         if failed:
             delay = after_failure(delay, entry.failures, self.poll_interval)
