@@ -58,7 +58,7 @@ from lifecycled.pve.port import TASK_PAGE, TaskEntry, all_tasks, is_no_such_task
 log = logging.getLogger("lifecycled.engine")
 
 
-#: Due tasks on a node up to which per-task status reads cost no more than one list call.
+#: Tracked tasks on a node up to which per-task status reads are cheaper than one task list.
 SMALL = 2
 #: Status reads per node per tick that confirm tasks listed as running past their likely end
 #: (reads that the poll interval makes due are not counted: they are never deferred).
