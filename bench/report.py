@@ -166,6 +166,33 @@ instead of the listing was tried and left out: it cut the listings' CPU but shor
 batching window, so ops at 100 in flight made +0.13 requests each.
 """
 
+_TRACKING = """\
+## Task end → terminal (issue 15, the `poll` branch)
+
+Section 6 at cbebcab: p95 4.35 / 1.97 / 3.57 s over three runs, max 4.4–4.5 s each time.
+The tracker's decisions per op (logged in a scratch run) showed why: on a node with more than
+`SMALL` tasks every tick's `tasks?source=all` counted as a look at each task it listed as
+`RUNNING` and planned that task's next look from then. A finished task stays `RUNNING` there
+until the archiver runs (reference §4.3), so such a look proves nothing; and a task whose next
+look was further off than the node's tick period (2 s: the fixed cadence past 10 s, or past
+its learned points) beside younger tasks ticking every 0.5–1 s was pushed on at every tick,
+never due, never read — noticed only when the archiver ran (5 s tasks 4.4 s late, 20 s tasks
+3.5 s). The same ops in another run were read in time: the p95 depended on the phase.
+
+Now each task has a time by which a status read is due (`read_by`, from
+`domain/polling.proof_window`): one poll interval after tracking began, 90 % of one after a
+read that found it running (the rest is for that read's round trip and the journal write). A
+list never moves it; no look is planned past it; when it comes the task is read whatever the
+list says (not counted in `PROBE_MAX`), and a tick with only such reads due makes no list.
+After (two runs): p95 1.51 / 1.51 s, max 1.62 / 1.64 s, p50 0.51 / 0.63 s (0.5 s tasks
+are the p95: without history a task is first read one poll interval after tracking began).
+Requests per op (section 3) within noise: 8.0 / 4.9–4.8 / 4.52–4.41 / 5.0 against
+8.0 / 4.9 / 4.56–4.47 / 5.0 measured beside them. Section 6's own tracking requests (one
+scratch run each, 40 ops) rose from 185 status reads + 44 lists to 273 + 12 (+24 %): a task
+running past its first poll interval is now read every 1.8 s, where starved ones were not
+read at all.
+"""
+
 _FINDINGS = """\
 ## Earlier profile notes (still true)
 
@@ -432,5 +459,5 @@ def render_markdown(
     notes = [f"- **{f.name}**: {f.note}" for f in figures if f.note]
     if notes:
         out += ["", "Notes (request mix of each level; latency by task length):", "", *notes]
-    out += ["", _PROFILE, _PROFILE_CPU15, _FINDINGS, _HOW, _METHOD]
+    out += ["", _PROFILE, _PROFILE_CPU15, _TRACKING, _FINDINGS, _HOW, _METHOD]
     return "\n".join(out) + "\n"

@@ -331,7 +331,8 @@ class Settings:
     poll_interval: float = _setting(
         2.0,
         Kind.DURATION,
-        "Task tracking tick: one task-list call per node per tick.",
+        "Task tracking: a task that has ended is noticed at most this long after its end (a "
+        "status read per running task at least this often, unless a task list shows it ended).",
         bounds=(0.01, _HOUR),
     )
     stale_after: float = _setting(

@@ -7,9 +7,15 @@ learned median, then the 80th percentile — and past those ever less often, up 
 interval (:func:`next_look`). Without history (fewer than :data:`MIN_SAMPLES` samples) the
 cadence is the fixed one: fast while the task is young, then the poll interval.
 
-The rule every schedule keeps: two looks at a task are never more than ``poll_interval``
-apart (the first counted from when tracking began), so a task that has ended is noticed at
-most one poll interval later.
+The promise every schedule keeps: a task that has ended is noticed — its op terminal — at
+most one poll interval later. Only a look that could have proved the task ended counts for
+it: a status read (or the start of tracking). A task list that shows the task ``RUNNING``
+proves nothing: a task that has finished stays listed as running until the node's archiver
+notices (reference §4.3). So after each proving look a status read is due within
+:func:`proof_window`; no look is planned past it (``left`` in :func:`next_look`), and once it
+has come the task is read whatever a list said (:func:`proof_due`). After a status read the
+window keeps :data:`READ_ALLOWANCE` of the interval for the next read and the op's journal
+write (the task may have ended just after the read was answered).
 
 A sample is a *detection* time: when the daemon noticed the end, a little after the look
 that saw it. A learned point is therefore a sample rounded down to a :data:`GRID`, plus half
@@ -39,6 +45,11 @@ GRID = 0.2
 BACKOFF_BASE = 0.25
 #: Longest wait between looks while Proxmox fails to answer.
 FAILING_MAX = 60.0
+#: Share of the poll interval a status read's proof window leaves for the next read to be
+#: answered and the op's terminal state to be journaled.
+READ_ALLOWANCE = 0.1
+#: How early (seconds) a proving read counts as due: clock arithmetic is not exact.
+PROOF_SLACK = 0.001
 
 #: A task type on a node: (node, UPID type such as ``qmstart``).
 TaskKey = tuple[str, str]
@@ -98,17 +109,52 @@ def _fixed(age: float, poll_interval: float) -> float:
     return poll_interval
 
 
-def next_look(age: float, durations: Durations | None, poll_interval: float) -> float:
+def next_look(
+    age: float,
+    durations: Durations | None,
+    poll_interval: float,
+    *,
+    left: float = math.inf,
+    at_least: float = 0.0,
+) -> float:
     """Seconds from now to the next look at a task tracked for ``age`` seconds (now being a
-    look, or the start of tracking). Never more than ``poll_interval``; always positive."""
+    look, or the start of tracking).
+
+    ``left``: seconds until a status read of the task is due (see the module text).
+    ``at_least``: the shortest wait wanted (the tracker's gap between two task lists of a
+    node). Never more than ``poll_interval`` nor ``left`` — not even for ``at_least`` — so
+    positive until :func:`proof_due`, then 0."""
     if durations is None:
-        return min(_fixed(age, poll_interval), poll_interval)
+        wait = _fixed(age, poll_interval)
+    else:
+        wait = _learned(age, durations, poll_interval)
+    return max(min(max(wait, at_least), poll_interval, left), 0.0)
+
+
+def _learned(age: float, durations: Durations, poll_interval: float) -> float:
     for point in durations.points:
         if point > age:
             return min(point - age, poll_interval)
     # Past every learned point: the task runs longer than usual; back off.
     since = age - durations.points[-1]
     return min(max(since, BACKOFF_BASE), poll_interval)
+
+
+def proof_window(poll_interval: float, *, after_read: bool) -> float:
+    """Seconds from a look that could have proved a task ended to the status read due next.
+
+    After a status read that found it running, the poll interval less
+    :data:`READ_ALLOWANCE`. From the start of tracking the whole interval: a read a tenth
+    early would find every task about one poll interval long still running and cost it a
+    second read, while an end right after tracking began is rare (such a task has mostly
+    ended before its UPID is journaled)."""
+    return poll_interval * (1 - READ_ALLOWANCE) if after_read else poll_interval
+
+
+def proof_due(left: float) -> bool:
+    """Whether a task whose status read is due in ``left`` seconds must be read now,
+    whatever a task list says."""
+    return left <= PROOF_SLACK
 
 
 def likely_ended(age: float, durations: Durations | None, poll_interval: float) -> bool:

@@ -2,23 +2,33 @@
 
 Each tracked task is looked at on its own schedule (:mod:`lifecycled.domain.polling`): when
 its kind of task has likely ended on its node (learned from the journal's history, relearned
-while the daemon runs), then ever less often — never more than ``poll_interval`` apart, so an
-ended task is noticed at most one poll interval later. Without history the cadence is the
-fixed one (fast while young, then the poll interval).
+while the daemon runs), then ever less often. Without history the cadence is the fixed one
+(fast while young, then the poll interval).
 
-A node with at most :data:`SMALL` tasks due gets their ``tasks/{upid}/status`` reads. With more
-due, one ``GET /nodes/{node}/tasks?source=all`` (paged on a busy node, reference §13.9) answers
-for every task of the node: the archived ones carry their exit status; only tasks missing
-from the list get an individual status read. A task that finished stays listed as ``RUNNING``
-until the node's archiver runs (at the node's next fork, or on pvestatd's ~10 s loop,
-reference §4.3/§12.3): so a due task still listed as running once it has likely ended is
-confirmed by a status read, at most :data:`PROBE_MAX` per node per tick (the oldest first).
+A node with at most :data:`SMALL` tasks tracked gets ``tasks/{upid}/status`` reads for its due
+tasks. With more, one ``GET /nodes/{node}/tasks?source=all`` (paged on a busy node, reference
+§13.9) answers for every task of the node: the archived ones carry their exit status; only
+tasks missing from the list get an individual status read. A task that finished stays listed
+as ``RUNNING`` until the node's archiver runs (at the node's next fork, or on pvestatd's ~10 s
+loop, reference §4.3/§12.3), so such a listing proves nothing:
+
+* a due task listed as running once it has likely ended is read to confirm, at most
+  :data:`PROBE_MAX` per node per tick (the most urgent first);
+* a task whose status read is due — its proof window since its last status read, or since
+  tracking began, has passed (:func:`lifecycled.domain.polling.proof_window`) — is read
+  whatever the list says, never deferred; a tick that finds only such tasks due reads them
+  without listing.
+
+So a task that has ended is noticed — its op terminal — at most one poll interval after its
+end, counting only looks that could have proved it; Proxmox failing to answer is the one
+exception (failed reads back off).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Coroutine
 from typing import Any
 
@@ -35,6 +45,8 @@ from lifecycled.domain.polling import (
     learn,
     likely_ended,
     next_look,
+    proof_due,
+    proof_window,
 )
 from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.domain.userid import bare_user
@@ -46,9 +58,10 @@ from lifecycled.pve.port import TASK_PAGE, TaskEntry, all_tasks, is_no_such_task
 log = logging.getLogger("lifecycled.engine")
 
 
-#: Due tasks on a node up to which per-task status reads cost no more than one list call.
+#: Tracked tasks on a node up to which per-task status reads are cheaper than one task list.
 SMALL = 2
-#: Status reads per node per tick that confirm tasks listed as running past their likely end.
+#: Status reads per node per tick that confirm tasks listed as running past their likely end
+#: (reads that the poll interval makes due are not counted: they are never deferred).
 PROBE_MAX = 32
 #: Longest "shortest wait" between two task lists of one node (a list answers for all).
 LIST_GAP = 0.5
@@ -64,6 +77,10 @@ class _Tracked:
     upid: Upid
     confirm_by_state: bool
     added: float
+    #: When a status read is due, whatever a task list says: a proof window after the last
+    #: look that could have proved the task ended (a status read that answered "running",
+    #: or the start of tracking; a list showing it RUNNING is not one).
+    read_by: float
     next_check: float
     looks: int = 0
     failures: int = 0
@@ -115,6 +132,7 @@ class Tracker:
             upid=upid,
             confirm_by_state=confirm_by_state or upid.type.startswith("ha"),
             added=now,
+            read_by=now + proof_window(self.poll_interval, after_read=False),
             next_check=now + self._next_look(upid, 0.0),
         )
         self._wake.set()
@@ -181,15 +199,26 @@ class Tracker:
     def _durations(self, upid: Upid) -> Durations | None:
         return self.durations.get(key_of(upid))
 
-    def _next_look(self, upid: Upid, age: float) -> float:
-        return next_look(age, self._durations(upid), self.poll_interval)
+    def _next_look(
+        self, upid: Upid, age: float, *, left: float = math.inf, at_least: float = 0.0
+    ) -> float:
+        return next_look(
+            age, self._durations(upid), self.poll_interval, left=left, at_least=at_least
+        )
+
+    def _proof_due(self, entry: _Tracked, now: float) -> bool:
+        return proof_due(entry.read_by - now)
 
     async def _tick_node(self, node: str) -> None:
         now = self.clock.monotonic()
         entries = [e for e in self._entries.values() if e.upid.node == node]
-        if len(entries) <= SMALL:
-            for entry in entries:
-                if entry.next_check <= now:
+        due = [e for e in entries if e.next_check <= now]
+        if len(entries) <= SMALL or all(self._proof_due(e, now) and not e.failures for e in due):
+            # Few tasks, or only reads the poll interval makes due (a list showing them
+            # RUNNING could not spare one); after failures a list first (it may answer all).
+            due.sort(key=lambda e: e.read_by)
+            for entry in due:
+                if entry.op.id in self._entries:
                     await self._guarded(entry, self._read_status(entry))
             return
         since = min(e.upid.starttime for e in entries) - 1
@@ -209,6 +238,7 @@ class Tracker:
             return
         by_upid: dict[str, TaskEntry] = {str(item.upid): item for item in listed}
         now = self.clock.monotonic()
+        must: list[_Tracked] = []
         probe: list[_Tracked] = []
         for entry in entries:
             item = by_upid.get(str(entry.upid))
@@ -217,19 +247,27 @@ class Tracker:
             elif item is None:
                 if entry.next_check <= now:
                     await self._guarded(entry, self._read_status(entry))
+            elif entry.failures and entry.next_check > now:
+                continue  # backing off after failed reads: that schedule stands
+            elif self._proof_due(entry, now):
+                must.append(entry)  # listed as running proves nothing: read it now
             else:
-                # Listed as running: the list looked at it. One list answers for the node's
-                # tasks until the next tick, so each waits at least LIST_GAP.
+                # Listed as running: it may have ended, not yet archived (reference §4.3).
                 entry.looks += 1
                 age = now - entry.added
                 if entry.next_check <= now and likely_ended(
                     age, self._durations(entry.upid), self.poll_interval
                 ):
-                    probe.append(entry)  # may have ended, not yet archived
-                self._reschedule(entry, at_least=self._list_gap)
-        # The oldest first; the rest wait for the next tick (or the archiver).
-        probe.sort(key=lambda e: e.added)
-        for entry in probe[:PROBE_MAX]:
+                    probe.append(entry)
+                else:
+                    # One list answers for the node's tasks until the next tick, so each
+                    # waits at least LIST_GAP — but never past its proving read's time.
+                    self._reschedule(entry, at_least=self._list_gap)
+        # The most urgent first; past PROBE_MAX they wait for the next tick.
+        probe.sort(key=lambda e: e.read_by)
+        for entry in probe[PROBE_MAX:]:
+            self._reschedule(entry, at_least=self._list_gap)
+        for entry in sorted(must, key=lambda e: e.read_by) + probe[:PROBE_MAX]:
             if entry.op.id in self._entries:
                 await self._guarded(entry, self._read_status(entry))
 
@@ -246,6 +284,7 @@ class Tracker:
 
     async def _read_status(self, entry: _Tracked) -> None:
         entry.looks += 1
+        sent = self.clock.monotonic()
         try:
             status = await self.executor.pve.task_status(entry.upid)
         except PveError as err:
@@ -259,6 +298,8 @@ class Tracker:
             self._reschedule(entry, failed=True)
             return
         if status.running:
+            # It ran when the read was answered, so at least until the read was sent.
+            entry.read_by = sent + proof_window(self.poll_interval, after_read=True)
             self._reschedule(entry)
         else:
             await self._resolve(entry, status.exitstatus or "unexpected status")
@@ -285,7 +326,9 @@ class Tracker:
     def _reschedule(self, entry: _Tracked, *, failed: bool = False, at_least: float = 0.0) -> None:
         now = self.clock.monotonic()
         entry.failures = entry.failures + 1 if failed else 0
-        delay = max(self._next_look(entry.upid, now - entry.added), at_least)
+        delay = self._next_look(
+            entry.upid, now - entry.added, left=entry.read_by - now, at_least=at_least
+        )
         if failed:
             delay = after_failure(delay, entry.failures, self.poll_interval)
         entry.next_check = now + delay

@@ -3,8 +3,10 @@ it has likely ended, and still noticed within one poll interval of its end."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from clock_support import ManualClock
 from conftest import SimFactory
 from engine_support import pick, running, submit, wait_terminal
 
@@ -76,3 +78,60 @@ async def test_a_burst_the_archiver_has_not_filed_is_noticed_within_one_poll_int
         lags.append(op.finished_at - ended_at)
     assert min(lags) >= 0
     assert max(lags) <= POLL_INTERVAL
+
+
+async def _tracker_idle(clock: ManualClock) -> None:
+    """Until the tracker has done everything due and waits on ``clock`` for a later time."""
+    async with asyncio.timeout(10):
+        while clock.waiting.get("tracker", -1.0) <= clock.monotonic():
+            await asyncio.sleep(0.005)
+
+
+async def _step(clock: ManualClock, seconds: float) -> None:
+    clock.advance(seconds)
+    await _tracker_idle(clock)
+
+
+async def test_a_task_that_ended_while_listed_running_is_read_within_one_poll_interval(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """A task that ends while its node's list still shows it RUNNING (no fork since, no
+    archiver run) is read, and its op ends, within one poll interval — though younger tasks
+    on the node make the tracker list it every half second (time on a test clock)."""
+    sim = await sim_factory(
+        nodes=("pve1",),
+        archive_interval=3600.0,
+        task_durations={"qmstart": 3.0, "qmshutdown": 600.0},
+    )
+    clock = ManualClock()
+    taken: set[int] = set()
+    old = pick(sim, "qemu", False, avoid=taken)
+    young = [pick(sim, "qemu", True, avoid=taken) for _ in range(3)]
+    async with running(
+        sim, tmp_path, clock=clock, poll_interval=POLL_INTERVAL, workers=4, node_cap=8
+    ) as rt:
+        op = await submit(rt, "start", old)
+        async with asyncio.timeout(10):
+            while op.id not in rt.tracker.tracked_ids():
+                await asyncio.sleep(0.005)
+        await _tracker_idle(clock)
+        for _ in range(21):  # 10.5 s of tracking on the clock: the cadence is now 2 s
+            await _step(clock, 0.5)
+        op = await rt.journal.get(op.id)
+        assert op.upid_text is not None
+        task = sim.sim.books["pve1"].by_upid[op.upid_text]
+        assert task.running  # still running in real time: each read said so
+        others = [await submit(rt, "shutdown", guest) for guest in young]
+        async with asyncio.timeout(10):
+            while not {o.id for o in others} <= rt.tracker.tracked_ids():
+                await asyncio.sleep(0.005)
+            while task.running:  # it ends now, after the last fork on the node
+                await asyncio.sleep(0.01)
+        ended = clock.monotonic()
+        assert not task.archived and (await rt.journal.get(op.id)).state is OpState.RUNNING
+        for _ in range(8):  # one poll interval on the clock, in quarter-second steps
+            await _step(clock, POLL_INTERVAL / 8)
+            assert clock.monotonic() - ended <= POLL_INTERVAL
+        assert not task.archived  # the list showed it RUNNING all along
+        assert (await rt.journal.get(op.id)).state is OpState.SUCCEEDED
+        assert {(await rt.journal.get(o.id)).state for o in others} == {OpState.RUNNING}

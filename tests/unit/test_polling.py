@@ -14,11 +14,14 @@ from lifecycled.domain.polling import (
     FAILING_MAX,
     GRID,
     MIN_SAMPLES,
+    READ_ALLOWANCE,
     Durations,
     after_failure,
     learn,
     likely_ended,
     next_look,
+    proof_due,
+    proof_window,
 )
 from lifecycled.domain.upid import Upid
 
@@ -55,6 +58,56 @@ def test_an_ended_task_is_noticed_within_one_poll_interval(
     poll interval later (and no two looks are further apart)."""
     ages = looks_until(end, durations, poll_interval)
     assert ages[-1] - end <= poll_interval + 1e-9
+
+
+def noticed_at(
+    end: float,
+    durations: Durations | None,
+    poll_interval: float,
+    lists: list[bool],
+    list_gap: float,
+) -> float:
+    """The age at which a task ending at ``end`` is noticed when its looks are, in turn, task
+    lists (``True``) or status reads, a list never showing it ended (the archiver has not
+    run) — and, as the tracker does, read instead once :func:`proof_due`."""
+    age = 0.0
+    read_by = proof_window(poll_interval, after_read=False)
+    listed = False
+    for look in itertools.islice(itertools.cycle(lists), 100_000):
+        left = read_by - age
+        delay = next_look(
+            age, durations, poll_interval, left=left, at_least=list_gap if listed else 0
+        )
+        assert 0 <= delay <= min(left, poll_interval) + 1e-9
+        assert delay > 0 or proof_due(left)
+        age += delay
+        listed = look and not proof_due(read_by - age)
+        if listed:
+            continue  # "RUNNING" in the list: it may have ended, not yet archived
+        if age >= end:
+            return age
+        read_by = age + proof_window(poll_interval, after_read=True)
+    return math.inf  # never noticed
+
+
+@settings(max_examples=300, database=None, deadline=None)
+@given(
+    durations=learned,
+    poll_interval=intervals,
+    end=ends,
+    lists=st.lists(st.booleans(), min_size=1, max_size=8),
+    gap=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_an_ended_task_is_read_within_one_poll_interval_whatever_lists_say(
+    durations: Durations | None, poll_interval: float, end: float, lists: list[bool], gap: float
+) -> None:
+    """However looks alternate between task lists (which cannot prove an end) and status
+    reads, a status read comes at most one poll interval after the task's end — and, once
+    a read found it running, early enough to leave READ_ALLOWANCE of it for the read itself
+    and the journal write."""
+    found = noticed_at(end, durations, poll_interval, lists, gap * poll_interval)
+    late = poll_interval if end < poll_interval else poll_interval * (1 - READ_ALLOWANCE)
+    assert found - end <= late + 1e-9
 
 
 @settings(max_examples=200, database=None, deadline=None)
