@@ -248,7 +248,15 @@ class HttpPveClient:
     ) -> list[GuestStatus]:
         """``GET /nodes/{node}/qemu|lxc`` (live, unlike ``/cluster/resources``)."""
         path = wire.node_guests_path(node, kind)
-        env = await self._get(path, wire.EP_NODE_GUESTS, seconds=self._timeouts.read)
+        env = await self._request(
+            "GET",
+            path,
+            wire.EP_NODE_GUESTS,
+            params=None,
+            data=None,
+            seconds=self._timeouts.read,
+            only=only,
+        )
         return self._decoded(path, lambda: wire.node_guests_from(env.get("data"), only))
 
     async def set_tags(self, node: str, kind: GuestKind, vmid: int, tags: str, digest: str) -> None:
@@ -352,10 +360,13 @@ class HttpPveClient:
         data: Mapping[str, str] | None,
         seconds: float,
         action: str | None = None,
+        only: Collection[int] | None = None,
     ) -> Mapping[str, Any]:
         """One API call: auth headers, one re-login and retry on a ticket 401, the envelope.
 
-        ``action`` (lifecycle calls only) goes to the classifier with any failure."""
+        ``action`` (lifecycle calls only) goes to the classifier with any failure. ``only``
+        (a node's guest listing): the guests the caller reads; the envelope may hold just
+        their items (:meth:`Transport.listing`)."""
         retried = False
         while True:
             ticket = await self._ticket_for_use() if isinstance(self._auth, TicketAuth) else None
@@ -376,6 +387,8 @@ class HttpPveClient:
                 retried = True
                 await self._relogin(stale=ticket)
                 continue
+            if only is not None:
+                return self._http.listing(reply, method, path, only)
             return self._http.envelope(reply, method, path, action=action)
 
     def _auth_headers(self, method: str, ticket: _Ticket | None) -> dict[str, str]:

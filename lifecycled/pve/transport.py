@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -246,6 +246,18 @@ class Transport:
                 action=action,
             )
         return body
+
+    def listing(
+        self, reply: Reply, method: str, path: str, vmids: Collection[int]
+    ) -> Mapping[str, Any]:
+        """:meth:`envelope` of a node's guest listing whose caller reads only ``vmids``:
+        ``{"data": [their items]}`` decoded item by item (:func:`wire.listed_items`) when
+        the body allows it, else the whole envelope."""
+        if 200 <= reply.status < 300:
+            items = wire.listed_items(reply.body, vmids)
+            if items is not None:
+                return {"data": items}
+        return self.envelope(reply, method, path)
 
     def redact(self, text: str) -> str:
         """``text`` with every current secret replaced by ``***``."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import http
+import json
 import re
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -478,6 +479,82 @@ def node_guests_from(data: Any, only: Collection[int] | None = None) -> list[Gue
             continue
         out.append(guest_status_from(raw, vmid))
     return out
+
+
+#: The envelope around a listing, compact as pveproxy writes it or with Python's default
+#: separators (``", "``, ``": "``), as the simulator writes it.
+_LISTING_HEADS = (b'{"data":[', b'{"data": [')
+_LISTING_TAIL = b"]}"
+_BEFORE_ITEM = (b",", b"[", b", ")
+_AFTER_ITEM = (b",", b"]")
+
+
+def listed_items(body: bytes, vmids: Collection[int]) -> list[Any] | None:
+    """The items of ``vmids`` in a node's guest listing body (``{"data":[{…},…]}``), in
+    listing order, decoded one by one instead of the whole listing (a node lists hundreds
+    of guests, a batch's Check needs a few); the same dicts a full ``json.loads`` would
+    give for them. ``None`` (decode the whole body instead) unless the body is provably
+    that shape around each item:
+
+    * the envelope's head and tail (compact, or with Python's default separators);
+    * no backslash anywhere, so every ``"`` opens or closes a string and the parity of the
+      quotes before a position tells whether it is inside one;
+    * exactly one ``[`` and one ``]`` (in strings too): the envelope's data array, so a
+      structural ``{`` right after a structural ``,`` or ``[`` is one of its items;
+    * each member's ``"vmid":N`` occurs once, outside a string, inside an item with no
+      other brace or bracket, and that item decodes to a dict whose ``vmid`` is ``N``.
+
+    The other items are not decoded, so a fault in them goes unnoticed (a truncated or
+    garbled body fails the envelope's head or tail and is decoded whole)."""
+    wanted = sorted({v for v in vmids if type(v) is int and v >= 0})
+    if (
+        not wanted
+        or not body.startswith(_LISTING_HEADS)
+        or not body.endswith(_LISTING_TAIL)
+        or b"\\" in body
+        or body.count(b"[") != 1
+        or body.count(b"]") != 1
+    ):
+        return None
+    alternatives = b"|".join(str(v).encode() for v in wanted)
+    pattern = re.compile(rb'"vmid": ?(' + alternatives + rb")[,}]")
+    found: list[Any] = []
+    seen: set[int] = set()
+    quotes = 0  # quotes before ``mark``
+    mark = 0
+    for match in pattern.finditer(body):
+        vmid = int(match.group(1))
+        start = body.rfind(b"{", 0, match.start())
+        end = body.find(b"}", match.end() - 1)
+        if vmid in seen or start < mark or end < 0:
+            return None
+        seen.add(vmid)
+        quotes += body.count(b'"', mark, start)
+        if quotes % 2 or body.count(b'"', start, match.start()) % 2:
+            return None  # the brace or the key is inside a string
+        inside = body.count(b'"', start, end)
+        quotes += inside
+        mark = end
+        before = (
+            body[start - 2 : start] if body[start - 1 : start] == b" " else body[start - 1 : start]
+        )
+        if inside % 2 or before not in _BEFORE_ITEM or body[end + 1 : end + 2] not in _AFTER_ITEM:
+            return None
+        item = body[start : end + 1]
+        if item.count(b"{") != 1 or item.count(b"}") != 1:
+            return None
+        try:
+            decoded = json.loads(item)
+        except ValueError:
+            return None
+        if not isinstance(decoded, dict) or type(decoded.get("vmid")) is not int:
+            return None
+        if decoded["vmid"] != vmid:
+            return None
+        found.append(decoded)
+    if len(seen) != len(wanted):
+        return None  # a member not found this way (absent, or written otherwise): decode all
+    return found
 
 
 def guest_config_from(data: Any) -> GuestConfig:
