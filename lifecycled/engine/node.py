@@ -55,6 +55,7 @@ async def admit(
     now: float,
     cluster: Cluster | None = None,
     existing: Op | Unread | None = UNREAD,
+    served_state: NodeState | Unread | None = UNREAD,
 ) -> None:
     """Raise :class:`NodeRefused` (audited) when the served node's state refuses a new op —
     or, with ``cluster``, the state another node publishes in its Proxmox description
@@ -63,14 +64,18 @@ async def admit(
     A resubmitted key whose op is in flight or succeeded is not a new op: it is answered by
     deduplication, so the node's state does not refuse it. ``existing``: the key's op as the
     caller already read it (else the key is read here, only when the state refuses).
+    ``served_state``: the served node's state as the caller already read it (``None``: not
+    registered; else it is read here).
     """
-    record = await journal.get_node(served)
+    if isinstance(served_state, Unread):
+        record = await journal.get_node(served)
+        served_state = record.state if record is not None else None
     refusal: Refusal | None = None
     state: NodeState | None = None
-    if record is not None:
-        state = record.state
+    if served_state is not None:
+        state = served_state
         refusal = admission_refusal(
-            record.state, served=served, action=action, guest_node=guest.node, params=params
+            served_state, served=served, action=action, guest_node=guest.node, params=params
         )
     if refusal is None and cluster is not None:
         for other in placed_on(action, guest, params) - {served}:

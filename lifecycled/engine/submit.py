@@ -32,6 +32,7 @@ from lifecycled.errors import (
     ValidationError,
 )
 from lifecycled.journal import Journal, SubmitRequest, SubmitResult
+from lifecycled.journal.guests import SubmissionContext
 from lifecycled.pve import wire
 from lifecycled.pve.params import param_problems
 from lifecycled.pve.port import PveClient
@@ -309,10 +310,27 @@ async def submit(
     cluster = guests.cluster if guests is not None else None
     if cluster is not None and sub.node is not None:
         cluster.require_served(sub.vmid, sub.node)
+    key = sub.idempotency_key
+    action = Action(sub.action)
+    # The idempotency key is read at most once before the journal's transaction, and only
+    # where the shared record needs it (is the key this journal's, or another daemon's?);
+    # the admission below and the journal use that read (SPEC §1 "Idempotency").
+    tags_first = guests is not None and cluster is not None and action not in _CREATING
+    read_key = tags_first and key is not None
     # The guest's row, read once: its placement here, and the ownership record's check of
-    # the journal's cache below (which reads it again only when that has work to do).
-    row = None if Action(sub.action) in _CREATING else await journal.find_guest(sub.vmid)
+    # the journal's cache below (which reads it again only when that has work to do). In
+    # the same statement the served node's state and the key's op: a managed guest's
+    # submission awaits nothing else until its admission, so they are what it would read
+    # there (any other submission reads them where it needs them).
+    context: SubmissionContext | None = None
+    if action not in _CREATING:
+        context = await journal.guests.submission_context(
+            sub.vmid, served=default_node, key=key if read_key else None
+        )
+    row = context.guest if context is not None else None
     placed = _managed_guest(row)
+    if placed is None:
+        context = None
     if placed is None:
         guest = await resolve_guest(sub, pve, default_node=default_node)
     else:
@@ -339,14 +357,11 @@ async def submit(
                 "unsupported_params",
                 f"guest {sub.vmid} is {guest.kind}: {field} {problem}"[:300],
             )
-    key = sub.idempotency_key
-    action = Action(sub.action)
-    # The idempotency key is read at most once before the journal's transaction, and only
-    # where the shared record needs it (is the key this journal's, or another daemon's?);
-    # the admission below and the journal use that read (SPEC §1 "Idempotency").
-    tags_first = guests is not None and cluster is not None and action not in _CREATING
-    read_key = tags_first and key is not None
-    existing = await journal.by_key(key) if read_key and key is not None else None
+    existing: Op | None = None
+    if context is not None:
+        existing = context.existing
+    elif read_key and key is not None:
+        existing = await journal.by_key(key)
     await node.admit(
         journal,
         served=default_node,
@@ -358,6 +373,7 @@ async def submit(
         now=now,
         cluster=cluster,
         existing=existing if read_key else node.UNREAD,
+        served_state=context.served_state if context is not None else node.UNREAD,
     )
     try:  # booleans are journaled as JSON booleans, sent as 1/0 (§13.7)
         params = wire.normalized_params(Action(sub.action), guest.kind, sub.params)

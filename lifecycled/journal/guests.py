@@ -18,7 +18,7 @@ import functools
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -39,6 +39,7 @@ from lifecycled.domain.guests import (
     retake,
 )
 from lifecycled.domain.lifecycle import Verb
+from lifecycled.domain.node import NodeState
 from lifecycled.domain.op import GuestKind, Op, canonical_json
 from lifecycled.domain.ownership import after_own_write, digest_read
 from lifecycled.domain.states import REARMABLE
@@ -262,6 +263,45 @@ def not_managed(vmid: int, origin: GuestOrigin | None) -> PolicyRefused:
     )
 
 
+_GUEST_NAMES = tuple(GUEST_COLUMNS.replace(" ", "").split(","))
+_OP_WIDTH = len(OP_COLUMNS.split(","))
+#: :meth:`Guests.submission_context`: the key's op (its columns first, as ``op_from_row``
+#: reads them), the guest's row, the served node's state — each at most one row (unique
+#: key, primary keys), one statement, so one snapshot.
+_SUBMISSION_CONTEXT = (
+    "SELECT "
+    + ", ".join(f"o.{c.strip()}" for c in OP_COLUMNS.split(","))
+    + ", "
+    + ", ".join(f"g.{c}" for c in _GUEST_NAMES)
+    + ", n.state FROM (SELECT 1) AS one"
+    " LEFT JOIN ops AS o ON o.idempotency_key = ?"
+    " LEFT JOIN guests AS g ON g.vmid = ?"
+    " LEFT JOIN node_state AS n ON n.node = ?"
+)
+#: The same without a key (no op is looked up).
+_SUBMISSION_CONTEXT_NO_KEY = (
+    "SELECT "
+    + ", ".join(["NULL"] * _OP_WIDTH)
+    + ", "
+    + ", ".join(f"g.{c}" for c in _GUEST_NAMES)
+    + ", n.state FROM (SELECT 1) AS one"
+    " LEFT JOIN guests AS g ON g.vmid = ?"
+    " LEFT JOIN node_state AS n ON n.node = ?"
+)
+
+
+@attrs.frozen(kw_only=True)
+class SubmissionContext:
+    """What a submission on a journaled guest reads before its write, read at once."""
+
+    #: The guest's row (``None``: the journal has none).
+    guest: GuestRecord | None
+    #: The served node's state (``None``: the node is not registered).
+    served_state: NodeState | None
+    #: The op holding the submission's key (``None``: none, or no key was asked for).
+    existing: Op | None
+
+
 class Guests(Part):
     """Guest verbs, and the op writes guarded by a guest's row (Journal delegates to them)."""
 
@@ -270,6 +310,27 @@ class Guests(Part):
     async def find_guest(self, vmid: int) -> GuestRecord | None:
         row = await self._store.one(f"SELECT {GUEST_COLUMNS} FROM guests WHERE vmid = ?", (vmid,))
         return guest_from_row(row) if row is not None else None
+
+    async def submission_context(
+        self, vmid: int, *, served: str, key: str | None
+    ) -> SubmissionContext:
+        """The guest's row, the served node's state and the op holding ``key`` (not read
+        when ``None``) in one statement: what :meth:`find_guest`, ``Nodes.get_node`` and
+        ``OpQueries.by_key`` would read, in one thread hop instead of three."""
+        if key is None:
+            (row,) = await self._store.rows(_SUBMISSION_CONTEXT_NO_KEY, (vmid, served))
+        else:
+            (row,) = await self._store.rows(_SUBMISSION_CONTEXT, (key, vmid, served))
+        values = tuple(row)
+        guest_values = values[_OP_WIDTH : _OP_WIDTH + len(_GUEST_NAMES)]
+        state = values[-1]
+        return SubmissionContext(
+            guest=None
+            if guest_values[0] is None
+            else guest_from_row(cast(sqlite3.Row, guest_values)),  # positional
+            served_state=None if state is None else NodeState(state),
+            existing=None if values[0] is None else op_from_row(row),
+        )
 
     async def get_guest(self, vmid: int) -> GuestRecord:
         """The guest's row; :class:`~lifecycled.errors.NotFound` when lifecycled never saw it."""

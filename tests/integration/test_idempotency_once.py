@@ -25,7 +25,8 @@ from lifecycled.errors import Conflict
 from lifecycled.journal import Journal
 from lifecycled.sim import SimServer
 
-KEY_LOOKUP = "WHERE idempotency_key = "
+#: A key lookup: ``by_key``, the submission unit's, or the combined submission context's.
+KEY_LOOKUP = "idempotency_key = "
 
 
 @pytest.fixture
