@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
                 created_at=T0,
                 updated_at=T0,
             )
-            await j._store.write(lambda conn, rec=rec: insert_guest(conn, rec))
+            await j._store.write(partial(insert_guest, rec=rec))
         yield j
 
 
