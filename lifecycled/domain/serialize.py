@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable
 from typing import Any
 
 from lifecycled.domain.op import HistoryEntry, Op
 
 
+@functools.lru_cache(maxsize=4096)
 def rfc3339(ts: float | None) -> str | None:
-    """An epoch timestamp as RFC 3339 UTC with millisecond precision (``…Z``)."""
+    """An epoch timestamp as RFC 3339 UTC with millisecond precision (``…Z``).
+
+    Cached: an op's answer shows the same few timestamps (created, updated, next attempt
+    are one moment on a new op) and the text of a float never changes."""
     if ts is None:
         return None
     moment = dt.datetime.fromtimestamp(ts, tz=dt.UTC)

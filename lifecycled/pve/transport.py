@@ -155,10 +155,11 @@ class Transport:
             raise wire.not_sent(method, template, reason)
 
     def observe(self, method: str, template: str, code: str, seconds: float) -> None:
-        logger.debug(
-            "pve.request",
-            extra={"method": method, "endpoint": template, "code": code, "seconds": seconds},
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # its fields are not built for nothing
+            logger.debug(
+                "pve.request",
+                extra={"method": method, "endpoint": template, "code": code, "seconds": seconds},
+            )
         if self._on_request is None:
             return
         try:
