@@ -152,6 +152,23 @@ def _str_dict(value: Mapping[str, str]) -> dict[str, str]:
 
 
 @attrs.frozen(kw_only=True)
+class GuestHead:
+    """The part of a guest's journal row a submission reads: where the guest is, whether it
+    is managed, its desired state (not its captured config, fingerprint or resources)."""
+
+    vmid: int
+    node: str
+    kind: GuestKind
+    origin: GuestOrigin
+    desired_state: DesiredState | None = None
+    desired_generation: int = 0
+
+    @property
+    def managed(self) -> bool:
+        return self.origin.managed
+
+
+@attrs.frozen(kw_only=True)
 class GuestRecord:
     """One row of the guests table."""
 

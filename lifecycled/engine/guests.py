@@ -18,6 +18,7 @@ from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.actions import fingerprint_of
 from lifecycled.domain.guests import (
     DesiredState,
+    GuestHead,
     GuestOrigin,
     GuestRecord,
     ObservedState,
@@ -294,7 +295,7 @@ class GuestService:
         node: str,
         kind: GuestKind,
         *,
-        cached: GuestRecord | Unread | None = UNREAD,
+        cached: GuestRecord | GuestHead | Unread | None = UNREAD,
     ) -> tuple[OwnershipRecord | None, GuestConfig | None]:
         """The guest's record from its tags, the journal's cache brought up to date with it
         first (hand-off on demand); a managed cached guest without tags gets them (backfill).
@@ -305,18 +306,19 @@ class GuestService:
         ``cached``: the guest's journal row as the caller read it moments before (a
         submission reads it for the guest's placement). When the record agrees with it,
         the row is not read again; a push or a follow is only ever decided on a row read
-        after the record."""
+        after the record (the whole row: ``cached`` may be its head only)."""
         assert self.cluster is not None
         record, config = await self.cluster.read(node, kind, vmid)
-        if isinstance(cached, Unread) or _acts(cached, record, node):
-            cached = await self.journal.find_guest(vmid)
-        if record is None and (cached is None or not cached.managed):
+        if not isinstance(cached, Unread) and not _acts(cached, record, node):
+            return record, config  # None unless the row names a managed guest: nothing to do
+        row = await self.journal.find_guest(vmid)
+        if record is None and (row is None or not row.managed):
             return None, config
-        if ahead_of(cached, record):
-            assert cached is not None
-            return await self.push(cached), None
+        if ahead_of(row, record):
+            assert row is not None
+            return await self.push(row), None
         assert record is not None
-        if needs_sync(cached, record, node):
+        if needs_sync(row, record, node):
             await self.follow(vmid, node, kind, record, config=config)
         return record, config
 
@@ -440,14 +442,16 @@ class GuestService:
         return guest
 
 
-def _acts(cached: GuestRecord | None, record: OwnershipRecord | None, node: str) -> bool:
+def _acts(
+    cached: GuestRecord | GuestHead | None, record: OwnershipRecord | None, node: str
+) -> bool:
     """Whether :meth:`GuestService.read_record` would push or follow with this row."""
     if record is None:
         return cached is not None and cached.managed
     return ahead_of(cached, record) or needs_sync(cached, record, node)
 
 
-def ahead_of(cached: GuestRecord | None, record: OwnershipRecord | None) -> bool:
+def ahead_of(cached: GuestRecord | GuestHead | None, record: OwnershipRecord | None) -> bool:
     """Whether the journal holds a newer ownership than the tags (an op accepted while the
     record could not be written): the tags are to be brought up to the journal."""
     if cached is None or not cached.managed:
@@ -455,7 +459,7 @@ def ahead_of(cached: GuestRecord | None, record: OwnershipRecord | None) -> bool
     return record is None or cached.desired_generation > record.generation
 
 
-def needs_sync(cached: GuestRecord | None, record: OwnershipRecord, node: str) -> bool:
+def needs_sync(cached: GuestRecord | GuestHead | None, record: OwnershipRecord, node: str) -> bool:
     """Whether the journal's cached row lags the guest's record (or its node)."""
     if cached is None:
         return record.managed

@@ -18,7 +18,7 @@ from lifecycled.domain.actions import (
     parse_size,
     spec_for,
 )
-from lifecycled.domain.guests import DesiredState, GuestRecord, desired_for
+from lifecycled.domain.guests import DesiredState, GuestHead, desired_for
 from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.domain.ownership import OwnershipRecord, key_digest, reserved_tags
 from lifecycled.domain.text import shown
@@ -199,7 +199,7 @@ async def resolve_guest(sub: Submission, pve: PveClient | None, *, default_node:
     raise NotFound(f"guest {lookup_vmid} not found in the cluster; give kind and node")
 
 
-def _managed_guest(row: GuestRecord | None) -> GuestRef | None:
+def _managed_guest(row: GuestHead | None) -> GuestRef | None:
     """Where the journal's row says a managed guest is: ops for it take node and kind from
     there (no Proxmox lookup), and a client value that disagrees is refused, with both
     values, by the journal's submission guard (``check_placement``) — after its idempotency
@@ -237,7 +237,7 @@ async def _ownership_first(
     sub: Submission,
     guest: GuestRef,
     existing: Op | None,
-    row: GuestRecord | None,
+    row: GuestHead | None,
 ) -> int:
     """SPEC §7: the ownership record in the guest's tags is written before the journal —
     the new desired state and the op's key. Returns the record's generation (0: no write).

@@ -18,7 +18,7 @@ import functools
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import attrs
 
@@ -28,6 +28,7 @@ from lifecycled.domain.guests import (
     CAPTURED,
     MANAGED_ORIGINS,
     DesiredState,
+    GuestHead,
     GuestOrigin,
     GuestRecord,
     Observation,
@@ -263,8 +264,9 @@ def not_managed(vmid: int, origin: GuestOrigin | None) -> PolicyRefused:
     )
 
 
-_GUEST_NAMES = tuple(GUEST_COLUMNS.replace(" ", "").split(","))
 _OP_WIDTH = len(OP_COLUMNS.split(","))
+#: A :class:`GuestHead`'s columns, in its fields' order.
+_HEAD_SELECT = "g.vmid, g.node, g.kind, g.origin, g.desired_state, g.desired_generation"
 #: :meth:`Guests.submission_context`: the key's op (its columns first, as ``op_from_row``
 #: reads them), the guest's row, the served node's state — each at most one row (unique
 #: key, primary keys), one statement, so one snapshot.
@@ -272,7 +274,7 @@ _SUBMISSION_CONTEXT = (
     "SELECT "
     + ", ".join(f"o.{c.strip()}" for c in OP_COLUMNS.split(","))
     + ", "
-    + ", ".join(f"g.{c}" for c in _GUEST_NAMES)
+    + _HEAD_SELECT
     + ", n.state FROM (SELECT 1) AS one"
     " LEFT JOIN ops AS o ON o.idempotency_key = ?"
     " LEFT JOIN guests AS g ON g.vmid = ?"
@@ -283,7 +285,7 @@ _SUBMISSION_CONTEXT_NO_KEY = (
     "SELECT "
     + ", ".join(["NULL"] * _OP_WIDTH)
     + ", "
-    + ", ".join(f"g.{c}" for c in _GUEST_NAMES)
+    + _HEAD_SELECT
     + ", n.state FROM (SELECT 1) AS one"
     " LEFT JOIN guests AS g ON g.vmid = ?"
     " LEFT JOIN node_state AS n ON n.node = ?"
@@ -294,8 +296,8 @@ _SUBMISSION_CONTEXT_NO_KEY = (
 class SubmissionContext:
     """What a submission on a journaled guest reads before its write, read at once."""
 
-    #: The guest's row (``None``: the journal has none).
-    guest: GuestRecord | None
+    #: The guest's row, its head only (``None``: the journal has none).
+    guest: GuestHead | None
     #: The served node's state (``None``: the node is not registered).
     served_state: NodeState | None
     #: The op holding the submission's key (``None``: none, or no key was asked for).
@@ -314,20 +316,28 @@ class Guests(Part):
     async def submission_context(
         self, vmid: int, *, served: str, key: str | None
     ) -> SubmissionContext:
-        """The guest's row, the served node's state and the op holding ``key`` (not read
-        when ``None``) in one statement: what :meth:`find_guest`, ``Nodes.get_node`` and
-        ``OpQueries.by_key`` would read, in one thread hop instead of three."""
+        """The guest's row (its head: no JSON column is decoded), the served node's state
+        and the op holding ``key`` (not read when ``None``) in one statement: what
+        :meth:`find_guest`, ``Nodes.get_node`` and ``OpQueries.by_key`` would read, in one
+        thread hop instead of three."""
         if key is None:
             (row,) = await self._store.rows(_SUBMISSION_CONTEXT_NO_KEY, (vmid, served))
         else:
             (row,) = await self._store.rows(_SUBMISSION_CONTEXT, (key, vmid, served))
         values = tuple(row)
-        guest_values = values[_OP_WIDTH : _OP_WIDTH + len(_GUEST_NAMES)]
+        vmid_, node, kind, origin, desired, generation = values[_OP_WIDTH : _OP_WIDTH + 6]
         state = values[-1]
         return SubmissionContext(
             guest=None
-            if guest_values[0] is None
-            else guest_from_row(cast(sqlite3.Row, guest_values)),  # positional
+            if vmid_ is None
+            else GuestHead(
+                vmid=int(vmid_),
+                node=str(node),
+                kind=GuestKind(kind),
+                origin=GuestOrigin(origin),
+                desired_state=DesiredState(desired) if desired is not None else None,
+                desired_generation=int(generation),
+            ),
             served_state=None if state is None else NodeState(state),
             existing=None if values[0] is None else op_from_row(row),
         )

@@ -1,5 +1,5 @@
 """A submission's journal reads in one statement (``Guests.submission_context``): the guest's
-row, the served node's state and the key's op — what ``find_guest``, ``get_node`` and
+row (its head), the served node's state and the key's op — what ``find_guest``, ``get_node`` and
 ``by_key`` read, on a real SQLite file, and fresh per call when another writer changes them."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest_journal import T0
 
-from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord
+from lifecycled.domain.guests import DesiredState, GuestHead, GuestOrigin, GuestRecord
 from lifecycled.domain.node import NodeState
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
 from lifecycled.journal import Journal, SubmitRequest
@@ -41,6 +41,20 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
         yield j
 
 
+def _head(row: GuestRecord | None) -> GuestHead | None:
+    """The head of a full row, as the submission context reads it."""
+    if row is None:
+        return None
+    return GuestHead(
+        vmid=row.vmid,
+        node=row.node,
+        kind=row.kind,
+        origin=row.origin,
+        desired_state=row.desired_state,
+        desired_generation=row.desired_generation,
+    )
+
+
 def _request(key: str, vmid: int) -> SubmitRequest:
     return SubmitRequest(
         idempotency_key=key,
@@ -60,12 +74,19 @@ async def test_it_reads_what_the_three_reads_read(journal: Journal) -> None:
             for key in ("k1", "k-unknown", None):
                 got = await journal.guests.submission_context(vmid, served=served, key=key)
                 node = await journal.get_node(served)
-                assert got.guest == await journal.find_guest(vmid)
+                assert got.guest == _head(await journal.find_guest(vmid))
                 assert got.served_state == (node.state if node is not None else None)
                 assert got.existing == (await journal.by_key(key) if key else None)
     found = await journal.guests.submission_context(100, served=NODE, key="k1")
     assert found.existing == op and found.served_state is NodeState.READY
-    assert found.guest is not None and found.guest.config_snapshot == {"name": "vm-100", "cores": 2}
+    assert found.guest == GuestHead(
+        vmid=100,
+        node=NODE,
+        kind=GuestKind.QEMU,
+        origin=GuestOrigin.NATIVE,
+        desired_state=DesiredState.RUNNING,
+        desired_generation=0,
+    )
 
 
 async def test_another_writer_s_change_is_read_at_once(journal: Journal) -> None:
