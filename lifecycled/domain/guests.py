@@ -152,6 +152,16 @@ def _str_dict(value: Mapping[str, str]) -> dict[str, str]:
 
 
 @attrs.frozen(kw_only=True)
+class GuestSafety:
+    """The part of a guest's journal row the pre-dispatch policy reads: its origin, identity
+    fingerprint and protection (not its captured config or resources)."""
+
+    origin: GuestOrigin
+    fingerprint: dict[str, str] = attrs.field(factory=dict, converter=_str_dict)
+    protected: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class GuestHead:
     """The part of a guest's journal row a submission reads: where the guest is, whether it
     is managed, its desired state (not its captured config, fingerprint or resources)."""

@@ -64,7 +64,9 @@ class Policy:
 
     async def facts(self, op: Op) -> GuestFacts:
         """What the journal knows about the guest (ownership, fingerprint, protection)."""
-        guest = await self._guest(op)
+        if self.journal is None:
+            return GuestFacts()
+        guest = await self.journal.guests.guest_safety(op.guest.vmid)
         if guest is None:
             return GuestFacts()
         return GuestFacts(

@@ -31,6 +31,7 @@ from lifecycled.domain.guests import (
     GuestHead,
     GuestOrigin,
     GuestRecord,
+    GuestSafety,
     Observation,
     ObservedState,
     check_placement,
@@ -340,6 +341,21 @@ class Guests(Part):
             ),
             served_state=None if state is None else NodeState(state),
             existing=None if values[0] is None else op_from_row(row),
+        )
+
+    async def guest_safety(self, vmid: int) -> GuestSafety | None:
+        """The guest's origin, fingerprint and protection (what the policy reads; no other
+        JSON column is decoded); ``None`` when the journal has no row."""
+        row = await self._store.one(
+            "SELECT origin, fingerprint, protected FROM guests WHERE vmid = ?", (vmid,)
+        )
+        if row is None:
+            return None
+        origin, fingerprint, protected = tuple(row)
+        return GuestSafety(
+            origin=GuestOrigin(origin),
+            fingerprint=_json(fingerprint) or {},
+            protected=bool(protected),
         )
 
     async def get_guest(self, vmid: int) -> GuestRecord:

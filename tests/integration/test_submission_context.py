@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 from conftest_journal import T0
 
-from lifecycled.domain.guests import DesiredState, GuestHead, GuestOrigin, GuestRecord
+from lifecycled.domain.guests import (
+    DesiredState,
+    GuestHead,
+    GuestOrigin,
+    GuestRecord,
+    GuestSafety,
+)
 from lifecycled.domain.node import NodeState
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
 from lifecycled.journal import Journal, SubmitRequest
@@ -106,3 +112,22 @@ async def test_another_writer_s_change_is_read_at_once(journal: Journal) -> None
     assert after.served_state is NodeState.DRAINING
     assert after.guest is not None and after.guest.desired_state is DesiredState.STOPPED
     assert after.existing is not None and after.existing.idempotency_key == "k2"
+
+
+async def test_the_policy_s_facts_are_the_row_s(journal: Journal) -> None:
+    """``guest_safety`` reads origin, fingerprint and protection as the full row has them,
+    fresh after another connection protects the guest; ``None`` without a row."""
+    row = await journal.find_guest(100)
+    assert row is not None
+    assert await journal.guests.guest_safety(100) == GuestSafety(
+        origin=row.origin, fingerprint=row.fingerprint, protected=row.protected
+    )
+    assert await journal.guests.guest_safety(999) is None
+    other = sqlite3.connect(journal.path)
+    try:
+        with other:
+            other.execute("UPDATE guests SET protected = 1 WHERE vmid = 100")
+    finally:
+        other.close()
+    found = await journal.guests.guest_safety(100)
+    assert found is not None and found.protected and found.fingerprint == {"smbios1": "uuid-100"}
