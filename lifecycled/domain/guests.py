@@ -286,7 +286,7 @@ class PlacementMismatch(ValidationError):
     journal's state refuses it (HTTP 409 ``placement_mismatch``), the request is well-formed."""
 
 
-def check_placement(record: GuestRecord, *, node: str | None, kind: str | None) -> None:
+def check_placement(record: GuestRecord | GuestHead, *, node: str | None, kind: str | None) -> None:
     """Ops for a managed guest take node and kind from its journal row: raise
     :class:`PlacementMismatch` when a request names another (``pve1\n``, another node, the
     other kind), each field's message naming both values. ``None``: not given."""

@@ -267,7 +267,32 @@ def not_managed(vmid: int, origin: GuestOrigin | None) -> PolicyRefused:
 
 _OP_WIDTH = len(OP_COLUMNS.split(","))
 #: A :class:`GuestHead`'s columns, in its fields' order.
-_HEAD_SELECT = "g.vmid, g.node, g.kind, g.origin, g.desired_state, g.desired_generation"
+_HEAD_COLUMNS = ("vmid", "node", "kind", "origin", "desired_state", "desired_generation")
+_HEAD_WIDTH = len(_HEAD_COLUMNS)
+_HEAD_SELECT = ", ".join(f"g.{c}" for c in _HEAD_COLUMNS)
+
+
+def _head(values: Sequence[Any]) -> GuestHead | None:
+    """A :class:`GuestHead` from its columns' values (``None`` when the row is absent)."""
+    vmid, node, kind, origin, desired, generation = values
+    if vmid is None:
+        return None
+    return GuestHead(
+        vmid=int(vmid),
+        node=str(node),
+        kind=GuestKind(kind),
+        origin=GuestOrigin(origin),
+        desired_state=DesiredState(desired) if desired is not None else None,
+        desired_generation=int(generation),
+    )
+
+
+def load_head(conn: sqlite3.Connection, vmid: int) -> GuestHead | None:
+    """The guest's :class:`GuestHead` (no JSON column decoded); ``None`` without a row."""
+    row = fetch_one(conn, f"SELECT {', '.join(_HEAD_COLUMNS)} FROM guests WHERE vmid = ?", (vmid,))
+    return _head(tuple(row)) if row is not None else None
+
+
 #: :meth:`Guests.submission_context`: the key's op (its columns first, as ``op_from_row``
 #: reads them), the guest's row, the served node's state — each at most one row (unique
 #: key, primary keys), one statement, so one snapshot.
@@ -326,19 +351,9 @@ class Guests(Part):
         else:
             (row,) = await self._store.rows(_SUBMISSION_CONTEXT, (key, vmid, served))
         values = tuple(row)
-        vmid_, node, kind, origin, desired, generation = values[_OP_WIDTH : _OP_WIDTH + 6]
         state = values[-1]
         return SubmissionContext(
-            guest=None
-            if vmid_ is None
-            else GuestHead(
-                vmid=int(vmid_),
-                node=str(node),
-                kind=GuestKind(kind),
-                origin=GuestOrigin(origin),
-                desired_state=DesiredState(desired) if desired is not None else None,
-                desired_generation=int(generation),
-            ),
+            guest=_head(values[_OP_WIDTH : _OP_WIDTH + _HEAD_WIDTH]),
             served_state=None if state is None else NodeState(state),
             existing=None if values[0] is None else op_from_row(row),
         )
@@ -783,17 +798,19 @@ def _guard_guest(
     *,
     now: float,
     create_fingerprint: Mapping[str, str] | None,
-) -> GuestRecord:
+) -> GuestRecord | GuestHead:
     """The submission rule: create/clone needs a free vmid (a new row is recorded
     ``native``; an existing row is never changed here); anything else needs a managed guest
-    on the node and of the kind its row says. Raises (nothing is written)."""
+    on the node and of the kind its row says (its head is all that reads). Raises (nothing
+    is written)."""
     vmid = req.guest.vmid
-    guest = load_guest(conn, vmid)
     if Action(req.action) not in _CREATING:
-        if guest is None or not guest.managed:
-            raise not_managed(vmid, guest.origin if guest is not None else None)
-        check_placement(guest, node=req.guest.node, kind=str(req.guest.kind))
-        return guest
+        head = load_head(conn, vmid)
+        if head is None or not head.managed:
+            raise not_managed(vmid, head.origin if head is not None else None)
+        check_placement(head, node=req.guest.node, kind=str(req.guest.kind))
+        return head
+    guest = load_guest(conn, vmid)
     fingerprint = dict(create_fingerprint or {})
     if guest is None:
         return insert_guest(

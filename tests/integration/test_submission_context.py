@@ -22,7 +22,7 @@ from lifecycled.domain.guests import (
 from lifecycled.domain.node import NodeState
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
 from lifecycled.journal import Journal, SubmitRequest
-from lifecycled.journal.guests import insert_guest
+from lifecycled.journal.guests import insert_guest, load_head
 
 NODE = "pve1"
 
@@ -131,3 +131,11 @@ async def test_the_policy_s_facts_are_the_row_s(journal: Journal) -> None:
         other.close()
     found = await journal.guests.guest_safety(100)
     assert found is not None and found.protected and found.fingerprint == {"smbios1": "uuid-100"}
+
+
+async def test_the_write_guard_reads_the_row_s_head(journal: Journal) -> None:
+    """``load_head`` (the submission guard's read in the writer) is the full row's head;
+    ``None`` without a row."""
+    for vmid in (100, 999):
+        got = await journal._store.write(partial(load_head, vmid=vmid))
+        assert got == _head(await journal.find_guest(vmid))
