@@ -82,17 +82,19 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         status = response.status
         return response
     finally:
-        resource = request.match_info.route.resource
-        log.log(
-            logging.DEBUG if request.path in _PROBES and status < 400 else logging.INFO,
-            "http.request",
-            extra={
-                "method": request.method,
-                "path": resource.canonical if resource is not None else "<unmatched>",
-                "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            },
-        )
+        level = logging.DEBUG if request.path in _PROBES and status < 400 else logging.INFO
+        if log.isEnabledFor(level):  # its fields are not built for a level that is off
+            resource = request.match_info.route.resource
+            log.log(
+                level,
+                "http.request",
+                extra={
+                    "method": request.method,
+                    "path": resource.canonical if resource is not None else "<unmatched>",
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
 
 
 def build_app(runtime: Runtime) -> web.Application:
