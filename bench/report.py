@@ -193,6 +193,37 @@ running past its first poll interval is now read every 1.8 s, where starved ones
 read at all.
 """
 
+_PROFILE_CPU = """\
+## Profile after the CPU cuts (cpu, issue 15 second round)
+
+py-spy as above, branch `cpu` (3d16e95) against main 4bd08bc (`BENCH_LIFECYCLED`), one pair
+of runs at 6,000 HTTP submissions and 1,500 full ops (load average ~2.5 on 2 cores). Busy
+samples (GIL held) per run: HTTP 703 → 546 (−22 %); shares are of each run's busy samples:
+
+| where | main | this branch | what changed |
+|---|---:|---:|---|
+| the JSON of the node listing, lifecycle (`JSONDecoder.raw_decode`) | 23.0 % | 1.5 % | a batch's listing decodes only its members' items (`wire.listed_items`, 6.7 % incl. the scan), proven from the body's shape around each, else the whole body; `LiveCheck.view` 29.0 % → 12.7 % |
+| the submission's journal reads, HTTP | 12.6 % (`find_guest` 7.3, `by_key` 3.0, `get_node` 2.3) | 4.4 % (`submission_context`) | one statement (one thread hop) reads the guest's head, the served node's state and the key's op; no JSON column decoded |
+| `guest_from_row` (whole guest rows) | HTTP 7.0 %, lifecycle 5.3 % | — / 0.9 % | the submission guard in the write unit (`load_head`) and the policy's facts (`guest_safety`) read only the columns they use |
+| `rfc3339`, the access log, the per-request debug event | ~2 % | ~1 % | timestamps cached; log fields built only when their level is on |
+
+Daemon CPU, full sizes (`--sections 1,2`: 6,000 submissions, 2,000 ops; three runs each, the
+median shown), two interleaved pairs on one main: per HTTP submission 727 / 833 µs → 708 /
+555 µs, submissions 1,183 / 1,081/s → 1,256 / 1,652/s (0.20 / 0.20× → 0.25 / 0.36× of
+persist-queue's put, whose own rate moved 5,070–5,873/s); per 1,000 full ops 3.87 / 3.48 s →
+2.79 / 2.33 s (−28 % / −33 %). An earlier pair of the first cuts gave 727 / 938 µs → 615 /
+812 µs and 3.36 / 4.37 s → 2.89 / 2.88 s. Results: `bench/results/cpu-{before,after}-final-{1,2}.json`.
+
+What remains: on the HTTP path the ownership record's `GET …/config` per submission (the
+check that another daemon has not already accepted the key, SPEC §7) is 40 % of the busy
+samples — the largest single share, and not cut here — then aiohttp's server and client
+(~25 % self) and the journal's write unit. In the lifecycle the submissions (26 %), the
+ownership record's read and write to the tags (18 %), the scan of each listing (6.7 %), the
+dispatch POST and the journal's writer thread. A node admission cached across submissions
+was not built: the only invalidation that a second writer (the CLI) cannot slip past is a
+read per submission, which the combined statement already is.
+"""
+
 _FINDINGS = """\
 ## Earlier profile notes (still true)
 
@@ -459,5 +490,5 @@ def render_markdown(
     notes = [f"- **{f.name}**: {f.note}" for f in figures if f.note]
     if notes:
         out += ["", "Notes (request mix of each level; latency by task length):", "", *notes]
-    out += ["", _PROFILE, _PROFILE_CPU15, _TRACKING, _FINDINGS, _HOW, _METHOD]
+    out += ["", _PROFILE, _PROFILE_CPU15, _TRACKING, _PROFILE_CPU, _FINDINGS, _HOW, _METHOD]
     return "\n".join(out) + "\n"
