@@ -280,9 +280,9 @@ def _head(values: Sequence[Any]) -> GuestHead | None:
     return GuestHead(
         vmid=int(vmid),
         node=str(node),
-        kind=GuestKind(kind),
-        origin=GuestOrigin(origin),
-        desired_state=DesiredState(desired) if desired is not None else None,
+        kind=_GUEST_KINDS[kind],
+        origin=_GUEST_ORIGINS[origin],
+        desired_state=_DESIRED[desired] if desired is not None else None,
         desired_generation=int(generation),
     )
 
@@ -368,7 +368,7 @@ class Guests(Part):
             return None
         origin, fingerprint, protected = tuple(row)
         return GuestSafety(
-            origin=GuestOrigin(origin),
+            origin=_GUEST_ORIGINS[origin],
             fingerprint=_json(fingerprint) or {},
             protected=bool(protected),
         )
