@@ -213,6 +213,12 @@ median shown), two interleaved pairs on one main: per HTTP submission 727 / 833 
 persist-queue's put, whose own rate moved 5,070–5,873/s); per 1,000 full ops 3.87 / 3.48 s →
 2.79 / 2.33 s (−28 % / −33 %). An earlier pair of the first cuts gave 727 / 938 µs → 615 /
 812 µs and 3.36 / 4.37 s → 2.89 / 2.88 s. Results: `bench/results/cpu-{before,after}-final-{1,2}.json`.
+Rebased on main 3db2d8b (one pair of `--sections 1,2`, one more of section 2): 952 → 675 µs
+per submission; per 1,000 ops 6.90 / 6.49 s → 4.95 / 4.93 s. On that main section 2's second
+and third runs fall to ~65 ops/s with the simulator at 12–13 s of CPU per 1,000 ops, with
+and without these cuts: that main reads `tasks/{upid}/status` about once per op (0.002 per
+op before), and the simulator's cost per read seems to grow with its task archive (not
+investigated here).
 
 What remains: on the HTTP path the ownership record's `GET …/config` per submission (the
 check that another daemon has not already accepted the key, SPEC §7) is 40 % of the busy
