@@ -58,8 +58,10 @@ PROOF_SLACK = 0.001
 #: Task status reads per second one node gets at most (a token bucket, :func:`read_tokens`):
 #: the tracker's share of the node's pveproxy, whatever the number of tasks running on it.
 READ_RATE = 20.0
-#: Status reads a node may get at once after a quiet spell (the bucket's depth).
-READ_BURST = 20.0
+#: Status reads a node may get at once after a quiet spell (the bucket's depth): two
+#: seconds' worth, so tasks started together (their reads come due together) are not held
+#: back; the rate over any longer span stays READ_RATE.
+READ_BURST = 40.0
 
 #: A task type on a node: (node, UPID type such as ``qmstart``).
 TaskKey = tuple[str, str]

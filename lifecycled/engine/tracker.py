@@ -26,8 +26,8 @@ end, counting only looks that could have proved it, with two exceptions:
   second, :data:`READ_CONCURRENCY` in flight): past
   :func:`~lifecycled.domain.polling.promised_tasks` long tasks on a node (36 at the default
   2 s) the due reads are shared most-overdue first, the rest waiting :data:`DEFER` for the
-  budget to refill — each task is still read in turn, and the node's task list (at most one
-  per :data:`DEFER`) resolves the ended tasks its archiver has filed;
+  budget to refill — each task is still read in turn, and the node's task list (then at most
+  one per poll interval) resolves the ended tasks its archiver has filed;
 * Proxmox failing to answer: a failed read backs off its task, and a node that does not answer
   (:func:`~lifecycled.domain.polling.node_failing`) has its reads end for the tick and all its
   tasks backed off, as after a failed task list. Backoff is never bypassed.
@@ -135,6 +135,8 @@ class Tracker:
         #: Each node's status-read budget: (reads in hand, when counted).
         self._budget: dict[str, tuple[float, float]] = {}
         self._wake = asyncio.Event()
+        #: When each node's tasks were last listed.
+        self._listed_at: dict[str, float] = {}
         #: When a node whose last tick had to defer reads may be ticked again.
         self._resume: dict[str, float] = {}
         #: Each node's tick under way (:meth:`run`).
@@ -290,14 +292,20 @@ class Tracker:
         entries = [e for e in self._entries.values() if e.upid.node == node]
         due = [e for e in entries if e.next_check <= now]
         if len(entries) <= SMALL or (
-            len(due) <= self._reads_in_hand(node, now)
-            and all(self._proof_due(e, now) and not e.failures for e in due)
+            all(self._proof_due(e, now) and not e.failures for e in due)
+            and (
+                len(due) <= self._reads_in_hand(node, now)
+                or now - self._listed_at.get(node, -math.inf) < self.poll_interval
+            )
         ):
             # Few tasks, or only reads the poll interval makes due (a list showing them
-            # RUNNING could not spare one) and the node's budget has them all; after failures
-            # a list first (it may answer all).
+            # RUNNING could not spare one) and the node's budget has them all — or, when it
+            # has not, the node was listed within the poll interval (a list, which may answer
+            # for ended tasks the archiver has filed, at most once per poll interval then).
+            # After failures a list first (it may answer all).
             await self._read_all(node, sorted(due, key=lambda e: e.read_by))
             return
+        self._listed_at[node] = now
         since = min(e.upid.starttime for e in entries) - 1
         try:
             listed = await all_tasks(
