@@ -332,7 +332,8 @@ class Settings:
         2.0,
         Kind.DURATION,
         "Task tracking: a task that has ended is noticed at most this long after its end (a "
-        "status read per running task at least this often, unless a task list shows it ended).",
+        "status read per running task at least this often, unless a task list shows it ended; "
+        "up to 20 reads/s per node, enough for 18 x this many seconds of long tasks).",
         bounds=(0.01, _HOUR),
     )
     stale_after: float = _setting(

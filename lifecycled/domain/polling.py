@@ -17,6 +17,11 @@ has come the task is read whatever a list said (:func:`proof_due`). After a stat
 window keeps :data:`READ_ALLOWANCE` of the interval for the next read and the op's journal
 write (the task may have ended just after the read was answered).
 
+The promise has a price: one status read per long task every 0.9 × ``poll_interval``. A node
+gets at most :data:`READ_RATE` status reads a second, so the promise holds for up to
+:func:`promised_tasks` long tasks on a node (36 at the default 2 s); past that it degrades
+gracefully (see there) instead of flooding the node's pveproxy.
+
 A sample is a *detection* time: when the daemon noticed the end, a little after the look
 that saw it. A learned point is therefore a sample rounded down to a :data:`GRID`, plus half
 a grid step: a task noticed on a point teaches the same point again (no creeping up by the
@@ -50,6 +55,13 @@ FAILING_MAX = 60.0
 READ_ALLOWANCE = 0.1
 #: How early (seconds) a proving read counts as due: clock arithmetic is not exact.
 PROOF_SLACK = 0.001
+#: Task status reads per second one node gets at most (a token bucket, :func:`read_tokens`):
+#: the tracker's share of the node's pveproxy, whatever the number of tasks running on it.
+READ_RATE = 20.0
+#: Status reads a node may get at once after a quiet spell (the bucket's depth): two
+#: seconds' worth, so tasks started together (their reads come due together) are not held
+#: back; the rate over any longer span stays READ_RATE.
+READ_BURST = 40.0
 
 #: A task type on a node: (node, UPID type such as ``qmstart``).
 TaskKey = tuple[str, str]
@@ -155,6 +167,29 @@ def proof_due(left: float) -> bool:
     """Whether a task whose status read is due in ``left`` seconds must be read now,
     whatever a task list says."""
     return left <= PROOF_SLACK
+
+
+def read_tokens(tokens: float, elapsed: float) -> float:
+    """A node's status reads in hand ``elapsed`` seconds after it had ``tokens``: refilled at
+    :data:`READ_RATE`, at most :data:`READ_BURST`."""
+    return min(READ_BURST, tokens + max(elapsed, 0.0) * READ_RATE)
+
+
+def promised_tasks(poll_interval: float) -> int:
+    """Long tasks one node can run while each still gets its status read within its proof
+    window (see the module text): :data:`READ_RATE` × the window after a read. With the
+    default 2 s: 36. Past that the reads are shared oldest-due first, each task read about
+    every ``tasks / READ_RATE`` seconds, and an ended task is noticed by then, or by the first
+    task list after the node's archiver has filed it (~10 s, reference §4.3), whichever is
+    first."""
+    return math.floor(READ_RATE * proof_window(poll_interval, after_read=True) + 1e-9)
+
+
+def node_failing(status: int | None) -> bool:
+    """Whether a failed task read says the node itself is not answering (no answer, or a 5xx:
+    pveproxy down, overloaded, or the node unreachable through it) rather than something
+    about that one task: then every read of the node backs off, not just that task's."""
+    return status is None or status >= 500
 
 
 def likely_ended(age: float, durations: Durations | None, poll_interval: float) -> bool:

@@ -20,17 +20,30 @@ loop, reference §4.3/§12.3), so such a listing proves nothing:
   without listing.
 
 So a task that has ended is noticed — its op terminal — at most one poll interval after its
-end, counting only looks that could have proved it; Proxmox failing to answer is the one
-exception (failed reads back off).
+end, counting only looks that could have proved it, with two exceptions:
+
+* the status reads of a node are a budget (:data:`~lifecycled.domain.polling.READ_RATE` a
+  second, :data:`READ_CONCURRENCY` in flight): past
+  :func:`~lifecycled.domain.polling.promised_tasks` long tasks on a node (36 at the default
+  2 s) the due reads are shared most-overdue first, the rest waiting :data:`DEFER` for the
+  budget to refill — each task is still read in turn, and the node's task list (then at most
+  one per poll interval) resolves the ended tasks its archiver has filed;
+* Proxmox failing to answer: a failed read backs off its task, and a node that does not answer
+  (:func:`~lifecycled.domain.polling.node_failing`) has its reads end for the tick and all its
+  tasks backed off, as after a failed task list. Backoff is never bypassed.
+
+Each node is ticked in its own asyncio task, so a node answering slowly (or timing out) never
+delays another node's looks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -38,6 +51,7 @@ from lifecycled.domain.actions import spec_for
 from lifecycled.domain.op import Op
 from lifecycled.domain.outcome import Decision, after_exit, after_no_such_task
 from lifecycled.domain.polling import (
+    READ_BURST,
     Durations,
     TaskKey,
     after_failure,
@@ -45,8 +59,10 @@ from lifecycled.domain.polling import (
     learn,
     likely_ended,
     next_look,
+    node_failing,
     proof_due,
     proof_window,
+    read_tokens,
 )
 from lifecycled.domain.upid import Upid, UpidError
 from lifecycled.domain.userid import bare_user
@@ -57,6 +73,8 @@ from lifecycled.pve.port import TASK_PAGE, TaskEntry, all_tasks, is_no_such_task
 
 log = logging.getLogger("lifecycled.engine")
 
+_T = TypeVar("_T")
+
 
 #: Tracked tasks on a node up to which per-task status reads are cheaper than one task list.
 SMALL = 2
@@ -65,6 +83,10 @@ SMALL = 2
 PROBE_MAX = 32
 #: Longest "shortest wait" between two task lists of one node (a list answers for all).
 LIST_GAP = 0.5
+#: Status reads of one node in flight at once (pveproxy answers with 3 workers by default).
+READ_CONCURRENCY = 4
+#: How long a due read the node's budget could not have waits (seconds; at least LIST_GAP).
+DEFER = 0.5
 #: Succeeded ops the task durations are learned from (the newest).
 LEARN_FROM = 1000
 #: Shortest time between two relearnings of the task durations while ops keep ending.
@@ -110,7 +132,17 @@ class Tracker:
         self._learned_at: float | None = None
         self._ended_since_learning = False
         self._entries: dict[int, _Tracked] = {}
+        #: Each node's status-read budget: (reads in hand, when counted).
+        self._budget: dict[str, tuple[float, float]] = {}
         self._wake = asyncio.Event()
+        #: When each node's tasks were last listed.
+        self._listed_at: dict[str, float] = {}
+        #: When a node whose last tick had to defer reads may be ticked again.
+        self._resume: dict[str, float] = {}
+        #: Each node's tick under way (:meth:`run`).
+        self._ticking: dict[str, asyncio.Task[None]] = {}
+        #: The journal failure a node's tick ended with, raised by :meth:`run`.
+        self._fatal: BaseException | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -165,36 +197,82 @@ class Tracker:
                 entry.next_check = entry.added + self._next_look(entry.upid, 0.0)
 
     async def run(self) -> None:
-        """Poll until stopped. Tasks still running at stop are resolved by the next Recover."""
-        while not self.stopping.is_set():
-            now = self.clock.monotonic()
-            if self._ended_since_learning and (
-                self._learned_at is None or now - self._learned_at >= RELEARN_EVERY
-            ):
-                await self.learn()
-            due_nodes = {e.upid.node for e in self._entries.values() if e.next_check <= now}
-            for node in sorted(due_nodes):
-                if self.stopping.is_set():
-                    break
-                try:
-                    await self._tick_node(node)
-                except JournalUnavailable:
-                    raise
-                except Exception as exc:  # e.g. a task list the adapter failed on
-                    log.exception(
-                        "tracker.node_failed", extra={"node": node, "error": internal_text(exc)}
-                    )
-                    for entry in list(self._entries.values()):
-                        if entry.upid.node == node:
-                            self._reschedule(entry, failed=True)
-            await self._sleep_until_due()
+        """Poll until stopped. Tasks still running at stop are resolved by the next Recover.
+
+        Each due node is ticked in a task of its own: a node that answers slowly (or not at
+        all, until its reads time out) never holds up another node's ticks. A node is never
+        ticked twice at once."""
+        try:
+            while not self.stopping.is_set():
+                if self._fatal is not None:
+                    fatal, self._fatal = self._fatal, None
+                    raise fatal
+                now = self.clock.monotonic()
+                if self._ended_since_learning and (
+                    self._learned_at is None or now - self._learned_at >= RELEARN_EVERY
+                ):
+                    await self.learn()
+                due_nodes = {
+                    e.upid.node
+                    for e in self._entries.values()
+                    if self._due_at(e) <= now and e.upid.node not in self._ticking
+                }
+                for node in sorted(due_nodes):
+                    tick = asyncio.create_task(self._tick_node_contained(node))
+                    self._ticking[node] = tick
+                    tick.add_done_callback(functools.partial(self._ticked, node))
+                await self._sleep_until_due()
+        finally:
+            if self._ticking:  # each tick is bounded (its reads time out): let them finish
+                await asyncio.gather(*self._ticking.values(), return_exceptions=True)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a node's tick is under way, or the loop has yet to plan after a change (a
+        tick ended, a task was tracked): when False, the loop waits for its next look."""
+        return bool(self._ticking) or self._wake.is_set()
+
+    def _ticked(self, node: str, tick: asyncio.Task[None]) -> None:
+        self._ticking.pop(node, None)
+        if not tick.cancelled() and isinstance(tick.exception(), JournalUnavailable):
+            self._fatal = tick.exception()
+        self._wake.set()
+
+    async def _tick_node_contained(self, node: str) -> None:
+        """:meth:`_tick_node`; an unexpected failure backs off the node's tasks (the journal
+        being unavailable stops the tracker)."""
+        if self.stopping.is_set():
+            return
+        try:
+            await self._tick_node(node)
+        except JournalUnavailable:
+            raise
+        except Exception as exc:  # e.g. a task list the adapter failed on
+            log.exception("tracker.node_failed", extra={"node": node, "error": internal_text(exc)})
+            for entry in list(self._entries.values()):
+                if entry.upid.node == node:
+                    self._reschedule(entry, failed=True)
 
     async def _sleep_until_due(self) -> None:
+        self._wake.clear()  # entries tracked, or ticks ended, from here on set it again
         now = self.clock.monotonic()
-        timeout = min((e.next_check for e in self._entries.values()), default=now + 60) - now
-        if timeout > 0:
-            self._wake.clear()  # entries tracked from here on set it again
+        timeout = (
+            min(
+                (
+                    self._due_at(e)
+                    for e in self._entries.values()
+                    if e.upid.node not in self._ticking
+                ),
+                default=now + 60,
+            )
+            - now
+        )
         await self.clock.wait_or_stop(self.stopping, timeout, wake=self._wake)
+
+    def _due_at(self, entry: _Tracked) -> float:
+        """When the entry's node is to be ticked for it: its next look, but not before the
+        node's budget has refilled after a tick that had to defer reads (:data:`DEFER`)."""
+        return max(entry.next_check, self._resume.get(entry.upid.node, -math.inf))
 
     def _durations(self, upid: Upid) -> Durations | None:
         return self.durations.get(key_of(upid))
@@ -213,14 +291,21 @@ class Tracker:
         now = self.clock.monotonic()
         entries = [e for e in self._entries.values() if e.upid.node == node]
         due = [e for e in entries if e.next_check <= now]
-        if len(entries) <= SMALL or all(self._proof_due(e, now) and not e.failures for e in due):
+        if len(entries) <= SMALL or (
+            all(self._proof_due(e, now) and not e.failures for e in due)
+            and (
+                len(due) <= self._reads_in_hand(node, now)
+                or now - self._listed_at.get(node, -math.inf) < self.poll_interval
+            )
+        ):
             # Few tasks, or only reads the poll interval makes due (a list showing them
-            # RUNNING could not spare one); after failures a list first (it may answer all).
-            due.sort(key=lambda e: e.read_by)
-            for entry in due:
-                if entry.op.id in self._entries:
-                    await self._guarded(entry, self._read_status(entry))
+            # RUNNING could not spare one) and the node's budget has them all — or, when it
+            # has not, the node was listed within the poll interval (a list, which may answer
+            # for ended tasks the archiver has filed, at most once per poll interval then).
+            # After failures a list first (it may answer all).
+            await self._read_all(node, sorted(due, key=lambda e: e.read_by))
             return
+        self._listed_at[node] = now
         since = min(e.upid.starttime for e in entries) - 1
         try:
             listed = await all_tasks(
@@ -238,6 +323,7 @@ class Tracker:
             return
         by_upid: dict[str, TaskEntry] = {str(item.upid): item for item in listed}
         now = self.clock.monotonic()
+        missing: list[_Tracked] = []
         must: list[_Tracked] = []
         probe: list[_Tracked] = []
         for entry in entries:
@@ -246,11 +332,11 @@ class Tracker:
                 await self._guarded(entry, self._resolve(entry, item.status))
             elif item is None:
                 if entry.next_check <= now:
-                    await self._guarded(entry, self._read_status(entry))
+                    missing.append(entry)
             elif entry.failures and entry.next_check > now:
                 continue  # backing off after failed reads: that schedule stands
             elif self._proof_due(entry, now):
-                must.append(entry)  # listed as running proves nothing: read it now
+                must.append(entry)  # listed as running proves nothing: read it
             else:
                 # Listed as running: it may have ended, not yet archived (reference §4.3).
                 entry.looks += 1
@@ -267,22 +353,77 @@ class Tracker:
         probe.sort(key=lambda e: e.read_by)
         for entry in probe[PROBE_MAX:]:
             self._reschedule(entry, at_least=self._list_gap)
-        for entry in sorted(must, key=lambda e: e.read_by) + probe[:PROBE_MAX]:
-            if entry.op.id in self._entries:
-                await self._guarded(entry, self._read_status(entry))
+        must.sort(key=lambda e: e.read_by)
+        await self._read_all(node, missing + must + probe[:PROBE_MAX])
 
-    async def _guarded(self, entry: _Tracked, step: Coroutine[Any, Any, None]) -> None:
-        """One tracked op's step; an exception stops tracking that op only. Its task may
-        still run, so the op is left in flight (noted) for the janitor, never ended here."""
+    def _reads_in_hand(self, node: str, now: float) -> int:
+        """Status reads the node's budget allows now (:data:`READ_RATE`)."""
+        tokens, at = self._budget.get(node, (READ_BURST, now))
+        return math.floor(read_tokens(tokens, now - at) + 1e-9)
+
+    def _spend(self, node: str, now: float, reads: int) -> None:
+        tokens, at = self._budget.get(node, (READ_BURST, now))
+        self._budget[node] = (read_tokens(tokens, now - at) - reads, now)
+
+    async def _read_all(self, node: str, wanted: list[_Tracked]) -> None:
+        """Read the status of ``wanted`` (most urgent first), :data:`READ_CONCURRENCY` at a
+        time, as many as the node's budget allows; the rest wait :data:`DEFER` (their reads
+        stay due). When the node does not answer a read
+        (:func:`~lifecycled.domain.polling.node_failing`) its reads end for this tick, and
+        all its tasks not answered in it back off, as after a failed task list: a failing
+        node is not hammered with one read per task."""
+        if not wanted:
+            return
+        now = self.clock.monotonic()
+        granted = min(len(wanted), self._reads_in_hand(node, now))
+        self._spend(node, now, granted)
+        queue = wanted[:granted]
+        if granted < len(wanted):
+            # The rest stay due (their next look now), most urgent first at the node's next
+            # tick, which waits for the budget to refill: no task is starved by others
+            # coming due one at a time, and the node is not listed at every read.
+            for entry in wanted[granted:]:
+                entry.next_check = now
+            self._resume[node] = now + max(self._list_gap, DEFER)
+        answered: set[int] = set()
+        failed = False
+
+        async def reader() -> None:
+            nonlocal failed
+            while queue and not failed:
+                entry = queue.pop(0)
+                if self._entries.get(entry.op.id) is not entry:
+                    continue  # resolved (or re-tracked) meanwhile
+                if await self._guarded(entry, self._read_status(entry)) is False:
+                    failed = True
+                else:
+                    answered.add(entry.op.id)
+
+        await asyncio.gather(*(reader() for _ in range(min(READ_CONCURRENCY, len(queue)))))
+        if queue:
+            self._spend(node, self.clock.monotonic(), -len(queue))  # not sent: given back
+        if failed:
+            for entry in list(self._entries.values()):
+                if entry.upid.node == node and entry.op.id not in answered:
+                    if entry.failures and entry.next_check > self.clock.monotonic():
+                        continue  # its own failed read has just backed it off
+                    self._reschedule(entry, failed=True)
+
+    async def _guarded(self, entry: _Tracked, step: Coroutine[Any, Any, _T]) -> _T | None:
+        """One tracked op's step, and what it returned; an exception stops tracking that op
+        only (``None``). Its task may still run, so the op is left in flight (noted) for the
+        janitor, never ended here."""
         try:
-            await step
+            return await step
         except JournalUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - contain() logs it with the op id
             self._entries.pop(entry.op.id, None)
             await self.executor.contain(entry.op, exc, where="tracker", end=False)
+            return None
 
-    async def _read_status(self, entry: _Tracked) -> None:
+    async def _read_status(self, entry: _Tracked) -> bool:
+        """Read the task's status and act on it; False when the node failed to answer."""
         entry.looks += 1
         sent = self.clock.monotonic()
         try:
@@ -293,16 +434,17 @@ class Tracker:
                     entry,
                     after_no_such_task(entry.op, spec_for(entry.op.guest.kind, entry.op.action)),
                 )
-                return
+                return True
             log.warning("tracker.status_failed", extra={**op_fields(entry.op), "error": err.text})
             self._reschedule(entry, failed=True)
-            return
+            return not node_failing(err.status)
         if status.running:
             # It ran when the read was answered, so at least until the read was sent.
             entry.read_by = sent + proof_window(self.poll_interval, after_read=True)
             self._reschedule(entry)
         else:
             await self._resolve(entry, status.exitstatus or "unexpected status")
+        return True
 
     async def _resolve(self, entry: _Tracked, exitstatus: str) -> None:
         op = entry.op

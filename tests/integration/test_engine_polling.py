@@ -4,15 +4,23 @@ it has likely ended, and still noticed within one poll interval of its end."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from clock_support import ManualClock
 from conftest import SimFactory
 from engine_support import pick, running, submit, wait_terminal
 
-from lifecycled.domain.polling import MIN_SAMPLES
+from lifecycled.domain.op import Op
+from lifecycled.domain.polling import MIN_SAMPLES, READ_BURST, READ_RATE
 from lifecycled.domain.states import OpState
+from lifecycled.engine.runtime import Runtime
+from lifecycled.engine.tracker import READ_CONCURRENCY, Tracker
 from lifecycled.sim import SimServer
+from lifecycled.sim.model import Guest
+from lifecycled.sim.records import RequestRecord
 
 POLL_INTERVAL = 2.0
 
@@ -80,16 +88,17 @@ async def test_a_burst_the_archiver_has_not_filed_is_noticed_within_one_poll_int
     assert max(lags) <= POLL_INTERVAL
 
 
-async def _tracker_idle(clock: ManualClock) -> None:
-    """Until the tracker has done everything due and waits on ``clock`` for a later time."""
+async def _tracker_idle(clock: ManualClock, tracker: Tracker) -> None:
+    """Until the tracker has done everything due (no node's tick under way, nothing left to
+    plan) and waits on ``clock`` for a later time."""
     async with asyncio.timeout(10):
-        while clock.waiting.get("tracker", -1.0) <= clock.monotonic():
+        while clock.waiting.get("tracker", -1.0) <= clock.monotonic() or tracker.busy:
             await asyncio.sleep(0.005)
 
 
-async def _step(clock: ManualClock, seconds: float) -> None:
+async def _step(clock: ManualClock, tracker: Tracker, seconds: float) -> None:
     clock.advance(seconds)
-    await _tracker_idle(clock)
+    await _tracker_idle(clock, tracker)
 
 
 async def test_a_task_that_ended_while_listed_running_is_read_within_one_poll_interval(
@@ -114,9 +123,9 @@ async def test_a_task_that_ended_while_listed_running_is_read_within_one_poll_in
         async with asyncio.timeout(10):
             while op.id not in rt.tracker.tracked_ids():
                 await asyncio.sleep(0.005)
-        await _tracker_idle(clock)
+        await _tracker_idle(clock, rt.tracker)
         for _ in range(21):  # 10.5 s of tracking on the clock: the cadence is now 2 s
-            await _step(clock, 0.5)
+            await _step(clock, rt.tracker, 0.5)
         op = await rt.journal.get(op.id)
         assert op.upid_text is not None
         task = sim.sim.books["pve1"].by_upid[op.upid_text]
@@ -130,8 +139,135 @@ async def test_a_task_that_ended_while_listed_running_is_read_within_one_poll_in
         ended = clock.monotonic()
         assert not task.archived and (await rt.journal.get(op.id)).state is OpState.RUNNING
         for _ in range(8):  # one poll interval on the clock, in quarter-second steps
-            await _step(clock, POLL_INTERVAL / 8)
+            await _step(clock, rt.tracker, POLL_INTERVAL / 8)
             assert clock.monotonic() - ended <= POLL_INTERVAL
         assert not task.archived  # the list showed it RUNNING all along
         assert (await rt.journal.get(op.id)).state is OpState.SUCCEEDED
         assert {(await rt.journal.get(o.id)).state for o in others} == {OpState.RUNNING}
+
+
+def _stopped_guests(sim: SimServer, n: int, node: str = "pve1") -> list[Guest]:
+    """``n`` plain qemu guests of ``node``, stopped (ready to be started)."""
+    taken: set[int] = set()
+    on_node: Callable[[Guest], bool] = lambda g: g.node == node  # noqa: E731
+    guests = [pick(sim, "qemu", True, avoid=taken, where=on_node) for _ in range(n)]
+    for guest in guests:
+        sim.sim.set_guest_status(guest.vmid, "stopped")
+    return guests
+
+
+async def _tracking(rt: Runtime, clock: ManualClock, ops: list[Op]) -> None:
+    """Until every op of ``ops`` is tracked and the tracker is idle."""
+    async with asyncio.timeout(30):
+        while not {op.id for op in ops} <= rt.tracker.tracked_ids():
+            await asyncio.sleep(0.005)
+    await _tracker_idle(clock, rt.tracker)
+
+
+def _status_reads(sim: SimServer, since: int, node: str = "pve1") -> list[RequestRecord]:
+    return [
+        r
+        for r in sim.sim.requests
+        if r.seq > since
+        and r.method == "GET"
+        and r.path.startswith(f"/api2/json/nodes/{node}/tasks/")
+        and r.path.endswith("/status")
+    ]
+
+
+async def test_many_long_tasks_on_a_node_share_its_read_budget_and_none_is_starved(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """Sixty clones-long tasks on one node get at most READ_RATE status reads a second between
+    them (not one per task every 1.8 s), and every one of them is still read, in turn."""
+    tasks = 60
+    sim = await sim_factory(
+        nodes=("pve1",), guests=150, archive_interval=3600.0, task_durations={"qmstart": 3600.0}
+    )
+    clock = ManualClock()
+    guests = _stopped_guests(sim, tasks)
+    async with running(
+        sim, tmp_path, clock=clock, poll_interval=POLL_INTERVAL, workers=8, node_cap=tasks
+    ) as rt:
+        ops = [await submit(rt, "start", guest) for guest in guests]
+        await _tracking(rt, clock, ops)
+        for _ in range(48):  # 12 s on the clock: past the young tasks' fast cadence
+            await _step(clock, rt.tracker, 0.25)
+        since = sim.sim.requests[-1].seq
+        window = 10.0
+        for _ in range(int(window / 0.25)):
+            await _step(clock, rt.tracker, 0.25)
+        reads = _status_reads(sim, since)
+        assert len(rt.tracker) == tasks
+    assert len(reads) <= READ_RATE * window + READ_BURST
+    per_task = Counter(r.path for r in reads)
+    assert len(per_task) == tasks  # none starved
+    assert min(per_task.values()) >= 2
+
+
+async def test_a_node_failing_its_status_reads_is_not_read_once_per_task(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """When a node answers its task status reads with a 500, the tracker stops reading it
+    for the tick and backs off all its tasks: a handful of failed reads, not one per task."""
+    tasks = 12
+    sim = await sim_factory(
+        nodes=("pve1",), guests=40, archive_interval=3600.0, task_durations={"qmstart": 3600.0}
+    )
+    clock = ManualClock()
+    guests = _stopped_guests(sim, tasks)
+    async with running(
+        sim, tmp_path, clock=clock, poll_interval=POLL_INTERVAL, workers=4, node_cap=tasks
+    ) as rt:
+        ops = [await submit(rt, "start", guest) for guest in guests]
+        await _tracking(rt, clock, ops)
+        for _ in range(48):  # 12 s on the clock
+            await _step(clock, rt.tracker, 0.25)
+        sim.sim.add_fault(method="GET", path=r"/tasks/[^/]+/status$", status=500, count=None)
+        since = sim.sim.requests[-1].seq
+        for _ in range(14):  # 3.5 s on the clock: every task's read comes due
+            await _step(clock, rt.tracker, 0.25)
+        failed = [r for r in _status_reads(sim, since) if r.status == 500]
+        assert len(rt.tracker) == tasks
+    assert 1 <= len(failed) <= READ_CONCURRENCY
+
+
+async def test_a_node_slow_to_answer_holds_up_no_other_node(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """While one node takes seconds to answer each status read, a task that ended on
+    another node is still noticed at once when its look comes (nodes tick side by side)."""
+    sim = await sim_factory(
+        nodes=("pve1", "pve2"),
+        guests=40,
+        archive_interval=3600.0,
+        task_durations={"qmstart": 3600.0, "qmstop": 0.2},
+    )
+    clock = ManualClock()
+    slow = _stopped_guests(sim, 3, "pve1")
+    other = pick(sim, "qemu", True, where=lambda g: g.node == "pve2")
+    async with running(sim, tmp_path, clock=clock, poll_interval=POLL_INTERVAL, node_cap=8) as rt:
+        ops = [await submit(rt, "start", guest) for guest in slow]
+        await _tracking(rt, clock, ops)
+        sim.sim.add_fault(
+            method="GET", path=r"/nodes/pve1/tasks/[^/]+/status$", delay=4.0, count=None
+        )
+        armed = sim.sim.requests[-1].seq
+        op = await submit(rt, "stop", other)
+        await _tracking(rt, clock, [op])
+        op = await rt.journal.get(op.id)
+        assert op.upid_text is not None
+        task = sim.sim.books["pve2"].by_upid[op.upid_text]
+        async with asyncio.timeout(10):
+            while task.running:
+                await asyncio.sleep(0.01)
+        started = time.monotonic()
+        clock.advance(POLL_INTERVAL + 0.25)  # pve1's reads and pve2's look are all due
+        async with asyncio.timeout(20):
+            while not (op := await rt.journal.get(op.id)).state.is_terminal:
+                await asyncio.sleep(0.01)
+        took = time.monotonic() - started
+        slow_reads = _status_reads(sim, armed)
+    assert op.state is OpState.SUCCEEDED
+    assert took < 2.0
+    assert slow_reads  # pve1's reads (4 s each) had been sent before pve2's op ended

@@ -15,13 +15,18 @@ from lifecycled.domain.polling import (
     GRID,
     MIN_SAMPLES,
     READ_ALLOWANCE,
+    READ_BURST,
+    READ_RATE,
     Durations,
     after_failure,
     learn,
     likely_ended,
     next_look,
+    node_failing,
+    promised_tasks,
     proof_due,
     proof_window,
+    read_tokens,
 )
 from lifecycled.domain.upid import Upid
 
@@ -199,3 +204,35 @@ def test_failed_reads_back_off_from_the_poll_interval_to_a_cap() -> None:
     assert after_failure(0.5, 1, 2.0) == 4.0
     assert after_failure(0.5, 3, 2.0) == 16.0
     assert after_failure(0.5, 50, 2.0) == FAILING_MAX
+
+
+@given(
+    start=st.floats(min_value=0.0, max_value=READ_BURST),
+    gaps=st.lists(st.floats(min_value=0.0, max_value=5.0), min_size=1, max_size=50),
+    wanted=st.integers(min_value=0, max_value=50),
+)
+def test_a_node_never_gets_more_reads_than_its_rate_allows(
+    start: float, gaps: list[float], wanted: int
+) -> None:
+    """Spending every read in hand at each tick, a node gets at most READ_BURST plus
+    READ_RATE per elapsed second, and never goes below zero reads in hand."""
+    tokens, spent = start, 0
+    for gap in gaps:
+        tokens = read_tokens(tokens, gap)
+        took = min(wanted, math.floor(tokens + 1e-9))
+        tokens -= took
+        spent += took
+        assert tokens >= -1e-9
+    assert spent <= start + READ_RATE * sum(gaps) + 1e-6
+
+
+def test_the_promise_holds_for_36_long_tasks_a_node_at_the_default_poll_interval() -> None:
+    """The documented figure: 20 reads a second, each long task read every 1.8 s."""
+    assert promised_tasks(2.0) == 36
+    assert promised_tasks(10.0) == 180
+
+
+def test_a_node_is_failing_when_it_does_not_answer_or_answers_5xx() -> None:
+    """No answer or a 5xx backs off the node; a 4xx is about the one task."""
+    assert node_failing(None) and node_failing(500) and node_failing(596)
+    assert not node_failing(400) and not node_failing(403)
