@@ -191,6 +191,16 @@ Requests per op (section 3) within noise: 8.0 / 4.9–4.8 / 4.52–4.41 / 5.0 ag
 scratch run each, 40 ops) rose from 185 status reads + 44 lists to 273 + 12 (+24 %): a task
 running past its first poll interval is now read every 1.8 s, where starved ones were not
 read at all.
+
+Those reads had no bound per node: 100 long tasks on a node drew 55 status reads a second,
+500 drew 278, and reads awaited one after another fell behind any slow node (a task on another
+node noticed 12 s late). The tracker now gives each node a read budget (`domain/polling.py`:
+20 reads a second, 40 at once after a quiet spell, 4 in flight, most overdue first, none
+starved), ticks each node in its own task, and backs a node off as a whole when it does not
+answer. The promise holds for up to 36 long tasks per node at the default 2 s (18 × the poll
+interval in seconds); past that each task is still read in turn (100 tasks: each every ~5 s),
+and lists pick up what the archiver has filed. Sections 3 and 6 unchanged by the budget
+(8.00 / 4.80 / 4.49 req/op; p95 1.50 s).
 """
 
 _PROFILE_CPU = """\
@@ -212,13 +222,14 @@ median shown), two interleaved pairs on one main: per HTTP submission 727 / 833 
 555 µs, submissions 1,183 / 1,081/s → 1,256 / 1,652/s (0.20 / 0.20× → 0.25 / 0.36× of
 persist-queue's put, whose own rate moved 5,070–5,873/s); per 1,000 full ops 3.87 / 3.48 s →
 2.79 / 2.33 s (−28 % / −33 %). An earlier pair of the first cuts gave 727 / 938 µs → 615 /
-812 µs and 3.36 / 4.37 s → 2.89 / 2.88 s. Results: `bench/results/cpu-{before,after}-final-{1,2}.json`.
+812 µs and 3.36 / 4.37 s → 2.89 / 2.88 s (those intermediate result files are not kept).
 Rebased on main 3db2d8b (one pair of `--sections 1,2`, one more of section 2): 952 → 675 µs
 per submission; per 1,000 ops 6.90 / 6.49 s → 4.95 / 4.93 s. On that main section 2's second
-and third runs fall to ~65 ops/s with the simulator at 12–13 s of CPU per 1,000 ops, with
-and without these cuts: that main reads `tasks/{upid}/status` about once per op (0.002 per
-op before), and the simulator's cost per read seems to grow with its task archive (not
-investigated here).
+and third runs fell to ~65 ops/s with the simulator at 12–13 s of CPU per 1,000 ops, with and
+without these cuts: the first tracking fix read every task still listed `RUNNING` one poll
+interval after tracking began, thousands of uncapped reads a second on one node. The per-node
+read budget that followed (20 reads a second, see "Task tracking" above) brought section 2 back
+to ~300 ops/s and 2.5 s of daemon CPU per 1,000 ops (the full run above).
 
 What remains: on the HTTP path the ownership record's `GET …/config` per submission (the
 check that another daemon has not already accepted the key, SPEC §7) is 40 % of the busy
