@@ -271,3 +271,63 @@ async def test_a_node_slow_to_answer_holds_up_no_other_node(
     assert op.state is OpState.SUCCEEDED
     assert took < 2.0
     assert slow_reads  # pve1's reads (4 s each) had been sent before pve2's op ended
+
+
+async def test_a_task_that_ended_while_its_node_failed_is_noticed_soon_after_it_answers(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """A task that ended while its node answered its task reads with 500s has its op terminal
+    within one poll interval of the node's first answer again, though a task tracked late in
+    the outage (backed off less) is the one whose look finds the node answering."""
+    tasks = 12
+    sim = await sim_factory(
+        nodes=("pve1",),
+        guests=40,
+        archive_interval=3600.0,
+        task_durations={"qmstart": 3600.0, "qmshutdown": 6.0},
+    )
+    clock = ManualClock()
+    guests = _stopped_guests(sim, tasks)
+    other = pick(sim, "qemu", True, where=lambda g: g.node == "pve1")
+    late = pick(sim, "qemu", True, avoid={other.vmid}, where=lambda g: g.node == "pve1")
+    sim.sim.set_guest_status(late.vmid, "stopped")
+    async with running(
+        sim, tmp_path, clock=clock, poll_interval=POLL_INTERVAL, workers=4, node_cap=tasks + 2
+    ) as rt:
+        ops = [await submit(rt, "start", guest) for guest in guests]
+        await _tracking(rt, clock, ops)
+        for _ in range(48):  # 12 s on the clock
+            await _step(clock, rt.tracker, 0.25)
+        op = await submit(rt, "shutdown", other)
+        await _tracking(rt, clock, [op])
+        op = await rt.journal.get(op.id)
+        assert op.upid_text is not None
+        task = sim.sim.books["pve1"].by_upid[op.upid_text]
+        sim.sim.add_fault(method="GET", path=r"/nodes/pve1/tasks", status=500, count=None)
+        while clock.monotonic() < 45.0:  # the node's tasks back off to FAILING_MAX
+            await _step(clock, rt.tracker, 0.25)
+        young = await submit(rt, "start", late)
+        await _tracking(rt, clock, [young])
+        async with asyncio.timeout(10):
+            while task.running:  # it ends during the outage, after the node's last fork
+                await asyncio.sleep(0.01)
+        while clock.monotonic() < 60.0:
+            await _step(clock, rt.tracker, 0.25)
+        assert task.ended_at is not None and not task.archived
+        assert not (await rt.journal.get(op.id)).state.is_terminal
+        sim.sim.clear_faults()
+        recovered = clock.monotonic()
+        cleared = sim.sim.requests[-1].seq
+        answered: float | None = None
+        while not (op := await rt.journal.get(op.id)).state.is_terminal:
+            assert clock.monotonic() - recovered <= 120.0
+            await _step(clock, rt.tracker, 0.25)
+            if answered is None and any(
+                r.seq > cleared and r.status == 200 and "/nodes/pve1/" in r.path
+                for r in sim.sim.requests
+            ):
+                answered = clock.monotonic()
+        ended = clock.monotonic()
+    assert op.state is OpState.SUCCEEDED
+    assert answered is not None
+    assert ended - answered <= POLL_INTERVAL
