@@ -30,7 +30,11 @@ end, counting only looks that could have proved it, with two exceptions:
   one per poll interval) resolves the ended tasks its archiver has filed;
 * Proxmox failing to answer: a failed read backs off its task, and a node that does not answer
   (:func:`~lifecycled.domain.polling.node_failing`) has its reads end for the tick and all its
-  tasks backed off, as after a failed task list. Backoff is never bypassed.
+  tasks backed off, as after a failed task list. Backoff is never bypassed while the node
+  fails: it is looked at when a backoff ends (a list, or the reads then due; after a list
+  that answers, the most overdue task is read). The first status read it answers brings its
+  other tasks forward, read within its budget most overdue first: an ended task is noticed
+  within about one poll interval of that answer, not at the end of its own backoff.
 
 Each node is ticked in its own asyncio task, so a node answering slowly (or timing out) never
 delays another node's looks.
@@ -139,6 +143,8 @@ class Tracker:
         self._listed_at: dict[str, float] = {}
         #: When a node whose last tick had to defer reads may be ticked again.
         self._resume: dict[str, float] = {}
+        #: Nodes backed off as a whole (no answer), until a status read of theirs is answered.
+        self._failing: set[str] = set()
         #: Each node's tick under way (:meth:`run`).
         self._ticking: dict[str, asyncio.Task[None]] = {}
         #: The journal failure a node's tick ended with, raised by :meth:`run`.
@@ -249,6 +255,7 @@ class Tracker:
             raise
         except Exception as exc:  # e.g. a task list the adapter failed on
             log.exception("tracker.node_failed", extra={"node": node, "error": internal_text(exc)})
+            self._failing.add(node)
             for entry in list(self._entries.values()):
                 if entry.upid.node == node:
                     self._reschedule(entry, failed=True)
@@ -318,6 +325,7 @@ class Tracker:
             )
         except PveError as err:
             log.warning("tracker.list_failed", extra={"node": node, "error": err.text})
+            self._failing.add(node)
             for entry in entries:
                 self._reschedule(entry, failed=True)
             return
@@ -349,6 +357,13 @@ class Tracker:
                     # One list answers for the node's tasks until the next tick, so each
                     # waits at least LIST_GAP — but never past its proving read's time.
                     self._reschedule(entry, at_least=self._list_gap)
+        if node in self._failing and not (missing or must or probe):
+            # The node answered the list after failing, but a list proves nothing for the
+            # tasks backed off with it: the most overdue is read, and its answer brings the
+            # others forward (:meth:`_node_answered`).
+            held = [e for e in entries if self._entries.get(e.op.id) is e and e.failures]
+            if held:
+                must.append(min(held, key=lambda e: e.read_by))
         # The most urgent first; past PROBE_MAX they wait for the next tick.
         probe.sort(key=lambda e: e.read_by)
         for entry in probe[PROBE_MAX:]:
@@ -403,11 +418,31 @@ class Tracker:
         if queue:
             self._spend(node, self.clock.monotonic(), -len(queue))  # not sent: given back
         if failed:
+            self._failing.add(node)
             for entry in list(self._entries.values()):
                 if entry.upid.node == node and entry.op.id not in answered:
                     if entry.failures and entry.next_check > self.clock.monotonic():
                         continue  # its own failed read has just backed it off
                     self._reschedule(entry, failed=True)
+        elif answered:
+            self._node_answered(node)
+
+    def _node_answered(self, node: str) -> None:
+        """The node answered a status read after it had been backed off as a whole: its tasks
+        still backed off are due now (read within its budget, most overdue first, at its
+        next tick), not each at the end of its own backoff, up to
+        :data:`~lifecycled.domain.polling.FAILING_MAX` away (an ended task unnoticed for that
+        long). While the node fails, only tasks whose backoff has ended are looked at: a few
+        requests per backoff."""
+        if node not in self._failing:
+            return
+        self._failing.discard(node)
+        now = self.clock.monotonic()
+        for entry in self._entries.values():
+            if entry.upid.node == node and entry.failures and entry.next_check > now:
+                entry.failures = 0
+                entry.next_check = now
+        self._wake.set()
 
     async def _guarded(self, entry: _Tracked, step: Coroutine[Any, Any, _T]) -> _T | None:
         """One tracked op's step, and what it returned; an exception stops tracking that op
