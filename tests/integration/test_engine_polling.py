@@ -331,3 +331,44 @@ async def test_a_task_that_ended_while_its_node_failed_is_noticed_soon_after_it_
     assert op.state is OpState.SUCCEEDED
     assert answered is not None
     assert ended - answered <= POLL_INTERVAL
+
+
+async def test_a_node_answering_again_has_its_backed_off_tasks_read_within_its_budget(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """When a failing node answers again, all its sixty backed-off tasks are read within
+    two seconds, no more than READ_BURST of them at once (the budget holds the rest)."""
+    tasks = 60
+    sim = await sim_factory(
+        nodes=("pve1",), guests=150, archive_interval=3600.0, task_durations={"qmstart": 3600.0}
+    )
+    clock = ManualClock()
+    guests = _stopped_guests(sim, tasks + 1)
+    late, guests = guests[0], guests[1:]
+    async with running(
+        sim, tmp_path, clock=clock, poll_interval=POLL_INTERVAL, workers=8, node_cap=tasks + 2
+    ) as rt:
+        ops = [await submit(rt, "start", guest) for guest in guests]
+        await _tracking(rt, clock, ops)
+        for _ in range(48):  # 12 s on the clock
+            await _step(clock, rt.tracker, 0.25)
+        sim.sim.add_fault(method="GET", path=r"/nodes/pve1/tasks", status=500, count=None)
+        while clock.monotonic() < 45.0:  # the node's tasks back off to FAILING_MAX
+            await _step(clock, rt.tracker, 0.25)
+        young = await submit(rt, "start", late)  # backed off less: its look comes first
+        await _tracking(rt, clock, [young])
+        while clock.monotonic() < 60.0:
+            await _step(clock, rt.tracker, 0.25)
+        sim.sim.clear_faults()
+        since = sim.sim.requests[-1].seq
+        while not [r for r in _status_reads(sim, since) if r.status == 200]:
+            assert clock.monotonic() < 120.0
+            await _step(clock, rt.tracker, 0.25)
+        at_once = len(_status_reads(sim, since))  # the reads of the tick that was answered
+        for _ in range(8):  # two seconds on the clock
+            await _step(clock, rt.tracker, 0.25)
+        reads = _status_reads(sim, since)
+        upids = {(await rt.journal.get(op.id)).upid_text for op in ops}
+    assert at_once <= READ_BURST
+    assert all(r.status == 200 for r in reads)
+    assert upids <= {r.path.split("/tasks/")[1].removesuffix("/status") for r in reads}
