@@ -164,6 +164,16 @@ async def _tracking(rt: Runtime, clock: ManualClock, ops: list[Op]) -> None:
     await _tracker_idle(clock, rt.tracker)
 
 
+async def _started_past_youth(rt: Runtime, clock: ManualClock, guests: list[Guest]) -> list[Op]:
+    """Start ``guests``, wait until every op is tracked, then 12 s on the clock (in quarter
+    seconds): past the young tasks' fast cadence."""
+    ops = [await submit(rt, "start", guest) for guest in guests]
+    await _tracking(rt, clock, ops)
+    for _ in range(48):
+        await _step(clock, rt.tracker, 0.25)
+    return ops
+
+
 def _status_reads(sim: SimServer, since: int, node: str = "pve1") -> list[RequestRecord]:
     return [
         r
@@ -189,10 +199,7 @@ async def test_many_long_tasks_on_a_node_share_its_read_budget_and_none_is_starv
     async with running(
         sim, tmp_path, clock=clock, poll_interval=POLL_INTERVAL, workers=8, node_cap=tasks
     ) as rt:
-        ops = [await submit(rt, "start", guest) for guest in guests]
-        await _tracking(rt, clock, ops)
-        for _ in range(48):  # 12 s on the clock: past the young tasks' fast cadence
-            await _step(clock, rt.tracker, 0.25)
+        await _started_past_youth(rt, clock, guests)
         since = sim.sim.requests[-1].seq
         window = 10.0
         for _ in range(int(window / 0.25)):
@@ -219,10 +226,7 @@ async def test_a_node_failing_its_status_reads_is_not_read_once_per_task(
     async with running(
         sim, tmp_path, clock=clock, poll_interval=POLL_INTERVAL, workers=4, node_cap=tasks
     ) as rt:
-        ops = [await submit(rt, "start", guest) for guest in guests]
-        await _tracking(rt, clock, ops)
-        for _ in range(48):  # 12 s on the clock
-            await _step(clock, rt.tracker, 0.25)
+        await _started_past_youth(rt, clock, guests)
         sim.sim.add_fault(method="GET", path=r"/tasks/[^/]+/status$", status=500, count=None)
         since = sim.sim.requests[-1].seq
         for _ in range(14):  # 3.5 s on the clock: every task's read comes due
@@ -294,10 +298,7 @@ async def test_a_task_that_ended_while_its_node_failed_is_noticed_soon_after_it_
     async with running(
         sim, tmp_path, clock=clock, poll_interval=POLL_INTERVAL, workers=4, node_cap=tasks + 2
     ) as rt:
-        ops = [await submit(rt, "start", guest) for guest in guests]
-        await _tracking(rt, clock, ops)
-        for _ in range(48):  # 12 s on the clock
-            await _step(clock, rt.tracker, 0.25)
+        await _started_past_youth(rt, clock, guests)
         op = await submit(rt, "shutdown", other)
         await _tracking(rt, clock, [op])
         op = await rt.journal.get(op.id)
@@ -348,10 +349,7 @@ async def test_a_node_answering_again_has_its_backed_off_tasks_read_within_its_b
     async with running(
         sim, tmp_path, clock=clock, poll_interval=POLL_INTERVAL, workers=8, node_cap=tasks + 2
     ) as rt:
-        ops = [await submit(rt, "start", guest) for guest in guests]
-        await _tracking(rt, clock, ops)
-        for _ in range(48):  # 12 s on the clock
-            await _step(clock, rt.tracker, 0.25)
+        ops = await _started_past_youth(rt, clock, guests)
         sim.sim.add_fault(method="GET", path=r"/nodes/pve1/tasks", status=500, count=None)
         while clock.monotonic() < 45.0:  # the node's tasks back off to FAILING_MAX
             await _step(clock, rt.tracker, 0.25)
