@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
+from lifecycled.journal import Journal
 from lifecycled.sim import SimConfig, SimServer
 from lifecycled.sim.rawclient import RawClient
 
@@ -76,3 +78,10 @@ async def sim_api(sim: SimServer) -> AsyncIterator[RawClient]:
     """A raw API caller for ``sim``, authenticated with its API token."""
     async with RawClient(sim.url, token=sim.cfg.token) as client:
         yield client
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
+    """An empty journal on a real SQLite file (WAL, fsync on) in ``tmp_path``."""
+    async with await Journal.open(tmp_path / "j.sqlite3") as j:
+        yield j

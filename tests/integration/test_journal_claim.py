@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 from conftest_journal import T0, submit
 
 from lifecycled.domain.states import OpState
 from lifecycled.journal import Journal
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    async with await Journal.open(tmp_path / "j.sqlite3") as j:
-        yield j
 
 
 async def test_claim_marks_dispatching_and_counts_the_attempt(journal: Journal) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,12 +57,6 @@ def req(vmid: int, action: str = "start", key: str | None = "k", **params: Any) 
 async def counts(journal: Journal) -> tuple[int, int, int]:
     ops = sum((await journal.counts_by_state()).values())
     return ops, len(await journal.all_guests()), len((await journal.list_audit()).items)
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> Any:
-    async with await Journal.open(tmp_path / "j.sqlite3") as j:
-        yield j
 
 
 async def test_ops_need_a_managed_guest_and_a_refusal_writes_nothing(journal: Journal) -> None:

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from conftest_journal import T0, submit, to_state
 
 from lifecycled.domain.states import OpState
 from lifecycled.errors import NotFound, ValidationError
 from lifecycled.journal import Journal
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    async with await Journal.open(tmp_path / "j.sqlite3") as j:
-        yield j
 
 
 async def test_cursor_pagination_walks_every_op_once_newest_first(journal: Journal) -> None:

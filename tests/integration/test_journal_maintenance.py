@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,6 @@ from conftest_journal import T0, raw_rows, to_state
 from lifecycled.domain.states import OpState
 from lifecycled.errors import JournalError, NotFound
 from lifecycled.journal import Journal
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    async with await Journal.open(tmp_path / "j.sqlite3") as j:
-        yield j
 
 
 async def test_prune_deletes_old_finished_ops_and_their_history(journal: Journal) -> None:

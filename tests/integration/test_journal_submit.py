@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from conftest_journal import T0, raw_rows, request, to_state
@@ -13,12 +11,6 @@ from lifecycled.domain.op import GuestKind, GuestRef
 from lifecycled.domain.states import OpState
 from lifecycled.errors import Conflict
 from lifecycled.journal import Journal, SubmitRequest
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    async with await Journal.open(tmp_path / "j.sqlite3") as j:
-        yield j
 
 
 async def test_new_op_is_pending_with_one_history_row(journal: Journal) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from conftest_journal import BOOM, DENIED, T0, raw_rows, submit, to_state
@@ -18,12 +16,6 @@ from lifecycled.errors import InvalidTransition, NotFound
 from lifecycled.journal import Journal
 
 ALL = list(OpState)
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    async with await Journal.open(tmp_path / "j.sqlite3") as j:
-        yield j
 
 
 async def test_record_upid_marks_running_and_dispatched(journal: Journal) -> None:

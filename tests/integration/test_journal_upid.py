@@ -4,10 +4,6 @@ text does not parse (a row written by hand or by an older version)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 from conftest_journal import T0, to_state
 
 from lifecycled.domain.op import GuestKind
@@ -17,12 +13,6 @@ from lifecycled.domain.upid import Upid
 from lifecycled.journal import Journal
 
 TEXT = "UPID:pve1:0000A1B2:00C0FFEE:65B2C3D4:qmstart:101:lifecycled@pve!ci:"
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    async with await Journal.open(tmp_path / "j.sqlite3") as j:
-        yield j
 
 
 async def test_a_loaded_op_carries_its_upid_parsed(journal: Journal) -> None:
