@@ -13,15 +13,14 @@ from typing import Any
 
 import pytest
 from conftest_web import serving
-from engine_support import client_for, fast_settings, running, wait_terminal
+from engine_support import client_for, fast_settings, journal_op, running, wait_terminal
 
-from lifecycled.domain.op import GuestKind, GuestRef, Origin
 from lifecycled.domain.ownership import decode, keep_record, key_digest
 from lifecycled.domain.states import OpState
 from lifecycled.domain.tags import split_tags
 from lifecycled.engine.runtime import Runtime
 from lifecycled.engine.submit import KeyUsedElsewhere, Submission
-from lifecycled.journal import Journal, SubmitRequest
+from lifecycled.journal import Journal
 from lifecycled.sim import SimServer
 from lifecycled.sim.rawclient import RawClient
 
@@ -139,18 +138,9 @@ async def test_recover_sees_a_tags_configure_that_reached_proxmox_as_done(
     now = time.time()
     params = {"tags": "Prod;web"}
     async with await Journal.open(settings.db) as journal:
-        op = (
-            await journal.submit(
-                SubmitRequest(
-                    idempotency_key="cfg-1",
-                    action="configure",
-                    guest=GuestRef(node="pve1", kind=GuestKind.LXC, vmid=303),
-                    params=params,
-                    origin=Origin.API,
-                ),
-                now=now - 5,
-            )
-        ).op
+        op = await journal_op(
+            journal, sim.sim.guests[303], "configure", "cfg-1", params, now=now - 5
+        )
         claimed = await journal.claim_next(now=now - 5)
         assert claimed is not None and claimed.id == op.id
     config = sim.sim.guests[303].config
