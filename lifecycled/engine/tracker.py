@@ -255,10 +255,7 @@ class Tracker:
             raise
         except Exception as exc:  # e.g. a task list the adapter failed on
             log.exception("tracker.node_failed", extra={"node": node, "error": internal_text(exc)})
-            self._failing.add(node)
-            for entry in list(self._entries.values()):
-                if entry.upid.node == node:
-                    self._reschedule(entry, failed=True)
+            self._back_off_node(node, [e for e in self._entries.values() if e.upid.node == node])
 
     async def _sleep_until_due(self) -> None:
         self._wake.clear()  # entries tracked, or ticks ended, from here on set it again
@@ -325,9 +322,7 @@ class Tracker:
             )
         except PveError as err:
             log.warning("tracker.list_failed", extra={"node": node, "error": err.text})
-            self._failing.add(node)
-            for entry in entries:
-                self._reschedule(entry, failed=True)
+            self._back_off_node(node, entries)
             return
         by_upid: dict[str, TaskEntry] = {str(item.upid): item for item in listed}
         now = self.clock.monotonic()
@@ -409,23 +404,39 @@ class Tracker:
                 entry = queue.pop(0)
                 if self._entries.get(entry.op.id) is not entry:
                     continue  # resolved (or re-tracked) meanwhile
-                if await self._guarded(entry, self._read_status(entry)) is False:
+                result = await self._guarded(entry, self._read_status(entry))
+                if result is False:
                     failed = True
-                else:
+                elif result is True:
                     answered.add(entry.op.id)
+                # None: an unexpected failure, contained; the op is no longer tracked and
+                # the read proved nothing about the node.
 
         await asyncio.gather(*(reader() for _ in range(min(READ_CONCURRENCY, len(queue)))))
         if queue:
             self._spend(node, self.clock.monotonic(), -len(queue))  # not sent: given back
         if failed:
-            self._failing.add(node)
-            for entry in list(self._entries.values()):
-                if entry.upid.node == node and entry.op.id not in answered:
-                    if entry.failures and entry.next_check > self.clock.monotonic():
-                        continue  # its own failed read has just backed it off
-                    self._reschedule(entry, failed=True)
+            self._back_off_node(
+                node,
+                [
+                    e
+                    for e in self._entries.values()
+                    if e.upid.node == node and e.op.id not in answered
+                ],
+            )
         elif answered:
             self._node_answered(node)
+
+    def _back_off_node(self, node: str, entries: list[_Tracked]) -> None:
+        """The node did not answer (a failed list or read, or its tick failed): it is backed
+        off as a whole — each of ``entries`` waits as after a failed read, except one its own
+        failed read has already backed off (one failure is not counted twice)."""
+        self._failing.add(node)
+        now = self.clock.monotonic()
+        for entry in entries:
+            if entry.failures and entry.next_check > now:
+                continue
+            self._reschedule(entry, failed=True)
 
     def _node_answered(self, node: str) -> None:
         """The node answered a status read after it had been backed off as a whole: its tasks
