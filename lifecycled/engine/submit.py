@@ -330,8 +330,7 @@ async def submit(
     row = context.guest if context is not None else None
     placed = _managed_guest(row)
     if placed is None:
-        context = None
-    if placed is None:
+        context = None  # not a managed guest's row: its facts are read where needed
         guest = await resolve_guest(sub, pve, default_node=default_node)
     else:
         # The journal's row decides the node's admission; the client's node/kind, when
@@ -350,7 +349,7 @@ async def submit(
         # validate): the guest's state, not the request's shape, refuses it.
         raise PolicyRefused("unsupported_action", str(exc)) from None
     if sub.kind is None:
-        unsupported = param_problems(guest.kind, Action(sub.action), sub.params)
+        unsupported = param_problems(guest.kind, action, sub.params)
         if unsupported:
             field, problem = next(iter(unsupported.items()))
             raise PolicyRefused(
@@ -376,11 +375,11 @@ async def submit(
         served_state=context.served_state if context is not None else node.UNREAD,
     )
     try:  # booleans are journaled as JSON booleans, sent as 1/0 (§13.7)
-        params = wire.normalized_params(Action(sub.action), guest.kind, sub.params)
+        params = wire.normalized_params(action, guest.kind, sub.params)
     except BadParam as exc:
         raise ValidationError("invalid submission", {f"params.{exc.name}": exc.text}) from None
     if key is not None:
-        params = with_fingerprint(Action(sub.action), guest.kind, key, params)
+        params = with_fingerprint(action, guest.kind, key, params)
     req = SubmitRequest(
         idempotency_key=key,
         action=sub.action,

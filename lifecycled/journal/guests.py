@@ -49,7 +49,9 @@ from lifecycled.errors import InvalidTransition, NotFound, PolicyRefused, Valida
 from lifecycled.journal import ops
 from lifecycled.journal.events import insert_audit
 from lifecycled.journal.ops import (
+    KINDS,
     OP_COLUMNS,
+    OP_WIDTH,
     SubmitRequest,
     SubmitResult,
     cancel_superseded,
@@ -81,7 +83,6 @@ def _float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-_GUEST_KINDS = {kind.value: kind for kind in GuestKind}
 _GUEST_ORIGINS = {origin.value: origin for origin in GuestOrigin}
 _DESIRED = {state.value: state for state in DesiredState}
 _OBSERVED = {state.value: state for state in ObservedState}
@@ -125,7 +126,7 @@ def guest_from_row(row: sqlite3.Row) -> GuestRecord:
     return GuestRecord(
         vmid=int(vmid),
         node=str(node),
-        kind=_GUEST_KINDS[kind],
+        kind=KINDS[kind],
         origin=_GUEST_ORIGINS[origin],
         name=name,
         desired_state=_DESIRED[desired] if desired is not None else None,
@@ -265,7 +266,6 @@ def not_managed(vmid: int, origin: GuestOrigin | None) -> PolicyRefused:
     )
 
 
-_OP_WIDTH = len(OP_COLUMNS.split(","))
 #: A :class:`GuestHead`'s columns, in its fields' order.
 _HEAD_COLUMNS = ("vmid", "node", "kind", "origin", "desired_state", "desired_generation")
 _HEAD_WIDTH = len(_HEAD_COLUMNS)
@@ -280,7 +280,7 @@ def _head(values: Sequence[Any]) -> GuestHead | None:
     return GuestHead(
         vmid=int(vmid),
         node=str(node),
-        kind=_GUEST_KINDS[kind],
+        kind=KINDS[kind],
         origin=_GUEST_ORIGINS[origin],
         desired_state=_DESIRED[desired] if desired is not None else None,
         desired_generation=int(generation),
@@ -309,7 +309,7 @@ _SUBMISSION_CONTEXT = (
 #: The same without a key (no op is looked up).
 _SUBMISSION_CONTEXT_NO_KEY = (
     "SELECT "
-    + ", ".join(["NULL"] * _OP_WIDTH)
+    + ", ".join(["NULL"] * OP_WIDTH)
     + ", "
     + _HEAD_SELECT
     + ", n.state FROM (SELECT 1) AS one"
@@ -353,7 +353,7 @@ class Guests(Part):
         values = tuple(row)
         state = values[-1]
         return SubmissionContext(
-            guest=_head(values[_OP_WIDTH : _OP_WIDTH + _HEAD_WIDTH]),
+            guest=_head(values[OP_WIDTH : OP_WIDTH + _HEAD_WIDTH]),
             served_state=None if state is None else NodeState(state),
             existing=None if values[0] is None else op_from_row(row),
         )

@@ -103,10 +103,12 @@ def _ts(value: float | None) -> float | None:
 
 
 _STATES = {state.value: state for state in OpState}
-_KINDS = {kind.value: kind for kind in GuestKind}
+#: Stored text → GuestKind (guests.py decodes its rows with the same table).
+KINDS = {kind.value: kind for kind in GuestKind}
 _ACTIONS = {action.value: action for action in Action}
 _ORIGINS = {origin.value: origin for origin in Origin}
-_WIDTH = OP_COLUMNS.count(",") + 1
+#: How many columns OP_COLUMNS names.
+OP_WIDTH = OP_COLUMNS.count(",") + 1
 
 
 def _error(error_class: str | None, message: str | None) -> OpError | None:
@@ -145,12 +147,12 @@ def op_from_row(row: sqlite3.Row) -> Op:
         dispatched,
         actor,
         discarded_at,
-    ) = tuple(row)[:_WIDTH]
+    ) = tuple(row)[:OP_WIDTH]
     return Op(
         id=op_id,
         idempotency_key=key,
         action=_ACTIONS[action],
-        guest=GuestRef(node=node, kind=_KINDS[kind], vmid=vmid),
+        guest=GuestRef(node=node, kind=KINDS[kind], vmid=vmid),
         params={} if params == "{}" else json.loads(params),
         origin=_ORIGINS[origin],
         state=_STATES[state],
