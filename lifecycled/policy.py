@@ -21,7 +21,6 @@ Rules, in order:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 
 import attrs
 
@@ -34,23 +33,9 @@ from lifecycled.domain.actions import (
     fingerprint_matches,
     fingerprint_of,
 )
-from lifecycled.domain.guests import GuestOrigin
+from lifecycled.domain.guests import GuestFacts, GuestOrigin
 from lifecycled.domain.op import Op, Origin
 from lifecycled.errors import PolicyRefused
-
-
-def _origin(value: GuestOrigin | str | None) -> GuestOrigin | None:
-    return None if value is None else GuestOrigin(value)
-
-
-@attrs.frozen(kw_only=True)
-class GuestFacts:
-    """What the journal knows about a guest that matters for safety."""
-
-    #: The journal row's origin; ``None``: no row.
-    origin: GuestOrigin | None = attrs.field(default=None, converter=_origin)
-    fingerprint: Mapping[str, str] = attrs.field(factory=dict)
-    protected: bool = False
 
 
 class Verdict(enum.StrEnum):

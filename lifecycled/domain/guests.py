@@ -151,13 +151,19 @@ def _str_dict(value: Mapping[str, str]) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
-@attrs.frozen(kw_only=True)
-class GuestSafety:
-    """The part of a guest's journal row the pre-dispatch policy reads: its origin, identity
-    fingerprint and protection (not its captured config or resources)."""
+def _origin(value: GuestOrigin | str | None) -> GuestOrigin | None:
+    return None if value is None else GuestOrigin(value)
 
-    origin: GuestOrigin
-    fingerprint: dict[str, str] = attrs.field(factory=dict, converter=_str_dict)
+
+@attrs.frozen(kw_only=True)
+class GuestFacts:
+    """What the journal knows about a guest that matters for safety (what the pre-dispatch
+    policy reads): its origin, identity fingerprint and protection — not its captured config
+    or resources."""
+
+    #: The journal row's origin; ``None``: no row.
+    origin: GuestOrigin | None = attrs.field(default=None, converter=_origin)
+    fingerprint: Mapping[str, str] = attrs.field(factory=dict)
     protected: bool = False
 
 

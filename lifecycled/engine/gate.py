@@ -9,11 +9,11 @@ from typing import Any
 
 from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.actions import ActionSpec, GuestView, destructive_effects, fingerprint_of
-from lifecycled.domain.guests import GuestRecord
+from lifecycled.domain.guests import GuestFacts, GuestRecord
 from lifecycled.domain.op import Op
 from lifecycled.engine.clock import Clock
 from lifecycled.journal import Journal
-from lifecycled.policy import GuestFacts, PolicyVerdict, Verdict, decide
+from lifecycled.policy import PolicyVerdict, Verdict, decide
 
 log = logging.getLogger("lifecycled.policy")
 
@@ -66,12 +66,7 @@ class Policy:
         """What the journal knows about the guest (ownership, fingerprint, protection)."""
         if self.journal is None:
             return GuestFacts()
-        guest = await self.journal.guests.guest_safety(op.guest.vmid)
-        if guest is None:
-            return GuestFacts()
-        return GuestFacts(
-            origin=guest.origin, fingerprint=guest.fingerprint, protected=guest.protected
-        )
+        return await self.journal.guests.guest_safety(op.guest.vmid)
 
     async def check(self, op: Op, spec: ActionSpec, view: GuestView) -> PolicyVerdict:
         """The verdict for ``op``; a refusal is audited here."""

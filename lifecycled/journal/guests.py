@@ -28,10 +28,10 @@ from lifecycled.domain.guests import (
     CAPTURED,
     MANAGED_ORIGINS,
     DesiredState,
+    GuestFacts,
     GuestHead,
     GuestOrigin,
     GuestRecord,
-    GuestSafety,
     Observation,
     ObservedState,
     check_placement,
@@ -358,16 +358,16 @@ class Guests(Part):
             existing=None if values[0] is None else op_from_row(row),
         )
 
-    async def guest_safety(self, vmid: int) -> GuestSafety | None:
+    async def guest_safety(self, vmid: int) -> GuestFacts:
         """The guest's origin, fingerprint and protection (what the policy reads; no other
-        JSON column is decoded); ``None`` when the journal has no row."""
+        JSON column is decoded); empty facts (``origin=None``) when the journal has no row."""
         row = await self._store.one(
             "SELECT origin, fingerprint, protected FROM guests WHERE vmid = ?", (vmid,)
         )
         if row is None:
-            return None
+            return GuestFacts()
         origin, fingerprint, protected = tuple(row)
-        return GuestSafety(
+        return GuestFacts(
             origin=_GUEST_ORIGINS[origin],
             fingerprint=_json(fingerprint) or {},
             protected=bool(protected),

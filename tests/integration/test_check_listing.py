@@ -10,8 +10,9 @@ from engine_support import client_for
 
 from lifecycled.domain.actions import all_specs
 from lifecycled.domain.check import check_from_listing, precheck
+from lifecycled.domain.guests import GuestFacts
 from lifecycled.domain.op import GuestKind, GuestRef, Op
-from lifecycled.policy import GuestFacts, decide
+from lifecycled.policy import decide
 from lifecycled.pve.port import read_guest_status
 from lifecycled.pve.schema import config_locks
 from lifecycled.sim import SimServer

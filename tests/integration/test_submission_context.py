@@ -14,10 +14,10 @@ from conftest_journal import T0
 
 from lifecycled.domain.guests import (
     DesiredState,
+    GuestFacts,
     GuestHead,
     GuestOrigin,
     GuestRecord,
-    GuestSafety,
 )
 from lifecycled.domain.node import NodeState
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
@@ -116,13 +116,13 @@ async def test_another_writer_s_change_is_read_at_once(journal: Journal) -> None
 
 async def test_the_policy_s_facts_are_the_row_s(journal: Journal) -> None:
     """``guest_safety`` reads origin, fingerprint and protection as the full row has them,
-    fresh after another connection protects the guest; ``None`` without a row."""
+    fresh after another connection protects the guest; empty facts without a row."""
     row = await journal.find_guest(100)
     assert row is not None
-    assert await journal.guests.guest_safety(100) == GuestSafety(
+    assert await journal.guests.guest_safety(100) == GuestFacts(
         origin=row.origin, fingerprint=row.fingerprint, protected=row.protected
     )
-    assert await journal.guests.guest_safety(999) is None
+    assert await journal.guests.guest_safety(999) == GuestFacts()
     other = sqlite3.connect(journal.path)
     try:
         with other:
@@ -130,7 +130,7 @@ async def test_the_policy_s_facts_are_the_row_s(journal: Journal) -> None:
     finally:
         other.close()
     found = await journal.guests.guest_safety(100)
-    assert found is not None and found.protected and found.fingerprint == {"smbios1": "uuid-100"}
+    assert found.protected and found.fingerprint == {"smbios1": "uuid-100"}
 
 
 async def test_the_write_guard_reads_the_row_s_head(journal: Journal) -> None:

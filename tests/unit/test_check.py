@@ -16,9 +16,10 @@ from lifecycled.domain.check import (
     reads_status_only,
     target_from_listing,
 )
+from lifecycled.domain.guests import GuestFacts
 from lifecycled.domain.op import GuestKind, GuestRef, Op
 from lifecycled.domain.outcome import Verdict
-from lifecycled.policy import GuestFacts, decide
+from lifecycled.policy import decide
 from lifecycled.pve.schema import config_locks
 
 #: Every config lock either kind knows (Proxmox's schema), and none.

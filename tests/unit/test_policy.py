@@ -12,6 +12,7 @@ from lifecycled.domain.actions import GuestView, spec_for
 from lifecycled.domain.guests import (
     MANAGED_ORIGINS,
     DesiredState,
+    GuestFacts,
     GuestOrigin,
     GuestRecord,
     ObservedState,
@@ -23,7 +24,7 @@ from lifecycled.domain.guests import (
 )
 from lifecycled.domain.op import GuestKind, GuestRef, Op, Origin
 from lifecycled.errors import ConfigError
-from lifecycled.policy import GuestFacts, Verdict, decide, evaluate
+from lifecycled.policy import Verdict, decide, evaluate
 
 UUID = "smbios1"
 CONFIG = {"name": "web-1", UUID: "uuid=AAAA-1", "meta": "creation-qemu=9,ctime=100"}
