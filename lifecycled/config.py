@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from lifecycled.domain import polling
 from lifecycled.domain.durations import format_duration, parse_duration
 from lifecycled.errors import ConfigError
 
@@ -333,7 +334,9 @@ class Settings:
         Kind.DURATION,
         "Task tracking: a task that has ended is noticed at most this long after its end (a "
         "status read per running task at least this often, unless a task list shows it ended; "
-        "up to 20 reads/s per node, enough for 18 x this many seconds of long tasks).",
+        f"up to {polling.READ_RATE:g} reads/s per node, enough for "
+        f"{polling.READ_RATE * (1 - polling.READ_ALLOWANCE):g} x this many seconds of long "
+        "tasks).",
         bounds=(0.01, _HOUR),
     )
     stale_after: float = _setting(
