@@ -38,6 +38,9 @@ from lifecycled.domain.tags import RECORD_PREFIX, is_record_tag, is_tag, split_t
 
 PREFIX = RECORD_PREFIX
 _ORIGINS = (GuestOrigin.NATIVE, GuestOrigin.ADOPTED, GuestOrigin.RELEASED)
+#: The values of ``lcd.o.`` and ``lcd.d.`` tags, by text.
+_ORIGIN_OF = {str(o): o for o in _ORIGINS}
+_DESIRED_OF = {str(d): d for d in DesiredState}
 #: How many recent idempotency keys the record keeps (a resend after a migration dedups).
 KEEP_KEYS = 4
 
@@ -136,10 +139,10 @@ def decode(tags: str | Iterable[str] | None) -> OwnershipRecord | None:
         if not tag.startswith(PREFIX):
             continue
         field, _, value = tag[len(PREFIX) :].partition(".")
-        if field == "o" and value in {str(o) for o in _ORIGINS}:
-            origin = GuestOrigin(value)
-        elif field == "d" and value in {str(d) for d in DesiredState}:
-            desired = DesiredState(value)
+        if field == "o" and value in _ORIGIN_OF:
+            origin = _ORIGIN_OF[value]
+        elif field == "d" and value in _DESIRED_OF:
+            desired = _DESIRED_OF[value]
         elif field == "g" and value.isdigit():
             generation = max(generation, int(value))
         elif field == "p" and not value:
