@@ -240,6 +240,10 @@ class RequestCounts:
     lifecycled: float
     baseline: float
     lifecycled_by_endpoint: dict[str, int]
+    #: Of ``lifecycled``: the SPEC §7 ownership record's requests per op (its config GET,
+    #: which carries the digest for the compare-and-swap, and its PUT). A power op reads no
+    #: config otherwise (its Check reads the node's listing), so these are all the record's.
+    record: float = 0.0
     #: Measured after the other levels: the daemon has learned how long these tasks take
     #: (duration-aware polling), as a daemon that has been running for a while has.
     warm: bool = False
@@ -319,10 +323,12 @@ async def requests_per_op(
             vmids = {int(g["vmid"]) for g in guests}
             await _baseline(sim, [g for g in await _guests(sim) if int(g["vmid"]) in vmids])
             items, seq = await _log_since(sim, seq)
+            record = sum(n for e, n in by_endpoint.items() if e.endswith("/{x}/config"))
             results.append(
                 RequestCounts(
                     concurrency=k,
                     lifecycled=ours / k,
+                    record=record / k,
                     baseline=len(items) / k,
                     lifecycled_by_endpoint=dict(by_endpoint),
                     warm=warm,

@@ -290,6 +290,27 @@ def section3() -> list[Figure]:
                 note=", ".join(f"{k} ×{v}" for k, v in sorted(c.lifecycled_by_endpoint.items())),
             )
         )
+        figures.append(
+            Figure(
+                key=f"s3.record.{key}",
+                section=S3,
+                name=f"of it the ownership record, {c.concurrency} in flight{when}",
+                unit="req/op",
+                runs=(c.record,),
+                by_ratio=False,
+            )
+        )
+        figures.append(
+            Figure(
+                key=f"s3.rest.{key}",
+                section=S3,
+                name=f"lifecycled less the record, {c.concurrency} in flight{when}",
+                unit="req/op",
+                runs=(c.lifecycled - c.record,),
+                anchor=f"s3.poller.{key}",
+                by_ratio=False,
+            )
+        )
     return figures
 
 
