@@ -117,7 +117,7 @@ def _error(error_class: str | None, message: str | None) -> OpError | None:
     return OpError(error_class=ErrorClass(error_class), message=message or "")
 
 
-def op_from_row(row: sqlite3.Row) -> Op:
+def op_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Op:
     """An :class:`Op` from a row selected with :data:`OP_COLUMNS` (first, in that order).
 
     Positional, with the enums looked up in dicts: this runs several times per journal write
@@ -572,10 +572,12 @@ def open_ops(conn: sqlite3.Connection, vmid: int) -> list[Op]:
 
 
 # Literal constants, so the partial index ``ops_reconcile_by_vmid`` serves the query.
-_SUPERSEDABLE = (
-    f"SELECT {OP_COLUMNS} FROM ops WHERE vmid = ? AND origin = '{SUPERSEDABLE_ORIGIN}'"
-    f" AND state = '{SUPERSEDABLE_STATE}' ORDER BY id"
+_SUPERSEDABLE_WHERE = (
+    f"vmid = ? AND origin = '{SUPERSEDABLE_ORIGIN}' AND state = '{SUPERSEDABLE_STATE}'"
 )
+_SUPERSEDABLE = f"SELECT {OP_COLUMNS} FROM ops WHERE {_SUPERSEDABLE_WHERE} ORDER BY id"
+#: Whether the guest (``?``: its vmid) has an op :func:`cancel_superseded` reads.
+SUPERSEDABLE_EXISTS = f"SELECT 1 FROM ops WHERE {_SUPERSEDABLE_WHERE}"
 
 
 def cancel_superseded(
