@@ -312,6 +312,18 @@ def transition(
     return persist(conn, result, reason=reason)
 
 
+#: :func:`take_upid`'s one read: the op (its columns first, as ``op_from_row`` reads them;
+#: ``NULL``s when there is none) and another op holding the UPID, if any — in its row or in
+#: its history (a requeued op keeps its earlier tasks there).
+_TAKE_UPID_READ = (
+    "SELECT "
+    + ", ".join(f"o.{c.strip()}" for c in OP_COLUMNS.split(","))
+    + ", (SELECT id FROM ops WHERE upid = ? AND id != ?"
+    " UNION ALL SELECT op_id FROM op_history WHERE upid = ? AND op_id != ? LIMIT 1)"
+    " FROM (SELECT 1) AS one LEFT JOIN ops AS o ON o.id = ?"
+)
+
+
 def take_upid(
     conn: sqlite3.Connection, op_id: int, upid: str, verb: Verb, *, now: float, reason: str
 ) -> Op:
@@ -319,17 +331,17 @@ def take_upid(
 
     A UPID belongs to one op: the ``ops_upid_unique`` index refuses a second holder and the
     history counts too (a requeued op keeps its earlier tasks there), so :class:`UpidTaken`
-    names the op that holds it.
+    names the op that holds it. The holder and the op are read in one statement.
     """
-    holder = fetch_one(
-        conn,
-        "SELECT id FROM ops WHERE upid = ? AND id != ?"
-        " UNION ALL SELECT op_id FROM op_history WHERE upid = ? AND op_id != ? LIMIT 1",
-        (upid, op_id, upid, op_id),
-    )
+    row = fetch_one(conn, _TAKE_UPID_READ, (upid, op_id, upid, op_id, op_id))
+    assert row is not None  # one row always (a LEFT join on one row)
+    values = tuple(row)
+    holder = values[-1]
     if holder is not None:
-        raise UpidTaken(upid, int(holder[0]))
-    return transition(conn, load(conn, op_id), verb, now=now, reason=reason, upid=upid)
+        raise UpidTaken(upid, int(holder))
+    if values[0] is None:
+        raise NotFound(f"op {op_id} not found")
+    return transition(conn, op_from_row(values), verb, now=now, reason=reason, upid=upid)
 
 
 def same_request(op: Op, req: SubmitRequest, params_json: str) -> bool:
