@@ -51,9 +51,9 @@ from lifecycled.domain.op import (
     Origin,
     canonical_json,
 )
-from lifecycled.domain.states import REARMABLE, OpState
+from lifecycled.domain.states import REARMABLE, TERMINAL, OpState
 from lifecycled.errors import Conflict, InvalidTransition, NotFound, UpidTaken
-from lifecycled.journal.store import Part, fetch_all, fetch_one
+from lifecycled.journal.store import Part, fetch_all, fetch_one, written_ops
 
 
 @attrs.frozen(kw_only=True)
@@ -236,8 +236,30 @@ CLAIM_NODE_CAP = (
 CLAIM_TAIL = " ORDER BY o.due_at, o.id LIMIT 1"
 
 
+#: Open ops the writer remembers at most (then it forgets them all and reads rows again).
+_REMEMBERED = 4096
+
+
+def remember(conn: sqlite3.Connection, op: Op) -> Op:
+    """Note ``op`` as its row now reads (after this unit's write), so that a later unit of
+    this writer reads it from here instead of the row (:func:`load`); a terminal op is
+    forgotten (few are written again). See :func:`lifecycled.journal.store.written_ops`."""
+    written = written_ops(conn)
+    if op.state in TERMINAL:
+        written.pop(op.id, None)
+    else:
+        if len(written) >= _REMEMBERED:
+            written.clear()
+        written[op.id] = op
+    return op
+
+
 def load(conn: sqlite3.Connection, op_id: int) -> Op:
-    """The op with ``op_id``; :class:`NotFound` if there is none."""
+    """The op with ``op_id`` (as this writer last wrote it, or its row); :class:`NotFound`
+    if there is none."""
+    op: Op | None = written_ops(conn).get(op_id)
+    if op is not None:
+        return op
     row = fetch_one(conn, _SELECT_OP, (op_id,))
     if row is None:
         raise NotFound(f"op {op_id} not found")
@@ -245,24 +267,43 @@ def load(conn: sqlite3.Connection, op_id: int) -> Op:
 
 
 @functools.lru_cache(maxsize=64)
-def _update_sql(columns: tuple[str, ...]) -> str:
+def _update_sql(columns: tuple[str, ...], unless: str | None = None) -> str:
     """The guarded UPDATE for this set of columns (a handful of shapes, built once each)."""
     unknown = set(columns) - _SETTABLE
     if unknown:
         raise ValueError(f"not a settable ops column: {sorted(unknown)}")
     assignments = ", ".join(f"{column} = ?" for column in columns)
-    return f"UPDATE ops SET {assignments} WHERE id = ? AND state = ?"
+    sql = f"UPDATE ops SET {assignments} WHERE id = ? AND state = ?"
+    return sql if unless is None else f"{sql} AND NOT EXISTS ({unless})"
 
 
-def persist(conn: sqlite3.Connection, change: Change, *, reason: str) -> Op:
+#: :func:`persist`'s ``unless`` for a new task id: another op's history holds it (another
+#: op's *row* holding it is refused by the ``ops_upid_unique`` index).
+_UPID_IN_OTHER_HISTORY = "SELECT 1 FROM op_history WHERE upid = ? AND op_id != ?"
+
+
+def persist(
+    conn: sqlite3.Connection,
+    change: Change,
+    *,
+    reason: str,
+    unless: tuple[str, tuple[Any, ...]] | None = None,
+) -> Op:
     """Write what :func:`~lifecycled.domain.lifecycle.step` decided: the op's row, guarded by
     the state the step started from, and its history row, in the caller's transaction.
+
+    ``unless``: a query and its parameters; while it finds a row the op is not changed
+    (:class:`InvalidTransition`, nothing written) — a check folded into the UPDATE.
 
     The only place the journal changes an op's state.
     """
     op, sets = change.op, change.sets
-    cursor = conn.execute(_update_sql(tuple(sets)), (*sets.values(), op.id, str(change.before)))
-    if cursor.rowcount != 1:  # only possible if something wrote outside the journal
+    guard, guard_params = unless if unless is not None else (None, ())
+    cursor = conn.execute(
+        _update_sql(tuple(sets), guard), (*sets.values(), op.id, str(change.before), *guard_params)
+    )
+    if cursor.rowcount != 1:  # something wrote outside the journal, or ``unless`` found a row
+        written_ops(conn).pop(op.id, None)
         raise InvalidTransition(f"op {op.id} is no longer {change.before}; nothing changed")
     err = error_columns(change.history_error)
     conn.execute(
@@ -279,7 +320,7 @@ def persist(conn: sqlite3.Connection, change: Change, *, reason: str) -> Op:
             err["error_message"],
         ),
     )
-    return op
+    return remember(conn, op)
 
 
 def transition(
@@ -294,9 +335,10 @@ def transition(
     error: OpError | None = None,
     next_attempt_at: float | None = None,
     ambiguous: bool = False,
+    unless: tuple[str, tuple[Any, ...]] | None = None,
 ) -> Op:
-    """Take ``op`` one step with ``verb`` and persist it; :class:`InvalidTransition` when the
-    state machine refuses."""
+    """Take ``op`` one step with ``verb`` and persist it (``unless``: see :func:`persist`);
+    :class:`InvalidTransition` when the state machine refuses."""
     result = step(
         op,
         verb,
@@ -309,9 +351,14 @@ def transition(
     )
     if isinstance(result, Refused):
         raise InvalidTransition(f"op {op.id} is {op.state}: {result.reason}")
-    return persist(conn, result, reason=reason)
+    return persist(conn, result, reason=reason, unless=unless)
 
 
+#: Another op holding a UPID: in its row, or in its history.
+_UPID_HOLDER = (
+    "SELECT id FROM ops WHERE upid = ? AND id != ?"
+    " UNION ALL SELECT op_id FROM op_history WHERE upid = ? AND op_id != ? LIMIT 1"
+)
 #: :func:`take_upid`'s one read: the op (its columns first, as ``op_from_row`` reads them;
 #: ``NULL``s when there is none) and another op holding the UPID, if any — in its row or in
 #: its history (a requeued op keeps its earlier tasks there).
@@ -331,17 +378,28 @@ def take_upid(
 
     A UPID belongs to one op: the ``ops_upid_unique`` index refuses a second holder and the
     history counts too (a requeued op keeps its earlier tasks there), so :class:`UpidTaken`
-    names the op that holds it. The holder and the op are read in one statement.
+    names the op that holds it. An op this writer remembers is written at once, the history
+    check folded into its UPDATE (the holder is read only when it refuses); any other op is
+    read together with the holder, in one statement.
     """
-    row = fetch_one(conn, _TAKE_UPID_READ, (upid, op_id, upid, op_id, op_id))
-    assert row is not None  # one row always (a LEFT join on one row)
-    values = tuple(row)
-    holder = values[-1]
-    if holder is not None:
-        raise UpidTaken(upid, int(holder))
-    if values[0] is None:
-        raise NotFound(f"op {op_id} not found")
-    return transition(conn, op_from_row(values), verb, now=now, reason=reason, upid=upid)
+    op: Op | None = written_ops(conn).get(op_id)
+    if op is None:
+        row = fetch_one(conn, _TAKE_UPID_READ, (upid, op_id, upid, op_id, op_id))
+        assert row is not None  # one row always (a LEFT join on one row)
+        values = tuple(row)
+        if values[-1] is not None:
+            raise UpidTaken(upid, int(values[-1]))
+        if values[0] is None:
+            raise NotFound(f"op {op_id} not found")
+        op = op_from_row(values)
+    unless = (_UPID_IN_OTHER_HISTORY, (upid, op_id))
+    try:
+        return transition(conn, op, verb, now=now, reason=reason, upid=upid, unless=unless)
+    except (InvalidTransition, sqlite3.IntegrityError):
+        holder = fetch_one(conn, _UPID_HOLDER, (upid, op_id, upid, op_id))
+        if holder is not None:
+            raise UpidTaken(upid, int(holder[0])) from None
+        raise
 
 
 def same_request(op: Op, req: SubmitRequest, params_json: str) -> bool:
@@ -418,7 +476,7 @@ def submit(
         HISTORY_INSERT,
         (op.id, now, None, str(INITIAL), f"submitted by {req.actor}", 0, None, None, None),
     )
-    return SubmitResult(op=op, deduplicated=False, rearmed=False)
+    return SubmitResult(op=remember(conn, op), deduplicated=False, rearmed=False)
 
 
 def claim_query(
@@ -570,7 +628,11 @@ def discard(conn: sqlite3.Connection, op_id: int, *, now: float, reason: str) ->
 
 def delete_returning(conn: sqlite3.Connection, sql: str, params: Any) -> int:
     """Run a ``DELETE … RETURNING id`` and count the deleted ops (history cascades)."""
-    return len(fetch_all(conn, sql, params))
+    deleted = fetch_all(conn, sql, params)
+    written = written_ops(conn)
+    for row in deleted:
+        written.pop(row[0], None)
+    return len(deleted)
 
 
 def open_ops(conn: sqlite3.Connection, vmid: int) -> list[Op]:
