@@ -509,7 +509,7 @@ def claim(
     row = fetch_one(conn, sql, params)
     if row is None:
         return None
-    op = op_from_row(row)
+    op = written_ops(conn).get(row[0]) or op_from_row(row)  # the same, when remembered
     return transition(conn, op, Verb.CLAIM, now=now, reason=f"claimed (attempt {op.attempts + 1})")
 
 
@@ -556,8 +556,13 @@ def _observe_success(conn: sqlite3.Connection, op: Op, *, now: float) -> None:
     if "observed_state" in columns:
         columns["observed_at"] = now
     columns["updated_at"] = now
-    sets = ", ".join(f"{c} = ?" for c in columns)
-    conn.execute(f"UPDATE guests SET {sets} WHERE vmid = ?", [*columns.values(), op.guest.vmid])
+    conn.execute(_observed_sql(tuple(columns)), [*columns.values(), op.guest.vmid])
+
+
+@functools.lru_cache(maxsize=8)
+def _observed_sql(columns: tuple[str, ...]) -> str:
+    """:func:`_observe_success`'s UPDATE for these columns (built once each)."""
+    return f"UPDATE guests SET {', '.join(f'{c} = ?' for c in columns)} WHERE vmid = ?"
 
 
 #: Actions that make a new guest at the op's vmid.
