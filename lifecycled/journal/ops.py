@@ -51,9 +51,15 @@ from lifecycled.domain.op import (
     Origin,
     canonical_json,
 )
-from lifecycled.domain.states import REARMABLE, TERMINAL, OpState
+from lifecycled.domain.states import IN_FLIGHT, REARMABLE, TERMINAL, OpState
 from lifecycled.errors import Conflict, InvalidTransition, NotFound, UpidTaken
-from lifecycled.journal.store import Part, fetch_all, fetch_one, written_ops
+from lifecycled.journal.store import (
+    Part,
+    fetch_all,
+    fetch_one,
+    writer_connection,
+    written_ops,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -233,6 +239,8 @@ CLAIM_NODE_CAP = (
     " AND o.node NOT IN (SELECT f.node FROM ops AS f WHERE f.phase = 2"
     " GROUP BY f.node HAVING count(*) >= ?)"
 )
+#: The same with the full nodes given (a JSON list).
+CLAIM_NOT_FULL = " AND o.node NOT IN (SELECT value FROM json_each(?))"
 CLAIM_TAIL = " ORDER BY o.due_at, o.id LIMIT 1"
 
 
@@ -320,6 +328,12 @@ def persist(
             err["error_message"],
         ),
     )
+    writer = writer_connection(conn)
+    if writer is not None and writer.in_flight is not None:
+        entered, left = op.state in IN_FLIGHT, change.before in IN_FLIGHT
+        if entered != left:  # an op's node is not a column a step sets
+            node = op.guest.node
+            writer.in_flight[node] = writer.in_flight.get(node, 0) + (1 if entered else -1)
     return remember(conn, op)
 
 
@@ -480,19 +494,47 @@ def submit(
 
 
 def claim_query(
-    *, now: float, node_cap: int | None, nodes: Collection[str] | None, columns: str = OP_COLUMNS
+    *,
+    now: float,
+    node_cap: int | None,
+    nodes: Collection[str] | None,
+    columns: str = OP_COLUMNS,
+    full_nodes: Collection[str] | None = None,
 ) -> tuple[str, list[Any]]:
-    """The claim's SELECT and its parameters (also used by the query-plan test)."""
+    """The claim's SELECT and its parameters (also used by the query-plan test).
+
+    ``full_nodes``: the nodes at ``node_cap``, when the caller knows them (the writer keeps
+    the counts, :func:`_full_nodes`); otherwise the query finds them itself.
+    """
     sql = CLAIM_HEAD.replace(OP_COLUMNS, columns, 1)
     params: list[Any] = [now]
     if nodes is not None:
         sql += CLAIM_NODES
         params.append(json.dumps(sorted(nodes)))
     sql += CLAIM_GUEST_FREE
-    if node_cap is not None:
+    if node_cap is not None and full_nodes is None:
         sql += CLAIM_NODE_CAP
         params.append(node_cap)
+    elif node_cap is not None and full_nodes:
+        sql += CLAIM_NOT_FULL
+        params.append(json.dumps(sorted(full_nodes)))
     return sql + CLAIM_TAIL, params
+
+
+#: The in-flight count of every node (what ``CLAIM_NODE_CAP`` counts).
+_IN_FLIGHT_BY_NODE = "SELECT node, count(*) FROM ops WHERE phase = 2 GROUP BY node"
+
+
+def _full_nodes(conn: sqlite3.Connection, node_cap: int) -> list[str] | None:
+    """The nodes with ``node_cap`` ops in flight, from the counts the writer keeps (counted
+    once after it forgot them, then moved by every :func:`persist`); ``None`` on any other
+    connection (the claim's query counts)."""
+    writer = writer_connection(conn)
+    if writer is None:
+        return None
+    if writer.in_flight is None:
+        writer.in_flight = {str(n): int(c) for n, c in fetch_all(conn, _IN_FLIGHT_BY_NODE)}
+    return [node for node, count in writer.in_flight.items() if count >= node_cap]
 
 
 def claim(
@@ -505,7 +547,8 @@ def claim(
     """Claim the oldest due pending op whose guest is free and whose node is under its cap."""
     if node_cap is not None and node_cap <= 0:
         return None
-    sql, params = claim_query(now=now, node_cap=node_cap, nodes=nodes)
+    full = _full_nodes(conn, node_cap) if node_cap is not None else None
+    sql, params = claim_query(now=now, node_cap=node_cap, nodes=nodes, full_nodes=full)
     row = fetch_one(conn, sql, params)
     if row is None:
         return None
@@ -637,6 +680,9 @@ def delete_returning(conn: sqlite3.Connection, sql: str, params: Any) -> int:
     written = written_ops(conn)
     for row in deleted:
         written.pop(row[0], None)
+    writer = writer_connection(conn)
+    if writer is not None and deleted:
+        writer.in_flight = None  # (only terminal ops are deleted; counted again all the same)
     return len(deleted)
 
 

@@ -111,6 +111,9 @@ class WriterConnection(sqlite3.Connection):
         super().__init__(*args, **kwargs)
         #: See :func:`written_ops`.
         self.written_ops: dict[int, Any] = {}
+        #: Ops in flight per node, kept up to date by the writer's own writes; ``None``:
+        #: not known (read again when needed). Forgotten with :attr:`written_ops`.
+        self.in_flight: dict[str, int] | None = None
         #: ``PRAGMA data_version`` when :attr:`written_ops` was last known to be exact.
         self.data_version: int | None = None
 
@@ -127,9 +130,16 @@ def written_ops(conn: sqlite3.Connection) -> dict[int, Any]:
     return {}
 
 
+def writer_connection(conn: sqlite3.Connection) -> WriterConnection | None:
+    """``conn`` when it is the writer's (it remembers what it wrote, see
+    :func:`written_ops`), else ``None``."""
+    return conn if isinstance(conn, WriterConnection) else None
+
+
 def _forget_written(conn: sqlite3.Connection) -> None:
     if isinstance(conn, WriterConnection):
         conn.written_ops.clear()
+        conn.in_flight = None
 
 
 def _check_data_version(conn: sqlite3.Connection) -> None:
@@ -139,7 +149,7 @@ def _check_data_version(conn: sqlite3.Connection) -> None:
         return
     (version,) = conn.execute("PRAGMA data_version").fetchone()
     if version != conn.data_version:
-        conn.written_ops.clear()
+        _forget_written(conn)
         conn.data_version = version
 
 
@@ -380,9 +390,15 @@ class Writer:
     def _with_conn(self, fn: Unit[T], outside: bool = False) -> T:
         if self._conn is None:
             raise JournalError(f"journal {self.path} is closed")
-        if outside:  # it may write anything: what the group commits wrote is not known now
+        if not outside:
+            return fn(self._conn)
+        # Outside a group commit it may write (or roll back) anything: forget what the group
+        # commits wrote, before and after.
+        _forget_written(self._conn)
+        try:
+            return fn(self._conn)
+        finally:
             _forget_written(self._conn)
-        return fn(self._conn)
 
     async def open(self, uri: str, *, busy_timeout_ms: int, synchronous: str, wal: bool) -> None:
         """Open the connection in the writer thread, with its pragmas."""

@@ -136,15 +136,18 @@ async def test_the_lifecycle_reads_no_op_row_the_writer_wrote(
     """submit → claim → UPID → finish runs 12 statements in the writer: the submission's one
     read and its three writes, the claim's query and its two writes, two writes for the
     UPID (its holder check inside the UPDATE), three for the finish — no op row is read
-    back after the claim."""
+    back after the claim, and the node cap is checked without counting the node's ops."""
     async with await Journal.open(tmp_path / "j.sqlite3") as journal:
-        await journal.take_guest(_managed(101), audit=_audit(101), now=T0)
-        before = len(statements)
-        sub = await journal.submit_guest_op(request("k", vmid=101), now=T0, desired=_RUNNING)
-        claimed = await journal.claim_next(now=T0 + 1, node_cap=8)
-        assert claimed is not None and claimed.id == sub.op.id
-        await journal.record_upid(claimed.id, "UPID:pve1:1:a:", now=T0 + 2)
-        await journal.finish(claimed.id, OpState.SUCCEEDED, now=T0 + 3, reason="OK")
+        for vmid in (101, 102):
+            await journal.take_guest(_managed(vmid), audit=_audit(vmid), now=T0)
+            before = len(statements)  # the second op's: the node's count is known by then
+            sub = await journal.submit_guest_op(
+                request(f"k{vmid}", vmid=vmid), now=T0, desired=_RUNNING
+            )
+            claimed = await journal.claim_next(now=T0 + 1, node_cap=8)
+            assert claimed is not None and claimed.id == sub.op.id
+            await journal.record_upid(claimed.id, f"UPID:pve1:{vmid}:a:", now=T0 + 2)
+            await journal.finish(claimed.id, OpState.SUCCEEDED, now=T0 + 3, reason="OK")
         ran = [
             s
             for s in statements[before:]
@@ -153,3 +156,59 @@ async def test_the_lifecycle_reads_no_op_row_the_writer_wrote(
     assert len(ran) == 12, ran
     reads = [s for s in ran if s.lstrip().upper().startswith("SELECT")]
     assert len(reads) == 2, reads  # the submission's and the claim's
+
+
+async def test_a_statement_outside_the_group_commits_makes_the_writer_read_rows_again(
+    tmp_path: Path,
+) -> None:
+    """Anything run on the writer's connection outside a group commit (migrations,
+    maintenance) may change op rows: the next finish takes the op from its row."""
+    async with await Journal.open(tmp_path / "j.sqlite3") as journal:
+        op = await to_state(journal, OpState.RUNNING)
+
+        def maintenance(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE ops SET exitstatus = 'from the row' WHERE id = ?", (op.id,))
+
+        await journal._store.writer.call(maintenance)
+        done = await journal.finish(op.id, OpState.SUCCEEDED, now=T0 + 3, reason="OK")
+        assert done.exitstatus == "from the row"
+        assert done == await journal.get(op.id)
+
+
+async def test_the_node_cap_counts_ops_another_connection_put_in_flight(tmp_path: Path) -> None:
+    """The writer keeps each node's in-flight count itself; ops another journal (another
+    process) claimed on the node count too: with node_cap=2 and one op in flight here and
+    one there, no third op is claimed on that node."""
+    db = tmp_path / "j.sqlite3"
+    async with await Journal.open(db) as mine:
+        for vmid in (101, 102, 103):
+            await mine.submit(request(f"k{vmid}", vmid=vmid), now=T0)
+        first = await mine.claim_next(now=T0 + 1, node_cap=2)
+        assert first is not None
+        async with await Journal.open(db) as other:
+            assert await other.claim_next(now=T0 + 1, node_cap=2) is not None
+        assert await mine.claim_next(now=T0 + 2, node_cap=2) is None
+        await mine.finish(first.id, OpState.SUCCEEDED, now=T0 + 3, reason="OK")
+        third = await mine.claim_next(now=T0 + 4, node_cap=2)
+        assert third is not None and third.guest.vmid == 103
+
+
+async def test_a_rolled_back_claim_does_not_count_against_the_node_cap(tmp_path: Path) -> None:
+    """A unit claims an op and then fails: the claim is rolled back and the node's count
+    with it — the next claim with node_cap=1 gets the op."""
+    async with await Journal.open(tmp_path / "j.sqlite3") as journal:
+        op = await journal.submit(request("k", vmid=101), now=T0 + 1)
+        assert await journal.claim_next(now=T0, node_cap=1) is None  # not due yet: counted
+
+        def claims_then_fails(conn: sqlite3.Connection) -> None:
+            assert ops.claim(conn, now=T0 + 1, node_cap=1, nodes=None) is not None
+            raise RuntimeError("failed after writing")
+
+        outcomes = await asyncio.gather(
+            journal._store.write(claims_then_fails),
+            journal.submit(request(None, vmid=502), now=T0 + 5),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], RuntimeError)
+        claimed = await journal.claim_next(now=T0 + 1, node_cap=1)
+        assert claimed is not None and claimed.id == op.op.id
