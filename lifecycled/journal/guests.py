@@ -289,13 +289,7 @@ def _head(values: Sequence[Any]) -> GuestHead | None:
     )
 
 
-def load_head(conn: sqlite3.Connection, vmid: int) -> GuestHead | None:
-    """The guest's :class:`GuestHead` (no JSON column decoded); ``None`` without a row."""
-    row = fetch_one(conn, f"SELECT {', '.join(_HEAD_COLUMNS)} FROM guests WHERE vmid = ?", (vmid,))
-    return _head(tuple(row)) if row is not None else None
-
-
-#: The submission unit's one read of an existing guest's op (:func:`_submission_read`): the
+#: The submission unit's one read of an existing guest's op (:func:`submission_read`): the
 #: key's op (its columns first, as ``op_from_row`` reads them), the guest's head, and
 #: whether the guest has an op a new desired state may supersede — each at most one row,
 #: one statement. The supersedable test is ``cancel_superseded``'s own condition.
@@ -320,14 +314,16 @@ _SUBMISSION_READ_NO_KEY = (
 
 
 @attrs.frozen(kw_only=True)
-class _SubmissionRead:
+class SubmissionRead:
+    """What a submission unit reads of an existing guest's op, in one statement."""
+
     existing: Op | None
     head: GuestHead | None
     #: Whether the guest had a supersedable op when the unit read it.
     supersedable: bool
 
 
-def _submission_read(conn: sqlite3.Connection, key: str | None, vmid: int) -> _SubmissionRead:
+def submission_read(conn: sqlite3.Connection, key: str | None, vmid: int) -> SubmissionRead:
     """The key's op (``None`` key: not looked up), the guest's head and whether it has a
     supersedable op, in one statement inside the submission's transaction."""
     if key is None:
@@ -336,7 +332,7 @@ def _submission_read(conn: sqlite3.Connection, key: str | None, vmid: int) -> _S
         row = fetch_one(conn, _SUBMISSION_READ, (vmid, key, vmid))
     assert row is not None  # one row always (the joins are LEFT joins on one row)
     values = tuple(row)
-    return _SubmissionRead(
+    return SubmissionRead(
         existing=None if values[0] is None else op_from_row(values),
         head=_head(values[OP_WIDTH : OP_WIDTH + _HEAD_WIDTH]),
         supersedable=bool(values[-1]),
@@ -753,16 +749,18 @@ class Guests(Part):
             return SubmitResult(op=existing, deduplicated=True, rearmed=False)
         look_up = req.idempotency_key is not None and (not read_key or existing is not None)
         vmid = req.guest.vmid
+        creating = Action(req.action) in _CREATING
 
         def unit(conn: sqlite3.Connection) -> SubmitResult:
             found: Op | None = None
             head: GuestHead | None = None
             supersedable = True  # unknown: the supersedable ops are read
-            if Action(req.action) in _CREATING:  # the guard may insert the guest's row
+            if creating:  # the guard may insert the guest's row: the key is read first
                 if look_up:
-                    found = ops.by_key(conn, req.idempotency_key or "")
+                    assert req.idempotency_key is not None
+                    found = ops.by_key(conn, req.idempotency_key)
             else:
-                read = _submission_read(conn, req.idempotency_key if look_up else None, vmid)
+                read = submission_read(conn, req.idempotency_key if look_up else None, vmid)
                 found, head, supersedable = read.existing, read.head, read.supersedable
             if found is not None:
                 if not ops.same_request(found, req, params_json):
@@ -770,7 +768,7 @@ class Guests(Part):
                 if found.state not in REARMABLE:
                     return SubmitResult(op=found, deduplicated=True, rearmed=False)
                 supersedable = True  # the re-armed op itself may be one
-            if Action(req.action) in _CREATING:
+            if creating:
                 guest: GuestRecord | GuestHead = _guard_creation(
                     conn, req, now=now, create_fingerprint=create_fingerprint
                 )
