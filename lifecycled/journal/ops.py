@@ -379,9 +379,7 @@ _UPID_HOLDER = (
 _TAKE_UPID_READ = (
     "SELECT "
     + ", ".join(f"o.{c.strip()}" for c in OP_COLUMNS.split(","))
-    + ", (SELECT id FROM ops WHERE upid = ? AND id != ?"
-    " UNION ALL SELECT op_id FROM op_history WHERE upid = ? AND op_id != ? LIMIT 1)"
-    " FROM (SELECT 1) AS one LEFT JOIN ops AS o ON o.id = ?"
+    + f", ({_UPID_HOLDER}) FROM (SELECT 1) AS one LEFT JOIN ops AS o ON o.id = ?"
 )
 
 
