@@ -27,6 +27,7 @@ from lifecycled.domain.actions import Action
 from lifecycled.domain.guests import (
     CAPTURED,
     MANAGED_ORIGINS,
+    SUPERSEDABLE_ORIGIN,
     DesiredState,
     GuestFacts,
     GuestHead,
@@ -52,6 +53,7 @@ from lifecycled.journal.ops import (
     KINDS,
     OP_COLUMNS,
     OP_WIDTH,
+    SUPERSEDABLE_EXISTS,
     SubmitRequest,
     SubmitResult,
     cancel_superseded,
@@ -287,10 +289,54 @@ def _head(values: Sequence[Any]) -> GuestHead | None:
     )
 
 
-def load_head(conn: sqlite3.Connection, vmid: int) -> GuestHead | None:
-    """The guest's :class:`GuestHead` (no JSON column decoded); ``None`` without a row."""
-    row = fetch_one(conn, f"SELECT {', '.join(_HEAD_COLUMNS)} FROM guests WHERE vmid = ?", (vmid,))
-    return _head(tuple(row)) if row is not None else None
+#: The submission unit's one read of an existing guest's op (:func:`submission_read`): the
+#: key's op (its columns first, as ``op_from_row`` reads them), the guest's head, and
+#: whether the guest has an op a new desired state may supersede — each at most one row,
+#: one statement. The supersedable test is ``cancel_superseded``'s own condition.
+_SUBMISSION_READ = (
+    "SELECT "
+    + ", ".join(f"o.{c.strip()}" for c in OP_COLUMNS.split(","))
+    + ", "
+    + _HEAD_SELECT
+    + f", EXISTS ({SUPERSEDABLE_EXISTS}) FROM (SELECT 1) AS one"
+    " LEFT JOIN ops AS o ON o.idempotency_key = ?"
+    " LEFT JOIN guests AS g ON g.vmid = ?"
+)
+#: The same without a key (no op is looked up).
+_SUBMISSION_READ_NO_KEY = (
+    "SELECT "
+    + ", ".join(["NULL"] * OP_WIDTH)
+    + ", "
+    + _HEAD_SELECT
+    + f", EXISTS ({SUPERSEDABLE_EXISTS}) FROM (SELECT 1) AS one"
+    " LEFT JOIN guests AS g ON g.vmid = ?"
+)
+
+
+@attrs.frozen(kw_only=True)
+class SubmissionRead:
+    """What a submission unit reads of an existing guest's op, in one statement."""
+
+    existing: Op | None
+    head: GuestHead | None
+    #: Whether the guest had a supersedable op when the unit read it.
+    supersedable: bool
+
+
+def submission_read(conn: sqlite3.Connection, key: str | None, vmid: int) -> SubmissionRead:
+    """The key's op (``None`` key: not looked up), the guest's head and whether it has a
+    supersedable op, in one statement inside the submission's transaction."""
+    if key is None:
+        row = fetch_one(conn, _SUBMISSION_READ_NO_KEY, (vmid, vmid))
+    else:
+        row = fetch_one(conn, _SUBMISSION_READ, (vmid, key, vmid))
+    assert row is not None  # one row always (the joins are LEFT joins on one row)
+    values = tuple(row)
+    return SubmissionRead(
+        existing=None if values[0] is None else op_from_row(values),
+        head=_head(values[OP_WIDTH : OP_WIDTH + _HEAD_WIDTH]),
+        supersedable=bool(values[-1]),
+    )
 
 
 #: :meth:`Guests.submission_context`: the key's op (its columns first, as ``op_from_row``
@@ -702,22 +748,32 @@ class Guests(Part):
                 raise ops.conflict(existing)
             return SubmitResult(op=existing, deduplicated=True, rearmed=False)
         look_up = req.idempotency_key is not None and (not read_key or existing is not None)
+        vmid = req.guest.vmid
+        creating = Action(req.action) in _CREATING
 
         def unit(conn: sqlite3.Connection) -> SubmitResult:
             found: Op | None = None
-            if look_up:
-                row = fetch_one(
-                    conn,
-                    f"SELECT {OP_COLUMNS} FROM ops WHERE idempotency_key = ?",
-                    (req.idempotency_key,),
+            head: GuestHead | None = None
+            supersedable = True  # unknown: the supersedable ops are read
+            if creating:  # the guard may insert the guest's row: the key is read first
+                if look_up:
+                    assert req.idempotency_key is not None
+                    found = ops.by_key(conn, req.idempotency_key)
+            else:
+                read = submission_read(conn, req.idempotency_key if look_up else None, vmid)
+                found, head, supersedable = read.existing, read.head, read.supersedable
+            if found is not None:
+                if not ops.same_request(found, req, params_json):
+                    raise ops.conflict(found)
+                if found.state not in REARMABLE:
+                    return SubmitResult(op=found, deduplicated=True, rearmed=False)
+                supersedable = True  # the re-armed op itself may be one
+            if creating:
+                guest: GuestRecord | GuestHead = _guard_creation(
+                    conn, req, now=now, create_fingerprint=create_fingerprint
                 )
-                if row is not None:
-                    found = op_from_row(row)
-                    if not ops.same_request(found, req, params_json):
-                        raise ops.conflict(found)
-                    if found.state not in REARMABLE:
-                        return SubmitResult(op=found, deduplicated=True, rearmed=False)
-            guest = _guard_guest(conn, req, now=now, create_fingerprint=create_fingerprint)
+            else:
+                guest = _guard_head(head, req)
             if found is not None:  # the key's op ended failed/dead-lettered/cancelled
                 op = ops.transition(
                     conn, found, Verb.REARM, now=now, reason="re-armed by resubmission"
@@ -727,6 +783,8 @@ class Guests(Part):
                 result = ops.submit(conn, req, now=now, params_json=params_json)
                 if result.deduplicated:  # the key was taken since the caller's read
                     return result
+                if result.rearmed or result.op.origin is SUPERSEDABLE_ORIGIN:
+                    supersedable = True
             if desired is not None and guest.desired_state is not desired:
                 set_guest_columns(
                     conn,
@@ -737,7 +795,8 @@ class Guests(Part):
                     },
                     now=now,
                 )
-                cancel_superseded(conn, guest.vmid, desired, now=now)
+                if supersedable:
+                    cancel_superseded(conn, guest.vmid, desired, now=now)
             elif generation > guest.desired_generation:  # the shared record moved on (§7)
                 set_guest_columns(conn, guest.vmid, {"desired_generation": generation}, now=now)
             return result
@@ -792,24 +851,25 @@ class Guests(Part):
 _CREATING = frozenset({Action.CREATE, Action.CLONE})
 
 
-def _guard_guest(
+def _guard_head(head: GuestHead | None, req: SubmitRequest) -> GuestHead:
+    """The submission rule for an existing guest's op: a managed guest on the node and of
+    the kind its row says (its head is all that reads). Raises (nothing is written)."""
+    if head is None or not head.managed:
+        raise not_managed(req.guest.vmid, head.origin if head is not None else None)
+    check_placement(head, node=req.guest.node, kind=str(req.guest.kind))
+    return head
+
+
+def _guard_creation(
     conn: sqlite3.Connection,
     req: SubmitRequest,
     *,
     now: float,
     create_fingerprint: Mapping[str, str] | None,
-) -> GuestRecord | GuestHead:
-    """The submission rule: create/clone needs a free vmid (a new row is recorded
-    ``native``; an existing row is never changed here); anything else needs a managed guest
-    on the node and of the kind its row says (its head is all that reads). Raises (nothing
-    is written)."""
+) -> GuestRecord:
+    """The submission rule for create/clone: a free vmid (a new row is recorded ``native``;
+    an existing row is never changed here). Raises (nothing is written)."""
     vmid = req.guest.vmid
-    if Action(req.action) not in _CREATING:
-        head = load_head(conn, vmid)
-        if head is None or not head.managed:
-            raise not_managed(vmid, head.origin if head is not None else None)
-        check_placement(head, node=req.guest.node, kind=str(req.guest.kind))
-        return head
     guest = load_guest(conn, vmid)
     fingerprint = dict(create_fingerprint or {})
     if guest is None:

@@ -51,9 +51,15 @@ from lifecycled.domain.op import (
     Origin,
     canonical_json,
 )
-from lifecycled.domain.states import REARMABLE, OpState
+from lifecycled.domain.states import IN_FLIGHT, REARMABLE, TERMINAL, OpState
 from lifecycled.errors import Conflict, InvalidTransition, NotFound, UpidTaken
-from lifecycled.journal.store import Part, fetch_all, fetch_one
+from lifecycled.journal.store import (
+    Part,
+    fetch_all,
+    fetch_one,
+    writer_connection,
+    written_ops,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -117,7 +123,7 @@ def _error(error_class: str | None, message: str | None) -> OpError | None:
     return OpError(error_class=ErrorClass(error_class), message=message or "")
 
 
-def op_from_row(row: sqlite3.Row) -> Op:
+def op_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Op:
     """An :class:`Op` from a row selected with :data:`OP_COLUMNS` (first, in that order).
 
     Positional, with the enums looked up in dicts: this runs several times per journal write
@@ -233,11 +239,35 @@ CLAIM_NODE_CAP = (
     " AND o.node NOT IN (SELECT f.node FROM ops AS f WHERE f.phase = 2"
     " GROUP BY f.node HAVING count(*) >= ?)"
 )
+#: The same with the full nodes given (a JSON list).
+CLAIM_NOT_FULL = " AND o.node NOT IN (SELECT value FROM json_each(?))"
 CLAIM_TAIL = " ORDER BY o.due_at, o.id LIMIT 1"
 
 
+#: Open ops the writer remembers at most (then it forgets them all and reads rows again).
+_REMEMBERED = 4096
+
+
+def remember(conn: sqlite3.Connection, op: Op) -> Op:
+    """Note ``op`` as its row now reads (after this unit's write), so that a later unit of
+    this writer reads it from here instead of the row (:func:`load`); a terminal op is
+    forgotten (few are written again). See :func:`lifecycled.journal.store.written_ops`."""
+    written = written_ops(conn)
+    if op.state in TERMINAL:
+        written.pop(op.id, None)
+    else:
+        if len(written) >= _REMEMBERED:
+            written.clear()
+        written[op.id] = op
+    return op
+
+
 def load(conn: sqlite3.Connection, op_id: int) -> Op:
-    """The op with ``op_id``; :class:`NotFound` if there is none."""
+    """The op with ``op_id`` (as this writer last wrote it, or its row); :class:`NotFound`
+    if there is none."""
+    op: Op | None = written_ops(conn).get(op_id)
+    if op is not None:
+        return op
     row = fetch_one(conn, _SELECT_OP, (op_id,))
     if row is None:
         raise NotFound(f"op {op_id} not found")
@@ -245,24 +275,43 @@ def load(conn: sqlite3.Connection, op_id: int) -> Op:
 
 
 @functools.lru_cache(maxsize=64)
-def _update_sql(columns: tuple[str, ...]) -> str:
+def _update_sql(columns: tuple[str, ...], unless: str | None = None) -> str:
     """The guarded UPDATE for this set of columns (a handful of shapes, built once each)."""
     unknown = set(columns) - _SETTABLE
     if unknown:
         raise ValueError(f"not a settable ops column: {sorted(unknown)}")
     assignments = ", ".join(f"{column} = ?" for column in columns)
-    return f"UPDATE ops SET {assignments} WHERE id = ? AND state = ?"
+    sql = f"UPDATE ops SET {assignments} WHERE id = ? AND state = ?"
+    return sql if unless is None else f"{sql} AND NOT EXISTS ({unless})"
 
 
-def persist(conn: sqlite3.Connection, change: Change, *, reason: str) -> Op:
+#: :func:`persist`'s ``unless`` for a new task id: another op's history holds it (another
+#: op's *row* holding it is refused by the ``ops_upid_unique`` index).
+_UPID_IN_OTHER_HISTORY = "SELECT 1 FROM op_history WHERE upid = ? AND op_id != ?"
+
+
+def persist(
+    conn: sqlite3.Connection,
+    change: Change,
+    *,
+    reason: str,
+    unless: tuple[str, tuple[Any, ...]] | None = None,
+) -> Op:
     """Write what :func:`~lifecycled.domain.lifecycle.step` decided: the op's row, guarded by
     the state the step started from, and its history row, in the caller's transaction.
+
+    ``unless``: a query and its parameters; while it finds a row the op is not changed
+    (:class:`InvalidTransition`, nothing written) — a check folded into the UPDATE.
 
     The only place the journal changes an op's state.
     """
     op, sets = change.op, change.sets
-    cursor = conn.execute(_update_sql(tuple(sets)), (*sets.values(), op.id, str(change.before)))
-    if cursor.rowcount != 1:  # only possible if something wrote outside the journal
+    guard, guard_params = unless if unless is not None else (None, ())
+    cursor = conn.execute(
+        _update_sql(tuple(sets), guard), (*sets.values(), op.id, str(change.before), *guard_params)
+    )
+    if cursor.rowcount != 1:  # something wrote outside the journal, or ``unless`` found a row
+        written_ops(conn).pop(op.id, None)
         raise InvalidTransition(f"op {op.id} is no longer {change.before}; nothing changed")
     err = error_columns(change.history_error)
     conn.execute(
@@ -279,7 +328,13 @@ def persist(conn: sqlite3.Connection, change: Change, *, reason: str) -> Op:
             err["error_message"],
         ),
     )
-    return op
+    writer = writer_connection(conn)
+    if writer is not None and writer.in_flight is not None:
+        entered, left = op.state in IN_FLIGHT, change.before in IN_FLIGHT
+        if entered != left:  # an op's node is not a column a step sets
+            node = op.guest.node
+            writer.in_flight[node] = writer.in_flight.get(node, 0) + (1 if entered else -1)
+    return remember(conn, op)
 
 
 def transition(
@@ -294,9 +349,10 @@ def transition(
     error: OpError | None = None,
     next_attempt_at: float | None = None,
     ambiguous: bool = False,
+    unless: tuple[str, tuple[Any, ...]] | None = None,
 ) -> Op:
-    """Take ``op`` one step with ``verb`` and persist it; :class:`InvalidTransition` when the
-    state machine refuses."""
+    """Take ``op`` one step with ``verb`` and persist it (``unless``: see :func:`persist`);
+    :class:`InvalidTransition` when the state machine refuses."""
     result = step(
         op,
         verb,
@@ -309,7 +365,22 @@ def transition(
     )
     if isinstance(result, Refused):
         raise InvalidTransition(f"op {op.id} is {op.state}: {result.reason}")
-    return persist(conn, result, reason=reason)
+    return persist(conn, result, reason=reason, unless=unless)
+
+
+#: Another op holding a UPID: in its row, or in its history.
+_UPID_HOLDER = (
+    "SELECT id FROM ops WHERE upid = ? AND id != ?"
+    " UNION ALL SELECT op_id FROM op_history WHERE upid = ? AND op_id != ? LIMIT 1"
+)
+#: :func:`take_upid`'s one read: the op (its columns first, as ``op_from_row`` reads them;
+#: ``NULL``s when there is none) and another op holding the UPID, if any — in its row or in
+#: its history (a requeued op keeps its earlier tasks there).
+_TAKE_UPID_READ = (
+    "SELECT "
+    + ", ".join(f"o.{c.strip()}" for c in OP_COLUMNS.split(","))
+    + f", ({_UPID_HOLDER}) FROM (SELECT 1) AS one LEFT JOIN ops AS o ON o.id = ?"
+)
 
 
 def take_upid(
@@ -319,17 +390,28 @@ def take_upid(
 
     A UPID belongs to one op: the ``ops_upid_unique`` index refuses a second holder and the
     history counts too (a requeued op keeps its earlier tasks there), so :class:`UpidTaken`
-    names the op that holds it.
+    names the op that holds it. An op this writer remembers is written at once, the history
+    check folded into its UPDATE (the holder is read only when it refuses); any other op is
+    read together with the holder, in one statement.
     """
-    holder = fetch_one(
-        conn,
-        "SELECT id FROM ops WHERE upid = ? AND id != ?"
-        " UNION ALL SELECT op_id FROM op_history WHERE upid = ? AND op_id != ? LIMIT 1",
-        (upid, op_id, upid, op_id),
-    )
-    if holder is not None:
-        raise UpidTaken(upid, int(holder[0]))
-    return transition(conn, load(conn, op_id), verb, now=now, reason=reason, upid=upid)
+    op: Op | None = written_ops(conn).get(op_id)
+    if op is None:
+        row = fetch_one(conn, _TAKE_UPID_READ, (upid, op_id, upid, op_id, op_id))
+        assert row is not None  # one row always (a LEFT join on one row)
+        values = tuple(row)
+        if values[-1] is not None:
+            raise UpidTaken(upid, int(values[-1]))
+        if values[0] is None:
+            raise NotFound(f"op {op_id} not found")
+        op = op_from_row(values)
+    unless = (_UPID_IN_OTHER_HISTORY, (upid, op_id))
+    try:
+        return transition(conn, op, verb, now=now, reason=reason, upid=upid, unless=unless)
+    except (InvalidTransition, sqlite3.IntegrityError):
+        holder = fetch_one(conn, _UPID_HOLDER, (upid, op_id, upid, op_id))
+        if holder is not None:
+            raise UpidTaken(upid, int(holder[0])) from None
+        raise
 
 
 def same_request(op: Op, req: SubmitRequest, params_json: str) -> bool:
@@ -406,23 +488,51 @@ def submit(
         HISTORY_INSERT,
         (op.id, now, None, str(INITIAL), f"submitted by {req.actor}", 0, None, None, None),
     )
-    return SubmitResult(op=op, deduplicated=False, rearmed=False)
+    return SubmitResult(op=remember(conn, op), deduplicated=False, rearmed=False)
 
 
 def claim_query(
-    *, now: float, node_cap: int | None, nodes: Collection[str] | None, columns: str = OP_COLUMNS
+    *,
+    now: float,
+    node_cap: int | None,
+    nodes: Collection[str] | None,
+    columns: str = OP_COLUMNS,
+    full_nodes: Collection[str] | None = None,
 ) -> tuple[str, list[Any]]:
-    """The claim's SELECT and its parameters (also used by the query-plan test)."""
+    """The claim's SELECT and its parameters (also used by the query-plan test).
+
+    ``full_nodes``: the nodes at ``node_cap``, when the caller knows them (the writer keeps
+    the counts, :func:`_full_nodes`); otherwise the query finds them itself.
+    """
     sql = CLAIM_HEAD.replace(OP_COLUMNS, columns, 1)
     params: list[Any] = [now]
     if nodes is not None:
         sql += CLAIM_NODES
         params.append(json.dumps(sorted(nodes)))
     sql += CLAIM_GUEST_FREE
-    if node_cap is not None:
+    if node_cap is not None and full_nodes is None:
         sql += CLAIM_NODE_CAP
         params.append(node_cap)
+    elif node_cap is not None and full_nodes:
+        sql += CLAIM_NOT_FULL
+        params.append(json.dumps(sorted(full_nodes)))
     return sql + CLAIM_TAIL, params
+
+
+#: The in-flight count of every node (what ``CLAIM_NODE_CAP`` counts).
+_IN_FLIGHT_BY_NODE = "SELECT node, count(*) FROM ops WHERE phase = 2 GROUP BY node"
+
+
+def _full_nodes(conn: sqlite3.Connection, node_cap: int) -> list[str] | None:
+    """The nodes with ``node_cap`` ops in flight, from the counts the writer keeps (counted
+    once after it forgot them, then moved by every :func:`persist`); ``None`` on any other
+    connection (the claim's query counts)."""
+    writer = writer_connection(conn)
+    if writer is None:
+        return None
+    if writer.in_flight is None:
+        writer.in_flight = {str(n): int(c) for n, c in fetch_all(conn, _IN_FLIGHT_BY_NODE)}
+    return [node for node, count in writer.in_flight.items() if count >= node_cap]
 
 
 def claim(
@@ -435,11 +545,12 @@ def claim(
     """Claim the oldest due pending op whose guest is free and whose node is under its cap."""
     if node_cap is not None and node_cap <= 0:
         return None
-    sql, params = claim_query(now=now, node_cap=node_cap, nodes=nodes)
+    full = _full_nodes(conn, node_cap) if node_cap is not None else None
+    sql, params = claim_query(now=now, node_cap=node_cap, nodes=nodes, full_nodes=full)
     row = fetch_one(conn, sql, params)
     if row is None:
         return None
-    op = op_from_row(row)
+    op = written_ops(conn).get(row[0]) or op_from_row(row)  # the same, when remembered
     return transition(conn, op, Verb.CLAIM, now=now, reason=f"claimed (attempt {op.attempts + 1})")
 
 
@@ -486,8 +597,13 @@ def _observe_success(conn: sqlite3.Connection, op: Op, *, now: float) -> None:
     if "observed_state" in columns:
         columns["observed_at"] = now
     columns["updated_at"] = now
-    sets = ", ".join(f"{c} = ?" for c in columns)
-    conn.execute(f"UPDATE guests SET {sets} WHERE vmid = ?", [*columns.values(), op.guest.vmid])
+    conn.execute(_observed_sql(tuple(columns)), [*columns.values(), op.guest.vmid])
+
+
+@functools.lru_cache(maxsize=8)
+def _observed_sql(columns: tuple[str, ...]) -> str:
+    """:func:`_observe_success`'s UPDATE for these columns (built once each)."""
+    return f"UPDATE guests SET {', '.join(f'{c} = ?' for c in columns)} WHERE vmid = ?"
 
 
 #: Actions that make a new guest at the op's vmid.
@@ -558,7 +674,14 @@ def discard(conn: sqlite3.Connection, op_id: int, *, now: float, reason: str) ->
 
 def delete_returning(conn: sqlite3.Connection, sql: str, params: Any) -> int:
     """Run a ``DELETE … RETURNING id`` and count the deleted ops (history cascades)."""
-    return len(fetch_all(conn, sql, params))
+    deleted = fetch_all(conn, sql, params)
+    written = written_ops(conn)
+    for row in deleted:
+        written.pop(row[0], None)
+    writer = writer_connection(conn)
+    if writer is not None and deleted:
+        writer.in_flight = None  # (only terminal ops are deleted; counted again all the same)
+    return len(deleted)
 
 
 def open_ops(conn: sqlite3.Connection, vmid: int) -> list[Op]:
@@ -572,10 +695,12 @@ def open_ops(conn: sqlite3.Connection, vmid: int) -> list[Op]:
 
 
 # Literal constants, so the partial index ``ops_reconcile_by_vmid`` serves the query.
-_SUPERSEDABLE = (
-    f"SELECT {OP_COLUMNS} FROM ops WHERE vmid = ? AND origin = '{SUPERSEDABLE_ORIGIN}'"
-    f" AND state = '{SUPERSEDABLE_STATE}' ORDER BY id"
+_SUPERSEDABLE_WHERE = (
+    f"vmid = ? AND origin = '{SUPERSEDABLE_ORIGIN}' AND state = '{SUPERSEDABLE_STATE}'"
 )
+_SUPERSEDABLE = f"SELECT {OP_COLUMNS} FROM ops WHERE {_SUPERSEDABLE_WHERE} ORDER BY id"
+#: Whether the guest (``?``: its vmid) has an op :func:`cancel_superseded` reads.
+SUPERSEDABLE_EXISTS = f"SELECT 1 FROM ops WHERE {_SUPERSEDABLE_WHERE}"
 
 
 def cancel_superseded(

@@ -101,6 +101,58 @@ def translated(path: Path) -> Iterator[None]:
         raise translate(exc, path) from exc
 
 
+# --- the writer's connection ----------------------------------------------------------------
+
+
+class WriterConnection(sqlite3.Connection):
+    """The writer's ``sqlite3`` connection, and the op rows as its own writes left them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: See :func:`written_ops`.
+        self.written_ops: dict[int, Any] = {}
+        #: Ops in flight per node, kept up to date by the writer's own writes; ``None``:
+        #: not known (read again when needed). Forgotten with :attr:`written_ops`.
+        self.in_flight: dict[str, int] | None = None
+        #: ``PRAGMA data_version`` when :attr:`written_ops` was last known to be exact.
+        self.data_version: int | None = None
+
+
+def written_ops(conn: sqlite3.Connection) -> dict[int, Any]:
+    """Op records by id, as this connection's own writes left their rows — for a unit to
+    read instead of the row. The writer forgets them all whenever they may no longer be what
+    the file holds: another connection (another process) committed (``PRAGMA
+    data_version``, checked at the start of every group commit), a unit's changes or a whole
+    transaction were rolled back, or the connection ran a statement outside a group commit.
+    Any other connection remembers nothing (an empty dict, thrown away)."""
+    if isinstance(conn, WriterConnection):
+        return conn.written_ops
+    return {}
+
+
+def writer_connection(conn: sqlite3.Connection) -> WriterConnection | None:
+    """``conn`` when it is the writer's (it remembers what it wrote, see
+    :func:`written_ops`), else ``None``."""
+    return conn if isinstance(conn, WriterConnection) else None
+
+
+def _forget_written(conn: sqlite3.Connection) -> None:
+    if isinstance(conn, WriterConnection):
+        conn.written_ops.clear()
+        conn.in_flight = None
+
+
+def _check_data_version(conn: sqlite3.Connection) -> None:
+    """Inside ``BEGIN IMMEDIATE`` (no other writer can commit now): forget what this
+    connection wrote if anything else committed since its last look."""
+    if not isinstance(conn, WriterConnection):
+        return
+    (version,) = conn.execute("PRAGMA data_version").fetchone()
+    if version != conn.data_version:
+        _forget_written(conn)
+        conn.data_version = version
+
+
 # --- statements inside a unit -------------------------------------------------------------
 
 
@@ -237,6 +289,7 @@ class Job(Generic[T]):
 
 def _undo_unit(conn: sqlite3.Connection, exc: BaseException) -> None:
     """Roll back the failed unit's savepoint; TransactionLost if SQLite dropped it all."""
+    _forget_written(conn)
     if not conn.in_transaction:
         raise TransactionLost(exc)
     conn.execute(_ROLLBACK_TO)
@@ -293,9 +346,11 @@ def run_batch(conn: sqlite3.Connection, jobs: Sequence[Job[Any]]) -> float:
     started = time.perf_counter()
     try:
         conn.execute("BEGIN IMMEDIATE")
+        _check_data_version(conn)
         try:
             _run_plain(conn, jobs)
         except _Rerun:
+            _forget_written(conn)
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
@@ -303,6 +358,7 @@ def run_batch(conn: sqlite3.Connection, jobs: Sequence[Job[Any]]) -> float:
             _run_with_savepoints(conn, jobs)
         conn.execute("COMMIT")
     except BaseException:
+        _forget_written(conn)
         _rollback_now(conn)
         raise
     return time.perf_counter() - started
@@ -329,12 +385,20 @@ class Writer:
         """Run ``fn`` on the writer's connection in its thread, outside any group commit
         (opening, migrations, closing). sqlite3 errors are raised as they are."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._with_conn, fn)
+        return await loop.run_in_executor(self._thread, self._with_conn, fn, True)
 
-    def _with_conn(self, fn: Unit[T]) -> T:
+    def _with_conn(self, fn: Unit[T], outside: bool = False) -> T:
         if self._conn is None:
             raise JournalError(f"journal {self.path} is closed")
-        return fn(self._conn)
+        if not outside:
+            return fn(self._conn)
+        # Outside a group commit it may write (or roll back) anything: forget what the group
+        # commits wrote, before and after.
+        _forget_written(self._conn)
+        try:
+            return fn(self._conn)
+        finally:
+            _forget_written(self._conn)
 
     async def open(self, uri: str, *, busy_timeout_ms: int, synchronous: str, wal: bool) -> None:
         """Open the connection in the writer thread, with its pragmas."""
@@ -346,6 +410,7 @@ class Writer:
                 isolation_level=None,
                 timeout=busy_timeout_ms / 1000,
                 check_same_thread=True,
+                factory=WriterConnection,
             )
             try:
                 conn.row_factory = sqlite3.Row
@@ -447,8 +512,11 @@ class Writer:
                 job.future.cancel()
 
     async def _commit(self, batch: list[Job[Any]]) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            elapsed = await self.call(lambda conn: run_batch(conn, batch))
+            elapsed = await loop.run_in_executor(
+                self._thread, self._with_conn, lambda conn: run_batch(conn, batch)
+            )
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled (loop teardown): outcome unknown
                 for job in batch:

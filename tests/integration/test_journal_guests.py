@@ -273,3 +273,32 @@ async def test_janitor_note_keeps_the_state_and_moves_updated_at(journal: Journa
     assert after.state is OpState.DISPATCHING and after.updated_at == T0 + 50
     assert history[-1].from_state is history[-1].to_state is OpState.DISPATCHING
     assert history[-1].reason == "janitor: stuck"
+
+
+async def test_the_supersede_rule_sees_the_op_the_submission_itself_journals(
+    journal: Journal,
+) -> None:
+    """With no pending reconcile op before it, a submission's own reconcile op (new, or
+    re-armed by its key) is still judged by the supersede rule in the same transaction."""
+    await journal.take_guest(rec(101), audit=audit(101), now=T0)
+    start = SubmitRequest(
+        idempotency_key="reconcile:101:0:start:1",
+        action="start",
+        guest=GuestRef(node="pve1", kind=GuestKind.QEMU, vmid=101),
+        params={},
+        origin=Origin.RECONCILE,
+        actor="reconcile",
+    )
+    new = await journal.submit_guest_op(start, now=T0, desired=DesiredState.STOPPED)
+    assert (await journal.get(new.op.id)).state is OpState.CANCELLED
+    await journal.set_desired(101, DesiredState.RUNNING, now=T0 + 1)
+    rearmed = await journal.submit_guest_op(start, now=T0 + 2, desired=DesiredState.STOPPED)
+    assert rearmed.rearmed and rearmed.op.id == new.op.id
+    assert (await journal.get(new.op.id)).state is OpState.CANCELLED
+    history = await journal.history(new.op.id)
+    assert [h.to_state for h in history] == [
+        OpState.PENDING,
+        OpState.CANCELLED,
+        OpState.PENDING,
+        OpState.CANCELLED,
+    ]

@@ -68,6 +68,9 @@ def _hot_queries() -> Iterator[tuple[str, str, tuple[Any, ...], tuple[str, ...]]
         sql, params = ops.claim_query(now=T0 + 100, node_cap=cap, nodes=nodes)
         wanted = ("ops_due", "ops_inflight_vmid") + (("ops_inflight_node",) if cap else ())
         yield f"claim cap={cap} nodes={nodes}", sql, tuple(params), wanted
+    # The writer's claim: the full nodes known from its own counts.
+    sql, params = ops.claim_query(now=T0 + 100, node_cap=3, nodes=None, full_nodes=["pve2"])
+    yield "claim cap=3 full=[pve2]", sql, tuple(params), ("ops_due", "ops_inflight_vmid")
     yield "in_flight", f"SELECT {OP_COLUMNS} FROM ops WHERE phase = 2", (), ("ops_inflight",)
     yield (
         "in_flight(node)",

@@ -22,7 +22,7 @@ from lifecycled.domain.guests import (
 from lifecycled.domain.node import NodeState
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
 from lifecycled.journal import Journal, SubmitRequest
-from lifecycled.journal.guests import insert_guest, load_head
+from lifecycled.journal.guests import insert_guest, submission_read
 
 NODE = "pve1"
 
@@ -134,8 +134,8 @@ async def test_the_policy_s_facts_are_the_row_s(journal: Journal) -> None:
 
 
 async def test_the_write_guard_reads_the_row_s_head(journal: Journal) -> None:
-    """``load_head`` (the submission guard's read in the writer) is the full row's head;
-    ``None`` without a row."""
+    """``submission_read`` (the submission guard's read in the writer) holds the full row's
+    head; ``None`` without a row."""
     for vmid in (100, 999):
-        got = await journal._store.write(partial(load_head, vmid=vmid))
-        assert got == _head(await journal.find_guest(vmid))
+        got = await journal._store.write(partial(submission_read, key=None, vmid=vmid))
+        assert got.head == _head(await journal.find_guest(vmid))
