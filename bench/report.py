@@ -117,6 +117,16 @@ every 0.5 s while young: 8.00, 6.00 less the record. Meeting those rows needs a 
 decision: the record's cadence (e.g. desired state written per reconcile pass rather than
 per submission, which weakens SPEC §7's hand-off of an op accepted moments before a
 migration) or a task-end latency target of the archiver's ~10 s instead of one poll interval.
+
+Tried and left out (branch `lst`): a submission that writes nothing to the record (its
+desired state unchanged) read the record from the node's live listing — which carries every
+guest's `tags` from its config at request time (qemu-server `vmstatus`) — shared with other
+submissions and the Check, instead of its own `GET …/config`. Section 1: requests per
+submission 1.00 → 0.21 (about five submissions per listing), daemon CPU per submission −7 %;
+but the simulator's CPU per submission rose ~50 % (195 → 290 µs: each listing does the work
+of every guest on the node) and a lone submission took 4.0 ms instead of 2.5–2.9 ms. On a
+real node a listing runs `vmstatus` for every guest, so fewer requests would have meant more
+pveproxy work per submission: requests per op counts a listing as one, pveproxy does not.
 """
 
 _PROFILE = """\
