@@ -311,6 +311,54 @@ _FINDINGS = """\
   UPID holder check into the op read (−2 µs per op). Not tried: a flusher that sends a batch
   while the loop still wakes callers (more commits, each an fsync, for an overlap the GIL
   mostly denies).
+- **Fewer statements per op** (jrn2, 2026-12-03). Counted with a trace callback on the
+  writer's connection (`set_trace_callback`, a trigger's repeat of its statement left out)
+  over the section-0 calls: 17 statements per op → 12 (the anchor's 10 writes plus the
+  submission's one read and the claim's query). Cuts, each with its pair of medians
+  (section 0, 128 callers, 10,000 ops, full sync, interleaved with the base in one
+  sitting; the load from other helpers' benches moved single runs ±40 %, the paired
+  ratios less):
+  1. the submission reads its key's op, the guest's head and whether a supersedable op
+     exists in one statement (the supersedable ops are read only when one exists or the
+     submission's own op could be one): 17 → 15; 0.343× → 0.327× (6 rounds: no effect
+     above the noise — those reads are ~2–4 µs each);
+  2. `record_upid` reads the op and another holder of the UPID in one statement: 15 → 14;
+     0.320× (no effect above the noise);
+  3. the writer remembers the open ops its own writes left (`store.written_ops`, forgotten
+     when another connection committed — `PRAGMA data_version` at each group commit — on
+     any rollback, and around `Writer.call`): `record_upid` and `finish` read no op row
+     and the UPID's history check is part of the guarded UPDATE: 14 → 12; 0.386×;
+  4. a claim takes the op it picked from what the writer remembers (no decode), the
+     success's guest UPDATE built once: 0.373× / 0.415× (two sittings, base 0.334× /
+     0.343×);
+  5. the writer keeps each node's in-flight count, so the claim names the full nodes
+     instead of counting every in-flight op: 0.361× against 0.374× for (4) in a sitting
+     shared with another helper's bench — no effect measurable here (the bench has ~64
+     ops in flight at a claim; the count grows with the node cap's load).
+  With `make bench BENCH_ARGS='--sections 0'` (3 runs each, medians; main through
+  `BENCH_LIFECYCLED=/work/main`, two alternating sittings): the journal 4,135 → 5,076 and
+  2,988 → 4,017 ops/s (+23 %, +34 %); the ratios 0.46× → 0.39× and 0.30× → 0.36× moved with
+  the anchor (9,009 → 12,959 and 9,913 → 11,056 ops/s between adjacent runs of the same
+  code), which is why the pairs above are read per round.
+  Writer CPU per op (thread CPU time in `run_batch`, `synchronous=NORMAL` so no fsync
+  waits, medians of 4 interleaved runs): 188 µs (base) → 162 (3) → 152 (4) → 150 (5);
+  the branch's head against the base in a last sitting 182 → 144 µs (−21 %), the whole
+  process 211 → 172 µs per op, and section 0 0.341× → 0.381× (medians of 6 pairs; the
+  journal ~4,400–4,600 → ~5,100–5,400 ops/s in the rounds no other bench disturbed).
+  The ratio went from ~0.34× to ~0.37–0.41×: **0.5× is not reached.** Where the rest goes (py-spy on the writer, 400 Hz): the three
+  guarded op UPDATEs are ~21 % of the writer's busy time (13–16 µs each: the state moves
+  the `ops_by_state` entry and the `phase` partial indexes, and fires `outbox_op_terminal`'s
+  WHEN test — the anchor makes the same UPDATEs through `executemany`, ~9–10 µs each), the
+  other writes and the two reads ~27 %, COMMIT/BEGIN ~10 %, the wake-up of the loop after a
+  batch ~10 %, Python (`step`/`evolved`, records, `persist`, the units) ~30 %. The loop and
+  the writer alternate (every caller waits in the batch in flight), so the loop's ~30 µs
+  per op adds to the writer's ~150 µs instead of overlapping it. For scale: the anchor's
+  own rows written from a bare loop in the journal's order (one op's four stages after
+  another, `execute` per row, no fsync) cost ~78 µs of CPU per op against ~68 µs in the
+  anchor's stage order with `executemany`. 0.5× (~6,000 ops/s against a ~12,000 anchor)
+  needs about 165 µs per op of writer and loop together; they are at ~180 µs of CPU plus
+  the fsync waits: the writer's Python would have to shrink by about half, or the loop's
+  work overlap the writer's (more, smaller batches: more fsyncs).
 - **Noise on this machine.** Two full runs of the same daemon code 20 minutes apart on
   2026-12-03 (`before-af6c039.json`, against af6c039; `e1044b5ba332.json`, this bench's
   branch, whose daemon code is af6c039's — the load average rose from ~2 to ~5 between
