@@ -195,3 +195,45 @@ async def test_a_reopened_journal_reads_what_another_process_wrote_meanwhile(
         done = await journal.finish(op.id, OpState.SUCCEEDED, now=T0 + 3, reason="OK")
         assert done.upid_text == "UPID:pve1:00000001:there:"
         assert done == await journal.get(op.id)
+
+
+async def test_a_full_disk_in_the_batch_leaves_the_count_and_records_as_the_file_says(
+    tmp_path: Path,
+) -> None:
+    """A claim (node_cap=1) shares a batch with a unit that runs out of space (the file may
+    not grow): whether SQLite drops the whole transaction or only that statement, what the
+    writer then claims and reads is what the file holds."""
+    db = tmp_path / "j.sqlite3"
+    async with await Journal.open(db) as journal:
+        first = (await journal.submit(request("a", vmid=101), now=T0)).op
+        second = (await journal.submit(request("b", vmid=102), now=T0)).op
+        assert await journal.claim_next(now=T0 - 1, node_cap=1) is None  # counted: 0
+
+        def fills_the_disk(conn: sqlite3.Connection) -> None:
+            (pages,) = conn.execute("PRAGMA page_count").fetchone()
+            conn.execute(f"PRAGMA max_page_count = {int(pages)}")
+            try:
+                conn.execute(
+                    "INSERT INTO op_history (op_id, at, from_state, to_state, reason) "
+                    "VALUES (?, 0, NULL, 'pending', ?)",
+                    (second.id, "x" * 2_000_000),
+                )
+            finally:
+                conn.execute("PRAGMA max_page_count = 1073741823")
+
+        outcomes = await asyncio.gather(
+            journal.claim_next(now=T0 + 1, node_cap=1),
+            journal._store.write(fills_the_disk),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], Exception), outcomes
+        (state,) = raw_rows(db, "SELECT state FROM ops WHERE id = ?", (first.id,))[0]
+        again = await journal.claim_next(now=T0 + 2, node_cap=1)
+        if state == "dispatching":  # only the full statement was undone: the claim stands
+            assert again is None
+            assert await journal.get(first.id) == outcomes[0]
+        else:  # the whole transaction was lost: nothing is in flight
+            assert isinstance(outcomes[0], Exception), outcomes
+            assert again is not None and (again.id, again.attempts) == (first.id, 1)
+        running = await journal.record_upid(first.id, "UPID:pve1:00000001:a:", now=T0 + 3)
+        assert running.attempts == 1 and running == await journal.get(first.id)

@@ -178,3 +178,50 @@ async def test_the_cli_retrying_a_dead_letter_is_claimed_with_a_fresh_series(
         assert claimed is not None and claimed.id == op.id
         assert (claimed.attempts, claimed.upid_text, claimed.dispatched) == (1, None, False)
         assert claimed == await mine.get(op.id)
+
+
+async def test_two_journals_with_workers_keep_the_cap_and_claim_each_op_once(
+    tmp_path: Path,
+) -> None:
+    """Two journals on one file (two daemons), three workers each, claim → task → finish
+    over 40 ops on two nodes with node_cap=2: no committed snapshot ever shows more than
+    two ops in flight on a node, every op runs once (one claim, attempt 1, its own task)."""
+    db = tmp_path / "j.sqlite3"
+    async with await Journal.open(db) as a, await Journal.open(db) as b:
+        for vmid in range(101, 141):
+            node = "pve1" if vmid % 2 else "pve2"
+            await a.submit(request(f"k{vmid}", vmid=vmid, node=node), now=T0)
+        over: list[tuple[str, int]] = []
+
+        async def worker(journal: Journal, name: str) -> None:
+            tick = 0
+            while True:
+                tick += 1
+                op = await journal.claim_next(now=T0 + 1, node_cap=2)
+                if op is None:
+                    if not raw_rows(db, "SELECT 1 FROM ops WHERE phase IN (1, 2) LIMIT 1"):
+                        return
+                    await asyncio.sleep(0.001)
+                    continue
+                over.extend(
+                    raw_rows(
+                        db,
+                        "SELECT node, count(*) FROM ops WHERE phase = 2 GROUP BY node"
+                        " HAVING count(*) > 2",
+                    )
+                )
+                await journal.record_upid(
+                    op.id, f"UPID:{op.guest.node}:{op.id:08X}:{name}:", now=T0 + 2
+                )
+                await asyncio.sleep(0)
+                await journal.finish(op.id, OpState.SUCCEEDED, now=T0 + 3, reason="OK")
+
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(worker(j, f"{n}{i}") for n, j in (("a", a), ("b", b)) for i in range(3))
+            ),
+            45,
+        )
+    assert over == []
+    assert raw_rows(db, "SELECT DISTINCT state, attempts FROM ops") == [("succeeded", 1)]
+    assert raw_rows(db, "SELECT count(*) FROM op_history WHERE to_state = 'dispatching'") == [(40,)]
