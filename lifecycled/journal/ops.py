@@ -13,6 +13,7 @@ crash leaves either both or neither. ``persist`` is the only code that changes a
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import sqlite3
@@ -251,14 +252,19 @@ _REMEMBERED = 4096
 def remember(conn: sqlite3.Connection, op: Op) -> Op:
     """Note ``op`` as its row now reads (after this unit's write), so that a later unit of
     this writer reads it from here instead of the row (:func:`load`); a terminal op is
-    forgotten (few are written again). See :func:`lifecycled.journal.store.written_ops`."""
+    forgotten (few are written again). See :func:`lifecycled.journal.store.written_ops`.
+
+    What is remembered is never what the caller gets: ``params`` is a plain dict (nested
+    values too), so the writer keeps its own deep copy (an empty one too) — an edit of the returned record
+    must not change what a later unit writes, as it could not when every unit read the row.
+    """
     written = written_ops(conn)
     if op.state in TERMINAL:
         written.pop(op.id, None)
     else:
         if len(written) >= _REMEMBERED:
             written.clear()
-        written[op.id] = op
+        written[op.id] = attrs.evolve(op, params=copy.deepcopy(op.params))
     return op
 
 

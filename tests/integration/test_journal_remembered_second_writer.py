@@ -1,4 +1,4 @@
-"""Attacks on what the journal's writer remembers (branch jrn2), as a second writer would
+"""Attacks on what the journal's writer remembers, as a second writer would
 make them: another journal on the same file (another process: the CLI, a second daemon)
 changes op rows between two of this writer's group commits, often leaving an op in the
 same *state* the writer remembers it in, so that only the row's other columns (attempts,

@@ -1,4 +1,4 @@
-"""Attacks on what the journal's writer remembers (branch jrn2) by the writer's own
+"""Attacks on what the journal's writer remembers by the writer's own
 failures: a COMMIT that fails after every unit ran, a unit undone in the savepoint pass,
 a caller cancelled while its unit is in the batch, more ops than the writer remembers, a
 maintenance statement outside the group commits. What it remembers (the op records and

@@ -1,4 +1,4 @@
-"""Attacks on the submission unit's one read (branch jrn2): whether the guest has a pending
+"""Attacks on the submission unit's one read: whether the guest has a pending
 reconcile op a new desired state supersedes is read once, at the start of the unit. An op
 journaled just before — by an earlier unit of the same group commit, or by another
 journal on the file — must still be cancelled."""

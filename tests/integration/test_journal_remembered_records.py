@@ -1,4 +1,4 @@
-"""Attacks on what the journal's writer remembers (branch jrn2) through the records it
+"""Attacks on what the journal's writer remembers through the records it
 hands out: the op a verb returns is the one the writer remembers and reads again in its
 next unit instead of the row. Every verb's record must be exactly its row (every field,
 times given as ints included), and a caller's handling of a returned record must not
@@ -143,3 +143,21 @@ async def test_a_caller_changing_a_returned_records_params_does_not_change_the_j
         assert conn.execute("SELECT node FROM guests WHERE vmid = 101").fetchall() == [("pve2",)]
     finally:
         conn.close()
+
+
+async def test_a_key_added_to_the_empty_params_of_a_returned_record_is_not_written(
+    tmp_path: Path,
+) -> None:
+    """A caller adding a key to the empty params of the op submit returned changes nothing
+    the writer remembers: the op claimed, given its UPID and finished keeps empty params."""
+    async with await Journal.open(tmp_path / "j.sqlite3") as j:
+        sub = await j.submit(request("e", vmid=101), now=N0)
+        assert sub.op.params == {}
+        sub.op.params["timeout"] = 1  # the caller's own copy, it thinks
+        claimed = await j.claim_next(now=N0 + 1)
+        assert claimed is not None and claimed.params == {}
+        claimed.params["force"] = True
+        await j.record_upid(claimed.id, "UPID:pve1:00000001:e:", now=N0 + 2)
+        done = await j.finish(claimed.id, OpState.SUCCEEDED, now=N0 + 3, reason="OK")
+        assert done.params == {}
+        assert done == await j.get(claimed.id)
