@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import attrs
@@ -26,6 +27,8 @@ logger = logging.getLogger("lifecycled.pve.http")
 _REDACTED = "***"
 #: Seconds an idle connection is kept for reuse.
 _KEEPALIVE = 4.0
+#: The media type of a form body (what aiohttp's ``FormData`` sends for text fields).
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
 @attrs.frozen(kw_only=True)
@@ -39,6 +42,14 @@ class Reply:
 
 def _all_text(form: Mapping[str, Any]) -> bool:
     return all(type(k) is str and type(v) is str for k, v in form.items())
+
+
+def form_body(form: Mapping[str, str]) -> bytes:
+    """A form of text fields as the bytes aiohttp's ``FormData`` would send for it
+    (``urlencode`` of its fields in order, UTF-8): encoded here, once, so that aiohttp
+    does not look the mapping up in its payload registry and build a ``FormData`` per
+    request."""
+    return urlencode(list(form.items()), doseq=True, encoding="utf-8").encode()
 
 
 class Transport:
@@ -106,6 +117,13 @@ class Transport:
         """
         self.check_encodable(method, path, template, params=params, data=data)
         session = self.session()
+        body: bytes | dict[str, Any] | None = None
+        if data is not None:
+            if _all_text(data):
+                body = form_body(data)
+                headers = {**headers, "Content-Type": FORM_CONTENT_TYPE}
+            else:
+                body = dict(data)
         code = "error"
         started = time.perf_counter()
         error: PveError
@@ -114,8 +132,8 @@ class Transport:
                 method,
                 self._api + path,
                 params=dict(params) if params else None,
-                data=dict(data) if data is not None else None,
-                headers=dict(headers),
+                data=body,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=seconds, sock_connect=self._timeouts.connect),
                 allow_redirects=False,
             ) as resp:

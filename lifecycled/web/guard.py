@@ -137,10 +137,14 @@ async def read_body(request: web.Request) -> bytes:
     """The request body, which must arrive within the guard's ``body_timeout`` (else 408)
     and fit ``client_max_size`` (else 413).
 
-    aiohttp keeps what was read, so handlers reading the body later get it at once.
+    aiohttp keeps what was read, so handlers reading the body later get it at once. A body
+    whose every byte has arrived (a small one comes with the head) is read without arming
+    a timer: there is nothing left to wait for.
     """
     guard = request.app[GUARD_KEY]
     try:
+        if request.content.is_eof():
+            return await request.read()
         async with asyncio.timeout(guard.body_timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:

@@ -79,6 +79,24 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: The request body's decoder, built once (``json.loads`` with hooks builds one per call):
+#: no repeated key, no NaN or Infinity, 64-bit integers, finite floats.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys,
+    parse_constant=_reject_constant,
+    parse_int=_bounded_int,
+    parse_float=_finite_float,
+)
+
+
+def _decode_json(text: str) -> Any:
+    """``json.loads(text, …the hooks above…)``, BOM refusal included; a deeply nested body
+    raises :class:`RecursionError` (the caller answers 400)."""
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
+
+
 JSON_MEDIA_TYPE = "application/json"
 
 
@@ -109,15 +127,7 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
     if not raw.strip():
         raise bad_request("malformed_json", "the request body must be a JSON object")
     try:
-        text = raw.decode("utf-8")
-        # NaN and Infinity are not JSON; a deeply nested body must not crash the parser.
-        value = json.loads(
-            text,
-            object_pairs_hook=_unique_keys,
-            parse_constant=_reject_constant,
-            parse_int=_bounded_int,
-            parse_float=_finite_float,
-        )
+        value = _decode_json(raw.decode("utf-8"))
     except _DuplicateKey as exc:
         raise bad_request(
             "duplicate_key",

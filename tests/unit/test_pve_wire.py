@@ -12,6 +12,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import aiohttp
 import pytest
@@ -30,6 +31,7 @@ from lifecycled.pve.http import HttpPveClient
 from lifecycled.pve.port import PveClient
 from lifecycled.pve.timeouts import Timeouts
 from lifecycled.pve.tls import TlsOptions, normalize_fingerprint, ssl_for
+from lifecycled.pve.transport import form_body
 from lifecycled.pve.wire import ANYEVENT_REASONS
 
 ORIGIN = "http://pve.test:8006"
@@ -69,6 +71,23 @@ def only_request(m: Any) -> tuple[str, URL, dict[str, Any]]:
     assert len(items) == 1, items
     meth, url, call = items[0]
     return meth, url, call.kwargs
+
+
+def form_of(kwargs: dict[str, Any]) -> dict[str, str] | None:
+    """The form fields a recorded request sent (its urlencoded body, declared as a form)."""
+    body = kwargs.get("data")
+    if body is None:
+        return None
+    assert kwargs["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    assert isinstance(body, bytes)
+    return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
+
+
+def password_of(call: Any) -> str:
+    """The password field of a recorded login."""
+    form = form_of(call.kwargs)
+    assert form is not None
+    return form["password"]
 
 
 class _SentWriter:
@@ -752,7 +771,32 @@ async def test_ha_resource_and_set_state(client: HttpPveClient, mocked: Any) -> 
     assert await client.ha_resource("vm:100") == {"sid": "vm:100", "state": "started"}
     await client.ha_set_state("vm:100", "stopped")
     (call,) = requests_to(mocked, "PUT", "/cluster/ha/resources/vm:100")
-    assert call.kwargs["data"] == {"state": "stopped"}
+    assert form_of(call.kwargs) == {"state": "stopped"}
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"tags": "lifecycled-owner;web", "digest": "0123abcd"},
+        {"description": "line one\nline two & more = 100% + ü ✓", "digest": ""},
+        {"a b": "c/d?e#f", "x": "~!*'()"},
+        {},
+    ],
+)
+async def test_a_form_body_is_what_aiohttp_would_send(form: dict[str, str]) -> None:
+    """The form encoded once per request is byte for byte aiohttp's ``FormData`` body."""
+    assert form_body(form) == await aiohttp.FormData(form)().as_bytes()
+
+
+async def test_a_form_reaches_the_wire_with_every_character(
+    client: HttpPveClient, mocked: Any
+) -> None:
+    """A multi-line, non-ASCII form value is sent as a declared form and reads back unchanged."""
+    mocked.put(at("/nodes/pve1/config"), payload={"data": None})
+    text = "owner: lifecycled\nnote = a & b; 100% ✓"
+    await client.set_node_description("pve1", text, "d1g3st")
+    _, _, kwargs = only_request(mocked)
+    assert form_of(kwargs) == {"description": text, "digest": "d1g3st"}
 
 
 async def test_ha_resource_other_errors_raise(client: HttpPveClient, mocked: Any) -> None:
@@ -860,7 +904,7 @@ async def test_dispatch_wire_mapping(
     assert got == (Upid.parse(answer) if answer else None)
     meth, url, kwargs = only_request(mocked)
     assert (meth, url.path, dict(url.query)) == (method, "/api2/json" + path, query)
-    assert kwargs["data"] == form
+    assert form_of(kwargs) == form
     if form:
         assert all(isinstance(v, str) for v in form.values())
 
@@ -900,7 +944,7 @@ async def test_ticket_login_cookie_and_csrf_on_writes_only(mocked: Any) -> None:
         await client.node_status("pve1")
         await start(client)
     (login,) = requests_to(mocked, "POST", "/access/ticket")
-    assert login.kwargs["data"] == {"username": "root@pam", "password": PASSWORD}
+    assert form_of(login.kwargs) == {"username": "root@pam", "password": PASSWORD}
     (get,) = requests_to(mocked, "GET", "/nodes/pve1/status")
     assert get.kwargs["headers"]["Cookie"] == f"PVEAuthCookie={TICKET1}"
     assert "CSRFPreventionToken" not in get.kwargs["headers"]
@@ -924,7 +968,7 @@ async def test_ticket_is_renewed_after_an_hour(mocked: Any) -> None:
         clock.now += 2
         await client.node_status("pve1")
     logins = requests_to(mocked, "POST", "/access/ticket")
-    assert [c.kwargs["data"]["password"] for c in logins] == [PASSWORD, TICKET1]
+    assert [password_of(c) for c in logins] == [PASSWORD, TICKET1]
     cookies = [
         c.kwargs["headers"]["Cookie"] for c in requests_to(mocked, "GET", "/nodes/pve1/status")
     ]
@@ -944,7 +988,7 @@ async def test_refused_renewal_falls_back_to_password(mocked: Any) -> None:
         clock.now += 8000
         await client.node_status("pve1")
     logins = requests_to(mocked, "POST", "/access/ticket")
-    assert [c.kwargs["data"]["password"] for c in logins] == [PASSWORD, TICKET1, PASSWORD]
+    assert [password_of(c) for c in logins] == [PASSWORD, TICKET1, PASSWORD]
 
 
 async def test_ticket_401_relogs_in_and_retries_once(mocked: Any) -> None:
@@ -959,7 +1003,7 @@ async def test_ticket_401_relogs_in_and_retries_once(mocked: Any) -> None:
     starts = requests_to(mocked, "POST", "/nodes/pve1/qemu/100/status/start")
     assert [c.kwargs["headers"]["CSRFPreventionToken"] for c in starts] == [CSRF1, CSRF2]
     logins = requests_to(mocked, "POST", "/access/ticket")
-    assert [c.kwargs["data"]["password"] for c in logins] == [PASSWORD, PASSWORD]
+    assert [password_of(c) for c in logins] == [PASSWORD, PASSWORD]
 
 
 async def test_ticket_second_401_is_raised(mocked: Any) -> None:
