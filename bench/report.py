@@ -280,6 +280,69 @@ was not built: the only invalidation that a second writer (the CLI) cannot slip 
 read per submission, which the combined statement already is.
 """
 
+_PROFILE_CPU2 = """\
+## Profile after the CPU cuts (cpu2)
+
+py-spy as above (`bench.profile`: 6,000 HTTP submissions, 1,500 full ops), branch `cpu2`
+(cfce496) against main 4a045d3, one run each, load average ~2 on 2 cores (summaries in
+`bench/results/profile-{4a045d395a96,cfce496821b4}-{http,lifecycle}.txt`). Busy samples
+(GIL held): HTTP 604 → 514, lifecycle 765 → 518 (those counts move ±30 % between identical
+runs here). Shares are of each run's busy samples, inclusive:
+
+| where | main | cpu2 | what changed |
+|---|---:|---:|---|
+| a PUT/POST's form body, lifecycle (`ClientRequest.update_body_from_data`: the form dict misses aiohttp's payload registry — an `isinstance` against each registered type, ABCs included — then a `FormData` with its multipart writer and boundary is built) | 7.5 % | 2.5 % | `pve/transport.py` urlencodes a text form once to bytes with its `Content-Type`, byte for byte what `FormData` sends (`test_a_form_body_is_what_aiohttp_would_send`) |
+| the request body's JSON decoder, HTTP (`JSONDecoder.__init__`: `json.loads` with hooks builds a decoder and its scanner per call) | 2.3 % | 0 % | `web/inputs.py` builds it once (BOM refusal kept) |
+| the body timer, HTTP (`asyncio.timeout` in `guard.read_body`) | 3.8 % | 0 % | not armed when every byte of the body has arrived (`request.content.is_eof()`), as a small body does with its head |
+
+Daemon CPU, `--sections 1,2` shapes (1,000 full ops, 4,000 submissions per run), seven
+interleaved pairs of each in one sitting (the last four in ABBA order), main → cpu2:
+
+- per 1,000 full ops: 3.27 / 3.23 / 3.24 / 2.82 / 3.18 / 3.01 / 2.71 s → 2.96 / 3.26 / 2.97 /
+  3.13 / 2.95 / 2.83 / 2.47 s; medians 3.18 → 2.96 s (−7 %), lower in 5 of 7 pairs;
+- per HTTP submission: 712 / 622 / 722 / 672 / 720 / 613 / 690 µs → 660 / 735 / 703 / 550 /
+  575 / 610 / 715 µs; medians 690 → 660 µs (−4 %), lower in 5 of 7 pairs.
+
+Section 2 on this machine is bimodal: in some runs, of either tree, the rate falls from ~300
+to ~140–190 ops/s and the CPU per op of the daemon *and* of the simulator rise together by
+20–40 % with the same requests per op (3.3–3.4 per op either way; counted from the
+simulator's log) — contention with other work on the two cores, not the code. Compare pairs
+whose rates are alike; the medians above mix both modes.
+
+Measured and left out:
+
+- **One worker woken per notify** (instead of every idle worker claiming, most of them
+  finding nothing): it did not lower the empty claims of section 2 (~2 per op either way:
+  the workers are busy there), and by claiming one op per writer round trip it shrank the
+  batches of the Check listing and of the group commit — section 2 rose to 3.0–3.75 s per
+  1,000 ops against 2.7–3.1 on main in the same sitting. A variant that keeps waking every
+  idle worker but lets only one of them poll every idle interval (the others waiting for a
+  notify) cut the idle CPU after activity with 32 workers from ~0.7 % to ~0.3 % and moved
+  nothing else measurably; not kept (the default is 2 workers).
+- A reused `ClientTimeout` per request budget and the token's headers built once per
+  client: ~0.6 µs and ~0.2 µs per request (timeit) — not worth a cache.
+- `wire.unsendable`, `wire.guest_path`, `form_body`: 1.6 µs, 0.3 µs, 4 µs per request.
+
+Where the daemon's CPU goes now (section 2, cpu2's profile, by innermost lifecycled frame):
+the aiohttp client under `Transport.send` 27 % (3.3–3.4 Proxmox requests per op: the
+ownership record's GET and PUT, the POST, a share of a listing; ~100–150 µs of client CPU
+each, measured in a client process against the simulator on loopback); the
+event loop and aiohttp's server with no lifecycled frame below them 15 %; the ownership
+record (`_ownership_first`, lst) 26 % inclusive; the listing scan (`wire.listed_items`, lst)
+7 %; the journal (writer thread, `Store.rows`, aiosqlite) ~12 %; our own per-request code
+(`Transport.send`/`envelope`/`observe`, `Metrics.pve_request`, `unsendable`, `form_body`)
+~6 % together. No single cut of ours is left above ~2 %.
+
+Ops arriving one at a time cost far more than section 2's burst: with the bench's flags (32
+workers) and ops submitted 20 a second, the daemon used 8.7–10.7 s per 1,000 ops (nine
+runs of this branch's daemon code) with 5.0 Proxmox requests per op (a `tasks/{upid}/status` read and a whole node
+listing per op: nothing to batch with). There the py-spy samples show the idle workers' waits
+(`clock.first_set`, 12 %: two tasks and an `asyncio.wait` per wait) and their claims — every
+notify wakes every idle worker — and only about half the CPU holds the GIL (the rest is the
+kernel and SQLite). That case is not in the bench; a section for it would show what a node
+with a trickle of ops pays.
+"""
+
 _FINDINGS = """\
 ## Earlier profile notes (still true)
 
@@ -594,5 +657,5 @@ def render_markdown(
     notes = [f"- **{f.name}**: {f.note}" for f in figures if f.note]
     if notes:
         out += ["", "Notes (request mix of each level; latency by task length):", "", *notes]
-    out += ["", _FLOOR, _PROFILE, _PROFILE_CPU15, _TRACKING, _PROFILE_CPU, _FINDINGS, _HOW, _METHOD]
+    out += ["", _FLOOR, _PROFILE, _PROFILE_CPU15, _TRACKING, _PROFILE_CPU, _PROFILE_CPU2, _FINDINGS, _HOW, _METHOD]
     return "\n".join(out) + "\n"
