@@ -489,6 +489,11 @@ _BEFORE_ITEM = (b",", b"[", b", ")
 _AFTER_ITEM = (b",", b"]")
 
 
+#: A listing item's ``"vmid": N`` (one pattern for every batch: a pattern of the batch's own
+#: vmids was compiled anew for each one).
+_LISTED_VMID = re.compile(rb'"vmid": ?([0-9]+)[,}]')
+
+
 def listed_items(body: bytes, vmids: Collection[int]) -> list[Any] | None:
     """The items of ``vmids`` in a node's guest listing body (``{"data":[{…},…]}``), in
     listing order, decoded one by one instead of the whole listing (a node lists hundreds
@@ -516,14 +521,15 @@ def listed_items(body: bytes, vmids: Collection[int]) -> list[Any] | None:
         or body.count(b"]") != 1
     ):
         return None
-    alternatives = b"|".join(str(v).encode() for v in wanted)
-    pattern = re.compile(rb'"vmid": ?(' + alternatives + rb")[,}]")
+    members = set(wanted)
     found: list[Any] = []
     seen: set[int] = set()
     quotes = 0  # quotes before ``mark``
     mark = 0
-    for match in pattern.finditer(body):
+    for match in _LISTED_VMID.finditer(body):
         vmid = int(match.group(1))
+        if vmid not in members:
+            continue  # another guest's item: not decoded, not checked
         start = body.rfind(b"{", 0, match.start())
         end = body.find(b"}", match.end() - 1)
         if vmid in seen or start < mark or end < 0:
