@@ -657,5 +657,16 @@ def render_markdown(
     notes = [f"- **{f.name}**: {f.note}" for f in figures if f.note]
     if notes:
         out += ["", "Notes (request mix of each level; latency by task length):", "", *notes]
-    out += ["", _FLOOR, _PROFILE, _PROFILE_CPU15, _TRACKING, _PROFILE_CPU, _PROFILE_CPU2, _FINDINGS, _HOW, _METHOD]
+    out += [
+        "",
+        _FLOOR,
+        _PROFILE,
+        _PROFILE_CPU15,
+        _TRACKING,
+        _PROFILE_CPU,
+        _PROFILE_CPU2,
+        _FINDINGS,
+        _HOW,
+        _METHOD,
+    ]
     return "\n".join(out) + "\n"
