@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
+from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.classify import ErrorClass
+from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord
 from lifecycled.domain.op import GuestKind, GuestRef, Op, OpError, Origin
 from lifecycled.domain.states import OpState
 from lifecycled.journal import Journal, SubmitRequest
@@ -76,3 +80,38 @@ def raw_rows(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[A
         return list(conn.execute(sql, params))
     finally:
         conn.close()
+
+
+def managed_guest(vmid: int, *, desired: DesiredState | None = None, at: float = T0) -> GuestRecord:
+    """A native (managed) QEMU guest's journal row on pve1."""
+    return GuestRecord(
+        vmid=vmid,
+        node="pve1",
+        kind=GuestKind.QEMU,
+        origin=GuestOrigin.NATIVE,
+        desired_state=desired,
+        created_at=at,
+        updated_at=at,
+    )
+
+
+def manage_audit(vmid: int, *, at: float = T0) -> AuditRecord:
+    """The audit record that takes ``vmid`` into management."""
+    return AuditRecord(
+        at=at, actor="test", action="manage", decision=Decision.MANAGED, reason="t", vmid=vmid
+    )
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """``python -m lifecycled ARGS`` in a subprocess (another process on the journal):
+    its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lifecycled",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 
+from conftest_journal import run_cli
 from engine_support import pick, running
 
 from lifecycled.domain.states import OpState
 from lifecycled.sim import SimServer
-
-
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lifecycled",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_submit_waits_for_the_daemon_and_dedups(sim: SimServer, tmp_path: Path) -> None:
@@ -31,7 +17,7 @@ async def test_submit_waits_for_the_daemon_and_dedups(sim: SimServer, tmp_path: 
     guest = pick(sim, "qemu", False)
     db = str(tmp_path / "journal.sqlite3")
     async with running(sim, tmp_path) as rt:
-        code, out, err = await _cli(
+        code, out, err = await run_cli(
             "submit",
             "start",
             str(guest.vmid),
@@ -52,7 +38,7 @@ async def test_submit_waits_for_the_daemon_and_dedups(sim: SimServer, tmp_path: 
         op = json.loads(out)
         assert op["state"] == "succeeded" and op["deduplicated"] is False
         assert (await rt.journal.get(op["id"])).origin.value == "cli"
-        code, out, _ = await _cli(
+        code, out, _ = await run_cli(
             "submit",
             "start",
             str(guest.vmid),
@@ -68,7 +54,7 @@ async def test_submit_waits_for_the_daemon_and_dedups(sim: SimServer, tmp_path: 
         )
         assert code == 0
         assert json.loads(out)["deduplicated"] is True
-        code, out, err = await _cli(
+        code, out, err = await run_cli(
             "submit",
             "stop",
             str(guest.vmid),
@@ -95,7 +81,7 @@ async def test_submit_resolves_kind_and_node_from_proxmox(sim: SimServer, tmp_pa
     token.chmod(0o600)
     db = str(tmp_path / "journal.sqlite3")
     async with running(sim, tmp_path):
-        code, out, err = await _cli(
+        code, out, err = await run_cli(
             "submit",
             "start",
             str(guest.vmid),
@@ -119,7 +105,7 @@ async def test_submit_bad_input_is_one_line_and_writes_nothing(
     db = str(tmp_path / "journal.sqlite3")
     async with running(sim, tmp_path) as rt:
         for args in (("explode", "101"), ("start", "7")):
-            code, _, err = await _cli(
+            code, _, err = await run_cli(
                 "submit", *args, "--kind", "qemu", "--guest-node", "pve1", "--db", db
             )
             assert code == 2, err

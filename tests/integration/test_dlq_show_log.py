@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from conftest_journal import run_cli
 from engine_support import client_for, pick
 
 from lifecycled.domain.actions import Action
@@ -16,19 +15,6 @@ from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import GuestKind, GuestRef, OpError, Origin
 from lifecycled.journal import Journal, SubmitRequest
 from lifecycled.sim import SimServer
-
-
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lifecycled",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def _dead_letter_with_task(sim: SimServer, db: Path) -> tuple[int, str]:
@@ -71,7 +57,7 @@ async def test_dlq_show_tails_the_task_log(sim: SimServer, tmp_path: Path) -> No
     token = tmp_path / "tok"
     token.write_text(sim.sim.cfg.token + "\n")
     token.chmod(0o600)
-    code, out, err = await _cli(
+    code, out, err = await run_cli(
         "dlq",
         "show",
         str(op_id),
@@ -95,13 +81,13 @@ async def test_dlq_show_without_proxmox_says_why(sim: SimServer, tmp_path: Path)
     """Without credentials, or with Proxmox down, the op still shows and the reason is given."""
     db = tmp_path / "j.sqlite3"
     op_id, _ = await _dead_letter_with_task(sim, db)
-    code, out, _ = await _cli("dlq", "show", str(op_id), "--db", str(db), "--json")
+    code, out, _ = await run_cli("dlq", "show", str(op_id), "--db", str(db), "--json")
     assert code == 0
     assert "pve-token-file" in json.loads(out)["task_log_unavailable"]
     token = tmp_path / "tok"
     token.write_text(sim.sim.cfg.token + "\n")
     token.chmod(0o600)
-    code, out, _ = await _cli(
+    code, out, _ = await run_cli(
         "dlq",
         "show",
         str(op_id),

@@ -121,19 +121,24 @@ async def test_every_guest_column_reads_back_as_written(journal: Journal) -> Non
     assert await journal.get_guest(170) == full
 
 
+def reconcile_start(vmid: int) -> SubmitRequest:
+    """The start reconcile enqueues for a guest desired running (generation 0)."""
+    return SubmitRequest(
+        idempotency_key=f"reconcile:{vmid}:0:start:1",
+        action="start",
+        guest=GuestRef(node="pve1", kind=GuestKind.QEMU, vmid=vmid),
+        params={},
+        origin=Origin.RECONCILE,
+        actor="reconcile",
+    )
+
+
 async def test_submission_sets_desired_state_and_supersedes_reconcile_ops(
     journal: Journal,
 ) -> None:
     """A stop sets desired stopped (generation + 1) and cancels a pending reconcile start."""
     await journal.take_guest(rec(101), audit=audit(101), now=T0)
-    start = SubmitRequest(
-        idempotency_key="reconcile:101:0:start:1",
-        action="start",
-        guest=GuestRef(node="pve1", kind=GuestKind.QEMU, vmid=101),
-        params={},
-        origin=Origin.RECONCILE,
-        actor="reconcile",
-    )
+    start = reconcile_start(101)
     queued = await journal.enqueue_reconcile(start, now=T0, generation=0, after=None)
     assert queued is not None
     await journal.submit_guest_op(
@@ -281,14 +286,7 @@ async def test_the_supersede_rule_sees_the_op_the_submission_itself_journals(
     """With no pending reconcile op before it, a submission's own reconcile op (new, or
     re-armed by its key) is still judged by the supersede rule in the same transaction."""
     await journal.take_guest(rec(101), audit=audit(101), now=T0)
-    start = SubmitRequest(
-        idempotency_key="reconcile:101:0:start:1",
-        action="start",
-        guest=GuestRef(node="pve1", kind=GuestKind.QEMU, vmid=101),
-        params={},
-        origin=Origin.RECONCILE,
-        actor="reconcile",
-    )
+    start = reconcile_start(101)
     new = await journal.submit_guest_op(start, now=T0, desired=DesiredState.STOPPED)
     assert (await journal.get(new.op.id)).state is OpState.CANCELLED
     await journal.set_desired(101, DesiredState.RUNNING, now=T0 + 1)

@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_journal import T0, raw_rows, request, to_state
+from conftest_journal import T0, manage_audit, managed_guest, raw_rows, request, to_state
 
-from lifecycled.audit import AuditRecord, Decision
-from lifecycled.domain.guests import GuestOrigin, GuestRecord, desired_for
+from lifecycled.domain.guests import desired_for
 from lifecycled.domain.lifecycle import Verb
-from lifecycled.domain.op import GuestKind
 from lifecycled.domain.states import OpState
 from lifecycled.errors import UpidTaken
 from lifecycled.journal import Journal, ops
@@ -44,23 +42,6 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 _RUNNING = desired_for("start")
-
-
-def _managed(vmid: int) -> GuestRecord:
-    return GuestRecord(
-        vmid=vmid,
-        node="pve1",
-        kind=GuestKind.QEMU,
-        origin=GuestOrigin.NATIVE,
-        created_at=T0,
-        updated_at=T0,
-    )
-
-
-def _audit(vmid: int) -> AuditRecord:
-    return AuditRecord(
-        at=T0, actor="test", action="manage", decision=Decision.MANAGED, reason="t", vmid=vmid
-    )
 
 
 def _history(path: Path, op_id: int) -> list[tuple[Any, ...]]:
@@ -139,7 +120,7 @@ async def test_the_lifecycle_reads_no_op_row_the_writer_wrote(
     back after the claim, and the node cap is checked without counting the node's ops."""
     async with await Journal.open(tmp_path / "j.sqlite3") as journal:
         for vmid in (101, 102):
-            await journal.take_guest(_managed(vmid), audit=_audit(vmid), now=T0)
+            await journal.take_guest(managed_guest(vmid), audit=manage_audit(vmid), now=T0)
             before = len(statements)  # the second op's: the node's count is known by then
             sub = await journal.submit_guest_op(
                 request(f"k{vmid}", vmid=vmid), now=T0, desired=_RUNNING

@@ -10,11 +10,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest_journal import BOOM, DENIED, request, to_state
+from conftest_journal import BOOM, DENIED, managed_guest, request, to_state
 
 from lifecycled.audit import AuditRecord, Decision
-from lifecycled.domain.guests import GuestOrigin, GuestRecord
-from lifecycled.domain.op import GuestKind, Op
+from lifecycled.domain.op import Op
 from lifecycled.domain.states import OpState
 from lifecycled.journal import Journal, ops
 
@@ -107,17 +106,6 @@ async def test_a_success_after_a_requeued_error_clears_it_as_the_row_does(
         assert done.error is None
 
 
-def _managed(vmid: int) -> GuestRecord:
-    return GuestRecord(
-        vmid=vmid,
-        node="pve1",
-        kind=GuestKind.QEMU,
-        origin=GuestOrigin.NATIVE,
-        created_at=N0,
-        updated_at=N0,
-    )
-
-
 async def test_a_caller_changing_a_returned_records_params_does_not_change_the_journal(
     tmp_path: Path,
 ) -> None:
@@ -129,7 +117,7 @@ async def test_a_caller_changing_a_returned_records_params_does_not_change_the_j
         audit = AuditRecord(
             at=N0, actor="t", action="manage", decision=Decision.MANAGED, reason="t", vmid=101
         )
-        await j.take_guest(_managed(101), audit=audit, now=N0)
+        await j.take_guest(managed_guest(101, at=N0), audit=audit, now=N0)
         sub = await j.submit(request("m", action="migrate", params={"target": "pve2"}), now=N0)
         claimed = await j.claim_next(now=N0 + 1)
         assert claimed is not None and claimed.id == sub.op.id

@@ -8,13 +8,12 @@ not catch that; only forgetting on ``PRAGMA data_version`` does."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_journal import BOOM, T0, raw_rows, request, to_state
+from conftest_journal import BOOM, T0, raw_rows, request, run_cli, to_state
 
 from lifecycled.domain.states import OpState
 from lifecycled.errors import InvalidTransition, UpidTaken
@@ -29,19 +28,6 @@ def _history(path: Path, op_id: int) -> list[tuple[Any, ...]]:
         "SELECT from_state, to_state, attempt, upid FROM op_history WHERE op_id = ? ORDER BY id",
         (op_id,),
     )
-
-
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lifecycled",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_a_claim_after_another_process_ran_an_attempt_keeps_its_count_and_dispatch(
@@ -156,7 +142,7 @@ async def test_the_cli_cancelling_a_remembered_pending_op_is_seen(tmp_path: Path
     db = tmp_path / "j.sqlite3"
     async with await Journal.open(db) as mine:
         op = (await mine.submit(request("k", vmid=101), now=T0)).op
-        code, _, err = await _cli("ops", "cancel", str(op.id), "--db", str(db))
+        code, _, err = await run_cli("ops", "cancel", str(op.id), "--db", str(db))
         assert code == 0, err
         assert await mine.claim_next(now=T0 + 1) is None
         with pytest.raises(InvalidTransition):
@@ -172,7 +158,7 @@ async def test_the_cli_retrying_a_dead_letter_is_claimed_with_a_fresh_series(
     db = tmp_path / "j.sqlite3"
     async with await Journal.open(db) as mine:
         op = await to_state(mine, OpState.DEAD_LETTERED)
-        code, _, err = await _cli("dlq", "retry", str(op.id), "--db", str(db))
+        code, _, err = await run_cli("dlq", "retry", str(op.id), "--db", str(db))
         assert code == 0, err
         claimed = await mine.claim_next(now=time.time() + 60)
         assert claimed is not None and claimed.id == op.id

@@ -9,33 +9,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest_journal import T0
+from conftest_journal import T0, manage_audit, managed_guest
 
-from lifecycled.audit import AuditRecord, Decision
-from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord
+from lifecycled.domain.guests import DesiredState
 from lifecycled.domain.op import GuestKind, GuestRef, Origin
 from lifecycled.domain.states import OpState
 from lifecycled.journal import Journal, SubmitRequest
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _managed(vmid: int) -> GuestRecord:
-    return GuestRecord(
-        vmid=vmid,
-        node="pve1",
-        kind=GuestKind.QEMU,
-        origin=GuestOrigin.NATIVE,
-        desired_state=DesiredState.RUNNING,
-        created_at=T0,
-        updated_at=T0,
-    )
-
-
-def _audit(vmid: int) -> AuditRecord:
-    return AuditRecord(
-        at=T0, actor="t", action="manage", decision=Decision.MANAGED, reason="t", vmid=vmid
-    )
 
 
 def _op(key: str, action: str, origin: Origin) -> SubmitRequest:
@@ -55,7 +36,9 @@ async def test_a_reconcile_op_journaled_earlier_in_the_same_batch_is_superseded(
     """A reconcile `start` and an operator's `stop` (desired: stopped) in one group commit:
     the stop's unit sees the start its batch journaled first and cancels it."""
     async with await Journal.open(tmp_path / "j.sqlite3") as j:
-        await j.take_guest(_managed(101), audit=_audit(101), now=T0)
+        await j.take_guest(
+            managed_guest(101, desired=DesiredState.RUNNING), audit=manage_audit(101), now=T0
+        )
         await j.set_desired(101, DesiredState.STOPPED, now=T0)
         start, stop = await asyncio.gather(
             j.submit_guest_op(
@@ -78,7 +61,9 @@ async def test_a_reconcile_op_another_journal_wrote_is_superseded(tmp_path: Path
     writer's operator `stop` (desired: stopped) cancels it, and claims only the stop."""
     db = tmp_path / "j.sqlite3"
     async with await Journal.open(db) as mine:
-        await mine.take_guest(_managed(101), audit=_audit(101), now=T0)
+        await mine.take_guest(
+            managed_guest(101, desired=DesiredState.RUNNING), audit=manage_audit(101), now=T0
+        )
         warm = await mine.submit_guest_op(
             _op("op-warm", "start", Origin.API), now=T0, desired=DesiredState.RUNNING
         )
