@@ -74,9 +74,68 @@ def _action(value: str) -> Action:
     return value if type(value) is Action else Action(value)
 
 
+class FrozenParams(dict[str, Any]):
+    """An op's params: a ``dict`` for every reader (``json.dumps``, ``dict(…)``, ``.get``,
+    ``==``) that refuses to change, nested values included (dicts frozen the same way,
+    lists as :class:`FrozenList`). A record is shared — the journal's writer remembers the
+    records it returns — so an edit of one caller's params would change what another reads
+    and what the journal writes next. Copy to change: ``dict(op.params)``."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("an op's params do not change; copy them first: dict(op.params)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse
+    __ior__ = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenParams, (dict(self),))
+
+    def __copy__(self) -> FrozenParams:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenParams:
+        return self
+
+
+class FrozenList(list[Any]):
+    """A list inside :class:`FrozenParams`: a ``list`` for every reader, refusing change."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("an op's params do not change; copy them first: list(value)")
+
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = _refuse
+    sort = reverse = __iadd__ = __imul__ = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenList, (list(self),))
+
+    def __copy__(self) -> FrozenList:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenList:
+        return self
+
+
+def _frozen(value: Any) -> Any:
+    if type(value) is FrozenParams:
+        return value
+    if isinstance(value, Mapping):
+        return FrozenParams({k: _frozen(v) for k, v in value.items()})
+    if type(value) is FrozenList:
+        return value
+    if isinstance(value, list | tuple):
+        return FrozenList(_frozen(v) for v in value)
+    return value
+
+
 def _freeze_params(value: Mapping[str, Any]) -> dict[str, Any]:
-    # A private copy: the record must not change when the caller's dict does.
-    return dict(value)
+    # Frozen all the way down, once: a record's params are never copied again.
+    frozen: FrozenParams = _frozen(value)
+    return frozen
 
 
 @attrs.frozen(kw_only=True)

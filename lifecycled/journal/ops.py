@@ -13,7 +13,6 @@ crash leaves either both or neither. ``persist`` is the only code that changes a
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import sqlite3
@@ -254,9 +253,9 @@ def remember(conn: sqlite3.Connection, op: Op) -> Op:
     this writer reads it from here instead of the row (:func:`load`); a terminal op is
     forgotten (few are written again). See :func:`lifecycled.journal.store.written_ops`.
 
-    What is remembered is never what the caller gets: ``params`` is a plain dict (nested
-    values too), so the writer keeps its own deep copy (an empty one too) — an edit of the returned record
-    must not change what a later unit writes, as it could not when every unit read the row.
+    The record remembered is the one returned: it cannot change (its params are
+    :class:`~lifecycled.domain.op.FrozenParams`), so no caller's edit can reach what a later
+    unit writes.
     """
     written = written_ops(conn)
     if op.state in TERMINAL:
@@ -264,7 +263,7 @@ def remember(conn: sqlite3.Connection, op: Op) -> Op:
     else:
         if len(written) >= _REMEMBERED:
             written.clear()
-        written[op.id] = attrs.evolve(op, params=copy.deepcopy(op.params))
+        written[op.id] = op
     return op
 
 

@@ -109,9 +109,9 @@ async def test_a_success_after_a_requeued_error_clears_it_as_the_row_does(
 async def test_a_caller_changing_a_returned_records_params_does_not_change_the_journal(
     tmp_path: Path,
 ) -> None:
-    """A caller edits the params of the op claim_next returned (say, to build its
-    request): the journal's finish still records the op's journaled params, and the guest
-    a migrate moved is on the node the op journaled."""
+    """A caller tries to edit the params of the op claim_next returned (say, to build its
+    request): refused (TypeError); the journal's finish records the op's journaled params,
+    and the guest a migrate moved is on the node the op journaled."""
     db = tmp_path / "j.sqlite3"
     async with await Journal.open(db) as j:
         audit = AuditRecord(
@@ -121,7 +121,8 @@ async def test_a_caller_changing_a_returned_records_params_does_not_change_the_j
         sub = await j.submit(request("m", action="migrate", params={"target": "pve2"}), now=N0)
         claimed = await j.claim_next(now=N0 + 1)
         assert claimed is not None and claimed.id == sub.op.id
-        claimed.params["target"] = "pve9"  # the caller's own copy, it thinks
+        with pytest.raises(TypeError):
+            claimed.params["target"] = "pve9"  # the caller's own copy, it thinks
         await j.record_upid(claimed.id, "UPID:pve1:00000001:m:", now=N0 + 2)
         done = await j.finish(claimed.id, OpState.SUCCEEDED, now=N0 + 3, reason="OK")
         assert done.params == {"target": "pve2"}
@@ -136,15 +137,18 @@ async def test_a_caller_changing_a_returned_records_params_does_not_change_the_j
 async def test_a_key_added_to_the_empty_params_of_a_returned_record_is_not_written(
     tmp_path: Path,
 ) -> None:
-    """A caller adding a key to the empty params of the op submit returned changes nothing
-    the writer remembers: the op claimed, given its UPID and finished keeps empty params."""
+    """A caller adding a key to the empty params of the op submit returned is refused and
+    changes nothing the writer remembers: the op claimed, given its UPID and finished keeps
+    empty params."""
     async with await Journal.open(tmp_path / "j.sqlite3") as j:
         sub = await j.submit(request("e", vmid=101), now=N0)
         assert sub.op.params == {}
-        sub.op.params["timeout"] = 1  # the caller's own copy, it thinks
+        with pytest.raises(TypeError):
+            sub.op.params["timeout"] = 1  # the caller's own copy, it thinks
         claimed = await j.claim_next(now=N0 + 1)
         assert claimed is not None and claimed.params == {}
-        claimed.params["force"] = True
+        with pytest.raises(TypeError):
+            claimed.params.update(force=True)
         await j.record_upid(claimed.id, "UPID:pve1:00000001:e:", now=N0 + 2)
         done = await j.finish(claimed.id, OpState.SUCCEEDED, now=N0 + 3, reason="OK")
         assert done.params == {}
