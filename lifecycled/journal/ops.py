@@ -585,8 +585,13 @@ def finish(
     return done
 
 
-#: Guest columns a success may set at once (see ``domain.guests.observed_after``).
-_OBSERVED_COLUMNS = frozenset({"observed_state", "node"})
+#: :func:`_observe_success`'s one statement: each of ``observed_state`` and ``node`` is set
+#: only when given (``NULL`` keeps the row's value); ``observed_at`` moves with the state.
+_OBSERVE_SUCCESS = (
+    "UPDATE guests SET observed_state = coalesce(?1, observed_state),"
+    " observed_at = CASE WHEN ?1 IS NULL THEN observed_at ELSE ?3 END,"
+    " node = coalesce(?2, node), updated_at = ?3 WHERE vmid = ?4"
+)
 
 
 def _observe_success(conn: sqlite3.Connection, op: Op, *, now: float) -> None:
@@ -596,19 +601,13 @@ def _observe_success(conn: sqlite3.Connection, op: Op, *, now: float) -> None:
     say that a started guest runs. Only a row already observed by this node is touched.
     """
     seen = observed_after(str(op.action), op.params)
-    columns: dict[str, Any] = {k: str(v) for k, v in seen.items() if k in _OBSERVED_COLUMNS}
-    if not columns:
+    state, node = seen.get("observed_state"), seen.get("node")
+    if state is None and node is None:
         return
-    if "observed_state" in columns:
-        columns["observed_at"] = now
-    columns["updated_at"] = now
-    conn.execute(_observed_sql(tuple(columns)), [*columns.values(), op.guest.vmid])
-
-
-@functools.lru_cache(maxsize=8)
-def _observed_sql(columns: tuple[str, ...]) -> str:
-    """:func:`_observe_success`'s UPDATE for these columns (built once each)."""
-    return f"UPDATE guests SET {', '.join(f'{c} = ?' for c in columns)} WHERE vmid = ?"
+    conn.execute(
+        _OBSERVE_SUCCESS,
+        (None if state is None else str(state), node, now, op.guest.vmid),
+    )
 
 
 #: Actions that make a new guest at the op's vmid.

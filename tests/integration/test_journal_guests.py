@@ -300,3 +300,47 @@ async def test_the_supersede_rule_sees_the_op_the_submission_itself_journals(
         OpState.PENDING,
         OpState.CANCELLED,
     ]
+
+
+async def _succeed(journal: Journal, request: SubmitRequest, at: float) -> None:
+    await journal.submit_guest_op(request, now=at)
+    op = await journal.claim_next(now=at)
+    assert op is not None
+    await journal.record_upid(op.id, f"UPID:pve1:{op.id:08X}:t:", now=at)
+    await journal.finish(op.id, OpState.SUCCEEDED, now=at, reason="OK", exitstatus="OK")
+
+
+async def test_a_success_sets_on_the_guest_only_what_its_action_made_true(
+    journal: Journal,
+) -> None:
+    """A start sets the observed state (and when it was seen), not the node; a migrate sets
+    the node, not the observed state; a resize sets neither (the row is not written)."""
+    await journal.take_guest(rec(101), audit=audit(101), now=T0)
+    await _succeed(journal, req(101, "start", key="a"), T0 + 10)
+    row = await journal.get_guest(101)
+    assert row is not None
+    assert (row.observed_state, row.observed_at, row.node) == ("running", T0 + 10, "pve1")
+    await _succeed(journal, req(101, "migrate", key="b", target="pve2"), T0 + 20)
+    row = await journal.get_guest(101)
+    assert row is not None
+    assert (row.observed_state, row.observed_at, row.node) == ("running", T0 + 10, "pve2")
+    assert row.updated_at == T0 + 20
+    await _succeed(
+        journal,
+        SubmitRequest(
+            idempotency_key="c",
+            action="resize",
+            guest=GuestRef(node="pve2", kind=GuestKind.QEMU, vmid=101),
+            params={"disk": "scsi0", "size": "+1G"},
+            origin=Origin.API,
+        ),
+        T0 + 30,
+    )
+    after = await journal.get_guest(101)
+    assert after is not None
+    assert (after.observed_state, after.observed_at, after.node, after.updated_at) == (
+        "running",
+        T0 + 10,
+        "pve2",
+        T0 + 20,
+    )
