@@ -74,7 +74,28 @@ def _action(value: str) -> Action:
     return value if type(value) is Action else Action(value)
 
 
-class FrozenParams(dict[str, Any]):
+def _refuse(self: object, *args: Any, **kwargs: Any) -> Any:
+    raise TypeError("an op's params do not change; copy them first: dict(…) or list(…)")
+
+
+class _Unchanging:
+    """What :class:`FrozenParams` and :class:`FrozenList` share: a copy is the object itself
+    (it cannot change), and a pickle rebuilds it from the plain value (``_plain``)."""
+
+    __slots__ = ()
+    _plain: type
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self._plain(self),))
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self
+
+
+class FrozenParams(_Unchanging, dict[str, Any]):
     """An op's params: a ``dict`` for every reader (``json.dumps``, ``dict(…)``, ``.get``,
     ``==``) that refuses to change, nested values included (dicts frozen the same way,
     lists as :class:`FrozenList`). A record is shared — the journal's writer remembers the
@@ -82,42 +103,18 @@ class FrozenParams(dict[str, Any]):
     and what the journal writes next. Copy to change: ``dict(op.params)``."""
 
     __slots__ = ()
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("an op's params do not change; copy them first: dict(op.params)")
-
+    _plain = dict
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse
     __ior__ = _refuse
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (FrozenParams, (dict(self),))
 
-    def __copy__(self) -> FrozenParams:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenParams:
-        return self
-
-
-class FrozenList(list[Any]):
+class FrozenList(_Unchanging, list[Any]):
     """A list inside :class:`FrozenParams`: a ``list`` for every reader, refusing change."""
 
     __slots__ = ()
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("an op's params do not change; copy them first: list(value)")
-
+    _plain = list
     __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = _refuse
     sort = reverse = __iadd__ = __imul__ = _refuse
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (FrozenList, (list(self),))
-
-    def __copy__(self) -> FrozenList:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenList:
-        return self
 
 
 def _frozen(value: Any) -> Any:
