@@ -70,6 +70,13 @@ class LogLevel(enum.StrEnum):
     ERROR = "error"
 
 
+class EventLoop(enum.StrEnum):
+    """The event loop ``lifecycled run`` runs on (:mod:`lifecycled.eventloop`)."""
+
+    UVLOOP = "uvloop"
+    ASYNCIO = "asyncio"
+
+
 class ManageDiscovered(enum.StrEnum):
     """What reconcile does with the unmanaged guests it finds (SPEC §2)."""
 
@@ -445,6 +452,14 @@ class Settings:
     )
     log_level: LogLevel = _setting(
         LogLevel.INFO, Kind.CHOICE, "The lowest level logged.", choices=LogLevel
+    )
+    # --- process
+    event_loop: EventLoop = _setting(
+        EventLoop.UVLOOP,
+        Kind.CHOICE,
+        "uvloop (libuv; less CPU per op, docs/BENCHMARKS.md) or asyncio (Python's own loop, "
+        "if uvloop ever misbehaves on a host).",
+        choices=EventLoop,
     )
 
     @property

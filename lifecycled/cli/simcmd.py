@@ -151,8 +151,10 @@ def sim_command(
     except SimConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     configure_logging(log_format, log_level)
+    from lifecycled import eventloop
+
     try:
-        asyncio.run(_serve(cfg, host, port, ready_file))
+        eventloop.run(_serve(cfg, host, port, ready_file))
     except OSError as exc:
         fail(f"cannot listen on {listen}: {exc.strerror or exc}")
 

@@ -38,6 +38,7 @@ from lifecycled.engine.status import Gauges, status_line
 from lifecycled.engine.submit import Submission
 from lifecycled.engine.tracker import Tracker
 from lifecycled.errors import ConfigError, JournalError, JournalUnavailable, LifecycledError
+from lifecycled.eventloop import running_loop_name
 from lifecycled.journal import Journal, SubmitResult
 from lifecycled.metrics import Metrics
 from lifecycled.pve.port import PveClient, RequestHook
@@ -295,7 +296,13 @@ class Runtime:
                     self.gauges.node_record = record
             await self.tracker.learn()  # how long tasks take, before anything is tracked
             report = await aio.time(self.metrics.recover_duration, self.recoverer.recover())
-            log.info("runtime.ready", extra={"recovered": report.counts.get("examined", 0)})
+            log.info(
+                "runtime.ready",
+                extra={
+                    "recovered": report.counts.get("examined", 0),
+                    "event_loop": running_loop_name(),
+                },
+            )
             self.ready.set()
             self.notifier.ready(status_line(self.gauges, self.health))
             if self.stopping.is_set():
