@@ -489,9 +489,20 @@ _BEFORE_ITEM = (b",", b"[", b", ")
 _AFTER_ITEM = (b",", b"]")
 
 
-#: A listing item's ``"vmid": N`` (one pattern for every batch: a pattern of the batch's own
-#: vmids was compiled anew for each one).
+#: A listing item's ``"vmid": N``, any N: the pattern of a big batch.
 _LISTED_VMID = re.compile(rb'"vmid": ?([0-9]+)[,}]')
+#: Up to this many members a batch finds its items with a pattern of its own vmids: the scan
+#: passes the other guests' items in C (a 1,000-guest listing: 0.3 ms instead of 0.9 ms for
+#: 5 members); past it, compiling that pattern costs more than the loop it saves.
+OWN_PATTERN_MAX = 32
+
+
+def _vmid_pattern(wanted: list[int]) -> re.Pattern[bytes]:
+    """The pattern that finds the ``"vmid": N`` of every member (and, past
+    :data:`OWN_PATTERN_MAX` members, of every guest; the others are skipped)."""
+    if len(wanted) > OWN_PATTERN_MAX:
+        return _LISTED_VMID
+    return re.compile(rb'"vmid": ?(' + b"|".join(b"%d" % v for v in wanted) + rb")[,}]")
 
 
 def listed_items(body: bytes, vmids: Collection[int]) -> list[Any] | None:
@@ -526,7 +537,7 @@ def listed_items(body: bytes, vmids: Collection[int]) -> list[Any] | None:
     seen: set[int] = set()
     quotes = 0  # quotes before ``mark``
     mark = 0
-    for match in _LISTED_VMID.finditer(body):
+    for match in _vmid_pattern(wanted).finditer(body):
         vmid = int(match.group(1))
         if vmid not in members:
             continue  # another guest's item: not decoded, not checked

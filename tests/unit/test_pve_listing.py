@@ -45,9 +45,20 @@ def test_the_members_items_are_those_of_the_full_decode() -> None:
     equal the full decode's."""
     items = [_item(v) for v in range(100, 400)]
     items[5]["lock"] = "backup"
+    many = set(range(100, 400, 7))
+    assert len(many) > wire.OWN_PATTERN_MAX  # a big batch takes the any-vmid pattern
     for body in (_body(items), _body(items, compact=False)):
-        for members in ({100}, {399}, {105, 250, 130}, set(range(100, 400, 7))):
+        for members in ({100}, {399}, {105, 250, 130}, many):
             assert wire.listed_items(body, members) == _full(body, members)
+
+
+def test_a_member_whose_vmid_begins_another_guests_finds_only_its_own_item() -> None:
+    """Members 12 and 1000 among guests 1, 120, 123, 10001 and 100: exactly their items,
+    not those of a guest whose vmid starts with theirs."""
+    items = [_item(v) for v in (1, 120, 12, 123, 10001, 1000, 100)]
+    for body in (_body(items), _body(items, compact=False)):
+        assert wire.listed_items(body, {12, 1000}) == _full(body, {12, 1000})
+        assert [i["vmid"] for i in wire.listed_items(body, {12, 1000}) or []] == [12, 1000]
 
 
 @pytest.mark.parametrize(
@@ -90,9 +101,14 @@ def test_odd_bodies_are_decoded_whole(body: bytes) -> None:
 _ODD = ["{", "}", "[", "]", '"', "\\", ",", ":", '"vmid":101,', "é", " "]
 
 
-def test_any_listing_decodes_as_the_full_decode_or_not_at_all() -> None:
+@pytest.mark.parametrize("own_pattern_max", [wire.OWN_PATTERN_MAX, 0])
+def test_any_listing_decodes_as_the_full_decode_or_not_at_all(
+    monkeypatch: pytest.MonkeyPatch, own_pattern_max: int
+) -> None:
     """2,000 random listings with odd characters in names and tags, odd key orders and odd
-    members: never an item the full decode would not give for the batch."""
+    members: never an item the full decode would not give for the batch (found with the
+    batch's own vmid pattern, and with the any-vmid pattern of big batches)."""
+    monkeypatch.setattr(wire, "OWN_PATTERN_MAX", own_pattern_max)
     rng = random.Random(15)
     fast = 0
     for _ in range(2_000):
