@@ -44,21 +44,23 @@ LAYERS: dict[str, frozenset[str]] = {
     "logs": frozenset(),
     "lifecycled": frozenset(),
     "config": frozenset({"domain", "errors"}),
+    "eventloop": frozenset({"config"}),
     "metrics": frozenset({"domain", "lifecycled"}),
     "journal": frozenset({"domain", "errors", "audit"}),
     "pve": frozenset({"domain", "errors", "config"}),
     "engine": frozenset(
         {"domain", "errors", "audit", "config", "policy", "metrics", "journal", "pve"}
+        | {"eventloop"}
     ),
     "web": frozenset(
         {"domain", "errors", "audit", "config", "policy", "metrics", "journal", "pve", "engine"}
-        | {"lifecycled"}
+        | {"lifecycled", "eventloop"}
     ),
     "sim": frozenset({"domain", "pve"}),  # pve.schema: Proxmox's own parameter schema
     "demo": frozenset({"domain", "errors", "config", "journal", "sim"}),
     "cli": frozenset(
         {"domain", "errors", "audit", "config", "policy", "metrics", "logs", "journal", "pve"}
-        | {"engine", "web", "sim", "demo", "lifecycled"}
+        | {"engine", "web", "sim", "demo", "lifecycled", "eventloop"}
     ),
     "__main__": frozenset({"cli"}),
 }
