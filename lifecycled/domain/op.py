@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -50,23 +49,17 @@ class OpError:
         return {"class": str(self.error_class), "message": self.message}
 
 
-@functools.lru_cache(maxsize=4096)
-def _upid_of(text: str) -> Upid | None:
-    # An op's record is rebuilt several times while it is in flight (each load, each
-    # transition): its task id is parsed once. A Upid is immutable, so sharing one is safe.
-    try:
-        return Upid.parse(text)
-    except UpidError:
-        return None
-
-
 def _parsed_upid(op: Op) -> Upid | None:
     """The op's journaled text as a :class:`Upid`; ``None`` when there is none or it does
     not parse (a row written by hand or by an older version: its text stays in
-    :attr:`Op.upid_text`)."""
+    :attr:`Op.upid_text`). An op's record is rebuilt on each load and transition; its task
+    id is parsed once (:meth:`Upid.parse` keeps what it parsed)."""
     if not op.upid_text:
         return None
-    return _upid_of(op.upid_text)
+    try:
+        return Upid.parse(op.upid_text)
+    except UpidError:
+        return None
 
 
 def _action(value: str) -> Action:

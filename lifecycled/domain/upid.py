@@ -7,6 +7,7 @@ may be a token user ``user@realm!tokenid``.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -42,32 +43,26 @@ class Upid:
     type: str
     id: str
     user: str
+    #: The canonical text, formatted once (``str()`` of a UPID is asked for on every look).
+    _text: str = attrs.field(init=False, repr=False, eq=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
-        if _UPID_RE.fullmatch(str(self)) is None:
-            raise UpidError(f"fields do not form a valid UPID: {self!r}")
-
-    @classmethod
-    def parse(cls, text: str) -> Upid:
-        """Parse ``text`` or raise :class:`UpidError` with Proxmox's own wording."""
-        m = _UPID_RE.fullmatch(text)
-        if m is None:
-            raise UpidError(f"unable to parse worker upid '{text}'")
-        return cls(
-            node=m["node"],
-            pid=int(m["pid"], 16),
-            pstart=int(m["pstart"], 16),
-            starttime=int(m["starttime"], 16),
-            type=m["type"],
-            id=m["id"],
-            user=m["user"],
-        )
-
-    def __str__(self) -> str:
-        return (
+        text = (
             f"UPID:{self.node}:{self.pid:08X}:{self.pstart:08X}:{self.starttime:08X}:"
             f"{self.type}:{self.id}:{self.user}:"
         )
+        if _UPID_RE.fullmatch(text) is None:
+            raise UpidError(f"fields do not form a valid UPID: {self!r}")
+        object.__setattr__(self, "_text", text)  # frozen: set once, here
+
+    @classmethod
+    def parse(cls, text: str) -> Upid:
+        """Parse ``text`` or raise :class:`UpidError` with Proxmox's own wording (the same
+        text parses once per process: task lists and journal rows repeat the same UPIDs)."""
+        return _parse(text)
+
+    def __str__(self) -> str:
+        return self._text
 
     @property
     def bare_user(self) -> str:
@@ -84,6 +79,23 @@ class Upid:
     def log_bucket(self) -> str:
         """The task-log directory: the last hex digit of ``starttime`` (``0``-``F``)."""
         return f"{self.starttime:08X}"[-1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Upid:
+    # A Upid is immutable, so every caller may share one; a text that fails is not kept.
+    m = _UPID_RE.fullmatch(text)
+    if m is None:
+        raise UpidError(f"unable to parse worker upid '{text}'")
+    return Upid(
+        node=m["node"],
+        pid=int(m["pid"], 16),
+        pstart=int(m["pstart"], 16),
+        starttime=int(m["starttime"], 16),
+        type=m["type"],
+        id=m["id"],
+        user=m["user"],
+    )
 
 
 def is_upid(text: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -200,6 +201,18 @@ def test_rejects_malformed(text: str) -> None:
     assert not is_upid(text)
     with pytest.raises(UpidError, match=r"^unable to parse worker upid '"):
         Upid.parse(text)
+
+
+def test_a_text_parses_once_and_a_bad_one_is_refused_every_time() -> None:
+    """The same text gives the same (immutable) Upid, equal to a fresh one and formatting
+    canonically; a refused text is refused again (a failure is not kept as an answer)."""
+    first = Upid.parse(VZCREATE.lower().replace("upid:", "UPID:", 1))
+    assert Upid.parse(VZCREATE.lower().replace("upid:", "UPID:", 1)) is first
+    assert first == attrs.evolve(first) and hash(first) == hash(attrs.evolve(first))
+    assert str(first) == VZCREATE and str(attrs.evolve(first, pid=7)) != VZCREATE
+    for _ in range(2):
+        with pytest.raises(UpidError):
+            Upid.parse(VZCREATE + "x")
 
 
 def test_upid_error_is_a_value_error() -> None:
