@@ -105,7 +105,7 @@ or by how Proxmox answers (warm: the task's duration is learned, so its end is r
 | `PUT …/config` | the record's new desired state and the op's key, before the journal (SPEC §7: desired state, generation, the keys that make one key one run cluster-wide) | 1 | 0.9 |
 | the Check | SPEC §2.3; one node listing (`GET /nodes/{node}/qemu` or `/lxc`) serves every op claimed meanwhile | 1 | 0.5 |
 | the POST | the action | 1 | 1 |
-| `tasks/{upid}/status` | the only live proof of a task's end: `GET /nodes/{node}/tasks` reads the node's `active` file (pve-manager `PVE/API2/Tasks.pm`), where a finished task stays `RUNNING` until `active_workers()` runs (pvestatd's ~10 s loop or the node's next fork; reference §4.3), so a list cannot prove an end within the poll interval (the p95 target) | 1 | 1 |
+| `tasks/{upid}/status` | the only live proof of a task's end: `GET /nodes/{node}/tasks` reads the node's `active` file (pve-manager `PVE/API2/Tasks.pm`), where a finished task stays `RUNNING` until `active_workers()` runs — see "When a task list shows a task's end" below: usually soon after the end, but only bounded by pvestatd's ~10 s loop — so a list cannot prove an end within the poll interval (the p95 target) | 1 | 1 |
 | **total** | | **5** | **≈ 4.4** |
 
 The Check's share at 100 in flight (≈ 0.5) is the simulator's: a node has one listing per
@@ -122,6 +122,28 @@ every 0.5 s while young: 8.00, 6.00 less the record. Meeting those rows needs a 
 decision: the record's cadence (e.g. desired state written per reconcile pass rather than
 per submission, which weakens SPEC §7's hand-off of an op accepted moments before a
 migration) or a task-end latency target of the archiver's ~10 s instead of one poll interval.
+
+### When a task list shows a task's end
+
+Read again this session in pve-common (9.2.1) and pve-http-server: `RESTEnvironment::init`,
+called by `PVE::HTTPServer->new` in each pveproxy/pvedaemon worker, sets a `$SIG{CHLD}`
+handler that `AnyEvent::postpone`s a reaper; when the worker reaps a task it forked, the
+reaper calls `active_workers($upid)`, which files the ended task (status, end time) in the
+`active` file and the `index`. So the list usually shows an end soon after it, not only at
+the node's next fork or pvestatd's loop (what reference §4.3 and the notes above said).
+It is not a bound lifecycled can promise on, though:
+
+- `%SIG` handlers run only when Perl runs: in an AnyEvent loop on EV (libev), a worker idle
+  in `epoll` runs the reaper at its next event — a request, or its 5 s `inotify_poll` timer
+  (`PVE/APIServer/AnyEvent.pm`);
+- a worker leaves after `max_requests` (1,000 for pvedaemon) or on a reload; a task it forked
+  and that outlives it is reaped by no one, and is filed by the next `fork_worker` on the node
+  or pvestatd's ~10 s loop (reference §12.3's "up to ~10 s").
+
+The simulator keeps the conservative model (filed on the next fork or its 10 s loop), and the
+tracker keeps a status read within one poll interval of a task's end. With the reaper's
+model, `--archive-interval 0` (filed at once), section 3's 100-in-flight row measured 4.13
+(2.23 less the record): the status reads due within the poll interval remain.
 
 Tried and left out (branch `lst`): a submission that writes nothing to the record (its
 desired state unchanged) read the record from the node's live listing — which carries every
