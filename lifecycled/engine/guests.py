@@ -8,8 +8,11 @@ HTTP API and ``--manage-discovered`` all come through here.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -70,6 +73,25 @@ class GuestService:
         self.protected_vmids = protected_vmids
         #: The shared ownership record (tags); ``None``: journal only (admin CLI, old tests).
         self.cluster = cluster
+        #: Idempotency keys being submitted now: a lock and how many submissions hold or
+        #: await it (see :meth:`key_turn`).
+        self._key_turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def key_turn(self, key: str) -> AsyncIterator[None]:
+        """One submission of an idempotency key at a time in this daemon: the key goes to
+        the guest's record and its op to the journal within one turn, so a resend of the key
+        meanwhile waits and finds the op (deduplicated) instead of taking the key in the
+        record for another daemon's (SPEC §1, §7: one key, one run)."""
+        lock, users = self._key_turns.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._key_turns[key]
 
     async def locate(self, vmid: int) -> tuple[str, GuestKind]:
         """The guest's node and kind from ``/cluster/resources``; NotFound when absent,

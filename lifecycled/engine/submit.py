@@ -317,6 +317,33 @@ async def submit(
     # the admission below and the journal use that read (SPEC §1 "Idempotency").
     tags_first = guests is not None and cluster is not None and action not in _CREATING
     read_key = tags_first and key is not None
+    if not read_key:
+        return await _submit_turn(
+            journal, sub, pve=pve, default_node=default_node, now=now, guests=guests
+        )
+    assert guests is not None and key is not None
+    async with guests.key_turn(key):  # a resend waits for this one's op, then dedups
+        return await _submit_turn(
+            journal, sub, pve=pve, default_node=default_node, now=now, guests=guests
+        )
+
+
+async def _submit_turn(
+    journal: Journal,
+    sub: Submission,
+    *,
+    pve: PveClient | None,
+    default_node: str,
+    now: float,
+    guests: GuestService | None,
+) -> SubmitResult:
+    """:func:`submit` once the request is known to be well formed and authorized (with the
+    turn of its idempotency key when the guest's record holds keys)."""
+    cluster = guests.cluster if guests is not None else None
+    key = sub.idempotency_key
+    action = Action(sub.action)
+    tags_first = guests is not None and cluster is not None and action not in _CREATING
+    read_key = tags_first and key is not None
     # The guest's row, read once: its placement here, and the ownership record's check of
     # the journal's cache below (which reads it again only when that has work to do). In
     # the same statement the served node's state and the key's op: a managed guest's
