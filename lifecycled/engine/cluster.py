@@ -33,6 +33,7 @@ from lifecycled.domain.ownership import (
 from lifecycled.engine.clock import Clock, SystemClock
 from lifecycled.errors import (
     ConfigError,
+    JournalError,
     NotFound,
     OwnershipLocked,
     OwnershipUnavailable,
@@ -253,9 +254,15 @@ class Cluster:
                 # Our own write changed the digest: not drift. The baseline follows the
                 # values it left; the next read of the config learns the digest (no read
                 # here — domain/ownership.py "the drift baseline around own tag writes").
-                await self.journal.follow_digest(
-                    vmid, config.digest, config.values, tags, now=self.clock.now()
-                )
+                # The record is written whatever the journal says: its caller must know.
+                try:
+                    await self.journal.follow_digest(
+                        vmid, config.digest, config.values, tags, now=self.clock.now()
+                    )
+                except JournalError as err:
+                    log.warning(
+                        "ownership.baseline_unsaved", extra={"vmid": vmid, "error": str(err)}
+                    )
             log.info(
                 "ownership.written",
                 extra={
