@@ -77,6 +77,13 @@ class OwnershipRecord:
         """The record after one write: ``changes`` applied, the generation one higher."""
         return attrs.evolve(self, generation=self.generation + 1, **changes)
 
+    def released(self) -> OwnershipRecord:
+        """The record after a release (or a soft delete): ``released``, no desired state;
+        itself when it already says so."""
+        if self.origin is GuestOrigin.RELEASED:
+            return self
+        return self.bumped(origin=GuestOrigin.RELEASED, desired=None)
+
 
 def record_dict(record: OwnershipRecord | None) -> dict[str, Any]:
     """The record as ``GET /v1/guests?scope=cluster`` shows it (unmanaged: no record)."""

@@ -179,7 +179,9 @@ class Dispatcher:
             )
             return
         if verdict.verdict is PolicyOutcome.SOFT_DELETE:
-            await self.terminator.soft_delete(op, view, verdict)
+            unwritten = await self.terminator.soft_delete(op, view, verdict, cluster=self.cluster)
+            if unwritten is not None:
+                await self._apply(op, unwritten)
             return
         pre = precheck(op, view)
         if pre is not None:

@@ -255,9 +255,7 @@ class GuestService:
                 base = old or OwnershipRecord(
                     origin=guest.origin, generation=guest.desired_generation
                 )
-                if base.origin is GuestOrigin.RELEASED:
-                    return base
-                return base.bumped(origin=GuestOrigin.RELEASED, desired=None)
+                return base.released()
 
             record = await self.cluster.write(node, kind, vmid, change)
             generation = record.generation if record is not None else 0
