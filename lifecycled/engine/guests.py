@@ -473,8 +473,15 @@ def _acts(
 
 def ahead_of(cached: GuestRecord | GuestHead | None, record: OwnershipRecord | None) -> bool:
     """Whether the journal holds a newer ownership than the tags (an op accepted while the
-    record could not be written): the tags are to be brought up to the journal."""
-    if cached is None or not cached.managed:
+    record could not be written, or a release journaled alone — by the CLI on the journal
+    file): the tags are to be brought up to the journal."""
+    if cached is None:
+        return False
+    if cached.origin is GuestOrigin.RELEASED:
+        return (
+            record is not None and record.managed and cached.desired_generation > record.generation
+        )
+    if not cached.managed:
         return False
     return record is None or cached.desired_generation > record.generation
 
