@@ -248,8 +248,14 @@ class GuestService:
         """Release a managed guest (kept as ``released``; never acted on again), audited."""
         guest = await self.journal.get_guest(vmid)
         generation = 0
+        placed: tuple[str, GuestKind] | None = None
         if self.cluster is not None and guest.managed:
-            node, kind = await self.locate(vmid)
+            try:
+                placed = await self.locate(vmid)
+            except NotFound:  # gone from the whole cluster (LOST): no record to write
+                log.info("guest.release_untagged", extra={"vmid": vmid})
+        if placed is not None and self.cluster is not None:
+            node, kind = placed
 
             def change(old: OwnershipRecord | None, _config: GuestConfig) -> OwnershipRecord:
                 base = old or OwnershipRecord(
