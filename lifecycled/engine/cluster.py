@@ -123,9 +123,15 @@ class Cluster:
     ) -> list[dict[str, Any]]:
         """Every guest of the cluster (``GET /v1/guests?scope=cluster``): where it is and its
         Proxmox status (live, though ``/cluster/resources`` lags a few seconds), the record
-        in its tags, and whether this daemon serves its node. One request."""
+        in its tags, and whether this daemon serves its node. One request (two when ``node``
+        has no guest: it must name a node of the cluster, else :class:`NotFound`)."""
+        resources = await self.pve.cluster_resources()
+        if node is not None and all(res.node != node for res in resources):
+            nodes = await self.online()
+            if nodes and node not in nodes:
+                raise NotFound(f"the cluster has no node {node!r}")
         out: list[dict[str, Any]] = []
-        for res in sorted(await self.pve.cluster_resources(), key=lambda r: r.vmid):
+        for res in sorted(resources, key=lambda r: r.vmid):
             if node is not None and res.node != node:
                 continue
             record = decode(res.tags)
