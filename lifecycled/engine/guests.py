@@ -33,12 +33,32 @@ from lifecycled.domain.op import GuestKind
 from lifecycled.domain.ownership import OwnershipRecord, fingerprint_digest
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.cluster import Cluster, same_identity
-from lifecycled.errors import NotFound, OwnershipLocked, PveError, ValidationError
+from lifecycled.errors import (
+    NotFound,
+    OwnershipLocked,
+    PolicyRefused,
+    PveError,
+    ValidationError,
+)
 from lifecycled.journal import Journal
 from lifecycled.journal.guests import Ownership, not_managed, snapshot_json
 from lifecycled.pve.port import GuestConfig, PveClient, is_guest_missing
 
 log = logging.getLogger("lifecycled.guests")
+
+
+class IdentityMismatch(PolicyRefused):
+    """The guest under the VMID has no ownership record and is not the guest the journal
+    manages (its fingerprint differs: the VMID was reused, SPEC §1): lifecycled writes no
+    record to it and does not act on it."""
+
+    def __init__(self, vmid: int, node: str) -> None:
+        super().__init__(
+            "identity_mismatch",
+            f"guest {vmid} on node {node} is not the guest lifecycled manages under that vmid "
+            "(its identity fingerprint differs: the vmid was reused); nothing is done to it",
+        )
+        self.vmid = vmid
 
 
 class Unread(enum.Enum):
@@ -342,7 +362,11 @@ class GuestService:
             return None, config
         if ahead_of(row, record):
             assert row is not None
-            return await self.push(row), None
+            try:
+                return await self.push(row), None
+            except IdentityMismatch as err:  # no record written; the op's own checks decide
+                log.critical("guest.identity_mismatch", extra={"vmid": vmid, "error": str(err)})
+                return None, config
         assert record is not None
         if needs_sync(row, record, node):
             await self.follow(vmid, node, kind, record, config=config)
@@ -350,12 +374,18 @@ class GuestService:
 
     async def push(self, cached: GuestRecord) -> OwnershipRecord | None:
         """Write the journal's newer ownership of a guest to its tags (backfill of a managed
-        guest without a record, or an op accepted while the tags could not be written)."""
+        guest without a record, or an op accepted while the tags could not be written).
+        A guest without a record must be the one the journal manages (its fingerprint):
+        else :class:`IdentityMismatch` and nothing is written (a reused VMID)."""
         assert self.cluster is not None
 
-        def change(old: OwnershipRecord | None, _c: GuestConfig) -> OwnershipRecord | None:
+        def change(old: OwnershipRecord | None, config: GuestConfig) -> OwnershipRecord | None:
             if old is not None and old.generation >= cached.desired_generation:
                 return old  # someone wrote a newer record meanwhile: it wins
+            if old is None and not same_identity(
+                cached.fingerprint, fingerprint_of(cached.kind, config.values)
+            ):
+                raise IdentityMismatch(cached.vmid, cached.node)
             return OwnershipRecord(
                 origin=cached.origin,
                 desired=cached.desired_state,
