@@ -21,7 +21,7 @@ from prometheus_async import aio
 
 from lifecycled.audit import AuditRecord, Decision
 from lifecycled.domain.actions import fingerprint_matches, fingerprint_of
-from lifecycled.domain.guests import GuestOrigin, GuestRecord, Observation
+from lifecycled.domain.guests import GuestRecord, Observation
 from lifecycled.domain.node import NodeRecord, NodeState
 from lifecycled.domain.op import GuestKind, Origin
 from lifecycled.domain.ownership import decode
@@ -136,11 +136,7 @@ class Reconciler:
             served=frozenset(self.served),
             online=online,
             suspect=suspect,
-            released=frozenset(
-                r.vmid
-                for r in resources
-                if (rec := decode(r.tags)) is not None and rec.origin is GuestOrigin.RELEASED
-            ),
+            recorded=frozenset(r.vmid for r in resources if decode(r.tags) is not None),
             now=self.clock.now(),
             observations=observations,
             guests={g.vmid: g for g in await self.journal.all_guests()},
