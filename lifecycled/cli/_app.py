@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from lifecycled import __version__
+
+if TYPE_CHECKING:
+    from lifecycled.errors import ValidationError
 
 app = typer.Typer(
     name="lifecycled",
@@ -85,6 +88,16 @@ def _plain(cell: str) -> str:
     return cell.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
+def validation_line(exc: ValidationError) -> str:
+    """A refused request as one line: the message, then each field and what is wrong with
+    it (what the HTTP answer's ``details`` hold)."""
+    text = str(exc)
+    said = [f"{k}: {v}" for k, v in exc.details.items() if str(v) not in text]
+    if said:
+        text += " (" + "; ".join(said) + ")"
+    return " ".join(text.split())
+
+
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Map lifecycled errors to one line and exit code 1 (2 for usage errors)."""
     import functools
@@ -95,7 +108,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ValidationError) as exc:
+        except ValidationError as exc:
+            fail(validation_line(exc), EXIT_USAGE)
+        except ConfigError as exc:
             fail(str(exc), EXIT_USAGE)
         except LifecycledError as exc:
             fail(str(exc), EXIT_FAILED)

@@ -35,6 +35,7 @@ import attrs
 
 from lifecycled.domain.guests import DesiredState, GuestOrigin, GuestRecord
 from lifecycled.domain.tags import RECORD_PREFIX, is_record_tag, is_tag, split_tags, unique_tags
+from lifecycled.domain.text import INT64_MAX
 
 PREFIX = RECORD_PREFIX
 _ORIGINS = (GuestOrigin.NATIVE, GuestOrigin.ADOPTED, GuestOrigin.RELEASED)
@@ -43,6 +44,8 @@ _ORIGIN_OF = {str(o): o for o in _ORIGINS}
 _DESIRED_OF = {str(d): d for d in DesiredState}
 #: How many recent idempotency keys the record keeps (a resend after a migration dedups).
 KEEP_KEYS = 4
+#: The largest generation a record may carry: the journal stores it as a 64-bit integer.
+MAX_GENERATION = INT64_MAX - 1
 
 
 def _keys(value: Iterable[str]) -> tuple[str, ...]:
@@ -76,6 +79,13 @@ class OwnershipRecord:
     def bumped(self, **changes: Any) -> OwnershipRecord:
         """The record after one write: ``changes`` applied, the generation one higher."""
         return attrs.evolve(self, generation=self.generation + 1, **changes)
+
+    def released(self) -> OwnershipRecord:
+        """The record after a release (or a soft delete): ``released``, no desired state;
+        itself when it already says so."""
+        if self.origin is GuestOrigin.RELEASED:
+            return self
+        return self.bumped(origin=GuestOrigin.RELEASED, desired=None)
 
 
 def record_dict(record: OwnershipRecord | None) -> dict[str, Any]:
@@ -120,6 +130,15 @@ def key_digest(key: str) -> str:
     return _digest(key, 16)
 
 
+def _generation(value: str) -> int | None:
+    """A ``lcd.g.`` value as a generation; ``None`` (an invalid tag, ignored) unless it is
+    ASCII digits within :data:`MAX_GENERATION` (no lifecycled writes another)."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
+        return None
+    number = int(value)
+    return number if number <= MAX_GENERATION else None
+
+
 def decode(tags: str | Iterable[str] | None) -> OwnershipRecord | None:
     """The record in ``tags``; ``None`` when the guest carries no (valid) ``lcd.o.`` tag.
 
@@ -143,8 +162,8 @@ def decode(tags: str | Iterable[str] | None) -> OwnershipRecord | None:
             origin = _ORIGIN_OF[value]
         elif field == "d" and value in _DESIRED_OF:
             desired = _DESIRED_OF[value]
-        elif field == "g" and value.isdigit():
-            generation = max(generation, int(value))
+        elif field == "g" and (number := _generation(value)) is not None:
+            generation = max(generation, number)
         elif field == "p" and not value:
             protected = True
         elif field == "f" and value:

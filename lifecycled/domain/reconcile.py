@@ -75,6 +75,10 @@ class ReconcileInput:
     online: Mapping[str, bool] = attrs.field(factory=dict)
     #: Guests whose identity did not match their record after a move (SPEC §7): never acted on.
     suspect: frozenset[int] = frozenset()
+    #: Guests whose tags hold an ownership record: a request decided their ownership, so
+    #: ``--manage-discovered`` never takes them (SPEC §1, §7) — a managed one is followed
+    #: (unless its identity does not match), a released one stays released.
+    recorded: frozenset[int] = frozenset()
     guests: Mapping[int, GuestRecord]
     open_ops: Mapping[int, Sequence[Op]] = attrs.field(factory=dict)
     latest_reconcile: Mapping[int, Op] = attrs.field(factory=dict)
@@ -232,7 +236,7 @@ def plan(inp: ReconcileInput) -> Plan:
         if guest is None:
             if obs.node in inp.nodes:
                 take_as = next((o for o in MANAGED_ORIGINS if o == inp.manage_discovered), None)
-                if take_as is not None:
+                if take_as is not None and obs.vmid not in inp.recorded:
                     out.to_manage.append((obs, take_as))
                 else:
                     out.discovered.append(obs)

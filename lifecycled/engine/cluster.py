@@ -33,6 +33,7 @@ from lifecycled.domain.ownership import (
 from lifecycled.engine.clock import Clock, SystemClock
 from lifecycled.errors import (
     ConfigError,
+    JournalError,
     NotFound,
     OwnershipLocked,
     OwnershipUnavailable,
@@ -122,9 +123,15 @@ class Cluster:
     ) -> list[dict[str, Any]]:
         """Every guest of the cluster (``GET /v1/guests?scope=cluster``): where it is and its
         Proxmox status (live, though ``/cluster/resources`` lags a few seconds), the record
-        in its tags, and whether this daemon serves its node. One request."""
+        in its tags, and whether this daemon serves its node. One request (two when ``node``
+        has no guest: it must name a node of the cluster, else :class:`NotFound`)."""
+        resources = await self.pve.cluster_resources()
+        if node is not None and all(res.node != node for res in resources):
+            nodes = await self.online()
+            if nodes and node not in nodes:
+                raise NotFound(f"the cluster has no node {node!r}")
         out: list[dict[str, Any]] = []
-        for res in sorted(await self.pve.cluster_resources(), key=lambda r: r.vmid):
+        for res in sorted(resources, key=lambda r: r.vmid):
             if node is not None and res.node != node:
                 continue
             record = decode(res.tags)
@@ -253,9 +260,15 @@ class Cluster:
                 # Our own write changed the digest: not drift. The baseline follows the
                 # values it left; the next read of the config learns the digest (no read
                 # here — domain/ownership.py "the drift baseline around own tag writes").
-                await self.journal.follow_digest(
-                    vmid, config.digest, config.values, tags, now=self.clock.now()
-                )
+                # The record is written whatever the journal says: its caller must know.
+                try:
+                    await self.journal.follow_digest(
+                        vmid, config.digest, config.values, tags, now=self.clock.now()
+                    )
+                except JournalError as err:
+                    log.warning(
+                        "ownership.baseline_unsaved", extra={"vmid": vmid, "error": str(err)}
+                    )
             log.info(
                 "ownership.written",
                 extra={

@@ -12,7 +12,7 @@ from lifecycled.domain.actions import (
     UnsupportedAction,
     spec_for,
 )
-from lifecycled.domain.check import NEEDS_GUEST, precheck
+from lifecycled.domain.check import precheck
 from lifecycled.domain.classify import ErrorClass
 from lifecycled.domain.op import Op
 from lifecycled.domain.outcome import (
@@ -179,7 +179,9 @@ class Dispatcher:
             )
             return
         if verdict.verdict is PolicyOutcome.SOFT_DELETE:
-            await self.terminator.soft_delete(op, view, verdict)
+            unwritten = await self.terminator.soft_delete(op, view, verdict, cluster=self.cluster)
+            if unwritten is not None:
+                await self._apply(op, unwritten)
             return
         pre = precheck(op, view)
         if pre is not None:
@@ -233,7 +235,9 @@ class Dispatcher:
         if cluster is None:
             return None
         node = op.guest.node
-        if cluster.serves(node) and (view.exists or spec.action not in NEEDS_GUEST):
+        # A guest missing from the op's node may have moved: for a terminate too ("absent"
+        # holds only when it is gone from the whole cluster); create/clone want it missing.
+        if cluster.serves(node) and (view.exists or spec.action in (Action.CREATE, Action.CLONE)):
             return None
         if cluster.serves(node) and spec.action is Action.MIGRATE:
             return None  # a migrate done meanwhile: its own check decides
@@ -241,7 +245,9 @@ class Dispatcher:
         if not view.exists:
             try:
                 res = await cluster.locate(op.guest.vmid)
-            except PveError:
+            except PveError as err:
+                if spec.action is Action.TERMINATE:  # gone, or moved: not known yet
+                    return retry("guest placement unreadable", err.error_class, err.text)
                 return None  # the normal check decides
             if res is None or res.node == node:
                 return None

@@ -8,8 +8,11 @@ HTTP API and ``--manage-discovered`` all come through here.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -30,12 +33,32 @@ from lifecycled.domain.op import GuestKind
 from lifecycled.domain.ownership import OwnershipRecord, fingerprint_digest
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.cluster import Cluster, same_identity
-from lifecycled.errors import NotFound, OwnershipLocked, PveError, ValidationError
+from lifecycled.errors import (
+    NotFound,
+    OwnershipLocked,
+    PolicyRefused,
+    PveError,
+    ValidationError,
+)
 from lifecycled.journal import Journal
 from lifecycled.journal.guests import Ownership, not_managed, snapshot_json
 from lifecycled.pve.port import GuestConfig, PveClient, is_guest_missing
 
 log = logging.getLogger("lifecycled.guests")
+
+
+class IdentityMismatch(PolicyRefused):
+    """The guest under the VMID has no ownership record and is not the guest the journal
+    manages (its fingerprint differs: the VMID was reused, SPEC §1): lifecycled writes no
+    record to it and does not act on it."""
+
+    def __init__(self, vmid: int, node: str) -> None:
+        super().__init__(
+            "identity_mismatch",
+            f"guest {vmid} on node {node} is not the guest lifecycled manages under that vmid "
+            "(its identity fingerprint differs: the vmid was reused); nothing is done to it",
+        )
+        self.vmid = vmid
 
 
 class Unread(enum.Enum):
@@ -70,6 +93,25 @@ class GuestService:
         self.protected_vmids = protected_vmids
         #: The shared ownership record (tags); ``None``: journal only (admin CLI, old tests).
         self.cluster = cluster
+        #: Idempotency keys being submitted now: a lock and how many submissions hold or
+        #: await it (see :meth:`key_turn`).
+        self._key_turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def key_turn(self, key: str) -> AsyncIterator[None]:
+        """One submission of an idempotency key at a time in this daemon: the key goes to
+        the guest's record and its op to the journal within one turn, so a resend of the key
+        meanwhile waits and finds the op (deduplicated) instead of taking the key in the
+        record for another daemon's (SPEC §1, §7: one key, one run)."""
+        lock, users = self._key_turns.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._key_turns[key]
 
     async def locate(self, vmid: int) -> tuple[str, GuestKind]:
         """The guest's node and kind from ``/cluster/resources``; NotFound when absent,
@@ -226,16 +268,20 @@ class GuestService:
         """Release a managed guest (kept as ``released``; never acted on again), audited."""
         guest = await self.journal.get_guest(vmid)
         generation = 0
+        placed: tuple[str, GuestKind] | None = None
         if self.cluster is not None and guest.managed:
-            node, kind = await self.locate(vmid)
+            try:
+                placed = await self.locate(vmid)
+            except NotFound:  # gone from the whole cluster (LOST): no record to write
+                log.info("guest.release_untagged", extra={"vmid": vmid})
+        if placed is not None and self.cluster is not None:
+            node, kind = placed
 
             def change(old: OwnershipRecord | None, _config: GuestConfig) -> OwnershipRecord:
                 base = old or OwnershipRecord(
                     origin=guest.origin, generation=guest.desired_generation
                 )
-                if base.origin is GuestOrigin.RELEASED:
-                    return base
-                return base.bumped(origin=GuestOrigin.RELEASED, desired=None)
+                return base.released()
 
             record = await self.cluster.write(node, kind, vmid, change)
             generation = record.generation if record is not None else 0
@@ -316,7 +362,11 @@ class GuestService:
             return None, config
         if ahead_of(row, record):
             assert row is not None
-            return await self.push(row), None
+            try:
+                return await self.push(row), None
+            except IdentityMismatch as err:  # no record written; the op's own checks decide
+                log.critical("guest.identity_mismatch", extra={"vmid": vmid, "error": str(err)})
+                return None, config
         assert record is not None
         if needs_sync(row, record, node):
             await self.follow(vmid, node, kind, record, config=config)
@@ -324,12 +374,18 @@ class GuestService:
 
     async def push(self, cached: GuestRecord) -> OwnershipRecord | None:
         """Write the journal's newer ownership of a guest to its tags (backfill of a managed
-        guest without a record, or an op accepted while the tags could not be written)."""
+        guest without a record, or an op accepted while the tags could not be written).
+        A guest without a record must be the one the journal manages (its fingerprint):
+        else :class:`IdentityMismatch` and nothing is written (a reused VMID)."""
         assert self.cluster is not None
 
-        def change(old: OwnershipRecord | None, _c: GuestConfig) -> OwnershipRecord | None:
+        def change(old: OwnershipRecord | None, config: GuestConfig) -> OwnershipRecord | None:
             if old is not None and old.generation >= cached.desired_generation:
                 return old  # someone wrote a newer record meanwhile: it wins
+            if old is None and not same_identity(
+                cached.fingerprint, fingerprint_of(cached.kind, config.values)
+            ):
+                raise IdentityMismatch(cached.vmid, cached.node)
             return OwnershipRecord(
                 origin=cached.origin,
                 desired=cached.desired_state,
@@ -453,8 +509,15 @@ def _acts(
 
 def ahead_of(cached: GuestRecord | GuestHead | None, record: OwnershipRecord | None) -> bool:
     """Whether the journal holds a newer ownership than the tags (an op accepted while the
-    record could not be written): the tags are to be brought up to the journal."""
-    if cached is None or not cached.managed:
+    record could not be written, or a release journaled alone — by the CLI on the journal
+    file): the tags are to be brought up to the journal."""
+    if cached is None:
+        return False
+    if cached.origin is GuestOrigin.RELEASED:
+        return (
+            record is not None and record.managed and cached.desired_generation > record.generation
+        )
+    if not cached.managed:
         return False
     return record is None or cached.desired_generation > record.generation
 

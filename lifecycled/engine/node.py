@@ -59,7 +59,8 @@ async def admit(
 ) -> None:
     """Raise :class:`NodeRefused` (audited) when the served node's state refuses a new op —
     or, with ``cluster``, the state another node publishes in its Proxmox description
-    (SPEC §7: every daemon respects a draining node: no start on it, no migrate into it).
+    (SPEC §7: every daemon respects a draining node: no start on it, no migrate into it);
+    another node this daemon serves is refused by its journal row as the served node is.
 
     A resubmitted key whose op is in flight or succeeded is not a new op: it is answered by
     deduplication, so the node's state does not refuse it. ``existing``: the key's op as the
@@ -79,7 +80,14 @@ async def admit(
         )
     if refusal is None and cluster is not None:
         for other in placed_on(action, guest, params) - {served}:
-            mark = await cluster.node_state(other)
+            # Another node this daemon serves: its journal row first (``node drain --node``
+            # takes effect at once; the next reconcile pass publishes it), else its mark.
+            mark = None
+            if cluster.serves(other):
+                own = await journal.get_node(other)
+                mark = own.state if own is not None else None
+            if mark is None:
+                mark = await cluster.node_state(other)
             if mark is None:
                 continue
             refusal = admission_refusal(

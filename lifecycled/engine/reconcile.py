@@ -39,7 +39,7 @@ from lifecycled.domain.reconcile import (
 from lifecycled.engine.clock import Clock
 from lifecycled.engine.cluster import Cluster
 from lifecycled.engine.executor import internal_text
-from lifecycled.engine.guests import GuestService, ahead_of, needs_sync
+from lifecycled.engine.guests import GuestService, IdentityMismatch, ahead_of, needs_sync
 from lifecycled.errors import InvalidTransition, LifecycledError, PveError, RequestNotSent
 from lifecycled.journal import Journal, SubmitRequest
 from lifecycled.metrics import Metrics
@@ -136,6 +136,7 @@ class Reconciler:
             served=frozenset(self.served),
             online=online,
             suspect=suspect,
+            recorded=frozenset(r.vmid for r in resources if decode(r.tags) is not None),
             now=self.clock.now(),
             observations=observations,
             guests={g.vmid: g for g in await self.journal.all_guests()},
@@ -272,7 +273,15 @@ class Reconciler:
                 if ahead_of(guest, record):  # backfill, or an op accepted without the tags
                     assert guest is not None
                     if guest.node == res.node:
-                        await self.guests.push(guest)
+                        try:
+                            await self.guests.push(guest)
+                        except IdentityMismatch as err:  # a reused VMID: not our guest
+                            log.critical(
+                                "guest.identity_mismatch",
+                                extra={"vmid": res.vmid, "error": str(err)},
+                            )
+                            self.suspect.add(res.vmid)
+                            continue
                         changed.append(res.vmid)
                     continue
                 if record is None:

@@ -25,6 +25,7 @@ from lifecycled.domain.text import shown
 from lifecycled.engine import node
 from lifecycled.errors import (
     Conflict,
+    LifecycledError,
     NotFound,
     OwnershipUnavailable,
     PolicyRefused,
@@ -238,9 +239,11 @@ async def _ownership_first(
     guest: GuestRef,
     existing: Op | None,
     row: GuestHead | None,
-) -> int:
+) -> tuple[OwnershipRecord, OwnershipRecord | None] | None:
     """SPEC §7: the ownership record in the guest's tags is written before the journal —
-    the new desired state and the op's key. Returns the record's generation (0: no write).
+    the new desired state and the op's key. Returns the record the tags now hold and the
+    one it replaced, for :func:`_undo_ownership` (``None``: none replaced); ``None`` when
+    the record was not read.
 
     ``row`` is the guest's journal row :func:`submit` read for its placement.
     ``existing`` is the op this journal holds for the key (read once by :func:`submit`):
@@ -250,15 +253,15 @@ async def _ownership_first(
     """
     key = sub.idempotency_key
     if existing is not None:
-        return 0
+        return None
     action = Action(sub.action)
     desired = desired_for(action)
     try:
         record, config = await guests.read_record(guest.vmid, guest.node, guest.kind, cached=row)
     except NotFound:
-        return 0  # not there (or named with another node/kind): the journal decides
+        return None  # not there (or named with another node/kind): the journal decides
     if record is None or not record.managed:
-        return 0  # the journal refuses it (guest_not_managed)
+        return None  # the journal refuses it (guest_not_managed)
     digest = key_digest(key) if key is not None else None
     if digest is not None and digest in record.last_keys:
         raise KeyUsedElsewhere(
@@ -266,19 +269,46 @@ async def _ownership_first(
             "lifecycled of the node it ran on before it moved; it is not run again"
         )
     if (desired is None or desired is record.desired) and action not in _RECORDED:
-        return 0
+        return None
     assert guests.cluster is not None
     wanted: DesiredState | None = desired
+    replaced: list[OwnershipRecord] = []
 
     def change(old: OwnershipRecord | None, _config: object) -> OwnershipRecord | None:
         if old is None or not old.managed:
             return old
         if digest is not None and digest in old.last_keys:
             raise KeyUsedElsewhere(f"idempotency key {key!r} was accepted meanwhile")
+        replaced[:] = [old]
         return old.with_key(digest).bumped(desired=wanted or old.desired)
 
     written = await guests.cluster.write(guest.node, guest.kind, guest.vmid, change, config=config)
-    return written.generation if written is not None else 0
+    if written is None:
+        return None
+    return written, replaced[0] if replaced and written != replaced[0] else None
+
+
+async def _undo_ownership(
+    guests: GuestService, guest: GuestRef, written: OwnershipRecord, replaced: OwnershipRecord
+) -> None:
+    """Put back the record :func:`_ownership_first` replaced, one generation later, when the
+    journal then refused the op (503, a conflict, a guard): the tags must not keep a desired
+    state reconcile would enforce, nor a key that would refuse the client's resend as run
+    elsewhere. A record written over meanwhile is left as it is; a failed undo is logged."""
+    assert guests.cluster is not None
+
+    def change(old: OwnershipRecord | None, _config: object) -> OwnershipRecord | None:
+        if old != written:
+            return old
+        return attrs.evolve(replaced, generation=written.generation + 1)
+
+    try:
+        await guests.cluster.write(guest.node, guest.kind, guest.vmid, change)
+    except (PveError, OwnershipUnavailable, NotFound) as err:
+        log.warning(
+            "ownership.undo_failed",
+            extra={"vmid": guest.vmid, "node": guest.node, "error": str(err)},
+        )
 
 
 async def submit(
@@ -315,6 +345,33 @@ async def submit(
     # The idempotency key is read at most once before the journal's transaction, and only
     # where the shared record needs it (is the key this journal's, or another daemon's?);
     # the admission below and the journal use that read (SPEC §1 "Idempotency").
+    tags_first = guests is not None and cluster is not None and action not in _CREATING
+    read_key = tags_first and key is not None
+    if not read_key:
+        return await _submit_turn(
+            journal, sub, pve=pve, default_node=default_node, now=now, guests=guests
+        )
+    assert guests is not None and key is not None
+    async with guests.key_turn(key):  # a resend waits for this one's op, then dedups
+        return await _submit_turn(
+            journal, sub, pve=pve, default_node=default_node, now=now, guests=guests
+        )
+
+
+async def _submit_turn(
+    journal: Journal,
+    sub: Submission,
+    *,
+    pve: PveClient | None,
+    default_node: str,
+    now: float,
+    guests: GuestService | None,
+) -> SubmitResult:
+    """:func:`submit` once the request is known to be well formed and authorized (with the
+    turn of its idempotency key when the guest's record holds keys)."""
+    cluster = guests.cluster if guests is not None else None
+    key = sub.idempotency_key
+    action = Action(sub.action)
     tags_first = guests is not None and cluster is not None and action not in _CREATING
     read_key = tags_first and key is not None
     # The guest's row, read once: its placement here, and the ownership record's check of
@@ -388,11 +445,11 @@ async def submit(
         origin=sub.origin,
         actor=sub.actor,
     )
-    generation = 0
+    written: tuple[OwnershipRecord, OwnershipRecord | None] | None = None
     if tags_first:
         assert guests is not None
         try:
-            generation = await _ownership_first(guests, sub, guest, existing, row)
+            written = await _ownership_first(guests, sub, guest, existing, row)
         except (PveError, OwnershipUnavailable) as err:
             # No quorum, node unreachable, config locked: an op on a managed guest still goes
             # to the journal (its desired state there is one generation ahead of the tags;
@@ -401,14 +458,20 @@ async def submit(
                 "ownership.deferred",
                 extra={"vmid": guest.vmid, "node": guest.node, "error": str(err)},
             )
-    return await journal.submit_guest_op(
-        req,
-        now=now,
-        generation=generation,
-        desired=desired_for(action),
-        create_fingerprint=expected_fingerprint(guest.kind, params)
-        if action in _CREATING
-        else None,
-        read_key=read_key,
-        existing=existing,
-    )
+    try:
+        return await journal.submit_guest_op(
+            req,
+            now=now,
+            generation=written[0].generation if written is not None else 0,
+            desired=desired_for(action),
+            create_fingerprint=expected_fingerprint(guest.kind, params)
+            if action in _CREATING
+            else None,
+            read_key=read_key,
+            existing=existing,
+        )
+    except LifecycledError:  # nothing journaled: the record goes back as it was
+        if written is not None and written[1] is not None:
+            assert guests is not None
+            await _undo_ownership(guests, guest, written[0], written[1])
+        raise

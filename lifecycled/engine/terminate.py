@@ -16,20 +16,29 @@ from __future__ import annotations
 
 import logging
 
-from lifecycled.audit import Decision
+from lifecycled.audit import Decision as AuditDecision
 from lifecycled.domain.actions import GuestView
 from lifecycled.domain.classify import ErrorClass
+from lifecycled.domain.cluster import WrongNode
 from lifecycled.domain.op import Op
-from lifecycled.domain.outcome import fail
+from lifecycled.domain.outcome import Decision, fail, retry
 from lifecycled.domain.states import REARMABLE, OpState
 from lifecycled.engine.clock import Clock
+from lifecycled.engine.cluster import Cluster
 from lifecycled.engine.durable import durable
 from lifecycled.engine.executor import Executor, op_fields
 from lifecycled.engine.gate import Policy
+from lifecycled.errors import NotFound, OwnershipLocked, OwnershipUnavailable, PveError
 from lifecycled.journal import Journal, SubmitRequest
 from lifecycled.policy import PolicyVerdict
 
 log = logging.getLogger("lifecycled.engine")
+
+
+def _error_class(err: Exception) -> ErrorClass:
+    if isinstance(err, PveError):
+        return err.error_class
+    return ErrorClass.LOCKED if isinstance(err, OwnershipLocked) else ErrorClass.TRANSIENT
 
 
 def runs(view: GuestView) -> bool:
@@ -57,14 +66,30 @@ class Terminator:
         self.stop_timeout = stop_timeout
         self.recheck = recheck
 
-    async def soft_delete(self, op: Op, view: GuestView, verdict: PolicyVerdict) -> None:
+    async def soft_delete(
+        self, op: Op, view: GuestView, verdict: PolicyVerdict, *, cluster: Cluster | None = None
+    ) -> Decision | None:
+        """Release the guest: in its ownership record first (SPEC §7: else a sidecar reading
+        the record would take it back as adopted), then in the journal with the op's
+        success. ``None`` when done; a retry when the record cannot be written now."""
+        if cluster is not None:
+            try:
+                await cluster.write(
+                    op.guest.node,
+                    op.guest.kind,
+                    op.guest.vmid,
+                    lambda old, _config: old.released() if old is not None else None,
+                )
+            except (PveError, OwnershipUnavailable, NotFound, WrongNode) as err:
+                return retry("ownership record not released yet", _error_class(err), str(err))
         reason = "soft delete: adopted guest released from management, not destroyed"
-        audit = await self.policy.record(op, view, Decision.SOFT_DELETED, verdict.reason)
+        audit = await self.policy.record(op, view, AuditDecision.SOFT_DELETED, verdict.reason)
         done = await durable(
             self.journal.soft_delete(op.id, now=self.clock.now(), reason=reason, audit=audit)
         )
         self.executor.metrics.command(done.action, "succeeded")
         log.warning("guest.soft_deleted", extra={**op_fields(done), "reason": verdict.reason})
+        return None
 
     async def stop_first(self, op: Op) -> None:
         """The guest runs: make sure a journaled stop op exists, and wait for it (bounded)."""
