@@ -353,6 +353,7 @@ ROUTES: tuple[Route, ...] = (
             ),
             304: {"description": "Not modified: the ETag still holds."},
             400: _BAD_QUERY,
+            404: error("scope=cluster with a node the cluster does not have (`not_found`)."),
         },
     ),
     Route(
